@@ -1,0 +1,1 @@
+"""terrazzo.bundle (see DESIGN.md)."""

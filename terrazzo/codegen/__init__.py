@@ -1,0 +1,1 @@
+"""terrazzo.codegen (see DESIGN.md)."""

@@ -1,0 +1,1 @@
+"""Subcommands of the ``terrazzo`` CLI, one module each (see ``terrazzo.cli``)."""

@@ -1,0 +1,1 @@
+"""terrazzo.costmodel (see DESIGN.md)."""

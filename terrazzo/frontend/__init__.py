@@ -1,0 +1,1 @@
+"""terrazzo.frontend (see DESIGN.md)."""

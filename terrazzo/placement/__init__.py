@@ -1,0 +1,1 @@
+"""terrazzo.placement (see DESIGN.md)."""

@@ -1,0 +1,1 @@
+"""terrazzo.report (see DESIGN.md)."""

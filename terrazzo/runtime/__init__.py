@@ -1,0 +1,1 @@
+"""terrazzo.runtime (see DESIGN.md)."""
