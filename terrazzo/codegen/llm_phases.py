@@ -1,0 +1,306 @@
+"""Codegen for LLM calls: a Llama-architecture decoder compiled by TVM into two phases.
+
+``prefill`` turns a (padded) prompt into the first token's logits and a KV cache;
+``decode`` advances one token given the cache. Both have static shapes so TVM builds them
+ahead of time: the cache is ``[layers, kv_heads, max_len, head_dim]`` per K and V, and the
+current position arrives as an int64 tensor, so a step writes its K/V row with a mask
+(``where(arange == pos)``) instead of dynamic slicing. That keeps every kernel static and
+lets the prefill and decode phases live on different workers (device classes) with the
+cache travelling between them as two plain tensors — the paper's P::D split.
+
+The model is our own module (RMSNorm, rotary embeddings, grouped-query attention, SwiGLU)
+with random weights; there are no downloads.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True, slots=True)
+class TinyLlamaConfig:
+    """Shape of the decoder; defaults are small enough to build and run in seconds on 2 cores."""
+
+    vocab_size: int = 256  # byte-level tokens
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 4
+    n_kv_heads: int = 2
+    d_ff: int = 128
+    max_len: int = 64
+    prompt_len: int = 32  # prompts are right-padded to this length
+    rope_theta: float = 10000.0
+    seed: int = 0
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def cache_shape(self) -> tuple[int, int, int, int]:
+        return (self.n_layers, self.n_kv_heads, self.max_len, self.head_dim)
+
+    def kv_cache_bytes(self) -> int:
+        """K and V for every layer at max_len in fp32 (cf. costmodel's 2·L·d·(kv/h)·T·B·bytes)."""
+        return 2 * math.prod(self.cache_shape) * 4
+
+
+def _build_torch_modules(cfg: TinyLlamaConfig) -> tuple[Any, Any]:
+    """Two torch modules sharing one set of random weights: prefill and one decode step."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(cfg.seed)
+    hd, nh, nkv = cfg.head_dim, cfg.n_heads, cfg.n_kv_heads
+    group = nh // nkv
+
+    class RMSNorm(nn.Module):
+        def __init__(self, d: int) -> None:
+            super().__init__()
+            self.weight = nn.Parameter(1.0 + 0.1 * torch.randn(d))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5) * self.weight
+
+    class Layer(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attn_norm = RMSNorm(cfg.d_model)
+            self.q = nn.Linear(cfg.d_model, nh * hd, bias=False)
+            self.k = nn.Linear(cfg.d_model, nkv * hd, bias=False)
+            self.v = nn.Linear(cfg.d_model, nkv * hd, bias=False)
+            self.o = nn.Linear(nh * hd, cfg.d_model, bias=False)
+            self.mlp_norm = RMSNorm(cfg.d_model)
+            self.gate = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
+            self.up = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
+            self.down = nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
+
+    class Core(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+            self.layers = nn.ModuleList([Layer() for _ in range(cfg.n_layers)])
+            self.norm = RMSNorm(cfg.d_model)
+            self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+            inv = 1.0 / (cfg.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float32) / hd))
+            ang = torch.arange(cfg.max_len, dtype=torch.float32)[:, None] * inv[None, :]
+            self.register_buffer("cos", torch.cos(ang), persistent=False)
+            self.register_buffer("sin", torch.sin(ang), persistent=False)
+
+        @staticmethod
+        def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+            # x: [heads, T, hd]; rotate pairs (even, odd) as in Llama's rotate_half layout
+            x1, x2 = x[..., : hd // 2], x[..., hd // 2 :]
+            return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+        def step(
+            self,
+            h: torch.Tensor,  # [T, d]
+            positions: torch.Tensor,  # [T] int64
+            k_cache: torch.Tensor,  # [L, kv, S, hd]
+            v_cache: torch.Tensor,
+            key_mask: torch.Tensor,  # [T, S] bool: which cached keys each query may see
+            write: torch.Tensor,  # [T, S] float one-hot: cache row each new token writes
+        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            cos, sin = self.cos[positions], self.sin[positions]  # [T, hd/2]
+            new_k, new_v = [], []
+            neg = torch.finfo(torch.float32).min
+            for li, layer in enumerate(self.layers):
+                x = layer.attn_norm(h)
+                t = x.shape[0]
+                q = layer.q(x).reshape(t, nh, hd).transpose(0, 1)
+                k = layer.k(x).reshape(t, nkv, hd).transpose(0, 1)
+                v = layer.v(x).reshape(t, nkv, hd).transpose(0, 1)
+                q, k = self.rope(q, cos, sin), self.rope(k, cos, sin)
+                # scatter new rows into the static cache: cache*(1-any) + write^T @ new
+                keep = 1.0 - write.sum(0)[None, :, None]  # [1, S, 1]
+                kc = k_cache[li] * keep + torch.matmul(write.t()[None], k)  # [kv, S, hd]
+                vc = v_cache[li] * keep + torch.matmul(write.t()[None], v)
+                new_k.append(kc)
+                new_v.append(vc)
+                kr = kc.repeat_interleave(group, dim=0)  # [nh, S, hd]
+                vr = vc.repeat_interleave(group, dim=0)
+                scores = torch.matmul(q, kr.transpose(1, 2)) / math.sqrt(hd)  # [nh, T, S]
+                scores = torch.where(key_mask[None], scores, torch.full_like(scores, neg))
+                att = torch.matmul(torch.softmax(scores, dim=-1), vr)  # [nh, T, hd]
+                h = h + layer.o(att.transpose(0, 1).reshape(t, nh * hd))
+                x = layer.mlp_norm(h)
+                h = h + layer.down(torch.nn.functional.silu(layer.gate(x)) * layer.up(x))
+            return self.norm(h), torch.stack(new_k), torch.stack(new_v)
+
+    core = Core().eval()
+    s = cfg.max_len
+
+    class Prefill(nn.Module):
+        """tokens [1, P] int64, length [1] int64 → logits of the last real token, K, V."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.core = core
+
+        def forward(self, tokens: torch.Tensor, length: torch.Tensor):  # type: ignore[no-untyped-def]
+            p = tokens.shape[1]
+            pos = torch.arange(p, dtype=torch.int64)
+            keys = torch.arange(s, dtype=torch.int64)
+            valid_q = pos < length  # padded queries write nothing
+            key_mask = (keys[None, :] <= pos[:, None]) & (keys[None, :] < length)
+            write = ((keys[None, :] == pos[:, None]) & valid_q[:, None]).to(torch.float32)
+            zeros = torch.zeros((cfg.n_layers, nkv, s, hd), dtype=torch.float32)
+            h = self.core.embed(tokens[0])
+            h, k, v = self.core.step(h, pos, zeros, zeros, key_mask, write)
+            last = (pos == (length - 1)).to(torch.float32)  # [P] one-hot of the last real token
+            logits = self.core.lm_head(torch.matmul(last[None], h))  # [1, vocab]
+            return logits, k, v
+
+    class Decode(nn.Module):
+        """token [1, 1] int64, pos [1] int64, K, V → logits [1, vocab], K', V'."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.core = core
+
+        def forward(self, token, pos, k_cache, v_cache):  # type: ignore[no-untyped-def]
+            keys = torch.arange(s, dtype=torch.int64)
+            key_mask = (keys <= pos)[None, :]
+            write = (keys == pos).to(torch.float32)[None, :]
+            h = self.core.embed(token[0])
+            h, k, v = self.core.step(h, pos, k_cache, v_cache, key_mask, write)
+            return self.core.lm_head(h), k, v
+
+    return Prefill().eval(), Decode().eval()
+
+
+def example_inputs(cfg: TinyLlamaConfig) -> dict[str, dict[str, np.ndarray]]:
+    """Inputs with the phase signatures (used for export and for random test data)."""
+    rng = np.random.default_rng(cfg.seed)
+    cache = np.zeros(cfg.cache_shape, np.float32)
+    return {
+        "prefill": {
+            "tokens": rng.integers(0, cfg.vocab_size, (1, cfg.prompt_len)).astype(np.int64),
+            "length": np.array([cfg.prompt_len // 2], np.int64),
+        },
+        "decode": {
+            "token": np.array([[1]], np.int64),
+            "pos": np.array([cfg.prompt_len // 2], np.int64),
+            "k_cache": cache,
+            "v_cache": cache.copy(),
+        },
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledPhase:
+    """One phase built by TVM: call with numpy arrays in signature order."""
+
+    name: str
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+    vm: Any = None
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import tvm
+
+        dev = tvm.cpu()
+        args = [tvm.runtime.tensor(np.ascontiguousarray(inputs[n]), dev) for n in self.input_names]
+        out = self.vm["main"](*args)
+        arrays = [o.numpy() for o in out] if not hasattr(out, "numpy") else [out.numpy()]
+        return dict(zip(self.output_names, arrays, strict=True))
+
+
+PHASE_OUTPUTS = {"prefill": ("logits", "k_cache", "v_cache"), "decode": ("logits", "k_cache", "v_cache")}
+
+
+def export_relax(cfg: TinyLlamaConfig) -> dict[str, Any]:
+    """torch.export each phase and import it into a Relax IRModule (weights as constants)."""
+    import torch
+    from tvm.relax.frontend.torch import from_exported_program
+
+    prefill, decode = _build_torch_modules(cfg)
+    ex = example_inputs(cfg)
+    mods = {}
+    for name, module in (("prefill", prefill), ("decode", decode)):
+        args = tuple(torch.from_numpy(a) for a in ex[name].values())
+        with torch.no_grad():
+            ep = torch.export.export(module, args)
+        mods[name] = from_exported_program(ep, keep_params_as_input=False)
+    return mods
+
+
+def build_phases(cfg: TinyLlamaConfig, target: Any = None) -> dict[str, CompiledPhase]:
+    """Compile prefill and decode for ``target`` (default: this CPU) and load them in a VM."""
+    import tvm
+    from tvm import relax
+
+    target = target or tvm.target.Target({"kind": "llvm"})
+    ex = example_inputs(cfg)
+    phases = {}
+    for name, mod in export_relax(cfg).items():
+        exe = tvm.compile(mod, target=target)
+        vm = relax.VirtualMachine(exe, tvm.cpu())
+        phases[name] = CompiledPhase(name, tuple(ex[name]), PHASE_OUTPUTS[name], vm)
+    return phases
+
+
+def greedy_generate(
+    phases: dict[str, Any], prompt: np.ndarray, max_new_tokens: int, cfg: TinyLlamaConfig
+) -> np.ndarray:
+    """Greedy decoding: one prefill, then ``max_new_tokens - 1`` decode steps; returns token ids.
+
+    ``phases`` maps ``prefill``/``decode`` to callables over dicts of arrays (a CompiledPhase,
+    the torch reference, or a remote worker), so the same loop runs everywhere.
+    """
+    prompt = np.asarray(prompt, np.int64).reshape(-1)
+    n = int(prompt.shape[0])
+    if not 0 < n <= cfg.prompt_len:
+        raise ValueError(f"prompt has {n} tokens; expected 1..{cfg.prompt_len}")
+    if n + max_new_tokens > cfg.max_len:
+        raise ValueError(f"prompt ({n}) + max_new_tokens ({max_new_tokens}) exceeds max_len {cfg.max_len}")
+    padded = np.zeros((1, cfg.prompt_len), np.int64)
+    padded[0, :n] = prompt
+    state = phases["prefill"]({"tokens": padded, "length": np.array([n], np.int64)})
+    return decode_loop(phases["decode"], state, n, max_new_tokens)
+
+
+def decode_loop(
+    decode: Any, state: dict[str, np.ndarray], prompt_len: int, max_new_tokens: int
+) -> np.ndarray:
+    """Run decode steps from a prefill result (``logits``, ``k_cache``, ``v_cache``)."""
+    tokens = [int(np.argmax(state["logits"][0]))]
+    k, v = state["k_cache"], state["v_cache"]
+    for i in range(max_new_tokens - 1):
+        step = decode(
+            {
+                "token": np.array([[tokens[-1]]], np.int64),
+                "pos": np.array([prompt_len + i], np.int64),
+                "k_cache": k,
+                "v_cache": v,
+            }
+        )
+        k, v = step["k_cache"], step["v_cache"]
+        tokens.append(int(np.argmax(step["logits"][0])))
+    return np.array(tokens, np.int64)
+
+
+def torch_reference(cfg: TinyLlamaConfig) -> dict[str, Any]:
+    """The same phases run in torch eager, for differential tests."""
+    import torch
+
+    prefill, decode = _build_torch_modules(cfg)
+
+    def wrap(name: str, module: Any, inputs_order: tuple[str, ...]) -> Any:
+        def call(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            with torch.no_grad():
+                out = module(*(torch.from_numpy(np.asarray(inputs[n])) for n in inputs_order))
+            return dict(zip(PHASE_OUTPUTS[name], (o.numpy() for o in out), strict=True))
+
+        return call
+
+    ex = example_inputs(cfg)
+    return {
+        "prefill": wrap("prefill", prefill, tuple(ex["prefill"])),
+        "decode": wrap("decode", decode, tuple(ex["decode"])),
+    }
