@@ -1,0 +1,41 @@
+"""Small random-weight models for the voice-agent example (speech-to-text, text-to-speech)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class SpeechToText(nn.Module):
+    """Audio frames [1, 1600] → token logits [1, 16, 256] (byte-level vocabulary)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.frame = nn.Linear(100, 64)
+        self.head = nn.Linear(64, 256)
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        frames = audio.reshape(1, 16, 100)
+        return self.head(torch.relu(self.frame(frames)))
+
+
+class TextToSpeech(nn.Module):
+    """Tokens [1, 16] → audio [1, 1600]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(256, 64)
+        self.out = nn.Linear(64, 100)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.out(self.embed(tokens))).reshape(1, 1600)
+
+
+def speech_to_text() -> nn.Module:
+    torch.manual_seed(0)
+    return SpeechToText().eval()
+
+
+def text_to_speech() -> nn.Module:
+    torch.manual_seed(1)
+    return TextToSpeech().eval()
