@@ -1,0 +1,81 @@
+"""Stage runners a worker process can build: a bundle stage, or a TVM Relax library on disk.
+
+Every runner maps dict[str, np.ndarray] -> dict[str, np.ndarray]. Workers build them from a
+``RunnerSpec`` (``"module:function"`` plus keyword arguments), so other kinds (tools,
+retrieval, LLM phases) plug in by naming their factory.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from terrazzo.errors import ServingError
+
+Runner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+def build_runner(factory: str, kwargs: Mapping[str, Any]) -> Runner:
+    """Import ``"package.module:function"`` and call it with ``kwargs`` to get a runner.
+
+    Raises:
+        ServingError: the factory cannot be imported or is not callable.
+    """
+    module_name, _, attr = factory.partition(":")
+    if not module_name or not attr:
+        raise ServingError(f"runner factory {factory!r} must look like 'package.module:function'")
+    try:
+        fn = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise ServingError(f"cannot import runner factory {factory!r}: {e}") from e
+    runner = fn(**dict(kwargs))
+    if not callable(runner):
+        raise ServingError(f"runner factory {factory!r} returned a non-callable {type(runner).__name__}")
+    return runner
+
+
+def bundle_stage(path: str, index: int, trust_key: Any = None) -> Runner:
+    """Open (and verify) a .tzb bundle and load stage ``index`` for this process's device."""
+    from terrazzo.bundle import open_bundle
+
+    if isinstance(trust_key, Mapping) and "hex" in trust_key:
+        trust_key = bytes.fromhex(trust_key["hex"])
+    return open_bundle(path, trust_key=trust_key).load_stage(int(index))
+
+
+class RelaxLibraryRunner:
+    """A TVM Relax executable exported with ``export_library``, run on the CPU by the Relax VM.
+
+    Args:
+        path: the shared library written by ``tvm.compile(mod).export_library(path)``.
+        inputs: names of the ``main`` parameters, in order.
+        outputs: names given to ``main``'s results (a tuple result maps positionally).
+        function: the Relax function to call.
+    """
+
+    def __init__(self, path: str, inputs: Sequence[str], outputs: Sequence[str], function: str = "main"):
+        import tvm
+        from tvm import relax
+
+        self._tvm = tvm
+        self._vm = relax.VirtualMachine(tvm.runtime.load_module(path), tvm.cpu())
+        self._fn = self._vm[function]
+        self.inputs = tuple(inputs)
+        self.outputs = tuple(outputs)
+
+    def __call__(self, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        tensor = self._tvm.runtime.tensor
+        args = [tensor(np.ascontiguousarray(values[name])) for name in self.inputs]
+        result = self._fn(*args)
+        items = [result] if len(self.outputs) == 1 and hasattr(result, "numpy") else list(result)
+        if len(items) != len(self.outputs):
+            raise ServingError(f"Relax function returned {len(items)} values, expected {len(self.outputs)}")
+        return {name: item.numpy() for name, item in zip(self.outputs, items, strict=True)}
+
+
+def relax_library(path: str, inputs: Sequence[str], outputs: Sequence[str], function: str = "main") -> Runner:
+    """Factory for ``RelaxLibraryRunner`` (usable as ``terrazzo.runtime.runners:relax_library``)."""
+    return RelaxLibraryRunner(path, inputs, outputs, function)

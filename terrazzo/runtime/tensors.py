@@ -1,0 +1,224 @@
+"""Tensor wire codec of the runtime: KServe v2 datatypes <-> numpy, raw bytes and typed contents.
+
+The gateway validates every client tensor here (name, datatype, shape, byte count) before any
+worker sees it; workers decode the raw bytes the gateway forwards without copying.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+
+# v2 datatype -> numpy dtype (BYTES travels as object arrays of bytes).
+_V2_TO_NUMPY: dict[str, np.dtype] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+    "BYTES": np.dtype(np.object_),
+}
+_NUMPY_TO_V2 = {v.name: k for k, v in _V2_TO_NUMPY.items() if k != "BYTES"}
+_NUMPY_TO_V2.update({"object": "BYTES", "bytes": "BYTES", "str": "BYTES", "string": "BYTES"})
+
+# Field of InferTensorContents that carries each datatype (FP16 has none: raw only).
+_TYPED_FIELD = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+
+class TensorError(Exception):
+    """A request tensor is malformed; carries the gRPC status code to answer with."""
+
+    def __init__(self, message: str, code: grpc.StatusCode = grpc.StatusCode.INVALID_ARGUMENT):
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """Declared model or stage tensor: name, v2 datatype and shape (-1 = any size)."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+    def accepts_shape(self, shape: Sequence[int]) -> bool:
+        """True if ``shape`` matches the declared rank and every fixed dimension."""
+        return len(shape) == len(self.shape) and all(
+            d < 0 or d == s for d, s in zip(self.shape, shape, strict=True)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class WireTensor:
+    """A validated tensor as it travels: datatype, shape and its raw little-endian bytes."""
+
+    datatype: str
+    shape: tuple[int, ...]
+    raw: bytes
+
+
+def v2_datatype(dtype: object) -> str:
+    """Map a numpy dtype, or a dtype name such as 'float32', to a KServe v2 datatype."""
+    if isinstance(dtype, str) and dtype.upper() in _V2_TO_NUMPY:
+        return dtype.upper()
+    name = np.dtype(dtype).name if not isinstance(dtype, str) else np.dtype(dtype).name
+    try:
+        return _NUMPY_TO_V2[name]
+    except KeyError:
+        raise TensorError(f"dtype {name!r} has no KServe v2 datatype") from None
+
+
+def numpy_dtype(datatype: str) -> np.dtype:
+    """Map a KServe v2 datatype to its numpy dtype."""
+    try:
+        return _V2_TO_NUMPY[datatype]
+    except KeyError:
+        raise TensorError(f"unknown datatype {datatype!r}") from None
+
+
+def _element_count(shape: Sequence[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
+
+
+def _encode_bytes_elements(items: Sequence[bytes]) -> bytes:
+    return b"".join(struct.pack("<I", len(b)) + b for b in items)
+
+
+def _decode_bytes_elements(raw: bytes, count: int, name: str) -> list[bytes]:
+    out: list[bytes] = []
+    pos = 0
+    for _ in range(count):
+        if pos + 4 > len(raw):
+            raise TensorError(f"input {name!r}: BYTES data ends after {len(out)} of {count} elements")
+        (n,) = struct.unpack_from("<I", raw, pos)
+        pos += 4
+        if pos + n > len(raw):
+            raise TensorError(f"input {name!r}: BYTES element {len(out)} overruns the data")
+        out.append(bytes(raw[pos : pos + n]))
+        pos += n
+    if pos != len(raw):
+        raise TensorError(f"input {name!r}: {len(raw) - pos} trailing bytes after {count} BYTES elements")
+    return out
+
+
+def check_raw_size(name: str, datatype: str, shape: Sequence[int], raw: bytes) -> None:
+    """Raise TensorError unless ``raw`` holds exactly ``shape`` elements of ``datatype``."""
+    count = _element_count(shape)
+    if datatype == "BYTES":
+        _decode_bytes_elements(raw, count, name)
+        return
+    expected = count * numpy_dtype(datatype).itemsize
+    if len(raw) != expected:
+        raise TensorError(
+            f"input {name!r}: expected {expected} bytes for {datatype}{list(shape)}, got {len(raw)}"
+        )
+
+
+def typed_to_raw(name: str, datatype: str, shape: Sequence[int], contents: object) -> bytes:
+    """Convert an InferTensorContents message to raw bytes, checking the element count."""
+    field = _TYPED_FIELD.get(datatype)
+    if field is None:
+        raise TensorError(f"input {name!r}: datatype {datatype} must be sent in raw_input_contents")
+    values = getattr(contents, field)
+    count = _element_count(shape)
+    if len(values) != count:
+        raise TensorError(f"input {name!r}: expected {count} elements in {field}, got {len(values)}")
+    if datatype == "BYTES":
+        return _encode_bytes_elements(list(values))
+    return np.asarray(list(values), dtype=numpy_dtype(datatype)).tobytes()
+
+
+def decode_inputs(request: object, specs: Mapping[str, TensorSpec], model: str) -> dict[str, WireTensor]:
+    """Validate the inputs of a ModelInferRequest against ``specs`` and return them as raw tensors.
+
+    Raises:
+        TensorError: naming the offending tensor (unknown, missing, duplicate, wrong datatype,
+            shape or byte count), with code INVALID_ARGUMENT.
+    """
+    inputs = request.inputs  # type: ignore[attr-defined]
+    raws = request.raw_input_contents  # type: ignore[attr-defined]
+    if raws and len(raws) != len(inputs):
+        raise TensorError(
+            f"model {model!r}: {len(inputs)} inputs but {len(raws)} raw_input_contents entries"
+        )
+    out: dict[str, WireTensor] = {}
+    for i, t in enumerate(inputs):
+        spec = specs.get(t.name)
+        if spec is None:
+            raise TensorError(f"model {model!r} has no input named {t.name!r} (inputs: {sorted(specs)})")
+        if t.name in out:
+            raise TensorError(f"model {model!r}: input {t.name!r} given twice")
+        if t.datatype != spec.datatype:
+            raise TensorError(
+                f"model {model!r}: input {t.name!r} must be {spec.datatype}, got {t.datatype or 'no datatype'}"
+            )
+        shape = tuple(int(d) for d in t.shape)
+        if any(d < 0 for d in shape) or not spec.accepts_shape(shape):
+            raise TensorError(
+                f"model {model!r}: input {t.name!r} must have shape {list(spec.shape)}, got {list(shape)}"
+            )
+        has_typed = t.HasField("contents")
+        if raws:
+            if has_typed:
+                raise TensorError(f"input {t.name!r}: both raw_input_contents and typed contents given")
+            raw = raws[i]
+            check_raw_size(t.name, t.datatype, shape, raw)
+        elif has_typed:
+            raw = typed_to_raw(t.name, t.datatype, shape, t.contents)
+        elif _element_count(shape) == 0:
+            raw = b""
+        else:
+            raise TensorError(f"input {t.name!r}: no data (neither raw_input_contents nor contents)")
+        out[t.name] = WireTensor(t.datatype, shape, raw)
+    missing = sorted(set(specs) - set(out))
+    if missing:
+        raise TensorError(f"model {model!r}: missing inputs {missing}")
+    return out
+
+
+def to_numpy(name: str, tensor: WireTensor) -> np.ndarray:
+    """View a raw tensor as a numpy array (zero-copy for numeric datatypes)."""
+    if tensor.datatype == "BYTES":
+        items = _decode_bytes_elements(tensor.raw, _element_count(tensor.shape), name)
+        arr = np.empty(len(items), dtype=object)
+        arr[:] = items
+        return arr.reshape(tensor.shape)
+    return np.frombuffer(tensor.raw, dtype=numpy_dtype(tensor.datatype)).reshape(tensor.shape)
+
+
+def from_numpy(array: np.ndarray) -> WireTensor:
+    """Encode a numpy array (numeric, bool, or object/str/bytes for BYTES) as a raw tensor."""
+    arr = np.asarray(array)
+    datatype = v2_datatype(arr.dtype) if arr.dtype.kind not in "OSU" else "BYTES"
+    shape = tuple(int(d) for d in arr.shape)
+    if datatype == "BYTES":
+        items = [x.encode() if isinstance(x, str) else bytes(x) for x in arr.reshape(-1)]
+        return WireTensor("BYTES", shape, _encode_bytes_elements(items))
+    return WireTensor(datatype, shape, np.ascontiguousarray(arr).tobytes())
