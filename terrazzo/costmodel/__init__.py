@@ -1,1 +1,69 @@
-"""terrazzo.costmodel (see DESIGN.md)."""
+"""terrazzo.costmodel: device catalog, roofline op costs, LLM phase model, calibration and TCO.
+
+Sits between the IR and placement: placement asks it what each op costs on each device
+class, what moving a value between classes costs, and what a device-hour costs.
+"""
+
+from terrazzo.costmodel import llm
+from terrazzo.costmodel.catalog import (
+    DTYPES,
+    PROFILES,
+    Catalog,
+    DeviceEntry,
+    DeviceSpec,
+    load_catalog,
+)
+from terrazzo.costmodel.efficiency import (
+    DEFAULT_EFFICIENCY,
+    DEFAULT_LAUNCH_OVERHEAD_S,
+    LINK_LATENCY_S,
+    Efficiency,
+    default_efficiency,
+)
+from terrazzo.costmodel.measured import MeasuredProfile, Measurement
+from terrazzo.costmodel.model import CostModel
+from terrazzo.costmodel.profile import CalibrationProfile, EfficiencyBucket
+from terrazzo.costmodel.tco import (
+    TCOBreakdown,
+    TCOOptions,
+    annuity_usd_per_year,
+    energy_j_per_request,
+    power_w,
+    tco_breakdown,
+    usd_per_hour,
+    usd_per_million_tokens,
+    usd_per_request,
+)
+from terrazzo.costmodel.transfer import Link, link_between, transfer_latency_s
+
+__all__ = [
+    "DEFAULT_EFFICIENCY",
+    "DEFAULT_LAUNCH_OVERHEAD_S",
+    "DTYPES",
+    "LINK_LATENCY_S",
+    "PROFILES",
+    "CalibrationProfile",
+    "Catalog",
+    "CostModel",
+    "DeviceEntry",
+    "DeviceSpec",
+    "Efficiency",
+    "EfficiencyBucket",
+    "Link",
+    "MeasuredProfile",
+    "Measurement",
+    "TCOBreakdown",
+    "TCOOptions",
+    "annuity_usd_per_year",
+    "default_efficiency",
+    "energy_j_per_request",
+    "link_between",
+    "llm",
+    "load_catalog",
+    "power_w",
+    "tco_breakdown",
+    "transfer_latency_s",
+    "usd_per_hour",
+    "usd_per_million_tokens",
+    "usd_per_request",
+]

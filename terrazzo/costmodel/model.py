@@ -1,0 +1,233 @@
+"""The cost model: per-op latency and memory on a device class, and transfer costs, for placement.
+
+latency(op, dev) = max(FLOPs / (peak · e_compute), bytes / (bandwidth · e_memory)) + launch,
+with efficiencies per op class and device kind (priors) or per device (calibration
+profiles); measured profiles, when given, win over both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from terrazzo.costmodel import llm
+from terrazzo.costmodel.catalog import DeviceSpec, IR_DTYPE_TO_KEY, unknown_device_message
+from terrazzo.costmodel.efficiency import DEFAULT_LAUNCH_OVERHEAD_S, Efficiency, default_efficiency
+from terrazzo.costmodel.measured import MeasuredProfile
+from terrazzo.costmodel.profile import CalibrationProfile, op_work
+from terrazzo.costmodel.transfer import Link, link_between
+from terrazzo.errors import CostModelError
+from terrazzo.ir.graph import Graph, Op
+
+_FIXED_LATENCY_CLASSES = frozenset({"tool", "retrieve", "memory", "io"})
+
+
+def _as_profiles(
+    calibration: CalibrationProfile | str | Path | Iterable[CalibrationProfile | str | Path] | None,
+) -> tuple[CalibrationProfile, ...]:
+    if calibration is None:
+        return ()
+    if isinstance(calibration, CalibrationProfile | str | Path):
+        calibration = [calibration]
+    out = []
+    for c in calibration:
+        out.append(c if isinstance(c, CalibrationProfile) else CalibrationProfile.load(c))
+    return tuple(out)
+
+
+class CostModel:
+    """Latency, memory and transfer costs of ops on the devices of a catalog.
+
+    Args:
+        catalog: name → DeviceSpec (``load_catalog(...)``).
+        calibration: one or more calibration profiles (objects or JSON paths); a later
+            profile overrides an earlier one for the devices it applies to. A profile for a
+            device not in the catalog (``local-cpu``) adds that device.
+        measured: measured per-task, per-device latency and cost; used whenever it covers
+            the (op name, device) pair asked for.
+    """
+
+    def __init__(
+        self,
+        catalog: Mapping[str, DeviceSpec],
+        calibration: CalibrationProfile | str | Path | Iterable[CalibrationProfile | str | Path] | None = None,
+        measured: MeasuredProfile | None = None,
+    ) -> None:
+        devices = dict(catalog)
+        self._profiles: dict[str, CalibrationProfile] = {}
+        for prof in _as_profiles(calibration):
+            if prof.device_spec is not None:
+                devices.setdefault(prof.device, prof.device_spec)
+            for name in prof.applies_to:
+                self._profiles[name] = prof
+        self.devices: Mapping[str, DeviceSpec] = devices
+        self.measured = measured
+
+    # -- lookup ---------------------------------------------------------------------------------
+    def device(self, dev: DeviceSpec | str) -> DeviceSpec:
+        """The DeviceSpec for a spec or a device name.
+
+        Raises:
+            CostModelError: unknown name (suggests the closest one).
+        """
+        if isinstance(dev, DeviceSpec):
+            return dev
+        spec = self.devices.get(dev)
+        if spec is None:
+            raise CostModelError(unknown_device_message(dev, self.devices))
+        return spec
+
+    def calibration_for(self, dev: DeviceSpec | str) -> CalibrationProfile | None:
+        """The calibration profile that applies to a device, if any."""
+        return self._profiles.get(dev if isinstance(dev, str) else dev.name)
+
+    def efficiency(self, op_class: str, dev: DeviceSpec | str, work: float = 0.0) -> Efficiency:
+        """Efficiency for an op class of size ``work`` on a device (calibrated, else the prior)."""
+        spec = self.device(dev)
+        prof = self._profiles.get(spec.name)
+        if prof is not None:
+            eff = prof.efficiency_for(op_class, work)
+            if eff is not None:
+                return eff
+        return default_efficiency(spec.kind, op_class)
+
+    def launch_overhead_s(self, dev: DeviceSpec | str) -> float:
+        """Fixed per-op cost on a device (calibrated, else the prior for its kind)."""
+        spec = self.device(dev)
+        prof = self._profiles.get(spec.name)
+        if prof is not None:
+            return prof.launch_overhead_s
+        return DEFAULT_LAUNCH_OVERHEAD_S[spec.kind]
+
+    # -- ops ------------------------------------------------------------------------------------
+    def op_latency_s(self, op: Op, dev: DeviceSpec | str, dtype: str | None = None) -> float:
+        """Predicted latency of one op on one device class.
+
+        Args:
+            op: the operator (its ``flops``, ``bytes_*``, ``param_bytes`` and ``op_class``).
+            dev: a DeviceSpec or a device name.
+            dtype: compute dtype (ir or catalog name); default: the op's ``dtype`` attribute,
+                else fp32.
+
+        Ops of class ``llm_prefill``/``llm_decode`` with a ``model`` attribute (preset name)
+        use the LLM phase model with attributes ``input_tokens``, ``output_tokens``, ``batch``,
+        ``dtype``, ``tp``; ``tool``/``retrieve``/``memory``/``io`` ops with ``latency_ms`` or
+        ``latency_s`` use that fixed figure.
+        """
+        name = dev if isinstance(dev, str) else dev.name
+        if self.measured is not None:
+            m = self.measured.latency_s(op.name, name)
+            if m is not None:
+                return m
+        spec = self.device(dev)
+        fixed = self._fixed_latency_s(op)
+        if fixed is not None:
+            return fixed
+        if op.op_class in ("llm_prefill", "llm_decode") and op.attr("model") is not None:
+            return self._llm_latency_s(op, spec)
+        dt = dtype or str(op.attr("dtype", "fp32"))
+        nbytes = op.bytes_read + op.bytes_written + op.param_bytes
+        eff = self.efficiency(op.op_class, spec, op_work(op.op_class, op.flops, nbytes))
+        compute_s = op.flops / (spec.peak_flops_per_s(dt) * eff.compute) if op.flops else 0.0
+        memory_s = nbytes / (spec.mem_bw_bytes_per_s * eff.memory) if nbytes else 0.0
+        return max(compute_s, memory_s) + self.launch_overhead_s(spec)
+
+    def op_cost_usd(self, op: Op, dev: DeviceSpec | str) -> float | None:
+        """Measured cost of one request of this op on ``dev``, when a measured profile has it."""
+        if self.measured is None:
+            return None
+        return self.measured.cost_usd(op.name, dev if isinstance(dev, str) else dev.name)
+
+    @staticmethod
+    def _fixed_latency_s(op: Op) -> float | None:
+        if op.op_class not in _FIXED_LATENCY_CLASSES:
+            return None
+        if op.attr("latency_s") is not None:
+            return float(op.attr("latency_s"))  # type: ignore[arg-type]
+        if op.attr("latency_ms") is not None:
+            return float(op.attr("latency_ms")) / 1e3  # type: ignore[arg-type]
+        return None
+
+    def _llm_latency_s(self, op: Op, spec: DeviceSpec) -> float:
+        cfg = llm.get_preset(str(op.attr("model")))
+        dt = str(op.attr("dtype", "fp16"))
+        dt = IR_DTYPE_TO_KEY.get(dt, dt)
+        batch = int(op.attr("batch", 1))  # type: ignore[arg-type]
+        tp = int(op.attr("tp", 1))  # type: ignore[arg-type]
+        isl = int(op.attr("input_tokens", 512))  # type: ignore[arg-type]
+        osl = int(op.attr("output_tokens", 1))  # type: ignore[arg-type]
+        if op.op_class == "llm_prefill":
+            eff = self.efficiency("llm_prefill", spec, llm.prefill_flops(cfg, isl, batch))
+            return llm.prefill_latency_s(cfg, spec, isl, batch, dt, tp, eff)
+        eff = self.efficiency("llm_decode", spec, 0.0)
+        step = llm.decode_step_latency_s(cfg, spec, isl + osl // 2, batch, dt, tp, eff)
+        return osl * step
+
+    def op_memory_bytes(self, op: Op) -> int:
+        """Memory an op holds while it runs: weights + inputs + outputs (LLM ops: weights + KV)."""
+        if op.op_class in ("llm_prefill", "llm_decode") and op.attr("model") is not None:
+            cfg = llm.get_preset(str(op.attr("model")))
+            dt = str(op.attr("dtype", "fp16"))
+            dt = IR_DTYPE_TO_KEY.get(dt, dt)
+            ctx = int(op.attr("input_tokens", 512)) + int(op.attr("output_tokens", 0))  # type: ignore[arg-type]
+            return llm.memory_bytes_per_device(cfg, ctx, int(op.attr("batch", 1)), dt, 1)  # type: ignore[arg-type]
+        return op.resident_bytes
+
+    # -- transfers ------------------------------------------------------------------------------
+    def link(self, src: DeviceSpec | str, dst: DeviceSpec | str) -> Link:
+        """The link between two device classes (same, pcie, network)."""
+        if self.measured is not None and isinstance(src, str) and isinstance(dst, str):
+            if src not in self.devices or dst not in self.devices:
+                m = self.measured.transfer(src, dst)
+                return Link("measured", float("inf"), m.latency_s)
+        return link_between(self.device(src), self.device(dst))
+
+    def transfer_latency_s(self, nbytes: float, src: DeviceSpec | str, dst: DeviceSpec | str) -> float:
+        """Seconds to move ``nbytes`` from ``src`` to ``dst``: latency + bytes / bandwidth, 0 on the same class.
+
+        With a measured profile and device names it does not know from the catalog, the
+        measured transfer latency (zero when unlisted) is returned.
+        """
+        src_name = src if isinstance(src, str) else src.name
+        dst_name = dst if isinstance(dst, str) else dst.name
+        if src_name == dst_name:
+            return 0.0
+        if self.measured is not None and (src_name not in self.devices or dst_name not in self.devices):
+            return self.measured.transfer(src_name, dst_name).latency_s
+        return link_between(self.device(src), self.device(dst)).transfer_latency_s(nbytes)
+
+    # -- graphs ---------------------------------------------------------------------------------
+    def graph_latency_s(self, graph: Graph, dev: DeviceSpec | str) -> float:
+        """Latency of the whole graph run op after op on one device class (no transfers)."""
+        return sum(self.op_latency_s(op, dev, _op_dtype(graph, op)) for op in graph.ops)
+
+    def graph_memory_bytes(self, graph: Graph) -> int:
+        """Memory to hold a graph on one device: all weights + the largest op's inputs and outputs."""
+        weights = sum(o.param_bytes for o in graph.ops)
+        act = max((o.bytes_read + o.bytes_written for o in graph.ops), default=0)
+        return weights + act
+
+    def op_latencies_s(self, graph: Graph, dev: DeviceSpec | str) -> dict[str, float]:
+        """op name → predicted latency on ``dev`` for every op of ``graph``."""
+        return {op.name: self.op_latency_s(op, dev, _op_dtype(graph, op)) for op in graph.ops}
+
+
+def _op_dtype(graph: Graph, op: Op) -> str:
+    explicit = op.attr("dtype")
+    if explicit is not None:
+        return str(explicit)
+    for v in op.outputs:
+        t = graph.values.get(v)
+        if t is not None:
+            return IR_DTYPE_TO_KEY.get(t.dtype, "fp32")
+    return "fp32"
+
+
+def describe(model: CostModel) -> dict[str, Any]:
+    """A JSON-ready summary of which devices are calibrated (for CLI output)."""
+    return {
+        "devices": list(model.devices),
+        "calibrated": {d: p.device for d, p in model._profiles.items()},
+        "measured": bool(model.measured),
+    }

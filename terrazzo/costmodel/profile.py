@@ -1,0 +1,186 @@
+"""Calibration profiles: fitted efficiencies and launch overhead for one device, saved as JSON.
+
+``terrazzo calibrate`` writes one for the local CPU; profiles measured elsewhere (other CPUs,
+GPUs) can be passed to ``CostModel(calibration=...)`` and override the priors for the devices
+they name. Efficiencies may be bucketed by op size because untuned kernels' efficiency varies
+with shape: a bucket applies to ops whose ``work`` (FLOPs for matmul/conv, bytes moved for the
+rest) is at most ``max_work``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from terrazzo.costmodel.catalog import DeviceEntry, DeviceSpec, _entry_to_spec, _format_validation
+from terrazzo.costmodel.efficiency import Efficiency
+from terrazzo.errors import CostModelError
+
+PROFILE_FORMAT = "terrazzo-calibration/1"
+COMPUTE_WORK_CLASSES = frozenset({"matmul", "conv", "llm_prefill"})
+
+
+def op_work(op_class: str, flops: int, nbytes: int) -> float:
+    """The size measure buckets are keyed on: FLOPs for compute-heavy classes, bytes otherwise."""
+    return float(flops if op_class in COMPUTE_WORK_CLASSES else nbytes)
+
+
+@dataclass(frozen=True, slots=True)
+class EfficiencyBucket:
+    """Efficiency for ops of one class whose work is ≤ ``max_work`` (``inf`` for the last bucket)."""
+
+    max_work: float
+    efficiency: Efficiency
+
+
+@dataclass(frozen=True, slots=True)
+class CalibrationProfile:
+    """Fitted cost parameters for the devices in ``applies_to``.
+
+    ``device_spec`` is set when the calibrated device is not in the catalog (``local-cpu``);
+    the cost model then adds it. ``meta`` holds free-form provenance and accuracy figures.
+    """
+
+    device: str
+    applies_to: tuple[str, ...]
+    launch_overhead_s: float
+    efficiency: Mapping[str, tuple[EfficiencyBucket, ...]]
+    device_spec: DeviceSpec | None = None
+    meta: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    def efficiency_for(self, op_class: str, work: float) -> Efficiency | None:
+        """The fitted efficiency for an op of this class and size, or None if not calibrated."""
+        buckets = self.efficiency.get(op_class)
+        if not buckets:
+            return None
+        for b in buckets:
+            if work <= b.max_work:
+                return b.efficiency
+        return buckets[-1].efficiency
+
+    def to_json(self) -> dict[str, Any]:
+        spec = None
+        if self.device_spec is not None:
+            d = self.device_spec
+            spec = {
+                "model": d.model,
+                "vendor": d.vendor,
+                "kind": d.kind,
+                "year": d.year,
+                "peak_tflops": dict(d.peak_tflops),
+                "mem_gb": d.mem_bytes / 1e9,
+                "mem_bw_gb_per_s": d.mem_bw_bytes_per_s / 1e9,
+                "host_link_gb_per_s": d.host_link_bw_bytes_per_s / 1e9,
+                "tdp_w": d.tdp_w,
+                "capex_usd": d.capex_usd,
+                "cloud_usd_per_hour": d.cloud_usd_per_hour,
+                "cloud_provider": d.cloud_provider,
+                "cloud_price_date": d.cloud_price_date,
+                "chassis_size": d.chassis_size,
+                "scaleup_gb_per_s": d.scaleup_bw_bytes_per_s / 1e9,
+                "scaleout_gbps": d.scaleout_bw_bits_per_s / 1e9,
+                "tvm_target": dict(d.tvm_target) if d.tvm_target is not None else None,
+                "sources": dict(d.sources),
+            }
+        return {
+            "format": PROFILE_FORMAT,
+            "device": self.device,
+            "applies_to": list(self.applies_to),
+            "launch_overhead_s": self.launch_overhead_s,
+            "efficiency": {
+                cls: [
+                    {
+                        "max_work": None if math.isinf(b.max_work) else b.max_work,
+                        "compute": b.efficiency.compute,
+                        "memory": b.efficiency.memory,
+                    }
+                    for b in buckets
+                ]
+                for cls, buckets in self.efficiency.items()
+            },
+            "device_spec": spec,
+            "meta": dict(self.meta),
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Write the profile as JSON; returns the path."""
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(json.dumps(self.to_json(), indent=2, default=str) + "\n")
+        return p
+
+    @staticmethod
+    def from_json(data: Mapping[str, Any], where: str = "calibration profile") -> CalibrationProfile:
+        """Validate and build a profile from its JSON form.
+
+        Raises:
+            CostModelError: a missing or invalid field, named.
+        """
+        try:
+            pf = _ProfileFile.model_validate(data)
+        except ValidationError as e:
+            raise CostModelError(_format_validation(where, e)) from None
+        eff: dict[str, tuple[EfficiencyBucket, ...]] = {}
+        for cls, buckets in pf.efficiency.items():
+            items = []
+            for i, b in enumerate(buckets):
+                try:
+                    e = Efficiency(b.compute, b.memory)
+                except CostModelError as err:
+                    raise CostModelError(f"{where}: efficiency.{cls}[{i}]: {err}") from None
+                items.append(EfficiencyBucket(math.inf if b.max_work is None else b.max_work, e))
+            items.sort(key=lambda b: b.max_work)
+            eff[cls] = tuple(items)
+        spec = _entry_to_spec(pf.device, pf.device_spec) if pf.device_spec is not None else None
+        applies = tuple(pf.applies_to) if pf.applies_to else (pf.device,)
+        return CalibrationProfile(
+            device=pf.device,
+            applies_to=applies,
+            launch_overhead_s=pf.launch_overhead_s,
+            efficiency=MappingProxyType(eff),
+            device_spec=spec,
+            meta=MappingProxyType(dict(pf.meta)),
+        )
+
+    @staticmethod
+    def load(path: str | Path) -> CalibrationProfile:
+        """Read a profile JSON file.
+
+        Raises:
+            CostModelError: the file is missing, not JSON, or has an invalid field.
+        """
+        p = Path(path)
+        try:
+            data = json.loads(p.read_text())
+        except FileNotFoundError:
+            raise CostModelError(f"calibration profile {p} does not exist") from None
+        except json.JSONDecodeError as e:
+            raise CostModelError(f"calibration profile {p} is not valid JSON: {e}") from None
+        if not isinstance(data, Mapping):
+            raise CostModelError(f"calibration profile {p}: expected a JSON object")
+        return CalibrationProfile.from_json(data, str(p))
+
+
+class _BucketModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    max_work: float | None = Field(default=None, gt=0, description="upper bound of the bucket")
+    compute: float = Field(gt=0, le=1, description="fraction of peak FLOP/s")
+    memory: float = Field(gt=0, le=8, description="fraction of DRAM bandwidth (>1: cache-resident)")
+
+
+class _ProfileFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    format: str = Field(pattern=r"^terrazzo-calibration/1$")
+    device: str = Field(min_length=1)
+    applies_to: list[str] = Field(default_factory=list)
+    launch_overhead_s: float = Field(ge=0)
+    efficiency: dict[str, list[_BucketModel]]
+    device_spec: DeviceEntry | None = None
+    meta: dict[str, Any] = Field(default_factory=dict)
