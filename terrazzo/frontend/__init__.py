@@ -1,1 +1,23 @@
-"""terrazzo.frontend (see DESIGN.md)."""
+"""Frontends: ONNX files and PyTorch modules → ir.Graph (the first step of the pipeline).
+
+Heavy dependencies (tvm, onnx, torch) are imported inside the functions, so importing
+this package is cheap.
+"""
+
+from __future__ import annotations
+
+from terrazzo.frontend.fixups import prepare_for_build
+from terrazzo.frontend.onnx_import import from_onnx, sanitize_name
+from terrazzo.frontend.relax_graph import relax_bindings
+from terrazzo.frontend.run import build_and_run, build_cpu
+from terrazzo.frontend.torch_import import from_torch
+
+__all__ = [
+    "build_and_run",
+    "build_cpu",
+    "from_onnx",
+    "from_torch",
+    "prepare_for_build",
+    "relax_bindings",
+    "sanitize_name",
+]

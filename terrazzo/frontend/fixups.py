@@ -1,0 +1,70 @@
+"""Relax rewrites applied after import and before any TVM build (frontend → codegen boundary).
+
+TVM 0.27 cannot build a few Relax programs that its own frontends produce. Each rule here
+fixes one such pattern; ``prepare_for_build`` applies all of them and is what codegen and
+``build_and_run`` call before ``tvm.compile``.
+
+Rules:
+
+* ``cumsum``/``cumprod`` over a ``bool`` tensor with no explicit ``dtype``. The torch
+  frontend emits ``R.cumsum(mask)`` for ``torch.cumsum(bool_tensor)`` (transformers' causal
+  mask code does this to detect packed sequences in Llama and GPT-2). Relax infers a
+  ``bool`` result, legalises it to a TIR scan whose accumulator is ``bool``, and LLVM codegen
+  then aborts in ``CodeGenLLVM::CreateAdd`` (``t.MatchesCode(kDLFloat)``): an ``add`` on
+  ``uint1`` is neither int nor float to it. Torch itself returns ``int64`` for a cumulative
+  sum of booleans, so the rewrite casts the input to ``int64`` and scans in ``int64``; the
+  mutator re-infers the types of every downstream binding, so the result matches torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_INT_SCANS = ("relax.cumsum", "relax.cumprod")
+
+
+def _make_mutator() -> Any:
+    import tvm
+    from tvm import relax
+    from tvm.relax.expr_functor import PyExprMutator, mutator
+
+    @mutator
+    class _BoolScanToInt64(PyExprMutator):  # type: ignore[misc]
+        def visit_call_(self, call: relax.Call) -> relax.Expr:
+            call = super().visit_call_(call)
+            op = getattr(call, "op", None)
+            if not isinstance(op, tvm.ir.Op) or op.name not in _INT_SCANS:
+                return call
+            data = call.args[0]
+            sinfo = data.ty
+            if not isinstance(sinfo, relax.TensorType) or sinfo.dtype != "bool":
+                return call
+            if call.attrs.dtype is not None and str(call.attrs.dtype) not in ("", "void"):
+                return call
+            as_int = self.builder_.emit(relax.op.astype(data, "int64"))
+            fn = relax.op.cumsum if op.name == "relax.cumsum" else relax.op.cumprod
+            return fn(as_int, axis=call.attrs.axis, dtype="int64", exclusive=call.attrs.exclusive)
+
+    return _BoolScanToInt64
+
+
+def prepare_for_build(mod: Any) -> Any:
+    """Rewrite a Relax module so that TVM 0.27 can build it; semantics are preserved.
+
+    Args:
+        mod: a ``tvm.IRModule`` as produced by ``from_onnx``/``from_torch``.
+
+    Returns:
+        A new ``tvm.IRModule`` (the input is not modified).
+    """
+    from tvm import relax
+
+    mutator_cls = _make_mutator()
+    out = mod.clone()
+    for gv, func in mod.functions.items():
+        if not isinstance(func, relax.Function):
+            continue
+        m = mutator_cls(out)
+        new_func = m.visit_expr(func)
+        out[gv] = new_func
+    return out
