@@ -1,1 +1,62 @@
-"""terrazzo.placement (see DESIGN.md)."""
+"""Placement: a Problem (tasks × device classes) → a Plan minimising USD/hour under the SLA.
+
+Solvers: exact MILP (HiGHS), a fast heuristic (chains + Lagrangian DP + local search), and
+baselines (homogeneous, HEFT, greedy, Mélange-style replica mixes).
+"""
+
+from terrazzo.placement.adapters import (
+    TaskGraph,
+    is_task_graph_file,
+    load_task_graph,
+    make_problem,
+    parse_task_graph,
+    problem_from_graph,
+    problem_from_tasks,
+    task_graph_to_ir,
+)
+from terrazzo.placement.api import SOLVERS, diagnose, plan, solve, to_problem
+from terrazzo.placement.fleet import SLA, Fleet, PricingOptions
+from terrazzo.placement.greedy import solve_greedy
+from terrazzo.placement.heft import solve_heft
+from terrazzo.placement.heuristic import solve_heuristic
+from terrazzo.placement.homogeneous import solve_homogeneous
+from terrazzo.placement.melange import solve_melange
+from terrazzo.placement.milp import MILPResult, solve_milp
+from terrazzo.placement.mlir import placed_graph, plan_to_mlir
+from terrazzo.placement.plan import Plan, Stage, Transfer, build_plan, compute_stages
+from terrazzo.placement.problem import Evaluation, Problem
+
+__all__ = [
+    "SLA",
+    "SOLVERS",
+    "Evaluation",
+    "Fleet",
+    "MILPResult",
+    "Plan",
+    "PricingOptions",
+    "Problem",
+    "Stage",
+    "TaskGraph",
+    "Transfer",
+    "build_plan",
+    "compute_stages",
+    "diagnose",
+    "is_task_graph_file",
+    "load_task_graph",
+    "make_problem",
+    "parse_task_graph",
+    "placed_graph",
+    "plan",
+    "plan_to_mlir",
+    "problem_from_graph",
+    "problem_from_tasks",
+    "solve",
+    "solve_greedy",
+    "solve_heft",
+    "solve_heuristic",
+    "solve_homogeneous",
+    "solve_melange",
+    "solve_milp",
+    "task_graph_to_ir",
+    "to_problem",
+]
