@@ -285,7 +285,9 @@ def _read_yaml(path: Path | None, text: str | None, where: str) -> Any:
         raise CostModelError(f"catalog file {where} is not valid YAML: {e}") from None
 
 
-def _raw_devices(profile: str, seen: tuple[str, ...] = ()) -> tuple[dict[str, dict[str, Any]], str, str, str]:
+def _raw_devices(
+    profile: str, seen: tuple[str, ...] = ()
+) -> tuple[dict[str, dict[str, Any]], str, str, str]:
     """Return (raw entries, profile name, description, file-level source) after resolving ``base``."""
     if profile in seen:
         raise CostModelError(f"catalog profiles form a cycle: {' -> '.join((*seen, profile))}")
@@ -318,7 +320,11 @@ def _raw_devices(profile: str, seen: tuple[str, ...] = ()) -> tuple[dict[str, di
             else:
                 merged[name] = _merge(base_devices[name], over)
                 if cf.source:  # fields the overlay sets are sourced to the overlay
-                    stamped = {k: cf.source for k in over if k not in ("notes", "published_name", "sources")}
+                    stamped = {
+                        k: cf.source
+                        for k in over
+                        if k not in ("notes", "published_name", "sources")
+                    }
                     merged[name]["sources"] = {**base_devices[name].get("sources", {}), **stamped}
         devices = merged
     return devices, cf.profile or profile, cf.description, cf.source or where
@@ -345,7 +351,9 @@ def load_catalog(profile: str | Path = "datasheet") -> Catalog:
         try:
             e = DeviceEntry.model_validate(entry)
         except ValidationError as err:
-            raise CostModelError(_format_validation(f"{source}: device {dev_name!r}", err)) from None
+            raise CostModelError(
+                _format_validation(f"{source}: device {dev_name!r}", err)
+            ) from None
         specs[dev_name] = _entry_to_spec(dev_name, e)
     cat = Catalog(specs, name, description)
     if key in PROFILES:
@@ -356,7 +364,9 @@ def load_catalog(profile: str | Path = "datasheet") -> Catalog:
 _BUILTIN_CACHE: dict[str, Catalog] = {}
 
 
-def resolve_device(dev: DeviceSpec | str, catalog: Mapping[str, DeviceSpec] | None = None) -> DeviceSpec:
+def resolve_device(
+    dev: DeviceSpec | str, catalog: Mapping[str, DeviceSpec] | None = None
+) -> DeviceSpec:
     """A DeviceSpec from a spec or a name (looked up in ``catalog``, default datasheet)."""
     if isinstance(dev, DeviceSpec):
         return dev

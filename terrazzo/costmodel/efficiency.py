@@ -12,7 +12,6 @@ from types import MappingProxyType
 
 from terrazzo.errors import CostModelError
 
-
 MAX_MEMORY_EFFICIENCY = 8.0
 
 

@@ -43,7 +43,9 @@ class LLMConfig:
     def __post_init__(self) -> None:
         for f in ("layers", "d_model", "heads", "kv_heads", "intermediate", "vocab", "params"):
             if getattr(self, f) <= 0:
-                raise CostModelError(f"LLMConfig {self.name!r}: {f} must be > 0, found {getattr(self, f)!r}")
+                raise CostModelError(
+                    f"LLMConfig {self.name!r}: {f} must be > 0, found {getattr(self, f)!r}"
+                )
         if self.heads % self.kv_heads:
             raise CostModelError(
                 f"LLMConfig {self.name!r}: heads ({self.heads}) must be a multiple of kv_heads ({self.kv_heads})"
@@ -79,19 +81,32 @@ def dtype_bytes(dtype: str) -> int:
     try:
         return DTYPE_BYTES[dtype]
     except KeyError:
-        raise CostModelError(f"unknown LLM dtype {dtype!r}; expected one of {', '.join(DTYPE_BYTES)}") from None
+        raise CostModelError(
+            f"unknown LLM dtype {dtype!r}; expected one of {', '.join(DTYPE_BYTES)}"
+        ) from None
 
 
 def kv_cache_bytes(cfg: LLMConfig, tokens: int, batch: int = 1, dtype: str = "fp16") -> int:
     """KV cache size: 2 · layers · d_model · (kv_heads / heads) · tokens · batch · bytes."""
     if tokens < 0 or batch < 0:
         raise CostModelError(f"tokens and batch must be ≥ 0, found tokens={tokens}, batch={batch}")
-    return 2 * cfg.layers * cfg.d_model * cfg.kv_heads * tokens * batch * dtype_bytes(dtype) // cfg.heads
+    return (
+        2
+        * cfg.layers
+        * cfg.d_model
+        * cfg.kv_heads
+        * tokens
+        * batch
+        * dtype_bytes(dtype)
+        // cfg.heads
+    )
 
 
 def prefill_flops(cfg: LLMConfig, tokens: int, batch: int = 1) -> float:
     """FLOPs of a prefill: 2·params per token plus causal attention (QKᵀ and AV, half masked)."""
-    return 2.0 * cfg.params * tokens * batch + 2.0 * cfg.layers * tokens * tokens * cfg.d_model * batch
+    return (
+        2.0 * cfg.params * tokens * batch + 2.0 * cfg.layers * tokens * tokens * cfg.d_model * batch
+    )
 
 
 def decode_step_flops(cfg: LLMConfig, context_tokens: int, batch: int = 1) -> float:
@@ -116,7 +131,9 @@ def allreduce_latency_s(nbytes: float, tp: int, dev: DeviceSpec) -> float:
     return 2.0 * (tp - 1) / tp * nbytes / bw + 2.0 * (tp - 1) * LINK_LATENCY_S["scaleup"]
 
 
-def _tp_comm_s(cfg: LLMConfig, dev: DeviceSpec, tokens: int, batch: int, dtype: str, tp: int) -> float:
+def _tp_comm_s(
+    cfg: LLMConfig, dev: DeviceSpec, tokens: int, batch: int, dtype: str, tp: int
+) -> float:
     # Megatron-style TP: two all-reduces of the activations (tokens × d_model) per layer.
     act = tokens * batch * cfg.d_model * dtype_bytes(dtype)
     return 2 * cfg.layers * allreduce_latency_s(act, tp, dev)
@@ -160,24 +177,44 @@ def decode_step_latency_s(
     """
     _check_tp(dev, tp)
     eff = efficiency or default_efficiency(dev.kind, "llm_decode")
-    compute_s = decode_step_flops(cfg, context_tokens, batch) / tp / (dev.peak_flops_per_s(dtype) * eff.compute)
+    compute_s = (
+        decode_step_flops(cfg, context_tokens, batch)
+        / tp
+        / (dev.peak_flops_per_s(dtype) * eff.compute)
+    )
     nbytes = (cfg.weight_bytes(dtype) + kv_cache_bytes(cfg, context_tokens, batch, dtype)) / tp
     memory_s = nbytes / (dev.mem_bw_bytes_per_s * eff.memory)
     launch_s = cfg.layers * DEFAULT_LAUNCH_OVERHEAD_S[dev.kind]
     return max(compute_s, memory_s) + _tp_comm_s(cfg, dev, 1, batch, dtype, tp) + launch_s
 
 
-def memory_bytes_per_device(cfg: LLMConfig, context_tokens: int, batch: int, dtype: str = "fp16", tp: int = 1) -> int:
+def memory_bytes_per_device(
+    cfg: LLMConfig, context_tokens: int, batch: int, dtype: str = "fp16", tp: int = 1
+) -> int:
     """Weights and KV cache held by each of ``tp`` devices."""
-    return math.ceil((cfg.weight_bytes(dtype) + kv_cache_bytes(cfg, context_tokens, batch, dtype)) / tp)
+    return math.ceil(
+        (cfg.weight_bytes(dtype) + kv_cache_bytes(cfg, context_tokens, batch, dtype)) / tp
+    )
 
 
-def fits(cfg: LLMConfig, dev: DeviceSpec, context_tokens: int, batch: int, dtype: str = "fp16", tp: int = 1) -> bool:
+def fits(
+    cfg: LLMConfig,
+    dev: DeviceSpec,
+    context_tokens: int,
+    batch: int,
+    dtype: str = "fp16",
+    tp: int = 1,
+) -> bool:
     """Whether weights + KV cache fit in ``MEM_UTILISATION`` of each device's memory."""
-    return memory_bytes_per_device(cfg, context_tokens, batch, dtype, tp) <= dev.mem_bytes * MEM_UTILISATION
+    return (
+        memory_bytes_per_device(cfg, context_tokens, batch, dtype, tp)
+        <= dev.mem_bytes * MEM_UTILISATION
+    )
 
 
-def min_tp(cfg: LLMConfig, dev: DeviceSpec, context_tokens: int, batch: int = 1, dtype: str = "fp16") -> int:
+def min_tp(
+    cfg: LLMConfig, dev: DeviceSpec, context_tokens: int, batch: int = 1, dtype: str = "fp16"
+) -> int:
     """Smallest power-of-two TP degree (≤ chassis) at which the model fits.
 
     Raises:
@@ -197,7 +234,11 @@ def min_tp(cfg: LLMConfig, dev: DeviceSpec, context_tokens: int, batch: int = 1,
 
 
 def devices_that_fit(
-    cfg: LLMConfig, devices: Mapping[str, DeviceSpec], context_tokens: int, batch: int = 1, dtype: str = "fp16"
+    cfg: LLMConfig,
+    devices: Mapping[str, DeviceSpec],
+    context_tokens: int,
+    batch: int = 1,
+    dtype: str = "fp16",
 ) -> dict[str, int]:
     """Device name → smallest TP degree that fits, over ``devices``.
 
@@ -243,7 +284,9 @@ def max_batch(
             return False
         if ttft_s is not None and prefill_latency_s(cfg, dev, input_tokens, b, dtype, tp) > ttft_s:
             return False
-        return not (tbt_s is not None and decode_step_latency_s(cfg, dev, ctx, b, dtype, tp) > tbt_s)
+        return not (
+            tbt_s is not None and decode_step_latency_s(cfg, dev, ctx, b, dtype, tp) > tbt_s
+        )
 
     if not ok(1):
         return 0
@@ -309,7 +352,10 @@ def estimate(
     """
     decode_dev = decode_dev or prefill_dev
     ctx = input_tokens + output_tokens
-    for dev, tokens, tp, phase in ((prefill_dev, input_tokens, tp_prefill, "prefill"), (decode_dev, ctx, tp_decode, "decode")):
+    for dev, tokens, tp, phase in (
+        (prefill_dev, input_tokens, tp_prefill, "prefill"),
+        (decode_dev, ctx, tp_decode, "decode"),
+    ):
         _check_tp(dev, tp)
         if not fits(cfg, dev, tokens, batch, dtype, tp):
             need = memory_bytes_per_device(cfg, tokens, batch, dtype, tp)
@@ -319,7 +365,9 @@ def estimate(
             )
     prefill_s = prefill_latency_s(cfg, prefill_dev, input_tokens, batch, dtype, tp_prefill)
     kv_s = kv_transfer_latency_s(cfg, input_tokens, batch, dtype, prefill_dev, decode_dev)
-    tbt = decode_step_latency_s(cfg, decode_dev, input_tokens + output_tokens // 2, batch, dtype, tp_decode)
+    tbt = decode_step_latency_s(
+        cfg, decode_dev, input_tokens + output_tokens // 2, batch, dtype, tp_decode
+    )
     tbt_max = decode_step_latency_s(cfg, decode_dev, ctx, batch, dtype, tp_decode)
     ttft = prefill_s + kv_s
     return LLMEstimate(

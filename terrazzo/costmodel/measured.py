@@ -43,7 +43,9 @@ class MeasuredProfile:
     """
 
     tasks: Mapping[str, Mapping[str, Measurement]]
-    transfers: Mapping[tuple[str, str], Measurement] = field(default_factory=lambda: MappingProxyType({}))
+    transfers: Mapping[tuple[str, str], Measurement] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
 
     @property
     def devices(self) -> tuple[str, ...]:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from terrazzo.costmodel import llm
-from terrazzo.costmodel.catalog import DeviceSpec, IR_DTYPE_TO_KEY, unknown_device_message
+from terrazzo.costmodel.catalog import IR_DTYPE_TO_KEY, DeviceSpec, unknown_device_message
 from terrazzo.costmodel.efficiency import DEFAULT_LAUNCH_OVERHEAD_S, Efficiency, default_efficiency
 from terrazzo.costmodel.measured import MeasuredProfile
 from terrazzo.costmodel.profile import CalibrationProfile, op_work
@@ -51,7 +51,11 @@ class CostModel:
     def __init__(
         self,
         catalog: Mapping[str, DeviceSpec],
-        calibration: CalibrationProfile | str | Path | Iterable[CalibrationProfile | str | Path] | None = None,
+        calibration: CalibrationProfile
+        | str
+        | Path
+        | Iterable[CalibrationProfile | str | Path]
+        | None = None,
         measured: MeasuredProfile | None = None,
     ) -> None:
         devices = dict(catalog)
@@ -110,10 +114,12 @@ class CostModel:
             dtype: compute dtype (ir or catalog name); default: the op's ``dtype`` attribute,
                 else fp32.
 
-        Ops of class ``llm_prefill``/``llm_decode`` with a ``model`` attribute (preset name)
-        use the LLM phase model with attributes ``input_tokens``, ``output_tokens``, ``batch``,
-        ``dtype``, ``tp``; ``tool``/``retrieve``/``memory``/``io`` ops with ``latency_ms`` or
-        ``latency_s`` use that fixed figure.
+        Ops of class ``llm_prefill``/``llm_decode`` that name a model (``preset`` or ``model``
+        attribute, or the architecture attributes ``layers``, ``d_model``, ``heads``,
+        ``kv_heads``, ``ffn_dim``, ``vocab`` that the agent frontend writes) use the LLM phase
+        model with attributes ``input_tokens``, ``output_tokens``, ``batch``, ``dtype``, ``tp``;
+        a decode op costs ``output_tokens`` steps. ``tool``/``retrieve``/``memory``/``io`` ops
+        with ``latency_s`` or ``latency_ms`` use that fixed figure.
         """
         name = dev if isinstance(dev, str) else dev.name
         if self.measured is not None:
@@ -124,10 +130,12 @@ class CostModel:
         fixed = self._fixed_latency_s(op)
         if fixed is not None:
             return fixed
-        if op.op_class in ("llm_prefill", "llm_decode") and op.attr("model") is not None:
-            return self._llm_latency_s(op, spec)
+        cfg = _llm_config(op)
+        if cfg is not None:
+            return self._llm_latency_s(op, cfg, spec)
         dt = dtype or str(op.attr("dtype", "fp32"))
-        nbytes = op.bytes_read + op.bytes_written + op.param_bytes
+        # Frontends count the weights an op reads in bytes_read (and again in param_bytes).
+        nbytes = op.bytes_read + op.bytes_written
         eff = self.efficiency(op.op_class, spec, op_work(op.op_class, op.flops, nbytes))
         compute_s = op.flops / (spec.peak_flops_per_s(dt) * eff.compute) if op.flops else 0.0
         memory_s = nbytes / (spec.mem_bw_bytes_per_s * eff.memory) if nbytes else 0.0
@@ -149,14 +157,8 @@ class CostModel:
             return float(op.attr("latency_ms")) / 1e3  # type: ignore[arg-type]
         return None
 
-    def _llm_latency_s(self, op: Op, spec: DeviceSpec) -> float:
-        cfg = llm.get_preset(str(op.attr("model")))
-        dt = str(op.attr("dtype", "fp16"))
-        dt = IR_DTYPE_TO_KEY.get(dt, dt)
-        batch = int(op.attr("batch", 1))  # type: ignore[arg-type]
-        tp = int(op.attr("tp", 1))  # type: ignore[arg-type]
-        isl = int(op.attr("input_tokens", 512))  # type: ignore[arg-type]
-        osl = int(op.attr("output_tokens", 1))  # type: ignore[arg-type]
+    def _llm_latency_s(self, op: Op, cfg: llm.LLMConfig, spec: DeviceSpec) -> float:
+        dt, batch, tp, isl, osl = _llm_shape(op)
         if op.op_class == "llm_prefill":
             eff = self.efficiency("llm_prefill", spec, llm.prefill_flops(cfg, isl, batch))
             return llm.prefill_latency_s(cfg, spec, isl, batch, dt, tp, eff)
@@ -165,14 +167,16 @@ class CostModel:
         return osl * step
 
     def op_memory_bytes(self, op: Op) -> int:
-        """Memory an op holds while it runs: weights + inputs + outputs (LLM ops: weights + KV)."""
-        if op.op_class in ("llm_prefill", "llm_decode") and op.attr("model") is not None:
-            cfg = llm.get_preset(str(op.attr("model")))
-            dt = str(op.attr("dtype", "fp16"))
-            dt = IR_DTYPE_TO_KEY.get(dt, dt)
-            ctx = int(op.attr("input_tokens", 512)) + int(op.attr("output_tokens", 0))  # type: ignore[arg-type]
-            return llm.memory_bytes_per_device(cfg, ctx, int(op.attr("batch", 1)), dt, 1)  # type: ignore[arg-type]
-        return op.resident_bytes
+        """Memory an op holds while it runs: what it reads (weights included) and writes.
+
+        LLM phase ops: weights plus the KV cache for input + output tokens.
+        """
+        cfg = _llm_config(op)
+        if cfg is not None:
+            dt, batch, tp, isl, osl = _llm_shape(op)
+            ctx = isl + (osl if op.op_class == "llm_decode" else 0)
+            return llm.memory_bytes_per_device(cfg, ctx, batch, dt, tp)
+        return op.bytes_read + op.bytes_written
 
     # -- transfers ------------------------------------------------------------------------------
     def link(self, src: DeviceSpec | str, dst: DeviceSpec | str) -> Link:
@@ -183,7 +187,9 @@ class CostModel:
                 return Link("measured", float("inf"), m.latency_s)
         return link_between(self.device(src), self.device(dst))
 
-    def transfer_latency_s(self, nbytes: float, src: DeviceSpec | str, dst: DeviceSpec | str) -> float:
+    def transfer_latency_s(
+        self, nbytes: float, src: DeviceSpec | str, dst: DeviceSpec | str
+    ) -> float:
         """Seconds to move ``nbytes`` from ``src`` to ``dst``: latency + bytes / bandwidth, 0 on the same class.
 
         With a measured profile and device names it does not know from the catalog, the
@@ -193,7 +199,9 @@ class CostModel:
         dst_name = dst if isinstance(dst, str) else dst.name
         if src_name == dst_name:
             return 0.0
-        if self.measured is not None and (src_name not in self.devices or dst_name not in self.devices):
+        if self.measured is not None and (
+            src_name not in self.devices or dst_name not in self.devices
+        ):
             return self.measured.transfer(src_name, dst_name).latency_s
         return link_between(self.device(src), self.device(dst)).transfer_latency_s(nbytes)
 
@@ -211,6 +219,41 @@ class CostModel:
     def op_latencies_s(self, graph: Graph, dev: DeviceSpec | str) -> dict[str, float]:
         """op name → predicted latency on ``dev`` for every op of ``graph``."""
         return {op.name: self.op_latency_s(op, dev, _op_dtype(graph, op)) for op in graph.ops}
+
+
+def _llm_config(op: Op) -> llm.LLMConfig | None:
+    """The LLM an ``llm_prefill``/``llm_decode`` op runs, from a preset name or its arch attrs."""
+    if op.op_class not in ("llm_prefill", "llm_decode"):
+        return None
+    name = op.attr("model", op.attr("preset"))
+    if isinstance(name, str) and name in llm.PRESETS:
+        return llm.PRESETS[name]
+    a = op.attr_dict
+    need = ("layers", "d_model", "heads", "kv_heads", "ffn_dim", "vocab")
+    if not all(k in a for k in need):
+        if isinstance(name, str) and name != "custom":
+            llm.get_preset(name)  # raises, naming the known presets
+        return None
+    dt = _llm_shape(op)[0]
+    params = op.param_bytes // llm.dtype_bytes(dt) if op.param_bytes else 0
+    layers, d, heads, kvh, ffn, vocab = (int(a[k]) for k in need)  # type: ignore[call-overload]
+    if params <= 0:  # Llama-style count: attention + gated MLP + untied embeddings
+        kv = kvh * (d // heads)
+        params = layers * (2 * d * d + 2 * d * kv + 3 * d * ffn + 2 * d) + 2 * vocab * d + d
+    return llm.LLMConfig(str(name or op.name), layers, d, heads, kvh, ffn, vocab, params)
+
+
+def _llm_shape(op: Op) -> tuple[str, int, int, int, int]:
+    """(dtype key, batch, tp, input tokens, output tokens) of an LLM phase op."""
+    dt = str(op.attr("dtype", "fp16"))
+    dt = IR_DTYPE_TO_KEY.get(dt, dt)
+    return (
+        dt,
+        int(op.attr("batch", 1)),  # type: ignore[arg-type]
+        int(op.attr("tp", 1)),  # type: ignore[arg-type]
+        int(op.attr("input_tokens", 512)),  # type: ignore[arg-type]
+        int(op.attr("output_tokens", 1)),  # type: ignore[arg-type]
+    )
 
 
 def _op_dtype(graph: Graph, op: Op) -> str:

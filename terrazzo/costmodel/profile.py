@@ -117,7 +117,9 @@ class CalibrationProfile:
         return p
 
     @staticmethod
-    def from_json(data: Mapping[str, Any], where: str = "calibration profile") -> CalibrationProfile:
+    def from_json(
+        data: Mapping[str, Any], where: str = "calibration profile"
+    ) -> CalibrationProfile:
         """Validate and build a profile from its JSON form.
 
         Raises:

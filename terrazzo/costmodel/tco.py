@@ -34,14 +34,20 @@ class TCOOptions:
 
     def __post_init__(self) -> None:
         if self.pricing not in ("capex", "cloud"):
-            raise CostModelError(f"TCOOptions.pricing must be 'capex' or 'cloud', found {self.pricing!r}")
+            raise CostModelError(
+                f"TCOOptions.pricing must be 'capex' or 'cloud', found {self.pricing!r}"
+            )
         if self.years <= 0:
             raise CostModelError(f"TCOOptions.years must be > 0, found {self.years!r}")
         for name in ("interest_rate", "usd_per_kwh", "opex_usd_per_hour"):
             if getattr(self, name) < 0:
-                raise CostModelError(f"TCOOptions.{name} must be ≥ 0, found {getattr(self, name)!r}")
+                raise CostModelError(
+                    f"TCOOptions.{name} must be ≥ 0, found {getattr(self, name)!r}"
+                )
         if not (0.0 <= self.utilisation <= 1.0):
-            raise CostModelError(f"TCOOptions.utilisation must be in [0, 1], found {self.utilisation!r}")
+            raise CostModelError(
+                f"TCOOptions.utilisation must be in [0, 1], found {self.utilisation!r}"
+            )
         if self.pue < 1.0:
             raise CostModelError(f"TCOOptions.pue must be ≥ 1, found {self.pue!r}")
 
@@ -98,7 +104,9 @@ def tco_breakdown(dev: DeviceSpec, opts: TCOOptions = TCOOptions()) -> TCOBreakd
             raise CostModelError(
                 f"device {dev.name!r} has no cloud_usd_per_hour in the catalog; use pricing='capex'"
             )
-        return TCOBreakdown(dev.name, "cloud", 0.0, 0.0, opts.opex_usd_per_hour, dev.cloud_usd_per_hour)
+        return TCOBreakdown(
+            dev.name, "cloud", 0.0, 0.0, opts.opex_usd_per_hour, dev.cloud_usd_per_hour
+        )
     if dev.capex_usd is None:
         raise CostModelError(
             f"device {dev.name!r} has no capex_usd (it is not sold); use pricing='cloud'"

@@ -53,6 +53,8 @@ def link_between(src: DeviceSpec, dst: DeviceSpec, same_chassis: bool = False) -
     return Link("network", bw, LINK_LATENCY_S["network"])
 
 
-def transfer_latency_s(nbytes: float, src: DeviceSpec, dst: DeviceSpec, same_chassis: bool = False) -> float:
+def transfer_latency_s(
+    nbytes: float, src: DeviceSpec, dst: DeviceSpec, same_chassis: bool = False
+) -> float:
     """Seconds to move ``nbytes`` from ``src`` to ``dst`` (0 on the same device class)."""
     return link_between(src, dst, same_chassis).transfer_latency_s(nbytes)
