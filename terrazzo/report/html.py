@@ -1,0 +1,107 @@
+"""Self-contained HTML for TCO reports: matplotlib figures inlined as SVG, tables, no external assets."""
+
+from __future__ import annotations
+
+import html
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;color:#222}
+h1{font-size:1.6em}h2{font-size:1.25em;margin-top:2em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;font-size:.9em;margin:.5em 0}
+th,td{border:1px solid #ddd;padding:.25em .6em;text-align:right}th{background:#f4f4f4}
+td.l,th.l{text-align:left}.note{color:#555;font-size:.9em}.best{background:#e8f6e8}
+figure{margin:1em 0}svg{max-width:100%;height:auto}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Section:
+    """One titled block of the page; ``body`` is already-escaped HTML."""
+
+    title: str
+    body: str
+
+
+def figure_svg(fig: Any) -> str:
+    """Render a matplotlib figure to an inline ``<svg>`` element and close it."""
+    import matplotlib.pyplot as plt
+
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", bbox_inches="tight")
+    plt.close(fig)
+    text = buf.getvalue()
+    return text[text.index("<svg") :]
+
+
+def new_figure(width_in: float = 7.5, height_in: float = 3.6) -> tuple[Any, Any]:
+    """A figure and axes on the non-interactive Agg backend (safe without a display)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    plt.rcParams["svg.fonttype"] = "none"  # text stays text: smaller files, searchable
+    return plt.subplots(figsize=(width_in, height_in))
+
+
+def table(
+    headers: Sequence[str], rows: Sequence[Sequence[Any]], highlight: Sequence[bool] | None = None
+) -> str:
+    """An HTML table; the first column is left-aligned; floats are formatted compactly."""
+    head = "".join(
+        f'<th class="{"l" if i == 0 else ""}">{html.escape(h)}</th>' for i, h in enumerate(headers)
+    )
+    body = []
+    for r_i, r in enumerate(rows):
+        cls = ' class="best"' if highlight and highlight[r_i] else ""
+        cells = "".join(
+            f'<td class="{"l" if i == 0 else ""}">{html.escape(fmt(v))}</td>'
+            for i, v in enumerate(r)
+        )
+        body.append(f"<tr{cls}>{cells}</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def fmt(v: Any) -> str:
+    """Compact human formatting for table cells."""
+    if v is None:
+        return "—"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        a = abs(v)
+        if a == 0:
+            return "0"
+        if a >= 1e6:
+            return f"{v:,.0f}"
+        if a >= 100:
+            return f"{v:,.1f}"
+        if a >= 0.01:
+            return f"{v:.3g}"
+        return f"{v:.3e}"
+    return str(v)
+
+
+def page(title: str, sections: Sequence[Section], subtitle: str = "") -> str:
+    """The whole HTML document."""
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+    ]
+    if subtitle:
+        parts.append(f'<p class="note">{html.escape(subtitle)}</p>')
+    for s in sections:
+        parts.append(f"<h2>{html.escape(s.title)}</h2>{s.body}")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def paragraph(text: str, note: bool = False) -> str:
+    cls = ' class="note"' if note else ""
+    return f"<p{cls}>{html.escape(text)}</p>"
