@@ -1,6 +1,6 @@
 """Baseline: greedy cheapest-feasible, one pass in topological order with a latency look-ahead.
 
-Each task takes the class with the lowest fluid USD/hour whose finish time plus the fastest
+Each task takes the class with the lowest fluid USD/hour whose finish time (within TTFT for prefill tasks) plus the fastest
 possible remainder of the longest path behind it (every later task on its fastest class, no
 transfers) stays within the SLA, and whose memory and count still fit; when none does, the
 class that finishes it earliest.
@@ -30,6 +30,8 @@ def solve_greedy(problem: Problem) -> np.ndarray | None:
             tail[u] = max(tail[u], fastest[v] + tail[v])
     w = p.fluid_cost()
     L = p.sla.latency_s * (1 + LATENCY_RTOL)
+    is_prefill = p.prefill if p.prefill is not None else np.zeros(p.n, dtype=bool)
+    ttft = math.inf if p.sla.ttft_s is None else p.sla.ttft_s * (1 + LATENCY_RTOL)
     assign = np.full(p.n, -1, dtype=np.int64)
     finish = np.zeros(p.n)
     busy = np.zeros(p.num_devices)
@@ -51,7 +53,8 @@ def solve_greedy(problem: Problem) -> np.ndarray | None:
             fits = mem[d] + p.mem_bytes[i] <= p.device_mem_bytes[d] and max(
                 1, math.ceil((busy[d] + p.latency_s[i, d]) * p.load_factor - 1e-9)
             ) <= p.count[d]
-            if f + tail[i] <= L and fits:
+            ttft_ok = not is_prefill[i] or f <= ttft
+            if f + tail[i] <= L and fits and ttft_ok:
                 c = float(w[i, d]) + 3600.0 * p.rps * xusd
                 if best_ok is None or c < best_ok[0]:
                     best_ok = (c, int(d), f)

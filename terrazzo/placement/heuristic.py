@@ -170,8 +170,8 @@ class _Search:
 def local_search(problem: Problem, assign: np.ndarray, chain_list: list[list[int]], deadline: float) -> np.ndarray:
     """Improve a feasible assignment by single-task and whole-chain moves until no move helps."""
     p = problem
-    if p.prefill is not None and p.sla.ttft_s is not None:
-        return assign  # TTFT couples distant tasks; keep the DP result (the MILP refines it)
+    # TTFT bounds the finish of prefill tasks anywhere in the graph: check moves exactly
+    full_check = p.prefill is not None and p.sla.ttft_s is not None
     s = _Search(p, assign)
     allowed = p.allowed()
     groups = [c for c in chain_list if len(c) > 1] + [[i] for i in range(p.n)]
@@ -190,6 +190,11 @@ def local_search(problem: Problem, assign: np.ndarray, chain_list: list[list[int
                 dl = s.move_delta(grp, b)
                 if dl is None:
                     continue
+                if full_check:
+                    trial = s.a.copy()
+                    trial[grp] = b
+                    if not p.evaluate(trial).feasible:
+                        continue
                 if dl[0] < -1e-9 or (dl[0] <= 1e-9 and dl[1] < -1e-9):
                     if best is None or dl < best[0]:
                         best = (dl, b)
