@@ -8,30 +8,26 @@ and KV are stored in one byte, matmuls run at the FP16 rate (see :func:`fp8_mode
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from types import MappingProxyType
 from typing import Any
 
+from terrazzo.costmodel import llm
 from terrazzo.costmodel.catalog import DeviceSpec
-from terrazzo.costmodel.efficiency import (
-    DEFAULT_LAUNCH_OVERHEAD_S,
-    LINK_LATENCY_S,
-    default_efficiency,
-)
+from terrazzo.costmodel.efficiency import LINK_LATENCY_S
 from terrazzo.frontend.agent import LLMArch
-
-PRECISION_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "fp8": 1, "int8": 1}
-# Activations of an FP8 model stay in 16 bits between layers (all-reduce payloads).
-_ACT_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "fp8": 2, "int8": 2}
-# Fraction of device memory usable for weights + KV (runtime, activations and fragmentation
-# take the rest; vLLM's default gpu_memory_utilization is 0.9).
-MEMORY_HEADROOM = 0.9
 
 
 @dataclass(frozen=True, slots=True)
 class PhaseDevice:
-    """A device as the phase model sees it: the catalog entry plus the study's FP8 rule."""
+    """A device as the phase model sees it: the catalog entry with the study's FP8 rate applied.
+
+    ``spec.peak_tflops["fp8"]`` is replaced by the FP8 rule of :func:`phase_device`, so the cost
+    model's own functions see it; ``catalog_spec`` is the entry as loaded.
+    """
 
     spec: DeviceSpec
+    catalog_spec: DeviceSpec
     fp8_peak_flops_per_s: float  # 0 when FP8 runs weights-only at the FP16 rate
 
     @property
@@ -39,8 +35,6 @@ class PhaseDevice:
         return self.spec.name
 
     def peak_flops_per_s(self, precision: str) -> float:
-        if precision in ("fp8", "int8"):
-            return self.fp8_peak_flops_per_s or self.spec.peak_flops_per_s("fp16")
         return self.spec.peak_flops_per_s(precision)
 
 
@@ -60,79 +54,60 @@ def phase_device(spec: DeviceSpec, datasheet: DeviceSpec | None = None) -> Phase
     ref = datasheet or spec
     fp16 = ref.peak_tflops.get("fp16", 0.0) or ref.peak_tflops.get("bf16", 0.0)
     fp8 = ref.peak_tflops.get("fp8", 0.0)
-    if fp8 <= 0 or fp16 <= 0:
-        return PhaseDevice(spec, 0.0)
-    return PhaseDevice(spec, spec.peak_flops_per_s("fp16") * fp8 / fp16)
+    fp16_here = spec.peak_flops_per_s("fp16")
+    native = fp8 / fp16 * fp16_here if fp8 > 0 and fp16 > 0 else 0.0
+    tflops = dict(spec.peak_tflops)
+    tflops["fp8"] = (native or fp16_here) / 1e12
+    return PhaseDevice(replace(spec, peak_tflops=MappingProxyType(tflops)), spec, native)
 
 
-def weights_bytes(arch: LLMArch, precision: str) -> int:
-    return arch.param_count * PRECISION_BYTES[precision]
+def llm_config(arch: LLMArch, name: str = "custom") -> llm.LLMConfig:
+    """The cost model's config for an agent-level architecture (presets map to ``llm.PRESETS``)."""
+    if name in llm.PRESETS:
+        return llm.PRESETS[name]
+    return llm.LLMConfig(name, arch.layers, arch.d_model, arch.heads, arch.kv_heads, arch.ffn_dim, arch.vocab,
+                         arch.param_count)  # fmt: skip
 
 
-def kv_cache_bytes(arch: LLMArch, tokens: int, batch: int, precision: str) -> int:
-    """2 · layers · d_model · (kv_heads / heads) · tokens · batch · bytes."""
-    return arch.kv_bytes_per_token(precision) * tokens * batch
+def _cfg(arch: LLMArch | llm.LLMConfig) -> llm.LLMConfig:
+    return arch if isinstance(arch, llm.LLMConfig) else llm_config(arch)
 
 
-def _allreduce_s(dev: PhaseDevice, tp: int, nbytes: float) -> float:
-    if tp <= 1:
-        return 0.0
-    ring = 2.0 * (tp - 1) / tp * nbytes / dev.spec.scaleup_bw_bytes_per_s
-    return LINK_LATENCY_S["scaleup"] * 2 + ring
+def weights_bytes(arch: LLMArch | llm.LLMConfig, precision: str) -> int:
+    return _cfg(arch).weight_bytes(precision)
 
 
-def _matmul_params(arch: LLMArch) -> int:
-    # Input embeddings are a lookup; the LM head runs for the last position only.
-    return arch.param_count - 2 * arch.vocab * arch.d_model
+def kv_cache_bytes(arch: LLMArch | llm.LLMConfig, tokens: int, batch: int, precision: str) -> int:
+    """2 · layers · d_model · (kv_heads / heads) · tokens · batch · bytes (``costmodel.llm``)."""
+    return llm.kv_cache_bytes(_cfg(arch), tokens, batch, precision)
 
 
 def prefill_latency_s(
-    arch: LLMArch, dev: PhaseDevice, isl: int, batch: int, tp: int, precision: str
+    arch: LLMArch | llm.LLMConfig, dev: PhaseDevice, isl: int, batch: int, tp: int, precision: str
 ) -> float:
-    """Seconds to prefill ``batch`` prompts of ``isl`` tokens (until the first token)."""
-    tokens = isl * batch
-    flops = 2 * _matmul_params(arch) * tokens + 2 * arch.layers * arch.d_model * isl * isl * batch
-    flops += 2 * arch.vocab * arch.d_model * batch
-    eff = default_efficiency(dev.spec.kind, "llm_prefill")
-    compute = flops / (tp * dev.peak_flops_per_s(precision) * eff.compute)
-    moved = weights_bytes(arch, precision) + kv_cache_bytes(arch, isl, batch, precision)
-    memory = moved / (tp * dev.spec.mem_bw_bytes_per_s * eff.memory)
-    comm = 2 * arch.layers * _allreduce_s(dev, tp, tokens * arch.d_model * _ACT_BYTES[precision])
-    return max(compute, memory) + comm + _launch_s(arch, dev)
-
-
-def _launch_s(arch: LLMArch, dev: PhaseDevice) -> float:
-    # Serving stacks capture a step as a graph (CUDA/HIP/HPU graphs), so the fixed cost is one
-    # fused dispatch per layer rather than one per kernel.
-    return arch.layers * DEFAULT_LAUNCH_OVERHEAD_S[dev.spec.kind]
+    """Seconds to prefill ``batch`` prompts of ``isl`` tokens (``costmodel.llm.prefill_latency_s``)."""
+    return llm.prefill_latency_s(_cfg(arch), dev.spec, isl, batch, precision, tp)
 
 
 def decode_step_latency_s(
-    arch: LLMArch, dev: PhaseDevice, context: int, batch: int, tp: int, precision: str
+    arch: LLMArch | llm.LLMConfig,
+    dev: PhaseDevice,
+    context: int,
+    batch: int,
+    tp: int,
+    precision: str,
 ) -> float:
-    """Seconds for one decode step of ``batch`` sequences whose KV holds ``context`` tokens."""
-    flops = 2 * (_matmul_params(arch) + arch.vocab * arch.d_model) * batch
-    flops += (
-        4
-        * arch.layers
-        * arch.kv_heads
-        * arch.head_dim
-        * context
-        * batch
-        * (arch.heads // arch.kv_heads)
-    )
-    eff = default_efficiency(dev.spec.kind, "llm_decode")
-    compute = flops / (tp * dev.peak_flops_per_s(precision) * eff.compute)
-    moved = weights_bytes(arch, precision) + kv_cache_bytes(arch, context, batch, precision)
-    memory = moved / (tp * dev.spec.mem_bw_bytes_per_s * eff.memory)
-    comm = 2 * arch.layers * _allreduce_s(dev, tp, batch * arch.d_model * _ACT_BYTES[precision])
-    return max(compute, memory) + comm + _launch_s(arch, dev)
+    """Seconds for one decode step of ``batch`` sequences at ``context`` tokens (``costmodel.llm``)."""
+    return llm.decode_step_latency_s(_cfg(arch), dev.spec, context, batch, precision, tp)
 
 
-def max_batch(arch: LLMArch, dev: PhaseDevice, tokens: int, tp: int, precision: str) -> int:
+def max_batch(
+    arch: LLMArch | llm.LLMConfig, dev: PhaseDevice, tokens: int, tp: int, precision: str
+) -> int:
     """Most sequences of ``tokens`` whose KV fits beside the weights on ``tp`` devices (0 = none)."""
-    free = tp * dev.spec.mem_bytes * MEMORY_HEADROOM - weights_bytes(arch, precision)
-    per_seq = kv_cache_bytes(arch, tokens, 1, precision)
+    cfg = _cfg(arch)
+    free = tp * dev.spec.mem_bytes * llm.MEM_UTILISATION - cfg.weight_bytes(precision)
+    per_seq = llm.kv_cache_bytes(cfg, tokens, 1, precision)
     return max(0, int(free // per_seq)) if per_seq > 0 else 0
 
 
@@ -152,7 +127,8 @@ def describe() -> dict[str, Any]:
     return {
         "prefill": "compute-bound roofline over matmul FLOPs + causal attention, TP all-reduces on scale-up",
         "decode": "max(weights + KV bytes / bandwidth, FLOPs / peak) per step, TP all-reduces",
-        "memory_headroom": MEMORY_HEADROOM,
+        "memory_utilisation": llm.MEM_UTILISATION,
+        "phase_model": "terrazzo.costmodel.llm (roofline, TP all-reduce on scale-up, one launch per layer)",
         "fp8_without_native_support": "weights-only FP8: 1-byte weights and KV, FP16 matmul rate",
         "kv_transfer": "network between chassis: min(tp·NIC) per side",
     }

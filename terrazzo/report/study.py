@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from terrazzo.costmodel import llm
 from terrazzo.costmodel.catalog import DeviceSpec
 from terrazzo.costmodel.tco import TCOOptions, usd_per_hour
 from terrazzo.errors import TerrazzoError
@@ -142,11 +143,15 @@ class StudyResult:
         }
 
 
-def arch_of(model: str) -> LLMArch:
-    """Architecture of a preset model name (``llama3-8b``, ``llama3-70b``, ``tiny-llama``)."""
+def arch_of(model: str) -> llm.LLMConfig:
+    """Cost-model config of a preset (``llama3-8b``, ``llama3-70b`` from ``costmodel.llm``; ``tiny-llama``)."""
+    if model in llm.PRESETS:
+        return llm.PRESETS[model]
     if model not in LLM_PRESETS:
-        raise TerrazzoError(f"unknown model {model!r}; expected one of {sorted(LLM_PRESETS)}")
-    return LLMArch.from_config(LLM_PRESETS[model], model)
+        raise TerrazzoError(
+            f"unknown model {model!r}; expected one of {sorted(set(LLM_PRESETS) | set(llm.PRESETS))}"
+        )
+    return phases.llm_config(LLMArch.from_config(LLM_PRESETS[model], model), model)
 
 
 def _largest(ok: Any, hi: int) -> int:
@@ -166,7 +171,7 @@ def _largest(ok: Any, hi: int) -> int:
 class _Cell:
     """Memoised per-cell phase choices (prefill depends on the decode side only through its link)."""
 
-    def __init__(self, arch: LLMArch, precision: str, isl: int, osl: int, sla: str, opts: StudyOptions,
+    def __init__(self, arch: llm.LLMConfig, precision: str, isl: int, osl: int, sla: str, opts: StudyOptions,
                  prices: Mapping[str, float]) -> None:  # fmt: skip
         self.arch, self.precision, self.isl, self.osl, self.sla = arch, precision, isl, osl, sla
         self.opts, self.prices = opts, prices
