@@ -85,6 +85,7 @@ class Server:
             worker_token=self._worker_opts.token))
         self._stop = threading.Event()
         self._stopped = False
+        self._stop_lock = threading.Lock()
         self._grpc: grpc.Server | None = None
         self._metrics_http = None
         self._supervisor: threading.Thread | None = None
@@ -147,9 +148,13 @@ class Server:
 
     def stop(self, drain_timeout_s: float | None = None) -> None:
         """Refuse new requests, let in-flight ones finish (up to the drain timeout), stop workers."""
-        if self._stopped:
-            return
-        self._stopped = True
+        with self._stop_lock:  # a second caller waits for the first stop to finish
+            if self._stopped:
+                return
+            self._stop_now(drain_timeout_s)
+            self._stopped = True
+
+    def _stop_now(self, drain_timeout_s: float | None) -> None:
         grace = self.opts.drain_timeout_s if drain_timeout_s is None else drain_timeout_s
         self.gateway.draining.set()
         self.gateway.wait_idle(grace)

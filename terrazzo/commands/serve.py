@@ -1,0 +1,109 @@
+"""``terrazzo serve``: serve a .tzb bundle over KServe v2 gRPC with one worker process per stage replica."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+from terrazzo.errors import ServingError
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "serve",
+        help="serve a .tzb bundle over KServe v2 gRPC (stock tritonclient works)",
+        description="Start the gateway and one worker per stage replica (local processes on "
+        "loopback, or Ray actors with --ray) and serve until Ctrl-C / SIGTERM, which drains "
+        "in-flight requests.",
+    )
+    p.add_argument("bundle", help="path of the .tzb bundle (verified before any worker loads it)")
+    p.add_argument("--port", type=int, default=8001, help="gRPC port of the gateway (default 8001)")
+    p.add_argument("--metrics-port", type=int, default=8002, help="Prometheus /metrics port (default 8002)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--replicas", type=int, default=None, help="replicas per stage (default: the plan's)")
+    p.add_argument("--token", default=None, help="require 'authorization: Bearer TOKEN' on inference RPCs")
+    p.add_argument("--tls-cert", default=None, help="PEM certificate chain: serve TLS")
+    p.add_argument("--tls-key", default=None, help="PEM private key for --tls-cert")
+    p.add_argument("--tls-ca", default=None, help="PEM CA: require client certificates it signed (mTLS)")
+    p.add_argument("--ray", default=None, metavar="auto|ADDRESS",
+                   help="place workers as Ray actors on this cluster (each requests devclass_<name>)")
+    p.add_argument("--timeout", type=float, default=30.0, help="server-side default request timeout, s")
+    p.add_argument("--max-message-mib", type=int, default=256, help="max gRPC message size, MiB")
+    p.add_argument("--max-queue", type=int, default=128, help="requests in flight before RESOURCE_EXHAUSTED")
+    p.add_argument("--trust-key", default=None, help="public key file the bundle signature must verify against")
+    p.set_defaults(func=run)
+
+
+def _describe(server: Any) -> str:
+    lines = []
+    for row in server.workers():
+        where = f"{row['where']} at {row['address']}"
+        target = str(row["target"])
+        note = ""
+        if row["fallback_reason"]:
+            note = f"  [fallback: {row['fallback_reason']}]"
+        elif row["device"].lower() not in ("cpu",) and ("llvm" in target or target in ("c", "")):
+            note = f"  [planned device {row['device']} absent here: running the CPU build]"
+        lines.append(f"  {row['worker']:<12} device {row['device']:<14} target {target:<10} {where}{note}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from terrazzo.runtime import TLSOptions, serve
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    access = logging.getLogger("terrazzo.runtime.access")
+    access.addHandler(handler)
+    access.setLevel(logging.INFO)
+    access.propagate = False
+
+    tls = None
+    if args.tls_cert or args.tls_key:
+        if not (args.tls_cert and args.tls_key):
+            raise ServingError("--tls-cert and --tls-key go together")
+        tls = TLSOptions.from_files(args.tls_cert, args.tls_key, args.tls_ca)
+    elif args.tls_ca:
+        raise ServingError("--tls-ca needs --tls-cert and --tls-key")
+    trust_key = None
+    if args.trust_key:
+        try:
+            with open(args.trust_key, "rb") as f:
+                trust_key = f.read()
+        except OSError as e:
+            raise ServingError(f"cannot read --trust-key: {e}") from e
+    t0 = time.perf_counter()
+    server = serve(
+        args.bundle, args.port, metrics_port=args.metrics_port, replicas=args.replicas, token=args.token,
+        tls=tls, ray_address=args.ray, trust_key=trust_key, host=args.host,
+        default_timeout_s=args.timeout, max_message_bytes=args.max_message_mib << 20, max_queue=args.max_queue,
+    )
+    ready_s = time.perf_counter() - t0
+    print(f"serving model {server.plan.model_name!r} on {args.host}:{server.port} "
+          f"({'TLS' if tls else 'plaintext'}{', mTLS' if tls and tls.client_ca else ''}"
+          f"{', token auth' if args.token else ''}); ready in {ready_s:.1f} s")
+    if server.metrics_port is not None:
+        print(f"metrics on http://{args.host}:{server.metrics_port}/metrics")
+    print("workers:\n" + _describe(server), flush=True)
+
+    stopping = threading.Event()
+
+    def _on_signal(signum: int, _frame: Any) -> None:
+        if not stopping.is_set():
+            stopping.set()
+            print(f"received {signal.Signals(signum).name}: draining {server.gateway.inflight()} "
+                  "in-flight requests", flush=True)
+            threading.Thread(target=server.stop, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    server.wait()
+    server.stop()  # waits for the draining stop started by the signal handler
+    print(json.dumps({"event": "stopped", "model": server.plan.model_name}), flush=True)
+    return 0
