@@ -4,6 +4,14 @@ The fleet study (``run_study``) reproduces the prefill::decode analysis of arXiv
 ``phases`` is the LLM phase model it and agent placement use.
 """
 
+from terrazzo.report.plan_report import (
+    FleetOption,
+    PlanReport,
+    build_report,
+    load_plans,
+    print_report_summary,
+    report_html,
+)
 from terrazzo.report.study import (
     StudyOptions,
     StudyResult,
@@ -14,6 +22,12 @@ from terrazzo.report.study import (
 from terrazzo.report.study_report import print_study_summary, study_html
 
 __all__ = [
+    "FleetOption",
+    "PlanReport",
+    "build_report",
+    "load_plans",
+    "print_report_summary",
+    "report_html",
     "StudyOptions",
     "StudyResult",
     "StudyRow",

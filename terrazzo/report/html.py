@@ -37,7 +37,7 @@ def figure_svg(fig: Any) -> str:
     return text[text.index("<svg") :]
 
 
-def new_figure(width_in: float = 7.5, height_in: float = 3.6) -> tuple[Any, Any]:
+def new_figure(width_in: float = 7.5, height_in: float = 3.6, ncols: int = 1) -> tuple[Any, Any]:
     """A figure and axes on the non-interactive Agg backend (safe without a display)."""
     import matplotlib
 
@@ -45,7 +45,7 @@ def new_figure(width_in: float = 7.5, height_in: float = 3.6) -> tuple[Any, Any]
     import matplotlib.pyplot as plt
 
     plt.rcParams["svg.fonttype"] = "none"  # text stays text: smaller files, searchable
-    return plt.subplots(figsize=(width_in, height_in))
+    return plt.subplots(1, ncols, figsize=(width_in, height_in))
 
 
 def table(
