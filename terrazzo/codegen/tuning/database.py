@@ -1,0 +1,220 @@
+"""The tuning database: best schedule program per (workload hash, target), as JSON lines.
+
+Sits between the schedule search (which writes records) and codegen (which calls
+:func:`apply_tuning` before ``tvm.compile``); the same JSONL text is carried in bundles as
+``records.jsonl``. Records are data (schedule programs), so a database from an untrusted
+bundle can be applied without executing anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+import warnings
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from terrazzo.errors import TuningError
+
+FORMAT_VERSION = 1
+#: Target attributes that change code generation enough to separate records.
+_TARGET_KEY_ATTRS = ("mcpu", "mtriple", "mattr", "arch", "mabi")
+
+
+def target_key(target: Any) -> str:
+    """Canonical text naming a target for the database (kind + CPU/GPU identity)."""
+    import tvm
+
+    if isinstance(target, Mapping):
+        target = tvm.target.Target(dict(target))
+    elif isinstance(target, str):
+        target = tvm.target.Target({"kind": target})
+    parts = {"kind": str(target.kind.name)}
+    attrs = target.attrs
+    for k in _TARGET_KEY_ATTRS:
+        if k in attrs:
+            v = attrs[k]
+            parts[k] = ",".join(str(x) for x in v) if not isinstance(v, str) and hasattr(v, "__iter__") else str(v)
+    return json.dumps(parts, sort_keys=True, separators=(",", ":"))
+
+
+@dataclass(frozen=True, slots=True)
+class TuningRecord:
+    """One measured schedule: the program (JSON text) and how fast it ran."""
+
+    workload_hash: str
+    target_key: str
+    program_json: str
+    latency_s: float
+    kernel_name: str = ""
+    kernel_class: str = ""
+    baseline_latency_s: float | None = None
+    proposer: str = ""
+    trials: int = 0
+    created_unix_s: float = field(default_factory=time.time)
+    version: int = FORMAT_VERSION
+
+    def to_json(self) -> str:
+        """One JSON line (stable key order)."""
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+
+    @staticmethod
+    def from_json(line: str) -> TuningRecord:
+        """Parse one JSON line, checking fields and types.
+
+        Raises:
+            TuningError: the line is not a valid record.
+        """
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise TuningError(f"tuning record is not JSON: {e}") from None
+        if not isinstance(data, dict):
+            raise TuningError("tuning record must be a JSON object")
+        try:
+            rec = TuningRecord(**data)
+        except TypeError as e:
+            raise TuningError(f"tuning record has wrong fields: {e}") from None
+        if not isinstance(rec.latency_s, int | float) or rec.latency_s <= 0:
+            raise TuningError(f"tuning record latency_s must be positive, found {rec.latency_s!r}")
+        if rec.version != FORMAT_VERSION:
+            raise TuningError(f"tuning record version {rec.version}, expected {FORMAT_VERSION}")
+        return rec
+
+
+class TuningDatabase:
+    """In-memory best record per (workload hash, target key), optionally backed by a JSONL file.
+
+    ``add`` keeps the faster of two records for the same key; ``save`` rewrites the file
+    atomically with one line per key.
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+        self.path = Path(path) if path is not None else None
+        self._best: dict[tuple[str, str], TuningRecord] = {}
+        if self.path is not None and self.path.exists():
+            self.extend(_read_lines(self.path.read_text(encoding="utf-8"), str(self.path)))
+
+    def __len__(self) -> int:
+        return len(self._best)
+
+    def __iter__(self) -> Iterator[TuningRecord]:
+        return iter(sorted(self._best.values(), key=lambda r: (r.target_key, r.workload_hash)))
+
+    def add(self, record: TuningRecord) -> bool:
+        """Insert ``record``; returns True when it became the best for its key."""
+        key = (record.workload_hash, record.target_key)
+        cur = self._best.get(key)
+        if cur is None or record.latency_s < cur.latency_s:
+            self._best[key] = record
+            return True
+        return False
+
+    def extend(self, records: Iterable[TuningRecord]) -> None:
+        for r in records:
+            self.add(r)
+
+    def lookup(self, workload_hash: str, target: Any) -> TuningRecord | None:
+        """Best record for a workload on a target (a Target, dict, or a target_key string)."""
+        key = target if isinstance(target, str) and target.startswith("{") else target_key(target)
+        return self._best.get((workload_hash, key))
+
+    def to_jsonl(self) -> str:
+        """The database as JSON lines (the bundle member ``records.jsonl``)."""
+        return "".join(r.to_json() + "\n" for r in self)
+
+    @staticmethod
+    def from_jsonl(text: str, where: str = "records.jsonl") -> TuningDatabase:
+        """Parse JSON lines (e.g. a bundle's ``records.jsonl``) into a database."""
+        db = TuningDatabase()
+        db.extend(_read_lines(text, where))
+        return db
+
+    def save(self, path: str | os.PathLike[str] | None = None) -> Path:
+        """Write atomically to ``path`` (default: the database's own path)."""
+        target = Path(path) if path is not None else self.path
+        if target is None:
+            raise TuningError("tuning database has no path to save to")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".records.", suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(self.to_jsonl())
+        os.replace(tmp, target)
+        return target
+
+
+def _read_lines(text: str, where: str) -> list[TuningRecord]:
+    out = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            out.append(TuningRecord.from_json(line))
+        except TuningError as e:
+            raise TuningError(f"{where}:{n}: {e}") from None
+    return out
+
+
+def default_database_path() -> Path:
+    """Per-user cache location of the tuning database."""
+    from terrazzo.codegen.tuning.config import cache_dir
+
+    return cache_dir() / "tuning" / "records.jsonl"
+
+
+def apply_tuning(mod: Any, target: Any, db: TuningDatabase | None) -> Any:
+    """Schedule every PrimFunc of ``mod`` that has a record for ``target`` in ``db``.
+
+    Codegen calls this after LegalizeOps/FuseOps/FuseTIR and before ``tvm.compile``. A record
+    whose program no longer applies (the kernel changed) is skipped with a warning.
+
+    Args:
+        mod: an IRModule holding Relax functions and PrimFuncs.
+        target: a ``tvm.target.Target`` (or its dict form).
+        db: the tuning database; None returns ``mod`` unchanged.
+
+    Returns:
+        A new IRModule with tuned PrimFuncs replaced (``tirx.is_scheduled`` set on them).
+    """
+    from tvm import tirx
+
+    from terrazzo.codegen.tuning.kernel import workload_hash
+    from terrazzo.codegen.tuning.program import (
+        ScheduleProgramError,
+        apply_program,
+        parse_program,
+    )
+
+    if db is None or len(db) == 0:
+        return mod
+    key = target_key(target)
+    out = mod.clone() if hasattr(mod, "clone") else mod
+    for gv, func in list(mod.functions.items()):
+        if not isinstance(func, tirx.PrimFunc):
+            continue
+        rec = db.lookup(workload_hash(func), key)
+        if rec is None:
+            continue
+        try:
+            scheduled = apply_program(func, parse_program(rec.program_json))
+        except ScheduleProgramError as e:
+            warnings.warn(
+                f"tuning record for {gv.name_hint} ({rec.workload_hash}) no longer applies: {e}",
+                stacklevel=2,
+            )
+            continue
+        out.update_func(gv, scheduled.with_attr("tirx.is_scheduled", True))
+    return out
+
+
+__all__ = [
+    "TuningDatabase",
+    "TuningRecord",
+    "apply_tuning",
+    "default_database_path",
+    "target_key",
+]

@@ -1,0 +1,317 @@
+"""Offline proposer: heuristic schedule templates per kernel class plus evolutionary mutation.
+
+Sits in the schedule search as the default proposer (no network). A template turns a small
+set of decisions (tile sizes, loop order, vector width, cache-write, unroll) into a schedule
+program for the kernel's block structure; the first round tries seeds around sensible
+defaults, later rounds mutate the fastest candidates' decisions one or two at a time.
+Templates are built step by step against a live schedule, so optional steps that TVM
+refuses for a particular kernel are dropped instead of sinking the whole candidate.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Any
+
+from terrazzo.codegen.tuning.kernel import BlockInfo, Kernel
+from terrazzo.codegen.tuning.program import (
+    ScheduleProgram,
+    ScheduleProgramError,
+    _Env,
+    apply_step,
+    new_schedule,
+    parse_program,
+)
+from terrazzo.codegen.tuning.proposer import HardwareSpec, Proposal, Trial
+
+_SPACE: dict[str, tuple[Any, ...]] = {
+    "vt": (4, 8, 16, 32, 64, 128),
+    "rt": (1, 2, 4, 8, 16, 32),
+    "kt": (1, 2, 4, 8, 16, 32),
+    "order": ("k_mid", "k_out"),
+    "cache_write": (0, 1),
+    "unroll": (0, 1),
+    "inline": (0, 1),
+    "parallel": (0, 1),
+}
+
+
+def _fit(extent: int, want: int) -> int:
+    """Largest divisor of ``extent`` that is ≤ ``want`` (tiles that divide avoid predicates)."""
+    for f in range(min(want, extent), 0, -1):
+        if extent % f == 0:
+            return f
+    return 1
+
+
+class _Builder:
+    """Builds a program step by step, keeping optional steps only when TVM accepts them."""
+
+    def __init__(self, func: Any) -> None:
+        self.func = func
+        self.steps: list[dict[str, Any]] = []
+        self.env = _Env(new_schedule(func))
+
+    def _replay(self, steps: list[dict[str, Any]]) -> _Env:
+        env = _Env(new_schedule(self.func))
+        prog = parse_program({"steps": steps})
+        for i, st in enumerate(prog.steps):
+            apply_step(env, st, i)
+        return env
+
+    def add(self, step: dict[str, Any]) -> None:
+        """A required step: raises ScheduleProgramError when it does not apply."""
+        prog = parse_program({"steps": [step]})
+        apply_step(self.env, prog.steps[0], len(self.steps))
+        self.steps.append(step)
+
+    def try_add(self, step: dict[str, Any]) -> bool:
+        """An optional step: kept if it applies, otherwise the schedule is rebuilt without it."""
+        try:
+            self.add(step)
+            return True
+        except ScheduleProgramError:
+            self.env = self._replay(self.steps)
+            return False
+
+    def loops_of(self, block: str) -> list[int]:
+        return [int(self.env.sch.get(lp).extent) for lp in self.env.sch.get_loops(self.env.block(block, 0))]
+
+    def program(self) -> ScheduleProgram:
+        return parse_program({"steps": self.steps})
+
+
+def _tiled_template(kernel: Kernel, d: dict[str, Any], lanes: int) -> ScheduleProgram:
+    """Multi-level tiling of the main reduction block (matmul, conv, batched reductions)."""
+    main = kernel.main_block
+    b = _Builder(kernel.func)
+    idx = kernel.blocks.index(main)
+    producers = [blk for blk in kernel.blocks[:idx] if "R" not in blk.loop_kinds]
+    consumers = [blk for blk in kernel.blocks[idx + 1 :] if "R" not in blk.loop_kinds]
+    for blk in producers:
+        b.try_add({"op": "get_sblock", "name": blk.name, "out": f"p{kernel.blocks.index(blk)}"})
+        b.try_add({"op": "compute_inline", "block": f"p{kernel.blocks.index(blk)}"})
+    epilogue = None
+    for n, blk in enumerate(consumers):
+        name = f"e{n}"
+        b.add({"op": "get_sblock", "name": blk.name, "out": name})
+        if n < len(consumers) - 1:
+            b.try_add({"op": "compute_inline", "block": name})
+        else:
+            epilogue = name
+    b.add({"op": "get_sblock", "name": main.name, "out": "b"})
+    names = [f"l{i}" for i in range(len(main.loop_kinds))]
+    b.add({"op": "get_loops", "block": "b", "out": names})
+    spatial = [n for n, k in zip(names, main.loop_kinds, strict=True) if k == "S"]
+    reduce = [n for n, k in zip(names, main.loop_kinds, strict=True) if k == "R"]
+    ext = dict(zip(names, main.loop_extents, strict=True))
+    if epilogue is None and d["cache_write"] and main.writes_param:
+        b.add({"op": "cache_write", "block": "b", "buffer_index": 0, "scope": "global", "out": "cw"})
+        epilogue = "cw"
+    inner_s = spatial[-1]
+    vt = _fit(ext[inner_s], d["vt"])
+    b.add({"op": "split", "loop": inner_s, "factors": [None, vt], "out": ["so", "si"]})
+    outer = spatial[:-1]
+    row_inner: list[str] = []
+    if outer:
+        prev = max(outer, key=lambda n: (ext[n] > 1, outer.index(n)))
+        rt = _fit(ext[prev], d["rt"])
+        b.add({"op": "split", "loop": prev, "factors": [None, rt], "out": ["ro", "ri"]})
+        outer = [("ro" if n == prev else n) for n in outer]
+        row_inner = ["ri"]
+    r_main = max(reduce, key=lambda n: ext[n])
+    kt = _fit(ext[r_main], d["kt"])
+    b.add({"op": "split", "loop": r_main, "factors": [None, kt], "out": ["ko", "ki"]})
+    rest_r = [n for n in reduce if n != r_main]
+    if d["order"] == "k_mid":
+        order = outer + ["so", "ko"] + rest_r + row_inner + ["ki", "si"]
+    else:
+        order = outer + ["so", "ko"] + rest_r + ["ki"] + row_inner + ["si"]
+    b.add({"op": "reorder", "loops": order})
+    if epilogue is not None:
+        if b.try_add({"op": "reverse_compute_at", "block": epilogue, "loop": "so"}):
+            n_epi = len(b.loops_of(epilogue))
+            epi_loops = [f"el{i}" for i in range(n_epi)]
+            b.add({"op": "get_loops", "block": epilogue, "out": epi_loops})
+            b.try_add({"op": "vectorize", "loop": epi_loops[-1]})
+    par = outer + ["so"]
+    if len(par) > 1:
+        b.add({"op": "fuse", "loops": par, "out": "par"})
+        par_loop = "par"
+    else:
+        par_loop = par[0]
+    if d["parallel"]:
+        b.try_add({"op": "parallel", "loop": par_loop})
+    if vt > 1:
+        b.try_add({"op": "vectorize", "loop": "si"})
+    if d["unroll"]:
+        b.try_add({"op": "unroll", "loop": "ki" if kt > 1 else (row_inner or ["ki"])[0]})
+    b.add({"op": "decompose_reduction", "block": "b", "loop": "ko"})
+    return b.program()
+
+
+def _rows_template(kernel: Kernel, d: dict[str, Any], lanes: int) -> ScheduleProgram:
+    """Row-parallel schedule for elementwise and multi-block row reductions (softmax, norm)."""
+    b = _Builder(kernel.func)
+    outputs = [blk for blk in kernel.blocks if blk.writes_param]
+    out_blk = outputs[-1] if outputs else kernel.blocks[-1]
+    others = [blk for blk in kernel.blocks if blk is not out_blk]
+    kept: list[tuple[str, BlockInfo]] = []
+    for n, blk in enumerate(others):
+        name = f"q{n}"
+        b.add({"op": "get_sblock", "name": blk.name, "out": name})
+        if d["inline"] and "R" not in blk.loop_kinds and not blk.writes_param:
+            if b.try_add({"op": "compute_inline", "block": name}):
+                continue
+        kept.append((name, blk))
+    b.add({"op": "get_sblock", "name": out_blk.name, "out": "o"})
+    n_loops = len(b.loops_of("o"))
+    names = [f"l{i}" for i in range(n_loops)]
+    b.add({"op": "get_loops", "block": "o", "out": names})
+    if n_loops == 0:
+        return b.program()
+    if n_loops == 1:
+        ext = b.loops_of("o")[0]
+        vt = _fit(ext, d["vt"])
+        b.add({"op": "split", "loop": "l0", "factors": [None, vt], "out": ["r", "c"]})
+        if d["parallel"]:
+            b.try_add({"op": "parallel", "loop": "r"})
+        b.try_add({"op": "vectorize", "loop": "c"})
+        return b.program()
+    rows, col = names[:-1], names[-1]
+    attached = []
+    for name, _blk in reversed(kept):
+        if b.try_add({"op": "compute_at", "block": name, "loop": rows[-1]}):
+            attached.append(name)
+    if len(rows) > 1:
+        b.try_add({"op": "fuse", "loops": rows, "out": "rows"})
+        row = "rows" if "rows" in b.env.loops else rows[0]
+    else:
+        row = rows[0]
+    if d["parallel"]:
+        b.try_add({"op": "parallel", "loop": row})
+    ext = b.loops_of("o")[-1]
+    vt = _fit(ext, d["vt"])
+    if vt > 1 and b.try_add({"op": "split", "loop": col, "factors": [None, vt], "out": ["co", "ci"]}):
+        b.try_add({"op": "vectorize", "loop": "ci"})
+    for name, blk in kept:
+        if "R" in blk.loop_kinds or name not in attached:
+            continue
+        inner = b.loops_of(name)
+        lnames = [f"{name}_l{i}" for i in range(len(inner))]
+        b.add({"op": "get_loops", "block": name, "out": lnames})
+        vt2 = _fit(inner[-1], d["vt"])
+        if vt2 > 1 and b.try_add(
+            {"op": "split", "loop": lnames[-1], "factors": [None, vt2], "out": [f"{name}_co", f"{name}_ci"]}
+        ):
+            b.try_add({"op": "vectorize", "loop": f"{name}_ci"})
+    return b.program()
+
+
+def template_for(kernel: Kernel) -> str:
+    """Which template fits the kernel: ``tiled`` (matmul/conv/batched reduction) or ``rows``."""
+    main = kernel.main_block
+    if kernel.kernel_class in ("matmul", "conv") and "O" not in main.loop_kinds:
+        return "tiled"
+    if (
+        kernel.kernel_class == "reduction"
+        and main.loop_kinds.count("S") >= 2
+        and "O" not in main.loop_kinds
+        and len([b for b in kernel.blocks if "R" in b.loop_kinds]) == 1
+    ):
+        return "tiled"
+    return "rows"
+
+
+def build_program(kernel: Kernel, decisions: dict[str, Any], lanes: int = 16) -> ScheduleProgram:
+    """The template program for ``kernel`` under ``decisions`` (raises ScheduleProgramError)."""
+    tmpl = _tiled_template if template_for(kernel) == "tiled" else _rows_template
+    return tmpl(kernel, decisions, lanes)
+
+
+class OfflineProposer:
+    """Heuristic templates seeded around sensible tiles, then evolutionary mutation."""
+
+    name = "offline"
+
+    def __init__(self, seed: int = 0) -> None:
+        self._rng = random.Random(seed)
+        self._decisions: dict[str, dict[str, Any]] = {}
+        self._seen: set[str] = set()
+
+    def _seeds(self, kernel: Kernel, lanes: int) -> list[dict[str, Any]]:
+        base = {"vt": lanes * 4, "rt": 8, "kt": 4, "order": "k_mid", "cache_write": 0,
+                "unroll": 1, "inline": 1, "parallel": 1}
+        variants = [
+            {},
+            {"vt": lanes, "rt": 8},
+            {"vt": lanes * 2, "rt": 4, "kt": 8},
+            {"cache_write": 1},
+            {"vt": lanes * 4, "rt": 16, "kt": 8, "order": "k_out"},
+            {"vt": lanes, "rt": 32, "kt": 16, "unroll": 0},
+            {"vt": lanes * 8, "rt": 4, "kt": 2, "cache_write": 1},
+            {"inline": 0},
+        ]
+        seeds = [{**base, **v} for v in variants]
+        # Thread-pool launch costs ~10-20 us: small kernels also start single-threaded.
+        if kernel.flops < 4e6:
+            seeds = [s for pair in zip(seeds, [{**s, "parallel": 0} for s in seeds]) for s in pair]
+        return seeds
+
+    def _mutate(self, d: dict[str, Any]) -> dict[str, Any]:
+        out = dict(d)
+        for _ in range(self._rng.choice((1, 1, 2))):
+            key = self._rng.choice(list(_SPACE))
+            vals = _SPACE[key]
+            i = vals.index(out[key]) if out[key] in vals else 0
+            j = max(0, min(len(vals) - 1, i + self._rng.choice((-1, 1))))
+            if j == i:
+                j = self._rng.randrange(len(vals))
+            out[key] = vals[j]
+        return out
+
+    def propose(
+        self,
+        kernel: Kernel,
+        target: Any,
+        history: Sequence[Trial],
+        n: int,
+        hardware: HardwareSpec,
+    ) -> list[Proposal]:
+        lanes = max(1, hardware.vector_bits // 32)
+        for t in history:
+            if t.program is not None:
+                self._seen.add(t.program.key())
+        good = sorted(
+            (t for t in history if t.ok and t.program is not None and t.program.key() in self._decisions),
+            key=lambda t: t.latency_s or float("inf"),
+        )
+        pool: list[dict[str, Any]]
+        if not good:
+            pool = self._seeds(kernel, lanes)
+        else:
+            parents = [self._decisions[t.program.key()] for t in good[:3]]  # type: ignore[union-attr]
+            pool = [self._mutate(parents[min(i % len(parents), i // 3)]) for i in range(n * 6)]
+        out: list[Proposal] = []
+        for d in pool:
+            if len(out) >= n:
+                break
+            try:
+                prog = build_program(kernel, d, lanes)
+            except ScheduleProgramError:
+                continue
+            key = prog.key()
+            if key in self._seen:
+                continue
+            self._seen.add(key)
+            self._decisions[key] = d
+            out.append(Proposal(program=prog, note=_describe(d)))
+        return out
+
+
+def _describe(d: dict[str, Any]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(d.items()))
+
+
+__all__ = ["OfflineProposer", "build_program", "template_for"]

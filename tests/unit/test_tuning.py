@@ -1,0 +1,167 @@
+"""Schedule programs, the offline proposer per kernel class, the loop, the DB and apply_tuning."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+tvm = pytest.importorskip("tvm")
+
+from terrazzo.codegen.tuning import (  # noqa: E402
+    MeasureOptions,
+    OfflineProposer,
+    ScheduleProgramError,
+    TuneOptions,
+    TuningDatabase,
+    TuningRecord,
+    analyse,
+    apply_program,
+    apply_tuning,
+    extract_kernels,
+    local_hardware,
+    parse_program,
+    rank_kernels,
+    target_key,
+    tune_kernel,
+    tune_module,
+    workload_hash,
+)
+from terrazzo.codegen.tuning import workloads as W  # noqa: E402
+from terrazzo.codegen.tuning.measure import KernelEvaluator  # noqa: E402
+from terrazzo.errors import TuningError  # noqa: E402
+
+TARGET = tvm.target.Target({"kind": "llvm", "num-cores": 2})
+FAST = MeasureOptions(min_measure_s=0.002, min_repeats=3)
+
+
+def _mm_steps(extra: list[dict]) -> dict:
+    return {"steps": [{"op": "get_sblock", "name": "C", "out": "C"},
+                      {"op": "get_loops", "block": "C", "out": ["i", "j", "k"]}, *extra]}
+
+
+@pytest.mark.parametrize(
+    ("program", "reason"),
+    [
+        ({"steps": [{"op": "eval", "code": "1"}]}, "unknown primitive 'eval'"),
+        ({"steps": [{"op": "parallel"}]}, "parallel: loop: Field required"),
+        ({"steps": [{"op": "parallel", "loop": "x", "junk": 1}]}, "junk"),
+        ("{not json", "not valid JSON"),
+        ({"plan": []}, 'expected an object {"steps"'),
+    ],
+)
+def test_parse_rejects_with_precise_reason(program, reason: str) -> None:
+    with pytest.raises(ScheduleProgramError, match=None) as e:
+        parse_program(program)
+    assert reason in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("extra", "reason"),
+    [
+        ([{"op": "vectorize", "loop": "q"}], "step 2: loop name 'q' is unbound"),
+        ([{"op": "vectorize", "loop": "C"}], "loop name 'C' is a block"),
+        ([{"op": "split", "loop": "i", "factors": [4, 4], "out": ["a", "b"]}],
+         "factors [4, 4] multiply to 16, expected 32"),
+        ([{"op": "split", "loop": "i", "factors": [None, None], "out": ["a", "b"]}], "at most one"),
+        ([{"op": "parallel", "loop": "k"}], "not a data parallel block iter"),
+        ([{"op": "get_loops", "block": "C", "out": ["a"]}], "has 3 loops, program names 1"),
+    ],
+)
+def test_apply_rejects_with_precise_reason(extra: list[dict], reason: str) -> None:
+    func = W.matmul(32, 32, 32)
+    with pytest.raises(ScheduleProgramError) as e:
+        apply_program(func, parse_program(_mm_steps(extra)))
+    assert reason in str(e.value)
+
+
+def test_unknown_block_reports_tvm_reason() -> None:
+    prog = parse_program({"steps": [{"op": "get_sblock", "name": "nope", "out": "b"}]})
+    with pytest.raises(ScheduleProgramError, match="Cannot find a block with the name: nope"):
+        apply_program(W.matmul(8, 8, 8), prog)
+
+
+def test_program_json_round_trip() -> None:
+    prog = parse_program(_mm_steps([{"op": "split", "loop": "j", "factors": [None, 8],
+                                     "out": ["j0", "j1"]}]))
+    assert parse_program(prog.to_json()) == prog
+
+
+@pytest.mark.parametrize("name", sorted(W.KERNELS))
+def test_offline_proposer_candidates_are_correct_for_each_class(name: str) -> None:
+    kernel = analyse(name, W.KERNELS[name]())
+    ev = KernelEvaluator(kernel, TARGET, FAST)
+    props = OfflineProposer().propose(kernel, TARGET, (), 3, local_hardware())
+    assert len(props) == 3
+    for p in props:
+        m = ev.measure(apply_program(kernel.func, p.program))
+        assert m.ok, (p.program.to_json(), m.reason)
+    assert len({p.program.key() for p in props}) == 3
+
+
+def test_kernel_classes_and_ranking() -> None:
+    kinds = {n: analyse(n, f()).kernel_class for n, f in W.KERNELS.items()}
+    assert kinds == {"matmul": "matmul", "conv": "conv", "softmax": "reduction",
+                     "elementwise": "elementwise"}
+    ranked = rank_kernels(extract_kernels(W.mlp_module(32, 64, 64, 8), TARGET))
+    assert ranked[0][0].kernel_class == "matmul"
+    assert abs(sum(s for _, s in ranked) - 1.0) < 1e-9
+    assert [s for _, s in ranked] == sorted((s for _, s in ranked), reverse=True)
+
+
+def test_workload_hash_ignores_names_but_not_shapes() -> None:
+    assert workload_hash(W.matmul(16, 16, 16)) == workload_hash(W.matmul(16, 16, 16))
+    assert workload_hash(W.matmul(16, 16, 16)) != workload_hash(W.matmul(16, 16, 32))
+
+
+def test_loop_improves_a_matmul_and_records_it(tmp_path) -> None:
+    kernel = analyse("mm", W.matmul(64, 64, 64))
+    db = TuningDatabase(tmp_path / "records.jsonl")
+    seen = []
+    res = tune_kernel(kernel, TARGET, OfflineProposer(), TuneOptions(trials=6, batch=3, measure=FAST),
+                      db=db, progress=lambda k, t, best: seen.append((t.index, best)))
+    assert [i for i, _ in seen] == list(range(6))
+    assert res.best_latency_s is not None and res.speedup is not None and res.speedup > 2
+    assert all(t.ok for t in res.trials), [t.reason for t in res.trials if not t.ok]
+    assert len(db) == 1
+    db.save()
+    again = TuningDatabase(tmp_path / "records.jsonl")
+    rec = again.lookup(kernel.workload_hash, TARGET)
+    assert rec is not None and rec.latency_s == res.best_latency_s
+    assert TuningDatabase.from_jsonl(again.to_jsonl()).to_jsonl() == again.to_jsonl()
+
+
+def test_database_keeps_the_fastest_and_rejects_bad_lines() -> None:
+    db = TuningDatabase()
+    key = target_key(TARGET)
+    assert db.add(TuningRecord("h", key, '{"steps":[]}', 2e-3))
+    assert db.add(TuningRecord("h", key, '{"steps":[]}', 1e-3))
+    assert not db.add(TuningRecord("h", key, '{"steps":[]}', 5e-3))
+    assert db.lookup("h", TARGET).latency_s == 1e-3
+    assert target_key({"kind": "llvm", "num-cores": 8}) == key  # cores do not split records
+    with pytest.raises(TuningError, match="records.jsonl:2"):
+        TuningDatabase.from_jsonl(db.to_jsonl() + "{bad\n")
+    with pytest.raises(TuningError, match="latency_s must be positive"):
+        TuningRecord.from_json(TuningRecord("h", key, "{}", 1.0).to_json().replace("1.0", "-1.0"))
+
+
+def test_tune_module_then_apply_tuning_compiles_same_numbers() -> None:
+    from tvm import relax
+
+    mod = W.mlp_module(8, 64, 128, 10)
+    db = TuningDatabase()
+    results = tune_module(mod, TARGET, OfflineProposer,
+                          TuneOptions(trials=3, batch=3, measure=FAST), db=db, max_kernels=2)
+    assert results and len(db) >= 1
+    with TARGET:
+        low = relax.get_pipeline("zero")(mod)
+    tuned = apply_tuning(low, TARGET, db)
+    n_sched = sum(1 for _, f in tuned.functions.items()
+                  if isinstance(f, tvm.tirx.PrimFunc) and f.attrs and "tirx.is_scheduled" in f.attrs)
+    assert n_sched == len(db)
+    x = np.random.default_rng(0).standard_normal((8, 64)).astype("float32")
+    outs = []
+    for m in (low, tuned):
+        vm = relax.VirtualMachine(tvm.compile(m, target=TARGET), tvm.cpu())
+        outs.append(vm["main"](tvm.runtime.tensor(x, tvm.cpu())).numpy())
+    np.testing.assert_allclose(outs[0], outs[1], rtol=1e-5, atol=1e-6)
+    assert apply_tuning(low, TARGET, None) is low
