@@ -1,0 +1,50 @@
+"""Serving on a local Ray cluster that declares fake device-class resources (one cluster per session)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import tritonclient.grpc as tc
+
+from terrazzo.errors import ServingError
+from terrazzo.runtime import serve
+from tests.integration.test_serve import _build_libs, _infer, chain_plan
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, resources={"devclass_cpu": 4, "devclass_t4": 2}, include_dashboard=False,
+             object_store_memory=100 << 20, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ray_libs(tmp_path_factory):
+    return _build_libs(tmp_path_factory.mktemp("ray_libs"))
+
+
+def test_serve_through_ray_actors(ray_cluster, ray_libs):
+    with serve(chain_plan(ray_libs), ray_address="auto") as server:
+        assert all(r["where"].startswith("ray actor") for r in server.workers())
+        assert {r["where"] for r in server.workers()} == {"ray actor (devclass_cpu)", "ray actor (devclass_t4)"}
+        c = tc.InferenceServerClient(f"127.0.0.1:{server.port}")
+        x = np.arange(6, dtype=np.float32)
+        np.testing.assert_array_equal(_infer(c, x).as_numpy("z"), 2 * x + 1)
+        c.close()
+
+
+def test_missing_device_class_fails_fast(ray_cluster, ray_libs):
+    from dataclasses import replace
+
+    plan = chain_plan(ray_libs)
+    plan = replace(plan, stages=(plan.stages[0], replace(plan.stages[1], device="H100")))
+    t0 = time.monotonic()
+    with pytest.raises(ServingError, match="devclass_h100"):
+        serve(plan, ray_address="auto")
+    assert time.monotonic() - t0 < 5
