@@ -103,17 +103,28 @@ def _resnet18(num_classes: int) -> Any:
 
 
 def _hf(model: Any, output: str) -> Any:
+    import torch
     from torch import nn
 
     class HFModel(nn.Module):
-        """input_ids → one tensor (``last_hidden_state`` or ``logits``), no KV cache."""
+        """input_ids → one tensor (``last_hidden_state`` or ``logits``), no KV cache.
+
+        With ``explicit_mask`` the model gets an all-ones attention mask: the TorchScript ONNX
+        exporter cannot export the ``aten::diff`` that transformers' packed-sequence
+        detection runs when no mask is given. The outputs are the same either way.
+        """
 
         def __init__(self, inner: Any) -> None:
             super().__init__()
             self.inner = inner
+            self.explicit_mask = False
 
         def forward(self, input_ids: Any) -> Any:
-            out = self.inner(input_ids=input_ids, use_cache=False)
+            if self.explicit_mask:
+                mask = torch.ones_like(input_ids)
+                out = self.inner(input_ids=input_ids, attention_mask=mask, use_cache=False)
+            else:
+                out = self.inner(input_ids=input_ids, use_cache=False)
             return getattr(out, output)
 
     wrapper = HFModel(model)
@@ -253,6 +264,8 @@ def export_onnx(name: str, directory: str | os.PathLike[str], seed: int = 0) -> 
         return path
     s = spec(name)
     model, inputs = build_torch(name, seed)
+    if hasattr(model, "explicit_mask"):
+        model.explicit_mask = True
     tmp = out_dir / f".{name}.{os.getpid()}.onnx"
     with torch.no_grad():
         torch.onnx.export(

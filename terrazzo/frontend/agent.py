@@ -719,11 +719,13 @@ class AgentBuilder:
 # ---------------------------------------------------------------------------------------------
 
 
-def decompose(graph: Graph) -> Graph:
+def decompose(graph: Graph, models: bool = True) -> Graph:
     """Split each ``llm.call`` into prefill, KV transfer and decode, and each ``model.call`` into operators.
 
     Args:
         graph: an agent-level graph from :func:`load_agent` or :class:`AgentBuilder`.
+        models: also import model nodes into granular operators (needs the model frontend);
+            ``False`` keeps ``model.call`` ops whole (enough for agent-level placement).
 
     Returns:
         A verified agent-level graph. Ops of a model node are named ``<node>.<op>``; its
@@ -739,7 +741,7 @@ def decompose(graph: Graph) -> Graph:
     for op in graph.ops:
         if op.kind == "llm.call":
             ops.extend(_split_llm(op, values))
-        elif op.kind == "model.call":
+        elif op.kind == "model.call" and models:
             sub, mod = _split_model(op, graph, values)
             ops.extend(sub)
             mods[op.name] = mod

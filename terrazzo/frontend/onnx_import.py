@@ -9,6 +9,7 @@ from typing import Any
 
 from terrazzo.errors import FrontendError
 from terrazzo.frontend.onnx_checks import check_supported_ops, load_model_safely
+from terrazzo.frontend.onnx_fixups import fold_constant_of_shape
 from terrazzo.frontend.relax_graph import to_graph, uniquify_names
 from terrazzo.ir.graph import Graph
 
@@ -97,6 +98,7 @@ def from_onnx(path: str | os.PathLike[str], shapes: dict[str, tuple[int, ...]] |
     model = load_model_safely(p)
     check_supported_ops(model, where=p.name)
     shape_dict, dtype_dict = _input_specs(model, shapes, p.name)
+    fold_constant_of_shape(model)
     try:
         mod = tvm_from_onnx(model, shape_dict=shape_dict, dtype_dict=dtype_dict)
         mod = relax.transform.DecomposeOpsForInference()(mod)

@@ -129,7 +129,7 @@ RULES: dict[str, OpRule] = {
 }
 
 # Kinds that only restructure or name values: zero FLOPs and zero bytes (no kernel runs).
-ZERO_COST_KINDS = frozenset({"tuple", "tuple_get_item", "alias", "shape", "match_cast"})
+ZERO_COST_KINDS = frozenset({"tuple", "tuple_get_item", "alias", "shape", "match_cast", "shape_of"})
 
 _DEFAULT = OpRule("other", _numel_out(1))
 

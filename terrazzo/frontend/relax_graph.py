@@ -272,7 +272,7 @@ def to_graph(mod: Any, name: str, attrs: dict[str, Any] | None = None) -> Graph:
         rule = rule_for(kind)
         param_bytes = sum(t.nbytes for t in const_types)
         if kind in ZERO_COST_KINDS:
-            flops = bytes_read = bytes_written = 0
+            flops = bytes_read = bytes_written = param_bytes = 0
         else:
             outs = list(_tensor_leaves(b.var.ty, op_name))
             flops = rule.flops(ins, outs)

@@ -1,0 +1,61 @@
+"""ONNX-level rewrites applied after the safety checks and before TVM's ONNX importer.
+
+* ``ConstantOfShape`` whose shape input is a constant is folded into a ``Constant`` node
+  (when small). TVM 0.27's converter lowers it to ``broadcast_to(value, shape)`` with the
+  1-element ``value`` tensor, which fails for an empty shape (a scalar result: the ONNX
+  spec says the output then has rank 0). The torch ONNX exporter emits exactly that for
+  the causal masks of GPT-2 and Llama.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_MAX_FOLD_ELEMENTS = 1 << 16
+
+
+def _constant_values(model: Any) -> dict[str, Any]:
+    from onnx import numpy_helper
+
+    out = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    for n in model.graph.node:
+        if n.op_type == "Constant" and n.output:
+            for a in n.attribute:
+                if a.name == "value":
+                    out[n.output[0]] = numpy_helper.to_array(a.t)
+    return out
+
+
+def fold_constant_of_shape(model: Any) -> int:
+    """Replace ConstantOfShape nodes with constant shapes by Constant nodes, in place.
+
+    Returns:
+        The number of nodes replaced.
+    """
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    consts = _constant_values(model)
+    replaced = 0
+    for i, n in enumerate(list(model.graph.node)):
+        if n.op_type != "ConstantOfShape" or n.domain not in ("", "ai.onnx") or not n.input:
+            continue
+        shape = consts.get(n.input[0])
+        if shape is None:
+            continue
+        dims = tuple(int(d) for d in np.asarray(shape).reshape(-1))
+        if int(np.prod(dims, dtype=np.int64)) > _MAX_FOLD_ELEMENTS:
+            continue
+        value = np.zeros((1,), dtype=np.float32)
+        for a in n.attribute:
+            if a.name == "value":
+                value = numpy_helper.to_array(a.t)
+        full = np.full(dims, value.reshape(-1)[0], dtype=value.dtype)
+        node = helper.make_node(
+            "Constant", [], list(n.output), name=n.name, value=numpy_helper.from_array(full)
+        )
+        model.graph.node.remove(n)
+        model.graph.node.insert(i, node)
+        consts[n.output[0]] = full
+        replaced += 1
+    return replaced
