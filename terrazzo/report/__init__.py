@@ -4,6 +4,7 @@ The fleet study (``run_study``) reproduces the prefill::decode analysis of arXiv
 ``phases`` is the LLM phase model it and agent placement use.
 """
 
+from terrazzo.report.agent_plan import agent_problem, plan_agent
 from terrazzo.report.plan_report import (
     FleetOption,
     PlanReport,
@@ -22,6 +23,8 @@ from terrazzo.report.study import (
 from terrazzo.report.study_report import print_study_summary, study_html
 
 __all__ = [
+    "agent_problem",
+    "plan_agent",
     "FleetOption",
     "PlanReport",
     "build_report",
