@@ -1,0 +1,157 @@
+"""Bundle step 3: run one compiled stage (or the whole bundle) in this process with the TVM VM.
+
+A StageRunner maps input name → array to output name → array. When the stage's planned
+device is not present here it runs the host-CPU build and says so in ``note``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from terrazzo.bundle._write import TensorSpec
+from terrazzo.errors import BundleError
+
+log = logging.getLogger("terrazzo.bundle")
+
+
+def _cuda_present() -> bool:
+    try:
+        import tvm
+
+        return bool(tvm.cuda(0).exist)
+    except Exception:
+        return False
+
+
+def _install_fatbin_callback(fatbin: bytes | None) -> None:
+    """Serve CUDA kernels from the bundle's fatbin (else nvcc) when a CUDA module is loaded."""
+    import tvm_ffi
+
+    def compile_cuda(code: str, *args: Any) -> bytes:
+        if fatbin is not None:
+            return fatbin
+        from tvm.support import nvcc
+
+        return bytes(nvcc.compile_cuda(code, target_format="fatbin", compiler="nvcc"))
+
+    tvm_ffi.register_global_func("tvm_callback_cuda_compile", compile_cuda, override=True)
+
+
+class StageRunner:
+    """Callable ``dict[str, np.ndarray] -> dict[str, np.ndarray]`` for one compiled stage.
+
+    Attributes:
+        index: stage index (-1 for the whole-model reference).
+        device: planned device class.
+        ran_on: ``"cpu"`` or ``"cuda"``: where this runner executes.
+        note: a sentence when the planned device's build is not the one running (else None).
+        inputs / outputs: signatures in call order.
+    """
+
+    def __init__(
+        self,
+        library_path: str,
+        weights: Mapping[str, np.ndarray],
+        weight_order: tuple[str, ...],
+        inputs: tuple[TensorSpec, ...],
+        outputs: tuple[TensorSpec, ...],
+        *,
+        index: int = 0,
+        device: str = "host",
+        ran_on: str = "cpu",
+        note: str | None = None,
+    ) -> None:
+        import tvm
+        from tvm import relax
+
+        self.index = index
+        self.device = device
+        self.ran_on = ran_on
+        self.note = note
+        self.inputs = inputs
+        self.outputs = outputs
+        self._dev = tvm.cuda(0) if ran_on == "cuda" else tvm.cpu(0)
+        lib = tvm.runtime.load_module(library_path)
+        self._vm = relax.VirtualMachine(lib, self._dev)
+        self._fn = self._vm["main"]
+        missing = [w for w in weight_order if w not in weights]
+        if missing:
+            raise BundleError(f"stage {index}: weights missing from the bundle: {missing[:5]}")
+        self._weights = [tvm.runtime.tensor(np.ascontiguousarray(weights[w]), self._dev) for w in weight_order]
+
+    @staticmethod
+    def from_bundle(bundle: Any, info: Any, device: str = "auto") -> StageRunner:
+        """Load a stage of an opened Bundle (see ``Bundle.load_stage``)."""
+        from safetensors.numpy import load_file
+
+        weights: dict[str, np.ndarray] = {}
+        if info.index >= 0:
+            weights.update(load_file(str(bundle.member_path(info.files["weights"]))))
+        else:
+            for st in bundle.manifest["stages"]:
+                weights.update(load_file(str(bundle.member_path(st["files"]["weights"]))))
+        kind = str(info.target.get("kind", "llvm"))
+        has_dev = "device" in info.files
+        want_device = device == "device" or (device == "auto" and kind == "cuda" and has_dev)
+        note = None
+        if want_device and kind == "cuda" and has_dev and _cuda_present():
+            fatbin = None
+            if "fatbin" in info.files:
+                fatbin = bundle.member_path(info.files["fatbin"]).read_bytes()
+            _install_fatbin_callback(fatbin)
+            lib, ran_on = info.files["device"], "cuda"
+        elif device == "device":
+            raise BundleError(
+                f"stage {info.index}: the {info.device} build ({kind}) cannot run on this machine"
+            )
+        else:
+            lib, ran_on = info.files["host"], "cpu"
+            if info.index >= 0 and (kind != "llvm" or has_dev or info.fallback_reason):
+                note = (
+                    f"stage {info.index} is planned on {info.device} ({kind}); that device is "
+                    "not used here, running the host-CPU build"
+                )
+                log.warning(note)
+        return StageRunner(
+            str(bundle.member_path(lib)),
+            weights,
+            tuple(info.weights),
+            tuple(info.inputs),
+            tuple(info.outputs),
+            index=info.index,
+            device=info.device,
+            ran_on=ran_on,
+            note=note,
+        )
+
+    def __call__(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import tvm
+
+        args = []
+        for spec in self.inputs:
+            if spec.name not in inputs:
+                raise BundleError(f"stage {self.index}: input {spec.name!r} was not given")
+            a = np.asarray(inputs[spec.name])
+            if tuple(a.shape) != spec.shape or str(a.dtype) != spec.dtype:
+                raise BundleError(
+                    f"stage {self.index}: input {spec.name!r} must be {spec.dtype}{list(spec.shape)}, "
+                    f"got {a.dtype}{list(a.shape)}"
+                )
+            args.append(tvm.runtime.tensor(np.ascontiguousarray(a), self._dev))
+        result = self._fn(*args, *self._weights)
+        flat = list(result) if not hasattr(result, "numpy") else [result]
+        return {spec.name: r.numpy() for spec, r in zip(self.outputs, flat, strict=True)}
+
+
+def run_pipeline(
+    runners: list[StageRunner], inputs: Mapping[str, np.ndarray], outputs: tuple[str, ...]
+) -> dict[str, np.ndarray]:
+    """Run stages one after another, passing values by name; returns the named graph outputs."""
+    env: dict[str, np.ndarray] = dict(inputs)
+    for r in runners:
+        env.update(r({s.name: env[s.name] for s in r.inputs}))
+    return {name: env[name] for name in outputs}

@@ -1,0 +1,258 @@
+"""Codegen step 2b: build one stage's Relax module with TVM for its target and for the host CPU.
+
+The device artifact is built for the stage's TargetChoice (``cuda`` with dlight default GPU
+schedules, ``llvm`` with the class's ``mcpu``, ...); a host-CPU ``llvm`` library is always
+built too, so the runtime can run any stage on this machine when its device is absent.
+An optional MetaSchedule tuning database is applied before the default schedules.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from terrazzo.codegen._split import StageModule
+from terrazzo.codegen._targets import TargetChoice, host_target
+from terrazzo.errors import CodegenError
+
+
+@dataclass(frozen=True, slots=True)
+class StageBuild:
+    """The compiled files of one stage.
+
+    Attributes:
+        index: stage index.
+        choice: the device target choice (with its fallback reason, if any).
+        files: member name inside the stage directory (``host.so``, ``device.so``,
+            ``kernels.cu``, ``kernels.fatbin``) → path on disk.
+        notes: sentences about what was not built and why (e.g. no fatbin for sm_70).
+        build_s: wall time of all builds of this stage, seconds.
+    """
+
+    index: int
+    choice: TargetChoice
+    files: Mapping[str, Path] = field(hash=False)
+    notes: tuple[str, ...] = ()
+    build_s: float = 0.0
+
+
+def _same_target(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    keys = ("kind", "mcpu", "mtriple", "mattr")
+    return all(a.get(k) == b.get(k) for k in keys if k != "mcpu") and (
+        a.get("mcpu") in (None, b.get("mcpu"))
+    )
+
+
+def _apply_tuning_pass(target: Any, db: Any) -> Any:
+    """Module pass applying a Terrazzo TuningDatabase (schedule programs) to the PrimFuncs."""
+    import tvm
+
+    from terrazzo.codegen.tuning.database import apply_tuning
+
+    @tvm.transform.module_pass(opt_level=0, name="TerrazzoApplyTuning")
+    def _apply(mod: Any, _ctx: Any) -> Any:
+        return apply_tuning(mod, target, db)
+
+    return _apply
+
+
+def _pipeline(target: Any, tuning_dir: str | None, tuning_records: Any = None) -> Any:
+    """The Relax → VM pipeline for ``target``: default passes, tuned schedules, dlight on GPUs."""
+    import tvm
+    from tvm import relax
+    from tvm.s_tir import dlight as dl
+
+    gpu = "gpu" in target.keys
+    legalize = [
+        relax.transform.LegalizeOps(),
+        relax.transform.AnnotateTIROpPattern(),
+        relax.transform.FoldConstant(),
+        relax.transform.FuseOps(),
+        relax.transform.FuseTIR(),
+    ]
+    if tuning_records is not None:
+        legalize.append(_apply_tuning_pass(target, tuning_records))
+    if tuning_dir is not None:
+        legalize.append(relax.transform.MetaScheduleApplyDatabase(work_dir=tuning_dir))
+    if gpu:
+        legalize.append(
+            dl.ApplyDefaultSchedule(
+                dl.gpu.Matmul(),
+                dl.gpu.GEMV(),
+                dl.gpu.Reduction(),
+                dl.gpu.GeneralReduction(),
+                dl.gpu.Fallback(),
+            )
+        )
+    lower = [
+        relax.transform.RewriteDataflowReshape(),
+        relax.transform.ToNonDataflow(),
+        relax.transform.RemovePurityChecking(),
+        relax.transform.CallTIRRewrite(),
+    ]
+    finalize = [
+        relax.transform.StaticPlanBlockMemory(),
+        *([relax.transform.RewriteCUDAGraph()] if target.kind.name == "cuda" else []),
+        relax.transform.LowerAllocTensor(),
+        relax.transform.KillAfterLastUse(),
+        relax.transform.LowerRuntimeBuiltin(),
+        relax.transform.ComputePrimValue(),
+        relax.transform.VMShapeLower(),
+        relax.transform.AttachGlobalSymbol(),
+    ]
+    dispatch = []
+    if gpu:
+        dispatch = [relax.backend.DispatchSampling(), relax.backend.DispatchSortScan()]
+
+    @tvm.transform.module_pass(opt_level=0)
+    def _run(mod: Any, _ctx: Any) -> Any:
+        with target:
+            return tvm.transform.Sequential(dispatch + legalize + lower + finalize)(mod)
+
+    return _run
+
+
+def load_tuning_db(tuning_db: Any) -> Any:
+    """Normalise a tuning database argument.
+
+    Accepts None, a Terrazzo ``TuningDatabase``, a path to its ``records.jsonl``, a
+    MetaSchedule JSON database directory, or a ``ms.Database`` object.
+    """
+    if tuning_db is None or not isinstance(tuning_db, str | os.PathLike):
+        return tuning_db
+    p = Path(tuning_db)
+    if p.is_dir():
+        if not (p / "database_tuning_record.json").exists():
+            raise CodegenError(f"tuning database directory {str(p)!r} has no database_tuning_record.json")
+        return p
+    if not p.is_file():
+        raise CodegenError(f"tuning database {str(p)!r} does not exist")
+    from terrazzo.codegen.tuning.database import TuningDatabase
+
+    return TuningDatabase(p)
+
+
+def tuning_records_text(tuning_db: Any) -> str:
+    """The records of a (normalised) tuning database as JSON lines, for the bundle."""
+    if tuning_db is None:
+        return ""
+    if isinstance(tuning_db, Path):
+        return (tuning_db / "database_tuning_record.json").read_text()
+    if hasattr(tuning_db, "to_jsonl"):
+        return str(tuning_db.to_jsonl())
+    return ""
+
+
+def compile_module(mod: Any, target: Mapping[str, Any], tuning_db: Any = None) -> Any:
+    """Compile a Relax module for a target dict; returns the ``relax.VMExecutable``.
+
+    Args:
+        mod: Relax IRModule.
+        target: dict form of a ``tvm.target.Target`` (``host`` key for GPU targets).
+        tuning_db: None or a database accepted by ``load_tuning_db``.
+    """
+    import tvm
+    from tvm import relax
+
+    from terrazzo.frontend import prepare_for_build
+
+    t = dict(target)
+    host = t.pop("host", None)
+    tgt = tvm.target.Target(t, host=host) if host else tvm.target.Target(t)
+    db = load_tuning_db(tuning_db)
+    tuning_dir = str(db) if isinstance(db, Path) else None
+    records = db if db is not None and hasattr(db, "to_jsonl") else None
+    mod = relax.transform.DecomposeOpsForInference()(prepare_for_build(mod))
+    try:
+        if db is not None and tuning_dir is None and records is None:
+            with db:
+                return tvm.compile(mod, target=tgt, relax_pipeline=_pipeline(tgt, None))
+        return tvm.compile(mod, target=tgt, relax_pipeline=_pipeline(tgt, tuning_dir, records))
+    except Exception as e:  # TVM raises its own error types; keep the first line
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CodegenError(f"TVM could not build for {t}: {first}") from e
+
+
+def _cuda_source(executable: Any) -> str | None:
+    def walk(m: Any) -> str | None:
+        if m.kind == "cuda":
+            return str(m.inspect_source(""))
+        for sub in m.imports:
+            found = walk(sub)
+            if found is not None:
+                return found
+        return None
+
+    return walk(executable.mod)
+
+
+def build_stage(
+    stage: StageModule,
+    choice: TargetChoice,
+    work_dir: str | os.PathLike[str],
+    tuning_db: Any = None,
+) -> StageBuild:
+    """Build one stage for its device target and for the host CPU, exporting the files.
+
+    Args:
+        stage: the stage's Relax module (from ``split_relax`` / ``split_stages``).
+        choice: the device class's target (``choose_target``).
+        work_dir: directory the stage's files are written into (``stage{index}/``).
+        tuning_db: optional MetaSchedule database (directory or object) applied at build time.
+
+    Returns:
+        StageBuild naming the files written and what could not be built.
+
+    Raises:
+        CodegenError: TVM could not build the stage for the host CPU.
+    """
+    t0 = time.perf_counter()
+    out = Path(work_dir) / f"stage{stage.index}"
+    out.mkdir(parents=True, exist_ok=True)
+    files: dict[str, Path] = {}
+    notes: list[str] = []
+    host = host_target()
+    host_ex = compile_module(stage.mod, host, tuning_db)
+    files["host.so"] = out / "host.so"
+    host_ex.export_library(str(files["host.so"]))
+    if not _same_target(choice.target, host):
+        try:
+            dev_ex = compile_module(stage.mod, choice.target, tuning_db)
+            files["device.so"] = out / "device.so"
+            dev_ex.export_library(str(files["device.so"]))
+        except Exception as e:  # a cross-compile without a linker, an unsupported op, ...
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            notes.append(f"device build for {dict(choice.target)} failed: {first}")
+            dev_ex = None
+        if dev_ex is not None and choice.kind == "cuda":
+            src = _cuda_source(dev_ex)
+            if src is not None:
+                files["kernels.cu"] = out / "kernels.cu"
+                files["kernels.cu"].write_text(src)
+                if choice.compile_fatbin:
+                    fatbin = _nvcc_fatbin(src, str(choice.target.get("arch", "")))
+                    if isinstance(fatbin, bytes):
+                        files["kernels.fatbin"] = out / "kernels.fatbin"
+                        files["kernels.fatbin"].write_bytes(fatbin)
+                    else:
+                        notes.append(fatbin)
+    return StageBuild(stage.index, choice, files, tuple(notes), time.perf_counter() - t0)
+
+
+def _nvcc_fatbin(source: str, arch: str) -> bytes | str:
+    """Compile CUDA source with nvcc; the fatbin bytes, or a sentence saying why not."""
+    import tvm
+    from tvm.support import nvcc
+
+    suffix = arch.removeprefix("sm_")
+    flags = ["-gencode", f"arch=compute_{suffix},code=sm_{suffix}"]
+    try:
+        with tvm.target.Target({"kind": "cuda", "arch": arch}):
+            return bytes(nvcc.compile_cuda(source, target_format="fatbin", arch=flags, compiler="nvcc"))
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return f"nvcc could not compile the CUDA source for {arch}: {first[:200]}"

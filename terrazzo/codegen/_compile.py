@@ -1,0 +1,325 @@
+"""The whole pipeline in one call: import → plan → split → build per target → ``.tzb`` bundle."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from terrazzo.codegen._build import StageBuild, build_stage, compile_module, load_tuning_db, tuning_records_text
+from terrazzo.codegen._split import SplitModel, plan_assignment, split_relax
+from terrazzo.codegen._targets import TargetChoice, choose_target, describe_target, host_target
+from terrazzo.errors import CodegenError, TerrazzoError
+
+# Progress callback: (event, details). Events: "phase-start", "phase-end", "stage-built".
+ProgressFn = Callable[[str, Mapping[str, Any]], None]
+
+
+@dataclass(frozen=True, slots=True)
+class CompileResult:
+    """What ``compile_model`` produced, for summaries and benchmarks."""
+
+    path: Path
+    graph: Any
+    plan: Any
+    split: SplitModel
+    builds: tuple[StageBuild, ...]
+    phase_s: Mapping[str, float]
+    bundle_bytes: int
+    weight_bytes: int
+
+
+def _noop(event: str, details: Mapping[str, Any]) -> None:
+    return None
+
+
+def load_model(model: Any, example_inputs: Any = None, shapes: Any = None) -> tuple[Any, str]:
+    """Turn ``model`` into a model-level ir.Graph; returns (graph, sha256 of its source).
+
+    ``model`` is an ``ir.Graph``, a path to an ``.onnx`` file, a zoo name (``zoo:bert`` or
+    ``bert`` when no such file exists), or a ``torch.nn.Module`` with ``example_inputs``.
+    """
+    from terrazzo.ir.graph import Graph
+
+    if isinstance(model, Graph):
+        if model.relax_mod is None:
+            raise CodegenError(f"graph {model.name!r} has no Relax module; import it with a frontend")
+        text = model.relax_mod.script(show_meta=False).encode()
+        return model, hashlib.sha256(text).hexdigest()
+    if isinstance(model, str | os.PathLike):
+        p = Path(model)
+        name = str(model)
+        if not p.exists() and (name.startswith("zoo:") or p.suffix == ""):
+            from terrazzo import zoo
+
+            zname = name.removeprefix("zoo:")
+            p = zoo.export_onnx(zname, _zoo_cache())
+        if not p.is_file():
+            raise TerrazzoError(f"model {str(model)!r} does not exist (expected an .onnx file or zoo:NAME)")
+        from terrazzo.frontend import from_onnx
+
+        digest = hashlib.sha256(p.read_bytes()).hexdigest()
+        return from_onnx(p, shapes=shapes), digest
+    if hasattr(model, "forward"):
+        if example_inputs is None:
+            raise CodegenError("a torch module needs example_inputs to fix its shapes")
+        from terrazzo.frontend import from_torch
+
+        g = from_torch(model, example_inputs)
+        text = g.relax_mod.script(show_meta=False).encode()
+        return g, hashlib.sha256(text).hexdigest()
+    raise CodegenError(f"cannot compile a {type(model).__name__}; expected an .onnx path, zoo name, Graph or nn.Module")
+
+
+def _zoo_cache() -> Path:
+    return Path(tempfile.gettempdir()) / "terrazzo-zoo"
+
+
+def _fleet(fleet: Any) -> Any:
+    from terrazzo.placement import Fleet
+
+    if isinstance(fleet, Fleet):
+        return fleet
+    if isinstance(fleet, str | os.PathLike):
+        return Fleet.from_yaml(fleet)
+    if isinstance(fleet, Mapping):
+        return Fleet.from_dict(dict(fleet))
+    raise TerrazzoError(f"fleet must be a Fleet, a YAML path or a mapping, got {type(fleet).__name__}")
+
+
+def _sla(sla: Any) -> Any:
+    from terrazzo.placement import SLA
+
+    if isinstance(sla, SLA):
+        return sla
+    if isinstance(sla, int | float):
+        return SLA(latency_s=float(sla))
+    if isinstance(sla, str):
+        from terrazzo.commands._common import parse_duration_s
+
+        return SLA(latency_s=parse_duration_s(sla))
+    raise TerrazzoError(f"sla must be an SLA, seconds, or text like '50ms', got {sla!r}")
+
+
+def stage_targets(plan: Any, catalog: Any) -> dict[str, TargetChoice]:
+    """Device class → TargetChoice for every class the plan uses."""
+    out: dict[str, TargetChoice] = {}
+    for st in plan.stages:
+        if st.device in out:
+            continue
+        spec = catalog[st.device]
+        choice = choose_target(st.device, spec.tvm_target, spec.fallback_target)
+        if choice.fallback_reason and getattr(spec, "fallback_reason", ""):
+            if spec.tvm_target is None:
+                choice = TargetChoice(
+                    choice.device, choice.target, f"{spec.fallback_reason}; {choice.fallback_reason}"
+                )
+        out[st.device] = choice
+    return out
+
+
+def compile_model(
+    model: Any,
+    fleet: Any,
+    sla: Any,
+    rps: float = 1.0,
+    out_path: str | os.PathLike[str] = "model.tzb",
+    solver: str = "milp",
+    tuning_db: Any = None,
+    sign_key: str | os.PathLike[str] | None = None,
+    *,
+    catalog: Any = None,
+    example_inputs: Any = None,
+    shapes: Any = None,
+    include_reference: bool = True,
+    progress: ProgressFn | None = None,
+) -> CompileResult:
+    """Run the whole pipeline and return details (see ``compile`` for the arguments)."""
+    from terrazzo.bundle import StageContent, TensorSpec, write_bundle
+    from terrazzo.costmodel import load_catalog
+    from terrazzo.placement import plan as make_plan
+    from terrazzo.placement import plan_to_mlir
+
+    emit = progress or _noop
+    phase_s: dict[str, float] = {}
+
+    def phase(name: str) -> Any:
+        class _P:
+            def __enter__(self) -> None:
+                self.t0 = time.perf_counter()
+                emit("phase-start", {"phase": name})
+
+            def __exit__(self, exc_type: Any, *_: Any) -> None:
+                phase_s[name] = time.perf_counter() - self.t0
+                if exc_type is None:
+                    emit("phase-end", {"phase": name, "seconds": phase_s[name]})
+
+        return _P()
+
+    with phase("import"):
+        graph, model_sha = load_model(model, example_inputs, shapes)
+        fleet_obj, sla_obj = _fleet(fleet), _sla(sla)
+        cat = catalog if catalog is not None else load_catalog()
+        db = load_tuning_db(tuning_db)
+    with phase("plan"):
+        plan_obj = make_plan(graph, fleet_obj, sla_obj, rps=rps, solver=solver, catalog=cat)
+        plan_mlir = plan_to_mlir(graph, plan_obj)
+    with phase("split"):
+        split = split_relax(graph.relax_mod, plan_assignment(graph, plan_obj))
+        choices = stage_targets(plan_obj, cat)
+    work = Path(tempfile.mkdtemp(prefix="tz-build-"))
+    try:
+        builds: list[StageBuild] = []
+        with phase("build"):
+            pstages = {int(s.index): s for s in plan_obj.stages}
+            for st in split.stages:
+                pst = pstages[st.index]
+                choice = choices[pst.device]
+                emit("stage-start", {"index": st.index, "device": pst.device, "ops": len(st.ops)})
+                b = build_stage(st, choice, work, db)
+                builds.append(b)
+                emit(
+                    "stage-built",
+                    {
+                        "index": st.index,
+                        "device": pst.device,
+                        "target": describe_target(choice.target),
+                        "fallback_reason": choice.fallback_reason,
+                        "notes": b.notes,
+                        "seconds": b.build_s,
+                        "ops": len(st.ops),
+                        "files": sorted(b.files),
+                    },
+                )
+            ref_lib = None
+            ref_weights: tuple[str, ...] = ()
+            if include_reference:
+                emit("stage-start", {"index": "reference", "device": "host", "ops": len(graph.ops)})
+                t0 = time.perf_counter()
+                whole = split_relax(graph.relax_mod, {o: 0 for o in _binding_names(graph)})
+                ref = whole.stages[0]
+                ex = compile_module(ref.mod, host_target(), db)
+                ref_lib = work / "reference.so"
+                ex.export_library(str(ref_lib))
+                ref_weights = ref.weights
+                emit("stage-built", {"index": "reference", "device": "host",
+                                     "target": describe_target(host_target()), "seconds": time.perf_counter() - t0,
+                                     "fallback_reason": None, "notes": (), "ops": len(graph.ops), "files": ["host.so"]})  # fmt: skip
+        with phase("bundle"):
+            contents = []
+            for st, b in zip(split.stages, builds, strict=True):
+                pst = pstages[st.index]
+                contents.append(
+                    StageContent(
+                        index=st.index,
+                        device=pst.device,
+                        target=b.choice.target,
+                        fallback_reason=b.choice.fallback_reason,
+                        inputs=_specs(st.inputs, st.input_types),
+                        outputs=_specs(st.outputs, st.output_types),
+                        weights=split.stage_weights(st.index),
+                        files=b.files,
+                        replicas=int(pst.replicas),
+                        ops=st.ops,
+                        notes=b.notes,
+                        predicted_latency_s=float(pst.latency_s),
+                        build_s=b.build_s,
+                    )
+                )
+            path = write_bundle(
+                out_path,
+                name=graph.name,
+                inputs=_specs(split.inputs, split.input_types),
+                outputs=_specs(split.outputs, split.output_types),
+                stages=contents,
+                plan_mlir=plan_mlir,
+                plan_json=plan_obj.to_json(),
+                model_sha256=model_sha,
+                fleet=_fleet_json(fleet_obj),
+                sla=sla_obj.to_json(),
+                plan_summary=_plan_summary(plan_obj),
+                reference_library=ref_lib,
+                reference_weights=ref_weights,
+                tuning_records=tuning_records_text(db),
+                host_target=host_target(),
+                sign_key=sign_key,
+            )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return CompileResult(
+        path=path,
+        graph=graph,
+        plan=plan_obj,
+        split=split,
+        builds=tuple(builds),
+        phase_s=phase_s,
+        bundle_bytes=path.stat().st_size,
+        weight_bytes=int(sum(w.nbytes for w in split.weights.values())),
+    )
+
+
+def _binding_names(graph: Any) -> list[str]:
+    from terrazzo.codegen._split import relax_binding_names
+
+    return relax_binding_names(graph.relax_mod)
+
+
+def _specs(names: tuple[str, ...], types: tuple[Any, ...]) -> tuple[Any, ...]:
+    from terrazzo.bundle import TensorSpec
+
+    return tuple(TensorSpec(n, t.dtype, tuple(t.shape)) for n, t in zip(names, types, strict=True))
+
+
+def _fleet_json(fleet: Any) -> dict[str, Any]:
+    try:
+        return dict(fleet.model_dump(mode="json"))
+    except Exception:
+        return {"devices": list(getattr(fleet, "names", lambda: ())())}
+
+
+def _plan_summary(plan: Any) -> dict[str, Any]:
+    keys = ("solver", "gap", "latency_s", "throughput_rps", "usd_per_hour", "usd_per_request",
+            "energy_j_per_request", "rps", "solve_time_s")  # fmt: skip
+    out = {k: getattr(plan, k) for k in keys if hasattr(plan, k)}
+    out["stages"] = len(plan.stages)
+    out["devices"] = dict(getattr(plan, "devices", {}) or {})
+    out["notes"] = list(getattr(plan, "notes", ()) or ())
+    return out
+
+
+def compile(  # noqa: A001 - the public name mirrors `terrazzo compile`
+    model: Any,
+    fleet: Any,
+    sla: Any,
+    rps: float = 1.0,
+    out_path: str | os.PathLike[str] = "model.tzb",
+    solver: str = "milp",
+    tuning_db: Any = None,
+    sign_key: str | os.PathLike[str] | None = None,
+    **options: Any,
+) -> Path:
+    """Compile a model for a fleet under an SLA into a ``.tzb`` bundle.
+
+    Args:
+        model: an ``.onnx`` path, a zoo name (``zoo:bert``), an ``ir.Graph`` from a frontend,
+            or a ``torch.nn.Module`` (pass ``example_inputs=``).
+        fleet: a ``Fleet``, a fleet YAML path, or a mapping (``{"devices": {...}}``).
+        sla: an ``SLA``, seconds, or text such as ``"50ms"``.
+        rps: target request rate.
+        out_path: where to write the bundle.
+        solver: placement solver (see ``terrazzo.placement.SOLVERS``).
+        tuning_db: optional tuning database applied at build time (records go in the bundle).
+        sign_key: PEM Ed25519 private key to sign the manifest with.
+        **options: ``catalog``, ``example_inputs``, ``shapes``, ``include_reference``,
+            ``progress`` (see ``compile_model``).
+
+    Returns:
+        The bundle's path.
+    """
+    return compile_model(model, fleet, sla, rps, out_path, solver, tuning_db, sign_key, **options).path
