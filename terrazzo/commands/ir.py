@@ -26,7 +26,9 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("model", metavar="MODEL", help="an .onnx, .mlir (tz dialect) or .yaml/.yml file")
     p.add_argument("--json", action="store_true", help="print the graph as JSON instead of MLIR")
-    p.add_argument("--fuse", action="store_true", help="fuse elementwise chains into their producers")
+    p.add_argument(
+        "--fuse", action="store_true", help="fuse elementwise chains into their producers"
+    )
     p.add_argument(
         "--shape",
         action="append",
@@ -44,7 +46,9 @@ def parse_shapes(specs: list[str]) -> dict[str, tuple[int, ...]]:
     for spec in specs:
         m = _SHAPE.fullmatch(spec.strip())
         if not m:
-            raise TerrazzoError(f"cannot parse --shape {spec!r}; expected NAME=DIMS, e.g. x=1x3x224x224")
+            raise TerrazzoError(
+                f"cannot parse --shape {spec!r}; expected NAME=DIMS, e.g. x=1x3x224x224"
+            )
         shapes[m.group(1)] = tuple(int(d) for d in m.group(2).split("x"))
     return shapes
 
@@ -58,7 +62,7 @@ def load_graph(path: Path, shapes: dict[str, tuple[int, ...]]) -> Any:
         raise TerrazzoError(f"--shape applies to .onnx models only, not {suffix or 'this file'}")
     if suffix == ".onnx":
         try:
-            from terrazzo.frontend import from_onnx  # type: ignore[attr-defined]
+            from terrazzo.frontend import from_onnx
         except ImportError as e:
             raise FrontendError(f"ONNX import is unavailable in this build ({e})") from None
         return from_onnx(path, shapes=shapes or None)
@@ -68,7 +72,9 @@ def load_graph(path: Path, shapes: dict[str, tuple[int, ...]]) -> Any:
         try:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError:
-            raise FrontendError(f"{str(path)!r} is not UTF-8 text; expected tz-dialect MLIR") from None
+            raise FrontendError(
+                f"{str(path)!r} is not UTF-8 text; expected tz-dialect MLIR"
+            ) from None
         return parse_graph(text)
     if suffix in (".yaml", ".yml"):
         try:

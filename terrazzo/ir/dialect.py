@@ -122,7 +122,7 @@ OP_SPECS: tuple[OpSpec, ...] = (
         for kind, op in _MODEL_KINDS.items()
     ),
     # Agent level (paper Fig. 7) and its decomposed LLM phases.
-    OpSpec("input.query", "input.query", (), _ONE, "a user query entering the agent"),
+    OpSpec("input.query", "input.query", _ARGS, _ONE, "a user query entering the agent"),
     OpSpec("llm.call", "llm.call", _ARGS, _ONE, "one LLM call (prefill + decode)"),
     OpSpec("llm.prefill", "llm.prefill", _ARGS, _ONE, "LLM prefill: prompt → KV cache"),
     OpSpec(
@@ -135,9 +135,7 @@ OP_SPECS: tuple[OpSpec, ...] = (
     OpSpec("llm.decode", "llm.decode", _ARGS, _ONE, "LLM decode: KV cache → tokens"),
     OpSpec("tool.invoke", "tool.invoke", _ARGS, _ONE, "a tool call"),
     OpSpec("memory.load", "memory.load", _ARGS, _ONE, "reads agent memory"),
-    OpSpec(
-        "memory.store", "memory.store", _ARGS, (("out", OPTIONAL),), "writes agent memory"
-    ),
+    OpSpec("memory.store", "memory.store", _ARGS, (("out", OPTIONAL),), "writes agent memory"),
     OpSpec("retrieve.topk", "retrieve.topk", _ARGS, _ONE, "top-k retrieval"),
     OpSpec("model.call", "model.call", _ARGS, _ONE, "a whole model as one agent node"),
     # Generic fallbacks: any kind, homogeneous or mixed operand/result types.
@@ -183,7 +181,7 @@ def irdl_text() -> str:
 
 
 def _irdl_compute_op(mnemonic: str, spec: OpSpec) -> str:
-    classes = ", ".join(f'%c_{c}' for c in sorted(OP_CLASSES))
+    classes = ", ".join(f"%c_{c}" for c in sorted(OP_CLASSES))
     lines = [f"  irdl.operation @{mnemonic} {{", '    %name = irdl.base "#builtin.string"']
     lines += [f'    %c_{c} = irdl.is "{c}"' for c in sorted(OP_CLASSES)]
     lines.append(f"    %op_class = irdl.any_of({classes})")

@@ -118,7 +118,9 @@ def _op(op: Any, value_names: dict[Any, str]) -> Op:
     if spec.kind is None:
         kind = _str(attrs["kind"], where, "kind")
     elif "kind" in attrs:
-        raise VerifyError(f"{where}: a named op takes no 'kind' attribute (its kind is {spec.kind!r})")
+        raise VerifyError(
+            f"{where}: a named op takes no 'kind' attribute (its kind is {spec.kind!r})"
+        )
     else:
         kind = spec.kind
     outputs = _str_tuple(attrs["results"], where, "results") if "results" in attrs else (name,)
@@ -178,7 +180,9 @@ def _py(a: Any, where: str) -> AttrValue:
         return str(a.value)
     if isinstance(a, ir.ArrayAttr):
         return tuple(_py(x, where) for x in a)
-    raise VerifyError(f"{where}: attribute {a} has no Terrazzo value (expected str, int, float, bool, array)")
+    raise VerifyError(
+        f"{where}: attribute {a} has no Terrazzo value (expected str, int, float, bool, array)"
+    )
 
 
 def _dict(a: Any, where: str) -> tuple[tuple[str, AttrValue], ...]:

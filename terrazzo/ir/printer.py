@@ -126,7 +126,10 @@ def _print_op(op: Op, types: dict[str, TensorType], names: _SsaNames) -> str:
     if spec.kind is None:
         attrs.append(f"kind = {string_literal(op.kind)}")
     attrs.append(f"op_class = {string_literal(op.op_class)}")
-    attrs += [f"{a} = {_int(getattr(op, a), where)}" for a in ("flops", "bytes_read", "bytes_written", "param_bytes")]
+    attrs += [
+        f"{a} = {_int(getattr(op, a), where)}"
+        for a in ("flops", "bytes_read", "bytes_written", "param_bytes")
+    ]
     if op.attrs:
         attrs.append(f"attrs = {_dict(op.attrs, where)}")
     if op.device is not None:

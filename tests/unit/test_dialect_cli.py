@@ -75,7 +75,9 @@ def test_ir_onnx_then_its_own_output_is_byte_identical(
     assert capsys.readouterr().out == first
 
 
-def test_ir_fuse_and_json(onnx_mlp: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_ir_fuse_and_json(
+    onnx_mlp: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["ir", str(onnx_mlp), "--shape", "x=2x16", "--fuse", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     fused = Graph.from_json(data).verify()
@@ -103,10 +105,25 @@ def _write(tmp_path: Path, name: str, text: str) -> Path:
     [
         ("missing.mlir", None, [], "does not exist"),
         ("model.txt", "hello", [], "unknown model format '.txt'"),
-        ("bad.mlir", '"tz.graph"() ({\n^bb0:\n  "tz.output"() : () -> ()\n}) {sym_name = "g", inputs = []} : () -> ()\n', [], "line 3, col 3: op expects exactly 1 operands"),
+        (
+            "bad.mlir",
+            '"tz.graph"() ({\n^bb0:\n  "tz.output"() : () -> ()\n}) {sym_name = "g", inputs = []} : () -> ()\n',
+            [],
+            "line 3, col 3: op expects exactly 1 operands",
+        ),
         ("garbage.mlir", "this is not mlir", [], "invalid tz MLIR at line 1, col 1"),
-        ("g.mlir", '"tz.graph"() ({\n^bb0:\n}) {sym_name = "g", inputs = []} : () -> ()\n', ["--shape", "x=2x"], "cannot parse --shape"),
-        ("g.mlir", '"tz.graph"() ({\n^bb0:\n}) {sym_name = "g", inputs = []} : () -> ()\n', ["--shape", "x=2x3"], "--shape applies to .onnx models only"),
+        (
+            "g.mlir",
+            '"tz.graph"() ({\n^bb0:\n}) {sym_name = "g", inputs = []} : () -> ()\n',
+            ["--shape", "x=2x"],
+            "cannot parse --shape",
+        ),
+        (
+            "g.mlir",
+            '"tz.graph"() ({\n^bb0:\n}) {sym_name = "g", inputs = []} : () -> ()\n',
+            ["--shape", "x=2x3"],
+            "--shape applies to .onnx models only",
+        ),
         ("latin1.mlir", b"\xff\xfe", [], "not UTF-8"),
     ],
 )
@@ -136,9 +153,16 @@ def test_ir_empty_graph_prints(tmp_path: Path, capsys: pytest.CaptureFixture[str
 
 
 def test_ir_bad_input_in_a_real_process_has_no_traceback(tmp_path: Path) -> None:
-    bad = _write(tmp_path, "bad.mlir", '"tz.graph"() ({\n^bb0:\n  %y = "tz.relu"() : () -> tensor<f32>\n}) {sym_name = "g", inputs = []} : () -> ()\n')
+    bad = _write(
+        tmp_path,
+        "bad.mlir",
+        '"tz.graph"() ({\n^bb0:\n  %y = "tz.relu"() : () -> tensor<f32>\n}) {sym_name = "g", inputs = []} : () -> ()\n',
+    )
     run = subprocess.run(
-        [sys.executable, "-m", "terrazzo.cli", "ir", str(bad)], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "terrazzo.cli", "ir", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert run.returncode == 2
     assert "Traceback" not in run.stderr
@@ -147,7 +171,9 @@ def test_ir_bad_input_in_a_real_process_has_no_traceback(tmp_path: Path) -> None
 
 
 @pytest.mark.slow
-def test_ir_round_trips_on_every_zoo_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_ir_round_trips_on_every_zoo_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from terrazzo import zoo
 
     cache = Path.home() / ".cache" / "terrazzo" / "zoo-onnx"
@@ -161,3 +187,31 @@ def test_ir_round_trips_on_every_zoo_model(tmp_path: Path, capsys: pytest.Captur
         assert main(["ir", str(out), "--fuse", "-o", str(tmp_path / "fused.mlir")]) == 0
         fused = parse_graph((tmp_path / "fused.mlir").read_text(encoding="utf-8"))
         assert len(fused.ops) <= len(parse_graph(first).ops)
+
+
+def test_ir_agent_yaml_prints_fig7_ops_and_round_trips(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = Path(__file__).parents[2] / "examples" / "agents" / "voice_agent.yaml"
+    if not spec.is_file():
+        pytest.skip("the example agent spec is not in this checkout")
+    out = tmp_path / "agent.mlir"
+    assert main(["ir", str(spec), "-o", str(out)]) == 0
+    text = out.read_text(encoding="utf-8")
+    for op in (
+        '"agent.graph"',
+        '"input.query"',
+        '"tool.invoke"',
+        '"memory.load"',
+        '"agent.output"',
+    ):
+        assert op in text, op
+    assert "tensor<?xi32>" in text
+    assert main(["ir", str(out)]) == 0
+    assert capsys.readouterr().out == text
+
+
+def test_ir_bad_agent_yaml_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["ir", str(_write(tmp_path, "agent.yaml", "nodes: [\n"))]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("terrazzo ir: error: ") and err.count("\n") == 1

@@ -25,7 +25,9 @@ def run_pass(pass_fn: Callable[[Graph], Graph], graph: Graph) -> Graph:
     return out
 
 
-@pytest.mark.parametrize("path", sorted(GOLDEN.glob("fuse_elementwise_*.mlir")), ids=lambda p: p.stem)
+@pytest.mark.parametrize(
+    "path", sorted(GOLDEN.glob("fuse_elementwise_*.mlir")), ids=lambda p: p.stem
+)
 def test_golden(path: Path) -> None:
     before, expected = path.read_text(encoding="utf-8").split(SEPARATOR)
     assert before.startswith("// RUN: fuse_elementwise\n")
@@ -41,7 +43,17 @@ def _chain() -> Graph:
         ops=(
             Op("m", "matmul", ("x",), ("m",), (), "matmul", 128, 64, 64, 64),
             Op("sq", "multiply", ("m", "m"), ("sq",), (), "elementwise", 16, 128, 64),
-            Op("r", "nn.relu", ("sq",), ("r",), make_attrs({"note": "kept?"}), "elementwise", 16, 64, 64),
+            Op(
+                "r",
+                "nn.relu",
+                ("sq",),
+                ("r",),
+                make_attrs({"note": "kept?"}),
+                "elementwise",
+                16,
+                64,
+                64,
+            ),
         ),
         values={"x": f, "m": f, "sq": f, "r": f},
         inputs=("x",),
@@ -54,7 +66,13 @@ def test_fuses_self_product_and_keeps_relax_module() -> None:
     g = _chain()
     out = run_pass(fuse_elementwise, g)
     (op,) = out.ops
-    assert (op.name, op.kind, op.op_class, op.inputs, op.outputs) == ("m", "matmul", "matmul", ("x",), ("r",))
+    assert (op.name, op.kind, op.op_class, op.inputs, op.outputs) == (
+        "m",
+        "matmul",
+        "matmul",
+        ("x",),
+        ("r",),
+    )
     assert op.attr("fused") == ("multiply", "nn.relu")
     assert op.attr("members") == ("m", "sq", "r")
     assert op.flops == g.total_flops
