@@ -109,8 +109,10 @@ class _Search:
     def class_cost(self, d: int, busy: float, cnt: int) -> float:
         return self.devices(busy, cnt) * self.p.usd_per_hour[d]
 
-    def move_delta(self, group: list[int], b: int) -> tuple[float, float] | None:
-        """(exact Δ USD/hour, fluid Δ) of moving ``group`` (one class) to class b, or None if infeasible."""
+    def move_delta(self, group: list[int], b: int) -> tuple[float, float, float, bool] | None:
+        """Moving ``group`` (one class, a chain) to class b: (exact Δ USD/hour, fluid Δ, worst
+        increase of any path through the group, whether the longest path through it stays
+        within the SLA by the current f/g), or None when memory or counts forbid it."""
         p, a = self.p, int(self.a[group[0]])
         if a == b:
             return None
@@ -125,18 +127,28 @@ class _Search:
         nb = self.devices(self.busy[b] + lat_b, self.cnt[b] + k)
         if nb > p.count[b]:
             return None
-        # latency through the group (a chain: enter at group[0], leave at group[-1])
         head, tail = group[0], group[-1]
+        xb, xs = p.xfer_base_s, p.xfer_s_per_byte
         enter = 0.0
+        d_in = 0.0
         for e in self.st["preds"][head]:
             u = int(p.edges[e, 0])
-            enter = max(enter, self.f[u] + p.xfer_base_s[self.a[u], b] + p.edge_bytes[e] * p.xfer_s_per_byte[self.a[u], b])
+            au = self.a[u]
+            t_new = xb[au, b] + p.edge_bytes[e] * xs[au, b]
+            t_old = xb[au, a] + p.edge_bytes[e] * xs[au, a]
+            enter = max(enter, self.f[u] + t_new)
+            d_in = max(d_in, t_new - t_old)
         leave = 0.0
+        d_out = 0.0
         for e in self.st["succs"][tail]:
             v = int(p.edges[e, 1])
-            leave = max(leave, self.g[v] + p.xfer_base_s[b, self.a[v]] + p.edge_bytes[e] * p.xfer_s_per_byte[b, self.a[v]])
-        if enter + lat_b + leave > self.L:
-            return None
+            av = self.a[v]
+            t_new = xb[b, av] + p.edge_bytes[e] * xs[b, av]
+            t_old = xb[a, av] + p.edge_bytes[e] * xs[a, av]
+            leave = max(leave, self.g[v] + t_new)
+            d_out = max(d_out, t_new - t_old)
+        own_ok = enter + lat_b + leave <= self.L
+        inc = d_in + (lat_b - lat_a) + d_out
         old = self.class_cost(a, self.busy[a], self.cnt[a]) + self.class_cost(b, self.busy[b], self.cnt[b])
         new = self.class_cost(a, self.busy[a] - lat_a, self.cnt[a] - k) + self.class_cost(b, self.busy[b] + lat_b, self.cnt[b] + k)
         dx = 0.0
@@ -151,7 +163,7 @@ class _Search:
         per_req = 3600.0 * p.rps * (direct + dx)
         exact = new - old + per_req
         fluid = p.load_factor * (lat_b * p.usd_per_hour[b] - lat_a * p.usd_per_hour[a]) + per_req
-        return exact, fluid
+        return exact, fluid, inc, own_ok
 
     def apply(self, group: list[int], b: int) -> None:
         a = int(self.a[group[0]])
@@ -164,19 +176,27 @@ class _Search:
         self.mem[a] -= mem
         self.mem[b] += mem
         self.a[group] = b
-        self.refresh()
 
 
 def local_search(problem: Problem, assign: np.ndarray, chain_list: list[list[int]], deadline: float) -> np.ndarray:
-    """Improve a feasible assignment by single-task and whole-chain moves until no move helps."""
+    """Improve a feasible assignment by single-task and whole-chain moves until no move helps.
+
+    Moves are taken in rounds against one longest-path computation: the first move of a
+    round is checked exactly; later ones only while the sum of their worst path increases
+    fits in the round's global slack (so every path stays within the SLA).
+    """
     p = problem
     # TTFT bounds the finish of prefill tasks anywhere in the graph: check moves exactly
     full_check = p.prefill is not None and p.sla.ttft_s is not None
     s = _Search(p, assign)
     allowed = p.allowed()
     groups = [c for c in chain_list if len(c) > 1] + [[i] for i in range(p.n)]
-    for _ in range(6):
-        improved = False
+    for _ in range(50):
+        s.refresh()
+        budget = s.L - float(s.f.max())
+        used = 0.0
+        accepted = 0
+        deferred = False
         for grp in groups:
             if time.perf_counter() > deadline:
                 return s.a
@@ -190,18 +210,25 @@ def local_search(problem: Problem, assign: np.ndarray, chain_list: list[list[int
                 dl = s.move_delta(grp, b)
                 if dl is None:
                     continue
+                exact, fluid, inc, own_ok = dl
+                if not (exact < -1e-9 or (exact <= 1e-9 and fluid < -1e-9)):
+                    continue
+                safe = used + max(0.0, inc) <= budget or (accepted == 0 and own_ok)
+                if not safe:
+                    deferred = True
+                    continue
                 if full_check:
                     trial = s.a.copy()
                     trial[grp] = b
                     if not p.evaluate(trial).feasible:
                         continue
-                if dl[0] < -1e-9 or (dl[0] <= 1e-9 and dl[1] < -1e-9):
-                    if best is None or dl < best[0]:
-                        best = (dl, b)
+                if best is None or (exact, fluid) < best[0]:
+                    best = ((exact, fluid), b, inc)
             if best is not None:
                 s.apply(grp, best[1])
-                improved = True
-        if not improved:
+                used += max(0.0, best[2])
+                accepted += 1
+        if accepted == 0 or (not deferred and accepted == 0):
             break
     return s.a
 
@@ -262,16 +289,30 @@ def solve_heuristic(problem: Problem, *, time_limit_s: float = 10.0) -> np.ndarr
                 if hi / max(lo, 1e-300) < 1.05:
                     break
         candidates.append(found)
-    if not candidates:
+    # single-class starts: device integrality often favours few classes over the DP's spread
+    homo = []
+    for d in range(p.num_devices):
+        if allowed[:, d].all():
+            a = np.full(p.n, d, dtype=np.int64)
+            ev = p.evaluate(a)
+            if ev.feasible:
+                homo.append((ev.usd_per_hour, d, a))
+    homo.sort(key=lambda h: h[0])
+    candidates.extend(h[2] for h in homo[:2])
+    feas = []
+    for c in candidates:
+        if not p.evaluate(c).feasible:
+            c = _repair(p, c, ch, deadline)
+        if c is not None:
+            feas.append(c)
+    if not feas:
         return None
-    best = min(candidates, key=lambda a: p.evaluate(a).usd_per_hour)
-    ev = p.evaluate(best)
-    if not ev.feasible:
-        rep = _repair(p, best, ch, deadline)
-        if rep is None:
-            return None
-        best = rep
-    return local_search(p, best, ch, deadline)
+    results = []
+    for k, c in enumerate(feas):
+        # share the remaining time between the starts
+        left = deadline - time.perf_counter()
+        results.append(local_search(p, c, ch, time.perf_counter() + max(0.0, left / (len(feas) - k))))
+    return min(results, key=lambda a: p.evaluate(a).usd_per_hour)
 
 
 def _repair(p: Problem, assign: np.ndarray, ch: list[list[int]], deadline: float) -> np.ndarray | None:

@@ -165,6 +165,8 @@ class Problem:
         st = self.structure()
         lat = self.latency_s[np.arange(self.n), assign]
         t = self.transfer_latency(assign)
+        if len(st["nodes_by_level"]) > 64:
+            return _longest_paths_loop(self, lat, t)
         f = lat.copy()
         inmax = np.zeros(self.n)
         for lv, nodes in enumerate(st["nodes_by_level"]):
@@ -258,6 +260,32 @@ class Evaluation:
     @property
     def feasible(self) -> bool:
         return not self.violations
+
+
+def _longest_paths_loop(p: Problem, lat: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    # deep graphs (long chains) have as many levels as ops: a plain loop beats per-level numpy
+    st = p.structure()
+    src = p.edges[:, 0].tolist()
+    dst = p.edges[:, 1].tolist()
+    tl = t.tolist()
+    la = lat.tolist()
+    f = list(la)
+    for v in range(p.n):
+        best = 0.0
+        for e in st["preds"][v]:
+            x = f[src[e]] + tl[e]
+            if x > best:
+                best = x
+        f[v] = la[v] + best
+    g = list(la)
+    for u in range(p.n - 1, -1, -1):
+        best = 0.0
+        for e in st["succs"][u]:
+            x = g[dst[e]] + tl[e]
+            if x > best:
+                best = x
+        g[u] = la[u] + best
+    return np.array(f), np.array(g)
 
 
 def _group_nodes(level: np.ndarray) -> list[np.ndarray]:
