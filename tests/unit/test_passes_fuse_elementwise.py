@@ -7,10 +7,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
 
 from terrazzo.ir.dialect import parse_graph, print_graph
 from terrazzo.ir.graph import Graph, Op, TensorType, make_attrs
 from terrazzo.ir.passes import fuse_elementwise
+from tests.unit.test_dialect import graphs
 
 GOLDEN = Path(__file__).parents[1] / "data" / "golden"
 SEPARATOR = "// -----\n"
@@ -96,3 +98,14 @@ def test_fusing_in_two_rounds_records_the_same_members() -> None:
     final = run_pass(fuse_elementwise, restored)
     assert final.ops[0].attr("members") == ("m", "sq", "r")
     assert final.ops[0].attr("fused") == ("multiply", "nn.relu")
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(graphs())
+def test_random_graphs_stay_valid_and_conserve_work(g: Graph) -> None:
+    out = run_pass(fuse_elementwise, g)
+    assert out.total_flops == g.total_flops
+    assert out.param_bytes == g.param_bytes
+    assert out.outputs == g.outputs and out.inputs == g.inputs
+    covered = [m for o in out.ops for m in o.attr_dict.get("members", (o.name,))]  # type: ignore[union-attr]
+    assert sorted(covered) == sorted(g.op_names)
