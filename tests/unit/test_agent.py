@@ -164,3 +164,16 @@ def test_voice_agent_example_loads() -> None:
     fn = resolve_callable(str(g.op("search").attr("function")))
     q = fn(np.arange(10))
     assert q.shape == (32,) and abs(float(np.linalg.norm(q)) - 1.0) < 1e-5
+
+
+@pytest.mark.slow
+def test_decompose_voice_agent_models_into_operators() -> None:
+    g = decompose(load_agent(EXAMPLE))
+    stt_ops = [o for o in g.ops if o.attr("agent_node") == "stt"]
+    assert stt_ops and all(o.name.startswith("stt.") for o in stt_ops)
+    assert any(o.op_class == "matmul" for o in stt_ops)
+    assert stt_ops[-1].outputs == ("stt",)  # the node's value keeps its name for consumers
+    assert [o.kind for o in g.ops if o.attr("agent_node") == "planner"] == [
+        "llm.prefill", "llm.kv_transfer", "llm.decode",
+    ]  # fmt: skip
+    assert set(g.relax_mod) == {"stt", "tts"}
