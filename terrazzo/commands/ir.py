@@ -30,6 +30,12 @@ def register(subparsers: Any) -> None:
         "--fuse", action="store_true", help="fuse elementwise chains into their producers"
     )
     p.add_argument(
+        "--decompose",
+        action="store_true",
+        help="agent graphs: split llm.call into prefill, KV transfer and decode, and each "
+        "model node into its granular operators",
+    )
+    p.add_argument(
         "--shape",
         action="append",
         default=[],
@@ -91,6 +97,12 @@ def load_graph(path: Path, shapes: dict[str, tuple[int, ...]]) -> Any:
 def run(args: argparse.Namespace) -> int:
     """Import, optionally fuse, and print the graph."""
     graph = load_graph(Path(args.model), parse_shapes(args.shape))
+    if args.decompose:
+        if graph.level != "agent":
+            raise TerrazzoError("--decompose applies to agent graphs (.yaml), not model graphs")
+        from terrazzo.frontend.agent import decompose
+
+        graph = decompose(graph)
     if args.fuse:
         from terrazzo.ir.passes import fuse_elementwise
 

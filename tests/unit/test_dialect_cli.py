@@ -193,8 +193,6 @@ def test_ir_agent_yaml_prints_fig7_ops_and_round_trips(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     spec = Path(__file__).parents[2] / "examples" / "agents" / "voice_agent.yaml"
-    if not spec.is_file():
-        pytest.skip("the example agent spec is not in this checkout")
     out = tmp_path / "agent.mlir"
     assert main(["ir", str(spec), "-o", str(out)]) == 0
     text = out.read_text(encoding="utf-8")
@@ -215,3 +213,28 @@ def test_ir_bad_agent_yaml_is_one_line(tmp_path: Path, capsys: pytest.CaptureFix
     assert main(["ir", str(_write(tmp_path, "agent.yaml", "nodes: [\n"))]) == 2
     err = capsys.readouterr().err
     assert err.startswith("terrazzo ir: error: ") and err.count("\n") == 1
+
+
+def test_ir_decompose_splits_llm_call_into_phases(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = Path(__file__).parents[2] / "examples" / "agents" / "voice_agent.yaml"
+    out = tmp_path / "decomposed.mlir"
+    assert main(["ir", str(spec), "--decompose", "-o", str(out)]) == 0
+    text = out.read_text(encoding="utf-8")
+    assert 'kind = "llm.prefill"' in text or '"llm.prefill"' in text
+    assert '"llm.kv_transfer"' in text and '"llm.decode"' in text
+    assert 'kind = "llm.call"' not in text and '"llm.call"(' not in text
+    assert main(["ir", str(out)]) == 0
+    assert capsys.readouterr().out == text
+
+
+def test_ir_decompose_rejects_model_graphs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from terrazzo.ir import Graph, Op, TensorType
+    from terrazzo.ir.dialect import print_graph
+
+    t = TensorType((2, 2), "float32")
+    g = Graph("m", (Op("r", "relu", ("x",), ("r",), op_class="elementwise"),), {"x": t, "r": t}, ("x",), ("r",))
+    mlir = _write(tmp_path, "m.mlir", print_graph(g))
+    assert main(["ir", str(mlir), "--decompose"]) == 2
+    assert "agent graphs" in capsys.readouterr().err
