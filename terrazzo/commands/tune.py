@@ -1,0 +1,155 @@
+"""``terrazzo tune``: search schedules for the hot kernels of a model's stages and store them.
+
+Sits after placement and before ``terrazzo compile --tuning DB``: the model is imported and
+(with ``--fleet``) planned and split into stages; the kernels of each stage are tuned for
+every target runnable on this machine (the host CPU, which every stage is built for, and the
+stage's own target where it can run here), and the best programs go into the database.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from terrazzo.errors import TerrazzoError
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "tune",
+        help="search kernel schedules (offline, LLM or MetaSchedule) into a tuning database",
+        description="Tune the hottest kernels of MODEL's stages and write a tuning database "
+        "that `terrazzo compile --tuning DB` applies.",
+    )
+    p.add_argument("model", help="an .onnx file or a zoo name (zoo:mlp, zoo:cnn, ...)")
+    p.add_argument("--fleet", help="fleet YAML; stages are tuned for their device class targets")
+    p.add_argument("--sla", default="10s", help="latency SLA used to plan stages (default 10s)")
+    p.add_argument("--tuning", help="database path (records.jsonl; a directory for metaschedule); "
+                   "default: the per-user cache")
+    p.add_argument("--trials", type=int, default=32, help="trials per kernel (default 32)")
+    p.add_argument("--batch", type=int, default=4, help="candidates per round (default 4)")
+    p.add_argument("--kernels", type=int, default=8, help="tune at most K hottest kernels per stage")
+    p.add_argument("--proposer", choices=("offline", "llm", "metaschedule"), default="offline")
+    p.add_argument("--llm-url", help="OpenAI-compatible base URL (env TERRAZZO_LLM_URL)")
+    p.add_argument("--llm-model", help="model name (env TERRAZZO_LLM_MODEL)")
+    p.add_argument("--llm-timeout", type=float, default=60.0, help="seconds per LLM request")
+    p.add_argument("--retune", action="store_true", help="tune kernels already in the database")
+    p.set_defaults(func=run)
+
+
+def _runnable_targets(stage_targets: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Host CPU first, then stage targets that can run here (same CPU, or CUDA with a GPU)."""
+    import tvm
+
+    from terrazzo.codegen import host_target
+
+    host = dict(host_target())
+    out = [host]
+    for t in stage_targets:
+        kind = t.get("kind")
+        if kind == "llvm" and t.get("mcpu") in (None, host.get("mcpu")) and t not in out:
+            out.append(dict(t))
+        elif kind == "cuda" and tvm.cuda(0).exist and t not in out:
+            out.append(dict(t))
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    import tvm
+
+    from terrazzo.codegen import load_model
+    from terrazzo.codegen.tuning import (
+        LLMProposer,
+        OfflineProposer,
+        TuneOptions,
+        TuningDatabase,
+        default_database_path,
+        llm_endpoint,
+        tune_module,
+    )
+
+    if args.trials < 1 or args.kernels < 1 or args.batch < 1:
+        raise TerrazzoError("--trials, --batch and --kernels must be at least 1")
+    graph, _sha = load_model(args.model)
+    modules: list[tuple[str, Any, list[dict[str, Any]]]] = []
+    if args.fleet:
+        from terrazzo.codegen import plan_assignment, split_relax, stage_targets
+        from terrazzo.codegen._compile import _fleet, _sla
+        from terrazzo.costmodel import load_catalog
+        from terrazzo.placement import plan as make_plan
+
+        cat = load_catalog()
+        plan = make_plan(graph, _fleet(args.fleet), _sla(args.sla), catalog=cat)
+        split = split_relax(graph.relax_mod, plan_assignment(graph, plan))
+        choices = stage_targets(plan, cat)
+        devices = {int(s.index): s.device for s in plan.stages}
+        for st in split.stages:
+            choice = choices[devices[st.index]]
+            modules.append((f"stage {st.index} ({devices[st.index]})", st.mod,
+                            _runnable_targets([dict(choice.target)])))
+    else:
+        modules.append(("model", graph.relax_mod, _runnable_targets([])))
+
+    if args.proposer == "metaschedule":
+        return _run_metaschedule(args, modules)
+
+    db_path = args.tuning or default_database_path()
+    db = TuningDatabase(db_path)
+    before = len(db)
+    if args.proposer == "llm":
+        endpoint = llm_endpoint(args.llm_url, args.llm_model, timeout_s=args.llm_timeout)
+
+        def make() -> Any:
+            return LLMProposer(endpoint)
+    else:
+        make = OfflineProposer
+    opts = TuneOptions(trials=args.trials, batch=args.batch)
+    out = sys.stdout
+
+    def on_kernel(kernel: Any, share: float) -> None:
+        out.write(f"  kernel {kernel.name} [{kernel.kernel_class}] {share:.0%} of predicted time\n")
+        out.flush()
+
+    def progress(kernel: Any, trial: Any, best: float | None) -> None:
+        best_txt = f"{best * 1e6:.1f} us" if best else "-"
+        status = f"{trial.latency_s * 1e6:.1f} us" if trial.ok else f"rejected ({trial.stage})"
+        out.write(f"    trial {trial.index + 1}/{args.trials}: {status}; best {best_txt}\n")
+        out.flush()
+
+    for label, mod, targets in modules:
+        for t in targets:
+            target = tvm.target.Target(t)
+            out.write(f"{label} on {t}\n")
+            results = tune_module(mod, target, make, opts, db=db, max_kernels=args.kernels,
+                                  retune=args.retune, progress=progress, on_kernel=on_kernel)
+            for r in results:
+                sp = f"{r.speedup:.1f}x" if r.speedup else "no valid schedule"
+                out.write(f"  {r.kernel_name}: {_us(r.baseline_latency_s)} -> "
+                          f"{_us(r.best_latency_s)} ({sp}, {len(r.trials)} trials)\n")
+            db.save(db_path)
+    out.write(f"tuning database {db_path}: {len(db)} records ({len(db) - before} new)\n")
+    return 0
+
+
+def _run_metaschedule(args: argparse.Namespace, modules: list[tuple[str, Any, list[dict[str, Any]]]]) -> int:
+    import tvm
+
+    from terrazzo.codegen.tuning import extract_kernels, rank_kernels
+    from terrazzo.codegen.tuning.config import cache_dir
+    from terrazzo.codegen.tuning.metaschedule import tune_kernel_metaschedule
+
+    work_dir = args.tuning or str(cache_dir() / "tuning" / "metaschedule")
+    for label, mod, targets in modules:
+        for t in targets:
+            target = tvm.target.Target(t)
+            for kernel, share in rank_kernels(extract_kernels(mod, target))[: args.kernels]:
+                print(f"{label}: {kernel.name} ({share:.0%}) with MetaSchedule, {args.trials} trials")
+                r = tune_kernel_metaschedule(kernel, target, args.trials, work_dir=work_dir)
+                print(f"  best {_us(r.best_latency_s)} after {r.trials} trials ({r.wall_s:.0f} s)")
+    print(f"MetaSchedule database directory {work_dir} (use: terrazzo compile --tuning {work_dir})")
+    return 0
+
+
+def _us(x: float | None) -> str:
+    return f"{x * 1e6:.1f} us" if x else "-"
