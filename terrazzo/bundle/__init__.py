@@ -1,8 +1,9 @@
 """The ``.tzb`` deployment bundle: written by codegen, read (validated first) by runtime and CLI."""
 
 from terrazzo.bundle._read import Bundle, BundleLimits, StageInfo, open_bundle, read_manifest
-from terrazzo.bundle._runner import StageRunner, run_pipeline
+from terrazzo.bundle._runner import StageRunner, random_inputs, run_pipeline
 from terrazzo.bundle._sign import generate_keypair
+from terrazzo.bundle._verify import VerifyReport, verify_bundle
 from terrazzo.bundle._write import FORMAT_VERSION, StageContent, TensorSpec, write_bundle
 
 __all__ = [
@@ -13,9 +14,12 @@ __all__ = [
     "StageInfo",
     "StageRunner",
     "TensorSpec",
+    "VerifyReport",
     "generate_keypair",
     "open_bundle",
+    "random_inputs",
     "read_manifest",
     "run_pipeline",
+    "verify_bundle",
     "write_bundle",
 ]

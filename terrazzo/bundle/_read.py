@@ -136,7 +136,7 @@ def _read_member(tar: tarfile.TarFile, info: tarfile.TarInfo) -> bytes:
 
 
 def _validate(
-    path: Path, trust_key: str | os.PathLike[str] | None, limits: BundleLimits, dest: Path | None
+    path: Path, trust_key: str | os.PathLike[str] | bytes | None, limits: BundleLimits, dest: Path | None
 ) -> tuple[dict[str, Any], bool]:
     """Validate the bundle; copy members into ``dest`` when given. Returns (manifest, signed)."""
     if not path.is_file():
@@ -213,7 +213,7 @@ def _validate(
 
 def read_manifest(
     path: str | os.PathLike[str],
-    trust_key: str | os.PathLike[str] | None = None,
+    trust_key: str | os.PathLike[str] | bytes | None = None,
     limits: BundleLimits | None = None,
 ) -> dict[str, Any]:
     """Validate a bundle fully (names, types, caps, hashes, signature) without extracting it.
@@ -298,6 +298,19 @@ class Bundle:
             raise BundleError(f"stage {index} does not exist (bundle has {len(stages)})")
         return StageRunner.from_bundle(self, StageInfo.from_json(stages[index]), device)
 
+    def load_stages(self, device: str = "auto") -> list[Any]:
+        """Every stage as a StageRunner, in index order (see ``load_stage``)."""
+        return [self.load_stage(i, device) for i in range(len(self.manifest["stages"]))]
+
+    def run(self, inputs: Mapping[str, Any], runners: list[Any] | None = None) -> dict[str, Any]:
+        """Run all stages one after another in this process; returns the graph outputs by name."""
+        from terrazzo.bundle._runner import run_pipeline
+
+        missing = [s.name for s in self.inputs if s.name not in inputs]
+        if missing:
+            raise BundleError(f"inputs not given: {', '.join(missing)}")
+        return run_pipeline(runners or self.load_stages(), inputs, tuple(o.name for o in self.outputs))
+
     def load_reference(self) -> Any:
         """The whole-model reference (host CPU) as a StageRunner, or None if not bundled."""
         from terrazzo.bundle._runner import StageRunner
@@ -330,7 +343,7 @@ class Bundle:
 
 def open_bundle(
     path: str | os.PathLike[str],
-    trust_key: str | os.PathLike[str] | None = None,
+    trust_key: str | os.PathLike[str] | bytes | None = None,
     limits: BundleLimits | None = None,
 ) -> Bundle:
     """Validate a ``.tzb`` and extract it into a fresh private temp dir.

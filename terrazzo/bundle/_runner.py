@@ -115,7 +115,7 @@ class StageRunner:
                     f"stage {info.index} is planned on {info.device} ({kind}); that device is "
                     "not used here, running the host-CPU build"
                 )
-                log.warning(note)
+                (log.warning if device == "auto" else log.info)(note)
         return StageRunner(
             str(bundle.member_path(lib)),
             weights,
@@ -155,3 +155,19 @@ def run_pipeline(
     for r in runners:
         env.update(r({s.name: env[s.name] for s in r.inputs}))
     return {name: env[name] for name in outputs}
+
+
+def random_inputs(specs: tuple[TensorSpec, ...], seed: int = 0) -> dict[str, np.ndarray]:
+    """Random arrays for ``specs``: floats ~ N(0, 1); integers in {0, 1} (valid token ids,
+    masks and indices for any vocabulary); booleans fair coins."""
+    rng = np.random.default_rng(seed)
+    out: dict[str, np.ndarray] = {}
+    for s in specs:
+        dt = np.dtype(s.dtype)
+        if dt.kind == "f":
+            out[s.name] = rng.standard_normal(s.shape).astype(dt)
+        elif dt.kind == "b":
+            out[s.name] = rng.integers(0, 2, s.shape).astype(bool)
+        else:
+            out[s.name] = rng.integers(0, 2, s.shape).astype(dt)
+    return out

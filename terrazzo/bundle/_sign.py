@@ -30,15 +30,21 @@ def load_private_key(path: str | os.PathLike[str]) -> Any:
     return key
 
 
-def load_public_key(path: str | os.PathLike[str]) -> Any:
-    """Load an Ed25519 public key from a PEM file (a private key PEM is accepted too)."""
+def load_public_key(path: str | os.PathLike[str] | bytes) -> Any:
+    """Load an Ed25519 public key: a PEM file path, PEM bytes, or the raw 32 key bytes.
+
+    A private key PEM is accepted too (its public half is used).
+    """
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import (
         Ed25519PrivateKey,
         Ed25519PublicKey,
     )
 
-    pem = _read_pem(path, "trusted key")
+    if isinstance(path, bytes) and len(path) == 32:
+        return Ed25519PublicKey.from_public_bytes(path)
+    pem = path if isinstance(path, bytes) else _read_pem(path, "trusted key")
+    path = "<key bytes>" if isinstance(path, bytes) else path
     try:
         key: Any = serialization.load_pem_public_key(pem)
     except ValueError:
@@ -58,7 +64,7 @@ def sign_bytes(data: bytes, private_key_path: str | os.PathLike[str]) -> bytes:
     return bytes(load_private_key(private_key_path).sign(data))
 
 
-def verify_bytes(data: bytes, signature: bytes, public_key_path: str | os.PathLike[str]) -> None:
+def verify_bytes(data: bytes, signature: bytes, public_key_path: str | os.PathLike[str] | bytes) -> None:
     """Raise BundleError unless ``signature`` is a valid signature of ``data`` by the key."""
     from cryptography.exceptions import InvalidSignature
 
@@ -67,7 +73,8 @@ def verify_bytes(data: bytes, signature: bytes, public_key_path: str | os.PathLi
         key.verify(signature, data)
     except InvalidSignature as e:
         raise BundleError(
-            f"member 'manifest.sig': signature does not verify with trusted key {str(public_key_path)!r}"
+            "member 'manifest.sig': signature does not verify with the trusted key"
+            f"{'' if isinstance(public_key_path, bytes) else ' ' + repr(str(public_key_path))}"
         ) from e
 
 

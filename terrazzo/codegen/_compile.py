@@ -115,11 +115,12 @@ def stage_targets(plan: Any, catalog: Any) -> dict[str, TargetChoice]:
             continue
         spec = catalog[st.device]
         choice = choose_target(st.device, spec.tvm_target, spec.fallback_target)
-        if choice.fallback_reason and getattr(spec, "fallback_reason", ""):
-            if spec.tvm_target is None:
-                choice = TargetChoice(
-                    choice.device, choice.target, f"{spec.fallback_reason}; {choice.fallback_reason}"
-                )
+        if spec.tvm_target is None and getattr(spec, "fallback_reason", ""):
+            choice = TargetChoice(
+                choice.device,
+                choice.target,
+                f"{spec.fallback_reason} (declared fallback target {describe_target(choice.target)})",
+            )
         out[st.device] = choice
     return out
 
@@ -139,8 +140,12 @@ def compile_model(
     shapes: Any = None,
     include_reference: bool = True,
     progress: ProgressFn | None = None,
+    plan: Any = None,
 ) -> CompileResult:
-    """Run the whole pipeline and return details (see ``compile`` for the arguments)."""
+    """Run the whole pipeline and return details (see ``compile`` for the arguments).
+
+    ``plan`` skips placement and uses the given Plan (its ops must be the graph's ops).
+    """
     from terrazzo.bundle import StageContent, TensorSpec, write_bundle
     from terrazzo.costmodel import load_catalog
     from terrazzo.placement import plan as make_plan
@@ -168,7 +173,7 @@ def compile_model(
         cat = catalog if catalog is not None else load_catalog()
         db = load_tuning_db(tuning_db)
     with phase("plan"):
-        plan_obj = make_plan(graph, fleet_obj, sla_obj, rps=rps, solver=solver, catalog=cat)
+        plan_obj = plan or make_plan(graph, fleet_obj, sla_obj, rps=rps, solver=solver, catalog=cat)
         plan_mlir = plan_to_mlir(graph, plan_obj)
     with phase("split"):
         split = split_relax(graph.relax_mod, plan_assignment(graph, plan_obj))

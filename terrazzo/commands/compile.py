@@ -1,0 +1,108 @@
+"""`terrazzo compile`: model + fleet + SLA → placed, TVM-built stages in one `.tzb` bundle."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+SOLVER_CHOICES = ("milp", "heuristic", "heft", "homogeneous", "greedy", "melange")
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "compile",
+        help="compile a model for a fleet under an SLA into a .tzb bundle",
+        description="Import the model, place it on the fleet (lowest USD/hour meeting the SLA), "
+        "build every stage with TVM for its device's target (plus a host-CPU build), and write "
+        "one .tzb bundle.",
+    )
+    p.add_argument("model", metavar="MODEL", help="ONNX file or zoo model name (e.g. mlp, bert)")
+    p.add_argument("--fleet", required=True, help="fleet YAML (devices: {name: {count: N}})")
+    p.add_argument("--sla", required=True, help="end-to-end latency bound, e.g. 50ms")
+    p.add_argument("--rps", type=float, default=1.0, help="traffic target, requests/s (default 1)")
+    p.add_argument("--solver", choices=SOLVER_CHOICES, default="milp", help="placement solver (default milp)")
+    p.add_argument("--tuning", metavar="DB", help="tuning database (records.jsonl or MetaSchedule dir)")
+    p.add_argument("--profile", help="cost-model catalog profile (datasheet, paper-2025, or YAML path)")
+    p.add_argument("--sign", metavar="KEY", help="sign the bundle with this Ed25519 private key (PEM)")
+    p.add_argument("--no-reference", action="store_true", help="omit the whole-model reference build")
+    p.add_argument("-o", "--output", default="model.tzb", help="bundle path (default model.tzb)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from terrazzo.codegen import compile_model
+    from terrazzo.commands._common import print_json
+
+    err = Console(stderr=True)
+    status = err.status("starting")
+    stage_rows: list[dict[str, Any]] = []
+
+    def progress(event: str, d: Any) -> None:
+        if event == "phase-start":
+            status.update(f"[bold]{d['phase']}[/bold] ...")
+        elif event == "phase-end":
+            err.print(f"[green]✓[/green] {d['phase']:<7} {d['seconds']:7.2f} s")
+        elif event == "stage-start":
+            status.update(f"[bold]build[/bold] stage {d['index']} on {d['device']} ({d['ops']} ops) ...")
+        elif event == "stage-built":
+            stage_rows.append(dict(d))
+            fb = f"  [yellow]fallback: {d['fallback_reason']}[/yellow]" if d.get("fallback_reason") else ""
+            err.print(f"    stage {d['index']!s:>9} {d['device']:<10} {d['target']:<22} {d['seconds']:6.2f} s{fb}")
+            for note in d.get("notes") or ():
+                err.print(f"    [yellow]note:[/yellow] {note}")
+
+    catalog = None
+    if args.profile:
+        from terrazzo.costmodel import load_catalog
+
+        catalog = load_catalog(args.profile)
+    with status:
+        res = compile_model(
+            args.model, args.fleet, args.sla, rps=args.rps, out_path=args.output,
+            solver=args.solver, tuning_db=args.tuning, sign_key=args.sign, catalog=catalog,
+            include_reference=not args.no_reference, progress=progress,
+        )  # fmt: skip
+    plan = res.plan
+    summary = {
+        "bundle": str(res.path),
+        "model": res.graph.name,
+        "bundle_bytes": res.bundle_bytes,
+        "weight_bytes": res.weight_bytes,
+        "phase_s": {k: round(v, 3) for k, v in res.phase_s.items()},
+        "plan": {"solver": plan.solver, "latency_s": plan.latency_s, "usd_per_hour": plan.usd_per_hour,
+                 "throughput_rps": plan.throughput_rps},  # fmt: skip
+        "stages": [
+            {"index": b.index, "device": b.choice.device, "target": dict(b.choice.target),
+             "fallback_reason": b.choice.fallback_reason, "notes": list(b.notes),
+             "build_s": round(b.build_s, 3), "ops": len(res.split.stages[b.index].ops)}  # fmt: skip
+            for b in res.builds
+        ],
+    }
+    if args.json:
+        print_json(summary)
+        return 0
+    from terrazzo.codegen import describe_target
+
+    table = Table(title=f"{res.graph.name} → {res.path}")
+    for col in ("stage", "device", "target", "ops", "replicas", "pred. latency", "build", "fallback"):
+        table.add_column(col)
+    pstages = {int(s.index): s for s in plan.stages}
+    for b in res.builds:
+        ps = pstages[b.index]
+        table.add_row(
+            str(b.index), b.choice.device, describe_target(b.choice.target),
+            str(len(res.split.stages[b.index].ops)), str(ps.replicas), f"{ps.latency_s * 1e3:.3f} ms",
+            f"{b.build_s:.1f} s", b.choice.fallback_reason or "",
+        )  # fmt: skip
+    out = Console()
+    out.print(table)
+    out.print(
+        f"plan: {plan.solver}, predicted latency {plan.latency_s * 1e3:.3f} ms, "
+        f"{plan.usd_per_hour:.4f} USD/h at {plan.rps:g} rps; bundle {res.bundle_bytes / 1e6:.2f} MB "
+        f"(weights {res.weight_bytes / 1e6:.2f} MB); total {sum(res.phase_s.values()):.1f} s"
+    )
+    return 0
