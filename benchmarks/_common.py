@@ -19,8 +19,18 @@ from pathlib import Path
 from typing import Any
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-_PACKAGES = ("terrazzo", "apache-tvm", "apache-tvm-ffi", "torch", "onnx", "onnxruntime", "numpy",
-             "transformers", "highspy", "scipy")  # fmt: skip
+_PACKAGES = (
+    "terrazzo",
+    "apache-tvm",
+    "apache-tvm-ffi",
+    "torch",
+    "onnx",
+    "onnxruntime",
+    "numpy",
+    "transformers",
+    "highspy",
+    "scipy",
+)
 
 
 def machine_info() -> dict[str, Any]:
@@ -58,16 +68,29 @@ def git_commit() -> str | None:
     """HEAD commit of the repository, with ``-dirty`` if the work tree has changes."""
     root = Path(__file__).resolve().parent.parent
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
-                              text=True, check=True, timeout=10).stdout.strip()  # fmt: skip
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10).stdout.strip()  # fmt: skip
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return head + ("-dirty" if dirty else "")
 
 
-def write_result(name: str, rows: list[dict[str, Any]], extra: dict[str, Any] | None = None) -> Path:
+def write_result(
+    name: str, rows: list[dict[str, Any]], extra: dict[str, Any] | None = None
+) -> Path:
     """Write ``benchmarks/results/<name>.json`` and return its path.
 
     Args:
@@ -95,7 +118,9 @@ def write_result(name: str, rows: list[dict[str, Any]], extra: dict[str, Any] | 
     return path
 
 
-def print_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], title: str | None = None) -> None:
+def print_table(
+    rows: Sequence[Mapping[str, Any]], columns: Sequence[str], title: str | None = None
+) -> None:
     """Print ``rows`` as a rich table with the given columns (floats to 4 significant digits)."""
     from rich.console import Console
     from rich.table import Table
@@ -104,5 +129,10 @@ def print_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], title
     for c in columns:
         table.add_column(c)
     for r in rows:
-        table.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in (r.get(c, "") for c in columns)))
+        table.add_row(
+            *(
+                f"{v:.4g}" if isinstance(v, float) else str(v)
+                for v in (r.get(c, "") for c in columns)
+            )
+        )
     Console().print(table)

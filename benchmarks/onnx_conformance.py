@@ -57,7 +57,9 @@ def _generate(cache: Path) -> Path:
         for kind, arrays in (("input", inputs), ("output", outputs)):
             for i, a in enumerate(arrays):
                 if isinstance(a, np.ndarray):
-                    (ds / f"{kind}_{i}.pb").write_bytes(numpy_helper.from_array(a).SerializeToString())
+                    (ds / f"{kind}_{i}.pb").write_bytes(
+                        numpy_helper.from_array(a).SerializeToString()
+                    )
                 else:  # sequences, maps, optionals: not plain tensors; mark the test
                     (d / "NON_TENSOR_IO").write_text("1")
     done.write_text("1")
@@ -87,7 +89,9 @@ def _run_one(test_dir: str) -> dict[str, Any]:
     ds = d / "test_data_set_0"
     load = lambda p: numpy_helper.to_array(onnx.load_tensor(str(p)))  # noqa: E731
     ins = [load(p) for p in sorted(ds.glob("input_*.pb"), key=lambda p: int(p.stem.split("_")[1]))]
-    outs = [load(p) for p in sorted(ds.glob("output_*.pb"), key=lambda p: int(p.stem.split("_")[1]))]
+    outs = [
+        load(p) for p in sorted(ds.glob("output_*.pb"), key=lambda p: int(p.stem.split("_")[1]))
+    ]
     model = onnx.load(str(d / "model.onnx"), load_external_data=False)
     inits = {t.name for t in model.graph.initializer}
     names = [i.name for i in model.graph.input if i.name not in inits]
@@ -119,7 +123,10 @@ def _run_one(test_dir: str) -> dict[str, Any]:
         else:
             ok = np.array_equal(g.astype(e.dtype), e)
         if not ok:
-            return {"stage": "wrong", "error": f"output {i} differs beyond rtol={RTOL}, atol={ATOL}"}
+            return {
+                "stage": "wrong",
+                "error": f"output {i} differs beyond rtol={RTOL}, atol={ATOL}",
+            }
     return {"stage": "pass", "error": ""}
 
 
@@ -177,13 +184,18 @@ def main() -> int:
     ap.add_argument("--limit", type=int, default=0, help="run only the first N tests (0 = all)")
     ap.add_argument("--filter", default="", help="only tests whose name contains this text")
     ap.add_argument("--timeout-s", type=float, default=60.0, help="time limit per test")
-    ap.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "terrazzo-onnx-node-tests"),
-                    help="where generated test cases are kept")  # fmt: skip
+    ap.add_argument(
+        "--cache",
+        default=os.path.join(tempfile.gettempdir(), "terrazzo-onnx-node-tests"),
+        help="where generated test cases are kept",
+    )
     ap.add_argument("--name", default="onnx_conformance", help="result file stem")
     args = ap.parse_args()
 
     root = _shipped_dir() or _generate(Path(args.cache))
-    tests = sorted(p for p in glob.glob(str(root / "*")) if os.path.isfile(os.path.join(p, "model.onnx")))
+    tests = sorted(
+        p for p in glob.glob(str(root / "*")) if os.path.isfile(os.path.join(p, "model.onnx"))
+    )
     if args.filter:
         tests = [t for t in tests if args.filter in os.path.basename(t)]
     if args.limit:
@@ -197,11 +209,20 @@ def main() -> int:
             t1 = time.perf_counter()
             res = runner.run(t, args.timeout_s + (30.0 if i == 0 else 0.0))
             op = _op_of(Path(t) / "model.onnx")
-            rows.append({"test": os.path.basename(t), "op": op, **res,
-                         "time_s": round(time.perf_counter() - t1, 3)})  # fmt: skip
+            rows.append(
+                {
+                    "test": os.path.basename(t),
+                    "op": op,
+                    **res,
+                    "time_s": round(time.perf_counter() - t1, 3),
+                }
+            )
             if (i + 1) % 50 == 0:
                 passed = sum(r["stage"] == "pass" for r in rows)
-                print(f"[{i + 1}/{len(tests)}] {passed} passed, {time.perf_counter() - t0:.0f} s", flush=True)
+                print(
+                    f"[{i + 1}/{len(tests)}] {passed} passed, {time.perf_counter() - t0:.0f} s",
+                    flush=True,
+                )
     finally:
         runner.close()
 
@@ -212,27 +233,60 @@ def main() -> int:
     for r in rows:
         by_op[r["op"]][r["stage"]] += 1
     op_rows = [
-        {"op": op, "tests": sum(c.values()), "pass": c["pass"], "import": c["import"],
-         "build": c["build"], "run": c["run"], "wrong": c["wrong"], "timeout": c["timeout"]}  # fmt: skip
+        {
+            "op": op,
+            "tests": sum(c.values()),
+            "pass": c["pass"],
+            "import": c["import"],
+            "build": c["build"],
+            "run": c["run"],
+            "wrong": c["wrong"],
+            "timeout": c["timeout"],
+        }
         for op, c in sorted(by_op.items())
         if c["pass"] != sum(c.values())
     ]
-    print_table(op_rows, ["op", "tests", "pass", "import", "build", "run", "wrong", "timeout"],
-                title="ONNX node tests with failures, by op")  # fmt: skip
+    print_table(
+        op_rows,
+        ["op", "tests", "pass", "import", "build", "run", "wrong", "timeout"],
+        title="ONNX node tests with failures, by op",
+    )
     ops_all = len(by_op)
     ops_full = sum(1 for c in by_op.values() if c["pass"] == sum(c.values()))
     summary = {
-        "tests": n, "passed": counts["pass"], "pass_rate": rate,
-        "failed_import": counts["import"], "failed_build": counts["build"], "failed_run": counts["run"],
-        "wrong_result": counts["wrong"], "timeout": counts["timeout"],
-        "ops": ops_all, "ops_all_passing": ops_full, "wall_s": round(time.perf_counter() - t0, 1),
-        "rtol": RTOL, "atol": ATOL, "source": str(root),
-    }  # fmt: skip
-    print_table([summary], ["tests", "passed", "pass_rate", "failed_import", "failed_build",
-                            "failed_run", "wrong_result", "timeout", "ops_all_passing"],
-                title="ONNX node conformance (from_onnx → TVM llvm → Relax VM)")  # fmt: skip
-    path = write_result(args.name, rows, extra={"summary": summary, "by_op": op_rows,
-                                               "options": vars(args)})  # fmt: skip
+        "tests": n,
+        "passed": counts["pass"],
+        "pass_rate": rate,
+        "failed_import": counts["import"],
+        "failed_build": counts["build"],
+        "failed_run": counts["run"],
+        "wrong_result": counts["wrong"],
+        "timeout": counts["timeout"],
+        "ops": ops_all,
+        "ops_all_passing": ops_full,
+        "wall_s": round(time.perf_counter() - t0, 1),
+        "rtol": RTOL,
+        "atol": ATOL,
+        "source": str(root),
+    }
+    print_table(
+        [summary],
+        [
+            "tests",
+            "passed",
+            "pass_rate",
+            "failed_import",
+            "failed_build",
+            "failed_run",
+            "wrong_result",
+            "timeout",
+            "ops_all_passing",
+        ],
+        title="ONNX node conformance (from_onnx → TVM llvm → Relax VM)",
+    )
+    path = write_result(
+        args.name, rows, extra={"summary": summary, "by_op": op_rows, "options": vars(args)}
+    )
     print(f"pass rate {rate:.1%} ({counts['pass']}/{n}); wrote {path}")
     return 0
 

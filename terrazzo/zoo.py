@@ -97,8 +97,8 @@ def _resnet18(num_classes: int) -> Any:
     # Non-trivial batch-norm statistics so the folded inference form is actually exercised.
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.1, 0.1)
-            m.running_var.uniform_(0.5, 1.5)
+            m.running_mean.uniform_(-0.1, 0.1)  # type: ignore[union-attr]
+            m.running_var.uniform_(0.5, 1.5)  # type: ignore[union-attr]
     return model
 
 
@@ -142,11 +142,11 @@ def _bert(large: bool = False) -> tuple[Any, tuple[Any, ...]]:
     from transformers import BertConfig, BertModel
 
     if large:
-        cfg = BertConfig(attn_implementation="eager")  # bert-base: 12 layers, d=768, 12 heads
+        cfg = BertConfig(attn_implementation="eager")  # type: ignore[call-arg]  # bert-base: 12 layers, d=768, 12 heads
         return _hf(BertModel(cfg, add_pooling_layer=False), "last_hidden_state"), _ids(
             128, cfg.vocab_size
         )
-    cfg = BertConfig(
+    cfg = BertConfig(  # type: ignore[call-arg]
         vocab_size=VOCAB,
         hidden_size=64,
         num_hidden_layers=2,
@@ -161,7 +161,7 @@ def _bert(large: bool = False) -> tuple[Any, tuple[Any, ...]]:
 def _gpt2() -> tuple[Any, tuple[Any, ...]]:
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    cfg = GPT2Config(
+    cfg = GPT2Config(  # type: ignore[call-arg]
         vocab_size=VOCAB,
         n_embd=64,
         n_layer=2,
@@ -177,7 +177,7 @@ def _gpt2() -> tuple[Any, tuple[Any, ...]]:
 def _llama() -> tuple[Any, tuple[Any, ...]]:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(
+    cfg = LlamaConfig(  # type: ignore[call-arg]
         vocab_size=VOCAB,
         hidden_size=64,
         intermediate_size=128,
@@ -200,7 +200,9 @@ _SPECS: dict[str, ZooSpec] = {
         ZooSpec("cnn", "ResNet-18 architecture, input 1×3×64×64, 10 classes", _cnn, ("x",)),
         ZooSpec("bert", "BertModel, 2 layers, d=64, seq 16", _bert, ("input_ids",)),
         ZooSpec("gpt2", "GPT2LMHeadModel, 2 layers, d=64, seq 16", _gpt2, ("input_ids",)),
-        ZooSpec("llama", "LlamaForCausalLM, 2 layers, d=64, GQA 4/2, seq 16", _llama, ("input_ids",)),
+        ZooSpec(
+            "llama", "LlamaForCausalLM, 2 layers, d=64, GQA 4/2, seq 16", _llama, ("input_ids",)
+        ),
         ZooSpec(
             "bert-base",
             "BertModel bert-base size (12 layers, d=768), seq 128; compile-time benchmarks only",

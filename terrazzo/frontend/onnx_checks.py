@@ -87,10 +87,14 @@ def check_external_location(base: Path, location: str, tensor: str, model_name: 
     if not location:
         raise FrontendError(f"{where}: no location given")
     if os.path.isabs(location) or location.startswith(("/", "\\")) or ":" in location[:3]:
-        raise FrontendError(f"{where}: absolute paths are not allowed; expected a file beside the model")
+        raise FrontendError(
+            f"{where}: absolute paths are not allowed; expected a file beside the model"
+        )
     parts = Path(location).parts
     if any(part == ".." for part in parts):
-        raise FrontendError(f"{where}: '..' leaves the model's folder; expected a file beside the model")
+        raise FrontendError(
+            f"{where}: '..' leaves the model's folder; expected a file beside the model"
+        )
     cur = base
     for part in parts:
         cur = cur / part
@@ -103,7 +107,9 @@ def check_external_location(base: Path, location: str, tensor: str, model_name: 
     if not stat.S_ISREG(st.st_mode):
         raise FrontendError(f"{where}: not a regular file")
     if st.st_nlink > 1:
-        raise FrontendError(f"{where}: file has {st.st_nlink} hard links; hard links are not allowed")
+        raise FrontendError(
+            f"{where}: file has {st.st_nlink} hard links; hard links are not allowed"
+        )
     resolved = cur.resolve()
     if base not in resolved.parents:
         raise FrontendError(f"{where}: resolves outside the model's folder")

@@ -77,7 +77,9 @@ def _input_specs(
     return shape_dict, dtype_dict
 
 
-def from_onnx(path: str | os.PathLike[str], shapes: dict[str, tuple[int, ...]] | None = None) -> Graph:
+def from_onnx(
+    path: str | os.PathLike[str], shapes: dict[str, tuple[int, ...]] | None = None
+) -> Graph:
     """Import an ONNX model as an ir.Graph (with its Relax module in ``relax_mod``).
 
     Args:

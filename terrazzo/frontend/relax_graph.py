@@ -246,7 +246,7 @@ def to_graph(mod: Any, name: str, attrs: dict[str, Any] | None = None) -> Graph:
     tuple_fields: dict[str, tuple[str, ...]] = {}
     for op_name, b in relax_bindings(mod):
         if not isinstance(b, relax.VarBinding):
-            kind, extra = "match_cast", {}
+            kind, extra = "match_cast", dict[str, Any]()
             value = b.value
         else:
             value = b.value
@@ -265,9 +265,7 @@ def to_graph(mod: Any, name: str, attrs: dict[str, Any] | None = None) -> Graph:
         in_names = tuple(v.name for v in reads.vars)
         const_types = [_const_type(c) for c in reads.consts]
         if isinstance(value, relax.Tuple):
-            tuple_fields[op_name] = tuple(
-                f.name for f in value.fields if isinstance(f, relax.Var)
-            )
+            tuple_fields[op_name] = tuple(f.name for f in value.fields if isinstance(f, relax.Var))
         ins = [values[n] for n in in_names] + const_types
         rule = rule_for(kind)
         param_bytes = sum(t.nbytes for t in const_types)

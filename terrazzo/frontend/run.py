@@ -48,7 +48,9 @@ def build_cpu(graph: Graph) -> Callable[[Mapping[str, np.ndarray]], dict[str, np
         named.update(inputs)
         missing = [n for n in graph.inputs if n not in named]
         if missing:
-            raise FrontendError(f"missing inputs {missing}; graph {graph.name!r} needs {list(graph.inputs)}")
+            raise FrontendError(
+                f"missing inputs {missing}; graph {graph.name!r} needs {list(graph.inputs)}"
+            )
         args = []
         for n in graph.inputs:
             want = graph.values[n]

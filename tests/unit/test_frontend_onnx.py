@@ -69,17 +69,25 @@ def test_numerics_match_onnxruntime(tmp_path: Path) -> None:
 
 
 def test_tuple_outputs_split_and_get_item(tmp_path: Path) -> None:
-    nodes = [helper.make_node("Split", ["x"], ["a", "b"], axis=1, num_outputs=2),
-             helper.make_node("Neg", ["b"], ["nb"])]  # fmt: skip
+    nodes = [
+        helper.make_node("Split", ["x"], ["a", "b"], axis=1, num_outputs=2),
+        helper.make_node("Neg", ["b"], ["nb"]),
+    ]
     graph = helper.make_graph(
         nodes,
         "split",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 6])],
-        [helper.make_tensor_value_info("a", TensorProto.FLOAT, [2, 3]),
-         helper.make_tensor_value_info("nb", TensorProto.FLOAT, [2, 3])],  # fmt: skip
+        [
+            helper.make_tensor_value_info("a", TensorProto.FLOAT, [2, 3]),
+            helper.make_tensor_value_info("nb", TensorProto.FLOAT, [2, 3]),
+        ],
     )
-    g = from_onnx(_save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]),
-                        tmp_path / "s.onnx"))  # fmt: skip
+    g = from_onnx(
+        _save(
+            helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]),
+            tmp_path / "s.onnx",
+        )
+    )
     kinds = [o.kind for o in g.ops]
     assert "split" in kinds and "tuple_get_item" in kinds
     split = g.ops[kinds.index("split")]
@@ -97,7 +105,9 @@ def test_tuple_outputs_split_and_get_item(tmp_path: Path) -> None:
 
 def test_dynamic_batch_needs_shapes(tmp_path: Path) -> None:
     path = _save(_mlp_model("batch"), tmp_path / "dyn.onnx")
-    with pytest.raises(FrontendError, match=r"input 'x' has a dynamic dimension 'batch'.*--shape x=1x8"):
+    with pytest.raises(
+        FrontendError, match=r"input 'x' has a dynamic dimension 'batch'.*--shape x=1x8"
+    ):
         from_onnx(path)
     g = from_onnx(path, shapes={"x": (3, 8)})
     assert g.values["x"].shape == (3, 8) and g.values[g.outputs[0]].shape == (3, 16)
@@ -228,4 +238,6 @@ def test_external_data_missing_file(tmp_path: Path) -> None:
 
 def test_errors_are_terrazzo_errors() -> None:
     # The CLI turns TerrazzoError into one line and exit code 2; frontends raise only these.
-    assert issubclass(FrontendError, TerrazzoError) and issubclass(UnsupportedOpError, FrontendError)
+    assert issubclass(FrontendError, TerrazzoError) and issubclass(
+        UnsupportedOpError, FrontendError
+    )

@@ -65,7 +65,7 @@ def test_bool_cumsum_needs_fixup_and_matches_torch() -> None:
         tvm.compile(g.relax_mod, target=tvm.target.Target({"kind": "llvm"}))
     fixed = prepare_for_build(g.relax_mod)
     text = fixed.script()
-    assert 'R.cumsum(' in text and 'dtype="int64"' in text
+    assert "R.cumsum(" in text and 'dtype="int64"' in text
     (got,) = build_and_run(g, {"pos": pos.numpy()}).values()
     ref = _BoolCumsum()(pos).numpy()
     assert got.dtype == np.int64

@@ -65,5 +65,7 @@ def test_torch_export_path_matches_torch(name: str) -> None:
     with torch.no_grad():
         ref = model(*inputs).numpy()
     g = from_torch(model, inputs, name=name)
-    (got,) = build_and_run(g, {n: t.numpy() for n, t in zip(g.inputs, inputs, strict=True)}).values()
+    (got,) = build_and_run(
+        g, {n: t.numpy() for n, t in zip(g.inputs, inputs, strict=True)}
+    ).values()
     np.testing.assert_allclose(got, ref, rtol=RTOL, atol=ATOL)
