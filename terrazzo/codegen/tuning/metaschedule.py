@@ -88,6 +88,10 @@ def tune_kernel_metaschedule(
     t0 = time.perf_counter()
     func = kernel.func.with_attr("tirx.noalias", True)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    if "num-cores" not in target.attrs:  # MetaSchedule refuses targets without it
+        import tvm
+
+        target = tvm.target.Target({**_target_dict(target), "num-cores": cores})
     db = ms.tune_tir(
         mod=func,
         target=target,
@@ -112,6 +116,10 @@ def tune_kernel_metaschedule(
         best = m.latency_s if m.ok else None
     return MetaScheduleResult(kernel.name, len(run_secs), best, tuple(run_secs),
                               time.perf_counter() - t0, cm, wd)
+
+
+def _target_dict(target: Any) -> dict[str, Any]:
+    return {"kind": str(target.kind.name), **{str(k): v for k, v in target.attrs.items()}}
 
 
 __all__ = ["MetaScheduleResult", "default_cost_model", "tune_kernel_metaschedule"]

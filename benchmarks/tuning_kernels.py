@@ -1,0 +1,107 @@
+"""Single-kernel schedule search: trials each proposer needs to reach 90% of MetaSchedule's best.
+
+Question: for matmul 256³/512³, a conv2d and a softmax, how fast does the offline proposer
+get (GFLOP/s, fraction of the machine's measured peak from torch matmul 2048³), and after
+how many trials does it reach 90% of MetaSchedule's best (same evaluator, same run)?
+
+Run: ``OMP_NUM_THREADS=2 .venv/bin/python benchmarks/tuning_kernels.py [--trials N]
+[--ms-trials N] [--kernels mm256,mm512,conv,softmax] [--no-ms]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import print_table, write_result  # noqa: E402
+
+
+def measure_peak_gflops() -> float:
+    import torch
+
+    a = torch.randn(2048, 2048)
+    b = torch.randn(2048, 2048)
+    torch.mm(a, b)
+    ts = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        ts.append(time.perf_counter() - t0)
+    return 2 * 2048**3 / sorted(ts)[len(ts) // 2] / 1e9
+
+
+def main() -> None:
+    import tvm
+
+    from terrazzo.codegen import host_target
+    from terrazzo.codegen.tuning import (
+        KernelEvaluator,
+        MeasureOptions,
+        OfflineProposer,
+        TuneOptions,
+        analyse,
+        tune_kernel,
+    )
+    from terrazzo.codegen.tuning import workloads as W
+    from terrazzo.codegen.tuning.metaschedule import tune_kernel_metaschedule
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--trials", type=int, default=32)
+    ap.add_argument("--ms-trials", type=int, default=32)
+    ap.add_argument("--kernels", default="mm256,mm512,conv,softmax")
+    ap.add_argument("--no-ms", action="store_true")
+    args = ap.parse_args()
+    kernels = {
+        "mm256": lambda: W.matmul(256, 256, 256),
+        "mm512": lambda: W.matmul(512, 512, 512),
+        "conv": lambda: W.conv2d(1, 64, 28, 64, 3),
+        "softmax": lambda: W.softmax(128, 1024),
+    }
+    target = tvm.target.Target(dict(host_target()))
+    peak = measure_peak_gflops()
+    mopts = MeasureOptions(cache_flush_bytes=8 << 20, min_repeats=5)
+    rows = []
+    for name in args.kernels.split(","):
+        k = analyse(name, kernels[name]())
+        ev = KernelEvaluator(k, target, mopts)
+        res = tune_kernel(k, target, OfflineProposer(), TuneOptions(trials=args.trials, batch=4,
+                          measure=mopts), evaluator=ev)
+        ms = None
+        if not args.no_ms:
+            ms = tune_kernel_metaschedule(k, target, args.ms_trials, evaluator=ev)
+        row = {
+            "kernel": name,
+            "gflop": k.flops / 1e9,
+            "untuned_ms": (res.baseline_latency_s or 0) * 1e3,
+            "offline_ms": (res.best_latency_s or 0) * 1e3,
+            "offline_gflops": k.flops / res.best_latency_s / 1e9 if res.best_latency_s else 0.0,
+            "offline_frac_peak": k.flops / res.best_latency_s / 1e9 / peak if res.best_latency_s else 0.0,
+            "offline_trials": len(res.trials),
+            "offline_wall_s": res.wall_s,
+        }
+        if ms is not None and ms.best_latency_s:
+            goal = ms.best_latency_s / 0.9
+            row.update({
+                "ms_ms": ms.best_latency_s * 1e3,
+                "ms_gflops": k.flops / ms.best_latency_s / 1e9,
+                "ms_trials": ms.trials,
+                "ms_wall_s": ms.wall_s,
+                "ms_cost_model": ms.cost_model,
+                "offline_trials_to_90pct_ms": res.trials_to_reach(goal) or f">{len(res.trials)}",
+            })
+        rows.append(row)
+        print(row, flush=True)
+    cols = ["kernel", "untuned_ms", "offline_ms", "offline_gflops", "offline_frac_peak",
+            "offline_trials", "ms_ms", "ms_trials", "offline_trials_to_90pct_ms", "ms_wall_s",
+            "offline_wall_s"]
+    print_table(rows, cols, title=f"Schedule search, single kernels (peak {peak:.1f} GFLOP/s)")
+    write_result("tuning_kernels", rows, {"peak_gflops": peak, "trials": args.trials,
+                                          "ms_trials": args.ms_trials})
+
+
+if __name__ == "__main__":
+    main()
