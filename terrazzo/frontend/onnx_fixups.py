@@ -5,6 +5,8 @@
   1-element ``value`` tensor, which fails for an empty shape (a scalar result: the ONNX
   spec says the output then has rank 0). The torch ONNX exporter emits exactly that for
   the causal masks of GPT-2 and Llama.
+* ``Constant`` nodes written with ``value_float(s)``/``value_int(s)`` become ``value``
+  tensors, the only form TVM 0.27 reads.
 """
 
 from __future__ import annotations
@@ -59,3 +61,42 @@ def fold_constant_of_shape(model: Any) -> int:
         consts[n.output[0]] = full
         replaced += 1
     return replaced
+
+
+_CONSTANT_FORMS = {
+    "value_float": ("f", "float32", False),
+    "value_floats": ("floats", "float32", True),
+    "value_int": ("i", "int64", False),
+    "value_ints": ("ints", "int64", True),
+}
+
+
+def normalise_constants(model: Any) -> int:
+    """Rewrite ``Constant`` nodes given as ``value_float(s)``/``value_int(s)`` to a ``value`` tensor.
+
+    TVM 0.27's importer only reads the ``value`` attribute ("no value in Constant").
+
+    Returns:
+        The number of nodes rewritten.
+    """
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    count = 0
+    for i, n in enumerate(list(model.graph.node)):
+        if n.op_type != "Constant" or n.domain not in ("", "ai.onnx") or len(n.attribute) != 1:
+            continue
+        attr = n.attribute[0]
+        form = _CONSTANT_FORMS.get(attr.name)
+        if form is None:
+            continue
+        field, dtype, is_list = form
+        raw = getattr(attr, field)
+        arr = np.asarray(list(raw) if is_list else raw, dtype=dtype)
+        node = helper.make_node(
+            "Constant", [], list(n.output), name=n.name, value=numpy_helper.from_array(arr)
+        )
+        model.graph.node.remove(n)
+        model.graph.node.insert(i, node)
+        count += 1
+    return count

@@ -9,7 +9,7 @@ from typing import Any
 
 from terrazzo.errors import FrontendError
 from terrazzo.frontend.onnx_checks import check_supported_ops, load_model_safely
-from terrazzo.frontend.onnx_fixups import fold_constant_of_shape
+from terrazzo.frontend.onnx_fixups import fold_constant_of_shape, normalise_constants
 from terrazzo.frontend.relax_graph import to_graph, uniquify_names
 from terrazzo.ir.graph import Graph
 
@@ -100,6 +100,7 @@ def from_onnx(
     model = load_model_safely(p)
     check_supported_ops(model, where=p.name)
     shape_dict, dtype_dict = _input_specs(model, shapes, p.name)
+    normalise_constants(model)
     fold_constant_of_shape(model)
     try:
         mod = tvm_from_onnx(model, shape_dict=shape_dict, dtype_dict=dtype_dict)

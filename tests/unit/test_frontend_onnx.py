@@ -241,3 +241,21 @@ def test_errors_are_terrazzo_errors() -> None:
     assert issubclass(FrontendError, TerrazzoError) and issubclass(
         UnsupportedOpError, FrontendError
     )
+
+
+def test_constant_value_floats_form_is_imported(tmp_path: Path) -> None:
+    # TVM 0.27 reads only Constant(value=...); Terrazzo rewrites value_floats before import.
+    nodes = [
+        helper.make_node("Constant", [], ["c"], value_floats=[1.0, 2.0, 3.0]),
+        helper.make_node("Add", ["x", "c"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "const",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    g = from_onnx(_save(model, tmp_path / "c.onnx"))
+    (got,) = build_and_run(g, {"x": np.ones(3, np.float32)}).values()
+    np.testing.assert_array_equal(got, np.array([2.0, 3.0, 4.0], np.float32))
