@@ -56,6 +56,8 @@ def _generate(cache: Path) -> Path:
         inputs, outputs = case.data_sets[0]
         for kind, arrays in (("input", inputs), ("output", outputs)):
             for i, a in enumerate(arrays):
+                if isinstance(a, np.generic):  # numpy scalars are rank-0 tensors
+                    a = np.asarray(a)
                 if isinstance(a, np.ndarray):
                     (ds / f"{kind}_{i}.pb").write_bytes(
                         numpy_helper.from_array(a).SerializeToString()
@@ -186,7 +188,7 @@ def main() -> int:
     ap.add_argument("--timeout-s", type=float, default=60.0, help="time limit per test")
     ap.add_argument(
         "--cache",
-        default=os.path.join(tempfile.gettempdir(), "terrazzo-onnx-node-tests"),
+        default=os.path.join(tempfile.gettempdir(), "terrazzo-onnx-node-tests-v2"),
         help="where generated test cases are kept",
     )
     ap.add_argument("--name", default="onnx_conformance", help="result file stem")
