@@ -70,6 +70,9 @@ def verify_bundle(
                                 "skipped", None, tolerance, 0,
                                 ("the bundle has no whole-model reference; numerics not re-checked",))  # fmt: skip
         runners = b.load_stages(device="cpu")
+        if (b.manifest.get("reference") or {}).get("same_as_stage") is not None:
+            notes.append("single-stage bundle: the stage is the whole model, so the staged run is "
+                         "checked for finite, repeatable outputs against itself")  # fmt: skip
         notes.extend(
             f"stage {r.index} ({r.device}) checked with its host-CPU build" for r in runners
             if str(b.stages[r.index].target.get("kind")) != "llvm"

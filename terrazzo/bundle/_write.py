@@ -122,7 +122,7 @@ def write_bundle(
     fleet: Mapping[str, Any] | None = None,
     sla: Mapping[str, Any] | None = None,
     plan_summary: Mapping[str, Any] | None = None,
-    reference_library: Path | None = None,
+    reference_library: Path | str | None = None,
     reference_weights: Sequence[str] = (),
     tuning_records: str = "",
     host_target: Mapping[str, Any] | None = None,
@@ -139,7 +139,8 @@ def write_bundle(
         plan_json: the Plan's JSON form (optional).
         model_sha256: hash of the model file or graph the bundle was built from.
         fleet / sla / plan_summary: recorded in the manifest for ``inspect`` and reports.
-        reference_library: whole-model host library for ``verify`` (optional).
+        reference_library: whole-model host library for ``verify`` (optional); a member name
+            (``stages/0/host.so``) when the only stage is the whole model.
         reference_weights: weight names the reference takes after the inputs, in order.
         tuning_records: MetaSchedule records (JSON lines) applied at build time.
         host_target: the llvm target of the host builds.
@@ -186,7 +187,11 @@ def write_bundle(
             }
         )
     reference = None
-    if reference_library is not None:
+    if isinstance(reference_library, str):  # an existing member (a single-stage bundle)
+        if reference_library not in members:
+            raise BundleError(f"reference library {reference_library!r} is not a bundle member")
+        reference = {"library": reference_library, "weights": list(reference_weights), "same_as_stage": 0}
+    elif reference_library is not None:
         members["reference/host.so"] = Path(reference_library)
         reference = {"library": "reference/host.so", "weights": list(reference_weights)}
     index = {}

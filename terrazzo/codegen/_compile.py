@@ -202,9 +202,12 @@ def compile_model(
                         "files": sorted(b.files),
                     },
                 )
-            ref_lib = None
+            ref_lib: Path | str | None = None
             ref_weights: tuple[str, ...] = ()
-            if include_reference:
+            if include_reference and len(split.stages) == 1:
+                # One stage is the whole model: its host build is the reference.
+                ref_lib, ref_weights = "stages/0/host.so", split.stages[0].weights
+            elif include_reference:
                 emit("stage-start", {"index": "reference", "device": "host", "ops": len(graph.ops)})
                 t0 = time.perf_counter()
                 whole = split_relax(graph.relax_mod, {o: 0 for o in _binding_names(graph)})

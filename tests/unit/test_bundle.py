@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import tarfile
 import tempfile
 from pathlib import Path
@@ -118,6 +119,9 @@ def test_bundle_holds_three_stages_with_targets_and_fallback(built):
         assert stages[0].target["kind"] == "llvm" and stages[0].target["mcpu"] == "sapphirerapids"
         assert stages[1].target["kind"] == "cuda" and stages[1].target["arch"] == "sm_75"
         assert "kernels" in stages[1].files and "device" in stages[1].files
+        assert "__global__" in (b.root / stages[1].files["kernels"]).read_text()
+        if shutil.which("nvcc"):
+            assert "fatbin" in stages[1].files  # nvcc compiled the kernels for sm_75
         assert stages[1].fallback_reason is None
         assert stages[2].fallback_reason and "Gaudi" in stages[2].fallback_reason
         members = set(b.manifest["members"])
@@ -150,6 +154,20 @@ def test_staged_run_matches_onnxruntime_and_reference(built):
         assert set(b.stages[0].outputs[i].name for i in range(len(b.stages[0].outputs))) & set(
             s.name for st in b.stages[1:] for s in st.inputs
         )
+
+
+def test_single_stage_bundle_uses_its_stage_as_reference(built, tmp_path):
+    from terrazzo.bundle import open_bundle, verify_bundle
+    from terrazzo.codegen import compile_model
+
+    res = compile_model(built["model"], {"devices": {"cpu": {"count": 1}}}, "1s",
+                        out_path=tmp_path / "one.tzb")  # fmt: skip
+    assert len(res.builds) == 1
+    with open_bundle(res.path) as b:
+        assert b.manifest["reference"]["library"] == "stages/0/host.so"
+        assert "reference/host.so" not in b.manifest["members"]
+    rep = verify_bundle(res.path)
+    assert rep.ok and any("single-stage" in n for n in rep.notes)
 
 
 def test_verify_bundle_reports_ok(built):
