@@ -26,10 +26,14 @@ TARGET_S = 60.0
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default="mlp,cnn,bert,gpt2,llama,bert-base", help="zoo models, comma-separated")
+    ap.add_argument(
+        "--models", default="mlp,cnn,bert,gpt2,llama,bert-base", help="zoo models, comma-separated"
+    )
     ap.add_argument("--fleet", default="cpu,t4,h100", help="device classes (count 4 each)")
     ap.add_argument("--sla", default="1s", help="latency SLA (default 1s)")
-    ap.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "terrazzo-zoo"), help="ONNX cache")
+    ap.add_argument(
+        "--cache", default=os.path.join(tempfile.gettempdir(), "terrazzo-zoo"), help="ONNX cache"
+    )
     args = ap.parse_args()
 
     from terrazzo import zoo
@@ -66,8 +70,12 @@ def main() -> None:
                   flush=True)  # fmt: skip
     cols = ["model", "ops", "stages", "devices", "import_s", "plan_s", "build_s", "bundle_s", "total_s",
             "weight_mb", "bundle_mb", "bundle_over_weights"]  # fmt: skip
-    print_table(rows, cols, title=f"terrazzo compile time (fleet {args.fleet}, SLA {args.sla}, no tuning)")
-    path = write_result("compile_time", rows, {"fleet": fleet, "sla": args.sla, "target_s": TARGET_S})
+    print_table(
+        rows, cols, title=f"terrazzo compile time (fleet {args.fleet}, SLA {args.sla}, no tuning)"
+    )
+    path = write_result(
+        "compile_time", rows, {"fleet": fleet, "sla": args.sla, "target_s": TARGET_S}
+    )
     print(f"wrote {path}")
 
 

@@ -121,7 +121,9 @@ def _scan(tar: tarfile.TarFile, limits: BundleLimits) -> dict[str, tarfile.TarIn
             )
         total += info.size
         if total > limits.max_total_bytes:
-            raise BundleError(f"member {info.name!r}: bundle exceeds {limits.max_total_bytes} bytes")
+            raise BundleError(
+                f"member {info.name!r}: bundle exceeds {limits.max_total_bytes} bytes"
+            )
         if info.name in members:
             raise BundleError(f"member {info.name!r} appears twice")
         members[info.name] = info
@@ -136,7 +138,10 @@ def _read_member(tar: tarfile.TarFile, info: tarfile.TarInfo) -> bytes:
 
 
 def _validate(
-    path: Path, trust_key: str | os.PathLike[str] | bytes | None, limits: BundleLimits, dest: Path | None
+    path: Path,
+    trust_key: str | os.PathLike[str] | bytes | None,
+    limits: BundleLimits,
+    dest: Path | None,
 ) -> tuple[dict[str, Any], bool]:
     """Validate the bundle; copy members into ``dest`` when given. Returns (manifest, signed)."""
     if not path.is_file():
@@ -207,7 +212,9 @@ def _validate(
                 if out is not None:
                     out.close()
             if h.hexdigest() != entry.get("sha256"):
-                raise BundleError(f"member {name!r}: sha256 does not match the manifest (tampered?)")
+                raise BundleError(
+                    f"member {name!r}: sha256 does not match the manifest (tampered?)"
+                )
     return manifest, signed
 
 
@@ -236,7 +243,9 @@ class Bundle:
             checked against a trusted key.
     """
 
-    def __init__(self, path: Path, root: Path, manifest: dict[str, Any], signed: bool, verified: bool):
+    def __init__(
+        self, path: Path, root: Path, manifest: dict[str, Any], signed: bool, verified: bool
+    ):
         self.path = path
         self.root = root
         self.manifest = manifest
@@ -309,7 +318,9 @@ class Bundle:
         missing = [s.name for s in self.inputs if s.name not in inputs]
         if missing:
             raise BundleError(f"inputs not given: {', '.join(missing)}")
-        return run_pipeline(runners or self.load_stages(), inputs, tuple(o.name for o in self.outputs))
+        return run_pipeline(
+            runners or self.load_stages(), inputs, tuple(o.name for o in self.outputs)
+        )
 
     def load_reference(self) -> Any:
         """The whole-model reference (host CPU) as a StageRunner, or None if not bundled."""

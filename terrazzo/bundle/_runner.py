@@ -27,13 +27,23 @@ def _cuda_present() -> bool:
         return False
 
 
-def _install_fatbin_callback(fatbin: bytes | None) -> None:
-    """Serve CUDA kernels from the bundle's fatbin (else nvcc) when a CUDA module is loaded."""
+# sha256 of CUDA source → the bundle's fatbin for it; shared by every stage of this process.
+_FATBINS: dict[str, bytes] = {}
+
+
+def _install_fatbin_callback(source: str | None, fatbin: bytes | None) -> None:
+    """Serve CUDA kernels from bundled fatbins (matched by source hash, else nvcc) at load time."""
+    import hashlib
+
     import tvm_ffi
 
+    if source is not None and fatbin is not None:
+        _FATBINS[hashlib.sha256(source.encode()).hexdigest()] = fatbin
+
     def compile_cuda(code: str, *args: Any) -> bytes:
-        if fatbin is not None:
-            return fatbin
+        hit = _FATBINS.get(hashlib.sha256(str(code).encode()).hexdigest())
+        if hit is not None:
+            return hit
         from tvm.support import nvcc
 
         return bytes(nvcc.compile_cuda(code, target_format="fatbin", compiler="nvcc"))
@@ -72,6 +82,7 @@ class StageRunner:
         self.device = device
         self.ran_on = ran_on
         self.note = note
+        self._bundle: Any = None
         self.inputs = inputs
         self.outputs = outputs
         self._dev = tvm.cuda(0) if ran_on == "cuda" else tvm.cpu(0)
@@ -81,7 +92,9 @@ class StageRunner:
         missing = [w for w in weight_order if w not in weights]
         if missing:
             raise BundleError(f"stage {index}: weights missing from the bundle: {missing[:5]}")
-        self._weights = [tvm.runtime.tensor(np.ascontiguousarray(weights[w]), self._dev) for w in weight_order]
+        self._weights = [
+            tvm.runtime.tensor(np.ascontiguousarray(weights[w]), self._dev) for w in weight_order
+        ]
 
     @staticmethod
     def from_bundle(bundle: Any, info: Any, device: str = "auto") -> StageRunner:
@@ -99,10 +112,11 @@ class StageRunner:
         want_device = device == "device" or (device == "auto" and kind == "cuda" and has_dev)
         note = None
         if want_device and kind == "cuda" and has_dev and _cuda_present():
-            fatbin = None
-            if "fatbin" in info.files:
+            fatbin = source = None
+            if "fatbin" in info.files and "kernels" in info.files:
                 fatbin = bundle.member_path(info.files["fatbin"]).read_bytes()
-            _install_fatbin_callback(fatbin)
+                source = bundle.member_path(info.files["kernels"]).read_text()
+            _install_fatbin_callback(source, fatbin)
             lib, ran_on = info.files["device"], "cuda"
         elif device == "device":
             raise BundleError(
@@ -116,7 +130,7 @@ class StageRunner:
                     "not used here, running the host-CPU build"
                 )
                 (log.warning if device == "auto" else log.info)(note)
-        return StageRunner(
+        runner = StageRunner(
             str(bundle.member_path(lib)),
             weights,
             tuple(info.weights),
@@ -127,6 +141,8 @@ class StageRunner:
             ran_on=ran_on,
             note=note,
         )
+        runner._bundle = bundle  # keep the extracted files alive as long as the runner
+        return runner
 
     def __call__(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         import tvm

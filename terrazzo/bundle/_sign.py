@@ -24,7 +24,9 @@ def load_private_key(path: str | os.PathLike[str]) -> Any:
     try:
         key = serialization.load_pem_private_key(_read_pem(path, "signing key"), password=None)
     except (ValueError, TypeError) as e:
-        raise BundleError(f"signing key {str(path)!r} is not an unencrypted PEM private key: {e}") from e
+        raise BundleError(
+            f"signing key {str(path)!r} is not an unencrypted PEM private key: {e}"
+        ) from e
     if not isinstance(key, Ed25519PrivateKey):
         raise BundleError(f"signing key {str(path)!r} is {type(key).__name__}, expected Ed25519")
     return key
@@ -64,7 +66,9 @@ def sign_bytes(data: bytes, private_key_path: str | os.PathLike[str]) -> bytes:
     return bytes(load_private_key(private_key_path).sign(data))
 
 
-def verify_bytes(data: bytes, signature: bytes, public_key_path: str | os.PathLike[str] | bytes) -> None:
+def verify_bytes(
+    data: bytes, signature: bytes, public_key_path: str | os.PathLike[str] | bytes
+) -> None:
     """Raise BundleError unless ``signature`` is a valid signature of ``data`` by the key."""
     from cryptography.exceptions import InvalidSignature
 
@@ -78,7 +82,9 @@ def verify_bytes(data: bytes, signature: bytes, public_key_path: str | os.PathLi
         ) from e
 
 
-def generate_keypair(private_path: str | os.PathLike[str], public_path: str | os.PathLike[str]) -> None:
+def generate_keypair(
+    private_path: str | os.PathLike[str], public_path: str | os.PathLike[str]
+) -> None:
     """Write a new Ed25519 key pair as PEM files (the private one readable by its owner only)."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey

@@ -89,7 +89,9 @@ def verify_bundle(
                     worst = float("inf")
                     continue
                 if g.dtype.kind in "fc":
-                    d = float(np.nanmax(np.abs(g.astype(np.float64) - w.astype(np.float64)), initial=0.0))
+                    d = float(
+                        np.nanmax(np.abs(g.astype(np.float64) - w.astype(np.float64)), initial=0.0)
+                    )
                     if np.isnan(g).sum() != np.isnan(w).sum():
                         d = float("inf")
                 else:

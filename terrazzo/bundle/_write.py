@@ -94,7 +94,11 @@ _STAGE_FILES = ("host.so", "device.so", "kernels.cu", "kernels.fatbin")
 def _versions() -> dict[str, str]:
     import terrazzo
 
-    out = {"terrazzo": terrazzo.__version__, "python": platform.python_version(), "numpy": np.__version__}
+    out = {
+        "terrazzo": terrazzo.__version__,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+    }
     for mod in ("tvm", "torch", "onnx"):
         try:
             out[mod] = str(__import__(mod).__version__)
@@ -150,7 +154,9 @@ def write_bundle(
         The path written.
     """
     if [s.index for s in stages] != list(range(len(stages))):
-        raise BundleError(f"stages must be indexed 0..n-1 in order, found {[s.index for s in stages]}")
+        raise BundleError(
+            f"stages must be indexed 0..n-1 in order, found {[s.index for s in stages]}"
+        )
     members: dict[str, bytes | Path] = {"plan.mlir": plan_mlir.encode()}
     if plan_json is not None:
         members["plan.json"] = json.dumps(plan_json, indent=1, sort_keys=True, default=str).encode()
@@ -190,7 +196,11 @@ def write_bundle(
     if isinstance(reference_library, str):  # an existing member (a single-stage bundle)
         if reference_library not in members:
             raise BundleError(f"reference library {reference_library!r} is not a bundle member")
-        reference = {"library": reference_library, "weights": list(reference_weights), "same_as_stage": 0}
+        reference = {
+            "library": reference_library,
+            "weights": list(reference_weights),
+            "same_as_stage": 0,
+        }
     elif reference_library is not None:
         members["reference/host.so"] = Path(reference_library)
         reference = {"library": "reference/host.so", "weights": list(reference_weights)}

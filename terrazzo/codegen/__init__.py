@@ -1,7 +1,13 @@
 """Codegen: placed stages → Relax functions → TVM builds per device target → ``.tzb`` bundle."""
 
 from terrazzo.codegen._build import StageBuild, build_stage, compile_module, load_tuning_db
-from terrazzo.codegen._compile import CompileResult, compile, compile_model, load_model, stage_targets
+from terrazzo.codegen._compile import (
+    CompileResult,
+    compile,
+    compile_model,
+    load_model,
+    stage_targets,
+)
 from terrazzo.codegen._split import (
     SplitModel,
     StageModule,

@@ -127,7 +127,9 @@ def load_tuning_db(tuning_db: Any) -> Any:
     p = Path(tuning_db)
     if p.is_dir():
         if not (p / "database_tuning_record.json").exists():
-            raise CodegenError(f"tuning database directory {str(p)!r} has no database_tuning_record.json")
+            raise CodegenError(
+                f"tuning database directory {str(p)!r} has no database_tuning_record.json"
+            )
         return p
     if not p.is_file():
         raise CodegenError(f"tuning database {str(p)!r} does not exist")
@@ -252,7 +254,9 @@ def _nvcc_fatbin(source: str, arch: str) -> bytes | str:
     flags = ["-gencode", f"arch=compute_{suffix},code=sm_{suffix}"]
     try:
         with tvm.target.Target({"kind": "cuda", "arch": arch}):
-            return bytes(nvcc.compile_cuda(source, target_format="fatbin", arch=flags, compiler="nvcc"))
+            return bytes(
+                nvcc.compile_cuda(source, target_format="fatbin", arch=flags, compiler="nvcc")
+            )
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         return f"nvcc could not compile the CUDA source for {arch}: {first[:200]}"

@@ -12,7 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from terrazzo.codegen._build import StageBuild, build_stage, compile_module, load_tuning_db, tuning_records_text
+from terrazzo.codegen._build import (
+    StageBuild,
+    build_stage,
+    compile_module,
+    load_tuning_db,
+    tuning_records_text,
+)
 from terrazzo.codegen._split import SplitModel, plan_assignment, split_relax
 from terrazzo.codegen._targets import TargetChoice, choose_target, describe_target, host_target
 from terrazzo.errors import CodegenError, TerrazzoError
@@ -49,7 +55,9 @@ def load_model(model: Any, example_inputs: Any = None, shapes: Any = None) -> tu
 
     if isinstance(model, Graph):
         if model.relax_mod is None:
-            raise CodegenError(f"graph {model.name!r} has no Relax module; import it with a frontend")
+            raise CodegenError(
+                f"graph {model.name!r} has no Relax module; import it with a frontend"
+            )
         text = model.relax_mod.script(show_meta=False).encode()
         return model, hashlib.sha256(text).hexdigest()
     if isinstance(model, str | os.PathLike):
@@ -61,7 +69,9 @@ def load_model(model: Any, example_inputs: Any = None, shapes: Any = None) -> tu
             zname = name.removeprefix("zoo:")
             p = zoo.export_onnx(zname, _zoo_cache())
         if not p.is_file():
-            raise TerrazzoError(f"model {str(model)!r} does not exist (expected an .onnx file or zoo:NAME)")
+            raise TerrazzoError(
+                f"model {str(model)!r} does not exist (expected an .onnx file or zoo:NAME)"
+            )
         from terrazzo.frontend import from_onnx
 
         digest = hashlib.sha256(p.read_bytes()).hexdigest()
@@ -74,7 +84,9 @@ def load_model(model: Any, example_inputs: Any = None, shapes: Any = None) -> tu
         g = from_torch(model, example_inputs)
         text = g.relax_mod.script(show_meta=False).encode()
         return g, hashlib.sha256(text).hexdigest()
-    raise CodegenError(f"cannot compile a {type(model).__name__}; expected an .onnx path, zoo name, Graph or nn.Module")
+    raise CodegenError(
+        f"cannot compile a {type(model).__name__}; expected an .onnx path, zoo name, Graph or nn.Module"
+    )
 
 
 def _zoo_cache() -> Path:
@@ -87,10 +99,12 @@ def _fleet(fleet: Any) -> Any:
     if isinstance(fleet, Fleet):
         return fleet
     if isinstance(fleet, str | os.PathLike):
-        return Fleet.from_yaml(fleet)
+        return Fleet.from_yaml(Path(fleet))
     if isinstance(fleet, Mapping):
         return Fleet.from_dict(dict(fleet))
-    raise TerrazzoError(f"fleet must be a Fleet, a YAML path or a mapping, got {type(fleet).__name__}")
+    raise TerrazzoError(
+        f"fleet must be a Fleet, a YAML path or a mapping, got {type(fleet).__name__}"
+    )
 
 
 def _sla(sla: Any) -> Any:
@@ -115,7 +129,7 @@ def stage_targets(plan: Any, catalog: Any) -> dict[str, TargetChoice]:
             continue
         spec = catalog[st.device]
         choice = choose_target(st.device, spec.tvm_target, spec.fallback_target)
-        if spec.tvm_target is None and getattr(spec, "fallback_reason", ""):
+        if spec.tvm_target is None and str(getattr(spec, "fallback_reason", "")):
             choice = TargetChoice(
                 choice.device,
                 choice.target,
@@ -146,7 +160,7 @@ def compile_model(
 
     ``plan`` skips placement and uses the given Plan (its ops must be the graph's ops).
     """
-    from terrazzo.bundle import StageContent, TensorSpec, write_bundle
+    from terrazzo.bundle import StageContent, write_bundle
     from terrazzo.costmodel import load_catalog
     from terrazzo.placement import plan as make_plan
     from terrazzo.placement import plan_to_mlir
@@ -330,4 +344,6 @@ def compile(  # noqa: A001 - the public name mirrors `terrazzo compile`
     Returns:
         The bundle's path.
     """
-    return compile_model(model, fleet, sla, rps, out_path, solver, tuning_db, sign_key, **options).path
+    return compile_model(
+        model, fleet, sla, rps, out_path, solver, tuning_db, sign_key, **options
+    ).path

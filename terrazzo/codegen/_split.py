@@ -216,9 +216,7 @@ def _flatten_return(
     if isinstance(expr, relax.TupleGetItem) and isinstance(expr.tuple_value, ir.expr.Var):
         base = expr.tuple_value
         name = f"{base.name}.{int(expr.index)}"
-        return [
-            (n, base.name, (int(expr.index), *p), t) for n, p, t in _leaves(name, expr.ty)
-        ]
+        return [(n, base.name, (int(expr.index), *p), t) for n, p, t in _leaves(name, expr.ty)]
     raise CodegenError(f"{where}: unsupported graph output expression {type(expr).__name__}")
 
 
@@ -323,10 +321,12 @@ def split_relax(mod: Any, assignment: Mapping[str, int]) -> SplitModel:
         w_names: list[str] = []
         for b in own:
 
-            def visit(e: Any, _map: dict[Any, Any] = stage_consts) -> None:
+            def visit(
+                e: Any, _map: dict[Any, Any] = stage_consts, _names: list[str] = w_names
+            ) -> None:
                 if e in consts and e not in _map:
                     _map[e] = relax.Var(consts[e], e.ty)
-                    w_names.append(consts[e])
+                    _names.append(consts[e])
 
             relax.analysis.post_order_visit(b.value, visit)
         w_params = [stage_consts[c] for c in stage_consts]
@@ -402,7 +402,9 @@ def split_stages(graph: Any, plan: Any) -> list[StageModule]:
 def plan_assignment(graph: Any, plan: Any) -> dict[str, int]:
     """Binding name → stage index from a Plan's stages (every graph op must be placed)."""
     if graph.relax_mod is None:
-        raise CodegenError(f"graph {graph.name!r} has no Relax module (agent graphs have no codegen)")
+        raise CodegenError(
+            f"graph {graph.name!r} has no Relax module (agent graphs have no codegen)"
+        )
     assignment: dict[str, int] = {}
     for st in plan.stages:
         for op in st.ops:

@@ -20,11 +20,21 @@ def register(subparsers: Any) -> None:
     p.add_argument("--fleet", required=True, help="fleet YAML (devices: {name: {count: N}})")
     p.add_argument("--sla", required=True, help="end-to-end latency bound, e.g. 50ms")
     p.add_argument("--rps", type=float, default=1.0, help="traffic target, requests/s (default 1)")
-    p.add_argument("--solver", choices=SOLVER_CHOICES, default="milp", help="placement solver (default milp)")
-    p.add_argument("--tuning", metavar="DB", help="tuning database (records.jsonl or MetaSchedule dir)")
-    p.add_argument("--profile", help="cost-model catalog profile (datasheet, paper-2025, or YAML path)")
-    p.add_argument("--sign", metavar="KEY", help="sign the bundle with this Ed25519 private key (PEM)")
-    p.add_argument("--no-reference", action="store_true", help="omit the whole-model reference build")
+    p.add_argument(
+        "--solver", choices=SOLVER_CHOICES, default="milp", help="placement solver (default milp)"
+    )
+    p.add_argument(
+        "--tuning", metavar="DB", help="tuning database (records.jsonl or MetaSchedule dir)"
+    )
+    p.add_argument(
+        "--profile", help="cost-model catalog profile (datasheet, paper-2025, or YAML path)"
+    )
+    p.add_argument(
+        "--sign", metavar="KEY", help="sign the bundle with this Ed25519 private key (PEM)"
+    )
+    p.add_argument(
+        "--no-reference", action="store_true", help="omit the whole-model reference build"
+    )
     p.add_argument("-o", "--output", default="model.tzb", help="bundle path (default model.tzb)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run)
@@ -47,11 +57,19 @@ def run(args: argparse.Namespace) -> int:
         elif event == "phase-end":
             err.print(f"[green]✓[/green] {d['phase']:<7} {d['seconds']:7.2f} s")
         elif event == "stage-start":
-            status.update(f"[bold]build[/bold] stage {d['index']} on {d['device']} ({d['ops']} ops) ...")
+            status.update(
+                f"[bold]build[/bold] stage {d['index']} on {d['device']} ({d['ops']} ops) ..."
+            )
         elif event == "stage-built":
             stage_rows.append(dict(d))
-            fb = f"  [yellow]fallback: {d['fallback_reason']}[/yellow]" if d.get("fallback_reason") else ""
-            err.print(f"    stage {d['index']!s:>9} {d['device']:<10} {d['target']:<22} {d['seconds']:6.2f} s{fb}")
+            fb = (
+                f"  [yellow]fallback: {d['fallback_reason']}[/yellow]"
+                if d.get("fallback_reason")
+                else ""
+            )
+            err.print(
+                f"    stage {d['index']!s:>9} {d['device']:<10} {d['target']:<22} {d['seconds']:6.2f} s{fb}"
+            )
             for note in d.get("notes") or ():
                 err.print(f"    [yellow]note:[/yellow] {note}")
 
@@ -73,12 +91,22 @@ def run(args: argparse.Namespace) -> int:
         "bundle_bytes": res.bundle_bytes,
         "weight_bytes": res.weight_bytes,
         "phase_s": {k: round(v, 3) for k, v in res.phase_s.items()},
-        "plan": {"solver": plan.solver, "latency_s": plan.latency_s, "usd_per_hour": plan.usd_per_hour,
-                 "throughput_rps": plan.throughput_rps},  # fmt: skip
+        "plan": {
+            "solver": plan.solver,
+            "latency_s": plan.latency_s,
+            "usd_per_hour": plan.usd_per_hour,
+            "throughput_rps": plan.throughput_rps,
+        },  # fmt: skip
         "stages": [
-            {"index": b.index, "device": b.choice.device, "target": dict(b.choice.target),
-             "fallback_reason": b.choice.fallback_reason, "notes": list(b.notes),
-             "build_s": round(b.build_s, 3), "ops": len(res.split.stages[b.index].ops)}  # fmt: skip
+            {
+                "index": b.index,
+                "device": b.choice.device,
+                "target": dict(b.choice.target),
+                "fallback_reason": b.choice.fallback_reason,
+                "notes": list(b.notes),
+                "build_s": round(b.build_s, 3),
+                "ops": len(res.split.stages[b.index].ops),
+            }  # fmt: skip
             for b in res.builds
         ],
     }
@@ -88,7 +116,16 @@ def run(args: argparse.Namespace) -> int:
     from terrazzo.codegen import describe_target
 
     table = Table(title=f"{res.graph.name} → {res.path}")
-    for col in ("stage", "device", "target", "ops", "replicas", "pred. latency", "build", "fallback"):
+    for col in (
+        "stage",
+        "device",
+        "target",
+        "ops",
+        "replicas",
+        "pred. latency",
+        "build",
+        "fallback",
+    ):
         table.add_column(col)
     pstages = {int(s.index): s for s in plan.stages}
     for b in res.builds:

@@ -14,7 +14,9 @@ def register(subparsers: Any) -> None:
         "with --trust) and prints what it holds. No library is loaded or extracted.",
     )
     p.add_argument("bundle", metavar="BUNDLE", help=".tzb file")
-    p.add_argument("--trust", metavar="KEY", help="require a signature by this Ed25519 public key (PEM)")
+    p.add_argument(
+        "--trust", metavar="KEY", help="require a signature by this Ed25519 public key (PEM)"
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run)
 
@@ -70,7 +72,9 @@ def run(args: argparse.Namespace) -> int:
 
     manifest = read_manifest(args.bundle, trust_key=args.trust)
     info = describe(manifest, os.path.getsize(args.bundle))
-    info["signature"] = "verified" if args.trust else ("present, not checked" if _signed(args.bundle) else "none")
+    info["signature"] = (
+        "verified" if args.trust else ("present, not checked" if _signed(args.bundle) else "none")
+    )
     if args.json:
         print_json(info)
         return 0

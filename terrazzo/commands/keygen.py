@@ -28,5 +28,7 @@ def run(args: argparse.Namespace) -> int:
             raise BundleError(f"{str(p)!r} already exists; choose another prefix")
     priv.parent.mkdir(parents=True, exist_ok=True)
     generate_keypair(priv, pub)
-    print(f"private key: {priv} (keep secret; use with --sign)\npublic key:  {pub} (use with --trust)")
+    print(
+        f"private key: {priv} (keep secret; use with --sign)\npublic key:  {pub} (use with --trust)"
+    )
     return 0

@@ -15,12 +15,18 @@ def register(subparsers: Any) -> None:
         "shape and dtype.",
     )
     p.add_argument("bundle", metavar="BUNDLE", help=".tzb file")
-    p.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy", help="an input array")
+    p.add_argument(
+        "--input", action="append", default=[], metavar="NAME=FILE.npy", help="an input array"
+    )
     p.add_argument("-o", "--output", metavar="OUT.npz", help="write the outputs to this .npz")
-    p.add_argument("--benchmark", type=int, default=0, metavar="N", help="time N runs after warm-up")
+    p.add_argument(
+        "--benchmark", type=int, default=0, metavar="N", help="time N runs after warm-up"
+    )
     p.add_argument("--warmup", type=int, default=3, help="warm-up runs before timing (default 3)")
     p.add_argument("--seed", type=int, default=0, help="seed for random inputs (default 0)")
-    p.add_argument("--trust", metavar="KEY", help="require a signature by this Ed25519 public key (PEM)")
+    p.add_argument(
+        "--trust", metavar="KEY", help="require a signature by this Ed25519 public key (PEM)"
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run)
 
@@ -39,7 +45,9 @@ def _load_inputs(items: list[str], specs: Any) -> dict[str, Any]:
         if not sep or not name or not file:
             raise TerrazzoError(f"--input {item!r}: expected NAME=FILE.npy")
         if name not in known:
-            raise TerrazzoError(f"--input {name!r}: the model has no such input; inputs: {', '.join(known)}")
+            raise TerrazzoError(
+                f"--input {name!r}: the model has no such input; inputs: {', '.join(known)}"
+            )
         p = Path(file)
         if not p.is_file():
             raise TerrazzoError(f"--input {name}: file {file!r} does not exist")
@@ -49,7 +57,9 @@ def _load_inputs(items: list[str], specs: Any) -> dict[str, Any]:
             raise TerrazzoError(f"--input {name}: {file!r} is not a .npy array ({e})") from e
         spec = known[name]
         if tuple(arr.shape) != spec.shape:
-            raise TerrazzoError(f"--input {name}: shape {list(arr.shape)}, expected {list(spec.shape)}")
+            raise TerrazzoError(
+                f"--input {name}: shape {list(arr.shape)}, expected {list(spec.shape)}"
+            )
         out[name] = arr.astype(spec.dtype, copy=False)
     return out
 
@@ -65,17 +75,27 @@ def run(args: argparse.Namespace) -> int:
     with open_bundle(args.bundle, trust_key=args.trust) as b:
         given = _load_inputs(args.input, b.inputs)
         random_names = [s.name for s in b.inputs if s.name not in given]
-        inputs = {**random_inputs(tuple(s for s in b.inputs if s.name in random_names), args.seed), **given}
+        inputs = {
+            **random_inputs(tuple(s for s in b.inputs if s.name in random_names), args.seed),
+            **given,
+        }
         runners = b.load_stages()
         outputs = b.run(inputs, runners)
         result: dict[str, Any] = {
             "name": b.name,
             "random_inputs": random_names,
-            "stages": [{"index": r.index, "device": r.device, "ran_on": r.ran_on, "note": r.note} for r in runners],
+            "stages": [
+                {"index": r.index, "device": r.device, "ran_on": r.ran_on, "note": r.note}
+                for r in runners
+            ],
             "outputs": {
-                k: {"shape": list(v.shape), "dtype": str(v.dtype),
+                k: {
+                    "shape": list(v.shape),
+                    "dtype": str(v.dtype),
                     "mean": float(np.mean(v)) if v.size else 0.0,
-                    "min": float(np.min(v)) if v.size else 0.0, "max": float(np.max(v)) if v.size else 0.0}  # fmt: skip
+                    "min": float(np.min(v)) if v.size else 0.0,
+                    "max": float(np.max(v)) if v.size else 0.0,
+                }  # fmt: skip
                 for k, v in outputs.items()
             },
         }
@@ -98,11 +118,16 @@ def run(args: argparse.Namespace) -> int:
         print_json(result)
         return 0
     for s in result["stages"]:
-        print(f"stage {s['index']} ({s['device']}) on {s['ran_on']}" + (f"  — {s['note']}" if s["note"] else ""))
+        print(
+            f"stage {s['index']} ({s['device']}) on {s['ran_on']}"
+            + (f"  — {s['note']}" if s["note"] else "")
+        )
     if random_names:
         print(f"random inputs: {', '.join(random_names)}")
     for k, v in result["outputs"].items():
-        print(f"output {k}: {v['dtype']}{v['shape']} mean {v['mean']:.6g} min {v['min']:.6g} max {v['max']:.6g}")
+        print(
+            f"output {k}: {v['dtype']}{v['shape']} mean {v['mean']:.6g} min {v['min']:.6g} max {v['max']:.6g}"
+        )
     if args.benchmark > 0:
         print(f"latency over {args.benchmark} runs: p50 {result['latency_ms_p50']:.3f} ms, "
               f"p90 {result['latency_ms_p90']:.3f} ms, min {result['latency_ms_min']:.3f} ms")  # fmt: skip

@@ -15,8 +15,12 @@ def register(subparsers: Any) -> None:
         "whole-model reference. Exit 1 on a numerics mismatch.",
     )
     p.add_argument("bundle", metavar="BUNDLE", help=".tzb file")
-    p.add_argument("--trust", metavar="KEY", help="require a signature by this Ed25519 public key (PEM)")
-    p.add_argument("--tol", type=float, default=1e-5, help="max abs difference allowed (default 1e-5)")
+    p.add_argument(
+        "--trust", metavar="KEY", help="require a signature by this Ed25519 public key (PEM)"
+    )
+    p.add_argument(
+        "--tol", type=float, default=1e-5, help="max abs difference allowed (default 1e-5)"
+    )
     p.add_argument("--trials", type=int, default=2, help="random input sets (default 2)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run)
@@ -30,7 +34,11 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json(rep.to_json())
     else:
-        sig = "verified" if rep.signature_verified else ("present, not checked" if rep.signed else "none")
+        sig = (
+            "verified"
+            if rep.signature_verified
+            else ("present, not checked" if rep.signed else "none")
+        )
         diff = "n/a" if rep.max_abs_diff is None else f"{rep.max_abs_diff:.3g}"
         print(f"{rep.name}: {rep.members} members hash-checked; signature {sig}; numerics "
               f"{rep.numerics} (max abs diff {diff} ≤ {rep.tolerance:g} over {rep.trials} random inputs)")  # fmt: skip

@@ -66,11 +66,15 @@ def built(tmp_path_factory):
     model = _onnx_model(d / "tiny.onnx")
     generate_keypair(d / "key.pem", d / "key.pub.pem")
     generate_keypair(d / "other.pem", d / "other.pub.pem")
-    fleet = Fleet.from_dict({"devices": {"cpu": {"count": 2}, "t4": {"count": 1}, "gaudi2": {"count": 1}}})
+    fleet = Fleet.from_dict(
+        {"devices": {"cpu": {"count": 2}, "t4": {"count": 1}, "gaudi2": {"count": 1}}}
+    )
     sla = SLA(latency_s=0.05)
     graph = from_onnx(model)
     plan = forced_plan(graph, fleet, sla, ["cpu", "t4", "gaudi2"])
-    res = compile_model(model, fleet, sla, out_path=d / "tiny.tzb", plan=plan, sign_key=d / "key.pem")
+    res = compile_model(
+        model, fleet, sla, out_path=d / "tiny.tzb", plan=plan, sign_key=d / "key.pem"
+    )
     return {"dir": d, "model": model, "bundle": res.path, "result": res}
 
 
@@ -140,7 +144,9 @@ def test_staged_run_matches_onnxruntime_and_reference(built):
     from terrazzo.bundle import open_bundle
 
     x = np.random.default_rng(3).standard_normal((4, 16)).astype("float32")
-    want = ort.InferenceSession(str(built["model"]), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    want = ort.InferenceSession(str(built["model"]), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x}
+    )[0]
     with open_bundle(built["bundle"]) as b:
         runners = b.load_stages()
         assert [r.ran_on for r in runners] == ["cpu", "cpu", "cpu"]
@@ -214,7 +220,9 @@ def test_missing_member_is_refused(built, tmp_path):
 
 
 def test_extra_member_is_refused(built, tmp_path):
-    bad = _copy_with(built["bundle"], tmp_path / "extra.tzb", extra=[_regular("stages/0/evil.so", b"x")])
+    bad = _copy_with(
+        built["bundle"], tmp_path / "extra.tzb", extra=[_regular("stages/0/evil.so", b"x")]
+    )
     _expect_refused(bad, r"stages/0/evil\.so.*not listed")
 
 
@@ -242,14 +250,19 @@ def test_oversized_member_and_too_many_members_are_refused(built):
     _expect_refused(built["bundle"], r"reference/host\.so.*exceeds the cap|stages/\d/host\.so.*exceeds the cap",
                     limits=BundleLimits(max_member_bytes=10_000))  # fmt: skip
     _expect_refused(built["bundle"], r"more than 3 members", limits=BundleLimits(max_members=3))
-    _expect_refused(built["bundle"], r"exceeds \d+ bytes", limits=BundleLimits(max_total_bytes=50_000))
+    _expect_refused(
+        built["bundle"], r"exceeds \d+ bytes", limits=BundleLimits(max_total_bytes=50_000)
+    )
 
 
 def test_signatures(built, tmp_path):
     from terrazzo.bundle import open_bundle, read_manifest
 
     d = built["dir"]
-    _expect_refused(built["bundle"], r"manifest\.sig.*does not verify", trust_key=d / "other.pub.pem")
+    _expect_refused(
+        built["bundle"], r"manifest\.sig.*does not verify", trust_key=d / "other.pub.pem"
+    )
+
     # an edited manifest (a renamed model) keeps valid JSON but breaks the signature
     def rename(name, data):
         if name != "manifest.json":
@@ -301,13 +314,30 @@ def test_cli_inspect_verify_run(built, tmp_path, capsys):
     x = np.random.default_rng(5).standard_normal((4, 16)).astype("float32")
     np.save(tmp_path / "x.npy", x)
     out = tmp_path / "out.npz"
-    assert main(["run", b, "--input", f"x={tmp_path / 'x.npy'}", "-o", str(out), "--benchmark", "3", "--json"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                b,
+                "--input",
+                f"x={tmp_path / 'x.npy'}",
+                "-o",
+                str(out),
+                "--benchmark",
+                "3",
+                "--json",
+            ]
+        )
+        == 0
+    )
     res = json.loads(capsys.readouterr().out)
     assert res["latency_ms_p50"] > 0 and res["latency_ms_p90"] >= res["latency_ms_p50"]
     assert res["random_inputs"] == []
     import onnxruntime as ort
 
-    want = ort.InferenceSession(str(built["model"]), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    want = ort.InferenceSession(str(built["model"]), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x}
+    )[0]
     got = np.load(out)
     assert float(np.abs(got[got.files[0]] - want).max()) <= 1e-5
 

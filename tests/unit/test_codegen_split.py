@@ -209,7 +209,9 @@ def test_tuple_value_crosses_as_leaves(imported):
     idx = [b.var.name for b in bindings].index(split_var)
     assignment = {b.var.name: (0 if i <= idx else 1) for i, b in enumerate(bindings)}
     split = split_relax(mod, assignment)
-    assert f"{split_var}.0" in split.stages[0].outputs and f"{split_var}.1" in split.stages[1].inputs
+    assert (
+        f"{split_var}.0" in split.stages[0].outputs and f"{split_var}.1" in split.stages[1].inputs
+    )
     for g, r in zip(_staged(split, inputs), ref, strict=True):
         assert float(np.abs(g - r).max()) <= TOL
 
@@ -229,12 +231,12 @@ def test_weights_are_lifted_and_stay_with_their_stage(imported):
 
     for st in split.stages:
         big: list[int] = []
-        relax.analysis.post_order_visit(
-            st.mod["main"],
-            lambda e: big.append(e.value.numpy().nbytes)
-            if isinstance(e, ir.expr.GenericConst) and e.value.numpy().nbytes >= LIFT_MIN_BYTES
-            else None,
-        )
+
+        def visit(e, _big=big):
+            if isinstance(e, ir.expr.GenericConst) and e.value.numpy().nbytes >= LIFT_MIN_BYTES:
+                _big.append(e.value.numpy().nbytes)
+
+        relax.analysis.post_order_visit(st.mod["main"], visit)
         assert big == []  # every weight is a parameter, none is baked into the library
         params = st.mod["main"].params
         assert [p.name for p in params] == list(st.inputs) + list(st.weights)

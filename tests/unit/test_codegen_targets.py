@@ -62,5 +62,8 @@ def test_every_catalog_class_resolves():
         assert c.kind in ("llvm", "cuda", "rocm")
         assert (c.fallback_reason is None) == (
             spec.tvm_target is not None
-            and (spec.tvm_target["kind"] == "llvm" or (spec.tvm_target["kind"] == "cuda" and c.compile_fatbin))
+            and (
+                spec.tvm_target["kind"] == "llvm"
+                or (spec.tvm_target["kind"] == "cuda" and c.compile_fatbin)
+            )
         )

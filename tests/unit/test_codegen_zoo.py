@@ -59,7 +59,9 @@ def test_zoo_model_staged_equals_whole_and_onnxruntime(zoo_dir, name):
         assert float(np.abs(w - r).max()) <= 1e-4
     for k in (2, 3, 4):
         bounds = np.linspace(0, len(ops), k + 1).astype(int)
-        assignment = {o: int(np.searchsorted(bounds, i, side="right") - 1) for i, o in enumerate(ops)}
+        assignment = {
+            o: int(np.searchsorted(bounds, i, side="right") - 1) for i, o in enumerate(ops)
+        }
         split = split_relax(graph.relax_mod, assignment)
         assert len(split.stages) == k
         for g, w in zip(_run_split(split, inputs), whole, strict=True):
