@@ -14,12 +14,14 @@ The result warm-starts the MILP.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 
 import numpy as np
 
 from terrazzo.placement.problem import LATENCY_RTOL, Problem
+
 
 
 def chains(problem: Problem) -> list[list[int]]:
@@ -53,9 +55,10 @@ def lagrangian_assign(problem: Problem, lam: float, chain_list: list[list[int]],
     """Place every chain by Viterbi, minimising fluid cost + lam·latency given placed producers."""
     p = problem
     st = p.structure()
-    w = np.where(allowed, p.fluid_cost(), np.inf)
-    lat = np.where(allowed, p.latency_s, np.inf)
-    score = w + lam * lat
+    # banned cells score inf; computed only on allowed cells (inf * 0 would be nan at lam = 0)
+    w = np.where(allowed, p.fluid_cost(), 0.0)
+    lat = np.where(allowed, p.latency_s, 0.0)
+    score = np.where(allowed, w + lam * lat, np.inf)
     xcost = 3600.0 * p.rps * p.xfer_usd
     assign = np.full(p.n, -1, dtype=np.int64)
     # chains are topologically ordered by head position, and a head's producers are in
@@ -165,6 +168,35 @@ class _Search:
         fluid = p.load_factor * (lat_b * p.usd_per_hour[b] - lat_a * p.usd_per_hour[a]) + per_req
         return exact, fluid, inc, own_ok
 
+    def improving(self, group: list[int], a: int, ok_b: np.ndarray, glat: np.ndarray, gcost: np.ndarray) -> np.ndarray:
+        """Classes b whose move of ``group`` (now on a) lowers the exact or fluid cost, all b at once.
+
+        A vectorised pre-filter of ``move_delta`` (same cost arithmetic, no latency check).
+        """
+        p = self.p
+        load = p.load_factor
+        price = p.usd_per_hour
+        k = len(group)
+        old_dev = np.where(self.cnt > 0, np.maximum(1.0, np.ceil(self.busy * load - 1e-9)), 0.0)
+        new_b = np.maximum(1.0, np.ceil((self.busy + glat) * load - 1e-9))
+        lat_a = float(glat[a])
+        delta_a = (self.devices(self.busy[a] - lat_a, int(self.cnt[a]) - k) - old_dev[a]) * price[a]
+        dev_delta = (new_b - old_dev) * price + delta_a
+        dx = gcost - gcost[a]
+        xu = p.xfer_usd
+        for e in self.st["preds"][group[0]]:
+            au = self.a[int(p.edges[e, 0])]
+            dx = dx + (xu[au, :] - xu[au, a])
+        for e in self.st["succs"][group[-1]]:
+            av = self.a[int(p.edges[e, 1])]
+            dx = dx + (xu[:, av] - xu[a, av])
+        per_req = 3600.0 * p.rps * dx
+        exact = dev_delta + per_req
+        fluid = load * (glat * price - lat_a * price[a]) + per_req
+        good = ok_b & ((exact < -1e-9) | ((exact <= 1e-9) & (fluid < -1e-9)))
+        good[a] = False
+        return np.flatnonzero(good)
+
     def apply(self, group: list[int], b: int) -> None:
         a = int(self.a[group[0]])
         k = len(group)
@@ -178,7 +210,13 @@ class _Search:
         self.a[group] = b
 
 
-def local_search(problem: Problem, assign: np.ndarray, chain_list: list[list[int]], deadline: float) -> np.ndarray:
+def local_search(
+    problem: Problem,
+    assign: np.ndarray,
+    chain_list: list[list[int]],
+    deadline: float,
+    allowed: np.ndarray | None = None,
+) -> np.ndarray:
     """Improve a feasible assignment by single-task and whole-chain moves until no move helps.
 
     Moves are taken in rounds against one longest-path computation: the first move of a
@@ -189,52 +227,136 @@ def local_search(problem: Problem, assign: np.ndarray, chain_list: list[list[int
     # TTFT bounds the finish of prefill tasks anywhere in the graph: check moves exactly
     full_check = p.prefill is not None and p.sla.ttft_s is not None
     s = _Search(p, assign)
-    allowed = p.allowed()
+    allowed = p.allowed() if allowed is None else allowed
     groups = [c for c in chain_list if len(c) > 1] + [[i] for i in range(p.n)]
+    lat0 = np.where(allowed, p.latency_s, 0.0)
+    g_ok = np.array([allowed[g].all(axis=0) for g in groups])
+    g_lat = np.array([lat0[g].sum(axis=0) for g in groups])
+    g_cost = np.array([p.cost_usd[g].sum(axis=0) for g in groups])
     for _ in range(50):
         s.refresh()
         budget = s.L - float(s.f.max())
-        used = 0.0
+        used = 0.0  # sum of worst path increases accepted since the last refresh
+        fresh = True  # f/g are upper bounds of the current finish times / tails
         accepted = 0
-        deferred = False
-        for grp in groups:
+        for gi, grp in enumerate(groups):
             if time.perf_counter() > deadline:
                 return s.a
             a = int(s.a[grp[0]])
-            if any(int(s.a[i]) != a for i in grp):
+            if len(grp) > 1 and any(int(s.a[i]) != a for i in grp):
+                continue
+            cands = s.improving(grp, a, g_ok[gi], g_lat[gi], g_cost[gi]).tolist()
+            if not cands:
                 continue
             best = None
-            for b in range(p.num_devices):
-                if b == a or not allowed[grp, b].all():
-                    continue
-                dl = s.move_delta(grp, b)
-                if dl is None:
-                    continue
-                exact, fluid, inc, own_ok = dl
-                if not (exact < -1e-9 or (exact <= 1e-9 and fluid < -1e-9)):
-                    continue
-                safe = used + max(0.0, inc) <= budget or (accepted == 0 and own_ok)
-                if not safe:
-                    deferred = True
-                    continue
-                if full_check:
-                    trial = s.a.copy()
-                    trial[grp] = b
-                    if not p.evaluate(trial).feasible:
+            for _attempt in range(2):
+                blocked = False
+                for b in cands:
+                    dl = s.move_delta(grp, b)
+                    if dl is None:
                         continue
-                if best is None or (exact, fluid) < best[0]:
-                    best = ((exact, fluid), b, inc)
+                    exact, fluid, inc, own_ok = dl
+                    if not (exact < -1e-9 or (exact <= 1e-9 and fluid < -1e-9)):
+                        continue
+                    if not (inc <= 0 or used + inc <= budget or (fresh and own_ok)):
+                        blocked = True
+                        continue
+                    if full_check:
+                        trial = s.a.copy()
+                        trial[grp] = b
+                        if not p.evaluate(trial).feasible:
+                            continue
+                    if best is None or (exact, fluid) < best[0]:
+                        best = ((exact, fluid), b, inc)
+                if best is not None or not blocked or fresh:
+                    break
+                # a move blocked only by stale path lengths: recompute them and retry once
+                s.refresh()
+                budget = s.L - float(s.f.max())
+                used = 0.0
+                fresh = True
             if best is not None:
                 s.apply(grp, best[1])
-                used += max(0.0, best[2])
                 accepted += 1
-        if accepted == 0 or (not deferred and accepted == 0):
+                inc = best[2]
+                if inc > 0:
+                    used = used + inc if used + inc <= budget else math.inf
+                    fresh = False
+        if accepted == 0:
             break
     return s.a
 
 
-def solve_heuristic(problem: Problem, *, time_limit_s: float = 10.0) -> np.ndarray | None:
-    """A feasible assignment (class index per task), or None when none was found."""
+def _lagrangian_search(
+    p: Problem, ch: list[list[int]], allowed: np.ndarray, deadline: float, iters: int = 14
+) -> np.ndarray | None:
+    """Cheapest Lagrangian-DP placement (over ``allowed``) meeting every constraint, or None.
+
+    λ = 0 first; otherwise the pure-latency end (so infeasible class sets are rejected in one
+    more pass), then bisection of log λ.
+    """
+    a0 = lagrangian_assign(p, 0.0, ch, allowed)
+    if p.evaluate(a0).feasible:
+        return a0
+    w = p.fluid_cost()
+    lat = np.where(allowed, p.latency_s, np.nan)
+    spread_w = float(np.nanmax(np.where(allowed & np.isfinite(w), w, np.nan)) or 1.0)
+    spread_l = float(np.nanmin(lat[lat > 0]) if np.any(lat > 0) else 1e-6)
+    scale = max(1e-12, spread_w / spread_l)
+    fastest = lagrangian_assign(p, scale * 1e9, ch, allowed)
+    if not p.evaluate(fastest).feasible:
+        return None
+    # bisect log(λ) between a price where latency is nearly free and the pure-latency end
+    lo, hi, found = scale * 1e-3, scale * 1e9, fastest
+    for _ in range(iters):
+        if time.perf_counter() > deadline or hi / lo < 1.05:
+            break
+        mid = math.sqrt(lo * hi)
+        a = lagrangian_assign(p, mid, ch, allowed)
+        if p.evaluate(a).feasible:
+            hi, found = mid, a
+        else:
+            lo = mid
+    return found
+
+
+def class_subsets(problem: Problem, max_size: int) -> list[tuple[float, tuple[int, ...]]]:
+    """Class subsets of 2..max_size classes that can run every task, with a lower bound each.
+
+    The bound: every class of the subset rents at least one device and every task pays at
+    least its cheapest per-request cost within the subset; or the fluid (fractional-device)
+    cost of every task on its cheapest class of the subset. Sorted by bound.
+    """
+    p = problem
+    allowed = p.allowed()
+    usable = [d for d in range(p.num_devices) if allowed[:, d].any()]
+    w = p.fluid_cost()
+    direct = 3600.0 * p.rps * np.where(allowed, p.cost_usd, np.inf)
+    out = []
+    for k in range(2, max_size + 1):
+        for sub in itertools.combinations(usable, k):
+            cols = list(sub)
+            if not allowed[:, cols].any(axis=1).all():
+                continue
+            lb_dev = float(p.usd_per_hour[cols].sum() + direct[:, cols].min(axis=1).sum())
+            lb_fluid = float(w[:, cols].min(axis=1).sum())
+            out.append((max(lb_dev, lb_fluid), sub))
+    out.sort()
+    return out
+
+
+def solve_heuristic(
+    problem: Problem, *, time_limit_s: float = 10.0, max_classes: int | None = None
+) -> np.ndarray | None:
+    """A feasible assignment (class index per task), or None when none was found.
+
+    Starts: the Lagrangian DP over all classes and the two cheapest single classes, each
+    improved by local search. Then class-subset enumeration: device integrality makes a plan
+    on few classes cheap, which single moves cannot find (emptying a class saves its whole
+    device only at the last move), so for every subset of 2..``max_classes`` classes (default 3
+    up to 10 classes, else 2), in order of a lower bound and pruned by the incumbent, the DP
+    + local search run restricted to it.
+    """
     t0 = time.perf_counter()
     deadline = t0 + time_limit_s
     p = problem
@@ -243,51 +365,11 @@ def solve_heuristic(problem: Problem, *, time_limit_s: float = 10.0) -> np.ndarr
         return None
     ch = chains(p)
     candidates: list[np.ndarray] = []
-
-    def feasible(a: np.ndarray) -> bool:
-        return p.evaluate(a).feasible
-
-    a0 = lagrangian_assign(p, 0.0, ch, allowed)
-    if feasible(a0):
-        candidates.append(a0)
-    else:
-        # scale λ so that latency and cost terms are comparable, then bisect in log space
-        w = p.fluid_cost()
-        lat = np.where(allowed, p.latency_s, np.nan)
-        spread_w = float(np.nanmax(np.where(np.isfinite(w), w, np.nan)) or 1.0)
-        spread_l = float(np.nanmin(lat[lat > 0]) if np.any(lat > 0) else 1e-6)
-        lo, hi = 0.0, max(1e-12, spread_w / spread_l)
-        found = None
-        for _ in range(40):
-            a = lagrangian_assign(p, hi, ch, allowed)
-            if feasible(a):
-                found = a
-                break
-            hi *= 8.0
-            if time.perf_counter() > deadline:
-                break
-        if found is None:
-            fast = np.where(allowed, p.latency_s, np.inf).argmin(axis=1)
-            if feasible(fast):
-                found = fast
-            else:
-                repaired = _repair(p, fast, ch, deadline)
-                if repaired is None:
-                    return None
-                found = repaired
-        else:
-            lo = hi / 8.0 if hi > 0 else 0.0
-            for _ in range(14):
-                if time.perf_counter() > deadline:
-                    break
-                mid = math.sqrt(lo * hi) if lo > 0 else hi / 64.0
-                a = lagrangian_assign(p, mid, ch, allowed)
-                if feasible(a):
-                    hi, found = mid, a
-                else:
-                    lo = mid
-                if hi / max(lo, 1e-300) < 1.05:
-                    break
+    found = _lagrangian_search(p, ch, allowed, t0 + 0.4 * time_limit_s, iters=20)
+    if found is None:
+        fast = np.where(allowed, p.latency_s, np.inf).argmin(axis=1)
+        found = fast if p.evaluate(fast).feasible else _repair(p, fast, ch, deadline)
+    if found is not None:
         candidates.append(found)
     # single-class starts: device integrality often favours few classes over the DP's spread
     homo = []
@@ -307,12 +389,130 @@ def solve_heuristic(problem: Problem, *, time_limit_s: float = 10.0) -> np.ndarr
             feas.append(c)
     if not feas:
         return None
+    ls_deadline = t0 + 0.6 * time_limit_s
     results = []
     for k, c in enumerate(feas):
-        # share the remaining time between the starts
-        left = deadline - time.perf_counter()
+        # share the local-search time between the starts
+        left = ls_deadline - time.perf_counter()
         results.append(local_search(p, c, ch, time.perf_counter() + max(0.0, left / (len(feas) - k))))
-    return min(results, key=lambda a: p.evaluate(a).usd_per_hour)
+    results = [shed_devices(p, r, allowed, deadline) for r in results]
+    best = min(results, key=lambda a: p.evaluate(a).usd_per_hour)
+    best_usd = p.evaluate(best).usd_per_hour
+    if homo and homo[0][0] < best_usd:
+        best, best_usd = homo[0][2], homo[0][0]
+    L = p.sla.latency_s * (1 + LATENCY_RTOL)
+    if max_classes is None:
+        max_classes = 3 if p.num_devices <= 10 else 2
+    for lb, sub in class_subsets(p, min(max_classes, p.num_devices)):
+        if lb >= best_usd * (1 - 1e-9) or time.perf_counter() > deadline:
+            break
+        mask = np.zeros(p.num_devices, dtype=bool)
+        mask[list(sub)] = True
+        sub_allowed = allowed & mask[None, :]
+        # every task on its fastest class of the subset, free transfers: a latency lower bound
+        if _critical_path(p, np.where(sub_allowed, p.latency_s, np.inf).min(axis=1)) > L:
+            continue
+        a = _lagrangian_search(p, ch, sub_allowed, deadline, iters=8)
+        if a is None:
+            continue
+        usd = p.evaluate(a).usd_per_hour
+        if usd < 1.5 * best_usd:
+            a = local_search(p, a, ch, deadline, allowed=sub_allowed)
+            a = shed_devices(p, a, sub_allowed, deadline)
+            usd = p.evaluate(a).usd_per_hour
+        if usd < best_usd:
+            best, best_usd = a, usd
+    return best
+
+
+def shed_devices(p: Problem, assign: np.ndarray, allowed: np.ndarray, deadline: float) -> np.ndarray:
+    """Compound moves that drop one device of a class: move just enough of its tasks to spare
+    capacity elsewhere (single moves cannot see the saving until the last of them).
+
+    For every used class a, the tasks on a are moved, in a few orders (least latency added
+    first, most busy time shed per busy time added first), to the class that takes them with
+    the least added device cost, until a's busy time fits one device fewer; the trial is kept
+    when it is feasible and cheaper. Repeats until no class can shed a device.
+    """
+    a_best = assign.copy()
+    ev = p.evaluate(a_best)
+    load = p.load_factor
+    lat = np.where(allowed, p.latency_s, np.inf)
+    for _ in range(4 * p.num_devices):
+        improved = False
+        for a in np.flatnonzero(ev.devices > 0).tolist():
+            if time.perf_counter() > deadline:
+                return a_best
+            on = np.flatnonzero(a_best == a)
+            need = ev.busy_s[a] - (ev.devices[a] - 1) / load + 1e-12
+            others = [b for b in range(p.num_devices) if b != a and allowed[on, b].any()]
+            if not others:
+                continue
+            alt = lat[on][:, others]  # (k, |others|)
+            best_alt = alt.min(axis=1)
+            movable = np.isfinite(best_alt)
+            if lat[on, a][movable].sum() < need:
+                continue
+            keys = (best_alt - lat[on, a], best_alt / np.maximum(lat[on, a], 1e-15))
+            for key in keys:
+                trial = a_best.copy()
+                busy = ev.busy_s.copy()
+                dev = ev.devices.astype(float).copy()
+                shed = 0.0
+                for j in np.argsort(key, kind="stable"):
+                    if shed >= need:
+                        break
+                    if not movable[j]:
+                        continue
+                    i = int(on[j])
+                    # the class that absorbs task i for the smallest increase of device cost
+                    best_b, best_c = -1, math.inf
+                    for b in others:
+                        lb = lat[i, b]
+                        if not math.isfinite(lb):
+                            continue
+                        nd = max(1.0, math.ceil((busy[b] + lb) * load - 1e-9))
+                        c = (nd - dev[b]) * p.usd_per_hour[b] + 1e-9 * lb
+                        if c < best_c:
+                            best_b, best_c = b, c
+                    trial[i] = best_b
+                    busy[best_b] += lat[i, best_b]
+                    dev[best_b] = max(1.0, math.ceil(busy[best_b] * load - 1e-9))
+                    shed += lat[i, a]
+                if shed < need:
+                    continue
+                et = p.evaluate(trial)
+                if et.feasible and et.usd_per_hour < ev.usd_per_hour - 1e-9:
+                    a_best, ev, improved = trial, et, True
+                    break
+        if not improved:
+            break
+    return a_best
+
+
+def _critical_path(p: Problem, lat: np.ndarray) -> float:
+    """Longest path of the DAG with task latencies ``lat`` and no transfers."""
+    st = p.structure()
+    if len(st["nodes_by_level"]) <= 64:
+        f = lat.copy()
+        inmax = np.zeros(p.n)
+        for lv, nodes in enumerate(st["nodes_by_level"]):
+            if lv > 0:
+                eidx = st["fwd_groups"][lv]
+                np.maximum.at(inmax, p.edges[eidx, 1], f[p.edges[eidx, 0]])
+                f[nodes] = lat[nodes] + inmax[nodes]
+        return float(f.max())
+    src = p.edges[:, 0].tolist()
+    la = lat.tolist()
+    f = list(la)
+    for v in range(p.n):
+        best = 0.0
+        for e in st["preds"][v]:
+            x = f[src[e]]
+            if x > best:
+                best = x
+        f[v] = la[v] + best
+    return max(f)
 
 
 def _repair(p: Problem, assign: np.ndarray, ch: list[list[int]], deadline: float) -> np.ndarray | None:

@@ -44,6 +44,7 @@ def solve_milp(
     warm_start: np.ndarray | None = None,
     mip_rel_gap: float = 1e-6,
     threads: int | None = None,
+    relax: bool = False,
 ) -> MILPResult:
     """Solve the placement MILP with HiGHS.
 
@@ -53,6 +54,8 @@ def solve_milp(
         warm_start: an assignment (class index per task) given to HiGHS as a start solution.
         mip_rel_gap: relative gap at which HiGHS stops as optimal.
         threads: HiGHS thread count (default: HiGHS's choice).
+        relax: solve the LP relaxation instead (every variable continuous); its optimum is
+            a lower bound on the MILP's, returned as ``bound`` (``assign`` is None).
 
     Returns:
         MILPResult; ``assign`` is None when no feasible solution was found (status says why).
@@ -104,8 +107,9 @@ def solve_milp(
         upper[fcol0 + np.flatnonzero(p.prefill)] = min(1.0, p.sla.ttft_s * (1 + LATENCY_RTOL) / L)
     upper[ycol0:] = np.where(np.isfinite(p.count[ydev]), p.count[ydev], np.inf)
     integral = np.zeros(ncol, dtype=bool)
-    integral[:nx_] = True
-    integral[ycol0:] = True
+    if not relax:
+        integral[:nx_] = True
+        integral[ycol0:] = True
 
     # -- rows --------------------------------------------------------------------------------
     rows: list[np.ndarray] = []
@@ -166,6 +170,16 @@ def solve_milp(
         cc = np.concatenate([[ycol0 + q], xcol[on, d]])
         vv = np.concatenate([[1.0], -p.load_factor * lat[on, d]])
         add(rr, cc, vv, np.zeros(1), np.full(1, np.inf))
+    # a class that runs any task rents at least one device: y_d >= x_id (tightens the relaxation)
+    for q, d in enumerate(ydev):
+        on = np.flatnonzero(allowed[:, d])
+        k = len(on)
+        if k == 0:
+            continue
+        rr = np.concatenate([np.arange(k), np.arange(k)])
+        cc = np.concatenate([np.full(k, ycol0 + q), xcol[on, d]])
+        vv = np.concatenate([np.ones(k), -np.ones(k)])
+        add(rr, cc, vv, np.zeros(k), np.full(k, np.inf))
     # memory per class
     for d in range(nd):
         on = np.flatnonzero(allowed[:, d])
@@ -200,7 +214,7 @@ def solve_milp(
     h.setOptionValue("mip_rel_gap", float(mip_rel_gap))
     if threads is not None:
         h.setOptionValue("threads", int(threads))
-    if warm_start is not None:
+    if warm_start is not None and not relax:
         sol = _start_vector(p, np.asarray(warm_start, dtype=np.int64), xcol, fcol0, tcol, ccol, ydev, ycol0, ncol, L)
         if sol is not None:
             hs = highspy.HighsSolution()
@@ -211,6 +225,10 @@ def solve_milp(
     status = h.modelStatusToString(h.getModelStatus())
     info = h.getInfo()
     elapsed = time.perf_counter() - t0
+    if relax:
+        ok = h.getModelStatus() == highspy.HighsModelStatus.kOptimal
+        bound = float(info.objective_function_value) if ok else -math.inf
+        return MILPResult(None, bound, bound, math.nan, status, elapsed, ncol, r)
     if info.primal_solution_status != 2:  # kSolutionStatusFeasible
         return MILPResult(None, math.inf, float(info.mip_dual_bound), 1.0, status, elapsed, ncol, r)
     x = np.asarray(h.getSolution().col_value)[:nx_]
@@ -258,6 +276,13 @@ def _start_vector(
         sol[ccol[sel]] = c[sel]
     sol[ycol0 : ycol0 + len(ydev)] = ev.devices[ydev]
     return sol
+
+
+def lp_lower_bound(problem: Problem, *, time_limit_s: float = 2.0) -> float:
+    """Optimum of the MILP's LP relaxation (a valid lower bound on USD/hour); -inf if unsolved."""
+    if not problem.allowed().any(axis=1).all():
+        return -math.inf
+    return solve_milp(problem, time_limit_s=time_limit_s, relax=True).bound
 
 
 def require_solution(res: MILPResult, time_limit_s: float) -> np.ndarray:
