@@ -1,0 +1,382 @@
+"""Codegen for agent graphs: an agent spec → placement (``plan_agent``) → TVM builds per model/LLM phase → a ``.tzb`` bundle.
+
+The bundle is a normal ``.tzb`` (``write_bundle``): its compiled stages are the agent's model
+nodes (one whole-model Relax library per node) and, for each ``llm`` node, a prefill and a
+decode library (``terrazzo.codegen.llm_phases``; weights are constants inside the library).
+Tools, retrieval and memory have no code to build: ``plan.json["agent"]`` lists every node
+with its device class, its runner kind and its settings, and ``terrazzo.runtime.agent_plan``
+turns that into the served stage DAG (conditional loops unrolled to ``max_iterations``).
+
+Placement: the LLM of a test-size spec (``tiny-llama``) is costed as a deployment-size model
+(``cost_preset``, default ``llama3-8b``) so the plan is the one the paper's question asks about;
+with ``pd_split`` the prefill and decode phases are kept on different device classes (the P::D
+split) by re-solving with decode barred from the prefill's class when the optimum co-locates
+them. Every stage is built for the host CPU; a stage planned on a class that is absent here
+records the class's own target and says that it falls back to the host build.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from terrazzo.errors import CodegenError, PlacementError
+
+TEST_SIZE_PRESETS = ("tiny-llama",)
+PLANNED_LENGTHS = {"input_tokens": 64, "output_tokens": 16}
+
+
+@dataclass(frozen=True, slots=True)
+class AgentCompileResult:
+    """What ``compile_agent`` produced: the bundle, the plan and the per-node placement."""
+
+    path: Path
+    plan: Any
+    devices: dict[str, str]
+    notes: tuple[str, ...]
+    build_s: float
+
+
+def _as_fleet(fleet: Any) -> Any:
+    from terrazzo.placement import Fleet
+
+    return fleet if isinstance(fleet, Fleet) else Fleet.from_yaml(str(fleet))
+
+
+def _as_sla(sla: Any) -> Any:
+    from terrazzo.placement import SLA
+
+    if isinstance(sla, SLA):
+        return sla
+    if isinstance(sla, str):
+        from terrazzo.commands._common import parse_duration_s
+
+        return SLA(latency_s=parse_duration_s(sla))
+    return SLA(latency_s=float(sla))
+
+
+def _costed_graph(graph: Any, cost_preset: str | None) -> tuple[Any, list[str]]:
+    """The graph the planner sees: test-size LLMs replaced by ``cost_preset``'s architecture."""
+    from terrazzo.frontend.agent_spec import LLM_PRESETS
+    from terrazzo.ir.graph import make_attrs
+
+    notes: list[str] = []
+    if not cost_preset:
+        return graph, notes
+    ops = []
+    for op in graph.ops:
+        if op.kind == "llm.call" and (cost_preset != "auto" or op.attr("preset") in TEST_SIZE_PRESETS):
+            preset = "llama3-8b" if cost_preset == "auto" else cost_preset
+            if preset not in LLM_PRESETS:
+                raise CodegenError(f"cost_preset {preset!r} is not one of {sorted(LLM_PRESETS)}")
+            c = LLM_PRESETS[preset]
+            d = op.attr_dict
+            d.update(preset=preset, layers=c["num_hidden_layers"], d_model=c["hidden_size"],
+                     heads=c["num_attention_heads"], kv_heads=c["num_key_value_heads"],
+                     ffn_dim=c["intermediate_size"], vocab=c["vocab_size"])
+            notes.append(f"LLM node {op.name!r} ({op.attr('preset')}) is costed as {preset} for placement; "
+                         "the bundle runs the spec's own model")
+            op = replace(op, attrs=make_attrs(d))
+        ops.append(op)
+    return replace(graph, ops=tuple(ops)), notes
+
+
+def place_agent(
+    graph: Any, fleet: Any, sla: Any, rps: float = 1.0, solver: str = "milp", *,
+    cost_preset: str | None = "auto", pd_split: bool = True,
+) -> tuple[Any, list[str]]:
+    """Place an agent graph with ``terrazzo.report.plan_agent``; keep prefill and decode apart with ``pd_split``.
+
+    Returns:
+        (Plan, notes) — notes say what was costed as what and whether the split was forced.
+
+    Raises:
+        PlacementError: the SLA cannot be met.
+    """
+    from terrazzo.placement import solve
+    from terrazzo.report.agent_plan import agent_problem
+
+    costed, notes = _costed_graph(graph, cost_preset)
+    problem = agent_problem(costed, fleet, sla, rps)
+    plan = solve(problem, solver)
+    if not pd_split:
+        return plan, notes
+    tasks = list(problem.tasks)
+    for op in graph.ops:
+        if op.kind != "llm.call":
+            continue
+        pre, dec = f"{op.name}.prefill", f"{op.name}.decode"
+        if plan.assignment[pre] != plan.assignment[dec]:
+            continue
+        best, pi, di = None, tasks.index(pre), tasks.index(dec)
+        for c, dev in enumerate(problem.devices):  # prefill pinned to c, decode barred from c
+            if not math.isfinite(problem.latency_s[pi, c]):
+                continue
+            lat = np.array(problem.latency_s, dtype=float, copy=True)
+            lat[pi, [j for j in range(len(problem.devices)) if j != c]] = math.inf
+            lat[di, c] = math.inf
+            try:
+                cand = solve(replace(problem, latency_s=lat, _cache={}), solver)
+            except PlacementError:
+                continue
+            if best is None or cand.usd_per_hour < best.usd_per_hour:
+                best = cand
+        if best is None:
+            notes.append(f"{op.name}: prefill and decode share {plan.assignment[pre]}; no P::D split "
+                         "meets the SLA")
+            continue
+        notes.append(
+            f"{op.name}: P::D split forced (cheapest plan with prefill and decode on different classes): "
+            f"{best.assignment[pre]}::{best.assignment[dec]} at {best.usd_per_hour:.3f} USD/h vs "
+            f"{plan.usd_per_hour:.3f} USD/h co-located on {plan.assignment[pre]}"
+        )
+        split = best
+        plan = split
+    return plan, notes
+
+
+def llm_config_of(op: Any) -> Any:
+    """The ``TinyLlamaConfig`` that runs an ``llm.call`` op (its spec architecture, random weights)."""
+    from terrazzo.codegen.llm_phases import TinyLlamaConfig
+
+    a = op.attr_dict
+    prompt_len = 32
+    return TinyLlamaConfig(
+        vocab_size=int(a["vocab"]), d_model=int(a["d_model"]), n_layers=int(a["layers"]),
+        n_heads=int(a["heads"]), n_kv_heads=int(a["kv_heads"]), d_ff=int(a["ffn_dim"]),
+        prompt_len=prompt_len, max_len=prompt_len + int(a["max_new_tokens"]),
+    )
+
+
+def _check_runnable(op: Any) -> None:
+    a = op.attr_dict
+    params = int(a["layers"]) * (4 * int(a["d_model"]) ** 2 + 3 * int(a["d_model"]) * int(a["ffn_dim"]))
+    if params > 50_000_000:
+        raise CodegenError(
+            f"LLM node {op.name!r} ({a.get('preset')}) has ~{params / 1e9:.1f}B parameters: the agent "
+            "compiler builds random-weight models for running on this host; use a small preset "
+            "(tiny-llama) and cost_preset for planning at deployment size"
+        )
+
+
+def _build_torch_model(op: Any, target: Any, out_dir: Path) -> tuple[Path, list[Any], list[Any]]:
+    """torch.export a model node with its example inputs, import to Relax, build, export a library."""
+    import torch
+    import tvm
+    from tvm.relax.frontend.torch import from_exported_program
+
+    from terrazzo.bundle import TensorSpec
+    from terrazzo.frontend.agent import resolve_callable
+
+    module = resolve_callable(str(op.attr("source")))().eval()
+    ex = op.attr("example_inputs") or ()
+    args = tuple(torch.zeros(tuple(shape), dtype=getattr(torch, dtype)) for _, shape, dtype in ex)
+    with torch.no_grad():
+        ep = torch.export.export(module, args)
+        y = module(*args)
+    mod = from_exported_program(ep, keep_params_as_input=False)
+    lib = out_dir / f"{op.name}.so"
+    tvm.compile(mod, target=target).export_library(str(lib))
+    ins = [TensorSpec(name, dtype, tuple(shape)) for name, shape, dtype in ex]
+    outs = [TensorSpec(op.name, str(y.dtype).removeprefix("torch."), tuple(y.shape))]
+    return lib, ins, outs
+
+
+def _build_llm(op: Any, target: Any, out_dir: Path) -> dict[str, tuple[Path, list[Any], list[Any]]]:
+    import tvm
+
+    from terrazzo.bundle import TensorSpec
+    from terrazzo.codegen.llm_phases import PHASE_OUTPUTS, example_inputs, export_relax
+
+    cfg = llm_config_of(op)
+    ex = example_inputs(cfg)
+    out = {}
+    for phase, mod in export_relax(cfg).items():
+        lib = out_dir / f"{op.name}.{phase}.so"
+        tvm.compile(mod, target=target).export_library(str(lib))
+        ins = [TensorSpec(n, str(a.dtype), tuple(a.shape)) for n, a in ex[phase].items()]
+        vocab, cache = (1, cfg.vocab_size), tuple(cfg.cache_shape)
+        shapes = {"logits": vocab, "k_cache": cache, "v_cache": cache}
+        outs = [TensorSpec(n, "float32", shapes[n]) for n in PHASE_OUTPUTS[phase]]
+        out[phase] = (lib, ins, outs)
+    return out
+
+
+def _fallback(device: str, catalog: Any) -> tuple[str | None, dict[str, Any]]:
+    """(fallback sentence or None, the class's own target) for a stage built for the host CPU."""
+    spec = catalog.get(device) if hasattr(catalog, "get") else None
+    own = dict(spec.tvm_target) if spec is not None and spec.tvm_target else {}
+    if spec is not None and spec.kind == "cpu":
+        return None, own
+    kind = own.get("kind", "none")
+    return (f"planned on {device} (TVM target {kind}{'/' + str(own['arch']) if 'arch' in own else ''}); "
+            "this bundle carries the host-CPU build, which serves when that device is absent"), own
+
+
+def compile_agent(
+    spec_path: str | Path,
+    fleet: Any,
+    sla: Any,
+    out_path: str | Path,
+    *,
+    rps: float = 1.0,
+    solver: str = "milp",
+    cost_preset: str | None = "auto",
+    pd_split: bool = True,
+    search_below: int = 128,
+    sign_key: str | Path | None = None,
+    progress: Any = None,
+) -> AgentCompileResult:
+    """Compile an agent spec (YAML) into a servable ``.tzb`` bundle.
+
+    Args:
+        spec_path: the agent YAML (``examples/agents/voice_agent.yaml``).
+        fleet: a ``Fleet`` or the path of a fleet YAML.
+        sla: an ``SLA``, seconds, or text such as ``"2s"``.
+        out_path: bundle path.
+        rps: traffic target.
+        solver: placement solver.
+        cost_preset: LLM preset to cost test-size LLMs as (``"auto"``: ``llama3-8b`` for
+            ``tiny-llama``; None: cost the spec's own model).
+        pd_split: keep each LLM's prefill and decode on different device classes.
+        search_below: loop condition — the LLM's answer asks for another search when its first
+            (byte) token is below this value.
+        sign_key: Ed25519 private key (PEM) to sign the bundle.
+        progress: optional ``callable(event: str, detail: dict)``.
+
+    Returns:
+        AgentCompileResult.
+
+    Raises:
+        FrontendError: the spec is malformed.  PlacementError: the SLA cannot be met.
+        CodegenError: a node cannot be built.
+    """
+    from terrazzo.bundle import StageContent, TensorSpec, write_bundle
+    from terrazzo.codegen._targets import host_target
+    from terrazzo.costmodel import load_catalog
+    from terrazzo.frontend.agent import load_agent
+
+    t0 = time.perf_counter()
+    say = progress or (lambda *_: None)
+    spec_path = Path(spec_path)
+    graph = load_agent(spec_path)
+    fleet, sla = _as_fleet(fleet), _as_sla(sla)
+    catalog = load_catalog(fleet.profile or "datasheet")
+    plan, notes = place_agent(graph, fleet, sla, rps, solver, cost_preset=cost_preset, pd_split=pd_split)
+    say("placed", {"assignment": dict(plan.assignment), "latency_s": plan.latency_s})
+    host = dict(host_target())
+    import tvm
+
+    target = tvm.target.Target(host)
+    stage_of_task = {t: s.index for s in plan.stages for t in s.ops}
+    stages: list[Any] = []
+    nodes: list[dict[str, Any]] = []
+    loops = {name: {"from": src, "to": dst, "max_iterations": int(mx), "expected_iterations": float(ex),
+                    "condition": cond} for name, src, dst, mx, ex, cond in dict(graph.attrs).get("loops", ()) or ()}
+    with tempfile.TemporaryDirectory(prefix="tz-agent-") as tmp:
+        tmpdir = Path(tmp)
+
+        def add_stage(task: str, built: tuple[Path, list[Any], list[Any]], ops: tuple[str, ...]) -> int:
+            lib, ins, outs = built
+            device = plan.assignment[task]
+            reason, own = _fallback(device, catalog)
+            pstage = plan.stages[stage_of_task[task]]
+            stages.append(StageContent(
+                index=len(stages), device=device, target=host, fallback_reason=reason,
+                inputs=tuple(ins), outputs=tuple(outs), weights={}, files={"host.so": lib},
+                replicas=int(pstage.replicas), ops=ops, notes=(f"class target: {own}",) if own else (),
+                predicted_latency_s=float(pstage.latency_s)))
+            return len(stages) - 1
+
+        for op in graph.ops:
+            a = op.attr_dict
+            node: dict[str, Any] = {"name": op.name, "kind": op.kind, "inputs": list(op.inputs),
+                                    "loop": a.get("loop")}
+            if op.kind == "input.query":
+                vt = graph.values[op.inputs[0]]
+                node.update(device=plan.assignment[op.name], shape=list(vt.shape), dtype=vt.dtype)
+            elif op.kind == "model.call":
+                if a.get("format") != "torch":
+                    raise CodegenError(f"model node {op.name!r}: the agent compiler builds torch model "
+                                       f"nodes; {a.get('format')} is not supported yet")
+                say("build", {"node": op.name})
+                built = _build_torch_model(op, target, tmpdir)
+                idx = add_stage(op.name, built, (op.name,))
+                node.update(device=plan.assignment[op.name], stage=idx,
+                            feeds=[s.name for s in built[1]])
+            elif op.kind == "llm.call":
+                _check_runnable(op)
+                say("build", {"node": op.name})
+                phases = _build_llm(op, target, tmpdir)
+                cfg = llm_config_of(op)
+                node.update(
+                    prefill={"device": plan.assignment[f"{op.name}.prefill"],
+                             "stage": add_stage(f"{op.name}.prefill", phases["prefill"], (f"{op.name}.prefill",))},
+                    decode={"device": plan.assignment[f"{op.name}.decode"],
+                            "stage": add_stage(f"{op.name}.decode", phases["decode"], (f"{op.name}.decode",))},
+                    config={k: getattr(cfg, k) for k in cfg.__slots__},
+                    max_new_tokens=int(a["max_new_tokens"]), search_below=int(search_below),
+                    kv_cache_bytes=int(cfg.kv_cache_bytes()))
+            elif op.kind == "tool.invoke":
+                vt = graph.values[op.name]
+                node.update(device=plan.assignment[op.name], function=str(a["function"]), dtype=vt.dtype)
+            elif op.kind == "retrieve.topk":
+                node.update(device=plan.assignment[op.name], embeddings=str(a["embeddings"]),
+                            top_k=int(a["top_k"]))
+            elif op.kind in ("memory.load", "memory.store"):
+                vt = graph.values[op.name]
+                node.update(device=plan.assignment[op.name], key=str(a["key"]), dtype=vt.dtype)
+            else:
+                raise CodegenError(f"agent node {op.name!r}: no codegen for kind {op.kind!r}")
+            nodes.append(node)
+
+        input_specs = [TensorSpec(n["name"], n["dtype"], tuple(n["shape"])) for n in nodes
+                       if n["kind"] == "input.query"]
+        output_names = list(dict(graph.attrs).get("output_names", ()) or ())
+        outputs_map = dict(zip(output_names, graph.outputs, strict=True))
+        out_specs = []
+        for oname, src in outputs_map.items():
+            src_stage = next((st for st in stages if st.ops == (src,)), None)
+            if src_stage is None:
+                raise CodegenError(f"output {oname!r} must come from a model node; {src!r} is not one")
+            o = src_stage.outputs[0]
+            out_specs.append(TensorSpec(oname, o.dtype, o.shape))
+        agent = {"name": graph.name, "nodes": nodes, "loops": loops, "outputs": outputs_map,
+                 "notes": notes, "search_below": int(search_below)}
+        plan_json = {"agent": agent, "plan": plan.to_json()}
+        model_sha = hashlib.sha256(spec_path.read_bytes()).hexdigest()
+        path = write_bundle(
+            out_path, name=graph.name, inputs=input_specs, outputs=out_specs, stages=stages,
+            plan_mlir=_plan_text(graph, plan), plan_json=plan_json, model_sha256=model_sha,
+            fleet=fleet.model_dump() if hasattr(fleet, "model_dump") else {},
+            sla={"latency_s": sla.latency_s, "ttft_s": sla.ttft_s, "tbt_s": sla.tbt_s},
+            plan_summary={"kind": "agent", "solver": plan.solver, "latency_s": plan.latency_s,
+                          "usd_per_hour": plan.usd_per_hour, "assignment": dict(plan.assignment),
+                          "notes": notes},
+            host_target=host, sign_key=sign_key,
+        )
+    devices = {n["name"]: n.get("device") or f"{n['prefill']['device']}::{n['decode']['device']}" for n in nodes}
+    return AgentCompileResult(Path(path), plan, devices, tuple(notes), time.perf_counter() - t0)
+
+
+def _plan_text(graph: Any, plan: Any) -> str:
+    """tz-dialect text of the decomposed, placed agent graph."""
+    from terrazzo.frontend.agent import decompose
+    from terrazzo.ir.dialect import print_graph
+
+    g = decompose(graph, models=False)
+    stage_of = {t: s.index for s in plan.stages for t in s.ops}
+    placement = {}
+    for op in g.ops:
+        key = op.name if op.name in plan.assignment else f"{op.name.rsplit('.', 1)[0]}.prefill"
+        if op.kind == "llm.kv_transfer":
+            key = f"{op.name.rsplit('.', 1)[0]}.decode"
+        placement[op.name] = (plan.assignment[key], stage_of.get(key, 0))
+    return print_graph(g.with_placement(placement))

@@ -1,0 +1,273 @@
+"""Agent bundle → ``ServingPlan``: one stage per model node, LLM phase, tool, retrieval and memory node, loops unrolled.
+
+``terrazzo.codegen.agent.compile_agent`` writes ``plan.json["agent"]``; this module turns it
+into the stage DAG the gateway executes (values routed by name, every stage a worker process).
+Each ``llm`` node becomes two stages — prefill and decode — on their planned device classes,
+so the KV cache travels from the prefill worker to the decode worker as gRPC tensors.
+
+Conditional loops (the paper's LLM ⇄ search loop) are **unrolled** to ``max_iterations``
+copies of the loop body rather than run as a loop inside one stage: a loop inside one stage
+would put the LLM phases, the tool and the retrieval in one process and lose the P::D split
+and the CPU placement of tools. Iteration ``i > 0`` of the body reads an ``active`` flag that
+its head (the LLM's prefill) computes from the condition; when it is 0 every stage of that
+iteration passes its previous value through unchanged (the prefill sends empty caches), so
+the values of the last iteration are those of the last iteration that ran. The price is
+``max_iterations`` sets of body workers; requests pay only a few pass-through hops.
+
+Value names: iteration ``i < K-1`` of body value ``v`` is ``v__it<i>``; the last iteration
+keeps the plain name so consumers after the loop read it unchanged.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from terrazzo.errors import ServingError
+from terrazzo.runtime.plan import RunnerSpec, ServingPlan, StageSpec
+from terrazzo.runtime.tensors import TensorSpec, v2_datatype
+
+_R = "terrazzo.runtime.agent_runners:"
+
+
+def is_agent_bundle(path: str | Path, trust_key: object = None) -> bool:
+    """True when the (verified) bundle was written by the agent compiler."""
+    from terrazzo.bundle import open_bundle
+
+    with open_bundle(path, trust_key=trust_key) as b:
+        pj = b.plan_json
+    return bool(pj and "agent" in pj)
+
+
+def _trust_json(trust_key: object) -> Any:
+    if trust_key is None or isinstance(trust_key, str | int | float):
+        return trust_key
+    if isinstance(trust_key, bytes):
+        return {"hex": trust_key.hex()}
+    return str(trust_key)
+
+
+def agent_serving_plan(
+    path: str | Path, trust_key: object = None, store_dir: str | Path | None = None
+) -> ServingPlan:
+    """Open and verify an agent bundle and build its ServingPlan.
+
+    Args:
+        path: the ``.tzb`` written by ``compile_agent``.
+        trust_key: public key the bundle signature must verify against.
+        store_dir: directory of the file-backed ``memory.load/store`` (default: a fresh temp dir,
+            so each served instance starts with empty memory).
+
+    Raises:
+        BundleError: the bundle fails verification.
+        ServingError: the bundle is not an agent bundle or its graph is not servable.
+    """
+    from terrazzo.bundle import open_bundle
+
+    bundle_path = str(Path(path).resolve())
+    with open_bundle(bundle_path, trust_key=trust_key) as b:
+        pj = b.plan_json or {}
+        infos = {s.index: s for s in b.stages}
+        in_specs = b.inputs
+        out_specs = b.outputs
+    if "agent" not in pj:
+        raise ServingError(f"{path} is not an agent bundle (plan.json has no 'agent' section)")
+    agent = pj["agent"]
+    store = str(store_dir or tempfile.mkdtemp(prefix="tz-agent-memory-"))
+    builder = _PlanBuilder(agent, infos, bundle_path, _trust_json(trust_key), store)
+    stages = builder.build()
+    outputs = [TensorSpec(t.name, v2_datatype(t.dtype), tuple(t.shape)) for t in out_specs]
+    outputs += builder.extra_outputs
+    plan = ServingPlan(
+        model_name=str(agent["name"]),
+        inputs=tuple(TensorSpec(t.name, v2_datatype(t.dtype), tuple(t.shape)) for t in in_specs),
+        outputs=tuple(outputs),
+        stages=stages,
+        bundle_path=bundle_path,
+    )
+    plan.verify()
+    return plan
+
+
+class _PlanBuilder:
+    def __init__(self, agent: Mapping[str, Any], infos: Mapping[int, Any], path: str, trust: Any, store: str):
+        self.agent = agent
+        self.infos = infos
+        self.path = path
+        self.trust = trust
+        self.store = store
+        self.nodes = {n["name"]: n for n in agent["nodes"]}
+        self.loops = dict(agent.get("loops", {}))
+        self.outputs = dict(agent.get("outputs", {}))  # output name → value
+        self.stages: list[dict[str, Any]] = []
+        self.extra_outputs: list[TensorSpec] = []
+
+    # -- naming ----------------------------------------------------------------------------
+    def _k(self, loop: str | None) -> int:
+        return int(self.loops[loop]["max_iterations"]) if loop else 1
+
+    def val(self, node: str, i: int) -> str:
+        """Value name of ``node``'s output as seen from iteration ``i`` of its own loop."""
+        loop = self.nodes[node].get("loop")
+        if loop is None or i >= self._k(loop) - 1:
+            return node
+        return f"{node}__it{i}"
+
+    def ref(self, pred: str, consumer_loop: str | None, i: int) -> str:
+        """Name a consumer in iteration ``i`` of ``consumer_loop`` reads for ``pred``."""
+        same = consumer_loop is not None and self.nodes[pred].get("loop") == consumer_loop
+        return self.val(pred, i) if same else pred
+
+    def _names(self, node: str, i: int, suffix: str, loop: str | None) -> str:
+        base = f"{node}.{suffix}"
+        return base if loop is None or i >= self._k(loop) - 1 else f"{base}__it{i}"
+
+    # -- stages ---------------------------------------------------------------------------
+    def add(self, device: str, inputs: list[str], outputs: list[str], factory: str, kwargs: dict[str, Any],
+            bundle_stage: int | None = None) -> None:
+        info = self.infos.get(bundle_stage) if bundle_stage is not None else None
+        self.stages.append({
+            "device": device, "inputs": tuple(dict.fromkeys(inputs)), "outputs": tuple(outputs),
+            "runner": RunnerSpec(_R + factory, kwargs),
+            "replicas": int(info.replicas) if info is not None else 1,
+            "fallback_reason": info.fallback_reason if info is not None else None,
+        })
+
+    def build(self) -> tuple[StageSpec, ...]:
+        for node in self.agent["nodes"]:
+            loop = node.get("loop")
+            if loop is not None and self.loops[loop]["to"] not in self.nodes:
+                raise ServingError(f"loop {loop!r} starts at unknown node")
+            for i in range(self._k(loop)):
+                self._node(node, loop, i)
+        return self._ordered()
+
+    def _alias(self, node: str, value: str) -> list[str]:
+        return [value] + [o for o, src in self.outputs.items() if src == node and value == node]
+
+    def _node(self, n: dict[str, Any], loop: str | None, i: int) -> None:
+        name, kind = n["name"], n["kind"]
+        preds = [self.ref(p, loop, i) for p in n["inputs"]]
+        out = self.val(name, i)
+        gate: dict[str, Any] = {}
+        gate_inputs: list[str] = []
+        if loop is not None and i > 0 and self.loops[loop]["to"] != name:
+            gate = {"active": self._names(loop, i, "active", loop), "prev": self.val(name, i - 1)}
+            gate_inputs = [gate["active"], gate["prev"]]
+        if kind == "input.query":
+            return
+        if kind == "model.call":
+            if loop is not None:
+                raise ServingError(f"model node {name!r} inside loop {loop!r} is not supported")
+            info = self.infos[n["stage"]]
+            feeds = dict(zip([s.name for s in info.inputs], preds, strict=True))
+            self.add(n["device"], preds, self._alias(name, out), "model_stage",
+                     {"path": self.path, "index": n["stage"], "feeds": feeds, "output": self._alias(name, out),
+                      "trust_key": self.trust}, n["stage"])
+        elif kind == "llm.call":
+            self._llm(n, loop, i, preds, out)
+        elif kind == "tool.invoke":
+            (src,) = preds
+            self.add(n["device"], [src, *gate_inputs], [out], "tool",
+                     {"function": n["function"], "input": src, "output": out, "dtype": n.get("dtype"), **gate})
+        elif kind == "retrieve.topk":
+            (src,) = preds
+            self.add(n["device"], [src, *gate_inputs], [out], "retrieve",
+                     {"embeddings": n["embeddings"], "top_k": n["top_k"], "input": src, "output": out, **gate})
+        elif kind == "memory.load":
+            self.add(n["device"], preds, [out], "memory_load",
+                     {"store_dir": self.store, "key": n["key"], "output": out, "dtype": n.get("dtype", "int32")})
+        elif kind == "memory.store":
+            (src,) = preds
+            if gate:
+                raise ServingError(f"memory.store {name!r} inside a loop is not supported")
+            self.add(n["device"], [src], [out], "memory_store",
+                     {"store_dir": self.store, "key": n["key"], "input": src, "output": out})
+        else:
+            raise ServingError(f"agent node {name!r}: no runner for kind {kind!r}")
+
+    def _llm(self, n: dict[str, Any], loop: str | None, i: int, preds: list[str], out: str) -> None:
+        name = n["name"]
+        cfg = n["config"]
+
+        def nm(role: str) -> str:
+            return self._names(name, i, role, loop)
+
+        roles = {r: nm(r) for r in ("logits", "k_cache", "v_cache", "length", "prompt")}
+        loop_kw: dict[str, Any] | None = None
+        extra_in: list[str] = []
+        if loop is not None:
+            lp = self.loops[loop]
+            if lp["to"] != name:
+                raise ServingError(f"llm node {name!r} is inside loop {loop!r} but is not its head")
+            roles["active"] = self._names(loop, i, "active", loop)
+            roles["iterations"] = self._names(loop, i, "iterations", loop)
+            loop_kw = {"first": True}
+            if i > 0:
+                loop_kw = {"feedback": self.val(lp["from"], i - 1), "prev_answer": self.val(name, i - 1),
+                           "prev_active": self._names(loop, i - 1, "active", loop),
+                           "prev_iterations": self._names(loop, i - 1, "iterations", loop),
+                           "search_below": int(n["search_below"])}
+                extra_in = [v for k, v in loop_kw.items() if k != "search_below"]
+            if i == self._k(loop) - 1:
+                self.extra_outputs.append(TensorSpec(roles["iterations"], "INT64", (1,)))
+        pre = n["prefill"]
+        self.add(pre["device"], preds + extra_in, list(roles.values()), "llm_prefill",
+                 {"path": self.path, "index": pre["stage"], "parts": preds, "out": roles,
+                  "prompt_len": int(cfg["prompt_len"]), "vocab": int(cfg["vocab_size"]), "loop": loop_kw,
+                  "trust_key": self.trust}, pre["stage"])
+        dec = n["decode"]
+        dec_in = [roles[r] for r in ("logits", "k_cache", "v_cache", "length")]
+        gate: dict[str, Any] = {}
+        if loop is not None and i > 0:
+            gate = {"active": roles["active"], "prev": self.val(name, i - 1)}
+            dec_in += [gate["active"], gate["prev"]]
+        self.add(dec["device"], dec_in, [out], "llm_decode",
+                 {"path": self.path, "index": dec["stage"],
+                  "inputs": {r: roles[r] for r in ("logits", "k_cache", "v_cache", "length")},
+                  "output": out, "max_new_tokens": int(n["max_new_tokens"]), "trust_key": self.trust, **gate},
+                 dec["stage"])
+        if out == name:
+            self.extra_outputs.append(TensorSpec(name, "INT64", (int(n["max_new_tokens"]),)))
+
+    def _ordered(self) -> tuple[StageSpec, ...]:
+        """Stages in a topological order of their value dependencies (Kahn, stable)."""
+        produced = {v: k for k, st in enumerate(self.stages) for v in st["outputs"]}
+        deps = {k: {produced[v] for v in st["inputs"] if v in produced} for k, st in enumerate(self.stages)}
+        order: list[int] = []
+        done: set[int] = set()
+        while len(order) < len(self.stages):
+            ready = [k for k in range(len(self.stages)) if k not in done and deps[k] <= done]
+            if not ready:
+                raise ServingError("agent stages form a cycle")
+            order.append(ready[0])
+            done.add(ready[0])
+        return tuple(
+            StageSpec(index=pos, device=str(st["device"]), inputs=st["inputs"], outputs=st["outputs"],
+                      runner=st["runner"], replicas=st["replicas"], target="llvm",
+                      fallback_reason=st["fallback_reason"])
+            for pos, st in enumerate(self.stages[k] for k in order)
+        )
+
+
+class LocalAgent:
+    """A ServingPlan run in this process (same runners, no gRPC): ``LocalAgent(plan)(inputs)`` → every value.
+
+    Used to check that serving answers what the agent computes in-process.
+    """
+
+    def __init__(self, plan: ServingPlan):
+        from terrazzo.runtime.runners import build_runner
+
+        self.plan = plan
+        self.runners = [build_runner(st.runner.factory, st.runner.kwargs) for st in plan.stages]
+
+    def __call__(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        env: dict[str, np.ndarray] = {k: np.asarray(v) for k, v in inputs.items()}
+        for st, runner in zip(self.plan.stages, self.runners, strict=True):
+            env.update(runner({v: env[v] for v in st.inputs}))
+        return env

@@ -1,0 +1,273 @@
+"""Runner factories for agent stages (LLM prefill/decode phases, tools, retrieval, memory, glue), built by workers from a ``RunnerSpec``.
+
+Every factory returns a callable ``dict[str, np.ndarray] -> dict[str, np.ndarray]``, so the
+stock stage worker serves it unchanged. Roles are passed by value name in the kwargs (which
+value is the prompt material, which the loop's ``active`` flag, ...), so one factory serves
+every iteration of an unrolled loop.
+
+Loop iterations after the first receive ``active`` (int64 ``[1]``): when it is 0 the stage
+passes its previous iteration's value through unchanged (``prev``), so the unrolled DAG
+always runs to the end and its last values are those of the last iteration that ran.
+
+Byte-level tokenisation glue (``to_tokens``, ``fit_tokens``, ``build_prompt``) lives here too:
+float logits over the vocabulary become their argmax bytes, integers become tokens mod 256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from terrazzo.errors import ServingError
+
+Runner = Any  # Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+
+_EMPTY_F32 = np.zeros((0,), np.float32)
+
+
+# -- glue --------------------------------------------------------------------------------
+def to_tokens(x: np.ndarray, vocab: int = 256) -> np.ndarray:
+    """Byte-level tokens (int64, 1-D) of a value: argmax over a trailing vocab axis, else ints mod vocab.
+
+    Raises:
+        ServingError: a float value without a trailing vocabulary axis.
+    """
+    a = np.asarray(x)
+    if a.dtype.kind == "f":
+        if a.ndim == 0 or a.shape[-1] != vocab:
+            raise ServingError(
+                f"cannot tokenise a float tensor of shape {list(a.shape)}: expected logits with a "
+                f"trailing axis of {vocab}"
+            )
+        return np.argmax(a, axis=-1).reshape(-1).astype(np.int64)
+    return np.mod(a.reshape(-1).astype(np.int64), vocab)
+
+
+def fit_tokens(tokens: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """Right-pad with 0 or truncate ``tokens`` to ``prod(shape)`` and reshape (int64)."""
+    n = int(np.prod(shape))
+    out = np.zeros(n, np.int64)
+    t = np.asarray(tokens, np.int64).reshape(-1)[:n]
+    out[: t.shape[0]] = t
+    return out.reshape(tuple(shape))
+
+
+def build_prompt(parts: Sequence[np.ndarray], prompt_len: int, vocab: int = 256) -> np.ndarray:
+    """Concatenate the tokens of ``parts``; keep the last ``prompt_len``; never empty (``[0]``)."""
+    toks = [to_tokens(p, vocab) for p in parts]
+    prompt = np.concatenate(toks) if toks else np.zeros(0, np.int64)
+    prompt = prompt[-prompt_len:]
+    return prompt if prompt.shape[0] else np.zeros(1, np.int64)
+
+
+def _active(values: Mapping[str, np.ndarray], active: str | None) -> bool:
+    return active is None or bool(np.asarray(values[active]).reshape(-1)[0])
+
+
+def _open_stage(path: str, index: int, trust_key: Any = None) -> Any:
+    from terrazzo.bundle import open_bundle
+
+    if isinstance(trust_key, Mapping) and "hex" in trust_key:
+        trust_key = bytes.fromhex(trust_key["hex"])
+    return open_bundle(path, trust_key=trust_key).load_stage(int(index))
+
+
+# -- LLM phases ----------------------------------------------------------------------------
+def llm_prefill(
+    path: str,
+    index: int,
+    parts: Sequence[str],
+    out: Mapping[str, str],
+    prompt_len: int,
+    vocab: int = 256,
+    loop: Mapping[str, Any] | None = None,
+    trust_key: Any = None,
+) -> Runner:
+    """Prefill worker: build the prompt from ``parts`` (glue), run the TVM prefill phase.
+
+    Args:
+        path / index: the bundle and its prefill stage (a Relax library with the weights inside).
+        parts: value names whose tokens, concatenated, make the prompt.
+        out: role → value name for ``logits``, ``k_cache``, ``v_cache``, ``length``, ``prompt``
+            and, inside a loop, ``active`` and ``iterations``.
+        prompt_len: the static prompt length of the phase (prompts are right-padded to it).
+        loop: inside a loop after its first iteration: ``{"feedback": value fed back along the
+            back edge, "prev_answer": last iteration's answer, "prev_active": its flag,
+            "prev_iterations": its count, "search_below": the condition threshold}``;
+            ``{"first": True}`` for the first iteration.
+
+    The loop condition (the paper's "the LLM asks for a search"): the previous answer's first
+    token is below ``search_below``. When it fails this stage reports ``active = 0`` and sends
+    empty caches, so nothing crosses to the decode worker.
+    """
+    phase = _open_stage(path, index, trust_key)
+    loop = dict(loop or {})
+
+    def run(values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        res: dict[str, np.ndarray] = {}
+        active, count = True, 1
+        material = [values[p] for p in parts]
+        if "prev_active" in loop:
+            prev_ok = bool(np.asarray(values[loop["prev_active"]]).reshape(-1)[0])
+            asks = int(np.asarray(values[loop["prev_answer"]]).reshape(-1)[0]) < int(loop["search_below"])
+            active = prev_ok and asks
+            prev_count = int(np.asarray(values[loop["prev_iterations"]]).reshape(-1)[0])
+            count = prev_count + 1 if active else prev_count
+            material.append(values[loop["feedback"]])
+        if "active" in out:
+            res[out["active"]] = np.array([int(active)], np.int64)
+            res[out["iterations"]] = np.array([count], np.int64)
+        if not active:
+            res.update({out["logits"]: _EMPTY_F32, out["k_cache"]: _EMPTY_F32, out["v_cache"]: _EMPTY_F32,
+                        out["length"]: np.zeros(1, np.int64), out["prompt"]: np.zeros(0, np.int64)})
+            return res
+        prompt = build_prompt(material, prompt_len, vocab)
+        padded = fit_tokens(prompt, (1, prompt_len))
+        n = np.array([prompt.shape[0]], np.int64)
+        state = phase({"tokens": padded, "length": n})
+        res.update({out["logits"]: state["logits"], out["k_cache"]: state["k_cache"],
+                    out["v_cache"]: state["v_cache"], out["length"]: n, out["prompt"]: prompt})
+        return res
+
+    return run
+
+
+def llm_decode(
+    path: str,
+    index: int,
+    inputs: Mapping[str, str],
+    output: str,
+    max_new_tokens: int,
+    active: str | None = None,
+    prev: str | None = None,
+    trust_key: Any = None,
+) -> Runner:
+    """Decode worker: take the prefill's logits and KV cache (they arrived over gRPC) and decode greedily.
+
+    Args:
+        inputs: role → value name for ``logits``, ``k_cache``, ``v_cache``, ``length``.
+        output: name of the answer (int64 ``[max_new_tokens]`` token ids).
+        max_new_tokens: tokens generated (the first from the prefill logits).
+        active / prev: the loop flag and the previous iteration's answer (pass-through).
+    """
+    from terrazzo.codegen.llm_phases import decode_loop
+
+    phase = _open_stage(path, index, trust_key)
+
+    def run(values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if not _active(values, active):
+            return {output: np.asarray(values[prev])}
+        state = {k: values[inputs[k]] for k in ("logits", "k_cache", "v_cache")}
+        n = int(np.asarray(values[inputs["length"]]).reshape(-1)[0])
+        return {output: decode_loop(phase, state, n, int(max_new_tokens))}
+
+    return run
+
+
+# -- tools, retrieval, memory ---------------------------------------------------------------
+def tool(
+    function: str, input: str, output: str, active: str | None = None, prev: str | None = None,
+    dtype: str | None = None,
+) -> Runner:
+    """CPU tool: call ``function`` (``module:fn`` or ``path.py:fn``) on one value."""
+    from terrazzo.frontend.agent import resolve_callable
+
+    try:
+        fn = resolve_callable(function)
+    except Exception as e:  # FrontendError or an import failure inside the tool module
+        raise ServingError(f"tool {function!r} cannot be loaded: {e}") from e
+
+    def run(values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if not _active(values, active):
+            return {output: np.asarray(values[prev])}
+        y = np.asarray(fn(values[input]))
+        return {output: y.astype(dtype) if dtype else y}
+
+    return run
+
+
+def retrieve(
+    embeddings: str, top_k: int, input: str, output: str, active: str | None = None, prev: str | None = None,
+) -> Runner:
+    """CPU retrieval: cosine top-k over the embedding matrix (``.npy`` or ``synthetic:RxD:seed=S``)."""
+    from terrazzo.frontend.agent import load_embeddings
+
+    matrix = load_embeddings(embeddings)
+    k = min(int(top_k), matrix.shape[0])
+
+    def run(values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if not _active(values, active):
+            return {output: np.asarray(values[prev])}
+        q = np.asarray(values[input], np.float32).reshape(-1)
+        if q.shape[0] != matrix.shape[1]:
+            raise ServingError(f"retrieve: query has {q.shape[0]} dims, the embeddings {matrix.shape[1]}")
+        scores = matrix @ (q / max(float(np.linalg.norm(q)), 1e-12))
+        top = np.argsort(-scores, kind="stable")[:k]
+        return {output: top.astype(np.int64)}
+
+    return run
+
+
+def _store_file(store_dir: str, key: str) -> Path:
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return Path(store_dir) / f"{digest}.npy"
+
+
+def memory_load(store_dir: str, key: str, output: str, dtype: str = "int32") -> Runner:
+    """Read the value last stored under ``key`` (empty before the first store); file-backed, so it is shared by workers."""
+
+    def run(values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        f = _store_file(store_dir, key)
+        if not f.is_file():
+            return {output: np.zeros((0,), dtype)}
+        return {output: np.load(f, allow_pickle=False).astype(dtype).reshape(-1)}
+
+    return run
+
+
+def memory_store(store_dir: str, key: str, input: str, output: str) -> Runner:
+    """Store a value under ``key`` (atomic rename) and pass it through."""
+    Path(store_dir).mkdir(parents=True, exist_ok=True)
+
+    def run(values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        v = np.asarray(values[input])
+        f = _store_file(store_dir, key)
+        tmp = f.with_name(f"{f.stem}.{os.getpid()}.tmp.npy")
+        np.save(tmp, v, allow_pickle=False)
+        os.replace(tmp, f)
+        return {output: v}
+
+    return run
+
+
+# -- model nodes ------------------------------------------------------------------------------
+def model_stage(
+    path: str, index: int, feeds: Mapping[str, str], output: str | Sequence[str], vocab: int = 256,
+    trust_key: Any = None,
+) -> Runner:
+    """A compiled model node (bundle stage) with glue: integer inputs are fitted to the stage's token shape.
+
+    Args:
+        feeds: stage input name → value name.
+        output: the value name(s) of the stage's single output (aliases get the same array).
+    """
+    stage = _open_stage(path, index, trust_key)
+    specs = {s.name: s for s in stage.inputs}
+    names = [output] if isinstance(output, str) else list(output)
+
+    def run(values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        args = {}
+        for name, src in feeds.items():
+            spec, v = specs[name], np.asarray(values[src])
+            if spec.dtype.startswith("int"):
+                v = fit_tokens(to_tokens(v, vocab), spec.shape).astype(spec.dtype)
+            args[name] = v
+        y = next(iter(stage(args).values()))
+        return {name: y for name in names}
+
+    return run
