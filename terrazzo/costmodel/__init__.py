@@ -21,7 +21,7 @@ from terrazzo.costmodel.efficiency import (
     default_efficiency,
 )
 from terrazzo.costmodel.measured import MeasuredProfile, Measurement
-from terrazzo.costmodel.model import CostModel
+from terrazzo.costmodel.model import CostModel, fold_weights, is_folded_constant
 from terrazzo.costmodel.profile import CalibrationProfile, EfficiencyBucket
 from terrazzo.costmodel.tco import (
     TCOBreakdown,
@@ -57,6 +57,8 @@ __all__ = [
     "annuity_usd_per_year",
     "default_efficiency",
     "energy_j_per_request",
+    "fold_weights",
+    "is_folded_constant",
     "link_between",
     "llm",
     "load_catalog",

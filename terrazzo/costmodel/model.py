@@ -15,12 +15,40 @@ from terrazzo.costmodel import llm
 from terrazzo.costmodel.catalog import IR_DTYPE_TO_KEY, DeviceSpec, unknown_device_message
 from terrazzo.costmodel.efficiency import DEFAULT_LAUNCH_OVERHEAD_S, Efficiency, default_efficiency
 from terrazzo.costmodel.measured import MeasuredProfile
-from terrazzo.costmodel.profile import CalibrationProfile, op_work
+from terrazzo.costmodel.profile import CalibrationProfile, efficiency_key, op_work
 from terrazzo.costmodel.transfer import Link, link_between
 from terrazzo.errors import CostModelError
 from terrazzo.ir.graph import Graph, Op
 
 _FIXED_LATENCY_CLASSES = frozenset({"tool", "retrieve", "memory", "io"})
+_TENSOR_CLASSES = frozenset(
+    {"matmul", "conv", "elementwise", "reduction", "softmax", "norm", "data_movement", "other"}
+)
+
+
+def is_folded_constant(op: Op) -> bool:
+    """An op of model tensors that reads only weights (e.g. ``permute_dims(W)``): TVM folds it at build time."""
+    return not op.inputs and op.param_bytes > 0 and op.op_class in _TENSOR_CLASSES
+
+
+def fold_weights(graph: Graph) -> Graph:
+    """Attribute the outputs of build-time-constant ops to their consumers' ``param_bytes``.
+
+    Frontends emit ``W' = permute_dims(W)`` as its own op; after TVM's FoldConstant the
+    consumer (``matmul(x, W')``) reads a weight, which is what its cost depends on.
+    """
+    from dataclasses import replace
+
+    const_out = {
+        v: graph.values[v].nbytes for o in graph.ops if is_folded_constant(o) for v in o.outputs
+    }
+    if not const_out:
+        return graph
+    ops = []
+    for o in graph.ops:
+        extra = sum(const_out.get(v, 0) for v in o.inputs)
+        ops.append(replace(o, param_bytes=o.param_bytes + extra) if extra else o)
+    return graph.with_ops(ops)
 
 
 def _as_profiles(
@@ -86,12 +114,14 @@ class CostModel:
         """The calibration profile that applies to a device, if any."""
         return self._profiles.get(dev if isinstance(dev, str) else dev.name)
 
-    def efficiency(self, op_class: str, dev: DeviceSpec | str, work: float = 0.0) -> Efficiency:
-        """Efficiency for an op class of size ``work`` on a device (calibrated, else the prior)."""
+    def efficiency(
+        self, op_class: str, dev: DeviceSpec | str, work: float = 0.0, kind: str | None = None
+    ) -> Efficiency:
+        """Efficiency for an op (class, optional kind) of size ``work`` on a device (calibrated, else the prior)."""
         spec = self.device(dev)
         prof = self._profiles.get(spec.name)
         if prof is not None:
-            eff = prof.efficiency_for(op_class, work)
+            eff = prof.efficiency_for(op_class, work, kind)
             if eff is not None:
                 return eff
         return default_efficiency(spec.kind, op_class)
@@ -119,7 +149,9 @@ class CostModel:
         ``kv_heads``, ``ffn_dim``, ``vocab`` that the agent frontend writes) use the LLM phase
         model with attributes ``input_tokens``, ``output_tokens``, ``batch``, ``dtype``, ``tp``;
         a decode op costs ``output_tokens`` steps. ``tool``/``retrieve``/``memory``/``io`` ops
-        with ``latency_s`` or ``latency_ms`` use that fixed figure.
+        with ``latency_s`` or ``latency_ms`` use that fixed figure. Ops that read only
+        weights cost 0 (folded at build time); call ``fold_weights(graph)`` first so their
+        consumers count those weights.
         """
         name = dev if isinstance(dev, str) else dev.name
         if self.measured is not None:
@@ -127,16 +159,26 @@ class CostModel:
             if m is not None:
                 return m
         spec = self.device(dev)
+        if is_folded_constant(op):
+            return 0.0
         fixed = self._fixed_latency_s(op)
         if fixed is not None:
             return fixed
         cfg = _llm_config(op)
         if cfg is not None:
             return self._llm_latency_s(op, cfg, spec)
+        prof = self._profiles.get(spec.name)
+        if prof is not None and op.kind in prof.zero_cost_kinds:
+            return 0.0
         dt = dtype or str(op.attr("dtype", "fp32"))
         # Frontends count the weights an op reads in bytes_read (and again in param_bytes).
         nbytes = op.bytes_read + op.bytes_written
-        eff = self.efficiency(op.op_class, spec, op_work(op.op_class, op.flops, nbytes))
+        eff = self.efficiency(
+            op.op_class,
+            spec,
+            op_work(op.op_class, op.flops, nbytes, op.param_bytes, op.bytes_read),
+            efficiency_key(op.kind, op.op_class, op.param_bytes),
+        )
         compute_s = op.flops / (spec.peak_flops_per_s(dt) * eff.compute) if op.flops else 0.0
         memory_s = nbytes / (spec.mem_bw_bytes_per_s * eff.memory) if nbytes else 0.0
         return max(compute_s, memory_s) + self.launch_overhead_s(spec)
@@ -208,7 +250,7 @@ class CostModel:
     # -- graphs ---------------------------------------------------------------------------------
     def graph_latency_s(self, graph: Graph, dev: DeviceSpec | str) -> float:
         """Latency of the whole graph run op after op on one device class (no transfers)."""
-        return sum(self.op_latency_s(op, dev, _op_dtype(graph, op)) for op in graph.ops)
+        return sum(self.op_latencies_s(graph, dev).values())
 
     def graph_memory_bytes(self, graph: Graph) -> int:
         """Memory to hold a graph on one device: all weights + the largest op's inputs and outputs."""
@@ -217,8 +259,9 @@ class CostModel:
         return weights + act
 
     def op_latencies_s(self, graph: Graph, dev: DeviceSpec | str) -> dict[str, float]:
-        """op name → predicted latency on ``dev`` for every op of ``graph``."""
-        return {op.name: self.op_latency_s(op, dev, _op_dtype(graph, op)) for op in graph.ops}
+        """op name → predicted latency on ``dev`` for every op of ``graph`` (weights folded, see ``fold_weights``)."""
+        g = fold_weights(graph)
+        return {op.name: self.op_latency_s(op, dev, _op_dtype(g, op)) for op in g.ops}
 
 
 def _llm_config(op: Op) -> llm.LLMConfig | None:

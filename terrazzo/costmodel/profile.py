@@ -4,7 +4,7 @@
 GPUs) can be passed to ``CostModel(calibration=...)`` and override the priors for the devices
 they name. Efficiencies may be bucketed by op size because untuned kernels' efficiency varies
 with shape: a bucket applies to ops whose ``work`` (FLOPs for matmul/conv, bytes moved for the
-rest) is at most ``max_work``.
+rest; the weight footprint for matmul, see ``op_work``) is at most ``max_work``.
 """
 
 from __future__ import annotations
@@ -24,12 +24,31 @@ from terrazzo.costmodel.efficiency import Efficiency
 from terrazzo.errors import CostModelError
 
 PROFILE_FORMAT = "terrazzo-calibration/1"
-COMPUTE_WORK_CLASSES = frozenset({"matmul", "conv", "llm_prefill"})
+COMPUTE_WORK_CLASSES = frozenset({"llm_prefill"})
 
 
-def op_work(op_class: str, flops: int, nbytes: int) -> float:
-    """The size measure buckets are keyed on: FLOPs for compute-heavy classes, bytes otherwise."""
+FOOTPRINT_WORK_CLASSES = frozenset({"matmul", "conv"})
+
+
+def op_work(
+    op_class: str, flops: int, nbytes: int, param_bytes: int = 0, bytes_read: int = 0
+) -> float:
+    """The size measure buckets are keyed on.
+
+    For matmul and conv, the footprint of the weights (``param_bytes``, else half of
+    ``bytes_read``): an untuned kernel re-reads them for every output row or pixel and its
+    speed follows whether they stay in cache. FLOPs for prefill; bytes moved otherwise.
+    """
+    if op_class in FOOTPRINT_WORK_CLASSES:
+        return float(param_bytes if param_bytes > 0 else bytes_read // 2)
     return float(flops if op_class in COMPUTE_WORK_CLASSES else nbytes)
+
+
+def efficiency_key(kind: str, op_class: str, param_bytes: int) -> str:
+    """The per-kind table key: a matmul of two activations (attention) is keyed apart from x·W."""
+    if op_class == "matmul" and param_bytes == 0:
+        return f"{kind}:activations"
+    return kind
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,8 +63,10 @@ class EfficiencyBucket:
 class CalibrationProfile:
     """Fitted cost parameters for the devices in ``applies_to``.
 
-    ``device_spec`` is set when the calibrated device is not in the catalog (``local-cpu``);
-    the cost model then adds it. ``meta`` holds free-form provenance and accuracy figures.
+    ``kind_efficiency`` refines ``efficiency`` for single op kinds (``nn.gelu`` is far slower
+    per byte than ``add`` in untuned code). ``device_spec`` is set when the calibrated device is not in the catalog (``local-cpu``);
+    the cost model then adds it. ``zero_cost_kinds`` are op kinds the device's compiler turns
+    into views (no kernel runs). ``meta`` holds free-form provenance and accuracy figures.
     """
 
     device: str
@@ -54,10 +75,18 @@ class CalibrationProfile:
     efficiency: Mapping[str, tuple[EfficiencyBucket, ...]]
     device_spec: DeviceSpec | None = None
     meta: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    zero_cost_kinds: tuple[str, ...] = ()
+    kind_efficiency: Mapping[str, tuple[EfficiencyBucket, ...]] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
 
-    def efficiency_for(self, op_class: str, work: float) -> Efficiency | None:
-        """The fitted efficiency for an op of this class and size, or None if not calibrated."""
-        buckets = self.efficiency.get(op_class)
+    def efficiency_for(
+        self, op_class: str, work: float, kind: str | None = None
+    ) -> Efficiency | None:
+        """The fitted efficiency for an op of this kind (else class) and size, or None if not calibrated."""
+        buckets = self.kind_efficiency.get(kind) if kind is not None else None
+        if not buckets:
+            buckets = self.efficiency.get(op_class)
         if not buckets:
             return None
         for b in buckets:
@@ -94,17 +123,9 @@ class CalibrationProfile:
             "device": self.device,
             "applies_to": list(self.applies_to),
             "launch_overhead_s": self.launch_overhead_s,
-            "efficiency": {
-                cls: [
-                    {
-                        "max_work": None if math.isinf(b.max_work) else b.max_work,
-                        "compute": b.efficiency.compute,
-                        "memory": b.efficiency.memory,
-                    }
-                    for b in buckets
-                ]
-                for cls, buckets in self.efficiency.items()
-            },
+            "efficiency": _buckets_json(self.efficiency),
+            "kind_efficiency": _buckets_json(self.kind_efficiency),
+            "zero_cost_kinds": list(self.zero_cost_kinds),
             "device_spec": spec,
             "meta": dict(self.meta),
         }
@@ -129,17 +150,8 @@ class CalibrationProfile:
             pf = _ProfileFile.model_validate(data)
         except ValidationError as e:
             raise CostModelError(_format_validation(where, e)) from None
-        eff: dict[str, tuple[EfficiencyBucket, ...]] = {}
-        for cls, buckets in pf.efficiency.items():
-            items = []
-            for i, b in enumerate(buckets):
-                try:
-                    e = Efficiency(b.compute, b.memory)
-                except CostModelError as err:
-                    raise CostModelError(f"{where}: efficiency.{cls}[{i}]: {err}") from None
-                items.append(EfficiencyBucket(math.inf if b.max_work is None else b.max_work, e))
-            items.sort(key=lambda b: b.max_work)
-            eff[cls] = tuple(items)
+        eff = _buckets_from(pf.efficiency, where, "efficiency")
+        kind_eff = _buckets_from(pf.kind_efficiency, where, "kind_efficiency")
         spec = _entry_to_spec(pf.device, pf.device_spec) if pf.device_spec is not None else None
         applies = tuple(pf.applies_to) if pf.applies_to else (pf.device,)
         return CalibrationProfile(
@@ -149,6 +161,8 @@ class CalibrationProfile:
             efficiency=MappingProxyType(eff),
             device_spec=spec,
             meta=MappingProxyType(dict(pf.meta)),
+            zero_cost_kinds=tuple(pf.zero_cost_kinds),
+            kind_efficiency=MappingProxyType(kind_eff),
         )
 
     @staticmethod
@@ -170,6 +184,39 @@ class CalibrationProfile:
         return CalibrationProfile.from_json(data, str(p))
 
 
+def _buckets_json(
+    table: Mapping[str, tuple[EfficiencyBucket, ...]],
+) -> dict[str, list[dict[str, Any]]]:
+    return {
+        key: [
+            {
+                "max_work": None if math.isinf(b.max_work) else b.max_work,
+                "compute": b.efficiency.compute,
+                "memory": b.efficiency.memory,
+            }
+            for b in buckets
+        ]
+        for key, buckets in table.items()
+    }
+
+
+def _buckets_from(
+    table: Mapping[str, list[_BucketModel]], where: str, field_name: str
+) -> dict[str, tuple[EfficiencyBucket, ...]]:
+    out: dict[str, tuple[EfficiencyBucket, ...]] = {}
+    for key, buckets in table.items():
+        items = []
+        for i, b in enumerate(buckets):
+            try:
+                e = Efficiency(b.compute, b.memory)
+            except CostModelError as err:
+                raise CostModelError(f"{where}: {field_name}.{key}[{i}]: {err}") from None
+            items.append(EfficiencyBucket(math.inf if b.max_work is None else b.max_work, e))
+        items.sort(key=lambda b: b.max_work)
+        out[key] = tuple(items)
+    return out
+
+
 class _BucketModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
     max_work: float | None = Field(default=None, gt=0, description="upper bound of the bucket")
@@ -184,5 +231,7 @@ class _ProfileFile(BaseModel):
     applies_to: list[str] = Field(default_factory=list)
     launch_overhead_s: float = Field(ge=0)
     efficiency: dict[str, list[_BucketModel]]
+    kind_efficiency: dict[str, list[_BucketModel]] = Field(default_factory=dict)
+    zero_cost_kinds: list[str] = Field(default_factory=list)
     device_spec: DeviceEntry | None = None
     meta: dict[str, Any] = Field(default_factory=dict)

@@ -331,8 +331,17 @@ def test_calibration_profile_roundtrip_and_override(cat, tmp_path):
     assert loaded.efficiency_for("matmul", 10) == Efficiency(0.01, 0.5)
     assert loaded.efficiency_for("matmul", 1e9) == Efficiency(0.1, 0.5)
     m = CostModel(cat, calibration=path)
+    # matmul buckets are keyed on the weight footprint: 4 MB of weights -> the second bucket
     op = Op(
-        "mm", "matmul", (), ("mm",), op_class="matmul", flops=10**9, bytes_read=8, bytes_written=4
+        "mm",
+        "matmul",
+        ("x",),
+        ("mm",),
+        op_class="matmul",
+        flops=10**9,
+        bytes_read=4_000_008,
+        bytes_written=4,
+        param_bytes=4_000_000,
     )
     assert m.op_latency_s(op, "cpu") == pytest.approx(1e9 / (7.2e12 * 0.1) + 1e-5)
     # other devices keep the priors
