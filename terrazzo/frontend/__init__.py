@@ -6,6 +6,7 @@ this package is cheap.
 
 from __future__ import annotations
 
+from terrazzo.frontend.agent import AgentBuilder, decompose, load_agent
 from terrazzo.frontend.fixups import prepare_for_build
 from terrazzo.frontend.onnx_import import from_onnx, sanitize_name
 from terrazzo.frontend.relax_graph import relax_bindings
@@ -13,6 +14,9 @@ from terrazzo.frontend.run import build_and_run, build_cpu
 from terrazzo.frontend.torch_import import from_torch
 
 __all__ = [
+    "AgentBuilder",
+    "decompose",
+    "load_agent",
     "build_and_run",
     "build_cpu",
     "from_onnx",

@@ -40,6 +40,9 @@ DTYPE_TO_MLIR = {
     "int16": "i16",
     "int8": "i8",
     "uint8": "ui8",
+    "uint16": "ui16",
+    "uint32": "ui32",
+    "uint64": "ui64",
     "bool": "i1",
 }
 
