@@ -65,7 +65,11 @@ def zoo_problems(rps: float) -> list[Problem]:
 def baselines(problems: list[Problem]) -> list[dict[str, object]]:
     rows = []
     for prob in problems:
-        row: dict[str, object] = {"problem": prob.name, "ops": prob.n, "sla_ms": prob.sla.latency_s * 1e3}
+        row: dict[str, object] = {
+            "problem": prob.name,
+            "ops": prob.n,
+            "sla_ms": prob.sla.latency_s * 1e3,
+        }
         for s in SOLVERS:
             t0 = time.perf_counter()
             try:
@@ -98,7 +102,10 @@ def heuristic_vs_milp(sizes: list[tuple[int, int]], seeds: int) -> list[dict[str
                 "milp_usd_h": m.usd_per_hour, "milp_s": tm, "milp_gap": m.gap, "milp_optimal": optimal,
                 "heuristic_vs_milp": h.usd_per_hour / m.usd_per_hour - 1.0,
             })  # fmt: skip
-            print(f"  {n}x{d} seed {k}: heuristic {h.usd_per_hour:.4g} milp {m.usd_per_hour:.4g} gap {m.gap:.2g}", flush=True)
+            print(
+                f"  {n}x{d} seed {k}: heuristic {h.usd_per_hour:.4g} milp {m.usd_per_hour:.4g} gap {m.gap:.2g}",
+                flush=True,
+            )
     return rows
 
 
@@ -117,7 +124,11 @@ def main() -> None:
             t[s] = "infeasible" if v is None else f"{v:.4g} ({v / base:.2f}x)"  # type: ignore[operator]
         t["milp gap"] = r["milp_gap"]
         table.append(t)
-    print_table(table, ["problem", "ops", "sla ms", *SOLVERS, "milp gap"], title="USD/hour at the SLA (× MILP)")
+    print_table(
+        table,
+        ["problem", "ops", "sla ms", *SOLVERS, "milp gap"],
+        title="USD/hour at the SLA (× MILP)",
+    )
     sizes = [(10, 6), (20, 6), (50, 6), (50, 10)] + ([] if quick else [(100, 6), (200, 10)])
     gaps = heuristic_vs_milp(sizes, seeds=2 if quick else 4)
     print_table(gaps, ["ops", "classes", "seed", "heuristic_usd_h", "milp_usd_h", "milp_gap",
@@ -127,10 +138,16 @@ def main() -> None:
     summary = {
         "milp_proved_optimal": len(proven),
         "heuristic_within_2pct_of_proven": len(within),
-        "worst_heuristic_vs_proven_milp": max((g["heuristic_vs_milp"] for g in proven), default=None),  # type: ignore[type-var]
+        "worst_heuristic_vs_proven_milp": max(
+            (g["heuristic_vs_milp"] for g in proven), default=None
+        ),  # type: ignore[type-var]
     }
-    print(f"heuristic within 2% of the MILP on {len(within)}/{len(proven)} instances the MILP proved optimal")
-    path = write_result("placement_baselines", rows, {"heuristic_vs_milp": gaps, "summary": summary})
+    print(
+        f"heuristic within 2% of the MILP on {len(within)}/{len(proven)} instances the MILP proved optimal"
+    )
+    path = write_result(
+        "placement_baselines", rows, {"heuristic_vs_milp": gaps, "summary": summary}
+    )
     print(f"wrote {path}")
 
 

@@ -116,12 +116,21 @@ def solve(problem: Problem, solver: str = "milp", *, time_limit_s: float = 10.0)
     notes: list[str] = []
     if solver == "milp":
         warm = solve_heuristic(problem, time_limit_s=max(0.2, time_limit_s * 0.3))
-        res = solve_milp(problem, time_limit_s=max(0.1, time_limit_s - (time.perf_counter() - t0)), warm_start=warm)
+        res = solve_milp(
+            problem,
+            time_limit_s=max(0.1, time_limit_s - (time.perf_counter() - t0)),
+            warm_start=warm,
+        )
         assign = res.assign
         gap = res.gap
         if assign is None and warm is not None:
             assign = warm
-            gap = relative_gap(problem.evaluate(warm).usd_per_hour, max(res.bound, problem.lower_bound_usd_per_hour()) if math.isfinite(res.bound) else problem.lower_bound_usd_per_hour())
+            gap = relative_gap(
+                problem.evaluate(warm).usd_per_hour,
+                max(res.bound, problem.lower_bound_usd_per_hour())
+                if math.isfinite(res.bound)
+                else problem.lower_bound_usd_per_hour(),
+            )
             notes.append(f"MILP stopped without an incumbent ({res.status}); heuristic plan kept")
         elif assign is not None and warm is not None:
             ew, em = problem.evaluate(warm), problem.evaluate(assign)
@@ -131,7 +140,8 @@ def solve(problem: Problem, solver: str = "milp", *, time_limit_s: float = 10.0)
             notes.append(f"MILP status: {res.status} after {res.solve_time_s:.2f} s")
     else:
         fn = {
-            "heuristic": lambda p: solve_heuristic(p, time_limit_s=time_limit_s),
+            # time_limit_s caps the whole call: keep room for the bound and the plan
+            "heuristic": lambda p: solve_heuristic(p, time_limit_s=0.85 * time_limit_s),
             "heft": solve_heft,
             "homogeneous": solve_homogeneous,
             "greedy": solve_greedy,
@@ -142,7 +152,10 @@ def solve(problem: Problem, solver: str = "milp", *, time_limit_s: float = 10.0)
         reason = "" if assign is None else "; ".join(problem.evaluate(assign).violations)
         raise PlacementError(diagnose(problem, solver, reason))
     if math.isnan(gap):
-        bound, how = lower_bound(problem, time_limit_s=min(2.0, max(0.2, time_limit_s * 0.2)))
+        left = time_limit_s - (time.perf_counter() - t0)
+        bound, how = lower_bound(
+            problem, time_limit_s=min(2.0, max(0.1, left - 0.05 * time_limit_s))
+        )
         gap = relative_gap(problem.evaluate(assign).usd_per_hour, bound)
         notes.append(f"gap against the {how}")
     return build_plan(problem, assign, solver, gap, time.perf_counter() - t0, tuple(notes)).verify()
@@ -166,7 +179,11 @@ def lower_bound(problem: Problem, *, time_limit_s: float = 2.0) -> tuple[float, 
 def _melange_plan(problem: Problem, t0: float, time_limit_s: float) -> Plan:
     mix = solve_melange(problem, time_limit_s=time_limit_s)
     if mix is None:
-        raise PlacementError(diagnose(problem, "melange", "no single device class holds the whole graph within the SLA"))
+        raise PlacementError(
+            diagnose(
+                problem, "melange", "no single device class holds the whole graph within the SLA"
+            )
+        )
     p = problem
     used = [d for d in range(p.num_devices) if mix.share[d] > 0]
     stages = []
@@ -180,8 +197,21 @@ def _melange_plan(problem: Problem, t0: float, time_limit_s: float) -> Plan:
         energy += mix.share[d] * ev.energy_j
         if ev.ttft_s is not None:
             ttft = max(ttft or 0.0, ev.ttft_s)
-        usd = float(mix.devices[d] * p.usd_per_hour[d] + 3600 * p.rps * mix.share[d] * p.cost_usd[:, d].sum())
-        stages.append(Stage(k, p.devices[d], p.tasks, int(mix.devices[d]), float(ev.busy_s[d]), usd, float(mix.share[d])))
+        usd = float(
+            mix.devices[d] * p.usd_per_hour[d]
+            + 3600 * p.rps * mix.share[d] * p.cost_usd[:, d].sum()
+        )
+        stages.append(
+            Stage(
+                k,
+                p.devices[d],
+                p.tasks,
+                int(mix.devices[d]),
+                float(ev.busy_s[d]),
+                usd,
+                float(mix.share[d]),
+            )
+        )
     primary = stages[0].device
     usd_h = float(sum(s.usd_per_hour for s in stages))
     cap = sum(s.replicas / s.latency_s for s in stages if s.latency_s > 0) * p.target_utilisation
@@ -202,7 +232,10 @@ def _melange_plan(problem: Problem, t0: float, time_limit_s: float) -> Plan:
         ttft_s=ttft,
         solve_time_s=time.perf_counter() - t0,
         target_utilisation=p.target_utilisation,
-        notes=("whole-model replicas; traffic split " + ", ".join(f"{s.device} {s.traffic_share:.0%}" for s in stages),),
+        notes=(
+            "whole-model replicas; traffic split "
+            + ", ".join(f"{s.device} {s.traffic_share:.0%}" for s in stages),
+        ),
     ).verify()
 
 
@@ -242,14 +275,20 @@ def diagnose(problem: Problem, solver: str = "milp", found: str = "") -> str:
             ev = p.evaluate(np.full(p.n, d, dtype=np.int64))
             homo.append((ev.latency_s, p.devices[d], ev))
     homo.sort(key=lambda h: h[0])
-    best_homo = f"; fastest single class is all-on {homo[0][1]} at {homo[0][0] * ms:.4g} ms" if homo else ""
+    best_homo = (
+        f"; fastest single class is all-on {homo[0][1]} at {homo[0][0] * ms:.4g} ms" if homo else ""
+    )
     if lat_lb > p.sla.latency_s * (1 + LATENCY_RTOL):
         return (
             f"no placement meets latency ≤ {p.sla.latency_s * ms:.4g} ms: even with every task on "
             f"its fastest class and free transfers the critical path takes {lat_lb * ms:.4g} ms{best_homo}"
         )
     evf = p.evaluate(fastest)
-    if p.sla.ttft_s is not None and evf.ttft_s is not None and evf.ttft_s > p.sla.ttft_s * (1 + LATENCY_RTOL):
+    if (
+        p.sla.ttft_s is not None
+        and evf.ttft_s is not None
+        and evf.ttft_s > p.sla.ttft_s * (1 + LATENCY_RTOL)
+    ):
         return (
             f"no placement meets TTFT ≤ {p.sla.ttft_s * ms:.4g} ms; fastest placement gives "
             f"{evf.ttft_s * ms:.4g} ms{best_homo}"

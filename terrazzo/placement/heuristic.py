@@ -20,8 +20,7 @@ import time
 
 import numpy as np
 
-from terrazzo.placement.problem import LATENCY_RTOL, Problem
-
+from terrazzo.placement.problem import LATENCY_RTOL, Evaluation, Problem
 
 
 def chains(problem: Problem) -> list[list[int]]:
@@ -51,7 +50,9 @@ def _edge_matrix(problem: Problem, e: int) -> np.ndarray:
     return problem.xfer_base_s + problem.edge_bytes[e] * problem.xfer_s_per_byte
 
 
-def lagrangian_assign(problem: Problem, lam: float, chain_list: list[list[int]], allowed: np.ndarray) -> np.ndarray:
+def lagrangian_assign(
+    problem: Problem, lam: float, chain_list: list[list[int]], allowed: np.ndarray
+) -> np.ndarray:
     """Place every chain by Viterbi, minimising fluid cost + lam·latency given placed producers."""
     p = problem
     st = p.structure()
@@ -96,7 +97,9 @@ class _Search:
         self.p = p
         self.a = assign.copy()
         self.lat = np.where(np.isfinite(p.latency_s), p.latency_s, np.inf)
-        self.busy = np.bincount(assign, weights=self.lat[np.arange(p.n), assign], minlength=p.num_devices)
+        self.busy = np.bincount(
+            assign, weights=self.lat[np.arange(p.n), assign], minlength=p.num_devices
+        )
         self.cnt = np.bincount(assign, minlength=p.num_devices)
         self.mem = np.bincount(assign, weights=p.mem_bytes, minlength=p.num_devices)
         self.L = p.sla.latency_s * (1 + LATENCY_RTOL)
@@ -152,8 +155,12 @@ class _Search:
             d_out = max(d_out, t_new - t_old)
         own_ok = enter + lat_b + leave <= self.L
         inc = d_in + (lat_b - lat_a) + d_out
-        old = self.class_cost(a, self.busy[a], self.cnt[a]) + self.class_cost(b, self.busy[b], self.cnt[b])
-        new = self.class_cost(a, self.busy[a] - lat_a, self.cnt[a] - k) + self.class_cost(b, self.busy[b] + lat_b, self.cnt[b] + k)
+        old = self.class_cost(a, self.busy[a], self.cnt[a]) + self.class_cost(
+            b, self.busy[b], self.cnt[b]
+        )
+        new = self.class_cost(a, self.busy[a] - lat_a, self.cnt[a] - k) + self.class_cost(
+            b, self.busy[b] + lat_b, self.cnt[b] + k
+        )
         dx = 0.0
         xu = p.xfer_usd
         for e in self.st["preds"][head]:
@@ -168,7 +175,9 @@ class _Search:
         fluid = p.load_factor * (lat_b * p.usd_per_hour[b] - lat_a * p.usd_per_hour[a]) + per_req
         return exact, fluid, inc, own_ok
 
-    def improving(self, group: list[int], a: int, ok_b: np.ndarray, glat: np.ndarray, gcost: np.ndarray) -> np.ndarray:
+    def improving(
+        self, group: list[int], a: int, ok_b: np.ndarray, glat: np.ndarray, gcost: np.ndarray
+    ) -> np.ndarray:
         """Classes b whose move of ``group`` (now on a) lowers the exact or fluid cost, all b at once.
 
         A vectorised pre-filter of ``move_delta`` (same cost arithmetic, no latency check).
@@ -394,7 +403,9 @@ def solve_heuristic(
     for k, c in enumerate(feas):
         # share the local-search time between the starts
         left = ls_deadline - time.perf_counter()
-        results.append(local_search(p, c, ch, time.perf_counter() + max(0.0, left / (len(feas) - k))))
+        results.append(
+            local_search(p, c, ch, time.perf_counter() + max(0.0, left / (len(feas) - k)))
+        )
     results = [shed_devices(p, r, allowed, deadline) for r in results]
     best = min(results, key=lambda a: p.evaluate(a).usd_per_hour)
     best_usd = p.evaluate(best).usd_per_hour
@@ -415,17 +426,18 @@ def solve_heuristic(
         a = _lagrangian_search(p, ch, sub_allowed, deadline, iters=8)
         if a is None:
             continue
+        # the DP prices fractional devices: integral counts need local search and shedding
+        a = local_search(p, a, ch, deadline, allowed=sub_allowed)
+        a = shed_devices(p, a, sub_allowed, deadline)
         usd = p.evaluate(a).usd_per_hour
-        if usd < 1.5 * best_usd:
-            a = local_search(p, a, ch, deadline, allowed=sub_allowed)
-            a = shed_devices(p, a, sub_allowed, deadline)
-            usd = p.evaluate(a).usd_per_hour
         if usd < best_usd:
             best, best_usd = a, usd
     return best
 
 
-def shed_devices(p: Problem, assign: np.ndarray, allowed: np.ndarray, deadline: float) -> np.ndarray:
+def shed_devices(
+    p: Problem, assign: np.ndarray, allowed: np.ndarray, deadline: float
+) -> np.ndarray:
     """Compound moves that drop one device of a class: move just enough of its tasks to spare
     capacity elsewhere (single moves cannot see the saving until the last of them).
 
@@ -485,9 +497,82 @@ def shed_devices(p: Problem, assign: np.ndarray, allowed: np.ndarray, deadline: 
                 if et.feasible and et.usd_per_hour < ev.usd_per_hour - 1e-9:
                     a_best, ev, improved = trial, et, True
                     break
+            else:
+                if p.n <= _EXACT_SHED_MAX_TASKS:
+                    trial = _shed_exact(p, a_best, ev, a, others, lat, need, deadline)
+                    if trial is not None:
+                        et = p.evaluate(trial)
+                        if et.feasible and et.usd_per_hour < ev.usd_per_hour - 1e-9:
+                            a_best, ev, improved = trial, et, True
         if not improved:
             break
     return a_best
+
+
+# shedding with an exact latency check per move costs O(tasks²) per class; small graphs only
+_EXACT_SHED_MAX_TASKS = 400
+
+
+def _shed_exact(
+    p: Problem,
+    assign: np.ndarray,
+    ev: Evaluation,
+    a: int,
+    others: list[int],
+    lat: np.ndarray,
+    need: float,
+    deadline: float,
+) -> np.ndarray | None:
+    """Shed ``need`` busy seconds off class a one task at a time, each move checked against
+    the SLA on exact longest paths (tasks off the critical path go first); None if stuck."""
+    load = p.load_factor
+    L = p.sla.latency_s * (1 + LATENCY_RTOL)
+    trial = assign.copy()
+    busy = ev.busy_s.copy()
+    dev = ev.devices.astype(float).copy()
+    shed = 0.0
+    st = p.structure()
+    xb, xs = p.xfer_base_s, p.xfer_s_per_byte
+    while shed < need:
+        if time.perf_counter() > deadline:
+            return None
+        f, g = p.longest_paths(trial)
+        on = np.flatnonzero(trial == a)
+        through = f[on] + g[on] - lat[on, a]  # longest path through each task
+        moved = False
+        for j in np.argsort(through, kind="stable").tolist():
+            i = int(on[j])
+            opts = []
+            for b in others:
+                lb = lat[i, b]
+                if not math.isfinite(lb):
+                    continue
+                nd = max(1.0, math.ceil((busy[b] + lb) * load - 1e-9))
+                opts.append(((nd - dev[b]) * p.usd_per_hour[b], lb, b))
+            for _, lb, b in sorted(opts):
+                # only paths through i change: exact from the fresh f/g of its neighbours
+                enter = 0.0
+                for e in st["preds"][i]:
+                    u = int(p.edges[e, 0])
+                    au = trial[u]
+                    enter = max(enter, f[u] + xb[au, b] + p.edge_bytes[e] * xs[au, b])
+                leave = 0.0
+                for e in st["succs"][i]:
+                    v = int(p.edges[e, 1])
+                    av = trial[v]
+                    leave = max(leave, g[v] + xb[b, av] + p.edge_bytes[e] * xs[b, av])
+                if enter + lb + leave <= L:
+                    trial[i] = b
+                    busy[b] += lb
+                    dev[b] = max(1.0, math.ceil(busy[b] * load - 1e-9))
+                    shed += lat[i, a]
+                    moved = True
+                    break
+            if moved:
+                break
+        if not moved:
+            return None
+    return trial
 
 
 def _critical_path(p: Problem, lat: np.ndarray) -> float:
@@ -515,7 +600,9 @@ def _critical_path(p: Problem, lat: np.ndarray) -> float:
     return max(f)
 
 
-def _repair(p: Problem, assign: np.ndarray, ch: list[list[int]], deadline: float) -> np.ndarray | None:
+def _repair(
+    p: Problem, assign: np.ndarray, ch: list[list[int]], deadline: float
+) -> np.ndarray | None:
     """Move tasks off classes that exceed memory or count, preferring the least costly moves."""
     a = assign.copy()
     allowed = p.allowed()
@@ -526,7 +613,11 @@ def _repair(p: Problem, assign: np.ndarray, ch: list[list[int]], deadline: float
         if time.perf_counter() > deadline:
             return None
         mem = np.bincount(a, weights=p.mem_bytes, minlength=p.num_devices)
-        over = [d for d in range(p.num_devices) if mem[d] > p.device_mem_bytes[d] or ev.devices[d] > p.count[d]]
+        over = [
+            d
+            for d in range(p.num_devices)
+            if mem[d] > p.device_mem_bytes[d] or ev.devices[d] > p.count[d]
+        ]
         if not over:
             return None  # latency infeasible and nothing to repair
         d = over[0]

@@ -68,7 +68,9 @@ def solve_milp(
     L = p.sla.latency_s * (1 + LATENCY_RTOL)
     allowed = p.allowed()
     if not allowed.any(axis=1).all():
-        return MILPResult(None, math.inf, math.inf, 1.0, "infeasible (a task fits no class)", 0.0, 0, 0)
+        return MILPResult(
+            None, math.inf, math.inf, 1.0, "infeasible (a task fits no class)", 0.0, 0, 0
+        )
     lat = np.where(allowed, p.latency_s, 0.0)
 
     # -- columns ---------------------------------------------------------------------------
@@ -215,14 +217,29 @@ def solve_milp(
     if threads is not None:
         h.setOptionValue("threads", int(threads))
     if warm_start is not None and not relax:
-        sol = _start_vector(p, np.asarray(warm_start, dtype=np.int64), xcol, fcol0, tcol, ccol, ydev, ycol0, ncol, L)
+        sol = _start_vector(
+            p, np.asarray(warm_start, dtype=np.int64), xcol, fcol0, tcol, ccol, ydev, ycol0, ncol, L
+        )
         if sol is not None:
             hs = highspy.HighsSolution()
             hs.col_value = sol.tolist()
             hs.value_valid = True
             h.setSolution(hs)
+    # HiGHS checks its time limit only at some points (root cuts and heuristics can overrun
+    # it several-fold on a loaded machine): interrupt from its callbacks at a hard deadline
+    hard_deadline = t0 + time_limit_s * 1.05 + 0.1
+
+    def _interrupt(e: object) -> None:
+        if time.perf_counter() > hard_deadline:
+            e.interrupt()  # type: ignore[attr-defined]
+
+    h.cbMipInterrupt += _interrupt
+    h.cbSimplexInterrupt += _interrupt
+    h.cbIpmInterrupt += _interrupt
     h.run()
     status = h.modelStatusToString(h.getModelStatus())
+    if h.getModelStatus() == highspy.HighsModelStatus.kInterrupt:
+        status = "Time limit reached (interrupted)"
     info = h.getInfo()
     elapsed = time.perf_counter() - t0
     if relax:
