@@ -34,11 +34,15 @@ sys.path.insert(0, str(ROOT))
 from benchmarks._common import print_table, write_result  # noqa: E402
 
 SPEC = ROOT / "examples" / "agents" / "voice_agent.yaml"
-FLEET = {"devices": {"cpu": {"count": 8}, "h100": {"count": 2}, "a100-80g": {"count": 2}},
-         "pricing": {"mode": "cloud"}}
+FLEET = {
+    "devices": {"cpu": {"count": 8}, "h100": {"count": 2}, "a100-80g": {"count": 2}},
+    "pricing": {"mode": "cloud"},
+}
 
 
-def predict_task_latency_s(bundle: Path, calibration: str | None) -> tuple[dict[str, float], dict[str, Any]]:
+def predict_task_latency_s(
+    bundle: Path, calibration: str | None
+) -> tuple[dict[str, float], dict[str, Any]]:
     """Per-task latency (one execution, seconds) of the served agent on this CPU, by the cost model."""
     from terrazzo.bundle import open_bundle
     from terrazzo.costmodel import CostModel, load_catalog
@@ -58,15 +62,25 @@ def predict_task_latency_s(bundle: Path, calibration: str | None) -> tuple[dict[
         if op.name in llm:
             cfg = llm[op.name]["config"]
             d = op.attr_dict
-            d.update(dtype="fp32", input_tokens=int(cfg["prompt_len"]),
-                     output_tokens=int(llm[op.name]["max_new_tokens"]))
+            d.update(
+                dtype="fp32",
+                input_tokens=int(cfg["prompt_len"]),
+                output_tokens=int(llm[op.name]["max_new_tokens"]),
+            )
             op = replace(op, attrs=make_attrs(d))
         ops.append(op)
     graph = replace(graph, ops=tuple(ops))
     profile = CalibrationProfile.load(calibration) if calibration else None
-    spec = profile.device_spec if profile is not None and profile.device_spec is not None else local_cpu_spec()
-    spec = replace(spec, capex_usd=spec.capex_usd or 1000.0,  # prices do not affect latency
-                   cloud_usd_per_hour=spec.cloud_usd_per_hour or 0.1)
+    spec = (
+        profile.device_spec
+        if profile is not None and profile.device_spec is not None
+        else local_cpu_spec()
+    )
+    spec = replace(
+        spec,
+        capex_usd=spec.capex_usd or 1000.0,  # prices do not affect latency
+        cloud_usd_per_hour=spec.cloud_usd_per_hour or 0.1,
+    )
     catalog = {**dict(load_catalog("datasheet")), spec.name: spec}
     cm = CostModel(catalog, calibration=profile)
     fleet = Fleet.model_validate({"devices": {spec.name: {"count": 64}}})
@@ -80,12 +94,19 @@ def predict_task_latency_s(bundle: Path, calibration: str | None) -> tuple[dict[
     for node in [o.name for o in graph.ops if o.kind == "model.call"]:
         sub = [o for o in full.ops if o.attr("agent_node") == node or o.name.startswith(node + ".")]
         per_task[node] = sum(cm.op_latency_s(o, spec) for o in sub)
-    info = {"device": spec.name, "model": getattr(spec, "model", ""), "calibrated": profile is not None,
-            "peak_fp32_tflops": spec.peak_tflops["fp32"], "mem_bw_bytes_per_s": spec.mem_bw_bytes_per_s}
+    info = {
+        "device": spec.name,
+        "model": getattr(spec, "model", ""),
+        "calibrated": profile is not None,
+        "peak_fp32_tflops": spec.peak_tflops["fp32"],
+        "mem_bw_bytes_per_s": spec.mem_bw_bytes_per_s,
+    }
     return per_task, info
 
 
-def predicted_request_s(per_task: dict[str, float], agent: dict[str, Any], iterations: float) -> float:
+def predicted_request_s(
+    per_task: dict[str, float], agent: dict[str, Any], iterations: float
+) -> float:
     """Critical path of one request: the agent is a chain, the loop body runs ``iterations`` times."""
     body = {n["name"] for n in agent["nodes"] if n.get("loop")}
     total = 0.0
@@ -98,8 +119,12 @@ def predicted_request_s(per_task: dict[str, float], agent: dict[str, Any], itera
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=30, help="timed requests (default 30)")
-    ap.add_argument("--bundle", help="use this compiled voice-agent bundle instead of compiling one")
-    ap.add_argument("--calibration", help="calibration profile JSON from `terrazzo calibrate --out`")
+    ap.add_argument(
+        "--bundle", help="use this compiled voice-agent bundle instead of compiling one"
+    )
+    ap.add_argument(
+        "--calibration", help="calibration profile JSON from `terrazzo calibrate --out`"
+    )
     args = ap.parse_args(argv)
 
     import tritonclient.grpc as tc
@@ -115,7 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     compile_s = 0.0
     if bundle is None:
         t0 = time.perf_counter()
-        bundle = compile_agent(SPEC, Fleet.model_validate(FLEET), "2s", Path(tmp.name) / "voice.tzb").path
+        bundle = compile_agent(
+            SPEC, Fleet.model_validate(FLEET), "2s", Path(tmp.name) / "voice.tzb"
+        ).path
         compile_s = time.perf_counter() - t0
     with open_bundle(bundle) as b:
         agent = b.plan_json["agent"]
@@ -148,24 +175,56 @@ def main(argv: list[str] | None = None) -> int:
     for k in sorted(lat):
         meas = statistics.median(lat[k])
         pred = predicted_request_s(per_task, agent, k)
-        rows.append({"iterations": k, "requests": len(lat[k]), "served_p50_ms": meas * 1e3,
-                     "predicted_ms": pred * 1e3, "error_pct": 100.0 * (pred - meas) / meas})
+        rows.append(
+            {
+                "iterations": k,
+                "requests": len(lat[k]),
+                "served_p50_ms": meas * 1e3,
+                "predicted_ms": pred * 1e3,
+                "error_pct": 100.0 * (pred - meas) / meas,
+            }
+        )
     mix = sum(k * len(v) for k, v in lat.items()) / len(all_s)
-    expected = float(next(iter(agent["loops"].values()))["expected_iterations"]) if agent["loops"] else 1.0
+    expected = (
+        float(next(iter(agent["loops"].values()))["expected_iterations"]) if agent["loops"] else 1.0
+    )
     meas_all = statistics.median(all_s)
-    for label, its in ((f"all (observed mix, {mix:.2f} it.)", mix), (f"all (planned {expected:g} it.)", expected)):
+    for label, its in (
+        (f"all (observed mix, {mix:.2f} it.)", mix),
+        (f"all (planned {expected:g} it.)", expected),
+    ):
         pred = predicted_request_s(per_task, agent, its)
-        rows.append({"iterations": label, "requests": len(all_s), "served_p50_ms": meas_all * 1e3,
-                     "predicted_ms": pred * 1e3, "error_pct": 100.0 * (pred - meas_all) / meas_all})
-    print_table(rows, ["iterations", "requests", "served_p50_ms", "predicted_ms", "error_pct"],
-                title=f"voice agent on {dev_info['device']}: served vs predicted "
-                      f"({'calibrated' if dev_info['calibrated'] else 'uncalibrated priors'})")
-    print_table(stage_rows, ["stage", "kind", "device", "calls", "served_mean_ms", "predicted_ms"],
-                title="per stage (gateway-observed mean incl. gRPC hop vs cost model)")
-    out = write_result("agent_latency", rows, {
-        "device": dev_info, "compile_s": compile_s, "stages": stage_rows,
-        "predicted_task_s": per_task, "requests": args.requests,
-    })
+        rows.append(
+            {
+                "iterations": label,
+                "requests": len(all_s),
+                "served_p50_ms": meas_all * 1e3,
+                "predicted_ms": pred * 1e3,
+                "error_pct": 100.0 * (pred - meas_all) / meas_all,
+            }
+        )
+    print_table(
+        rows,
+        ["iterations", "requests", "served_p50_ms", "predicted_ms", "error_pct"],
+        title=f"voice agent on {dev_info['device']}: served vs predicted "
+        f"({'calibrated' if dev_info['calibrated'] else 'uncalibrated priors'})",
+    )
+    print_table(
+        stage_rows,
+        ["stage", "kind", "device", "calls", "served_mean_ms", "predicted_ms"],
+        title="per stage (gateway-observed mean incl. gRPC hop vs cost model)",
+    )
+    out = write_result(
+        "agent_latency",
+        rows,
+        {
+            "device": dev_info,
+            "compile_s": compile_s,
+            "stages": stage_rows,
+            "predicted_task_s": per_task,
+            "requests": args.requests,
+        },
+    )
     print(f"wrote {out}")
     return 0
 
@@ -181,9 +240,16 @@ def _stage_rows(server: Any, plan: Any, per_task: dict[str, float]) -> list[dict
         out = st.outputs[0]
         node = out.split(".")[0].split("__it")[0]
         task = {"llm_prefill": f"{node}.prefill", "llm_decode": f"{node}.decode"}.get(kind, node)
-        rows.append({"stage": st.index, "kind": kind, "device": st.device, "calls": int(n),
-                     "served_mean_ms": 1e3 * total / n if n else float("nan"),
-                     "predicted_ms": 1e3 * per_task.get(task, float("nan"))})
+        rows.append(
+            {
+                "stage": st.index,
+                "kind": kind,
+                "device": st.device,
+                "calls": int(n),
+                "served_mean_ms": 1e3 * total / n if n else float("nan"),
+                "predicted_ms": 1e3 * per_task.get(task, float("nan")),
+            }
+        )
     return rows
 
 

@@ -72,25 +72,41 @@ def _costed_graph(graph: Any, cost_preset: str | None) -> tuple[Any, list[str]]:
         return graph, notes
     ops = []
     for op in graph.ops:
-        if op.kind == "llm.call" and (cost_preset != "auto" or op.attr("preset") in TEST_SIZE_PRESETS):
+        if op.kind == "llm.call" and (
+            cost_preset != "auto" or op.attr("preset") in TEST_SIZE_PRESETS
+        ):
             preset = "llama3-8b" if cost_preset == "auto" else cost_preset
             if preset not in LLM_PRESETS:
                 raise CodegenError(f"cost_preset {preset!r} is not one of {sorted(LLM_PRESETS)}")
             c = LLM_PRESETS[preset]
             d = op.attr_dict
-            d.update(preset=preset, layers=c["num_hidden_layers"], d_model=c["hidden_size"],
-                     heads=c["num_attention_heads"], kv_heads=c["num_key_value_heads"],
-                     ffn_dim=c["intermediate_size"], vocab=c["vocab_size"])
-            notes.append(f"LLM node {op.name!r} ({op.attr('preset')}) is costed as {preset} for placement; "
-                         "the bundle runs the spec's own model")
+            d.update(
+                preset=preset,
+                layers=c["num_hidden_layers"],
+                d_model=c["hidden_size"],
+                heads=c["num_attention_heads"],
+                kv_heads=c["num_key_value_heads"],
+                ffn_dim=c["intermediate_size"],
+                vocab=c["vocab_size"],
+            )
+            notes.append(
+                f"LLM node {op.name!r} ({op.attr('preset')}) is costed as {preset} for placement; "
+                "the bundle runs the spec's own model"
+            )
             op = replace(op, attrs=make_attrs(d))
         ops.append(op)
     return replace(graph, ops=tuple(ops)), notes
 
 
 def place_agent(
-    graph: Any, fleet: Any, sla: Any, rps: float = 1.0, solver: str = "milp", *,
-    cost_preset: str | None = "auto", pd_split: bool = True,
+    graph: Any,
+    fleet: Any,
+    sla: Any,
+    rps: float = 1.0,
+    solver: str = "milp",
+    *,
+    cost_preset: str | None = "auto",
+    pd_split: bool = True,
 ) -> tuple[Any, list[str]]:
     """Place an agent graph with ``terrazzo.report.plan_agent``; keep prefill and decode apart with ``pd_split``.
 
@@ -116,7 +132,7 @@ def place_agent(
         if plan.assignment[pre] != plan.assignment[dec]:
             continue
         best, pi, di = None, tasks.index(pre), tasks.index(dec)
-        for c, dev in enumerate(problem.devices):  # prefill pinned to c, decode barred from c
+        for c in range(len(problem.devices)):  # prefill pinned to c, decode barred from c
             if not math.isfinite(problem.latency_s[pi, c]):
                 continue
             lat = np.array(problem.latency_s, dtype=float, copy=True)
@@ -129,8 +145,10 @@ def place_agent(
             if best is None or cand.usd_per_hour < best.usd_per_hour:
                 best = cand
         if best is None:
-            notes.append(f"{op.name}: prefill and decode share {plan.assignment[pre]}; no P::D split "
-                         "meets the SLA")
+            notes.append(
+                f"{op.name}: prefill and decode share {plan.assignment[pre]}; no P::D split "
+                "meets the SLA"
+            )
             continue
         notes.append(
             f"{op.name}: P::D split forced (cheapest plan with prefill and decode on different classes): "
@@ -146,18 +164,25 @@ def llm_config_of(op: Any) -> Any:
     """The ``TinyLlamaConfig`` that runs an ``llm.call`` op (its spec architecture, random weights)."""
     from terrazzo.codegen.llm_phases import TinyLlamaConfig
 
-    a = op.attr_dict
+    a: dict[str, Any] = op.attr_dict
     prompt_len = 32
     return TinyLlamaConfig(
-        vocab_size=int(a["vocab"]), d_model=int(a["d_model"]), n_layers=int(a["layers"]),
-        n_heads=int(a["heads"]), n_kv_heads=int(a["kv_heads"]), d_ff=int(a["ffn_dim"]),
-        prompt_len=prompt_len, max_len=prompt_len + int(a["max_new_tokens"]),
+        vocab_size=int(a["vocab"]),
+        d_model=int(a["d_model"]),
+        n_layers=int(a["layers"]),
+        n_heads=int(a["heads"]),
+        n_kv_heads=int(a["kv_heads"]),
+        d_ff=int(a["ffn_dim"]),
+        prompt_len=prompt_len,
+        max_len=prompt_len + int(a["max_new_tokens"]),
     )
 
 
 def _check_runnable(op: Any) -> None:
-    a = op.attr_dict
-    params = int(a["layers"]) * (4 * int(a["d_model"]) ** 2 + 3 * int(a["d_model"]) * int(a["ffn_dim"]))
+    a: dict[str, Any] = op.attr_dict
+    params = int(a["layers"]) * (
+        4 * int(a["d_model"]) ** 2 + 3 * int(a["d_model"]) * int(a["ffn_dim"])
+    )
     if params > 50_000_000:
         raise CodegenError(
             f"LLM node {op.name!r} ({a.get('preset')}) has ~{params / 1e9:.1f}B parameters: the agent "
@@ -216,8 +241,10 @@ def _fallback(device: str, catalog: Any) -> tuple[str | None, dict[str, Any]]:
     if spec is not None and spec.kind == "cpu":
         return None, own
     kind = own.get("kind", "none")
-    return (f"planned on {device} (TVM target {kind}{'/' + str(own['arch']) if 'arch' in own else ''}); "
-            "this bundle carries the host-CPU build, which serves when that device is absent"), own
+    return (
+        f"planned on {device} (TVM target {kind}{'/' + str(own['arch']) if 'arch' in own else ''}); "
+        "this bundle carries the host-CPU build, which serves when that device is absent"
+    ), own
 
 
 def compile_agent(
@@ -269,7 +296,9 @@ def compile_agent(
     graph = load_agent(spec_path)
     fleet, sla = _as_fleet(fleet), _as_sla(sla)
     catalog = load_catalog(fleet.profile or "datasheet")
-    plan, notes = place_agent(graph, fleet, sla, rps, solver, cost_preset=cost_preset, pd_split=pd_split)
+    plan, notes = place_agent(
+        graph, fleet, sla, rps, solver, cost_preset=cost_preset, pd_split=pd_split
+    )
     say("placed", {"assignment": dict(plan.assignment), "latency_s": plan.latency_s})
     host = dict(host_target())
     import tvm
@@ -278,58 +307,102 @@ def compile_agent(
     stage_of_task = {t: s.index for s in plan.stages for t in s.ops}
     stages: list[Any] = []
     nodes: list[dict[str, Any]] = []
-    loops = {name: {"from": src, "to": dst, "max_iterations": int(mx), "expected_iterations": float(ex),
-                    "condition": cond} for name, src, dst, mx, ex, cond in dict(graph.attrs).get("loops", ()) or ()}
+    gattrs: dict[str, Any] = dict(graph.attrs)
+    loops = {
+        name: {
+            "from": src,
+            "to": dst,
+            "max_iterations": int(mx),
+            "expected_iterations": float(ex),
+            "condition": cond,
+        }
+        for name, src, dst, mx, ex, cond in gattrs.get("loops", ()) or ()
+    }
     with tempfile.TemporaryDirectory(prefix="tz-agent-") as tmp:
         tmpdir = Path(tmp)
 
-        def add_stage(task: str, built: tuple[Path, list[Any], list[Any]], ops: tuple[str, ...]) -> int:
+        def add_stage(
+            task: str, built: tuple[Path, list[Any], list[Any]], ops: tuple[str, ...]
+        ) -> int:
             lib, ins, outs = built
             device = plan.assignment[task]
             reason, own = _fallback(device, catalog)
             pstage = plan.stages[stage_of_task[task]]
-            stages.append(StageContent(
-                index=len(stages), device=device, target=host, fallback_reason=reason,
-                inputs=tuple(ins), outputs=tuple(outs), weights={}, files={"host.so": lib},
-                replicas=int(pstage.replicas), ops=ops, notes=(f"class target: {own}",) if own else (),
-                predicted_latency_s=float(pstage.latency_s)))
+            stages.append(
+                StageContent(
+                    index=len(stages),
+                    device=device,
+                    target=host,
+                    fallback_reason=reason,
+                    inputs=tuple(ins),
+                    outputs=tuple(outs),
+                    weights={},
+                    files={"host.so": lib},
+                    replicas=int(pstage.replicas),
+                    ops=ops,
+                    notes=(f"class target: {own}",) if own else (),
+                    predicted_latency_s=float(pstage.latency_s),
+                )
+            )
             return len(stages) - 1
 
         for op in graph.ops:
-            a = op.attr_dict
-            node: dict[str, Any] = {"name": op.name, "kind": op.kind, "inputs": list(op.inputs),
-                                    "loop": a.get("loop")}
+            a: dict[str, Any] = op.attr_dict
+            node: dict[str, Any] = {
+                "name": op.name,
+                "kind": op.kind,
+                "inputs": list(op.inputs),
+                "loop": a.get("loop"),
+            }
             if op.kind == "input.query":
                 vt = graph.values[op.inputs[0]]
                 node.update(device=plan.assignment[op.name], shape=list(vt.shape), dtype=vt.dtype)
             elif op.kind == "model.call":
                 if a.get("format") != "torch":
-                    raise CodegenError(f"model node {op.name!r}: the agent compiler builds torch model "
-                                       f"nodes; {a.get('format')} is not supported yet")
+                    raise CodegenError(
+                        f"model node {op.name!r}: the agent compiler builds torch model "
+                        f"nodes; {a.get('format')} is not supported yet"
+                    )
                 say("build", {"node": op.name})
                 built = _build_torch_model(op, target, tmpdir)
                 idx = add_stage(op.name, built, (op.name,))
-                node.update(device=plan.assignment[op.name], stage=idx,
-                            feeds=[s.name for s in built[1]])
+                node.update(
+                    device=plan.assignment[op.name], stage=idx, feeds=[s.name for s in built[1]]
+                )
             elif op.kind == "llm.call":
                 _check_runnable(op)
                 say("build", {"node": op.name})
                 phases = _build_llm(op, target, tmpdir)
                 cfg = llm_config_of(op)
                 node.update(
-                    prefill={"device": plan.assignment[f"{op.name}.prefill"],
-                             "stage": add_stage(f"{op.name}.prefill", phases["prefill"], (f"{op.name}.prefill",))},
-                    decode={"device": plan.assignment[f"{op.name}.decode"],
-                            "stage": add_stage(f"{op.name}.decode", phases["decode"], (f"{op.name}.decode",))},
+                    prefill={
+                        "device": plan.assignment[f"{op.name}.prefill"],
+                        "stage": add_stage(
+                            f"{op.name}.prefill", phases["prefill"], (f"{op.name}.prefill",)
+                        ),
+                    },
+                    decode={
+                        "device": plan.assignment[f"{op.name}.decode"],
+                        "stage": add_stage(
+                            f"{op.name}.decode", phases["decode"], (f"{op.name}.decode",)
+                        ),
+                    },
                     config={k: getattr(cfg, k) for k in cfg.__slots__},
-                    max_new_tokens=int(a["max_new_tokens"]), search_below=int(search_below),
-                    kv_cache_bytes=int(cfg.kv_cache_bytes()))
+                    max_new_tokens=int(a["max_new_tokens"]),
+                    search_below=int(search_below),
+                    kv_cache_bytes=int(cfg.kv_cache_bytes()),
+                )
             elif op.kind == "tool.invoke":
                 vt = graph.values[op.name]
-                node.update(device=plan.assignment[op.name], function=str(a["function"]), dtype=vt.dtype)
+                node.update(
+                    device=plan.assignment[op.name], function=str(a["function"]), dtype=vt.dtype
+                )
             elif op.kind == "retrieve.topk":
-                node.update(device=plan.assignment[op.name], embeddings=str(a["embeddings"]),
-                            top_k=int(a["top_k"]))
+                node.update(
+                    device=plan.assignment[op.name],
+                    embeddings=str(a["embeddings"]),
+                    top_k=int(a["top_k"]),
+                )
             elif op.kind in ("memory.load", "memory.store"):
                 vt = graph.values[op.name]
                 node.update(device=plan.assignment[op.name], key=str(a["key"]), dtype=vt.dtype)
@@ -337,32 +410,58 @@ def compile_agent(
                 raise CodegenError(f"agent node {op.name!r}: no codegen for kind {op.kind!r}")
             nodes.append(node)
 
-        input_specs = [TensorSpec(n["name"], n["dtype"], tuple(n["shape"])) for n in nodes
-                       if n["kind"] == "input.query"]
-        output_names = list(dict(graph.attrs).get("output_names", ()) or ())
+        input_specs = [
+            TensorSpec(n["name"], n["dtype"], tuple(n["shape"]))
+            for n in nodes
+            if n["kind"] == "input.query"
+        ]
+        output_names = list(gattrs.get("output_names", ()) or ())
         outputs_map = dict(zip(output_names, graph.outputs, strict=True))
         out_specs = []
         for oname, src in outputs_map.items():
             src_stage = next((st for st in stages if st.ops == (src,)), None)
             if src_stage is None:
-                raise CodegenError(f"output {oname!r} must come from a model node; {src!r} is not one")
+                raise CodegenError(
+                    f"output {oname!r} must come from a model node; {src!r} is not one"
+                )
             o = src_stage.outputs[0]
             out_specs.append(TensorSpec(oname, o.dtype, o.shape))
-        agent = {"name": graph.name, "nodes": nodes, "loops": loops, "outputs": outputs_map,
-                 "notes": notes, "search_below": int(search_below)}
+        agent = {
+            "name": graph.name,
+            "nodes": nodes,
+            "loops": loops,
+            "outputs": outputs_map,
+            "notes": notes,
+            "search_below": int(search_below),
+        }
         plan_json = {"agent": agent, "plan": plan.to_json()}
         model_sha = hashlib.sha256(spec_path.read_bytes()).hexdigest()
         path = write_bundle(
-            out_path, name=graph.name, inputs=input_specs, outputs=out_specs, stages=stages,
-            plan_mlir=_plan_text(graph, plan), plan_json=plan_json, model_sha256=model_sha,
+            out_path,
+            name=graph.name,
+            inputs=input_specs,
+            outputs=out_specs,
+            stages=stages,
+            plan_mlir=_plan_text(graph, plan),
+            plan_json=plan_json,
+            model_sha256=model_sha,
             fleet=fleet.model_dump() if hasattr(fleet, "model_dump") else {},
             sla={"latency_s": sla.latency_s, "ttft_s": sla.ttft_s, "tbt_s": sla.tbt_s},
-            plan_summary={"kind": "agent", "solver": plan.solver, "latency_s": plan.latency_s,
-                          "usd_per_hour": plan.usd_per_hour, "assignment": dict(plan.assignment),
-                          "notes": notes},
-            host_target=host, sign_key=sign_key,
+            plan_summary={
+                "kind": "agent",
+                "solver": plan.solver,
+                "latency_s": plan.latency_s,
+                "usd_per_hour": plan.usd_per_hour,
+                "assignment": dict(plan.assignment),
+                "notes": notes,
+            },
+            host_target=host,
+            sign_key=sign_key,
         )
-    devices = {n["name"]: n.get("device") or f"{n['prefill']['device']}::{n['decode']['device']}" for n in nodes}
+    devices = {
+        n["name"]: n.get("device") or f"{n['prefill']['device']}::{n['decode']['device']}"
+        for n in nodes
+    }
     return AgentCompileResult(Path(path), plan, devices, tuple(notes), time.perf_counter() - t0)
 
 

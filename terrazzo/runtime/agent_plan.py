@@ -34,7 +34,7 @@ from terrazzo.runtime.tensors import TensorSpec, v2_datatype
 _R = "terrazzo.runtime.agent_runners:"
 
 
-def is_agent_bundle(path: str | Path, trust_key: object = None) -> bool:
+def is_agent_bundle(path: str | Path, trust_key: Any = None) -> bool:
     """True when the (verified) bundle was written by the agent compiler."""
     from terrazzo.bundle import open_bundle
 
@@ -52,7 +52,7 @@ def _trust_json(trust_key: object) -> Any:
 
 
 def agent_serving_plan(
-    path: str | Path, trust_key: object = None, store_dir: str | Path | None = None
+    path: str | Path, trust_key: Any = None, store_dir: str | Path | None = None
 ) -> ServingPlan:
     """Open and verify an agent bundle and build its ServingPlan.
 
@@ -94,7 +94,9 @@ def agent_serving_plan(
 
 
 class _PlanBuilder:
-    def __init__(self, agent: Mapping[str, Any], infos: Mapping[int, Any], path: str, trust: Any, store: str):
+    def __init__(
+        self, agent: Mapping[str, Any], infos: Mapping[int, Any], path: str, trust: Any, store: str
+    ):
         self.agent = agent
         self.infos = infos
         self.path = path
@@ -127,15 +129,26 @@ class _PlanBuilder:
         return base if loop is None or i >= self._k(loop) - 1 else f"{base}__it{i}"
 
     # -- stages ---------------------------------------------------------------------------
-    def add(self, device: str, inputs: list[str], outputs: list[str], factory: str, kwargs: dict[str, Any],
-            bundle_stage: int | None = None) -> None:
+    def add(
+        self,
+        device: str,
+        inputs: list[str],
+        outputs: list[str],
+        factory: str,
+        kwargs: dict[str, Any],
+        bundle_stage: int | None = None,
+    ) -> None:
         info = self.infos.get(bundle_stage) if bundle_stage is not None else None
-        self.stages.append({
-            "device": device, "inputs": tuple(dict.fromkeys(inputs)), "outputs": tuple(outputs),
-            "runner": RunnerSpec(_R + factory, kwargs),
-            "replicas": int(info.replicas) if info is not None else 1,
-            "fallback_reason": info.fallback_reason if info is not None else None,
-        })
+        self.stages.append(
+            {
+                "device": device,
+                "inputs": tuple(dict.fromkeys(inputs)),
+                "outputs": tuple(outputs),
+                "runner": RunnerSpec(_R + factory, kwargs),
+                "replicas": int(info.replicas) if info is not None else 1,
+                "fallback_reason": info.fallback_reason if info is not None else None,
+            }
+        )
 
     def build(self) -> tuple[StageSpec, ...]:
         for node in self.agent["nodes"]:
@@ -165,28 +178,76 @@ class _PlanBuilder:
                 raise ServingError(f"model node {name!r} inside loop {loop!r} is not supported")
             info = self.infos[n["stage"]]
             feeds = dict(zip([s.name for s in info.inputs], preds, strict=True))
-            self.add(n["device"], preds, self._alias(name, out), "model_stage",
-                     {"path": self.path, "index": n["stage"], "feeds": feeds, "output": self._alias(name, out),
-                      "trust_key": self.trust}, n["stage"])
+            self.add(
+                n["device"],
+                preds,
+                self._alias(name, out),
+                "model_stage",
+                {
+                    "path": self.path,
+                    "index": n["stage"],
+                    "feeds": feeds,
+                    "output": self._alias(name, out),
+                    "trust_key": self.trust,
+                },
+                n["stage"],
+            )
         elif kind == "llm.call":
             self._llm(n, loop, i, preds, out)
         elif kind == "tool.invoke":
             (src,) = preds
-            self.add(n["device"], [src, *gate_inputs], [out], "tool",
-                     {"function": n["function"], "input": src, "output": out, "dtype": n.get("dtype"), **gate})
+            self.add(
+                n["device"],
+                [src, *gate_inputs],
+                [out],
+                "tool",
+                {
+                    "function": n["function"],
+                    "input": src,
+                    "output": out,
+                    "dtype": n.get("dtype"),
+                    **gate,
+                },
+            )
         elif kind == "retrieve.topk":
             (src,) = preds
-            self.add(n["device"], [src, *gate_inputs], [out], "retrieve",
-                     {"embeddings": n["embeddings"], "top_k": n["top_k"], "input": src, "output": out, **gate})
+            self.add(
+                n["device"],
+                [src, *gate_inputs],
+                [out],
+                "retrieve",
+                {
+                    "embeddings": n["embeddings"],
+                    "top_k": n["top_k"],
+                    "input": src,
+                    "output": out,
+                    **gate,
+                },
+            )
         elif kind == "memory.load":
-            self.add(n["device"], preds, [out], "memory_load",
-                     {"store_dir": self.store, "key": n["key"], "output": out, "dtype": n.get("dtype", "int32")})
+            self.add(
+                n["device"],
+                preds,
+                [out],
+                "memory_load",
+                {
+                    "store_dir": self.store,
+                    "key": n["key"],
+                    "output": out,
+                    "dtype": n.get("dtype", "int32"),
+                },
+            )
         elif kind == "memory.store":
             (src,) = preds
             if gate:
                 raise ServingError(f"memory.store {name!r} inside a loop is not supported")
-            self.add(n["device"], [src], [out], "memory_store",
-                     {"store_dir": self.store, "key": n["key"], "input": src, "output": out})
+            self.add(
+                n["device"],
+                [src],
+                [out],
+                "memory_store",
+                {"store_dir": self.store, "key": n["key"], "input": src, "output": out},
+            )
         else:
             raise ServingError(f"agent node {name!r}: no runner for kind {kind!r}")
 
@@ -208,36 +269,66 @@ class _PlanBuilder:
             roles["iterations"] = self._names(loop, i, "iterations", loop)
             loop_kw = {"first": True}
             if i > 0:
-                loop_kw = {"feedback": self.val(lp["from"], i - 1), "prev_answer": self.val(name, i - 1),
-                           "prev_active": self._names(loop, i - 1, "active", loop),
-                           "prev_iterations": self._names(loop, i - 1, "iterations", loop),
-                           "search_below": int(n["search_below"])}
+                loop_kw = {
+                    "feedback": self.val(lp["from"], i - 1),
+                    "prev_answer": self.val(name, i - 1),
+                    "prev_active": self._names(loop, i - 1, "active", loop),
+                    "prev_iterations": self._names(loop, i - 1, "iterations", loop),
+                    "search_below": int(n["search_below"]),
+                }
                 extra_in = [v for k, v in loop_kw.items() if k != "search_below"]
             if i == self._k(loop) - 1:
                 self.extra_outputs.append(TensorSpec(roles["iterations"], "INT64", (1,)))
         pre = n["prefill"]
-        self.add(pre["device"], preds + extra_in, list(roles.values()), "llm_prefill",
-                 {"path": self.path, "index": pre["stage"], "parts": preds, "out": roles,
-                  "prompt_len": int(cfg["prompt_len"]), "vocab": int(cfg["vocab_size"]), "loop": loop_kw,
-                  "trust_key": self.trust}, pre["stage"])
+        self.add(
+            pre["device"],
+            preds + extra_in,
+            list(roles.values()),
+            "llm_prefill",
+            {
+                "path": self.path,
+                "index": pre["stage"],
+                "parts": preds,
+                "out": roles,
+                "prompt_len": int(cfg["prompt_len"]),
+                "vocab": int(cfg["vocab_size"]),
+                "loop": loop_kw,
+                "trust_key": self.trust,
+            },
+            pre["stage"],
+        )
         dec = n["decode"]
         dec_in = [roles[r] for r in ("logits", "k_cache", "v_cache", "length")]
         gate: dict[str, Any] = {}
         if loop is not None and i > 0:
             gate = {"active": roles["active"], "prev": self.val(name, i - 1)}
             dec_in += [gate["active"], gate["prev"]]
-        self.add(dec["device"], dec_in, [out], "llm_decode",
-                 {"path": self.path, "index": dec["stage"],
-                  "inputs": {r: roles[r] for r in ("logits", "k_cache", "v_cache", "length")},
-                  "output": out, "max_new_tokens": int(n["max_new_tokens"]), "trust_key": self.trust, **gate},
-                 dec["stage"])
+        self.add(
+            dec["device"],
+            dec_in,
+            [out],
+            "llm_decode",
+            {
+                "path": self.path,
+                "index": dec["stage"],
+                "inputs": {r: roles[r] for r in ("logits", "k_cache", "v_cache", "length")},
+                "output": out,
+                "max_new_tokens": int(n["max_new_tokens"]),
+                "trust_key": self.trust,
+                **gate,
+            },
+            dec["stage"],
+        )
         if out == name:
             self.extra_outputs.append(TensorSpec(name, "INT64", (int(n["max_new_tokens"]),)))
 
     def _ordered(self) -> tuple[StageSpec, ...]:
         """Stages in a topological order of their value dependencies (Kahn, stable)."""
         produced = {v: k for k, st in enumerate(self.stages) for v in st["outputs"]}
-        deps = {k: {produced[v] for v in st["inputs"] if v in produced} for k, st in enumerate(self.stages)}
+        deps = {
+            k: {produced[v] for v in st["inputs"] if v in produced}
+            for k, st in enumerate(self.stages)
+        }
         order: list[int] = []
         done: set[int] = set()
         while len(order) < len(self.stages):
@@ -247,9 +338,16 @@ class _PlanBuilder:
             order.append(ready[0])
             done.add(ready[0])
         return tuple(
-            StageSpec(index=pos, device=str(st["device"]), inputs=st["inputs"], outputs=st["outputs"],
-                      runner=st["runner"], replicas=st["replicas"], target="llvm",
-                      fallback_reason=st["fallback_reason"])
+            StageSpec(
+                index=pos,
+                device=str(st["device"]),
+                inputs=st["inputs"],
+                outputs=st["outputs"],
+                runner=st["runner"],
+                replicas=st["replicas"],
+                target="llvm",
+                fallback_reason=st["fallback_reason"],
+            )
             for pos, st in enumerate(self.stages[k] for k in order)
         )
 

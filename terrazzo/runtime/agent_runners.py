@@ -114,7 +114,9 @@ def llm_prefill(
         material = [values[p] for p in parts]
         if "prev_active" in loop:
             prev_ok = bool(np.asarray(values[loop["prev_active"]]).reshape(-1)[0])
-            asks = int(np.asarray(values[loop["prev_answer"]]).reshape(-1)[0]) < int(loop["search_below"])
+            asks = int(np.asarray(values[loop["prev_answer"]]).reshape(-1)[0]) < int(
+                loop["search_below"]
+            )
             active = prev_ok and asks
             prev_count = int(np.asarray(values[loop["prev_iterations"]]).reshape(-1)[0])
             count = prev_count + 1 if active else prev_count
@@ -123,15 +125,29 @@ def llm_prefill(
             res[out["active"]] = np.array([int(active)], np.int64)
             res[out["iterations"]] = np.array([count], np.int64)
         if not active:
-            res.update({out["logits"]: _EMPTY_F32, out["k_cache"]: _EMPTY_F32, out["v_cache"]: _EMPTY_F32,
-                        out["length"]: np.zeros(1, np.int64), out["prompt"]: np.zeros(0, np.int64)})
+            res.update(
+                {
+                    out["logits"]: _EMPTY_F32,
+                    out["k_cache"]: _EMPTY_F32,
+                    out["v_cache"]: _EMPTY_F32,
+                    out["length"]: np.zeros(1, np.int64),
+                    out["prompt"]: np.zeros(0, np.int64),
+                }
+            )
             return res
         prompt = build_prompt(material, prompt_len, vocab)
         padded = fit_tokens(prompt, (1, prompt_len))
         n = np.array([prompt.shape[0]], np.int64)
         state = phase({"tokens": padded, "length": n})
-        res.update({out["logits"]: state["logits"], out["k_cache"]: state["k_cache"],
-                    out["v_cache"]: state["v_cache"], out["length"]: n, out["prompt"]: prompt})
+        res.update(
+            {
+                out["logits"]: state["logits"],
+                out["k_cache"]: state["k_cache"],
+                out["v_cache"]: state["v_cache"],
+                out["length"]: n,
+                out["prompt"]: prompt,
+            }
+        )
         return res
 
     return run
@@ -161,7 +177,7 @@ def llm_decode(
 
     def run(values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if not _active(values, active):
-            return {output: np.asarray(values[prev])}
+            return {output: np.asarray(values[str(prev)])}
         state = {k: values[inputs[k]] for k in ("logits", "k_cache", "v_cache")}
         n = int(np.asarray(values[inputs["length"]]).reshape(-1)[0])
         return {output: decode_loop(phase, state, n, int(max_new_tokens))}
@@ -171,7 +187,11 @@ def llm_decode(
 
 # -- tools, retrieval, memory ---------------------------------------------------------------
 def tool(
-    function: str, input: str, output: str, active: str | None = None, prev: str | None = None,
+    function: str,
+    input: str,
+    output: str,
+    active: str | None = None,
+    prev: str | None = None,
     dtype: str | None = None,
 ) -> Runner:
     """CPU tool: call ``function`` (``module:fn`` or ``path.py:fn``) on one value."""
@@ -184,7 +204,7 @@ def tool(
 
     def run(values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if not _active(values, active):
-            return {output: np.asarray(values[prev])}
+            return {output: np.asarray(values[str(prev)])}
         y = np.asarray(fn(values[input]))
         return {output: y.astype(dtype) if dtype else y}
 
@@ -192,7 +212,12 @@ def tool(
 
 
 def retrieve(
-    embeddings: str, top_k: int, input: str, output: str, active: str | None = None, prev: str | None = None,
+    embeddings: str,
+    top_k: int,
+    input: str,
+    output: str,
+    active: str | None = None,
+    prev: str | None = None,
 ) -> Runner:
     """CPU retrieval: cosine top-k over the embedding matrix (``.npy`` or ``synthetic:RxD:seed=S``)."""
     from terrazzo.frontend.agent import load_embeddings
@@ -202,10 +227,12 @@ def retrieve(
 
     def run(values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if not _active(values, active):
-            return {output: np.asarray(values[prev])}
+            return {output: np.asarray(values[str(prev)])}
         q = np.asarray(values[input], np.float32).reshape(-1)
         if q.shape[0] != matrix.shape[1]:
-            raise ServingError(f"retrieve: query has {q.shape[0]} dims, the embeddings {matrix.shape[1]}")
+            raise ServingError(
+                f"retrieve: query has {q.shape[0]} dims, the embeddings {matrix.shape[1]}"
+            )
         scores = matrix @ (q / max(float(np.linalg.norm(q)), 1e-12))
         top = np.argsort(-scores, kind="stable")[:k]
         return {output: top.astype(np.int64)}
@@ -247,7 +274,11 @@ def memory_store(store_dir: str, key: str, input: str, output: str) -> Runner:
 
 # -- model nodes ------------------------------------------------------------------------------
 def model_stage(
-    path: str, index: int, feeds: Mapping[str, str], output: str | Sequence[str], vocab: int = 256,
+    path: str,
+    index: int,
+    feeds: Mapping[str, str],
+    output: str | Sequence[str],
+    vocab: int = 256,
     trust_key: Any = None,
 ) -> Runner:
     """A compiled model node (bundle stage) with glue: integer inputs are fitted to the stage's token shape.

@@ -17,8 +17,10 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = ROOT / "examples" / "agents" / "voice_agent.yaml"
-FLEET = {"devices": {"cpu": {"count": 8}, "h100": {"count": 2}, "a100-80g": {"count": 2}},
-         "pricing": {"mode": "cloud"}}
+FLEET = {
+    "devices": {"cpu": {"count": 8}, "h100": {"count": 2}, "a100-80g": {"count": 2}},
+    "pricing": {"mode": "cloud"},
+}
 SEEDS = (0, 1, 2, 3)
 
 
@@ -67,7 +69,9 @@ def test_stock_client_matches_in_process_agent_and_torch(served):
     for seed in SEEDS:  # same request order on both sides: memory carries state between requests
         got = _infer(server.port, plan.model_name, _audio(seed))
         env = local({"audio": _audio(seed)})
-        assert got["planner"].dtype == np.int64 and got["planner"].shape == (node["max_new_tokens"],)
+        assert got["planner"].dtype == np.int64 and got["planner"].shape == (
+            node["max_new_tokens"],
+        )
         np.testing.assert_array_equal(got["planner"], env["planner"])
         np.testing.assert_array_equal(got["research.iterations"], env["research.iterations"])
         np.testing.assert_allclose(got["speech"], env["speech"], rtol=1e-5, atol=1e-6)
@@ -101,8 +105,10 @@ def test_prefill_and_decode_in_different_workers_and_classes(served):
     # both phases ran (the first iteration always does), each in its own worker
     reg = server.metrics.registry
     for st in (by_kind["llm_prefill"][0], dec0):
-        n = reg.get_sample_value("terrazzo_stage_latency_seconds_count",
-                                 {"model": plan.model_name, "stage": str(st.index), "device": st.device})
+        n = reg.get_sample_value(
+            "terrazzo_stage_latency_seconds_count",
+            {"model": plan.model_name, "stage": str(st.index), "device": st.device},
+        )
         assert n and n >= 1, (st.index, n)
 
 
