@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import signal
 import sys
 import threading
@@ -48,8 +49,8 @@ def _describe(server: Any) -> str:
         note = ""
         if row["fallback_reason"]:
             note = f"  [fallback: {row['fallback_reason']}]"
-        elif row["device"].lower() not in ("cpu",) and ("llvm" in target or target in ("c", "")):
-            note = f"  [planned device {row['device']} absent here: running the CPU build]"
+        elif not row["device"].lower().startswith("cpu") and not shutil.which("nvidia-smi"):
+            note = f"  [planned device {row['device']} absent here: running the host CPU build]"
         lines.append(f"  {row['worker']:<12} device {row['device']:<14} target {target:<10} {where}{note}")
     return "\n".join(lines)
 
@@ -90,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
           f"{', token auth' if args.token else ''}); ready in {ready_s:.1f} s")
     if server.metrics_port is not None:
         print(f"metrics on http://{args.host}:{server.metrics_port}/metrics")
-    print("workers:\n" + _describe(server), flush=True)
+    print("workers:\n" + _describe(server))
+    print("ready (Ctrl-C or SIGTERM drains in-flight requests and stops)", flush=True)
 
     stopping = threading.Event()
 

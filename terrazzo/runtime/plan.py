@@ -125,8 +125,10 @@ class ServingPlan:
         from terrazzo.bundle import open_bundle
 
         bundle = open_bundle(path, trust_key=trust_key)
-        manifest = getattr(bundle, "manifest", {}) or {}
-        name = _manifest_get(manifest, "name") or Path(path).name.split(".")[0]
+        try:
+            name = bundle.name
+        except (KeyError, TypeError):
+            name = Path(path).name.split(".")[0]
         stages = []
         for st in bundle.stages:
             stages.append(
@@ -153,14 +155,10 @@ class ServingPlan:
             stages=tuple(stages),
             bundle_path=str(Path(path).resolve()),
         )
+        if hasattr(bundle, "close"):
+            bundle.close()  # workers open (and verify) the bundle themselves
         plan.verify()
         return plan
-
-
-def _manifest_get(manifest: Any, key: str) -> Any:
-    if isinstance(manifest, Mapping):
-        return manifest.get(key) or manifest.get("model_name")
-    return getattr(manifest, key, None) or getattr(manifest, "model_name", None)
 
 
 def _value_name(v: Any) -> str:
@@ -186,7 +184,8 @@ def _tensor_spec(t: Any) -> TensorSpec:
 
 def _target_text(target: Any) -> str:
     if isinstance(target, Mapping):
-        return json.dumps(dict(target), sort_keys=True)
+        kind = target.get("kind")
+        return str(kind) if isinstance(kind, str) else json.dumps(dict(target), sort_keys=True)
     return str(target)
 
 
