@@ -1,30 +1,25 @@
 """Question: how long does placement take as graphs (10 → 10,000 ops) and fleets (6 → 20 classes) grow?
 
-Prints a table and writes JSON. Targets: ≤ 1 s for 200 ops × 10 classes (MILP), ≤ 10 s for
-10,000 ops (heuristic), heuristic within 2 % of the MILP where the MILP proves optimality.
+Seeded synthetic model-like graphs (``placement_synthetic``). For each size: the heuristic
+(with its gap against the LP-relaxation bound where that solves), the MILP warm-started by
+the heuristic (≤ 1,000 ops; its proven gap), and the best single class. Targets: ≤ 1 s for
+200 ops × 10 classes; ≤ 10 s for 10,000 ops; heuristic within 2 % of the MILP where the MILP
+proves optimality. Writes ``benchmarks/results/placement_scaling.json`` via ``_common``.
+
+Run: ``OMP_NUM_THREADS=2 .venv/bin/python benchmarks/placement_scaling.py [--quick]``.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+from _common import print_table, write_result  # noqa: E402
 from placement_synthetic import synthetic_problem  # noqa: E402
 
 from terrazzo.placement import solve  # noqa: E402
-
-
-def _commit() -> str:
-    try:
-        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True).strip()
-    except Exception:
-        return "unknown"
 
 
 def main() -> None:
@@ -35,11 +30,13 @@ def main() -> None:
     for n in sizes:
         for d in classes:
             prob = synthetic_problem(n, d, seed=n + d)
-            row = {"ops": n, "classes": d, "edges": int(len(prob.edges))}
+            row: dict[str, object] = {"ops": n, "classes": d, "edges": int(len(prob.edges))}
             t0 = time.perf_counter()
             h = solve(prob, "heuristic", time_limit_s=10.0)
             row["heuristic_s"] = time.perf_counter() - t0
             row["heuristic_usd_h"] = h.usd_per_hour
+            row["heuristic_gap"] = h.gap
+            row["heuristic_bound"] = "LP" if any("LP relaxation" in s for s in h.notes) else "fluid"
             if n <= 1000:
                 t0 = time.perf_counter()
                 m = solve(prob, "milp", time_limit_s=10.0)
@@ -50,18 +47,15 @@ def main() -> None:
             hom = solve(prob, "homogeneous")
             row["homogeneous_usd_h"] = hom.usd_per_hour
             rows.append(row)
-            print(json.dumps(row), flush=True)
-    hdr = f"{'ops':>6} {'cls':>4} {'heur s':>8} {'milp s':>8} {'milp gap':>9} {'heur/milp-1':>12} {'USD/h milp':>11} {'USD/h homog':>12}"
-    print(hdr)
-    for r in rows:
-        print(f"{r['ops']:>6} {r['classes']:>4} {r['heuristic_s']:>8.3f} {r.get('milp_s', float('nan')):>8.3f} "
-              f"{r.get('milp_gap', float('nan')):>9.2e} {r.get('heuristic_vs_milp', float('nan')):>12.2%} "
-              f"{r.get('milp_usd_h', r['heuristic_usd_h']):>11.4g} {r['homogeneous_usd_h']:>12.4g}")  # fmt: skip
-    out = Path(os.environ.get("TZ_BENCH_OUT", "benchmarks/results")) / "placement_scaling.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": platform.platform(), "python": platform.python_version(),
-                               "commit": _commit(), "rows": rows}, indent=2))  # fmt: skip
-    print(f"wrote {out}")
+            print(
+                {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()},
+                flush=True,
+            )
+    cols = ["ops", "classes", "heuristic_s", "heuristic_gap", "heuristic_bound", "milp_s", "milp_gap",
+            "heuristic_vs_milp", "heuristic_usd_h", "milp_usd_h", "homogeneous_usd_h"]  # fmt: skip
+    print_table(rows, cols, title="placement solve time and quality vs size")
+    path = write_result("placement_scaling", rows, {"quick": quick})
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -256,7 +256,8 @@ def solve_milp(
             best[ti] = x[col_i]
             assign[ti] = di
     obj = float(info.objective_function_value)
-    bound = float(info.mip_dual_bound)
+    # stopped before the root LP, HiGHS has no dual bound (-inf): the fluid bound is valid
+    bound = max(float(info.mip_dual_bound), p.lower_bound_usd_per_hour())
     gap = 0.0 if obj <= 0 else max(0.0, (obj - bound) / abs(obj))
     if h.getModelStatus() == highspy.HighsModelStatus.kOptimal:
         gap = min(gap, mip_rel_gap)

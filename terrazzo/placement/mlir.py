@@ -52,7 +52,7 @@ def _generic_mlir(g: Graph, plan: Plan) -> str:
         f"tz.latency_ms = {plan.latency_s * 1e3:.6g} : f64, tz.usd_per_hour = {plan.usd_per_hour:.6g} : f64, "
         f"tz.rps = {plan.rps:.6g} : f64, tz.sla_ms = {plan.sla.latency_s * 1e3:.6g} : f64"
     )
-    lines.append(f'"tz.graph"() ({{')
+    lines.append('"tz.graph"() ({')
     lines.append(f"^bb0({', '.join(args)}):")
     n = 0
     for o in g.ops:
