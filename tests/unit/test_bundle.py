@@ -167,7 +167,7 @@ def test_single_stage_bundle_uses_its_stage_as_reference(built, tmp_path):
     from terrazzo.codegen import compile_model
 
     res = compile_model(built["model"], {"devices": {"cpu": {"count": 1}}}, "1s",
-                        out_path=tmp_path / "one.tzb")  # fmt: skip
+                        out_path=tmp_path / "one.tzb", solver="homogeneous")  # fmt: skip
     assert len(res.builds) == 1
     with open_bundle(res.path) as b:
         assert b.manifest["reference"]["library"] == "stages/0/host.so"
@@ -354,3 +354,37 @@ def test_cli_keygen(tmp_path, capsys):
     assert (tmp_path / "k.pem").stat().st_mode & 0o777 == 0o600
     assert (tmp_path / "k.pub.pem").read_text().startswith("-----BEGIN PUBLIC KEY")
     assert main(["keygen", str(tmp_path / "k")]) == 2
+
+
+def test_tuning_database_is_applied_and_carried(built, tmp_path):
+    from terrazzo.bundle import open_bundle, verify_bundle
+    from terrazzo.codegen import compile_model, host_target
+    from terrazzo.codegen.tuning.database import TuningDatabase, TuningRecord, target_key
+    from terrazzo.errors import CodegenError
+
+    db = TuningDatabase(tmp_path / "records.jsonl")
+    rec = TuningRecord(workload_hash="0" * 16, target_key=target_key(dict(host_target())),
+                       program_json='{"steps": []}', latency_s=1e-3, kernel_name="none")  # fmt: skip
+    db.add(rec)
+    db.save()
+    fleet = {"devices": {"cpu": {"count": 1}}}
+    res = compile_model(
+        built["model"],
+        fleet,
+        "1s",
+        out_path=tmp_path / "t.tzb",
+        solver="homogeneous",
+        tuning_db=tmp_path / "records.jsonl",
+    )
+    with open_bundle(res.path) as b:
+        assert b.manifest["tuning"]["count"] == 1
+        assert TuningRecord.from_json(b.tuning_records.strip()) == rec
+    assert verify_bundle(res.path).ok
+    with pytest.raises(CodegenError, match="does not exist"):
+        compile_model(
+            built["model"],
+            fleet,
+            "1s",
+            out_path=tmp_path / "u.tzb",
+            tuning_db=tmp_path / "nope.jsonl",
+        )
