@@ -201,8 +201,11 @@ def _validate(
             out = None
             if dest is not None:
                 target = dest / name
-                target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-                out = open(target, "xb")  # noqa: SIM115 - closed below; x: never follow a stale file
+                try:
+                    target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                    out = open(target, "xb")  # noqa: SIM115 - closed below; x: never follow a stale file
+                except OSError as e:
+                    raise BundleError(f"member {name!r} cannot be extracted: {e.strerror}") from e
             try:
                 while chunk := src.read(1 << 20):
                     h.update(chunk)

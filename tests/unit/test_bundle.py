@@ -388,3 +388,18 @@ def test_tuning_database_is_applied_and_carried(built, tmp_path):
             out_path=tmp_path / "u.tzb",
             tuning_db=tmp_path / "nope.jsonl",
         )
+
+
+def test_file_directory_clash_in_an_unsigned_manifest_is_refused(built, tmp_path):
+    import hashlib
+
+    def add_listing(name, data):
+        if name != "manifest.json":
+            return data
+        m = json.loads(data)
+        m["members"]["plan.mlir/x"] = {"sha256": hashlib.sha256(b"x").hexdigest(), "size_bytes": 1}
+        return json.dumps(m).encode()
+
+    bad = _copy_with(built["bundle"], tmp_path / "clash.tzb", change=add_listing,
+                     drop={"manifest.sig"}, extra=[_regular("plan.mlir/x", b"x")])  # fmt: skip
+    _expect_refused(bad, r"member 'plan\.mlir/x' cannot be extracted")
