@@ -194,22 +194,11 @@ def suite(quick: bool = False) -> list[OpCase]:
     cases: list[tuple[str, tuple[tuple[int, ...], ...], Callable[..., Any], int]] = []
     # spread over the weight footprint (16 KiB .. 4 MiB), which sets an untuned GEMM's speed
     mm = [
-        (32, 64, 64),
-        (64, 128, 128),
-        (128, 64, 256),
-        (128, 128, 128),
-        (256, 256, 128),
-        (256, 128, 256),
-        (64, 256, 256),
-        (8, 256, 512),
-        (128, 256, 256),
-        (16, 512, 512),
-        (8, 512, 768),
-        (32, 768, 768),
-        (4, 1024, 1024),
-        (2, 512, 2048),
-        (1, 1024, 1024),
-    ]
+        (32, 64, 64), (16, 64, 64), (16, 64, 256), (64, 128, 128), (16, 256, 64), (128, 64, 256),
+        (16, 128, 128), (128, 128, 128), (16, 128, 512), (256, 256, 128), (256, 128, 256), (16, 512, 128),
+        (64, 256, 256), (8, 256, 512), (128, 256, 256), (16, 512, 512), (8, 512, 768), (32, 768, 768),
+        (4, 1024, 1024), (2, 512, 2048), (1, 1024, 1024),
+    ]  # fmt: skip
     for m, k, n in mm:
         cases.append((f"matmul_{m}x{k}x{n}", ((m, k), (k, n)), op.matmul, 1))
     for b, m, k, n in [(4, 16, 64, 16), (8, 32, 32, 32), (12, 16, 64, 64)]:
@@ -361,8 +350,8 @@ def measure_ops(
     dev = tvm.cpu()
     rng = np.random.default_rng(0)
     out = []
-    for n, case in enumerate(cases):
-        if probe is not None and n % 6 == 0:
+    for case in cases:
+        if probe is not None:
             probe.refresh()
         mod = _build_module(case)
         o = _analyse(mod, case.name)
@@ -553,6 +542,7 @@ def measure_models(
     out, skipped = [], []
     target = tvm.target.Target({"kind": "llvm"})
     dev = tvm.cpu()
+    built = []
     for name in names:
         try:
             path = zoo.export_onnx(name, cache_dir)
@@ -564,18 +554,24 @@ def measure_models(
                 tvm.runtime.tensor(np.ascontiguousarray(named[n], dtype=g.values[n].dtype), dev)
                 for n in g.inputs
             ]
-            factor = probe.refresh() if probe is not None else 1.0
-            lat = time_vm(ex, args, min_repeat_ms=50, repeat=3) * factor
+            time_vm(ex, args, min_repeat_ms=0, repeat=1)  # fails here if it cannot run
         except Exception as e:  # a zoo model TVM cannot build is reported, not fatal
             first = (str(e).strip().splitlines() or [type(e).__name__])[-1]
             skipped.append(f"{name}: {first[:160]}")
             if log:
                 log(f"  {name:28s} skipped: {first[:100]}")
             continue
+        built.append((name, g, ex, args))
+    best = {name: math.inf for name, *_ in built}
+    for _ in range(2):  # two passes, keep each model's faster (least disturbed) time
+        for name, _g, ex, args in built:
+            factor = probe.refresh() if probe is not None else 1.0
+            best[name] = min(best[name], time_vm(ex, args, min_repeat_ms=50, repeat=3) * factor)
+    for name, g, _ex, _args in built:
         pred = model.graph_latency_s(g, LOCAL_DEVICE)
-        out.append(ModelMeasurement(name, len(g.ops), g.total_flops, lat, pred))
+        out.append(ModelMeasurement(name, len(g.ops), g.total_flops, best[name], pred))
         if log:
-            log(f"  {name:28s} measured {lat * 1e3:9.2f} ms  predicted {pred * 1e3:9.2f} ms")
+            log(f"  {name:28s} measured {best[name] * 1e3:9.2f} ms  predicted {pred * 1e3:9.2f} ms")
     return out, skipped
 
 
@@ -617,7 +613,12 @@ def run_calibration(
         log(f"timing {len(cases)} ops on {spec.model} (TVM {tvm.__version__}, llvm, untuned)")
     probe = LoadProbe()
     launch = measure_launch_overhead_s()
-    ms = measure_ops(cases, log, probe)
+    # Two passes over the suite; each op keeps its faster (least disturbed) time, and the
+    # disagreement between passes is the noise floor no model can beat on this machine.
+    first = measure_ops(cases, log, probe)
+    second = measure_ops(cases, None, probe)
+    repeat_err = mape([b.latency_s for b in second], [a.latency_s for a in first])
+    ms = [a if a.latency_s <= b.latency_s else b for a, b in zip(first, second, strict=True)]
     train = [m for m in ms if not m.held_out]
     prof = fit_profile(train, spec, launch)
     cm = CostModel({}, calibration=prof)
@@ -645,6 +646,7 @@ def run_calibration(
         "op_mape_pct_heldout": mape([p for p, _ in held], [m for _, m in held]),
         "op_spearman_heldout": spearman([p for p, _ in held], [m for _, m in held]),
         "op_mape_pct_train": mape([p for p, _ in fit_pts], [m for _, m in fit_pts]),
+        "op_repeat_noise_pct": repeat_err,
         "models_measured": len(mm),
         "model_mape_pct": mape([m.predicted_s for m in mm], [m.latency_s for m in mm]),
         "model_spearman": spearman([m.predicted_s for m in mm], [m.latency_s for m in mm]),
