@@ -51,13 +51,20 @@ def _edge_matrix(problem: Problem, e: int) -> np.ndarray:
 
 
 def lagrangian_assign(
-    problem: Problem, lam: float, chain_list: list[list[int]], allowed: np.ndarray
+    problem: Problem,
+    lam: float,
+    chain_list: list[list[int]],
+    allowed: np.ndarray,
+    weights: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Place every chain by Viterbi, minimising fluid cost + lam·latency given placed producers."""
+    """Place every chain by Viterbi, minimising cost + lam·latency given placed producers.
+
+    The per-(task, class) cost is the fluid USD/hour unless ``weights`` (n, D) replaces it.
+    """
     p = problem
     st = p.structure()
     # banned cells score inf; computed only on allowed cells (inf * 0 would be nan at lam = 0)
-    w = np.where(allowed, p.fluid_cost(), 0.0)
+    w = np.where(allowed, p.fluid_cost() if weights is None else weights, 0.0)
     lat = np.where(allowed, p.latency_s, 0.0)
     score = np.where(allowed, w + lam * lat, np.inf)
     xcost = 3600.0 * p.rps * p.xfer_usd
@@ -329,6 +336,110 @@ def _lagrangian_search(
     return found
 
 
+def pack(
+    p: Problem,
+    ch: list[list[int]],
+    allowed: np.ndarray,
+    cap_s: np.ndarray,
+    deadline: float,
+    iters: int = 30,
+) -> np.ndarray | None:
+    """A placement meeting the SLA with busy time ≤ ``cap_s[d]`` on every class, or None.
+
+    Lagrangian DP with two kinds of multipliers updated together: λ on latency (doubled
+    while the SLA is missed, relaxed otherwise) and a price μ[d] per busy second of each
+    class (raised on classes over their capacity, lowered on those under it). A DP point
+    that meets the SLA but overfills a class is repaired by exact-latency shedding.
+    """
+    lat = np.where(allowed, p.latency_s, 0.0)
+    direct = 3600.0 * p.rps * p.cost_usd
+    mu = np.maximum(p.usd_per_hour * p.load_factor, 1e-9)
+    w0 = np.where(allowed, p.fluid_cost(), 0.0)
+    finite = allowed & np.isfinite(w0)
+    spread_w = float(w0[finite].max()) if finite.any() else 1.0
+    lpos = lat[allowed & (lat > 0)]
+    lam = max(1e-12, spread_w / (float(lpos.min()) if len(lpos) else 1e-6))
+    L = p.sla.latency_s * (1 + LATENCY_RTOL)
+    cap = np.where(cap_s > 0, cap_s, 1e-30)
+    tried: set[bytes] = set()
+    for _ in range(iters):
+        if time.perf_counter() > deadline:
+            return None
+        a = lagrangian_assign(p, lam, ch, allowed, weights=lat * mu[None, :] + direct)
+        ev = p.evaluate(a)
+        over = ev.busy_s / cap
+        if ev.feasible and bool(np.all(ev.busy_s <= cap_s * (1 + 1e-9))):
+            return a
+        key = a.tobytes()
+        if ev.latency_s <= L and key not in tried:
+            tried.add(key)
+            fixed = _fit_capacity(p, a, allowed, cap_s, deadline)
+            if fixed is not None:
+                return fixed
+        lam = lam * 2.0 if ev.latency_s > L else lam * 0.8
+        mu = mu * np.exp(np.clip(0.7 * (over - 1.0), -0.7, 0.7))
+    return None
+
+
+def _fit_capacity(
+    p: Problem, a: np.ndarray, allowed: np.ndarray, cap_s: np.ndarray, deadline: float
+) -> np.ndarray | None:
+    """Move tasks off classes whose busy time exceeds ``cap_s`` (exact latency check per move)."""
+    lat = np.where(allowed, p.latency_s, np.inf)
+    cur = a
+    for _ in range(p.num_devices):
+        ev = p.evaluate(cur)
+        over = np.flatnonzero(ev.busy_s > cap_s * (1 + 1e-9))
+        if not len(over):
+            return cur if ev.feasible else None
+        d = int(over[0])
+        spare = [
+            b
+            for b in range(p.num_devices)
+            if b != d and allowed[:, b].any() and ev.busy_s[b] < cap_s[b]
+        ]
+        if not spare:
+            return None
+        need = float(ev.busy_s[d] - cap_s[d]) + 1e-12
+        cur = _shed_exact(p, cur, ev, d, spare, lat, need, deadline, cap_s)
+        if cur is None:
+            return None
+    return None
+
+
+def _pack_improve(
+    p: Problem,
+    ch: list[list[int]],
+    a: np.ndarray,
+    allowed: np.ndarray,
+    best_usd: float,
+    deadline: float,
+) -> np.ndarray | None:
+    """Try device counts one device cheaper than ``a``'s on its classes: drop one device of a
+    class d and, if needed, add one on another class e (only when that lowers the cost)."""
+    ev = p.evaluate(a)
+    used = np.flatnonzero(ev.devices > 0).tolist()
+    targets = []
+    for d in used:
+        for e in [None, *used]:
+            if e == d:
+                continue
+            k = ev.devices.astype(float).copy()
+            k[d] -= 1
+            if e is not None:
+                k[e] += 1
+            usd = float((k * p.usd_per_hour).sum())
+            if k[d] >= 1 and usd < best_usd - 1e-9:
+                targets.append((usd, k))
+    targets.sort(key=lambda t: t[0])
+    sub = allowed & (ev.devices > 0)[None, :]
+    for _, k in targets:
+        got = pack(p, ch, sub, k / p.load_factor, deadline)
+        if got is not None and p.evaluate(got).usd_per_hour < best_usd - 1e-9:
+            return got
+    return None
+
+
 def class_subsets(problem: Problem, max_size: int) -> list[tuple[float, tuple[int, ...]]]:
     """Class subsets of 2..max_size classes that can run every task, with a lower bound each.
 
@@ -412,6 +523,7 @@ def solve_heuristic(
     if homo and homo[0][0] < best_usd:
         best, best_usd = homo[0][2], homo[0][0]
     L = p.sla.latency_s * (1 + LATENCY_RTOL)
+    tried: list[tuple[float, float, np.ndarray, np.ndarray]] = []
     if max_classes is None:
         max_classes = 3 if p.num_devices <= 10 else 2
     for lb, sub in class_subsets(p, min(max_classes, p.num_devices)):
@@ -430,8 +542,22 @@ def solve_heuristic(
         a = local_search(p, a, ch, deadline, allowed=sub_allowed)
         a = shed_devices(p, a, sub_allowed, deadline)
         usd = p.evaluate(a).usd_per_hour
+        tried.append((usd, lb, a, sub_allowed))
         if usd < best_usd:
             best, best_usd = a, usd
+    # integral device counts: pack the most promising subsets into one device fewer
+    tried.sort(key=lambda t: t[0])
+    for usd, lb, a, sub_allowed in tried[:3]:
+        while (
+            usd > lb * (1 + 1e-9) and lb < best_usd * (1 - 1e-9) and time.perf_counter() < deadline
+        ):
+            packed = _pack_improve(p, ch, a, sub_allowed, min(usd, best_usd), deadline)
+            if packed is None:
+                break
+            a = local_search(p, packed, ch, deadline, allowed=sub_allowed)
+            usd = p.evaluate(a).usd_per_hour
+            if usd < best_usd:
+                best, best_usd = a, usd
     return best
 
 
@@ -522,6 +648,7 @@ def _shed_exact(
     lat: np.ndarray,
     need: float,
     deadline: float,
+    cap_s: np.ndarray | None = None,
 ) -> np.ndarray | None:
     """Shed ``need`` busy seconds off class a one task at a time, each move checked against
     the SLA on exact longest paths (tasks off the critical path go first); None if stuck."""
@@ -546,6 +673,8 @@ def _shed_exact(
             for b in others:
                 lb = lat[i, b]
                 if not math.isfinite(lb):
+                    continue
+                if cap_s is not None and busy[b] + lb > cap_s[b] * (1 + 1e-9):
                     continue
                 nd = max(1.0, math.ceil((busy[b] + lb) * load - 1e-9))
                 opts.append(((nd - dev[b]) * p.usd_per_hour[b], lb, b))
