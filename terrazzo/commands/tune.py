@@ -35,6 +35,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--llm-model", help="model name (env TERRAZZO_LLM_MODEL)")
     p.add_argument("--llm-timeout", type=float, default=60.0, help="seconds per LLM request")
     p.add_argument("--retune", action="store_true", help="tune kernels already in the database")
+    p.add_argument("--calibration", metavar="PROFILE.json",
+                   help="calibrated CPU profile (`terrazzo calibrate --out`); kernels are then "
+                   "ranked by the cost model's predicted time (env TERRAZZO_CALIBRATION)")
     p.set_defaults(func=run)
 
 
@@ -105,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         make = OfflineProposer
     opts = TuneOptions(trials=args.trials, batch=args.batch)
+    cost_model, cost_device = _cost_model(args)
     out = sys.stdout
 
     def on_kernel(kernel: Any, share: float) -> None:
@@ -122,7 +126,8 @@ def run(args: argparse.Namespace) -> int:
             target = tvm.target.Target(t)
             out.write(f"{label} on {t}\n")
             results = tune_module(mod, target, make, opts, db=db, max_kernels=args.kernels,
-                                  retune=args.retune, progress=progress, on_kernel=on_kernel)
+                                  retune=args.retune, progress=progress, on_kernel=on_kernel,
+                                  cost_model=cost_model, cost_device=cost_device)
             for r in results:
                 sp = f"{r.speedup:.1f}x" if r.speedup else "no valid schedule"
                 out.write(f"  {r.kernel_name}: {_us(r.baseline_latency_s)} -> "
@@ -135,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
 def _run_metaschedule(args: argparse.Namespace, modules: list[tuple[str, Any, list[dict[str, Any]]]]) -> int:
     import tvm
 
-    from terrazzo.codegen.tuning import extract_kernels, rank_kernels
+    from terrazzo.codegen.tuning import extract_kernels, prepare_module, rank_kernels
     from terrazzo.codegen.tuning.config import cache_dir
     from terrazzo.codegen.tuning.metaschedule import tune_kernel_metaschedule
 
@@ -143,12 +148,30 @@ def _run_metaschedule(args: argparse.Namespace, modules: list[tuple[str, Any, li
     for label, mod, targets in modules:
         for t in targets:
             target = tvm.target.Target(t)
-            for kernel, share in rank_kernels(extract_kernels(mod, target))[: args.kernels]:
+            kernels = extract_kernels(prepare_module(mod, target), target)
+            for kernel, share in rank_kernels(kernels)[: args.kernels]:
                 print(f"{label}: {kernel.name} ({share:.0%}) with MetaSchedule, {args.trials} trials")
                 r = tune_kernel_metaschedule(kernel, target, args.trials, work_dir=work_dir)
                 print(f"  best {_us(r.best_latency_s)} after {r.trials} trials ({r.wall_s:.0f} s)")
     print(f"MetaSchedule database directory {work_dir} (use: terrazzo compile --tuning {work_dir})")
     return 0
+
+
+def _cost_model(args: argparse.Namespace) -> tuple[Any, str]:
+    """A CostModel with the calibrated CPU profile, when one is given (else roofline ranking)."""
+    import os
+    from pathlib import Path
+
+    path = getattr(args, "calibration", None) or os.environ.get("TERRAZZO_CALIBRATION")
+    if not path:
+        return None, "local-cpu"
+    if not Path(path).is_file():
+        raise TerrazzoError(f"calibration profile {path!r} does not exist")
+    from terrazzo.costmodel import CostModel, load_catalog
+    from terrazzo.costmodel.profile import CalibrationProfile
+
+    prof = CalibrationProfile.load(path)
+    return CostModel(load_catalog(), calibration=prof), prof.device
 
 
 def _us(x: float | None) -> str:

@@ -100,8 +100,8 @@ def test_offline_proposer_candidates_are_correct_for_each_class(name: str) -> No
 
 def test_kernel_classes_and_ranking() -> None:
     kinds = {n: analyse(n, f()).kernel_class for n, f in W.KERNELS.items()}
-    assert kinds == {"matmul": "matmul", "conv": "conv", "softmax": "reduction",
-                     "elementwise": "elementwise"}
+    assert kinds == {"matmul": "matmul", "conv": "conv", "conv_nhwc": "conv",
+                     "softmax": "reduction", "elementwise": "elementwise"}
     ranked = rank_kernels(extract_kernels(W.mlp_module(32, 64, 64, 8), TARGET))
     assert ranked[0][0].kernel_class == "matmul"
     assert abs(sum(s for _, s in ranked) - 1.0) < 1e-9
@@ -165,3 +165,57 @@ def test_tune_module_then_apply_tuning_compiles_same_numbers() -> None:
         outs.append(vm["main"](tvm.runtime.tensor(x, tvm.cpu())).numpy())
     np.testing.assert_allclose(outs[0], outs[1], rtol=1e-5, atol=1e-6)
     assert apply_tuning(low, TARGET, None) is low
+
+
+def _conv_relax_module():
+    from tvm import relax
+    from tvm.script import relax as R
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", R.Tensor((1, 4, 8, 8), "float32"))
+    w = np.random.default_rng(0).standard_normal((8, 4, 3, 3)).astype("float32")
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.nn.conv2d(x, relax.const(w), padding=1))
+            z = bb.emit_output(relax.op.nn.relu(y))
+        bb.emit_func_output(z)
+    return bb.get()
+
+
+def test_prepare_module_makes_cpu_convs_nhwc_and_keeps_numbers() -> None:
+    from tvm import relax
+
+    from terrazzo.codegen.tuning import prepare_module
+
+    mod = _conv_relax_module()
+    prepared = prepare_module(mod, TARGET)
+    names = [b.name for k in extract_kernels(prepared, TARGET) for b in k.blocks]
+    assert "conv2d_nhwc" in names and "conv2d_nchw" not in names
+    # no per-call weight transpose: FoldConstant folds it at build time
+    assert not any(k.kernel_class == "elementwise" and k.bytes_accessed == 2 * 8 * 4 * 9 * 4
+                   for k in extract_kernels(prepared, TARGET))
+    assert prepare_module(mod, tvm.target.Target("cuda")) is mod
+    assert prepare_module(W.mlp_module(8, 16, 16, 4), TARGET) is not None
+    x = np.random.default_rng(1).standard_normal((1, 4, 8, 8)).astype("float32")
+    outs = []
+    for m in (mod, prepared):
+        with TARGET:
+            low = relax.get_pipeline("zero")(m)
+        vm = relax.VirtualMachine(tvm.compile(low, target=TARGET), tvm.cpu())
+        outs.append(vm["main"](tvm.runtime.tensor(x, tvm.cpu())).numpy())
+    np.testing.assert_allclose(outs[0], outs[1], rtol=1e-5, atol=1e-5)
+
+
+def test_ranking_uses_the_cost_model_when_given() -> None:
+    from terrazzo.codegen.tuning import kernel_op
+    from terrazzo.costmodel import CostModel, load_catalog
+
+    kernels = extract_kernels(W.mlp_module(32, 64, 64, 8), TARGET)
+    cm = CostModel(load_catalog())
+    device = next(iter(cm.devices))
+    ranked = rank_kernels(kernels, cost_model=cm, device=device)
+    want = {k.workload_hash: k.calls * cm.op_latency_s(kernel_op(k), device) for k in kernels}
+    total = sum(want.values())
+    for k, share in ranked:
+        assert share == pytest.approx(want[k.workload_hash] / total)
+    assert kernel_op(kernels[0]).flops == int(kernels[0].flops)

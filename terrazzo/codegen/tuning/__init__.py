@@ -16,9 +16,11 @@ from terrazzo.codegen.tuning.kernel import (
     Kernel,
     analyse,
     extract_kernels,
+    kernel_op,
     rank_kernels,
     workload_hash,
 )
+from terrazzo.codegen.tuning.layout import prepare_module
 from terrazzo.codegen.tuning.llm import LLMProposer, extract_json_object
 from terrazzo.codegen.tuning.loop import KernelResult, TuneOptions, tune_kernel, tune_module
 from terrazzo.codegen.tuning.measure import KernelEvaluator, MeasureOptions, Measurement
@@ -58,9 +60,11 @@ __all__ = [
     "default_database_path",
     "extract_json_object",
     "extract_kernels",
+    "kernel_op",
     "llm_endpoint",
     "local_hardware",
     "parse_program",
+    "prepare_module",
     "rank_kernels",
     "target_key",
     "tune_kernel",

@@ -249,12 +249,56 @@ def extract_kernels(mod: Any, target: Any, lowered: bool = False) -> list[Kernel
     return kernels
 
 
+def kernel_op(kernel: Kernel) -> Any:
+    """The kernel as an ``ir.Op`` the cost model can price (one call)."""
+    from terrazzo.ir.graph import Op
+
+    op_class = kernel.kernel_class if kernel.kernel_class in ("matmul", "conv", "reduction",
+                                                              "elementwise") else "other"
+    out_bytes = 0
+    try:
+        import tvm_ffi  # noqa: F401
+
+        from terrazzo.codegen.tuning.measure import output_indices
+
+        params = list(kernel.func.params)
+        for i in output_indices(kernel.func):
+            n = 1
+            for d in params[i].shape:
+                n *= int(d) if _is_int(d) else 1
+            out_bytes += n * _dtype_bytes(str(params[i].dtype))
+    except Exception:
+        out_bytes = 0
+    return Op(
+        name=kernel.name,
+        kind=kernel.kernel_class,
+        inputs=(),
+        outputs=(),
+        op_class=op_class,
+        flops=int(kernel.flops),
+        bytes_read=max(0, kernel.bytes_accessed - out_bytes),
+        bytes_written=out_bytes,
+    )
+
+
 def rank_kernels(
     kernels: list[Kernel],
     peak_flops: float = DEFAULT_PEAK_FLOPS,
     mem_bw_bytes_per_s: float = DEFAULT_MEM_BW_BYTES_PER_S,
+    cost_model: Any = None,
+    device: str = "local-cpu",
 ) -> list[tuple[Kernel, float]]:
-    """Kernels with their predicted share of total time, largest first (one per workload)."""
+    """Kernels with their predicted share of total time, largest first (one per workload).
+
+    Args:
+        kernels: analysed kernels (several with the same workload hash are merged).
+        peak_flops: roofline compute peak, used without a cost model.
+        mem_bw_bytes_per_s: roofline bandwidth, used without a cost model.
+        cost_model: a ``terrazzo.costmodel.CostModel``; when given, each kernel's time is its
+            ``op_latency_s`` on ``device`` (the calibrated CPU profile's efficiencies and
+            launch overhead) times its call count.
+        device: the cost model device to price kernels on.
+    """
     merged: dict[str, Kernel] = {}
     for k in kernels:
         if k.workload_hash in merged:
@@ -265,7 +309,11 @@ def rank_kernels(
             )
         else:
             merged[k.workload_hash] = k
-    times = {h: k.predicted_latency_s(peak_flops, mem_bw_bytes_per_s) for h, k in merged.items()}
+    if cost_model is not None:
+        times = {h: k.calls * cost_model.op_latency_s(kernel_op(k), device)
+                 for h, k in merged.items()}
+    else:
+        times = {h: k.predicted_latency_s(peak_flops, mem_bw_bytes_per_s) for h, k in merged.items()}
     total = sum(times.values()) or 1.0
     ranked = sorted(merged.values(), key=lambda k: -times[k.workload_hash])
     return [(k, times[k.workload_hash] / total) for k in ranked]
@@ -277,6 +325,7 @@ __all__ = [
     "analyse",
     "classify",
     "extract_kernels",
+    "kernel_op",
     "lower_for_tuning",
     "rank_kernels",
     "workload_hash",

@@ -16,6 +16,7 @@ from typing import Any
 
 from terrazzo.codegen.tuning.database import TuningDatabase, TuningRecord, target_key
 from terrazzo.codegen.tuning.kernel import Kernel, extract_kernels, rank_kernels
+from terrazzo.codegen.tuning.layout import prepare_module
 from terrazzo.codegen.tuning.measure import KernelEvaluator, MeasureOptions
 from terrazzo.codegen.tuning.program import ScheduleProgram, ScheduleProgramError, apply_program
 from terrazzo.codegen.tuning.proposer import HardwareSpec, Proposer, Trial, local_hardware
@@ -176,15 +177,24 @@ def tune_module(
     hardware: HardwareSpec | None = None,
     progress: ProgressFn | None = None,
     on_kernel: Callable[[Kernel, float], None] | None = None,
+    prepare: bool = True,
+    cost_model: Any = None,
+    cost_device: str = "local-cpu",
 ) -> list[KernelResult]:
     """Tune the hottest kernels of a Relax module for one target.
 
     Kernels are ranked by roofline share of the module's time; the top ``max_kernels``
     with at least ``min_share`` are tuned (skipping ones already in ``db`` unless ``retune``).
+    With ``prepare`` (and an unlowered ``mod``), :func:`prepare_module` re-lays-out the module
+    first, as codegen does before building with a tuning database. With ``cost_model``
+    (a ``terrazzo.costmodel.CostModel``, ideally with the calibrated CPU profile), kernels are
+    ranked by its predicted latency on ``cost_device`` instead of the plain roofline.
     """
     hw = hardware or local_hardware()
+    if prepare and not lowered:
+        mod = prepare_module(mod, target)
     kernels = extract_kernels(mod, target, lowered=lowered)
-    ranked = rank_kernels(kernels, hw.peak_flops, hw.mem_bw_bytes_per_s)
+    ranked = rank_kernels(kernels, hw.peak_flops, hw.mem_bw_bytes_per_s, cost_model, cost_device)
     results = []
     for kernel, share in ranked[:max_kernels]:
         if share < min_share:

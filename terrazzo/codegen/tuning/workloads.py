@@ -32,6 +32,18 @@ def conv2d(
     return _prim(x, w, y)
 
 
+def conv2d_nhwc(
+    batch: int, cin: int, hw: int, cout: int, kernel: int, pad: int = 1, dtype: str = "float32"
+) -> Any:
+    """NHWC conv2d with HWIO weights (stride 1), the CPU layout ``prepare_module`` picks."""
+    from tvm import te, topi
+
+    x = te.placeholder((batch, hw, hw, cin), dtype, name="X")
+    w = te.placeholder((kernel, kernel, cin, cout), dtype, name="W")
+    y = topi.nn.conv2d_nhwc(x, w, stride=1, padding=pad, dilation=1)
+    return _prim(x, w, y)
+
+
 def softmax(rows: int, cols: int, dtype: str = "float32") -> Any:
     """Row softmax (max, exp, sum, divide): a multi-block reduction kernel."""
     from tvm import te, topi
@@ -85,8 +97,9 @@ def _prim(*tensors: Any) -> Any:
 KERNELS = {
     "matmul": lambda: matmul(64, 64, 64),
     "conv": lambda: conv2d(1, 8, 16, 16, 3),
+    "conv_nhwc": lambda: conv2d_nhwc(1, 8, 8, 16, 3),
     "softmax": lambda: softmax(16, 128),
     "elementwise": lambda: add_relu(64, 128),
 }
 
-__all__ = ["KERNELS", "add_relu", "conv2d", "matmul", "mlp_module", "softmax"]
+__all__ = ["KERNELS", "add_relu", "conv2d", "conv2d_nhwc", "matmul", "mlp_module", "softmax"]
