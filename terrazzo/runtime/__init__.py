@@ -2,11 +2,20 @@
 
 Gateway (``inference.GRPCInferenceService`` + ``grpc.health.v1``) -> stage workers (local
 processes on loopback, or Ray actors requesting ``devclass_<name>`` resources).
+
+The facade resolves its names lazily, so a worker process (which imports
+``terrazzo.runtime.worker``) does not pay for the gateway, metrics and server modules.
 """
 
-from terrazzo.runtime.plan import RunnerSpec, ServingPlan, StageSpec, devclass_resource
-from terrazzo.runtime.server import ServeOptions, Server, TLSOptions, serve
-from terrazzo.runtime.tensors import TensorSpec
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from terrazzo.runtime.plan import RunnerSpec, ServingPlan, StageSpec, devclass_resource
+    from terrazzo.runtime.server import ServeOptions, Server, TLSOptions, serve
+    from terrazzo.runtime.tensors import TensorSpec
 
 __all__ = [
     "RunnerSpec",
@@ -19,3 +28,28 @@ __all__ = [
     "devclass_resource",
     "serve",
 ]
+
+_WHERE = {
+    "RunnerSpec": "plan",
+    "ServingPlan": "plan",
+    "StageSpec": "plan",
+    "devclass_resource": "plan",
+    "ServeOptions": "server",
+    "Server": "server",
+    "TLSOptions": "server",
+    "serve": "server",
+    "TensorSpec": "tensors",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'terrazzo.runtime' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"terrazzo.runtime.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

@@ -79,3 +79,19 @@ class RelaxLibraryRunner:
 def relax_library(path: str, inputs: Sequence[str], outputs: Sequence[str], function: str = "main") -> Runner:
     """Factory for ``RelaxLibraryRunner`` (usable as ``terrazzo.runtime.runners:relax_library``)."""
     return RelaxLibraryRunner(path, inputs, outputs, function)
+
+
+def identity(names: Sequence[str], outputs: Sequence[str] | None = None) -> Runner:
+    """A pass-through stage (like Triton's identity model): output ``outputs[i]`` is input ``names[i]``.
+
+    Used to measure what serving adds on top of the work itself (benchmarks/serving_overhead.py).
+    """
+    ins = tuple(names)
+    outs = tuple(outputs) if outputs is not None else ins
+    if len(ins) != len(outs):
+        raise ServingError(f"identity runner maps {len(ins)} inputs to {len(outs)} outputs")
+
+    def run(values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {o: values[i] for i, o in zip(ins, outs, strict=True)}
+
+    return run

@@ -22,67 +22,11 @@ from terrazzo.runtime import RunnerSpec, ServingPlan, StageSpec, TensorSpec, TLS
 from terrazzo.runtime.protos import grpc_service_pb2 as pb
 from terrazzo.runtime.protos import grpc_service_pb2_grpc as pb_grpc
 from terrazzo.runtime.protos import health_pb2, health_pb2_grpc
+from tests.integration.serving_helpers import RELAX, _build_libs, _infer, chain_plan  # noqa: F401
 
 pytestmark = pytest.mark.integration
-RELAX = "terrazzo.runtime.runners:relax_library"
 TOKEN = "s3cret-token-value"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
-
-
-def _build_libs(out: Path) -> dict[str, str]:
-    """Compile three tiny Relax functions with TVM for the CPU and export them as libraries."""
-    import tvm
-    from tvm.script import ir as I
-    from tvm.script import relax as R
-
-    @I.ir_module
-    class Double:
-        @R.function
-        def main(x: R.Tensor(("n",), "float32")) -> R.Tensor(("n",), "float32"):
-            return R.multiply(x, R.const(2.0, "float32"))
-
-    @I.ir_module
-    class AddOne:
-        @R.function
-        def main(y: R.Tensor(("n",), "float32")) -> R.Tensor(("n",), "float32"):
-            return R.add(y, R.const(1.0, "float32"))
-
-    @I.ir_module
-    class Combine:
-        @R.function
-        def main(a: R.Tensor(("n",), "float32"), b: R.Tensor(("n",), "float32")) -> R.Tensor(("n",), "float32"):
-            return R.subtract(a, b)
-
-    paths = {}
-    for name, mod in {"double": Double, "addone": AddOne, "combine": Combine}.items():
-        paths[name] = str(out / f"{name}.so")
-        tvm.compile(mod, target="llvm").export_library(paths[name])
-    return paths
-
-
-@pytest.fixture(scope="module")
-def libs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    return _build_libs(tmp_path_factory.mktemp("relax_libs"))
-
-
-def chain_plan(libs: dict[str, str], replicas: int = 1, delay_s: float = 0.0) -> ServingPlan:
-    """x -> [stage0: y = 2x on 'cpu'] -> [stage1: z = y + 1 on 't4'] -> z (and y)."""
-    return ServingPlan(
-        "toy",
-        (TensorSpec("x", "FP32", (-1,)),),
-        (TensorSpec("z", "FP32", (-1,)), TensorSpec("y", "FP32", (-1,))),
-        (
-            StageSpec(0, "cpu", ("x",), ("y",), RunnerSpec(RELAX, {"path": libs["double"], "inputs": ["x"], "outputs": ["y"]}, delay_s), replicas),
-            StageSpec(1, "t4", ("y",), ("z",), RunnerSpec(RELAX, {"path": libs["addone"], "inputs": ["y"], "outputs": ["z"]}), replicas,
-                      fallback_reason="t4 absent: running the CPU build"),
-        ),
-    )
-
-
-def _infer(client: tc.InferenceServerClient, x: np.ndarray, model: str = "toy", **kw) -> tc.InferResult:
-    inp = tc.InferInput("x", list(x.shape), "FP32")
-    inp.set_data_from_numpy(x)
-    return client.infer(model, [inp], **kw)
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +70,7 @@ def test_typed_contents_accepted_and_mixed_rejected(main_server):
     t = req.inputs.add(name="x", datatype="FP32", shape=[3])
     t.contents.fp32_contents.extend([1.0, 2.0, 3.0])
     resp = stub.ModelInfer(req, metadata=md)
-    got = {o.name: np.frombuffer(raw, np.float32) for o, raw in zip(resp.outputs, resp.raw_output_contents)}
+    got = {o.name: np.frombuffer(raw, np.float32) for o, raw in zip(resp.outputs, resp.raw_output_contents, strict=True)}
     np.testing.assert_array_equal(got["z"], [3.0, 5.0, 7.0])
     req.raw_input_contents.append(np.ones(3, np.float32).tobytes())
     with pytest.raises(grpc.RpcError) as e:

@@ -13,13 +13,12 @@ import tritonclient.grpc as tc
 from tritonclient.utils import InferenceServerException
 
 from terrazzo.runtime import serve
-from tests.integration.test_serve import _build_libs, chain_plan
+from tests.integration.serving_helpers import chain_plan
 
 pytestmark = pytest.mark.integration
 
 
-def test_kill_worker_under_load(tmp_path):
-    libs = _build_libs(tmp_path)
+def test_kill_worker_under_load(libs):
     with serve(chain_plan(libs, replicas=2), default_timeout_s=5.0) as server:
         url = f"127.0.0.1:{server.port}"
         stop = threading.Event()

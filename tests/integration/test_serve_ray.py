@@ -10,7 +10,7 @@ import tritonclient.grpc as tc
 
 from terrazzo.errors import ServingError
 from terrazzo.runtime import serve
-from tests.integration.test_serve import _build_libs, _infer, chain_plan
+from tests.integration.serving_helpers import _infer, chain_plan
 
 pytestmark = pytest.mark.integration
 
@@ -24,13 +24,8 @@ def ray_cluster():
     ray.shutdown()
 
 
-@pytest.fixture(scope="module")
-def ray_libs(tmp_path_factory):
-    return _build_libs(tmp_path_factory.mktemp("ray_libs"))
-
-
-def test_serve_through_ray_actors(ray_cluster, ray_libs):
-    with serve(chain_plan(ray_libs), ray_address="auto") as server:
+def test_serve_through_ray_actors(ray_cluster, libs):
+    with serve(chain_plan(libs), ray_address="auto") as server:
         assert all(r["where"].startswith("ray actor") for r in server.workers())
         assert {r["where"] for r in server.workers()} == {"ray actor (devclass_cpu)", "ray actor (devclass_t4)"}
         c = tc.InferenceServerClient(f"127.0.0.1:{server.port}")
@@ -39,10 +34,10 @@ def test_serve_through_ray_actors(ray_cluster, ray_libs):
         c.close()
 
 
-def test_missing_device_class_fails_fast(ray_cluster, ray_libs):
+def test_missing_device_class_fails_fast(ray_cluster, libs):
     from dataclasses import replace
 
-    plan = chain_plan(ray_libs)
+    plan = chain_plan(libs)
     plan = replace(plan, stages=(plan.stages[0], replace(plan.stages[1], device="H100")))
     t0 = time.monotonic()
     with pytest.raises(ServingError, match="devclass_h100"):

@@ -1,0 +1,126 @@
+"""Question: how much latency does each gRPC hop of Terrazzo serving add, by tensor size?
+
+An identity stage (``terrazzo.runtime.runners:identity``, Triton's identity model) is served by
+one worker process behind the gateway on loopback. For 4 KiB, 1 MiB and 16 MiB FP32 tensors we
+time, request by request:
+
+- ``direct``: the stage called in-process (what the work itself costs);
+- ``1 hop``: a KServe v2 ``ModelInfer`` straight to the worker (client -> worker);
+- ``2 hops``: the stock ``tritonclient.grpc`` client through the gateway (client -> gateway ->
+  worker), i.e. how a user calls ``terrazzo serve``.
+
+``per hop`` is (2 hops - direct) / 2 at p50 and p99: the latency one loopback hop adds,
+including (de)serialisation and copies of the tensor on both sides. Runs are closed-loop, one
+request at a time, after warm-up.
+
+Run: ``OMP_NUM_THREADS=2 .venv/bin/python benchmarks/serving_overhead.py [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks._common import print_table, write_result  # noqa: E402
+
+SIZES = (("4 KiB", 4 << 10, 400), ("1 MiB", 1 << 20, 100), ("16 MiB", 16 << 20, 25))
+
+
+def _pct(samples_s: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(samples_s), q))
+
+
+def _time(fn, n: int, warmup: int = 3) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="a quarter of the requests per size")
+    args = ap.parse_args()
+
+    import grpc
+    import tritonclient.grpc as tc
+
+    from terrazzo.runtime import RunnerSpec, ServingPlan, StageSpec, TensorSpec, serve
+    from terrazzo.runtime.protos import grpc_service_pb2 as pb
+    from terrazzo.runtime.protos import grpc_service_pb2_grpc as pb_grpc
+    from terrazzo.runtime.runners import identity
+    from terrazzo.runtime.worker import TOKEN_HEADER, grpc_options
+
+    factory = "terrazzo.runtime.runners:identity"
+    plan = ServingPlan(
+        "identity",
+        (TensorSpec("x", "FP32", (-1,)),),
+        (TensorSpec("y", "FP32", (-1,)),),
+        (StageSpec(0, "cpu", ("x",), ("y",), RunnerSpec(factory, {"names": ["x"], "outputs": ["y"]})),),
+    )
+    direct_runner = identity(["x"], ["y"])
+    rows = []
+    t_start = time.perf_counter()
+    with serve(plan, max_message_bytes=64 << 20) as server:
+        ready_s = time.perf_counter() - t_start
+        client = tc.InferenceServerClient(f"127.0.0.1:{server.port}")
+        worker = server.workers()[0]
+        channel = grpc.insecure_channel(str(worker["address"]), options=grpc_options(64 << 20))
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        md = ((TOKEN_HEADER, server._worker_opts.token),)  # noqa: SLF001  the benchmark is a trusted caller
+        for label, nbytes, n in SIZES:
+            n = max(5, n // 4) if args.quick else n
+            x = np.random.default_rng(0).standard_normal(nbytes // 4).astype(np.float32)
+
+            def call_direct(x=x):
+                # what a single process does with the request: run the stage and own the output bytes
+                return direct_runner({"x": x})["y"].tobytes()
+
+            def call_worker(x=x):
+                req = pb.ModelInferRequest(model_name="stage0")
+                req.inputs.add(name="x", datatype="FP32", shape=[x.size])
+                req.raw_input_contents.append(x.tobytes())
+                resp = stub.ModelInfer(req, metadata=md, timeout=30)
+                return np.frombuffer(resp.raw_output_contents[0], np.float32)
+
+            inp = tc.InferInput("x", [x.size], "FP32")
+            inp.set_data_from_numpy(x)
+
+            def call_gateway(inp=inp):
+                return client.infer("identity", [inp], client_timeout=30).as_numpy("y")
+
+            assert np.array_equal(call_worker(), x) and np.array_equal(call_gateway(), x)
+            direct = _time(call_direct, n)
+            one_hop = _time(call_worker, n)
+            two_hops = _time(call_gateway, n)
+            row = {"tensor": label, "requests": n}
+            for name, s in (("direct", direct), ("1hop", one_hop), ("2hop", two_hops)):
+                row[f"{name}_p50_ms"] = _pct(s, 50) * 1e3
+                row[f"{name}_p99_ms"] = _pct(s, 99) * 1e3
+            row["per_hop_p50_ms"] = (row["2hop_p50_ms"] - row["direct_p50_ms"]) / 2
+            row["per_hop_p99_ms"] = (row["2hop_p99_ms"] - row["direct_p99_ms"]) / 2
+            row["per_hop_p50_GBps"] = nbytes * 2 / 1e9 / max(row["per_hop_p50_ms"] / 1e3, 1e-9)
+            rows.append(row)
+        channel.close()
+        client.close()
+    cols = ["tensor", "requests", "direct_p50_ms", "1hop_p50_ms", "1hop_p99_ms", "2hop_p50_ms", "2hop_p99_ms",
+            "per_hop_p50_ms", "per_hop_p99_ms", "per_hop_p50_GBps"]
+    print_table(rows, cols, title="Per-hop serving overhead on loopback (identity stage, 1 worker)")
+    print(f"server ready in {ready_s:.1f} s; per_hop_p50_GBps counts the tensor both ways (request + answer)")
+    path = write_result("serving_overhead", rows, {"ready_s": ready_s, "quick": args.quick})
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
