@@ -65,6 +65,7 @@ def _load_inputs(items: list[str], specs: Any) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    import logging
     import time
 
     import numpy as np
@@ -72,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
     from terrazzo.bundle import open_bundle, random_inputs
     from terrazzo.commands._common import print_json
 
+    # The notes of stages running off their planned device are printed below, not logged twice.
+    logging.getLogger("terrazzo.bundle").setLevel(logging.ERROR)
     with open_bundle(args.bundle, trust_key=args.trust) as b:
         given = _load_inputs(args.input, b.inputs)
         random_names = [s.name for s in b.inputs if s.name not in given]
