@@ -16,7 +16,12 @@ def register(subparsers: Any) -> None:
         "roofline efficiencies of the 'local-cpu' device, save them as a calibration profile "
         "and report MAPE and Spearman correlation on held-out ops and whole models.",
     )
-    p.add_argument("--out", metavar="PROFILE.json", help="write the fitted profile here")
+    p.add_argument(
+        "--out",
+        metavar="PROFILE.json",
+        help="write the fitted profile here (default: $TERRAZZO_CACHE or ~/.cache/terrazzo, "
+        "calibration/local-cpu.json); load it with CostModel(catalog, calibration=PATH)",
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--quick", action="store_true", help="half the op suite and two zoo models")
     p.add_argument(
@@ -82,16 +87,21 @@ def run(args: argparse.Namespace) -> int:
     models = _models(args.models)
     log = None if args.json else (lambda s: print(s, file=sys.stderr, flush=True))
     rep = run_calibration(quick=args.quick, models=models, log=log)
-    if args.out:
-        rep.profile.save(args.out)
+    from pathlib import Path
+
+    out = args.out or str(
+        Path(os.environ.get("TERRAZZO_CACHE", Path.home() / ".cache" / "terrazzo"))
+        / "calibration"
+        / "local-cpu.json"
+    )
+    rep.profile.save(out)
     if args.json:
         from terrazzo.commands._common import print_json
 
         print_json(report_json(rep))
         return 0
     print_report(rep)
-    if args.out:
-        print(f"profile written to {args.out}")
+    print(f"profile written to {out}")
     return 0
 
 
@@ -123,6 +133,9 @@ def print_report(rep: Any) -> None:
     )
     t.add_row(
         "fit set", str(s["ops_measured"] - s["ops_held_out"]), f"{s['op_mape_pct_train']:.1f}", ""
+    )
+    t.add_row(
+        "noise floor (pass 2 vs 1)", str(s["ops_measured"]), f"{s['op_repeat_noise_pct']:.1f}", ""
     )
     console.print(t)
     if rep.models:

@@ -393,7 +393,7 @@ _EM_GRID = np.logspace(-4, math.log10(MAX_MEMORY_EFFICIENCY), 301)
 
 
 def _predict(
-    flops: np.ndarray, nbytes: np.ndarray, peak: float, bw: float, launch: float, ec: Any, em: Any
+    flops: Any, nbytes: Any, peak: float, bw: float, launch: float, ec: Any, em: Any
 ) -> Any:
     return launch + np.maximum(flops / (peak * ec), nbytes / (bw * em))
 

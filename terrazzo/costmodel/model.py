@@ -279,7 +279,7 @@ def _llm_config(op: Op) -> llm.LLMConfig | None:
         return None
     dt = _llm_shape(op)[0]
     params = op.param_bytes // llm.dtype_bytes(dt) if op.param_bytes else 0
-    layers, d, heads, kvh, ffn, vocab = (int(a[k]) for k in need)  # type: ignore[call-overload]
+    layers, d, heads, kvh, ffn, vocab = (int(a[k]) for k in need)  # type: ignore[call-overload,arg-type]
     if params <= 0:  # Llama-style count: attention + gated MLP + untied embeddings
         kv = kvh * (d // heads)
         params = layers * (2 * d * d + 2 * d * kv + 3 * d * ffn + 2 * d) + 2 * vocab * d + d
