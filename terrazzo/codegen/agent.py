@@ -10,9 +10,13 @@ turns that into the served stage DAG (conditional loops unrolled to ``max_iterat
 Placement: the LLM of a test-size spec (``tiny-llama``) is costed as a deployment-size model
 (``cost_preset``, default ``llama3-8b``) so the plan is the one the paper's question asks about;
 with ``pd_split`` the prefill and decode phases are kept on different device classes (the P::D
-split) by re-solving with decode barred from the prefill's class when the optimum co-locates
-them. Every stage is built for the host CPU; a stage planned on a class that is absent here
-records the class's own target and says that it falls back to the host build.
+split) by searching, for each prefill class, the cheapest plan whose decode is elsewhere, when
+the optimum co-locates them (the notes say what the split costs).
+
+Builds go through the normal codegen path (``build_stage``): every stage gets a host-CPU library;
+a stage planned on a GPU class also gets that class's own build (CUDA source, nvcc fatbin) with
+``device_builds``. Where the planned device is absent at serve time the host build runs and the
+serving plan says so.
 """
 
 from __future__ import annotations
@@ -107,6 +111,7 @@ def place_agent(
     *,
     cost_preset: str | None = "auto",
     pd_split: bool = True,
+    catalog: Any = None,
 ) -> tuple[Any, list[str]]:
     """Place an agent graph with ``terrazzo.report.plan_agent``; keep prefill and decode apart with ``pd_split``.
 
@@ -120,7 +125,7 @@ def place_agent(
     from terrazzo.report.agent_plan import agent_problem
 
     costed, notes = _costed_graph(graph, cost_preset)
-    problem = agent_problem(costed, fleet, sla, rps)
+    problem = agent_problem(costed, fleet, sla, rps, catalog=catalog)
     plan = solve(problem, solver)
     if not pd_split:
         return plan, notes
@@ -191,10 +196,9 @@ def _check_runnable(op: Any) -> None:
         )
 
 
-def _build_torch_model(op: Any, target: Any, out_dir: Path) -> tuple[Path, list[Any], list[Any]]:
-    """torch.export a model node with its example inputs, import to Relax, build, export a library."""
+def _export_torch_model(op: Any) -> tuple[Any, list[Any], list[Any]]:
+    """torch.export a model node with its example inputs and import it into Relax (weights as constants)."""
     import torch
-    import tvm
     from tvm.relax.frontend.torch import from_exported_program
 
     from terrazzo.bundle import TensorSpec
@@ -207,16 +211,13 @@ def _build_torch_model(op: Any, target: Any, out_dir: Path) -> tuple[Path, list[
         ep = torch.export.export(module, args)
         y = module(*args)
     mod = from_exported_program(ep, keep_params_as_input=False)
-    lib = out_dir / f"{op.name}.so"
-    tvm.compile(mod, target=target).export_library(str(lib))
     ins = [TensorSpec(name, dtype, tuple(shape)) for name, shape, dtype in ex]
     outs = [TensorSpec(op.name, str(y.dtype).removeprefix("torch."), tuple(y.shape))]
-    return lib, ins, outs
+    return mod, ins, outs
 
 
-def _build_llm(op: Any, target: Any, out_dir: Path) -> dict[str, tuple[Path, list[Any], list[Any]]]:
-    import tvm
-
+def _export_llm(op: Any) -> dict[str, tuple[Any, list[Any], list[Any]]]:
+    """The prefill and decode Relax modules of an ``llm.call`` op with their signatures."""
     from terrazzo.bundle import TensorSpec
     from terrazzo.codegen.llm_phases import PHASE_OUTPUTS, example_inputs, export_relax
 
@@ -224,27 +225,32 @@ def _build_llm(op: Any, target: Any, out_dir: Path) -> dict[str, tuple[Path, lis
     ex = example_inputs(cfg)
     out = {}
     for phase, mod in export_relax(cfg).items():
-        lib = out_dir / f"{op.name}.{phase}.so"
-        tvm.compile(mod, target=target).export_library(str(lib))
         ins = [TensorSpec(n, str(a.dtype), tuple(a.shape)) for n, a in ex[phase].items()]
         vocab, cache = (1, cfg.vocab_size), tuple(cfg.cache_shape)
         shapes = {"logits": vocab, "k_cache": cache, "v_cache": cache}
         outs = [TensorSpec(n, "float32", shapes[n]) for n in PHASE_OUTPUTS[phase]]
-        out[phase] = (lib, ins, outs)
+        out[phase] = (mod, ins, outs)
     return out
 
 
-def _fallback(device: str, catalog: Any) -> tuple[str | None, dict[str, Any]]:
-    """(fallback sentence or None, the class's own target) for a stage built for the host CPU."""
+def _target_choice(device: str, catalog: Any, device_builds: bool) -> Any:
+    """How a stage planned on ``device`` is built: the class's own target (GPUs) or the host CPU."""
+    from terrazzo.codegen._targets import TargetChoice, choose_target, host_target
+
     spec = catalog.get(device) if hasattr(catalog, "get") else None
-    own = dict(spec.tvm_target) if spec is not None and spec.tvm_target else {}
-    if spec is not None and spec.kind == "cpu":
-        return None, own
-    kind = own.get("kind", "none")
-    return (
-        f"planned on {device} (TVM target {kind}{'/' + str(own['arch']) if 'arch' in own else ''}); "
-        "this bundle carries the host-CPU build, which serves when that device is absent"
-    ), own
+    host = host_target()
+    if spec is None or spec.kind == "cpu":
+        return TargetChoice(device, host, None)  # CPU classes run the host build
+    if not device_builds:
+        own = dict(spec.tvm_target) if spec.tvm_target else {"kind": "none"}
+        arch = f"/{own['arch']}" if "arch" in own else ""
+        return TargetChoice(
+            device,
+            host,
+            f"planned on {device} ({own.get('kind')}{arch}); built for the host CPU only "
+            "(device_builds=False), which runs here",
+        )
+    return choose_target(device, spec.tvm_target, spec.fallback_target)
 
 
 def compile_agent(
@@ -258,6 +264,8 @@ def compile_agent(
     cost_preset: str | None = "auto",
     pd_split: bool = True,
     search_below: int = 128,
+    device_builds: bool = True,
+    profile: str | None = None,
     sign_key: str | Path | None = None,
     progress: Any = None,
 ) -> AgentCompileResult:
@@ -273,8 +281,11 @@ def compile_agent(
         cost_preset: LLM preset to cost test-size LLMs as (``"auto"``: ``llama3-8b`` for
             ``tiny-llama``; None: cost the spec's own model).
         pd_split: keep each LLM's prefill and decode on different device classes.
+        device_builds: also build stages planned on GPU classes for that class's own target
+            (CUDA source + nvcc fatbin where nvcc exists); the host-CPU build is always made.
         search_below: loop condition — the LLM's answer asks for another search when its first
             (byte) token is below this value.
+        profile: cost-model catalog profile (default: the fleet's, else ``datasheet``).
         sign_key: Ed25519 private key (PEM) to sign the bundle.
         progress: optional ``callable(event: str, detail: dict)``.
 
@@ -286,6 +297,8 @@ def compile_agent(
         CodegenError: a node cannot be built.
     """
     from terrazzo.bundle import StageContent, TensorSpec, write_bundle
+    from terrazzo.codegen._build import build_stage
+    from terrazzo.codegen._split import StageModule
     from terrazzo.codegen._targets import host_target
     from terrazzo.costmodel import load_catalog
     from terrazzo.frontend.agent import load_agent
@@ -295,15 +308,12 @@ def compile_agent(
     spec_path = Path(spec_path)
     graph = load_agent(spec_path)
     fleet, sla = _as_fleet(fleet), _as_sla(sla)
-    catalog = load_catalog(fleet.profile or "datasheet")
+    catalog = load_catalog(profile or fleet.profile or "datasheet")
     plan, notes = place_agent(
-        graph, fleet, sla, rps, solver, cost_preset=cost_preset, pd_split=pd_split
+        graph, fleet, sla, rps, solver, cost_preset=cost_preset, pd_split=pd_split, catalog=catalog
     )
     say("placed", {"assignment": dict(plan.assignment), "latency_s": plan.latency_s})
     host = dict(host_target())
-    import tvm
-
-    target = tvm.target.Target(host)
     stage_of_task = {t: s.index for s in plan.stages for t in s.ops}
     stages: list[Any] = []
     nodes: list[dict[str, Any]] = []
@@ -321,30 +331,34 @@ def compile_agent(
     with tempfile.TemporaryDirectory(prefix="tz-agent-") as tmp:
         tmpdir = Path(tmp)
 
-        def add_stage(
-            task: str, built: tuple[Path, list[Any], list[Any]], ops: tuple[str, ...]
-        ) -> int:
-            lib, ins, outs = built
+        def add_stage(task: str, exported: tuple[Any, list[Any], list[Any]]) -> int:
+            mod, ins, outs = exported
+            index = len(stages)
             device = plan.assignment[task]
-            reason, own = _fallback(device, catalog)
+            choice = _target_choice(device, catalog, device_builds)
+            say("build", {"task": task, "device": device, "target": dict(choice.target)})
+            sm = StageModule(index, mod, (task,), tuple(t.name for t in ins),
+                             tuple(t.name for t in outs), (), (), ())  # fmt: skip
+            built = build_stage(sm, choice, tmpdir)
             pstage = plan.stages[stage_of_task[task]]
             stages.append(
                 StageContent(
-                    index=len(stages),
+                    index=index,
                     device=device,
-                    target=host,
-                    fallback_reason=reason,
+                    target=dict(choice.target),
+                    fallback_reason=choice.fallback_reason,
                     inputs=tuple(ins),
                     outputs=tuple(outs),
                     weights={},
-                    files={"host.so": lib},
+                    files=dict(built.files),
                     replicas=int(pstage.replicas),
-                    ops=ops,
-                    notes=(f"class target: {own}",) if own else (),
+                    ops=(task,),
+                    notes=built.notes,
                     predicted_latency_s=float(pstage.latency_s),
+                    build_s=built.build_s,
                 )
             )
-            return len(stages) - 1
+            return index
 
         for op in graph.ops:
             a: dict[str, Any] = op.attr_dict
@@ -363,29 +377,21 @@ def compile_agent(
                         f"model node {op.name!r}: the agent compiler builds torch model "
                         f"nodes; {a.get('format')} is not supported yet"
                     )
-                say("build", {"node": op.name})
-                built = _build_torch_model(op, target, tmpdir)
-                idx = add_stage(op.name, built, (op.name,))
-                node.update(
-                    device=plan.assignment[op.name], stage=idx, feeds=[s.name for s in built[1]]
-                )
+                exported = _export_torch_model(op)
+                idx = add_stage(op.name, exported)
+                node.update(device=plan.assignment[op.name], stage=idx)
             elif op.kind == "llm.call":
                 _check_runnable(op)
-                say("build", {"node": op.name})
-                phases = _build_llm(op, target, tmpdir)
+                phases = _export_llm(op)
                 cfg = llm_config_of(op)
                 node.update(
                     prefill={
                         "device": plan.assignment[f"{op.name}.prefill"],
-                        "stage": add_stage(
-                            f"{op.name}.prefill", phases["prefill"], (f"{op.name}.prefill",)
-                        ),
+                        "stage": add_stage(f"{op.name}.prefill", phases["prefill"]),
                     },
                     decode={
                         "device": plan.assignment[f"{op.name}.decode"],
-                        "stage": add_stage(
-                            f"{op.name}.decode", phases["decode"], (f"{op.name}.decode",)
-                        ),
+                        "stage": add_stage(f"{op.name}.decode", phases["decode"]),
                     },
                     config={k: getattr(cfg, k) for k in cfg.__slots__},
                     max_new_tokens=int(a["max_new_tokens"]),

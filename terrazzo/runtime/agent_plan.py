@@ -20,6 +20,7 @@ keeps the plain name so consumers after the loop read it unchanged.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -93,6 +94,23 @@ def agent_serving_plan(
     return plan
 
 
+def _cuda_present() -> bool:
+    return os.path.exists("/dev/nvidiactl") or os.path.exists("/dev/nvidia0")
+
+
+def _serve_fallback(info: Any) -> str | None:
+    """Why a compiled stage does not run on its planned device here (None when it does or is a CPU stage)."""
+    if info is None:
+        return None
+    if info.fallback_reason:
+        return str(info.fallback_reason)
+    kind = str(info.target.get("kind", "llvm"))
+    if kind == "cuda" and not _cuda_present():
+        arch = info.target.get("arch", "")
+        return f"planned on {info.device} (cuda {arch}); no CUDA device here, so the host-CPU build serves"
+    return None
+
+
 class _PlanBuilder:
     def __init__(
         self, agent: Mapping[str, Any], infos: Mapping[int, Any], path: str, trust: Any, store: str
@@ -146,7 +164,7 @@ class _PlanBuilder:
                 "outputs": tuple(outputs),
                 "runner": RunnerSpec(_R + factory, kwargs),
                 "replicas": int(info.replicas) if info is not None else 1,
-                "fallback_reason": info.fallback_reason if info is not None else None,
+                "fallback_reason": _serve_fallback(info),
             }
         )
 

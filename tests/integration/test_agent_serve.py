@@ -36,7 +36,8 @@ def served(tmp_path_factory):
     from terrazzo.runtime.agent_plan import agent_serving_plan
 
     out = tmp_path_factory.mktemp("agent") / "voice.tzb"
-    result = compile_agent(SPEC, Fleet.model_validate(FLEET), "2s", out)
+    # no GPU here: the GPU-planned stages' own builds are covered by a slow unit test
+    result = compile_agent(SPEC, Fleet.model_validate(FLEET), "2s", out, device_builds=False)
     plan = agent_serving_plan(result.path)
     server = serve(plan, default_timeout_s=60.0)
     try:

@@ -265,3 +265,28 @@ def test_memory_store_then_load_shares_state_through_files(tmp_path):
     again = ar.memory_load(str(tmp_path), "session", "history")({})["history"]  # another "worker"
     assert again.dtype == np.int32 and again.tolist() == [3, 1, 4]
     assert ar.memory_load(str(tmp_path), "other", "h")({})["h"].shape == (0,)
+
+
+@pytest.mark.slow
+def test_compiled_bundle_has_device_builds_and_serving_says_it_falls_back(tmp_path):
+    from terrazzo.bundle import open_bundle
+    from terrazzo.codegen.agent import compile_agent
+    from terrazzo.placement import Fleet
+    from terrazzo.runtime.agent_plan import _cuda_present, agent_serving_plan
+
+    res = compile_agent(SPEC, Fleet.model_validate(FLEET), "2s", tmp_path / "voice.tzb")
+    with open_bundle(res.path) as b:
+        stages = {s.ops[0]: s for s in b.stages}
+        agent = b.plan_json["agent"]
+    assert set(stages) == {"stt", "planner.prefill", "planner.decode", "tts"}
+    pre, dec = stages["planner.prefill"], stages["planner.decode"]
+    assert pre.device != dec.device
+    gpu = dec if dec.device != "cpu" else pre
+    assert gpu.target["kind"] == "cuda" and {"host", "device", "kernels"} <= set(gpu.files)
+    assert all(s.target["kind"] == "llvm" for s in stages.values() if s.device == "cpu")
+    assert [n["kind"] for n in agent["nodes"]].count("tool.invoke") == 1
+    plan = agent_serving_plan(res.path)
+    reasons = [s.fallback_reason for s in plan.stages if s.device == gpu.device]
+    assert len(reasons) == 3  # one per unrolled iteration
+    if not _cuda_present():
+        assert all(r and "host-CPU build serves" in r for r in reasons)
