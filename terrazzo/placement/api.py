@@ -141,7 +141,7 @@ def solve(problem: Problem, solver: str = "milp", *, time_limit_s: float = 10.0)
     else:
         fn = {
             # time_limit_s caps the whole call: keep room for the bound and the plan
-            "heuristic": lambda p: solve_heuristic(p, time_limit_s=0.85 * time_limit_s),
+            "heuristic": lambda p: solve_heuristic(p, time_limit_s=0.75 * time_limit_s),
             "heft": solve_heft,
             "homogeneous": solve_homogeneous,
             "greedy": solve_greedy,
@@ -162,7 +162,7 @@ def solve(problem: Problem, solver: str = "milp", *, time_limit_s: float = 10.0)
 
 
 # LP relaxations above this many (task, class) columns take seconds; use the simple bound
-_LP_BOUND_MAX_COLS = 60_000
+_LP_BOUND_MAX_COLS = 30_000
 
 
 def lower_bound(problem: Problem, *, time_limit_s: float = 2.0) -> tuple[float, str]:
