@@ -136,3 +136,10 @@ def test_calibrate_cli_quick_runs_tvm(tmp_path, capsys):
     assert s["op_spearman_heldout"] > 0.8  # ranks of op costs must come out right
     prof = CalibrationProfile.load(out)
     assert "matmul" in prof.efficiency and prof.device == LOCAL_DEVICE
+
+
+def test_calibrate_cli_rejects_unknown_zoo_model(capsys):
+    from terrazzo.cli import main
+
+    assert main(["calibrate", "--models", "resnet9000"]) == 2
+    assert "resnet9000" in capsys.readouterr().err
