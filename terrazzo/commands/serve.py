@@ -92,7 +92,6 @@ def run(args: argparse.Namespace) -> int:
     if server.metrics_port is not None:
         print(f"metrics on http://{args.host}:{server.metrics_port}/metrics")
     print("workers:\n" + _describe(server))
-    print("ready (Ctrl-C or SIGTERM drains in-flight requests and stops)", flush=True)
 
     stopping = threading.Event()
 
@@ -105,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
+    # handlers first: a supervisor may send SIGTERM as soon as it reads the ready line
+    print("ready (Ctrl-C or SIGTERM drains in-flight requests and stops)", flush=True)
     server.wait()
     server.stop()  # waits for the draining stop started by the signal handler
     print(json.dumps({"event": "stopped", "model": server.plan.model_name}), flush=True)

@@ -9,8 +9,11 @@ from __future__ import annotations
 import json
 import os
 import selectors
+import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -28,6 +31,7 @@ class WorkerOptions:
     max_message_bytes: int
     max_queue: int = 64
     start_timeout_s: float = 120.0
+    fork_server: bool = True
 
 
 def worker_config(stage: StageSpec, opts: WorkerOptions, host: str = "127.0.0.1") -> dict[str, Any]:
@@ -66,13 +70,113 @@ class Launcher(Protocol):
     def close(self) -> None: ...
 
 
-_WORKER_MAIN = "import sys; from terrazzo.runtime.worker import main; sys.exit(main())"
+# Workers leave with os._exit once drained: interpreter teardown with TVM loaded takes seconds.
+_WORKER_MAIN = ("import os, sys; from terrazzo.runtime.worker import main; rc = main(); "
+                "sys.stdout.flush(); sys.stderr.flush(); os._exit(rc)")
+_FORKSERVER_MAIN = "from terrazzo.runtime.forkserver import main; main()"
+_LEAN_FACTORY_PREFIX = "terrazzo.runtime.runners:"
+
+
+class ForkedProcess:
+    """A worker forked by the fork server: the parts of ``subprocess.Popen`` that ``LocalWorker`` uses.
+
+    It is not this process's child (the fork server reaps it), so liveness is ``kill(pid, 0)``
+    and the exit code is unknown (-1).
+    """
+
+    def __init__(self, pid: int, stdin_fd: int, stdout_fd: int):
+        self.pid = pid
+        self.stdin = os.fdopen(stdin_fd, "w", encoding="utf-8")
+        self.stdout = os.fdopen(stdout_fd, "r", encoding="utf-8")
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                os.kill(self.pid, 0)
+            except ProcessLookupError:
+                self.returncode = -1
+            except PermissionError:  # the pid was reused by someone else's process
+                self.returncode = -1
+        return self.returncode
+
+    def kill(self) -> None:
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def wait(self, timeout: float | None = None) -> int:
+        end = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if end is not None and time.monotonic() >= end:
+                raise subprocess.TimeoutExpired(f"worker pid {self.pid}", timeout or 0.0)
+            time.sleep(0.01)
+        return -1
+
+
+class ForkServer:
+    """One ``terrazzo.runtime.forkserver`` process: TVM imported once, workers forked from it."""
+
+    def __init__(self, start_timeout_s: float):
+        self._sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        env = dict(os.environ)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _FORKSERVER_MAIN, str(theirs.fileno())],
+            pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=env,
+        )
+        theirs.close()
+        self._lock = threading.Lock()
+        self._sock.settimeout(start_timeout_s)
+        try:
+            msg = self._sock.recv(1 << 16)
+        except OSError as e:
+            self.close()
+            raise ServingError(f"the worker fork server did not start within {start_timeout_s:.0f} s: {e}") from e
+        if not msg:
+            code = self.proc.wait()
+            raise ServingError(f"the worker fork server exited with code {code} (its error is on stderr above)")
+        self._sock.settimeout(30.0)
+
+    def fork(self) -> ForkedProcess:
+        """Fork one worker; it gets fresh pipes as stdin and stdout."""
+        in_r, in_w = os.pipe()
+        out_r, out_w = os.pipe()
+        try:
+            with self._lock:
+                socket.send_fds(self._sock, [b"fork"], [in_r, out_w])
+                reply = json.loads(self._sock.recv(1 << 16) or b"{}")
+        except (OSError, ValueError) as e:
+            for fd in (in_w, out_r):
+                os.close(fd)
+            raise ServingError(f"the worker fork server failed: {e}") from e
+        finally:
+            os.close(in_r)
+            os.close(out_w)
+        if "pid" not in reply:
+            os.close(in_w)
+            os.close(out_r)
+            raise ServingError(f"the worker fork server refused: {reply.get('error', 'no answer')}")
+        return ForkedProcess(int(reply["pid"]), in_w, out_r)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def close(self) -> None:
+        """Close the socket (the fork server exits); the forked workers are stopped by their handles."""
+        self._sock.close()
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
 
 class LocalWorker:
     """A worker running as a child process on this machine."""
 
-    def __init__(self, name: str, proc: subprocess.Popen[str]):
+    def __init__(self, name: str, proc: subprocess.Popen[str] | ForkedProcess):
         self.name = name
         self.proc = proc
         self.address = ""
@@ -110,17 +214,29 @@ class LocalLauncher:
 
     def __init__(self, opts: WorkerOptions):
         self.opts = opts
+        self._fork_server: ForkServer | None = None
+        self._fork_lock = threading.Lock()
 
     def check(self, stages: tuple[StageSpec, ...]) -> None:
         """Local processes can always start (absent devices run their CPU fallback build)."""
 
+    def _forker(self) -> ForkServer:
+        with self._fork_lock:
+            if self._fork_server is None or not self._fork_server.alive():
+                self._fork_server = ForkServer(self.opts.start_timeout_s)
+            return self._fork_server
+
     def _spawn(self, stage: StageSpec, replica: int) -> LocalWorker:
-        env = dict(os.environ)
-        env.setdefault("PYTHONUNBUFFERED", "1")
-        proc = subprocess.Popen(
-            [sys.executable, "-c", _WORKER_MAIN],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
-        )
+        proc: subprocess.Popen[str] | ForkedProcess
+        if self.opts.fork_server and stage.runner.factory.startswith(_LEAN_FACTORY_PREFIX):
+            proc = self._forker().fork()  # built-in runners: fork from the process that imported TVM
+        else:
+            env = dict(os.environ)
+            env.setdefault("PYTHONUNBUFFERED", "1")
+            proc = subprocess.Popen(
+                [sys.executable, "-c", _WORKER_MAIN],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+            )
         assert proc.stdin is not None
         proc.stdin.write(json.dumps(worker_config(stage, self.opts)) + "\n")
         proc.stdin.flush()
@@ -168,4 +284,8 @@ class LocalLauncher:
         return list(workers)
 
     def close(self) -> None:
-        """Nothing to release: each worker is stopped through its handle."""
+        """Stop the fork server (each worker is stopped through its handle)."""
+        with self._fork_lock:
+            if self._fork_server is not None:
+                self._fork_server.close()
+                self._fork_server = None

@@ -166,11 +166,15 @@ class Server:
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
             self._metrics_http.server_close()
+        handles = []
         for pool in self.pools:
             for rep in pool.replicas:
                 rep.detach()
                 if rep.handle is not None:
-                    rep.handle.stop()
+                    handles.append(rep.handle)
+        if handles:  # each drains for up to its grace period: stop them side by side
+            with futures.ThreadPoolExecutor(max_workers=len(handles)) as ex:
+                list(ex.map(lambda h: h.stop(), handles))
         self._launcher.close()
 
     def __enter__(self) -> Server:

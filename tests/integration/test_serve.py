@@ -53,6 +53,17 @@ def test_metadata_and_readiness_with_stock_client(client):
     assert [t.name for t in meta.outputs] == ["z", "y"]
 
 
+def test_workers_fork_from_one_tvm_process_without_torch(main_server):
+    """Workers of built-in runners are forked from the fork server, which imported TVM but not torch."""
+    parents = set()
+    for row in main_server.workers():
+        pid = row["handle"].pid
+        maps = Path(f"/proc/{pid}/maps").read_text()
+        assert "libtvm" in maps and "libtorch" not in maps, row["worker"]
+        parents.add(int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]))
+    assert len(parents) == 1 and os.getpid() not in parents  # one fork server is every worker's parent
+
+
 def test_infer_round_trip_through_two_worker_processes(client):
     x = np.linspace(-3, 3, 17, dtype=np.float32)
     res = _infer(client, x, headers=AUTH, request_id="req-42")
@@ -235,33 +246,6 @@ def test_kill_single_replica_readiness_and_restart(slow_server):
     c.close()
 
 
-# -- DAG routing ---------------------------------------------------------------------------------
-
-
-def test_dag_stages_route_values_by_name(libs):
-    """x -> a = 2x (stage0) ; x -> b = x + 1 (stage1, independent) ; out = a - b (stage2)."""
-    plan = ServingPlan(
-        "dag",
-        (TensorSpec("x", "FP32", (4,)),),
-        (TensorSpec("out", "FP32", (4,)),),
-        (
-            StageSpec(0, "cpu", ("x",), ("a",), RunnerSpec(RELAX, {"path": libs["double"], "inputs": ["x"], "outputs": ["a"]}, 0.3)),
-            StageSpec(1, "cpu", ("x",), ("b",), RunnerSpec(RELAX, {"path": libs["addone"], "inputs": ["x"], "outputs": ["b"]}, 0.3)),
-            StageSpec(2, "cpu", ("a", "b"), ("out",), RunnerSpec(RELAX, {"path": libs["combine"], "inputs": ["a", "b"], "outputs": ["out"]})),
-        ),
-    )
-    with serve(plan) as server:
-        c = tc.InferenceServerClient(f"127.0.0.1:{server.port}")
-        x = np.arange(4, dtype=np.float32)
-        _infer(c, x, model="dag")  # warm
-        t0 = time.monotonic()
-        out = _infer(c, x, model="dag").as_numpy("out")
-        elapsed = time.monotonic() - t0
-        np.testing.assert_array_equal(out, 2 * x - (x + 1))
-        assert elapsed < 0.55, f"independent stages ran one after the other ({elapsed:.2f} s)"
-        c.close()
-
-
 # -- TLS / mTLS ----------------------------------------------------------------------------------
 
 
@@ -313,18 +297,62 @@ def _make_certs(out: Path) -> dict[str, Path]:
     return files
 
 
-def test_mtls(libs, tmp_path):
-    certs = _make_certs(tmp_path)
+# -- DAG routing and mTLS on one server ------------------------------------------------------------
+
+
+def dag_plan(libs: dict[str, str]) -> ServingPlan:
+    """x -> a = 2x (stage0) ; x -> b = x + 1 (stage1, independent) ; out = a - b (stage2)."""
+    return ServingPlan(
+        "dag",
+        (TensorSpec("x", "FP32", (4,)),),
+        (TensorSpec("out", "FP32", (4,)),),
+        (
+            StageSpec(0, "cpu", ("x",), ("a",), RunnerSpec(RELAX, {"path": libs["double"], "inputs": ["x"], "outputs": ["a"]}, 0.3)),
+            StageSpec(1, "cpu", ("x",), ("b",), RunnerSpec(RELAX, {"path": libs["addone"], "inputs": ["x"], "outputs": ["b"]}, 0.3)),
+            StageSpec(2, "cpu", ("a", "b"), ("out",), RunnerSpec(RELAX, {"path": libs["combine"], "inputs": ["a", "b"], "outputs": ["out"]})),
+        ),
+    )
+
+
+@pytest.fixture(scope="module")
+def dag_tls(libs, tmp_path_factory):
+    """The DAG plan served with mTLS (one server for both concerns): (server, certificate paths)."""
+    certs = _make_certs(tmp_path_factory.mktemp("certs"))
     tls = TLSOptions.from_files(certs["server.pem"], certs["server.key"], certs["ca.pem"])
-    with serve(chain_plan(libs), tls=tls) as server:
-        url = f"localhost:{server.port}"
-        good = tc.InferenceServerClient(url, ssl=True, root_certificates=str(certs["ca.pem"]),
-                                        private_key=str(certs["client.key"]), certificate_chain=str(certs["client.pem"]))
-        np.testing.assert_array_equal(_infer(good, np.ones(2, np.float32)).as_numpy("z"), [3.0, 3.0])
-        rogue = tc.InferenceServerClient(url, ssl=True, root_certificates=str(certs["ca.pem"]),
-                                         private_key=str(certs["rogue.key"]), certificate_chain=str(certs["rogue.pem"]))
-        no_cert = tc.InferenceServerClient(url, ssl=True, root_certificates=str(certs["ca.pem"]))
-        plain = tc.InferenceServerClient(url)
-        for bad in (rogue, no_cert, plain):
-            with pytest.raises(InferenceServerException):
-                _infer(bad, np.ones(2, np.float32), client_timeout=5)
+    with serve(dag_plan(libs), tls=tls) as server:
+        yield server, certs
+
+
+def _tls_client(port: int, certs: dict[str, Path], who: str | None = "client") -> tc.InferenceServerClient:
+    if who is None:
+        return tc.InferenceServerClient(f"localhost:{port}", ssl=True, root_certificates=str(certs["ca.pem"]))
+    return tc.InferenceServerClient(f"localhost:{port}", ssl=True, root_certificates=str(certs["ca.pem"]),
+                                    private_key=str(certs[f"{who}.key"]), certificate_chain=str(certs[f"{who}.pem"]))
+
+
+def test_dag_stages_route_values_by_name(dag_tls):
+    server, certs = dag_tls
+    c = _tls_client(server.port, certs)
+    x = np.arange(4, dtype=np.float32)
+    _infer(c, x, model="dag")  # warm
+    t0 = time.monotonic()
+    out = _infer(c, x, model="dag").as_numpy("out")
+    elapsed = time.monotonic() - t0
+    np.testing.assert_array_equal(out, 2 * x - (x + 1))
+    assert elapsed < 0.55, f"independent stages ran one after the other ({elapsed:.2f} s)"
+    c.close()
+
+
+def test_mtls(dag_tls):
+    server, certs = dag_tls
+    x = np.arange(4, dtype=np.float32)
+    good = _tls_client(server.port, certs)
+    np.testing.assert_array_equal(_infer(good, x, model="dag").as_numpy("out"), x - 1)
+    rogue = _tls_client(server.port, certs, "rogue")
+    no_cert = _tls_client(server.port, certs, None)
+    plain = tc.InferenceServerClient(f"localhost:{server.port}")
+    for bad in (rogue, no_cert, plain):
+        with pytest.raises(InferenceServerException):
+            _infer(bad, x, model="dag", client_timeout=5)
+    for cl in (good, rogue, no_cert, plain):
+        cl.close()

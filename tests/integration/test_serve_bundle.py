@@ -44,6 +44,8 @@ def test_cli_serve_bundle_and_sigterm_drain(bundle):
         out = "".join(lines)
         port = int(re.search(r"on 127\.0\.0\.1:(\d+)", out).group(1))
         assert "stage0/r0" in out and "device" in out, out
+        reported_s = float(re.search(r"ready in ([\d.]+) s", out).group(1))
+        assert reported_s < 10, f"terrazzo serve took {reported_s} s to be ready (spec: < 10 s)"
         c = tc.InferenceServerClient(f"127.0.0.1:{port}")
         name = re.search(r"serving model '([^']+)'", out).group(1)
         meta = c.get_model_metadata(name)

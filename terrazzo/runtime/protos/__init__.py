@@ -1,5 +1,10 @@
 """Vendored gRPC stubs (KServe v2 ``inference`` and ``grpc.health.v1``); regenerate with regen.sh."""
 
-from terrazzo.runtime.protos import grpc_service_pb2, grpc_service_pb2_grpc, health_pb2, health_pb2_grpc
+from terrazzo.runtime.protos import (
+    grpc_service_pb2,
+    grpc_service_pb2_grpc,
+    health_pb2,
+    health_pb2_grpc,
+)
 
 __all__ = ["grpc_service_pb2", "grpc_service_pb2_grpc", "health_pb2", "health_pb2_grpc"]
