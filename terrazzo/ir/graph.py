@@ -131,8 +131,12 @@ class Op:
 
     @property
     def resident_bytes(self) -> int:
-        """Memory the op needs while it runs: weights plus its inputs and outputs."""
-        return self.param_bytes + self.bytes_read + self.bytes_written
+        """Memory the op needs while it runs: its inputs (weights included) and outputs.
+
+        Frontends count the weights an op reads in ``bytes_read`` as well as in
+        ``param_bytes``, so adding ``param_bytes`` here would count them twice.
+        """
+        return self.bytes_read + self.bytes_written
 
     def to_json(self) -> dict[str, Any]:
         return {
