@@ -18,6 +18,7 @@ Run: ``OMP_NUM_THREADS=2 .venv/bin/python benchmarks/agent_latency.py [--request
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -34,6 +35,11 @@ sys.path.insert(0, str(ROOT))
 from benchmarks._common import print_table, write_result  # noqa: E402
 
 SPEC = ROOT / "examples" / "agents" / "voice_agent.yaml"
+DEFAULT_PROFILE = (
+    Path(os.environ.get("TERRAZZO_CACHE", Path.home() / ".cache" / "terrazzo"))
+    / "calibration"
+    / "local-cpu.json"
+)
 FLEET = {
     "devices": {"cpu": {"count": 8}, "h100": {"count": 2}, "a100-80g": {"count": 2}},
     "pricing": {"mode": "cloud"},
@@ -141,12 +147,19 @@ def main(argv: list[str] | None = None) -> int:
     if bundle is None:
         t0 = time.perf_counter()
         bundle = compile_agent(
-            SPEC, Fleet.model_validate(FLEET), "2s", Path(tmp.name) / "voice.tzb"
+            SPEC,
+            Fleet.model_validate(FLEET),
+            "2s",
+            Path(tmp.name) / "voice.tzb",
+            device_builds=False,
         ).path
         compile_s = time.perf_counter() - t0
     with open_bundle(bundle) as b:
         agent = b.plan_json["agent"]
-    per_task, dev_info = predict_task_latency_s(bundle, args.calibration)
+    per_task, dev_info = predict_task_latency_s(bundle, None)
+    per_task_cal, cal_info = (
+        predict_task_latency_s(bundle, args.calibration) if args.calibration else (None, None)
+    )
 
     plan = agent_serving_plan(bundle)
     server = serve(plan, default_timeout_s=120.0)
@@ -166,62 +179,55 @@ def main(argv: list[str] | None = None) -> int:
             k = int(res.as_numpy("research.iterations")[0])
             lat.setdefault(k, []).append(dt)
             all_s.append(dt)
-        stage_rows = _stage_rows(server, plan, per_task)
+        stage_rows = _stage_rows(server, plan, per_task, per_task_cal)
     finally:
         server.stop(drain_timeout_s=5)
         tmp.cleanup()
 
-    rows = []
-    for k in sorted(lat):
-        meas = statistics.median(lat[k])
-        pred = predicted_request_s(per_task, agent, k)
-        rows.append(
-            {
-                "iterations": k,
-                "requests": len(lat[k]),
-                "served_p50_ms": meas * 1e3,
-                "predicted_ms": pred * 1e3,
-                "error_pct": 100.0 * (pred - meas) / meas,
-            }
-        )
     mix = sum(k * len(v) for k, v in lat.items()) / len(all_s)
-    expected = (
-        float(next(iter(agent["loops"].values()))["expected_iterations"]) if agent["loops"] else 1.0
-    )
-    meas_all = statistics.median(all_s)
-    for label, its in (
-        (f"all (observed mix, {mix:.2f} it.)", mix),
-        (f"all (planned {expected:g} it.)", expected),
-    ):
-        pred = predicted_request_s(per_task, agent, its)
-        rows.append(
-            {
-                "iterations": label,
-                "requests": len(all_s),
-                "served_p50_ms": meas_all * 1e3,
-                "predicted_ms": pred * 1e3,
-                "error_pct": 100.0 * (pred - meas_all) / meas_all,
-            }
-        )
-    print_table(
-        rows,
-        ["iterations", "requests", "served_p50_ms", "predicted_ms", "error_pct"],
-        title=f"voice agent on {dev_info['device']}: served vs predicted "
-        f"({'calibrated' if dev_info['calibrated'] else 'uncalibrated priors'})",
-    )
+    loops = agent["loops"]
+    expected = float(next(iter(loops.values()))["expected_iterations"]) if loops else 1.0
+    groups: list[tuple[str, float, list[float]]] = [(str(k), k, lat[k]) for k in sorted(lat)]
+    groups += [
+        (f"all (observed mix {mix:.2f})", mix, all_s),
+        (f"all (planned {expected:g})", expected, all_s),
+    ]
+    rows = []
+    for label, its, samples in groups:
+        meas = statistics.median(samples)
+        row: dict[str, Any] = {
+            "iterations": label,
+            "requests": len(samples),
+            "served_p50_ms": meas * 1e3,
+        }
+        for tag, table in (("priors", per_task), ("calibrated", per_task_cal)):
+            if table is None:
+                continue
+            pred = predicted_request_s(table, agent, its)
+            row[f"predicted_{tag}_ms"] = pred * 1e3
+            row[f"error_{tag}_pct"] = 100.0 * (pred - meas) / meas
+        rows.append(row)
+    cols = ["iterations", "requests", "served_p50_ms", "predicted_priors_ms", "error_priors_pct"]
+    if per_task_cal is not None:
+        cols += ["predicted_calibrated_ms", "error_calibrated_pct"]
+    print_table(rows, cols, title=f"voice agent served on {dev_info['device']}: p50 vs cost model")
     print_table(
         stage_rows,
-        ["stage", "kind", "device", "calls", "served_mean_ms", "predicted_ms"],
-        title="per stage (gateway-observed mean incl. gRPC hop vs cost model)",
-    )
+        ["stage", "kind", "device", "calls", "served_mean_ms", "predicted_priors_ms",
+         "predicted_calibrated_ms"],
+        title="per stage (gateway-observed mean incl. the gRPC hop vs one predicted execution)",
+    )  # fmt: skip
     out = write_result(
         "agent_latency",
         rows,
         {
             "device": dev_info,
+            "calibration": args.calibration,
+            "calibrated_device": cal_info,
             "compile_s": compile_s,
             "stages": stage_rows,
             "predicted_task_s": per_task,
+            "predicted_task_calibrated_s": per_task_cal,
             "requests": args.requests,
         },
     )
@@ -229,7 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _stage_rows(server: Any, plan: Any, per_task: dict[str, float]) -> list[dict[str, Any]]:
+def _stage_rows(
+    server: Any, plan: Any, per_task: dict[str, float], per_task_cal: dict[str, float] | None
+) -> list[dict[str, Any]]:
     reg = server.metrics.registry
     rows = []
     for st in plan.stages:
@@ -247,7 +255,8 @@ def _stage_rows(server: Any, plan: Any, per_task: dict[str, float]) -> list[dict
                 "device": st.device,
                 "calls": int(n),
                 "served_mean_ms": 1e3 * total / n if n else float("nan"),
-                "predicted_ms": 1e3 * per_task.get(task, float("nan")),
+                "predicted_priors_ms": 1e3 * per_task.get(task, float("nan")),
+                "predicted_calibrated_ms": 1e3 * (per_task_cal or {}).get(task, float("nan")),
             }
         )
     return rows
