@@ -432,6 +432,11 @@ def compile_agent(
                 )
             o = src_stage.outputs[0]
             out_specs.append(TensorSpec(oname, o.dtype, o.shape))
+        for n in nodes:  # the LLM's final answer (token ids) and its loop's iteration count
+            if n["kind"] == "llm.call":
+                out_specs.append(TensorSpec(n["name"], "int64", (int(n["max_new_tokens"]),)))
+                if n.get("loop"):
+                    out_specs.append(TensorSpec(f"{n['loop']}.iterations", "int64", (1,)))
         agent = {
             "name": graph.name,
             "nodes": nodes,
@@ -456,8 +461,13 @@ def compile_agent(
             plan_summary={
                 "kind": "agent",
                 "solver": plan.solver,
+                "gap": plan.gap,
                 "latency_s": plan.latency_s,
+                "throughput_rps": plan.throughput_rps,
                 "usd_per_hour": plan.usd_per_hour,
+                "usd_per_request": plan.usd_per_request,
+                "rps": plan.rps,
+                "stages": len(plan.stages),
                 "assignment": dict(plan.assignment),
                 "notes": notes,
             },

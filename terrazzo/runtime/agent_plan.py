@@ -82,7 +82,7 @@ def agent_serving_plan(
     builder = _PlanBuilder(agent, infos, bundle_path, _trust_json(trust_key), store)
     stages = builder.build()
     outputs = [TensorSpec(t.name, v2_datatype(t.dtype), tuple(t.shape)) for t in out_specs]
-    outputs += builder.extra_outputs
+    outputs += [t for t in builder.extra_outputs if t.name not in {o.name for o in outputs}]
     plan = ServingPlan(
         model_name=str(agent["name"]),
         inputs=tuple(TensorSpec(t.name, v2_datatype(t.dtype), tuple(t.shape)) for t in in_specs),
