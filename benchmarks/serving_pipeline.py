@@ -49,7 +49,7 @@ def build_stage_libs(out: Path, hidden: int, batch: int, layers: int, seed: int 
     paths = []
     for k in range(3):
         bb = relax.BlockBuilder()
-        x = relax.Var("h", relax.TensorStructInfo((batch, hidden), "float32"))
+        x = relax.Var("h", relax.TensorType((batch, hidden), "float32"))
         with bb.function("main", [x]):
             with bb.dataflow():
                 h = x
@@ -146,6 +146,8 @@ def _closed_loop(url: str, x: np.ndarray, expected: np.ndarray, threads: int, se
     for t in ts:
         t.join(timeout=60)
     wall = time.perf_counter() - t_start
+    if not lat:
+        raise RuntimeError(f"no request succeeded; first error: {errors[:1]}")
     a = np.asarray(lat)
     return {"rps": len(a) / wall, "p50_ms": float(np.percentile(a, 50)) * 1e3,
             "p99_ms": float(np.percentile(a, 99)) * 1e3, "requests": int(len(a)), "errors": len(errors)}
@@ -179,13 +181,14 @@ def main() -> None:
                          **{k: v for k, v in r.items() if k != "y"}, "errors": 0})
         expected = base[1]["y"]
         shape = (args.batch, args.hidden)
+        names = ["h", "h1", "h2", "out"]  # the values flowing between the stages
         plan = ServingPlan(
             "mlp3",
             (TensorSpec("h", "FP32", shape),),
             (TensorSpec("out", "FP32", shape),),
             tuple(
-                StageSpec(k, "cpu", ("h" if k == 0 else f"h{k}",), (f"h{k + 1}" if k < 2 else "out",),
-                          RunnerSpec(RELAX, {"path": p, "inputs": ["h"], "outputs": ["h"]}))
+                StageSpec(k, "cpu", (names[k],), (names[k + 1],),
+                          RunnerSpec(RELAX, {"path": p, "inputs": [names[k]], "outputs": [names[k + 1]]}))
                 for k, p in enumerate(paths)
             ),
         )

@@ -22,8 +22,9 @@ class _ActorBody:
     def __init__(self, config: dict[str, Any]):
         import ray
 
-        from terrazzo.runtime.worker import WorkerServer
+        from terrazzo.runtime.worker import WorkerServer, block_heavy_imports
 
+        block_heavy_imports(str(config["stage"]["runner"]["factory"]))  # the actor process is ours alone
         config = dict(config, host=ray.util.get_node_ip_address())
         self._server = WorkerServer(config)
         self._address = f"{config['host']}:{self._server.start()}"
