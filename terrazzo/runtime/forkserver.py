@@ -65,6 +65,7 @@ def _child(fds: list[int]) -> int:
 
 def main() -> None:
     """Entry point: ``python -m terrazzo.runtime.forkserver FD`` (FD: the launcher's socket end); never returns."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the launcher's to handle; it closes our socket
     sock = socket.socket(fileno=int(sys.argv[1]))
     preload()
     signal.signal(signal.SIGCHLD, _reap)

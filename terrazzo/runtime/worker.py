@@ -193,7 +193,9 @@ def main() -> int:
     port = server.start()
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
-    signal.signal(signal.SIGINT, lambda *_: done.set())
+    # Ctrl-C reaches the whole process group; the parent drains the gateway first and then
+    # closes our stdin, so the worker must not stop on its own while requests still need it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     def _watch_stdin() -> None:  # the parent closes stdin (or dies): stop
         sys.stdin.read()

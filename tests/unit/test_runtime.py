@@ -126,3 +126,51 @@ def test_runner_factory_errors():
         build_runner("nocolon", {})
     with pytest.raises(ServingError, match="cannot import"):
         build_runner("terrazzo.runtime.runners:nope", {})
+
+
+@pytest.mark.parametrize(
+    ("factory", "blocked"),
+    [("terrazzo.runtime.runners:bundle_stage", True), ("terrazzo.runtime.agent_runners:tool", False)],
+)
+def test_block_heavy_imports_only_for_builtin_runners(factory, blocked):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from terrazzo.runtime.worker import block_heavy_imports\n"
+        f"names = block_heavy_imports({factory!r})\n"
+        "try:\n"
+        "    import onnx  # noqa\n"
+        "    ok = True\n"
+        "except ImportError:\n"
+        "    ok = False\n"
+        "print(sorted(names), ok)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    names, importable = out.stdout.rsplit(" ", 1)
+    if blocked:
+        assert "'torch'" in names and "'onnx'" in names and importable.strip() == "False"
+    else:
+        assert names == "[]" and importable.strip() == "True"
+
+
+def test_runtime_facade_is_lazy():
+    import subprocess
+    import sys
+
+    code = ("import sys, terrazzo.runtime.worker\n"
+            "print('terrazzo.runtime.server' in sys.modules, 'prometheus_client' in sys.modules)\n"
+            "from terrazzo.runtime import serve\n"
+            "print(callable(serve))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.split() == ["False", "False", "True"]
+
+
+def test_identity_runner():
+    from terrazzo.runtime.runners import identity
+
+    x = np.arange(3, dtype=np.float32)
+    assert identity(["x"], ["y"])({"x": x})["y"] is x
+    with pytest.raises(ServingError, match="maps 2 inputs to 1 outputs"):
+        identity(["a", "b"], ["c"])
