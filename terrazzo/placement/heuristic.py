@@ -401,9 +401,12 @@ def _fit_capacity(
         if not spare:
             return None
         need = float(ev.busy_s[d] - cap_s[d]) + 1e-12
-        cur = _shed_exact(p, cur, ev, d, spare, lat, need, deadline, cap_s)
-        if cur is None:
+        nxt = _shed_exact(p, cur, ev, d, spare, lat, need, deadline, cap_s, by_ratio=True)
+        if nxt is None:
+            nxt = _shed_exact(p, cur, ev, d, spare, lat, need, deadline, cap_s)
+        if nxt is None:
             return None
+        cur = nxt
     return None
 
 
@@ -546,8 +549,8 @@ def solve_heuristic(
         if usd < best_usd:
             best, best_usd = a, usd
     # integral device counts: pack the most promising subsets into one device fewer
-    tried.sort(key=lambda t: t[0])
-    for usd, lb, a, sub_allowed in tried[:3]:
+    tried.sort(key=lambda t: t[1])  # lowest bound first: those can gain the most
+    for usd, lb, a, sub_allowed in tried[:8]:
         while (
             usd > lb * (1 + 1e-9) and lb < best_usd * (1 - 1e-9) and time.perf_counter() < deadline
         ):
@@ -649,6 +652,7 @@ def _shed_exact(
     need: float,
     deadline: float,
     cap_s: np.ndarray | None = None,
+    by_ratio: bool = False,
 ) -> np.ndarray | None:
     """Shed ``need`` busy seconds off class a one task at a time, each move checked against
     the SLA on exact longest paths (tasks off the critical path go first); None if stuck."""
@@ -665,9 +669,12 @@ def _shed_exact(
             return None
         f, g = p.longest_paths(trial)
         on = np.flatnonzero(trial == a)
-        through = f[on] + g[on] - lat[on, a]  # longest path through each task
+        if by_ratio:  # most busy time shed on a per busy time added elsewhere first
+            key = -lat[on, a] / np.maximum(lat[on][:, others].min(axis=1), 1e-15)
+        else:  # tasks far from the critical path first
+            key = f[on] + g[on] - lat[on, a]
         moved = False
-        for j in np.argsort(through, kind="stable").tolist():
+        for j in np.argsort(key, kind="stable").tolist():
             i = int(on[j])
             opts = []
             for b in others:
