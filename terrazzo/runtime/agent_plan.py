@@ -164,6 +164,7 @@ class _PlanBuilder:
                 "outputs": tuple(outputs),
                 "runner": RunnerSpec(_R + factory, kwargs),
                 "replicas": int(info.replicas) if info is not None else 1,
+                "target": str(info.target.get("kind", "llvm")) if info is not None else "llvm",
                 "fallback_reason": _serve_fallback(info),
             }
         )
@@ -363,7 +364,7 @@ class _PlanBuilder:
                 outputs=st["outputs"],
                 runner=st["runner"],
                 replicas=st["replicas"],
-                target="llvm",
+                target=st["target"],
                 fallback_reason=st["fallback_reason"],
             )
             for pos, st in enumerate(self.stages[k] for k in order)
