@@ -86,7 +86,9 @@ def bench_model(name: str, args: argparse.Namespace, db_dir: Path) -> dict[str, 
     db = TuningDatabase(db_path) if db_path.exists() else TuningDatabase()
     t0 = time.perf_counter()
     results = tune_module(graph.relax_mod, target, OfflineProposer, TuneOptions(trials=args.trials),
-                          db=db, max_kernels=args.kernels, min_share=0.0, retune=args.retune)
+                          db=db, max_kernels=args.kernels, min_share=0.0, retune=args.retune,
+                          on_kernel=lambda k, share: print(f"  tuning {name}/{k.name} "
+                                                           f"({share:.0%})", flush=True))
     tune_s = time.perf_counter() - t0
     db.save(db_path)
     for r in results:
@@ -129,7 +131,8 @@ def bench_model(name: str, args: argparse.Namespace, db_dir: Path) -> dict[str, 
 
     # Baselines get the better of 1 and N threads: on a loaded 2-core machine a 2-thread
     # OpenMP barrier can cost milliseconds, which would flatter Terrazzo unfairly.
-    fns: dict[str, Any] = {"terrazzo_tuned": lambda: vm_t["main"](*tvm_in)}
+    f_tuned = vm_t["main"]
+    fns: dict[str, Any] = {"terrazzo_tuned": lambda: f_tuned(*tvm_in)}
     for n_threads, sess in sessions.items():
         fns[f"onnxruntime_{n_threads}t"] = (lambda s: lambda: s.run(None, inputs))(sess)
         fns[f"torch_{n_threads}t"] = torch_fn(n_threads)
@@ -137,7 +140,8 @@ def bench_model(name: str, args: argparse.Namespace, db_dir: Path) -> dict[str, 
     lat["onnxruntime"] = min(v for k, v in lat.items() if k.startswith("onnxruntime_"))
     lat["torch_eager"] = min(v for k, v in lat.items() if k.startswith("torch_"))
     torch.set_num_threads(threads)
-    untuned = _median_latency_s(lambda: vm_u["main"](*tvm_in), 5, min_s=0.1)
+    f_untuned = vm_u["main"]
+    untuned = _median_latency_s(lambda: f_untuned(*tvm_in), 5, min_s=0.1)
     row = {
         "model": name,
         "untuned_ms": untuned * 1e3,

@@ -13,6 +13,7 @@ from terrazzo.codegen.tuning import (  # noqa: E402
     ScheduleProgramError,
     TuneOptions,
     TuningDatabase,
+    Trial,
     TuningRecord,
     analyse,
     apply_program,
@@ -219,3 +220,24 @@ def test_ranking_uses_the_cost_model_when_given() -> None:
     for k, share in ranked:
         assert share == pytest.approx(want[k.workload_hash] / total)
     assert kernel_op(kernels[0]).flops == int(kernels[0].flops)
+
+
+def test_offline_proposer_tiles_transposes_and_uses_every_seed() -> None:
+    from tvm import te, topi
+
+    from terrazzo.codegen.tuning.workloads import _prim
+
+    a = te.placeholder((32, 48), "float32", name="A")
+    kernel = analyse("tr", _prim(a, topi.transpose(a, (1, 0))))
+    ev = KernelEvaluator(kernel, TARGET, FAST)
+    prop = OfflineProposer()
+    hist: list = []
+    notes = []
+    for _ in range(3):
+        for p in prop.propose(kernel, TARGET, tuple(hist), 2, local_hardware()):
+            m = ev.measure(apply_program(kernel.func, p.program))
+            assert m.ok, m.reason
+            hist.append(Trial(len(hist), "offline", p.program, True, m.latency_s, "ok", "", p.note))
+            notes.append(p.note)
+    assert any("tile2d=16" in n for n in notes)
+    assert len(set(notes)) == len(notes) == 6

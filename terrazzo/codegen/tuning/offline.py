@@ -151,6 +151,84 @@ def _tiled_template(kernel: Kernel, d: dict[str, Any], lanes: int) -> SchedulePr
     return b.program()
 
 
+def _conv_template(kernel: Kernel, d: dict[str, Any], lanes: int) -> ScheduleProgram:
+    """Direct convolution: vectorized output channels × register-tiled width, parallel outside.
+
+    For NHWC/HWIO convolutions (see ``prepare_module``) the innermost spatial loop is the
+    output channel, contiguous in output and weight: it is split by ``vt`` and vectorized;
+    the width loop is split by ``rt`` into a register tile; the input-channel reduction is
+    split by ``kt``. ``k_out`` puts the filter window outside the channel reduction and the
+    register tile innermost (accumulators stay in registers); ``k_mid`` keeps the channel
+    tiles outermost. Padding producers are inlined (``inline``) or computed per width tile;
+    element-wise epilogues (bias, residual, ReLU) are computed per output-channel tile.
+    """
+    main = kernel.main_block
+    b = _Builder(kernel.func)
+    idx = kernel.blocks.index(main)
+    producers = [blk for blk in kernel.blocks[:idx] if "R" not in blk.loop_kinds]
+    consumers = [blk for blk in kernel.blocks[idx + 1 :] if "R" not in blk.loop_kinds]
+    pads: list[str] = []
+    for blk in producers:
+        name = f"p{kernel.blocks.index(blk)}"
+        b.add({"op": "get_sblock", "name": blk.name, "out": name})
+        if not (d["inline"] and b.try_add({"op": "compute_inline", "block": name})):
+            pads.append(name)
+    epilogue = None
+    for n, blk in enumerate(consumers):
+        name = f"e{n}"
+        b.add({"op": "get_sblock", "name": blk.name, "out": name})
+        if n < len(consumers) - 1:
+            b.try_add({"op": "compute_inline", "block": name})
+        else:
+            epilogue = name
+    b.add({"op": "get_sblock", "name": main.name, "out": "b"})
+    names = [f"l{i}" for i in range(len(main.loop_kinds))]
+    b.add({"op": "get_loops", "block": "b", "out": names})
+    ext = dict(zip(names, main.loop_extents, strict=True))
+    spatial = [n for n, k in zip(names, main.loop_kinds, strict=True) if k == "S"]
+    reduce = [n for n, k in zip(names, main.loop_kinds, strict=True) if k == "R"]
+    if epilogue is None and d["cache_write"] and main.writes_param:
+        b.add({"op": "cache_write", "block": "b", "buffer_index": 0, "scope": "global", "out": "cw"})
+        epilogue = "cw"
+    co, w = spatial[-1], spatial[-2]
+    outer = spatial[:-2]
+    vt = _fit(ext[co], d["vt"])
+    rt = _fit(ext[w], d["rt"])
+    r_main = max(reduce, key=lambda n: (ext[n], reduce.index(n)))
+    kt = _fit(ext[r_main], d["kt"])
+    rest_r = [n for n in reduce if n != r_main]
+    b.add({"op": "split", "loop": co, "factors": [None, vt], "out": ["co_o", "co_i"]})
+    b.add({"op": "split", "loop": w, "factors": [None, rt], "out": ["w_o", "w_i"]})
+    b.add({"op": "split", "loop": r_main, "factors": [None, kt], "out": ["ci_o", "ci_i"]})
+    if d["order"] == "k_out":
+        order = outer + ["w_o", "co_o"] + rest_r + ["ci_o", "ci_i", "w_i", "co_i"]
+    else:
+        order = outer + ["w_o", "co_o", "ci_o"] + rest_r + ["ci_i", "w_i", "co_i"]
+    b.add({"op": "reorder", "loops": order})
+    if epilogue is not None and b.try_add(
+        {"op": "reverse_compute_at", "block": epilogue, "loop": "co_o"}
+    ):
+        epi_loops = [f"el{i}" for i in range(len(b.loops_of(epilogue)))]
+        b.add({"op": "get_loops", "block": epilogue, "out": epi_loops})
+        b.try_add({"op": "vectorize", "loop": epi_loops[-1]})
+    par = outer + ["w_o", "co_o"]
+    b.add({"op": "fuse", "loops": par, "out": "par"})
+    for name in pads:
+        b.try_add({"op": "compute_at", "block": name, "loop": "par"})
+    if d["parallel"]:
+        b.try_add({"op": "parallel", "loop": "par"})
+    if vt > 1:
+        b.try_add({"op": "vectorize", "loop": "co_i"})
+    if d["unroll"]:
+        if rt > 1:
+            b.try_add({"op": "unroll", "loop": "w_i"})
+        if 1 < kt <= 8:
+            b.try_add({"op": "unroll", "loop": "ci_i"})
+    first_r = (rest_r + ["ci_o"])[0] if d["order"] == "k_out" else "ci_o"
+    b.add({"op": "decompose_reduction", "block": "b", "loop": first_r})
+    return b.program()
+
+
 def _rows_template(kernel: Kernel, d: dict[str, Any], lanes: int) -> ScheduleProgram:
     """Row-parallel schedule for elementwise and multi-block row reductions (softmax, norm)."""
     b = _Builder(kernel.func)
@@ -180,6 +258,9 @@ def _rows_template(kernel: Kernel, d: dict[str, Any], lanes: int) -> SchedulePro
         b.try_add({"op": "vectorize", "loop": "c"})
         return b.program()
     rows, col = names[:-1], names[-1]
+    tile = int(d.get("tile2d", 0))
+    if tile > 1 and not kept:
+        return _tile2d(b, names, b.loops_of("o"), tile, d)
     attached = []
     for name, _blk in reversed(kept):
         if b.try_add({"op": "compute_at", "block": name, "loop": rows[-1]}):
@@ -209,9 +290,35 @@ def _rows_template(kernel: Kernel, d: dict[str, Any], lanes: int) -> SchedulePro
     return b.program()
 
 
+def _tile2d(b: _Builder, names: list[str], extents: list[int], tile: int,
+            d: dict[str, Any]) -> ScheduleProgram:
+    """Cache-blocked copy (transposes, layout changes): tile the last two loops by ``tile``."""
+    ti, tj = _fit(extents[-2], tile), _fit(extents[-1], tile)
+    if ti == 1 or tj == 1:
+        raise ScheduleProgramError("tile2d needs two tileable innermost loops")
+    b.add({"op": "split", "loop": names[-2], "factors": [None, ti], "out": ["i_o", "i_i"]})
+    b.add({"op": "split", "loop": names[-1], "factors": [None, tj], "out": ["j_o", "j_i"]})
+    b.add({"op": "reorder", "loops": ["i_o", "j_o", "i_i", "j_i"]})
+    outer = [*names[:-2], "i_o", "j_o"]
+    if len(outer) > 1:
+        b.add({"op": "fuse", "loops": outer, "out": "par"})
+    par = "par" if len(outer) > 1 else outer[0]
+    if d["parallel"]:
+        b.try_add({"op": "parallel", "loop": par})
+    b.try_add({"op": "vectorize", "loop": "j_i"})
+    return b.program()
+
+
 def template_for(kernel: Kernel) -> str:
-    """Which template fits the kernel: ``tiled`` (matmul/conv/batched reduction) or ``rows``."""
+    """Which template fits the kernel: ``conv``, ``tiled`` (matmul/batched reduction) or ``rows``."""
     main = kernel.main_block
+    if (
+        kernel.kernel_class == "conv"
+        and "O" not in main.loop_kinds
+        and main.loop_kinds.count("S") >= 2
+        and main.loop_kinds.count("R") >= 1
+    ):
+        return "conv"
     if kernel.kernel_class in ("matmul", "conv") and "O" not in main.loop_kinds:
         return "tiled"
     if (
@@ -226,7 +333,10 @@ def template_for(kernel: Kernel) -> str:
 
 def build_program(kernel: Kernel, decisions: dict[str, Any], lanes: int = 16) -> ScheduleProgram:
     """The template program for ``kernel`` under ``decisions`` (raises ScheduleProgramError)."""
-    tmpl = _tiled_template if template_for(kernel) == "tiled" else _rows_template
+    name = template_for(kernel)
+    if name == "conv" and decisions.get("tmpl") == "tiled":
+        name = "tiled"
+    tmpl = {"conv": _conv_template, "tiled": _tiled_template}.get(name, _rows_template)
     return tmpl(kernel, decisions, lanes)
 
 
@@ -239,8 +349,11 @@ class OfflineProposer:
         self._rng = random.Random(seed)
         self._decisions: dict[str, dict[str, Any]] = {}
         self._seen: set[str] = set()
+        self._pending: list[dict[str, Any]] | None = None
 
     def _seeds(self, kernel: Kernel, lanes: int) -> list[dict[str, Any]]:
+        if template_for(kernel) == "conv":
+            return self._conv_seeds(kernel, lanes)
         base = {"vt": lanes * 4, "rt": 8, "kt": 4, "order": "k_mid", "cache_write": 0,
                 "unroll": 1, "inline": 1, "parallel": 1}
         variants = [
@@ -254,8 +367,33 @@ class OfflineProposer:
             {"inline": 0},
         ]
         seeds = [{**base, **v} for v in variants]
+        if kernel.kernel_class == "elementwise" and len(kernel.blocks) == 1:
+            seeds[1:1] = [{**base, "tile2d": 16}, {**base, "tile2d": 8, "parallel": 0}]
         # Thread-pool launch costs ~10-20 us: small kernels also start single-threaded.
         if kernel.flops < 4e6:
+            seeds = [s for pair in zip(seeds, [{**s, "parallel": 0} for s in seeds]) for s in pair]
+        return seeds
+
+    def _conv_seeds(self, kernel: Kernel, lanes: int) -> list[dict[str, Any]]:
+        # Register tile rt × vt/lanes accumulators (≤ 8 of 16 ymm registers on AVX2).
+        base = {"vt": lanes * 2, "rt": 4, "kt": 4, "order": "k_out", "cache_write": 1,
+                "unroll": 1, "inline": 1, "parallel": 1}
+        variants = [
+            {},
+            {"vt": lanes * 4, "rt": 2},
+            {"vt": lanes, "rt": 8},
+            {"vt": lanes * 2, "rt": 4, "kt": 1},
+            {"vt": lanes * 4, "rt": 2, "kt": 8},
+            {"vt": lanes * 8, "rt": 1},
+            {"inline": 0},
+            {"order": "k_mid"},
+        ]
+        seeds = [{**base, **v} for v in variants]
+        # The generic tiled template (register tile over width, k_mid) competes too.
+        tiled = {"vt": lanes * 4, "rt": 8, "kt": 4, "order": "k_mid", "cache_write": 1,
+                 "unroll": 1, "inline": 1, "parallel": 1, "tmpl": "tiled"}
+        seeds = [seeds[0], tiled, seeds[1], {**tiled, "vt": lanes * 2, "rt": 4}, *seeds[2:]]
+        if kernel.flops < 2e6:
             seeds = [s for pair in zip(seeds, [{**s, "parallel": 0} for s in seeds]) for s in pair]
         return seeds
 
@@ -287,16 +425,23 @@ class OfflineProposer:
             (t for t in history if t.ok and t.program is not None and t.program.key() in self._decisions),
             key=lambda t: t.latency_s or float("inf"),
         )
+        if self._pending is None:
+            self._pending = self._seeds(kernel, lanes)
         pool: list[dict[str, Any]]
         if not good:
-            pool = self._seeds(kernel, lanes)
+            pool = list(self._pending)
         else:
+            # Half the round from untried seeds (template variants), half mutations of the best.
             parents = [self._decisions[t.program.key()] for t in good[:3]]  # type: ignore[union-attr]
-            pool = [self._mutate(parents[min(i % len(parents), i // 3)]) for i in range(n * 6)]
+            n_seed = max(1, n // 2) if self._pending else 0
+            mutants = [self._mutate(parents[min(i % len(parents), i // 3)]) for i in range(n * 6)]
+            pool = list(self._pending[:n_seed]) + mutants + list(self._pending[n_seed:])
         out: list[Proposal] = []
         for d in pool:
             if len(out) >= n:
                 break
+            if d in self._pending:
+                self._pending.remove(d)
             try:
                 prog = build_program(kernel, d, lanes)
             except ScheduleProgramError:
