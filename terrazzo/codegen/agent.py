@@ -445,6 +445,7 @@ def compile_agent(
             "notes": notes,
             "search_below": int(search_below),
         }
+        agent["workers"] = _worker_table(agent, stages, host)
         plan_json = {"agent": agent, "plan": plan.to_json()}
         model_sha = hashlib.sha256(spec_path.read_bytes()).hexdigest()
         path = write_bundle(
@@ -479,6 +480,38 @@ def compile_agent(
         for n in nodes
     }
     return AgentCompileResult(Path(path), plan, devices, tuple(notes), time.perf_counter() - t0)
+
+
+def _worker_table(
+    agent: dict[str, Any], stages: list[Any], host: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """One row per served worker (stage of the unrolled DAG): runner, class, target, fallback target."""
+    from terrazzo.bundle import StageInfo
+    from terrazzo.runtime.agent_plan import _PlanBuilder
+
+    infos = {
+        st.index: StageInfo(
+            st.index,
+            st.device,
+            dict(st.target),
+            st.fallback_reason,
+            st.inputs,
+            st.outputs,
+            st.replicas,
+            st.ops,
+        )  # fmt: skip
+        for st in stages
+    }
+    rows = []
+    for spec in _PlanBuilder(agent, infos, "<bundle>", None, "<memory>").build():
+        gpu = spec.target not in ("llvm", "c")
+        rows.append({
+            "stage": spec.index, "runner": spec.runner.factory.rsplit(":", 1)[1],
+            "device": spec.device, "target": spec.target, "inputs": list(spec.inputs),
+            "outputs": list(spec.outputs),
+            "fallback_target": host if gpu or spec.fallback_reason else None,
+        })  # fmt: skip
+    return rows
 
 
 def _plan_text(graph: Any, plan: Any) -> str:
