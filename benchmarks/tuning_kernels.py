@@ -11,6 +11,7 @@ Run: ``OMP_NUM_THREADS=2 .venv/bin/python benchmarks/tuning_kernels.py [--trials
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -52,13 +53,16 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--trials", type=int, default=32)
     ap.add_argument("--ms-trials", type=int, default=32)
-    ap.add_argument("--kernels", default="mm256,mm512,conv,softmax")
+    ap.add_argument("--kernels", default="mm256,mm512,conv_nhwc,softmax")
+    ap.add_argument("--keep", action="store_true",
+                    help="keep rows of kernels not run now from the previous result file")
     ap.add_argument("--no-ms", action="store_true")
     args = ap.parse_args()
     kernels = {
         "mm256": lambda: W.matmul(256, 256, 256),
         "mm512": lambda: W.matmul(512, 512, 512),
         "conv": lambda: W.conv2d(1, 64, 28, 64, 3),
+        "conv_nhwc": lambda: W.conv2d_nhwc(1, 64, 28, 64, 3),
         "softmax": lambda: W.softmax(128, 1024),
     }
     target = tvm.target.Target(dict(host_target()))
@@ -98,7 +102,21 @@ def main() -> None:
     cols = ["kernel", "untuned_ms", "offline_ms", "offline_gflops", "offline_frac_peak",
             "offline_trials", "ms_ms", "ms_trials", "offline_trials_to_90pct_ms", "ms_wall_s",
             "offline_wall_s"]
-    print_table(rows, cols, title=f"Schedule search, single kernels (peak {peak:.1f} GFLOP/s)")
+    if args.keep:
+        import json
+
+        from _common import RESULTS_DIR
+
+        old = RESULTS_DIR / "tuning_kernels.json"
+        if old.exists():
+            prev = json.loads(old.read_text())
+            done = {r["kernel"] for r in rows}
+            for r in prev.get("rows", []):
+                if r["kernel"] not in done:
+                    rows.append({**r, "earlier_run_peak_gflops": prev.get("peak_gflops")})
+    os.environ.setdefault("COLUMNS", "220")
+    print_table(rows, cols, title=f"Schedule search, single kernels (peak {peak:.1f} GFLOP/s, "
+                "torch matmul 2048³ measured in this run on a shared machine)")
     write_result("tuning_kernels", rows, {"peak_gflops": peak, "trials": args.trials,
                                           "ms_trials": args.ms_trials})
 

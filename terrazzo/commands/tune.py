@@ -109,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
         make = OfflineProposer
     opts = TuneOptions(trials=args.trials, batch=args.batch)
     cost_model, cost_device = _cost_model(args)
+    prepare = _codegen_prepares()
     out = sys.stdout
 
     def on_kernel(kernel: Any, share: float) -> None:
@@ -127,7 +128,8 @@ def run(args: argparse.Namespace) -> int:
             out.write(f"{label} on {t}\n")
             results = tune_module(mod, target, make, opts, db=db, max_kernels=args.kernels,
                                   retune=args.retune, progress=progress, on_kernel=on_kernel,
-                                  cost_model=cost_model, cost_device=cost_device)
+                                  cost_model=cost_model, cost_device=cost_device,
+                                  prepare=prepare)
             for r in results:
                 sp = f"{r.speedup:.1f}x" if r.speedup else "no valid schedule"
                 out.write(f"  {r.kernel_name}: {_us(r.baseline_latency_s)} -> "
@@ -148,13 +150,29 @@ def _run_metaschedule(args: argparse.Namespace, modules: list[tuple[str, Any, li
     for label, mod, targets in modules:
         for t in targets:
             target = tvm.target.Target(t)
-            kernels = extract_kernels(prepare_module(mod, target), target)
+            prepared = prepare_module(mod, target) if _codegen_prepares() else mod
+            kernels = extract_kernels(prepared, target)
             for kernel, share in rank_kernels(kernels)[: args.kernels]:
                 print(f"{label}: {kernel.name} ({share:.0%}) with MetaSchedule, {args.trials} trials")
                 r = tune_kernel_metaschedule(kernel, target, args.trials, work_dir=work_dir)
                 print(f"  best {_us(r.best_latency_s)} after {r.trials} trials ({r.wall_s:.0f} s)")
     print(f"MetaSchedule database directory {work_dir} (use: terrazzo compile --tuning {work_dir})")
     return 0
+
+
+def _codegen_prepares() -> bool:
+    """Whether codegen's build pipeline applies ``prepare_module`` (NHWC convs on CPU).
+
+    Tuning must see the kernels codegen will build, or the records' workload hashes miss.
+    """
+    import inspect
+
+    from terrazzo.codegen import _build
+
+    try:
+        return "prepare_module" in inspect.getsource(_build)
+    except (OSError, TypeError):
+        return False
 
 
 def _cost_model(args: argparse.Namespace) -> tuple[Any, str]:

@@ -241,3 +241,26 @@ def test_offline_proposer_tiles_transposes_and_uses_every_seed() -> None:
             notes.append(p.note)
     assert any("tile2d=16" in n for n in notes)
     assert len(set(notes)) == len(notes) == 6
+
+
+@pytest.mark.slow
+def test_tune_cli_writes_records_that_compile_applies(tmp_path, capsys) -> None:
+    import warnings
+
+    from terrazzo.cli import main
+    from terrazzo.codegen import compile_module, host_target, load_model
+
+    db_path = tmp_path / "db.jsonl"
+    rc = main(["tune", "zoo:mlp", "--trials", "3", "--batch", "3", "--kernels", "1",
+               "--tuning", str(db_path)])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "trial 3/3" in out and "fused_matmul_add_relu" in out
+    db = TuningDatabase(db_path)
+    assert len(db) == 1
+    graph, _ = load_model("zoo:mlp")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # a record that no longer applies warns
+        compile_module(graph.relax_mod, host_target(), tuning_db=db)
+    assert main(["tune", "zoo:mlp", "--trials", "0", "--tuning", str(db_path)]) == 2
+    assert "--trials, --batch and --kernels must be at least 1" in capsys.readouterr().err
