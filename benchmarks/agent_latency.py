@@ -238,13 +238,15 @@ def main(argv: list[str] | None = None) -> int:
 def _stage_rows(
     server: Any, plan: Any, per_task: dict[str, float], per_task_cal: dict[str, float] | None
 ) -> list[dict[str, Any]]:
+    from terrazzo.runtime.agent_plan import runner_kind
+
     reg = server.metrics.registry
     rows = []
     for st in plan.stages:
         labels = {"model": plan.model_name, "stage": str(st.index), "device": st.device}
         n = reg.get_sample_value("terrazzo_stage_latency_seconds_count", labels) or 0.0
         total = reg.get_sample_value("terrazzo_stage_latency_seconds_sum", labels) or 0.0
-        kind = st.runner.factory.rsplit(":", 1)[1]
+        kind = runner_kind(st)
         out = st.outputs[0]
         node = out.split(".")[0].split("__it")[0]
         task = {"llm_prefill": f"{node}.prefill", "llm_decode": f"{node}.decode"}.get(kind, node)

@@ -487,7 +487,7 @@ def _worker_table(
 ) -> list[dict[str, Any]]:
     """One row per served worker (stage of the unrolled DAG): runner, class, target, fallback target."""
     from terrazzo.bundle import StageInfo
-    from terrazzo.runtime.agent_plan import _PlanBuilder
+    from terrazzo.runtime.agent_plan import _PlanBuilder, runner_kind
 
     infos = {
         st.index: StageInfo(
@@ -506,7 +506,7 @@ def _worker_table(
     for spec in _PlanBuilder(agent, infos, "<bundle>", None, "<memory>").build():
         gpu = spec.target not in ("llvm", "c")
         rows.append({
-            "stage": spec.index, "runner": spec.runner.factory.rsplit(":", 1)[1],
+            "stage": spec.index, "runner": runner_kind(spec),
             "device": spec.device, "target": spec.target, "inputs": list(spec.inputs),
             "outputs": list(spec.outputs),
             "fallback_target": host if gpu or spec.fallback_reason else None,

@@ -94,6 +94,27 @@ def agent_serving_plan(
     return plan
 
 
+# Runners that need no torch/onnx are built through the runtime's own ``build_runner`` so the
+# local launcher forks them from its TVM-preloaded fork server (with torch/onnx blocked, so a
+# runner that did need them fails loudly) instead of spawning a fresh interpreter that imports
+# TVM again; tools run user code that may import anything, so they get a fresh process.
+_TRAMPOLINE = "terrazzo.runtime.runners:build_runner"
+_SPAWNED = ("tool",)
+
+
+def _runner_spec(factory: str, kwargs: dict[str, Any]) -> RunnerSpec:
+    if factory in _SPAWNED:
+        return RunnerSpec(_R + factory, kwargs)
+    return RunnerSpec(_TRAMPOLINE, {"factory": _R + factory, "kwargs": kwargs})
+
+
+def runner_kind(stage: StageSpec) -> str:
+    """The agent runner a stage runs (``llm_prefill``, ``llm_decode``, ``tool``, ...)."""
+    spec = stage.runner
+    factory = str(spec.kwargs["factory"]) if spec.factory == _TRAMPOLINE else spec.factory
+    return factory.rsplit(":", 1)[1]
+
+
 def _cuda_present() -> bool:
     return os.path.exists("/dev/nvidiactl") or os.path.exists("/dev/nvidia0")
 
@@ -162,7 +183,7 @@ class _PlanBuilder:
                 "device": device,
                 "inputs": tuple(dict.fromkeys(inputs)),
                 "outputs": tuple(outputs),
-                "runner": RunnerSpec(_R + factory, kwargs),
+                "runner": _runner_spec(factory, kwargs),
                 "replicas": int(info.replicas) if info is not None else 1,
                 "target": str(info.target.get("kind", "llvm")) if info is not None else "llvm",
                 "fallback_reason": _serve_fallback(info),

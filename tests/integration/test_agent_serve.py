@@ -88,12 +88,14 @@ def test_stock_client_matches_in_process_agent_and_torch(served):
 
 
 def test_prefill_and_decode_in_different_workers_and_classes(served):
+    from terrazzo.runtime.agent_plan import runner_kind
+
     _, plan, server = served
     _infer(server.port, plan.model_name, _audio(9))
     rows = {r["stage"]: r for r in server.workers()}
     by_kind: dict[str, list] = {}
     for st in plan.stages:
-        by_kind.setdefault(st.runner.factory.rsplit(":", 1)[1], []).append(st)
+        by_kind.setdefault(runner_kind(st), []).append(st)
     for pre, dec in zip(by_kind["llm_prefill"], by_kind["llm_decode"], strict=True):
         assert pre.device != dec.device, (pre.device, dec.device)
         assert rows[pre.index]["handle"].pid != rows[dec.index]["handle"].pid

@@ -166,7 +166,7 @@ def _agent_json(k: int) -> tuple[dict, dict]:
 
 @pytest.mark.parametrize("k", [1, 3])
 def test_loop_is_unrolled_into_a_valid_stage_dag(k, tmp_path):
-    from terrazzo.runtime.agent_plan import _PlanBuilder
+    from terrazzo.runtime.agent_plan import _PlanBuilder, runner_kind
     from terrazzo.runtime.plan import ServingPlan
     from terrazzo.runtime.tensors import TensorSpec
 
@@ -180,11 +180,11 @@ def test_loop_is_unrolled_into_a_valid_stage_dag(k, tmp_path):
         stages,
     )
     plan.verify()
-    kinds = [s.runner.factory.rsplit(":", 1)[1] for s in stages]
+    kinds = [runner_kind(s) for s in stages]
     assert kinds.count("llm_prefill") == kinds.count("llm_decode") == kinds.count("tool") == k
     assert len(stages) == 4 + 4 * k
-    pre = [s for s in stages if s.runner.factory.endswith("llm_prefill")]
-    dec = [s for s in stages if s.runner.factory.endswith("llm_decode")]
+    pre = [s for s in stages if runner_kind(s) == "llm_prefill"]
+    dec = [s for s in stages if runner_kind(s) == "llm_decode"]
     for i, (p, d) in enumerate(zip(pre, dec, strict=True)):
         assert (p.device, d.device) == ("h100", "a100-80g")
         assert d.fallback_reason == "planned on a100-80g"
