@@ -8,7 +8,18 @@
    that meets the SLA.
 3. Repair memory/count violations, then local search: move single tasks or whole chains to
    another class when the exact objective (device integrality included) drops and the
-   longest path through the moved tasks stays within the SLA.
+   longest path through the moved tasks stays within the SLA (candidate classes are
+   pre-filtered for all classes at once with numpy; path lengths are refreshed only when a
+   move is blocked by stale ones).
+4. Device shedding: compound moves that empty one device of a class (single moves cannot
+   see that saving until the last of them).
+5. Class-subset enumeration: device integrality makes plans on few classes cheap, so steps
+   2-4 run restricted to every subset of 2-3 classes, in order of a lower bound (one device
+   per class + cheapest per-request costs, or the fluid cost) and pruned by the incumbent;
+   subsets whose fastest placement (free transfers) misses the SLA are skipped.
+6. Packing: for the lowest-bound subsets, target one device fewer and search a placement
+   that fits those capacities (Lagrangian DP with per-class busy prices, then exact-latency
+   repair ordered by busy time shed per busy time added).
 The result warm-starts the MILP.
 """
 
