@@ -1,7 +1,10 @@
 """Starting stage workers: as local processes on loopback (default) or as Ray actors.
 
 A launcher turns a ``StageSpec`` replica into a ``WorkerHandle`` (address + liveness + kill);
-the gateway talks gRPC to every worker the same way, wherever it runs.
+the gateway talks gRPC to every worker the same way, wherever it runs. Locally, replicas of
+built-in runners (bundle stages, Relax libraries) are forked from one fork server that imported
+TVM once (``terrazzo.runtime.forkserver``); other runners (tools, LLM phases) are spawned as
+fresh interpreters.
 """
 
 from __future__ import annotations
