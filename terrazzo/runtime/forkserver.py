@@ -3,7 +3,7 @@
 Importing TVM costs each worker process seconds of CPU; on a small machine starting N workers
 that each import it is what makes ``terrazzo serve`` slow to become ready. The local launcher
 therefore starts one fork server per ``serve`` (``python -m terrazzo.runtime.forkserver FD``),
-which preloads TVM, the bundle reader and the worker with torch/onnx made unimportable (only
+which preloads TVM, the bundle reader and the runners with torch/onnx made unimportable (only
 built-in runner factories go through it), and then forks one child per requested replica. The
 launcher sends each request over a Unix ``SOCK_SEQPACKET`` socket together with the two pipe
 ends that become the child's stdin and stdout (``socket.send_fds``); the fork server answers
@@ -38,9 +38,10 @@ def _reap(*_: object) -> None:
 
 def preload() -> None:
     """Import what every built-in stage worker needs, with the heavy frameworks blocked."""
-    from terrazzo.runtime import worker
+    from terrazzo.runtime.runners import block_heavy_imports
 
-    worker.block_heavy_imports("terrazzo.runtime.runners:bundle_stage")
+    block_heavy_imports("terrazzo.runtime.runners:bundle_stage")
+    # gRPC is imported by each child, after the fork: its core must not be initialised before one
     import tvm  # noqa: F401  the expensive import this process exists to share
     from tvm import relax  # noqa: F401
 

@@ -8,6 +8,7 @@ retrieval, LLM phases) plug in by naming their factory.
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -16,6 +17,26 @@ import numpy as np
 from terrazzo.errors import ServingError
 
 Runner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+
+# Runners built into terrazzo (bundle stages, Relax libraries) only need TVM's runtime and numpy.
+# tvm_ffi imports torch eagerly when it can (about half of TVM's import time), so a worker
+# process serving one of them makes these modules unimportable before TVM loads.
+_LEAN_FACTORY_PREFIX = "terrazzo.runtime.runners:"
+_HEAVY_MODULES = ("torch", "torchvision", "onnx", "onnxruntime", "transformers", "tensorflow", "jax")
+
+
+def block_heavy_imports(factory: str) -> list[str]:
+    """Make torch/onnx/transformers unimportable in this process when ``factory`` cannot need them.
+
+    Only built-in runner factories qualify (tools and LLM runners may import anything). Returns
+    the modules that were blocked (none when they were already imported).
+    """
+    if not factory.startswith(_LEAN_FACTORY_PREFIX):
+        return []
+    blocked = [m for m in _HEAVY_MODULES if m not in sys.modules]
+    for m in blocked:
+        sys.modules[m] = None  # type: ignore[assignment]  # import raises ImportError
+    return blocked
 
 
 def build_runner(factory: str, kwargs: Mapping[str, Any]) -> Runner:

@@ -24,17 +24,14 @@ from terrazzo.runtime.plan import RunnerSpec
 from terrazzo.runtime.protos import grpc_service_pb2 as pb
 from terrazzo.runtime.protos import grpc_service_pb2_grpc as pb_grpc
 from terrazzo.runtime.protos import health_pb2, health_pb2_grpc
-from terrazzo.runtime.runners import build_runner
+from terrazzo.runtime.runners import block_heavy_imports, build_runner
 from terrazzo.runtime.tensors import TensorError, WireTensor, from_numpy, to_numpy
+
+__all__ = ["READY_PREFIX", "TOKEN_HEADER", "WorkerServer", "block_heavy_imports", "grpc_options", "main"]
 
 READY_PREFIX = "TERRAZZO_WORKER_READY"
 TOKEN_HEADER = "x-terrazzo-worker-token"
 _POLL_S = 0.01
-# Runners built into terrazzo (bundle stages, Relax libraries) only need TVM's runtime and numpy.
-# tvm_ffi imports torch eagerly when it can (about half of TVM's import time), so a worker
-# process serving one of them makes these modules unimportable before TVM loads.
-_LEAN_FACTORY_PREFIX = "terrazzo.runtime.runners:"
-_HEAVY_MODULES = ("torch", "torchvision", "onnx", "onnxruntime", "transformers", "tensorflow", "jax")
 
 
 def grpc_options(max_message_bytes: int) -> list[tuple[str, int]]:
@@ -169,20 +166,6 @@ class WorkerServer:
     def stop(self, grace_s: float = 5.0) -> None:
         """Finish in-flight requests (up to ``grace_s``) and stop."""
         self._server.stop(grace_s).wait()
-
-
-def block_heavy_imports(factory: str) -> list[str]:
-    """Make torch/onnx/transformers unimportable in this process when ``factory`` cannot need them.
-
-    Only built-in runner factories qualify (tools and LLM runners may import anything). Returns
-    the modules that were blocked (none when they were already imported).
-    """
-    if not factory.startswith(_LEAN_FACTORY_PREFIX):
-        return []
-    blocked = [m for m in _HEAVY_MODULES if m not in sys.modules]
-    for m in blocked:
-        sys.modules[m] = None  # type: ignore[assignment]  # import raises ImportError
-    return blocked
 
 
 def main() -> int:
