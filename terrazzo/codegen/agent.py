@@ -34,7 +34,6 @@ import numpy as np
 from terrazzo.errors import CodegenError, PlacementError
 
 TEST_SIZE_PRESETS = ("tiny-llama",)
-PLANNED_LENGTHS = {"input_tokens": 64, "output_tokens": 16}
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,7 +234,7 @@ def _export_llm(op: Any) -> dict[str, tuple[Any, list[Any], list[Any]]]:
 
 def _target_choice(device: str, catalog: Any, device_builds: bool) -> Any:
     """How a stage planned on ``device`` is built: the class's own target (GPUs) or the host CPU."""
-    from terrazzo.codegen._targets import TargetChoice, choose_target, host_target
+    from terrazzo.codegen import TargetChoice, choose_target, host_target
 
     spec = catalog.get(device) if hasattr(catalog, "get") else None
     host = host_target()
@@ -297,9 +296,7 @@ def compile_agent(
         CodegenError: a node cannot be built.
     """
     from terrazzo.bundle import StageContent, TensorSpec, write_bundle
-    from terrazzo.codegen._build import build_stage
-    from terrazzo.codegen._split import StageModule
-    from terrazzo.codegen._targets import host_target
+    from terrazzo.codegen import StageModule, build_stage, host_target
     from terrazzo.costmodel import load_catalog
     from terrazzo.frontend.agent import load_agent
 
