@@ -409,3 +409,12 @@ class LocalAgent:
         for st, runner in zip(self.plan.stages, self.runners, strict=True):
             env.update(runner({v: env[v] for v in st.inputs}))
         return env
+
+
+def run_agent_bundle(
+    path: str | Path, inputs: Mapping[str, np.ndarray], trust_key: Any = None
+) -> dict[str, np.ndarray]:
+    """Run an agent bundle once in this process and return its served outputs (for ``terrazzo run``)."""
+    plan = agent_serving_plan(path, trust_key=trust_key)
+    env = LocalAgent(plan)(inputs)
+    return {t.name: env[t.name] for t in plan.outputs}
