@@ -23,7 +23,7 @@ from terrazzo.codegen.tuning.kernel import (
 from terrazzo.codegen.tuning.layout import prepare_module
 from terrazzo.codegen.tuning.llm import LLMProposer, extract_json_object
 from terrazzo.codegen.tuning.loop import KernelResult, TuneOptions, tune_kernel, tune_module
-from terrazzo.codegen.tuning.measure import KernelEvaluator, MeasureOptions, Measurement
+from terrazzo.codegen.tuning.measure import KernelEvaluator, Measurement, MeasureOptions
 from terrazzo.codegen.tuning.offline import OfflineProposer
 from terrazzo.codegen.tuning.program import (
     PRIMITIVES,

@@ -178,8 +178,8 @@ def _dtype_bytes(dtype: str) -> int:
 
 def analyse(name: str, func: Any, calls: int = 1) -> Kernel:
     """Build a :class:`Kernel` for one PrimFunc (adds ``global_symbol = main``)."""
-    from tvm.s_tir.analysis import estimate_tir_flops
     import tvm
+    from tvm.s_tir.analysis import estimate_tir_flops
 
     func = func.with_attr("global_symbol", "main")
     blocks = _blocks(func)

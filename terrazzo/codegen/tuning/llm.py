@@ -207,7 +207,7 @@ class LLMProposer:
                 last = f"HTTP {e.status}: {e.body[:200]}"
                 if e.status < 500 and e.status != 429:
                     break
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 last = f"timed out after {ep.timeout_s:g} s"
             except (urllib.error.URLError, ConnectionError, OSError) as e:
                 last = f"cannot reach {ep.base_url}: {getattr(e, 'reason', e)}"

@@ -354,9 +354,9 @@ class OfflineProposer:
     def _seeds(self, kernel: Kernel, lanes: int) -> list[dict[str, Any]]:
         if template_for(kernel) == "conv":
             return self._conv_seeds(kernel, lanes)
-        base = {"vt": lanes * 4, "rt": 8, "kt": 4, "order": "k_mid", "cache_write": 0,
+        base: dict[str, Any] = {"vt": lanes * 4, "rt": 8, "kt": 4, "order": "k_mid", "cache_write": 0,
                 "unroll": 1, "inline": 1, "parallel": 1}
-        variants = [
+        variants: list[dict[str, Any]] = [
             {},
             {"vt": lanes, "rt": 8},
             {"vt": lanes * 2, "rt": 4, "kt": 8},
@@ -371,14 +371,14 @@ class OfflineProposer:
             seeds[1:1] = [{**base, "tile2d": 16}, {**base, "tile2d": 8, "parallel": 0}]
         # Thread-pool launch costs ~10-20 us: small kernels also start single-threaded.
         if kernel.flops < 4e6:
-            seeds = [s for pair in zip(seeds, [{**s, "parallel": 0} for s in seeds]) for s in pair]
+            seeds = [s for pair in zip(seeds, [{**s, "parallel": 0} for s in seeds], strict=True) for s in pair]
         return seeds
 
     def _conv_seeds(self, kernel: Kernel, lanes: int) -> list[dict[str, Any]]:
         # Register tile rt × vt/lanes accumulators (≤ 8 of 16 ymm registers on AVX2).
-        base = {"vt": lanes * 2, "rt": 4, "kt": 4, "order": "k_out", "cache_write": 1,
+        base: dict[str, Any] = {"vt": lanes * 2, "rt": 4, "kt": 4, "order": "k_out", "cache_write": 1,
                 "unroll": 1, "inline": 1, "parallel": 1}
-        variants = [
+        variants: list[dict[str, Any]] = [
             {},
             {"vt": lanes * 4, "rt": 2},
             {"vt": lanes, "rt": 8},
@@ -390,11 +390,11 @@ class OfflineProposer:
         ]
         seeds = [{**base, **v} for v in variants]
         # The generic tiled template (register tile over width, k_mid) competes too.
-        tiled = {"vt": lanes * 4, "rt": 8, "kt": 4, "order": "k_mid", "cache_write": 1,
+        tiled: dict[str, Any] = {"vt": lanes * 4, "rt": 8, "kt": 4, "order": "k_mid", "cache_write": 1,
                  "unroll": 1, "inline": 1, "parallel": 1, "tmpl": "tiled"}
         seeds = [seeds[0], tiled, seeds[1], {**tiled, "vt": lanes * 2, "rt": 4}, *seeds[2:]]
         if kernel.flops < 2e6:
-            seeds = [s for pair in zip(seeds, [{**s, "parallel": 0} for s in seeds]) for s in pair]
+            seeds = [s for pair in zip(seeds, [{**s, "parallel": 0} for s in seeds], strict=True) for s in pair]
         return seeds
 
     def _mutate(self, d: dict[str, Any]) -> dict[str, Any]:
