@@ -136,6 +136,7 @@ def solve(problem: Problem, solver: str = "milp", *, time_limit_s: float = 10.0)
             ew, em = problem.evaluate(warm), problem.evaluate(assign)
             if not em.feasible or ew.usd_per_hour < em.usd_per_hour - 1e-12:
                 assign = warm  # HiGHS's tolerance can leave a marginally worse/invalid point
+                gap = relative_gap(ew.usd_per_hour, res.bound)
         if res.status != "Optimal" and assign is not None:
             notes.append(f"MILP status: {res.status} after {res.solve_time_s:.2f} s")
     else:
