@@ -54,8 +54,11 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=32)
     ap.add_argument("--ms-trials", type=int, default=32)
     ap.add_argument("--kernels", default="mm256,mm512,conv_nhwc,softmax")
-    ap.add_argument("--keep", action="store_true",
-                    help="keep rows of kernels not run now from the previous result file")
+    ap.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep rows of kernels not run now from the previous result file",
+    )
     ap.add_argument("--no-ms", action="store_true")
     args = ap.parse_args()
     kernels = {
@@ -72,8 +75,13 @@ def main() -> None:
     for name in args.kernels.split(","):
         k = analyse(name, kernels[name]())
         ev = KernelEvaluator(k, target, mopts)
-        res = tune_kernel(k, target, OfflineProposer(), TuneOptions(trials=args.trials, batch=4,
-                          measure=mopts), evaluator=ev)
+        res = tune_kernel(
+            k,
+            target,
+            OfflineProposer(),
+            TuneOptions(trials=args.trials, batch=4, measure=mopts),
+            evaluator=ev,
+        )
         ms = None
         if not args.no_ms:
             ms = tune_kernel_metaschedule(k, target, args.ms_trials, evaluator=ev)
@@ -83,25 +91,40 @@ def main() -> None:
             "untuned_ms": (res.baseline_latency_s or 0) * 1e3,
             "offline_ms": (res.best_latency_s or 0) * 1e3,
             "offline_gflops": k.flops / res.best_latency_s / 1e9 if res.best_latency_s else 0.0,
-            "offline_frac_peak": k.flops / res.best_latency_s / 1e9 / peak if res.best_latency_s else 0.0,
+            "offline_frac_peak": k.flops / res.best_latency_s / 1e9 / peak
+            if res.best_latency_s
+            else 0.0,
             "offline_trials": len(res.trials),
             "offline_wall_s": res.wall_s,
         }
         if ms is not None and ms.best_latency_s:
             goal = ms.best_latency_s / 0.9
-            row.update({
-                "ms_ms": ms.best_latency_s * 1e3,
-                "ms_gflops": k.flops / ms.best_latency_s / 1e9,
-                "ms_trials": ms.trials,
-                "ms_wall_s": ms.wall_s,
-                "ms_cost_model": ms.cost_model,
-                "offline_trials_to_90pct_ms": res.trials_to_reach(goal) or f">{len(res.trials)}",
-            })
+            row.update(
+                {
+                    "ms_ms": ms.best_latency_s * 1e3,
+                    "ms_gflops": k.flops / ms.best_latency_s / 1e9,
+                    "ms_trials": ms.trials,
+                    "ms_wall_s": ms.wall_s,
+                    "ms_cost_model": ms.cost_model,
+                    "offline_trials_to_90pct_ms": res.trials_to_reach(goal)
+                    or f">{len(res.trials)}",
+                }
+            )
         rows.append(row)
         print(row, flush=True)
-    cols = ["kernel", "untuned_ms", "offline_ms", "offline_gflops", "offline_frac_peak",
-            "offline_trials", "ms_ms", "ms_trials", "offline_trials_to_90pct_ms", "ms_wall_s",
-            "offline_wall_s"]
+    cols = [
+        "kernel",
+        "untuned_ms",
+        "offline_ms",
+        "offline_gflops",
+        "offline_frac_peak",
+        "offline_trials",
+        "ms_ms",
+        "ms_trials",
+        "offline_trials_to_90pct_ms",
+        "ms_wall_s",
+        "offline_wall_s",
+    ]
     if args.keep:
         import json
 
@@ -115,10 +138,17 @@ def main() -> None:
                 if r["kernel"] not in done:
                     rows.append({**r, "earlier_run_peak_gflops": prev.get("peak_gflops")})
     os.environ.setdefault("COLUMNS", "220")
-    print_table(rows, cols, title=f"Schedule search, single kernels (peak {peak:.1f} GFLOP/s, "
-                "torch matmul 2048³ measured in this run on a shared machine)")
-    write_result("tuning_kernels", rows, {"peak_gflops": peak, "trials": args.trials,
-                                          "ms_trials": args.ms_trials})
+    print_table(
+        rows,
+        cols,
+        title=f"Schedule search, single kernels (peak {peak:.1f} GFLOP/s, "
+        "torch matmul 2048³ measured in this run on a shared machine)",
+    )
+    write_result(
+        "tuning_kernels",
+        rows,
+        {"peak_gflops": peak, "trials": args.trials, "ms_trials": args.ms_trials},
+    )
 
 
 if __name__ == "__main__":

@@ -85,16 +85,26 @@ def bench_model(name: str, args: argparse.Namespace, db_dir: Path) -> dict[str, 
     db_path = db_dir / f"{name}.jsonl"
     db = TuningDatabase(db_path) if db_path.exists() else TuningDatabase()
     t0 = time.perf_counter()
-    results = tune_module(graph.relax_mod, target, OfflineProposer, TuneOptions(trials=args.trials),
-                          db=db, max_kernels=args.kernels, min_share=0.0, retune=args.retune,
-                          on_kernel=lambda k, share: print(f"  tuning {name}/{k.name} "
-                                                           f"({share:.0%})", flush=True))
+    results = tune_module(
+        graph.relax_mod,
+        target,
+        OfflineProposer,
+        TuneOptions(trials=args.trials),
+        db=db,
+        max_kernels=args.kernels,
+        min_share=0.0,
+        retune=args.retune,
+        on_kernel=lambda k, share: print(f"  tuning {name}/{k.name} ({share:.0%})", flush=True),
+    )
     tune_s = time.perf_counter() - t0
     db.save(db_path)
     for r in results:
         sp = f"{r.speedup:.1f}x" if r.speedup else "-"
-        print(f"  {name}/{r.kernel_name} [{r.kernel_class}]: {(r.baseline_latency_s or 0) * 1e6:.1f} "
-              f"-> {(r.best_latency_s or 0) * 1e6:.1f} us ({sp}, {len(r.trials)} trials)", flush=True)
+        print(
+            f"  {name}/{r.kernel_name} [{r.kernel_class}]: {(r.baseline_latency_s or 0) * 1e6:.1f} "
+            f"-> {(r.best_latency_s or 0) * 1e6:.1f} us ({sp}, {len(r.trials)} trials)",
+            flush=True,
+        )
 
     t0 = time.perf_counter()
     ex_untuned = compile_module(graph.relax_mod, target_d)
@@ -112,8 +122,9 @@ def bench_model(name: str, args: argparse.Namespace, db_dir: Path) -> dict[str, 
         so = ort.SessionOptions()
         so.intra_op_num_threads = n_threads
         so.inter_op_num_threads = 1
-        sessions[n_threads] = ort.InferenceSession(str(onnx_path), so,
-                                                   providers=["CPUExecutionProvider"])
+        sessions[n_threads] = ort.InferenceSession(
+            str(onnx_path), so, providers=["CPUExecutionProvider"]
+        )
     want = sessions[threads].run(None, inputs)[0]
     got = vm_t["main"](*tvm_in)
     got_np = got.numpy() if hasattr(got, "numpy") else got[0].numpy()
@@ -196,14 +207,36 @@ def main() -> None:
         row = bench_model(name, args, db_dir)
         print(row, flush=True)
         rows.append(row)
-    cols = ["model", "untuned_ms", "tuned_ms", "ort_ms", "torch_ms", "tuned_over_ort",
-            "tuned_over_torch", "tuning_speedup", "max_abs_err_vs_ort", "kernels_tuned",
-            "tune_s", "target_met"]
+    cols = [
+        "model",
+        "untuned_ms",
+        "tuned_ms",
+        "ort_ms",
+        "torch_ms",
+        "tuned_over_ort",
+        "tuned_over_torch",
+        "tuning_speedup",
+        "max_abs_err_vs_ort",
+        "kernels_tuned",
+        "tune_s",
+        "target_met",
+    ]
     os.environ.setdefault("COLUMNS", "220")
-    print_table(rows, cols, title="Tuned Terrazzo vs onnxruntime vs torch eager (CPU, "
-                f"{os.environ.get('OMP_NUM_THREADS', '?')} threads, shared machine)")
-    write_result("tuning_models", rows, {"trials": args.trials, "kernels": args.kernels,
-                                         "threads": os.environ.get("OMP_NUM_THREADS")})
+    print_table(
+        rows,
+        cols,
+        title="Tuned Terrazzo vs onnxruntime vs torch eager (CPU, "
+        f"{os.environ.get('OMP_NUM_THREADS', '?')} threads, shared machine)",
+    )
+    write_result(
+        "tuning_models",
+        rows,
+        {
+            "trials": args.trials,
+            "kernels": args.kernels,
+            "threads": os.environ.get("OMP_NUM_THREADS"),
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -25,19 +25,27 @@ def register(subparsers: Any) -> None:
     p.add_argument("model", help="an .onnx file or a zoo name (zoo:mlp, zoo:cnn, ...)")
     p.add_argument("--fleet", help="fleet YAML; stages are tuned for their device class targets")
     p.add_argument("--sla", default="10s", help="latency SLA used to plan stages (default 10s)")
-    p.add_argument("--tuning", help="database path (records.jsonl; a directory for metaschedule); "
-                   "default: the per-user cache")
+    p.add_argument(
+        "--tuning",
+        help="database path (records.jsonl; a directory for metaschedule); "
+        "default: the per-user cache",
+    )
     p.add_argument("--trials", type=int, default=32, help="trials per kernel (default 32)")
     p.add_argument("--batch", type=int, default=4, help="candidates per round (default 4)")
-    p.add_argument("--kernels", type=int, default=8, help="tune at most K hottest kernels per stage")
+    p.add_argument(
+        "--kernels", type=int, default=8, help="tune at most K hottest kernels per stage"
+    )
     p.add_argument("--proposer", choices=("offline", "llm", "metaschedule"), default="offline")
     p.add_argument("--llm-url", help="OpenAI-compatible base URL (env TERRAZZO_LLM_URL)")
     p.add_argument("--llm-model", help="model name (env TERRAZZO_LLM_MODEL)")
     p.add_argument("--llm-timeout", type=float, default=60.0, help="seconds per LLM request")
     p.add_argument("--retune", action="store_true", help="tune kernels already in the database")
-    p.add_argument("--calibration", metavar="PROFILE.json",
-                   help="calibrated CPU profile (`terrazzo calibrate --out`); kernels are then "
-                   "ranked by the cost model's predicted time (env TERRAZZO_CALIBRATION)")
+    p.add_argument(
+        "--calibration",
+        metavar="PROFILE.json",
+        help="calibrated CPU profile (`terrazzo calibrate --out`); kernels are then "
+        "ranked by the cost model's predicted time (env TERRAZZO_CALIBRATION)",
+    )
     p.set_defaults(func=run)
 
 
@@ -89,8 +97,13 @@ def run(args: argparse.Namespace) -> int:
         devices = {int(s.index): s.device for s in plan.stages}
         for st in split.stages:
             choice = choices[devices[st.index]]
-            modules.append((f"stage {st.index} ({devices[st.index]})", st.mod,
-                            _runnable_targets([dict(choice.target)])))
+            modules.append(
+                (
+                    f"stage {st.index} ({devices[st.index]})",
+                    st.mod,
+                    _runnable_targets([dict(choice.target)]),
+                )
+            )
     else:
         modules.append(("model", graph.relax_mod, _runnable_targets([])))
 
@@ -126,20 +139,34 @@ def run(args: argparse.Namespace) -> int:
         for t in targets:
             target = tvm.target.Target(t)
             out.write(f"{label} on {t}\n")
-            results = tune_module(mod, target, make, opts, db=db, max_kernels=args.kernels,
-                                  retune=args.retune, progress=progress, on_kernel=on_kernel,
-                                  cost_model=cost_model, cost_device=cost_device,
-                                  prepare=prepare)
+            results = tune_module(
+                mod,
+                target,
+                make,
+                opts,
+                db=db,
+                max_kernels=args.kernels,
+                retune=args.retune,
+                progress=progress,
+                on_kernel=on_kernel,
+                cost_model=cost_model,
+                cost_device=cost_device,
+                prepare=prepare,
+            )
             for r in results:
                 sp = f"{r.speedup:.1f}x" if r.speedup else "no valid schedule"
-                out.write(f"  {r.kernel_name}: {_us(r.baseline_latency_s)} -> "
-                          f"{_us(r.best_latency_s)} ({sp}, {len(r.trials)} trials)\n")
+                out.write(
+                    f"  {r.kernel_name}: {_us(r.baseline_latency_s)} -> "
+                    f"{_us(r.best_latency_s)} ({sp}, {len(r.trials)} trials)\n"
+                )
             db.save(db_path)
     out.write(f"tuning database {db_path}: {len(db)} records ({len(db) - before} new)\n")
     return 0
 
 
-def _run_metaschedule(args: argparse.Namespace, modules: list[tuple[str, Any, list[dict[str, Any]]]]) -> int:
+def _run_metaschedule(
+    args: argparse.Namespace, modules: list[tuple[str, Any, list[dict[str, Any]]]]
+) -> int:
     import tvm
 
     from terrazzo.codegen.tuning import extract_kernels, prepare_module, rank_kernels
@@ -153,7 +180,9 @@ def _run_metaschedule(args: argparse.Namespace, modules: list[tuple[str, Any, li
             prepared = prepare_module(mod, target) if _codegen_prepares() else mod
             kernels = extract_kernels(prepared, target)
             for kernel, share in rank_kernels(kernels)[: args.kernels]:
-                print(f"{label}: {kernel.name} ({share:.0%}) with MetaSchedule, {args.trials} trials")
+                print(
+                    f"{label}: {kernel.name} ({share:.0%}) with MetaSchedule, {args.trials} trials"
+                )
                 r = tune_kernel_metaschedule(kernel, target, args.trials, work_dir=work_dir)
                 print(f"  best {_us(r.best_latency_s)} after {r.trials} trials ({r.wall_s:.0f} s)")
     print(f"MetaSchedule database directory {work_dir} (use: terrazzo compile --tuning {work_dir})")

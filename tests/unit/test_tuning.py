@@ -36,8 +36,13 @@ FAST = MeasureOptions(min_measure_s=0.002, min_repeats=3)
 
 
 def _mm_steps(extra: list[dict]) -> dict:
-    return {"steps": [{"op": "get_sblock", "name": "C", "out": "C"},
-                      {"op": "get_loops", "block": "C", "out": ["i", "j", "k"]}, *extra]}
+    return {
+        "steps": [
+            {"op": "get_sblock", "name": "C", "out": "C"},
+            {"op": "get_loops", "block": "C", "out": ["i", "j", "k"]},
+            *extra,
+        ]
+    }
 
 
 @pytest.mark.parametrize(
@@ -61,8 +66,10 @@ def test_parse_rejects_with_precise_reason(program, reason: str) -> None:
     [
         ([{"op": "vectorize", "loop": "q"}], "step 2: loop name 'q' is unbound"),
         ([{"op": "vectorize", "loop": "C"}], "loop name 'C' is a block"),
-        ([{"op": "split", "loop": "i", "factors": [4, 4], "out": ["a", "b"]}],
-         "factors [4, 4] multiply to 16, expected 32"),
+        (
+            [{"op": "split", "loop": "i", "factors": [4, 4], "out": ["a", "b"]}],
+            "factors [4, 4] multiply to 16, expected 32",
+        ),
         ([{"op": "split", "loop": "i", "factors": [None, None], "out": ["a", "b"]}], "at most one"),
         ([{"op": "parallel", "loop": "k"}], "not a data parallel block iter"),
         ([{"op": "get_loops", "block": "C", "out": ["a"]}], "has 3 loops, program names 1"),
@@ -82,8 +89,9 @@ def test_unknown_block_reports_tvm_reason() -> None:
 
 
 def test_program_json_round_trip() -> None:
-    prog = parse_program(_mm_steps([{"op": "split", "loop": "j", "factors": [None, 8],
-                                     "out": ["j0", "j1"]}]))
+    prog = parse_program(
+        _mm_steps([{"op": "split", "loop": "j", "factors": [None, 8], "out": ["j0", "j1"]}])
+    )
     assert parse_program(prog.to_json()) == prog
 
 
@@ -101,8 +109,13 @@ def test_offline_proposer_candidates_are_correct_for_each_class(name: str) -> No
 
 def test_kernel_classes_and_ranking() -> None:
     kinds = {n: analyse(n, f()).kernel_class for n, f in W.KERNELS.items()}
-    assert kinds == {"matmul": "matmul", "conv": "conv", "conv_nhwc": "conv",
-                     "softmax": "reduction", "elementwise": "elementwise"}
+    assert kinds == {
+        "matmul": "matmul",
+        "conv": "conv",
+        "conv_nhwc": "conv",
+        "softmax": "reduction",
+        "elementwise": "elementwise",
+    }
     ranked = rank_kernels(extract_kernels(W.mlp_module(32, 64, 64, 8), TARGET))
     assert ranked[0][0].kernel_class == "matmul"
     assert abs(sum(s for _, s in ranked) - 1.0) < 1e-9
@@ -118,8 +131,14 @@ def test_loop_improves_a_matmul_and_records_it(tmp_path) -> None:
     kernel = analyse("mm", W.matmul(64, 64, 64))
     db = TuningDatabase(tmp_path / "records.jsonl")
     seen = []
-    res = tune_kernel(kernel, TARGET, OfflineProposer(), TuneOptions(trials=6, batch=3, measure=FAST),
-                      db=db, progress=lambda k, t, best: seen.append((t.index, best)))
+    res = tune_kernel(
+        kernel,
+        TARGET,
+        OfflineProposer(),
+        TuneOptions(trials=6, batch=3, measure=FAST),
+        db=db,
+        progress=lambda k, t, best: seen.append((t.index, best)),
+    )
     assert [i for i, _ in seen] == list(range(6))
     assert res.best_latency_s is not None and res.speedup is not None and res.speedup > 2
     assert all(t.ok for t in res.trials), [t.reason for t in res.trials if not t.ok]
@@ -150,14 +169,23 @@ def test_tune_module_then_apply_tuning_compiles_same_numbers() -> None:
 
     mod = W.mlp_module(8, 64, 128, 10)
     db = TuningDatabase()
-    results = tune_module(mod, TARGET, OfflineProposer,
-                          TuneOptions(trials=3, batch=3, measure=FAST), db=db, max_kernels=2)
+    results = tune_module(
+        mod,
+        TARGET,
+        OfflineProposer,
+        TuneOptions(trials=3, batch=3, measure=FAST),
+        db=db,
+        max_kernels=2,
+    )
     assert results and len(db) >= 1
     with TARGET:
         low = relax.get_pipeline("zero")(mod)
     tuned = apply_tuning(low, TARGET, db)
-    n_sched = sum(1 for _, f in tuned.functions.items()
-                  if isinstance(f, tvm.tirx.PrimFunc) and f.attrs and "tirx.is_scheduled" in f.attrs)
+    n_sched = sum(
+        1
+        for _, f in tuned.functions.items()
+        if isinstance(f, tvm.tirx.PrimFunc) and f.attrs and "tirx.is_scheduled" in f.attrs
+    )
     assert n_sched == len(db)
     x = np.random.default_rng(0).standard_normal((8, 64)).astype("float32")
     outs = []
@@ -193,8 +221,10 @@ def test_prepare_module_makes_cpu_convs_nhwc_and_keeps_numbers() -> None:
     names = [b.name for k in extract_kernels(prepared, TARGET) for b in k.blocks]
     assert "conv2d_nhwc" in names and "conv2d_nchw" not in names
     # no per-call weight transpose: FoldConstant folds it at build time
-    assert not any(k.kernel_class == "elementwise" and k.bytes_accessed == 2 * 8 * 4 * 9 * 4
-                   for k in extract_kernels(prepared, TARGET))
+    assert not any(
+        k.kernel_class == "elementwise" and k.bytes_accessed == 2 * 8 * 4 * 9 * 4
+        for k in extract_kernels(prepared, TARGET)
+    )
     assert prepare_module(mod, tvm.target.Target("cuda")) is mod
     assert prepare_module(W.mlp_module(8, 16, 16, 4), TARGET) is not None
     x = np.random.default_rng(1).standard_normal((1, 4, 8, 8)).astype("float32")
@@ -251,8 +281,20 @@ def test_tune_cli_writes_records_that_compile_applies(tmp_path, capsys) -> None:
     from terrazzo.codegen import compile_module, host_target, load_model
 
     db_path = tmp_path / "db.jsonl"
-    rc = main(["tune", "zoo:mlp", "--trials", "3", "--batch", "3", "--kernels", "1",
-               "--tuning", str(db_path)])
+    rc = main(
+        [
+            "tune",
+            "zoo:mlp",
+            "--trials",
+            "3",
+            "--batch",
+            "3",
+            "--kernels",
+            "1",
+            "--tuning",
+            str(db_path),
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0
     assert "trial 3/3" in out and "fused_matmul_add_relu" in out

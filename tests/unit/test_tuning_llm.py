@@ -73,17 +73,32 @@ def _server(script: _Script) -> ThreadingHTTPServer:
                 script.requests.append(body)
                 script.headers.append(dict(self.headers))
                 if script.refuse_structured and "response_format" in body:
-                    status, payload, delay = 400, {"error": {"message": "response_format not supported"}}, 0.0
+                    status, payload, delay = (
+                        400,
+                        {"error": {"message": "response_format not supported"}},
+                        0.0,
+                    )
                 elif self.path != "/v1/chat/completions":
                     status, payload, delay = 404, {"error": "not found"}, 0.0
                 else:
                     delay, content = script.replies.pop(0) if script.replies else (0.0, "{}")
                     status = 200
                     payload = {
-                        "id": "x", "object": "chat.completion", "model": body["model"],
-                        "choices": [{"index": 0, "finish_reason": "stop",
-                                     "message": {"role": "assistant", "content": content}}],
-                        "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120},
+                        "id": "x",
+                        "object": "chat.completion",
+                        "model": body["model"],
+                        "choices": [
+                            {
+                                "index": 0,
+                                "finish_reason": "stop",
+                                "message": {"role": "assistant", "content": content},
+                            }
+                        ],
+                        "usage": {
+                            "prompt_tokens": 100,
+                            "completion_tokens": 20,
+                            "total_tokens": 120,
+                        },
                     }
             time.sleep(delay)
             data = json.dumps(payload).encode()
@@ -109,31 +124,48 @@ def kernel():
 
 def _endpoint(srv: ThreadingHTTPServer, timeout_s: float = 5.0) -> LLMEndpoint:
     host, port = srv.server_address[:2]
-    return LLMEndpoint(base_url=f"http://{host}:{port}/v1", model="scripted", api_key="sk-test",
-                       timeout_s=timeout_s, max_retries=0)
+    return LLMEndpoint(
+        base_url=f"http://{host}:{port}/v1",
+        model="scripted",
+        api_key="sk-test",
+        timeout_s=timeout_s,
+        max_retries=0,
+    )
 
 
 def test_loop_rejects_each_bad_reply_with_its_reason_and_keeps_the_valid_one(kernel) -> None:
-    script = _Script([
-        (0.0, "Here you go:\n```json\n" + json.dumps(GOOD) + "\n```"),
-        (0.0, '{"steps": [{"op": "split", "loop": '),
-        (0.0, json.dumps(MISSING_LOOP)),
-        (0.0, json.dumps(WRONG)),
-        (0.0, json.dumps(UNKNOWN_OP)),
-        (1.5, json.dumps(GOOD)),
-    ])
+    script = _Script(
+        [
+            (0.0, "Here you go:\n```json\n" + json.dumps(GOOD) + "\n```"),
+            (0.0, '{"steps": [{"op": "split", "loop": '),
+            (0.0, json.dumps(MISSING_LOOP)),
+            (0.0, json.dumps(WRONG)),
+            (0.0, json.dumps(UNKNOWN_OP)),
+            (1.5, json.dumps(GOOD)),
+        ]
+    )
     srv = _server(script)
     try:
         proposer = LLMProposer(_endpoint(srv, timeout_s=0.4))
         db = TuningDatabase()
-        res = tune_kernel(kernel, tvm.target.Target(TARGET), proposer,
-                          TuneOptions(trials=6, batch=1, measure=MeasureOptions(min_measure_s=0.005)),
-                          db=db)
+        res = tune_kernel(
+            kernel,
+            tvm.target.Target(TARGET),
+            proposer,
+            TuneOptions(trials=6, batch=1, measure=MeasureOptions(min_measure_s=0.005)),
+            db=db,
+        )
     finally:
         srv.shutdown()
     stages = [(t.stage, t.ok) for t in res.trials]
-    assert stages == [("ok", True), ("parse", False), ("apply", False), ("verify", False),
-                      ("parse", False), ("proposer", False)]
+    assert stages == [
+        ("ok", True),
+        ("parse", False),
+        ("apply", False),
+        ("verify", False),
+        ("parse", False),
+        ("proposer", False),
+    ]
     reasons = [t.reason for t in res.trials]
     assert "not a JSON program" in reasons[1]
     assert "'jj'" in reasons[2] and "unbound" in reasons[2]
@@ -162,8 +194,13 @@ def test_structured_output_refused_falls_back_to_plain_text(kernel) -> None:
     srv = _server(script)
     try:
         proposer = LLMProposer(_endpoint(srv))
-        props = proposer.propose(kernel, tvm.target.Target(TARGET), (), 1,
-                                 __import__("terrazzo.codegen.tuning", fromlist=["x"]).local_hardware())
+        props = proposer.propose(
+            kernel,
+            tvm.target.Target(TARGET),
+            (),
+            1,
+            __import__("terrazzo.codegen.tuning", fromlist=["x"]).local_hardware(),
+        )
     finally:
         srv.shutdown()
     assert props[0].program is not None, props[0].error
@@ -176,8 +213,9 @@ def test_unreachable_endpoint_is_a_failed_proposal_not_a_crash(kernel) -> None:
     port = srv.server_address[1]
     srv.shutdown()
     srv.server_close()
-    proposer = LLMProposer(LLMEndpoint(base_url=f"http://127.0.0.1:{port}/v1", model="m",
-                                       timeout_s=0.5, max_retries=1))
+    proposer = LLMProposer(
+        LLMEndpoint(base_url=f"http://127.0.0.1:{port}/v1", model="m", timeout_s=0.5, max_retries=1)
+    )
     from terrazzo.codegen.tuning import local_hardware
 
     props = proposer.propose(kernel, tvm.target.Target(TARGET), (), 1, local_hardware())

@@ -38,7 +38,11 @@ def target_key(target: Any) -> str:
     for k in _TARGET_KEY_ATTRS:
         if k in attrs:
             v = attrs[k]
-            parts[k] = ",".join(str(x) for x in v) if not isinstance(v, str) and hasattr(v, "__iter__") else str(v)
+            parts[k] = (
+                ",".join(str(x) for x in v)
+                if not isinstance(v, str) and hasattr(v, "__iter__")
+                else str(v)
+            )
     return json.dumps(parts, sort_keys=True, separators=(",", ":"))
 
 

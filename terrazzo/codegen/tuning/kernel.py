@@ -253,8 +253,11 @@ def kernel_op(kernel: Kernel) -> Any:
     """The kernel as an ``ir.Op`` the cost model can price (one call)."""
     from terrazzo.ir.graph import Op
 
-    op_class = kernel.kernel_class if kernel.kernel_class in ("matmul", "conv", "reduction",
-                                                              "elementwise") else "other"
+    op_class = (
+        kernel.kernel_class
+        if kernel.kernel_class in ("matmul", "conv", "reduction", "elementwise")
+        else "other"
+    )
     out_bytes = 0
     try:
         import tvm_ffi  # noqa: F401
@@ -304,16 +307,25 @@ def rank_kernels(
         if k.workload_hash in merged:
             prev = merged[k.workload_hash]
             merged[k.workload_hash] = Kernel(
-                prev.name, prev.func, prev.workload_hash, prev.kernel_class, prev.blocks,
-                prev.flops, prev.bytes_accessed, prev.calls + k.calls,
+                prev.name,
+                prev.func,
+                prev.workload_hash,
+                prev.kernel_class,
+                prev.blocks,
+                prev.flops,
+                prev.bytes_accessed,
+                prev.calls + k.calls,
             )
         else:
             merged[k.workload_hash] = k
     if cost_model is not None:
-        times = {h: k.calls * cost_model.op_latency_s(kernel_op(k), device)
-                 for h, k in merged.items()}
+        times = {
+            h: k.calls * cost_model.op_latency_s(kernel_op(k), device) for h, k in merged.items()
+        }
     else:
-        times = {h: k.predicted_latency_s(peak_flops, mem_bw_bytes_per_s) for h, k in merged.items()}
+        times = {
+            h: k.predicted_latency_s(peak_flops, mem_bw_bytes_per_s) for h, k in merged.items()
+        }
     total = sum(times.values()) or 1.0
     ranked = sorted(merged.values(), key=lambda k: -times[k.workload_hash])
     return [(k, times[k.workload_hash] / total) for k in ranked]

@@ -93,7 +93,9 @@ def extract_json_object(text: str) -> Any:
     raise ValueError("no JSON object found in the reply")
 
 
-def build_prompt(kernel: Kernel, target: Any, history: Sequence[Trial], hardware: HardwareSpec) -> str:
+def build_prompt(
+    kernel: Kernel, target: Any, history: Sequence[Trial], hardware: HardwareSpec
+) -> str:
     """The user message: target, hardware, kernel, blocks and the trial history."""
     script = kernel.script()
     if len(script) > MAX_SCRIPT_CHARS:
@@ -115,8 +117,11 @@ def build_prompt(kernel: Kernel, target: Any, history: Sequence[Trial], hardware
     ]
     if history:
         recent = list(history)[-MAX_HISTORY:]
-        best = min((t for t in history if t.ok and t.latency_s), key=lambda t: t.latency_s or 0,
-                   default=None)
+        best = min(
+            (t for t in history if t.ok and t.latency_s),
+            key=lambda t: t.latency_s or 0,
+            default=None,
+        )
         lines.append("History of your candidates (most recent last):")
         for t in recent:
             prog = t.program.to_json() if t.program is not None else "(none)"
@@ -131,7 +136,9 @@ def build_prompt(kernel: Kernel, target: Any, history: Sequence[Trial], hardware
 
 def _target_text(target: Any) -> str:
     try:
-        return json.dumps(dict(target.export()), default=lambda o: list(o) if hasattr(o, "__iter__") else str(o))
+        return json.dumps(
+            dict(target.export()), default=lambda o: list(o) if hasattr(o, "__iter__") else str(o)
+        )
     except Exception:
         return str(target)
 
@@ -160,7 +167,9 @@ class LLMProposer:
             out.append(self._one(kernel, target, history, hardware))
         return out
 
-    def _one(self, kernel: Kernel, target: Any, history: Sequence[Trial], hw: HardwareSpec) -> Proposal:
+    def _one(
+        self, kernel: Kernel, target: Any, history: Sequence[Trial], hw: HardwareSpec
+    ) -> Proposal:
         messages = [
             {"role": "system", "content": SYSTEM_PROMPT},
             {"role": "user", "content": build_prompt(kernel, target, history, hw)},
@@ -172,13 +181,23 @@ class LLMProposer:
         try:
             data = extract_json_object(reply)
         except ValueError as e:
-            return Proposal(None, raw=reply, error=f"reply is not a JSON program: {e}",
-                            error_stage="parse", usage=usage)
+            return Proposal(
+                None,
+                raw=reply,
+                error=f"reply is not a JSON program: {e}",
+                error_stage="parse",
+                usage=usage,
+            )
         try:
             program = parse_program(data)
         except ScheduleProgramError as e:
-            return Proposal(None, raw=reply, error=f"reply is not a valid program: {e}",
-                            error_stage="parse", usage=usage)
+            return Proposal(
+                None,
+                raw=reply,
+                error=f"reply is not a valid program: {e}",
+                error_stage="parse",
+                usage=usage,
+            )
         return Proposal(program, raw=reply, usage=usage)
 
     def _chat(self, messages: list[dict[str, str]]) -> tuple[str, dict[str, int]]:
@@ -212,8 +231,9 @@ class LLMProposer:
             except (urllib.error.URLError, ConnectionError, OSError) as e:
                 last = f"cannot reach {ep.base_url}: {getattr(e, 'reason', e)}"
             else:
-                usage = {k: int(v) for k, v in (resp.get("usage") or {}).items()
-                         if isinstance(v, int)}
+                usage = {
+                    k: int(v) for k, v in (resp.get("usage") or {}).items() if isinstance(v, int)
+                }
                 self.requests.append({**usage, "latency_s": time.perf_counter() - t0})
                 try:
                     content = resp["choices"][0]["message"]["content"] or ""
@@ -234,8 +254,9 @@ class LLMProposer:
         headers = {"Content-Type": "application/json"}
         if ep.api_key:
             headers["Authorization"] = f"Bearer {ep.api_key}"
-        req = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers,
-                                     method="POST")
+        req = urllib.request.Request(
+            url, data=json.dumps(body).encode(), headers=headers, method="POST"
+        )
         try:
             with urllib.request.urlopen(req, timeout=ep.timeout_s) as r:  # noqa: S310 (URL from config)
                 raw = r.read()

@@ -147,14 +147,32 @@ def tune_kernel(
     )
 
 
-def _evaluate(index: int, proposer: str, prop: Any, ev: KernelEvaluator, seen: dict[str, int]) -> Trial:
+def _evaluate(
+    index: int, proposer: str, prop: Any, ev: KernelEvaluator, seen: dict[str, int]
+) -> Trial:
     if prop.program is None:
-        return Trial(index, proposer, None, False, None, prop.error_stage or "proposer",
-                     prop.error or "proposer returned nothing", prop.note)
+        return Trial(
+            index,
+            proposer,
+            None,
+            False,
+            None,
+            prop.error_stage or "proposer",
+            prop.error or "proposer returned nothing",
+            prop.note,
+        )
     key = prop.program.key()
     if key in seen:
-        return Trial(index, proposer, prop.program, False, None, "duplicate",
-                     f"same program as trial {seen[key]}", prop.note)
+        return Trial(
+            index,
+            proposer,
+            prop.program,
+            False,
+            None,
+            "duplicate",
+            f"same program as trial {seen[key]}",
+            prop.note,
+        )
     seen[key] = index
     try:
         func = apply_program(ev.kernel.func, prop.program)
@@ -203,12 +221,8 @@ def tune_module(
             continue
         if on_kernel is not None:
             on_kernel(kernel, share)
-        results.append(
-            tune_kernel(kernel, target, make_proposer(), options, db, hw, progress)
-        )
+        results.append(tune_kernel(kernel, target, make_proposer(), options, db, hw, progress))
     return results
 
 
 __all__ = ["KernelResult", "TuneOptions", "tune_kernel", "tune_module"]
-
-

@@ -93,7 +93,9 @@ def build(func: Any, target: Any) -> Any:
     """Compile a PrimFunc (as ``main``) for ``target``; returns the TVM executable."""
     import tvm
 
-    return tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=target)
+    return tvm.compile(
+        tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=target
+    )
 
 
 class KernelEvaluator:
@@ -151,10 +153,13 @@ class KernelEvaluator:
                             math.inf,
                         )
                     scale = float(np.nanmax(np.abs(want))) if want.size else 1.0
-                    err = float(np.nanmax(np.abs(got.astype(np.float64) - want))) if got.size else 0.0
+                    err = (
+                        float(np.nanmax(np.abs(got.astype(np.float64) - want))) if got.size else 0.0
+                    )
                     worst = max(worst, err)
-                    if not np.allclose(got, want, rtol=o.rtol, atol=o.atol * max(1.0, scale),
-                                       equal_nan=True):
+                    if not np.allclose(
+                        got, want, rtol=o.rtol, atol=o.atol * max(1.0, scale), equal_nan=True
+                    ):
                         return (
                             False,
                             f"output {name!r} differs from the unscheduled kernel on input set "
@@ -172,8 +177,9 @@ class KernelEvaluator:
         o = self.options
         args = self.inputs[0]
         tensors = [
-            tvm.runtime.tensor(args[i] if args[i] is not None else _fill(_shape(p), str(p.dtype)),
-                               self.dev)
+            tvm.runtime.tensor(
+                args[i] if args[i] is not None else _fill(_shape(p), str(p.dtype)), self.dev
+            )
             for i, p in enumerate(self.params)
         ]
         mod = ex.jit() if hasattr(ex, "jit") else ex
@@ -188,7 +194,10 @@ class KernelEvaluator:
             number = max(1, min(1000, int(0.01 / once)))
         repeat = int(min(o.max_repeats, max(o.min_repeats, o.min_measure_s / (once * number))))
         timer = mod.time_evaluator(
-            "main", self.dev, number=number, repeat=repeat,
+            "main",
+            self.dev,
+            number=number,
+            repeat=repeat,
             cache_flush_bytes=o.cache_flush_bytes,
         )
         res = timer(*tensors)
@@ -207,8 +216,9 @@ class KernelEvaluator:
         except Exception as e:
             return Measurement(False, stage="run", reason=_short(e), build_s=build_s)
         if not ok:
-            return Measurement(False, stage="verify", reason=reason, max_abs_error=err,
-                               build_s=build_s)
+            return Measurement(
+                False, stage="verify", reason=reason, max_abs_error=err, build_s=build_s
+            )
         try:
             latency = self.time_executable(ex)
         except Exception as e:
@@ -216,7 +226,8 @@ class KernelEvaluator:
         bound = self.kernel.flops / (self.options.peak_flops * self.options.roofline_slack)
         if latency < bound:
             return Measurement(
-                False, stage="verify",
+                False,
+                stage="verify",
                 reason=f"{latency * 1e6:.2f} us is below the roofline bound {bound * 1e6:.2f} us: "
                 "the kernel cannot be that fast",
                 build_s=build_s,

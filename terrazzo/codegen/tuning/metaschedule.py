@@ -114,8 +114,9 @@ def tune_kernel_metaschedule(
         ev = evaluator or KernelEvaluator(kernel, target, options)
         m = ev.measure(sch.mod["main"])
         best = m.latency_s if m.ok else None
-    return MetaScheduleResult(kernel.name, len(run_secs), best, tuple(run_secs),
-                              time.perf_counter() - t0, cm, wd)
+    return MetaScheduleResult(
+        kernel.name, len(run_secs), best, tuple(run_secs), time.perf_counter() - t0, cm, wd
+    )
 
 
 def _target_dict(target: Any) -> dict[str, Any]:

@@ -76,7 +76,10 @@ class _Builder:
             return False
 
     def loops_of(self, block: str) -> list[int]:
-        return [int(self.env.sch.get(lp).extent) for lp in self.env.sch.get_loops(self.env.block(block, 0))]
+        return [
+            int(self.env.sch.get(lp).extent)
+            for lp in self.env.sch.get_loops(self.env.block(block, 0))
+        ]
 
     def program(self) -> ScheduleProgram:
         return parse_program({"steps": self.steps})
@@ -107,7 +110,9 @@ def _tiled_template(kernel: Kernel, d: dict[str, Any], lanes: int) -> SchedulePr
     reduce = [n for n, k in zip(names, main.loop_kinds, strict=True) if k == "R"]
     ext = dict(zip(names, main.loop_extents, strict=True))
     if epilogue is None and d["cache_write"] and main.writes_param:
-        b.add({"op": "cache_write", "block": "b", "buffer_index": 0, "scope": "global", "out": "cw"})
+        b.add(
+            {"op": "cache_write", "block": "b", "buffer_index": 0, "scope": "global", "out": "cw"}
+        )
         epilogue = "cw"
     inner_s = spatial[-1]
     vt = _fit(ext[inner_s], d["vt"])
@@ -188,7 +193,9 @@ def _conv_template(kernel: Kernel, d: dict[str, Any], lanes: int) -> SchedulePro
     spatial = [n for n, k in zip(names, main.loop_kinds, strict=True) if k == "S"]
     reduce = [n for n, k in zip(names, main.loop_kinds, strict=True) if k == "R"]
     if epilogue is None and d["cache_write"] and main.writes_param:
-        b.add({"op": "cache_write", "block": "b", "buffer_index": 0, "scope": "global", "out": "cw"})
+        b.add(
+            {"op": "cache_write", "block": "b", "buffer_index": 0, "scope": "global", "out": "cw"}
+        )
         epilogue = "cw"
     co, w = spatial[-1], spatial[-2]
     outer = spatial[:-2]
@@ -274,7 +281,9 @@ def _rows_template(kernel: Kernel, d: dict[str, Any], lanes: int) -> SchedulePro
         b.try_add({"op": "parallel", "loop": row})
     ext = b.loops_of("o")[-1]
     vt = _fit(ext, d["vt"])
-    if vt > 1 and b.try_add({"op": "split", "loop": col, "factors": [None, vt], "out": ["co", "ci"]}):
+    if vt > 1 and b.try_add(
+        {"op": "split", "loop": col, "factors": [None, vt], "out": ["co", "ci"]}
+    ):
         b.try_add({"op": "vectorize", "loop": "ci"})
     for name, blk in kept:
         if "R" in blk.loop_kinds or name not in attached:
@@ -284,14 +293,20 @@ def _rows_template(kernel: Kernel, d: dict[str, Any], lanes: int) -> SchedulePro
         b.add({"op": "get_loops", "block": name, "out": lnames})
         vt2 = _fit(inner[-1], d["vt"])
         if vt2 > 1 and b.try_add(
-            {"op": "split", "loop": lnames[-1], "factors": [None, vt2], "out": [f"{name}_co", f"{name}_ci"]}
+            {
+                "op": "split",
+                "loop": lnames[-1],
+                "factors": [None, vt2],
+                "out": [f"{name}_co", f"{name}_ci"],
+            }
         ):
             b.try_add({"op": "vectorize", "loop": f"{name}_ci"})
     return b.program()
 
 
-def _tile2d(b: _Builder, names: list[str], extents: list[int], tile: int,
-            d: dict[str, Any]) -> ScheduleProgram:
+def _tile2d(
+    b: _Builder, names: list[str], extents: list[int], tile: int, d: dict[str, Any]
+) -> ScheduleProgram:
     """Cache-blocked copy (transposes, layout changes): tile the last two loops by ``tile``."""
     ti, tj = _fit(extents[-2], tile), _fit(extents[-1], tile)
     if ti == 1 or tj == 1:
@@ -354,8 +369,16 @@ class OfflineProposer:
     def _seeds(self, kernel: Kernel, lanes: int) -> list[dict[str, Any]]:
         if template_for(kernel) == "conv":
             return self._conv_seeds(kernel, lanes)
-        base: dict[str, Any] = {"vt": lanes * 4, "rt": 8, "kt": 4, "order": "k_mid", "cache_write": 0,
-                "unroll": 1, "inline": 1, "parallel": 1}
+        base: dict[str, Any] = {
+            "vt": lanes * 4,
+            "rt": 8,
+            "kt": 4,
+            "order": "k_mid",
+            "cache_write": 0,
+            "unroll": 1,
+            "inline": 1,
+            "parallel": 1,
+        }
         variants: list[dict[str, Any]] = [
             {},
             {"vt": lanes, "rt": 8},
@@ -371,13 +394,25 @@ class OfflineProposer:
             seeds[1:1] = [{**base, "tile2d": 16}, {**base, "tile2d": 8, "parallel": 0}]
         # Thread-pool launch costs ~10-20 us: small kernels also start single-threaded.
         if kernel.flops < 4e6:
-            seeds = [s for pair in zip(seeds, [{**s, "parallel": 0} for s in seeds], strict=True) for s in pair]
+            seeds = [
+                s
+                for pair in zip(seeds, [{**s, "parallel": 0} for s in seeds], strict=True)
+                for s in pair
+            ]
         return seeds
 
     def _conv_seeds(self, kernel: Kernel, lanes: int) -> list[dict[str, Any]]:
         # Register tile rt × vt/lanes accumulators (≤ 8 of 16 ymm registers on AVX2).
-        base: dict[str, Any] = {"vt": lanes * 2, "rt": 4, "kt": 4, "order": "k_out", "cache_write": 1,
-                "unroll": 1, "inline": 1, "parallel": 1}
+        base: dict[str, Any] = {
+            "vt": lanes * 2,
+            "rt": 4,
+            "kt": 4,
+            "order": "k_out",
+            "cache_write": 1,
+            "unroll": 1,
+            "inline": 1,
+            "parallel": 1,
+        }
         variants: list[dict[str, Any]] = [
             {},
             {"vt": lanes * 4, "rt": 2},
@@ -390,11 +425,24 @@ class OfflineProposer:
         ]
         seeds = [{**base, **v} for v in variants]
         # The generic tiled template (register tile over width, k_mid) competes too.
-        tiled: dict[str, Any] = {"vt": lanes * 4, "rt": 8, "kt": 4, "order": "k_mid", "cache_write": 1,
-                 "unroll": 1, "inline": 1, "parallel": 1, "tmpl": "tiled"}
+        tiled: dict[str, Any] = {
+            "vt": lanes * 4,
+            "rt": 8,
+            "kt": 4,
+            "order": "k_mid",
+            "cache_write": 1,
+            "unroll": 1,
+            "inline": 1,
+            "parallel": 1,
+            "tmpl": "tiled",
+        }
         seeds = [seeds[0], tiled, seeds[1], {**tiled, "vt": lanes * 2, "rt": 4}, *seeds[2:]]
         if kernel.flops < 2e6:
-            seeds = [s for pair in zip(seeds, [{**s, "parallel": 0} for s in seeds], strict=True) for s in pair]
+            seeds = [
+                s
+                for pair in zip(seeds, [{**s, "parallel": 0} for s in seeds], strict=True)
+                for s in pair
+            ]
         return seeds
 
     def _mutate(self, d: dict[str, Any]) -> dict[str, Any]:
@@ -422,7 +470,11 @@ class OfflineProposer:
             if t.program is not None:
                 self._seen.add(t.program.key())
         good = sorted(
-            (t for t in history if t.ok and t.program is not None and t.program.key() in self._decisions),
+            (
+                t
+                for t in history
+                if t.ok and t.program is not None and t.program.key() in self._decisions
+            ),
             key=lambda t: t.latency_s or float("inf"),
         )
         if self._pending is None:

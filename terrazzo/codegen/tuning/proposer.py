@@ -91,7 +91,9 @@ def local_hardware() -> HardwareSpec:
     """HardwareSpec of this machine (cores from the OS; AVX-512 detected from /proc/cpuinfo)."""
     import os
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    )
     bits = 128
     desc = "x86-64 CPU"
     try:
