@@ -14,14 +14,14 @@ from terrazzo.placement.adapters import (
     problem_from_tasks,
     task_graph_to_ir,
 )
-from terrazzo.placement.api import SOLVERS, diagnose, plan, solve, to_problem
+from terrazzo.placement.api import SOLVERS, diagnose, lower_bound, plan, solve, to_problem
 from terrazzo.placement.fleet import SLA, Fleet, PricingOptions
 from terrazzo.placement.greedy import solve_greedy
 from terrazzo.placement.heft import solve_heft
 from terrazzo.placement.heuristic import solve_heuristic
 from terrazzo.placement.homogeneous import solve_homogeneous
 from terrazzo.placement.melange import solve_melange
-from terrazzo.placement.milp import MILPResult, solve_milp
+from terrazzo.placement.milp import MILPResult, lp_lower_bound, solve_milp
 from terrazzo.placement.mlir import placed_graph, plan_to_mlir
 from terrazzo.placement.plan import Plan, Stage, Transfer, build_plan, compute_stages
 from terrazzo.placement.problem import Evaluation, Problem
@@ -43,6 +43,8 @@ __all__ = [
     "diagnose",
     "is_task_graph_file",
     "load_task_graph",
+    "lower_bound",
+    "lp_lower_bound",
     "make_problem",
     "parse_task_graph",
     "placed_graph",
