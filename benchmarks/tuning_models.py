@@ -196,6 +196,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=100)
     ap.add_argument("--db", default=None, help="folder of per-model tuning databases")
     ap.add_argument("--retune", action="store_true")
+    ap.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep rows of models not run now from the previous result file",
+    )
     args = ap.parse_args()
     from terrazzo.codegen.tuning import cache_dir
 
@@ -205,6 +210,7 @@ def main() -> None:
     rows = []
     for name in args.models.split(","):
         row = bench_model(name, args, db_dir)
+        row["tvm_num_threads_tuned"] = os.environ.get("TVM_NUM_THREADS")
         print(row, flush=True)
         rows.append(row)
     cols = [
@@ -221,6 +227,18 @@ def main() -> None:
         "tune_s",
         "target_met",
     ]
+    if args.keep:
+        import json
+
+        from _common import RESULTS_DIR
+
+        old = RESULTS_DIR / "tuning_models.json"
+        if old.exists():
+            prev = json.loads(old.read_text())
+            done = {r["model"] for r in rows}
+            rows += [
+                {**r, "earlier_run": True} for r in prev.get("rows", []) if r["model"] not in done
+            ]
     os.environ.setdefault("COLUMNS", "220")
     print_table(
         rows,
