@@ -217,7 +217,13 @@ def _cost_model(args: argparse.Namespace) -> tuple[Any, str]:
     from terrazzo.costmodel import CostModel, load_catalog
     from terrazzo.costmodel.profile import CalibrationProfile
 
-    prof = CalibrationProfile.load(path)
+    try:
+        prof = CalibrationProfile.load(path)
+    except TerrazzoError as e:
+        raise TerrazzoError(
+            f"--calibration {path!r} is not a calibration profile "
+            f"(`terrazzo calibrate --out PROFILE.json` writes one): {str(e)[:160]}"
+        ) from None
     return CostModel(load_catalog(), calibration=prof), prof.device
 
 
