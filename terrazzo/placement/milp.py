@@ -22,7 +22,6 @@ import scipy.sparse as sp
 from terrazzo.errors import PlacementError
 from terrazzo.placement.problem import LATENCY_RTOL, Problem
 
-
 # The y_d >= x_id rows tighten the relaxation (used for the LP bound always), but in the MILP
 # HiGHS's root cut separation on them ran 25-40 s past a 7 s limit on a 200-op graph (no
 # interrupt check there): the MILP keeps them only up to this many tasks.
