@@ -306,3 +306,13 @@ def test_tune_cli_writes_records_that_compile_applies(tmp_path, capsys) -> None:
         compile_module(graph.relax_mod, host_target(), tuning_db=db)
     assert main(["tune", "zoo:mlp", "--trials", "0", "--tuning", str(db_path)]) == 2
     assert "--trials, --batch and --kernels must be at least 1" in capsys.readouterr().err
+
+
+def test_conv_template_keeps_small_feature_maps_in_the_register_tile() -> None:
+    kernel = analyse("conv_small", W.conv2d_nhwc(1, 16, 2, 16, 3))
+    ev = KernelEvaluator(kernel, TARGET, FAST)
+    props = OfflineProposer().propose(kernel, TARGET, (), 6, local_hardware())
+    assert any("hin=1" in p.note for p in props)
+    for p in props:
+        m = ev.measure(apply_program(kernel.func, p.program))
+        assert m.ok, (p.note, m.reason)

@@ -207,10 +207,16 @@ def _conv_template(kernel: Kernel, d: dict[str, Any], lanes: int) -> SchedulePro
     b.add({"op": "split", "loop": co, "factors": [None, vt], "out": ["co_o", "co_i"]})
     b.add({"op": "split", "loop": w, "factors": [None, rt], "out": ["w_o", "w_i"]})
     b.add({"op": "split", "loop": r_main, "factors": [None, kt], "out": ["ci_o", "ci_i"]})
+    # ``hin``: small feature maps also keep the height loop inside the register tile, so the
+    # weights (the bulk of the traffic in late layers) are streamed once, not once per row.
+    inner_h: list[str] = []
+    if d.get("hin") and outer and ext[outer[-1]] * rt <= 16:
+        inner_h = [outer[-1]]
+        outer = outer[:-1]
     if d["order"] == "k_out":
-        order = outer + ["w_o", "co_o"] + rest_r + ["ci_o", "ci_i", "w_i", "co_i"]
+        order = outer + ["w_o", "co_o"] + rest_r + ["ci_o", "ci_i", *inner_h, "w_i", "co_i"]
     else:
-        order = outer + ["w_o", "co_o", "ci_o"] + rest_r + ["ci_i", "w_i", "co_i"]
+        order = outer + ["w_o", "co_o", "ci_o"] + rest_r + ["ci_i", *inner_h, "w_i", "co_i"]
     b.add({"op": "reorder", "loops": order})
     if epilogue is not None and b.try_add(
         {"op": "reverse_compute_at", "block": epilogue, "loop": "co_o"}
@@ -227,6 +233,8 @@ def _conv_template(kernel: Kernel, d: dict[str, Any], lanes: int) -> SchedulePro
     if vt > 1:
         b.try_add({"op": "vectorize", "loop": "co_i"})
     if d["unroll"]:
+        for h in inner_h:
+            b.try_add({"op": "unroll", "loop": h})
         if rt > 1:
             b.try_add({"op": "unroll", "loop": "w_i"})
         if 1 < kt <= 8:
@@ -424,6 +432,18 @@ class OfflineProposer:
             {"order": "k_mid"},
         ]
         seeds = [{**base, **v} for v in variants]
+        spatial = [
+            e
+            for e, k in zip(
+                kernel.main_block.loop_extents, kernel.main_block.loop_kinds, strict=True
+            )
+            if k == "S"
+        ]
+        if len(spatial) >= 3 and spatial[-2] * spatial[-3] <= 16:
+            seeds[1:1] = [
+                {**base, "hin": 1, "rt": 2, "vt": lanes * 2, "kt": 8},
+                {**base, "hin": 1, "rt": 4, "vt": lanes, "kt": 8},
+            ]
         # The generic tiled template (register tile over width, k_mid) competes too.
         tiled: dict[str, Any] = {
             "vt": lanes * 4,
