@@ -142,7 +142,7 @@ def solve(problem: Problem, solver: str = "milp", *, time_limit_s: float = 10.0)
     else:
         fn = {
             # time_limit_s caps the whole call: keep room for the bound and the plan
-            "heuristic": lambda p: solve_heuristic(p, time_limit_s=0.75 * time_limit_s),
+            "heuristic": lambda p: solve_heuristic(p, time_limit_s=0.7 * time_limit_s),
             "heft": solve_heft,
             "homogeneous": solve_homogeneous,
             "greedy": solve_greedy,
