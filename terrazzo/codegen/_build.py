@@ -169,6 +169,11 @@ def compile_module(mod: Any, target: Mapping[str, Any], tuning_db: Any = None) -
     tuning_dir = str(db) if isinstance(db, Path) else None
     records = db if db is not None and hasattr(db, "to_jsonl") else None
     mod = relax.transform.DecomposeOpsForInference()(prepare_for_build(mod))
+    # NHWC/HWIO convolutions on CPU targets: the layout the schedule search tunes for, so
+    # tuned records match by workload hash (and untuned builds see the same kernels).
+    from terrazzo.codegen.tuning import prepare_module
+
+    mod = prepare_module(mod, tgt)
     try:
         if db is not None and tuning_dir is None and records is None:
             with db:
