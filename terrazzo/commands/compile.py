@@ -16,7 +16,11 @@ def register(subparsers: Any) -> None:
         "build every stage with TVM for its device's target (plus a host-CPU build), and write "
         "one .tzb bundle.",
     )
-    p.add_argument("model", metavar="MODEL", help="ONNX file or zoo model name (e.g. mlp, bert)")
+    p.add_argument(
+        "model",
+        metavar="MODEL",
+        help="ONNX file, zoo model name (e.g. mlp, bert) or agent spec (.yaml)",
+    )
     p.add_argument("--fleet", required=True, help="fleet YAML (devices: {name: {count: N}})")
     p.add_argument("--sla", required=True, help="end-to-end latency bound, e.g. 50ms")
     p.add_argument("--rps", type=float, default=1.0, help="traffic target, requests/s (default 1)")
@@ -41,6 +45,12 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from terrazzo.commands._agent import is_agent_spec
+
+    if is_agent_spec(args.model):  # agent graphs (YAML): terrazzo.codegen.agent.compile_agent
+        from terrazzo.commands._agent import run_compile
+
+        return run_compile(args)
     from rich.console import Console
     from rich.table import Table
 
