@@ -125,6 +125,11 @@ class ServingPlan:
         from terrazzo.bundle import open_bundle
 
         bundle = open_bundle(path, trust_key=trust_key)
+        if "agent" in (bundle.plan_json or {}):  # agent bundles: LLM phases, tools, ... stages
+            bundle.close()
+            from terrazzo.runtime.agent_plan import agent_serving_plan
+
+            return agent_serving_plan(path, trust_key=trust_key)
         try:
             name = bundle.name
         except (KeyError, TypeError):
