@@ -64,6 +64,25 @@ def _load_inputs(items: list[str], specs: Any) -> dict[str, Any]:
     return out
 
 
+def _agent_runner(args: argparse.Namespace) -> tuple[Any, list[dict[str, Any]]]:
+    """An agent bundle runs its whole worker graph in this process (tools, LLM phases, models)."""
+    from terrazzo.runtime.agent_plan import LocalAgent, agent_serving_plan
+
+    plan = agent_serving_plan(args.bundle, trust_key=args.trust)
+    local = LocalAgent(plan)
+    names = [t.name for t in plan.outputs]
+
+    def run_once(feeds: dict[str, Any]) -> dict[str, Any]:
+        env = local(feeds)
+        return {n: env[n] for n in names}
+
+    stages = [
+        {"index": s.index, "device": s.device, "ran_on": "cpu", "note": s.fallback_reason}
+        for s in plan.stages
+    ]
+    return run_once, stages
+
+
 def run(args: argparse.Namespace) -> int:
     import logging
     import time
@@ -82,15 +101,23 @@ def run(args: argparse.Namespace) -> int:
             **random_inputs(tuple(s for s in b.inputs if s.name in random_names), args.seed),
             **given,
         }
-        runners = b.load_stages()
-        outputs = b.run(inputs, runners)
+        if b.plan_json and "agent" in b.plan_json:
+            run_once, stages = _agent_runner(args)
+        else:
+            runners = b.load_stages()
+
+            def run_once(feeds: dict[str, Any]) -> dict[str, Any]:
+                return dict(b.run(feeds, runners))
+
+            stages = [
+                {"index": r.index, "device": r.device, "ran_on": r.ran_on, "note": r.note}
+                for r in runners
+            ]
+        outputs = run_once(inputs)
         result: dict[str, Any] = {
             "name": b.name,
             "random_inputs": random_names,
-            "stages": [
-                {"index": r.index, "device": r.device, "ran_on": r.ran_on, "note": r.note}
-                for r in runners
-            ],
+            "stages": stages,
             "outputs": {
                 k: {
                     "shape": list(v.shape),
@@ -104,11 +131,11 @@ def run(args: argparse.Namespace) -> int:
         }
         if args.benchmark > 0:
             for _ in range(max(0, args.warmup)):
-                b.run(inputs, runners)
+                run_once(inputs)
             times = []
             for _ in range(args.benchmark):
                 t0 = time.perf_counter()
-                b.run(inputs, runners)
+                run_once(inputs)
                 times.append((time.perf_counter() - t0) * 1e3)
             result["runs"] = args.benchmark
             result["latency_ms_p50"] = float(np.percentile(times, 50))

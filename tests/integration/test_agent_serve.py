@@ -155,3 +155,18 @@ def test_prefill_and_decode_in_different_workers_and_classes(served):
             metrics.decode(),
         )
         assert m and float(m.group(1)) >= 1, st.index
+
+
+def test_terrazzo_run_executes_an_agent_bundle_in_process(served, capsys) -> None:
+    """``terrazzo run`` on an agent bundle runs its worker graph here (no KeyError, no servers)."""
+    import json
+
+    from terrazzo.cli import main
+
+    result, _ = served
+    assert main(["run", str(result.path), "--json", "--benchmark", "2", "--warmup", "0"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["outputs"]["speech"]["shape"] == [1, 1600]
+    assert out["outputs"]["planner"]["dtype"] == "int64"
+    assert any("a100-80g" in (s["note"] or "") for s in out["stages"])
+    assert out["latency_ms_p50"] > 0
