@@ -23,7 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from terrazzo.bundle._write import FORMAT_NAME, FORMAT_VERSION, MANIFEST, SIGNATURE, TensorSpec
+from terrazzo.bundle._write import (
+    FORMAT_NAME,
+    MANIFEST,
+    READABLE_FORMAT_VERSIONS,
+    SIGNATURE,
+    TensorSpec,
+)
 from terrazzo.errors import BundleError
 
 _NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*(/[A-Za-z0-9_][A-Za-z0-9._-]*)*")
@@ -163,10 +169,10 @@ def _validate(
             raise BundleError(f"member {MANIFEST!r} is not valid JSON: {e}") from e
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
             raise BundleError(f"member {MANIFEST!r} is not a {FORMAT_NAME} manifest")
-        if manifest.get("format_version") != FORMAT_VERSION:
+        if manifest.get("format_version") not in READABLE_FORMAT_VERSIONS:
             raise BundleError(
                 f"member {MANIFEST!r}: format version {manifest.get('format_version')!r}, "
-                f"this terrazzo reads {FORMAT_VERSION}"
+                f"this terrazzo reads {', '.join(map(str, READABLE_FORMAT_VERSIONS))}"
             )
         signed = SIGNATURE in members
         if trust_key is not None:

@@ -1,7 +1,9 @@
 """Bundle step 3: run one compiled stage (or the whole bundle) in this process with the TVM VM.
 
 A StageRunner maps input name → array to output name → array. When the stage's planned
-device is not present here it runs the host-CPU build and says so in ``note``.
+device is not present here it runs the host-CPU build and says so in ``note``. Libraries that
+export a weight-preparation function (``main_transform_params``, format version 2) have it run
+once at load; the prepared weights stay on the device for every call.
 """
 
 from __future__ import annotations
@@ -51,6 +53,21 @@ def _install_fatbin_callback(source: str | None, fatbin: bytes | None) -> None:
     tvm_ffi.register_global_func("tvm_callback_cuda_compile", compile_cuda, override=True)
 
 
+#: The weight-preparation function of a stage library (``terrazzo.codegen.lift_weight_prep``).
+WEIGHT_PREP_FUNCTION = "main_transform_params"
+
+
+def _has_function(vm: Any, name: str) -> bool:
+    try:
+        return bool(vm.module.implements_function(name))
+    except Exception:
+        try:
+            vm[name]
+        except Exception:
+            return False
+        return True
+
+
 class StageRunner:
     """Callable ``dict[str, np.ndarray] -> dict[str, np.ndarray]`` for one compiled stage.
 
@@ -60,6 +77,8 @@ class StageRunner:
         ran_on: ``"cpu"`` or ``"cuda"``: where this runner executes.
         note: a sentence when the planned device's build is not the one running (else None).
         inputs / outputs: signatures in call order.
+        prepared_weights: True when the library's weight preparation ran at load (the
+            weights kept on the device are its outputs).
     """
 
     def __init__(
@@ -92,9 +111,20 @@ class StageRunner:
         missing = [w for w in weight_order if w not in weights]
         if missing:
             raise BundleError(f"stage {index}: weights missing from the bundle: {missing[:5]}")
-        self._weights = [
+        raw = [
             tvm.runtime.tensor(np.ascontiguousarray(weights[w]), self._dev) for w in weight_order
         ]
+        self.prepared_weights = _has_function(self._vm, WEIGHT_PREP_FUNCTION)
+        if self.prepared_weights:
+            # Weight-only work (transposes, conv weight layouts) once, here, not per call.
+            try:
+                prep = self._vm[WEIGHT_PREP_FUNCTION](raw)
+            except Exception as e:
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise BundleError(f"stage {index}: weight preparation failed: {first}") from e
+            self._weights = [prep] if hasattr(prep, "numpy") else list(prep)
+        else:
+            self._weights = raw
 
     @staticmethod
     def from_bundle(bundle: Any, info: Any, device: str = "auto") -> StageRunner:

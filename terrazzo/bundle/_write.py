@@ -33,7 +33,11 @@ import numpy as np
 from terrazzo.errors import BundleError
 
 FORMAT_NAME = "terrazzo-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Versions this terrazzo reads. 2: stage libraries may export ``main_transform_params``
+#: (weights → prepared weights, run once at load) with ``main`` taking the prepared weights;
+#: 1: ``main`` takes the raw weights.
+READABLE_FORMAT_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
 

@@ -4,6 +4,11 @@ The device artifact is built for the stage's TargetChoice (``cuda`` with dlight 
 schedules, ``llvm`` with the class's ``mcpu``, ...); a host-CPU ``llvm`` library is always
 built too, so the runtime can run any stage on this machine when its device is absent.
 An optional MetaSchedule tuning database is applied before the default schedules.
+
+Stage builds split each stage into a once-per-load weight preparation and a per-request
+function (``lift_weight_prep``): ops that read only weights (the importer's transposes before
+matmuls, the NHWC/HWIO conv weight layouts) would otherwise run on every call, because the
+weights are parameters, not foldable constants.
 """
 
 from __future__ import annotations
@@ -149,13 +154,52 @@ def tuning_records_text(tuning_db: Any) -> str:
     return ""
 
 
-def compile_module(mod: Any, target: Mapping[str, Any], tuning_db: Any = None) -> Any:
+#: Name of the weight-preparation function a stage library exports next to ``main``.
+WEIGHT_PREP_FUNCTION = "main_transform_params"
+
+
+def lift_weight_prep(mod: Any) -> Any:
+    """Split ``main`` into a weight-preparation function and a per-request ``main``.
+
+    ``main`` must carry the ``num_input`` attribute (its first ``num_input`` parameters are
+    per-request inputs, the rest weights; ``split_relax`` sets it). Every binding that depends
+    only on weights (and constants) moves to ``main_transform_params(weights_tuple) ->
+    prepared_tuple``; ``main`` becomes ``main(inputs..., prepared...)``. A module whose
+    ``main`` has no ``num_input`` attribute or no weight parameters is returned unchanged.
+
+    Args:
+        mod: a Relax IRModule, before LegalizeOps (high-level ops).
+
+    Returns:
+        The module, with ``WEIGHT_PREP_FUNCTION`` added when there were weights.
+    """
+    from tvm import relax
+
+    func = mod["main"]
+    attrs = func.attrs
+    if attrs is None or "num_input" not in attrs:
+        return mod
+    if int(attrs["num_input"]) >= len(func.params):
+        return mod
+    return relax.transform.LiftTransformParams()(mod)
+
+
+def compile_module(
+    mod: Any,
+    target: Mapping[str, Any],
+    tuning_db: Any = None,
+    *,
+    lift_weights: bool = False,
+) -> Any:
     """Compile a Relax module for a target dict; returns the ``relax.VMExecutable``.
 
     Args:
         mod: Relax IRModule.
         target: dict form of a ``tvm.target.Target`` (``host`` key for GPU targets).
         tuning_db: None or a database accepted by ``load_tuning_db``.
+        lift_weights: apply ``lift_weight_prep`` after the layout changes: the executable then
+            exports ``main_transform_params`` (run once on the weights) and a ``main`` taking
+            the prepared weights. Off by default: ``main(inputs..., weights...)``.
     """
     import tvm
     from tvm import relax
@@ -174,6 +218,8 @@ def compile_module(mod: Any, target: Mapping[str, Any], tuning_db: Any = None) -
     from terrazzo.codegen.tuning import prepare_module
 
     mod = prepare_module(mod, tgt)
+    if lift_weights:
+        mod = lift_weight_prep(mod)
     try:
         if db is not None and tuning_dir is None and records is None:
             with db:
@@ -205,6 +251,10 @@ def build_stage(
 ) -> StageBuild:
     """Build one stage for its device target and for the host CPU, exporting the files.
 
+    Both libraries export ``main_transform_params`` (weights → prepared weights, run once at
+    load) and ``main(inputs..., prepared...)`` when the stage has weights (see
+    ``lift_weight_prep``); ``StageRunner`` handles both forms.
+
     Args:
         stage: the stage's Relax module (from ``split_relax`` / ``split_stages``).
         choice: the device class's target (``choose_target``).
@@ -223,12 +273,12 @@ def build_stage(
     files: dict[str, Path] = {}
     notes: list[str] = []
     host = host_target()
-    host_ex = compile_module(stage.mod, host, tuning_db)
+    host_ex = compile_module(stage.mod, host, tuning_db, lift_weights=True)
     files["host.so"] = out / "host.so"
     host_ex.export_library(str(files["host.so"]))
     if not _same_target(choice.target, host):
         try:
-            dev_ex = compile_module(stage.mod, choice.target, tuning_db)
+            dev_ex = compile_module(stage.mod, choice.target, tuning_db, lift_weights=True)
             files["device.so"] = out / "device.so"
             dev_ex.export_library(str(files["device.so"]))
         except Exception as e:  # a cross-compile without a linker, an unsupported op, ...
