@@ -184,6 +184,55 @@ def lift_weight_prep(mod: Any) -> Any:
     return relax.transform.LiftTransformParams()(mod)
 
 
+def prepare_build_module(mod: Any, target: Any, *, lift_weights: bool = False) -> Any:
+    """The Relax module ``compile_module`` hands to ``tvm.compile`` (before its pipeline).
+
+    Build preparation, inference decompositions (batch norm), NHWC/HWIO convolutions on CPU
+    targets (``prepare_module``: the layout the schedule search tunes) and, with
+    ``lift_weights``, ``lift_weight_prep``.
+
+    Args:
+        mod: a Relax IRModule (model or stage).
+        target: a ``tvm.target.Target``.
+        lift_weights: split weight preparation out of ``main``.
+    """
+    from tvm import relax
+
+    from terrazzo.codegen.tuning import prepare_module
+    from terrazzo.frontend import prepare_for_build
+
+    mod = relax.transform.DecomposeOpsForInference()(prepare_for_build(mod))
+    # NHWC/HWIO convolutions on CPU targets: the layout the schedule search tunes for, so
+    # tuned records match by workload hash (and untuned builds see the same kernels).
+    mod = prepare_module(mod, target)
+    if lift_weights:
+        mod = lift_weight_prep(mod)
+    return mod
+
+
+def request_module(mod: Any, target: Any) -> Any:
+    """The per-request part of a stage exactly as ``build_stage`` compiles it, for tuning.
+
+    ``prepare_build_module(..., lift_weights=True)`` without ``main_transform_params``: the
+    kernels that run on every call, whose workload hashes the build looks up in a tuning
+    database (weight preparation runs once at load and is not worth tuning).
+
+    Args:
+        mod: a stage's Relax IRModule (``StageModule.mod``).
+        target: a ``tvm.target.Target``.
+
+    Returns:
+        A Relax IRModule holding ``main`` (and whatever else it calls).
+    """
+    import tvm
+
+    prepared = prepare_build_module(mod, target, lift_weights=True)
+    return tvm.IRModule(
+        {gv: f for gv, f in prepared.functions.items() if gv.name_hint != WEIGHT_PREP_FUNCTION},
+        attrs=prepared.attrs,
+    )
+
+
 def compile_module(
     mod: Any,
     target: Mapping[str, Any],
@@ -202,9 +251,6 @@ def compile_module(
             the prepared weights. Off by default: ``main(inputs..., weights...)``.
     """
     import tvm
-    from tvm import relax
-
-    from terrazzo.frontend import prepare_for_build
 
     t = dict(target)
     host = t.pop("host", None)
@@ -212,14 +258,7 @@ def compile_module(
     db = load_tuning_db(tuning_db)
     tuning_dir = str(db) if isinstance(db, Path) else None
     records = db if db is not None and hasattr(db, "to_jsonl") else None
-    mod = relax.transform.DecomposeOpsForInference()(prepare_for_build(mod))
-    # NHWC/HWIO convolutions on CPU targets: the layout the schedule search tunes for, so
-    # tuned records match by workload hash (and untuned builds see the same kernels).
-    from terrazzo.codegen.tuning import prepare_module
-
-    mod = prepare_module(mod, tgt)
-    if lift_weights:
-        mod = lift_weight_prep(mod)
+    mod = prepare_build_module(mod, tgt, lift_weights=lift_weights)
     try:
         if db is not None and tuning_dir is None and records is None:
             with db:

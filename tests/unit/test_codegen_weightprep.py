@@ -85,14 +85,11 @@ def _weight_only_calls(func):
 
 def _prepared(mod):
     import tvm
-    from tvm import relax
 
     from terrazzo.codegen import host_target
-    from terrazzo.codegen.tuning import prepare_module
-    from terrazzo.frontend import prepare_for_build
+    from terrazzo.codegen._build import prepare_build_module
 
-    mod = relax.transform.DecomposeOpsForInference()(prepare_for_build(mod))
-    return prepare_module(mod, tvm.target.Target(dict(host_target())))
+    return prepare_build_module(mod, tvm.target.Target(dict(host_target())))
 
 
 def test_lift_moves_weight_only_ops_out_of_main(split2):
@@ -122,7 +119,7 @@ def test_request_kernels_keep_their_workload_hashes(split2):
     import tvm
 
     from terrazzo.codegen import host_target
-    from terrazzo.codegen._build import lift_weight_prep
+    from terrazzo.codegen._build import WEIGHT_PREP_FUNCTION, lift_weight_prep, request_module
     from terrazzo.codegen.tuning import extract_kernels
 
     target = tvm.target.Target(dict(host_target()))
@@ -135,6 +132,10 @@ def test_request_kernels_keep_their_workload_hashes(split2):
         hashes = {k.workload_hash for k in extract_kernels(request, target)}
         assert hashes and hashes <= unlifted
         assert len(hashes) < len(unlifted)  # the weight transforms left main
+        # request_module: the same per-request kernels, for the schedule search.
+        req = request_module(st.mod, target)
+        assert WEIGHT_PREP_FUNCTION not in [gv.name_hint for gv in req.functions]
+        assert {k.workload_hash for k in extract_kernels(req, target)} == hashes
 
 
 def test_staged_build_prepares_weights_once_and_matches_the_model(split2, tmp_path):
