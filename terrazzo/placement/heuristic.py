@@ -34,6 +34,10 @@ import numpy as np
 from terrazzo.placement.problem import LATENCY_RTOL, Evaluation, Problem
 
 
+# share of the main search's time that packing (step 6) may add
+PACK_TIME_SHARE = 0.5
+
+
 def chains(problem: Problem) -> list[list[int]]:
     """Maximal chains in topological order: u→v joins a chain when it is u's only out-edge and v's only in-edge."""
     st = problem.structure()
@@ -61,6 +65,19 @@ def _edge_matrix(problem: Problem, e: int) -> np.ndarray:
     return problem.xfer_base_s + problem.edge_bytes[e] * problem.xfer_s_per_byte
 
 
+def _edge_step(p: Problem, lam: float, xcost: np.ndarray) -> np.ndarray:
+    """(m, D, D) cost of every edge per (producer class, consumer class): lam·latency + USD."""
+    m, nd = len(p.edges), p.num_devices
+    if m * nd * nd > 8_000_000:  # keep memory bounded on huge graphs × many classes
+        out = np.empty((m, nd, nd))
+        for s in range(0, m, 4096):
+            eb = p.edge_bytes[s : s + 4096, None, None]
+            out[s : s + 4096] = lam * (p.xfer_base_s + eb * p.xfer_s_per_byte) + xcost
+        return out
+    eb = p.edge_bytes[:, None, None]
+    return lam * (p.xfer_base_s[None] + eb * p.xfer_s_per_byte[None]) + xcost[None]
+
+
 def lagrangian_assign(
     problem: Problem,
     lam: float,
@@ -79,28 +96,32 @@ def lagrangian_assign(
     lat = np.where(allowed, p.latency_s, 0.0)
     score = np.where(allowed, w + lam * lat, np.inf)
     xcost = 3600.0 * p.rps * p.xfer_usd
+    # every edge's (producer class, consumer class) step cost at once: lam·transfer + USD
+    step = _edge_step(p, lam, xcost)
+    nd = p.num_devices
     assign = np.full(p.n, -1, dtype=np.int64)
     # chains are topologically ordered by head position, and a head's producers are in
     # earlier chains, but tasks of an earlier chain may come after the head; process chains
     # in order of their head's level to keep producers placed before consumers.
     level = st["level"]
     order = sorted(chain_list, key=lambda c: (int(level[c[0]]), c[0]))
+    preds = st["preds"]
+    src = p.edges[:, 0]
     for c in order:
         head = c[0]
-        cur = score[head].copy()
-        for e in st["preds"][head]:
-            u = int(p.edges[e, 0])
-            a = assign[u]
-            cur = cur + lam * _edge_matrix(p, e)[a] + xcost[a]
+        cur = score[head]
+        pe = preds[head]
+        if pe:
+            cur = cur + step[pe, assign[src[pe]], :].sum(axis=0)
         if len(c) == 1:
             assign[head] = int(np.argmin(cur))
             continue
-        back = np.zeros((len(c), p.num_devices), dtype=np.int64)
+        back = np.zeros((len(c), nd), dtype=np.int64)
         for k in range(1, len(c)):
-            e = st["preds"][c[k]][0]
-            trans = cur[:, None] + lam * _edge_matrix(p, e) + xcost  # (prev, cur)
-            back[k] = np.argmin(trans, axis=0)
-            cur = trans[back[k], np.arange(p.num_devices)] + score[c[k]]
+            trans = cur[:, None] + step[preds[c[k]][0]]  # (prev, cur)
+            bk = trans.argmin(axis=0)
+            back[k] = bk
+            cur = trans.min(axis=0) + score[c[k]]
         d = int(np.argmin(cur))
         for k in range(len(c) - 1, -1, -1):
             assign[c[k]] = d
@@ -561,14 +582,20 @@ def solve_heuristic(
             best, best_usd = a, usd
     # integral device counts: pack the most promising subsets into one device fewer
     tried.sort(key=lambda t: t[1])  # lowest bound first: those can gain the most
+    # packing rarely pays (it found nothing on the benchmark graphs) and a failed pack costs
+    # ~30 DP passes: it gets at most PACK_TIME_SHARE of the time the search above took
+    now = time.perf_counter()
+    pack_deadline = min(deadline, now + PACK_TIME_SHARE * (now - t0))
     for usd, lb, a, sub_allowed in tried[:8]:
         while (
-            usd > lb * (1 + 1e-9) and lb < best_usd * (1 - 1e-9) and time.perf_counter() < deadline
+            usd > lb * (1 + 1e-9)
+            and lb < best_usd * (1 - 1e-9)
+            and time.perf_counter() < pack_deadline
         ):
-            packed = _pack_improve(p, ch, a, sub_allowed, min(usd, best_usd), deadline)
+            packed = _pack_improve(p, ch, a, sub_allowed, min(usd, best_usd), pack_deadline)
             if packed is None:
                 break
-            a = local_search(p, packed, ch, deadline, allowed=sub_allowed)
+            a = local_search(p, packed, ch, pack_deadline, allowed=sub_allowed)
             usd = p.evaluate(a).usd_per_hour
             if usd < best_usd:
                 best, best_usd = a, usd

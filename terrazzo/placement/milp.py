@@ -50,6 +50,7 @@ def solve_milp(
     mip_rel_gap: float = 1e-6,
     threads: int | None = None,
     relax: bool = False,
+    options: dict[str, object] | None = None,
 ) -> MILPResult:
     """Solve the placement MILP with HiGHS.
 
@@ -61,6 +62,7 @@ def solve_milp(
         threads: HiGHS thread count (default: HiGHS's choice).
         relax: solve the LP relaxation instead (every variable continuous); its optimum is
             a lower bound on the MILP's, returned as ``bound`` (``assign`` is None).
+        options: extra HiGHS options (name → value), e.g. ``{"solver": "ipm"}``.
 
     Returns:
         MILPResult; ``assign`` is None when no feasible solution was found (status says why).
@@ -221,6 +223,8 @@ def solve_milp(
     h.setOptionValue("mip_rel_gap", float(mip_rel_gap))
     if threads is not None:
         h.setOptionValue("threads", int(threads))
+    for key, value in (options or {}).items():
+        h.setOptionValue(key, value)
     if warm_start is not None and not relax:
         sol = _start_vector(
             p, np.asarray(warm_start, dtype=np.int64), xcol, fcol0, tcol, ccol, ydev, ycol0, ncol, L
