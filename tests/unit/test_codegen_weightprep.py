@@ -152,14 +152,18 @@ def test_staged_build_prepares_weights_once_and_matches_the_model(split2, tmp_pa
     want = vm["main"](tvm.runtime.tensor(x)).numpy()
 
     def specs(names, types):
-        return tuple(TensorSpec(n, t.dtype, tuple(t.shape)) for n, t in zip(names, types, strict=True))
+        return tuple(
+            TensorSpec(n, t.dtype, tuple(t.shape)) for n, t in zip(names, types, strict=True)
+        )
 
     choice = choose_target("cpu", dict(host_target()))
     runners, legacy = [], []
     for st in split.stages:
         b = build_stage(st, choice, tmp_path)
         ins, outs = specs(st.inputs, st.input_types), specs(st.outputs, st.output_types)
-        r = StageRunner(str(b.files["host.so"]), split.weights, st.weights, ins, outs, index=st.index)
+        r = StageRunner(
+            str(b.files["host.so"]), split.weights, st.weights, ins, outs, index=st.index
+        )
         assert r.prepared_weights
         runners.append(r)
         # A format-1 library (main takes the raw weights) still runs through StageRunner.
