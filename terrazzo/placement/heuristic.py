@@ -33,7 +33,6 @@ import numpy as np
 
 from terrazzo.placement.problem import LATENCY_RTOL, Evaluation, Problem
 
-
 # share of the main search's time that packing (step 6) may add
 PACK_TIME_SHARE = 0.5
 
