@@ -15,8 +15,9 @@ with random weights; there are no downloads.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -80,6 +81,9 @@ def _build_torch_modules(cfg: TinyLlamaConfig) -> tuple[Any, Any]:
             self.down = nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
 
     class Core(nn.Module):
+        cos: torch.Tensor  # registered buffers, [max_len, hd/2]
+        sin: torch.Tensor
+
         def __init__(self) -> None:
             super().__init__()
             self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
@@ -109,7 +113,7 @@ def _build_torch_modules(cfg: TinyLlamaConfig) -> tuple[Any, Any]:
             cos, sin = self.cos[positions], self.sin[positions]  # [T, hd/2]
             new_k, new_v = [], []
             neg = torch.finfo(torch.float32).min
-            for li, layer in enumerate(self.layers):
+            for li, layer in enumerate(cast("Iterable[Layer]", self.layers)):
                 x = layer.attn_norm(h)
                 t = x.shape[0]
                 q = layer.q(x).reshape(t, nh, hd).transpose(0, 1)

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -43,7 +43,7 @@ from terrazzo.frontend.agent_spec import (
     ToolNode,
     parse_spec,
 )
-from terrazzo.ir.graph import Graph, Op, TensorType, make_attrs
+from terrazzo.ir.graph import AttrValue, Graph, Op, TensorType, make_attrs
 
 # LLM precision → IR dtype of its KV cache and bytes per element.
 _LLM_DTYPE = {
@@ -140,13 +140,20 @@ def llm_arch_of(op: Op) -> LLMArch:
     """The architecture recorded on an ``llm.call`` / ``llm.prefill`` / ``llm.decode`` op."""
     a = op.attr_dict
     return LLMArch(
-        int(a["layers"]),
-        int(a["d_model"]),
-        int(a["heads"]),
-        int(a["kv_heads"]),
-        int(a["ffn_dim"]),
-        int(a["vocab"]),
+        _int_attr(a["layers"]),
+        _int_attr(a["d_model"]),
+        _int_attr(a["heads"]),
+        _int_attr(a["kv_heads"]),
+        _int_attr(a["ffn_dim"]),
+        _int_attr(a["vocab"]),
     )
+
+
+def _int_attr(v: AttrValue) -> int:
+    """An integer-valued op attribute (``int()`` of a scalar; a tuple is a TypeError as before)."""
+    if isinstance(v, tuple):
+        raise TypeError(f"int() argument must be a string, a bytes-like object or a real number, not {v!r}")
+    return int(v)
 
 
 def resolve_callable(ref: str, base_dir: str | Path | None = None) -> Callable[..., Any]:
@@ -768,7 +775,7 @@ def _split_llm(op: Op, values: dict[str, TensorType]) -> list[Op]:
     a = op.attr_dict
     arch = llm_arch_of(op)
     dtype = str(a["dtype"])
-    isl, osl = int(a["input_tokens"]), int(a["output_tokens"])
+    isl, osl = _int_attr(a["input_tokens"]), _int_attr(a["output_tokens"])
     wbytes = op.param_bytes
     common = {k: v for k, v in a.items()}
     common["agent_node"] = op.name
@@ -863,11 +870,11 @@ def _import_model(op: Op, graph: Graph) -> Graph:
     src = str(a["source"])
     if a["format"] == "onnx":
         return frontend.from_onnx(src)  # type: ignore[attr-defined,no-any-return]
-    ex = a.get("example_inputs", ())
+    ex = cast("tuple[tuple[str, tuple[int, ...], str], ...]", a.get("example_inputs", ()))  # (name, shape, dtype)
     import torch
 
     module = _BUILDER_MODULES[src] if src in _BUILDER_MODULES else resolve_callable(src)()
-    example = tuple(torch.zeros(tuple(shape), dtype=getattr(torch, dt)) for _, shape, dt in ex)  # type: ignore[union-attr,misc]
+    example = tuple(torch.zeros(tuple(shape), dtype=getattr(torch, dt)) for _, shape, dt in ex)
     return frontend.from_torch(module.eval(), example)  # type: ignore[attr-defined,no-any-return]
 
 

@@ -329,7 +329,8 @@ def parse_spec(data: Any, where: str = "agent spec") -> AgentSpec:
 
 def _explain(err: ValidationError, data: dict[str, Any]) -> str:
     msgs = []
-    nodes = data.get("nodes") if isinstance(data.get("nodes"), list) else []
+    raw_nodes = data.get("nodes")
+    nodes: list[Any] = raw_nodes if isinstance(raw_nodes, list) else []
     for item in err.errors():
         loc = list(item["loc"])
         where = ""

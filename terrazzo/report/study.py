@@ -331,7 +331,7 @@ def _evaluate_pair(cell: _Cell, pd: PhaseDevice, dd: PhaseDevice, model: str, pr
     pre = cell.prefill(pd, min(bw_p, bw_d), lat)
     dec = cell.decode(dd, bw_d)
     mode = "native" if prec != "fp8" else f"{phases.fp8_mode(pd)}::{phases.fp8_mode(dd)}"
-    common = dict(model=model, precision=prec, isl=isl, osl=osl, sla=sla, prefill=pd.name, decode=dd.name,
+    common: dict[str, Any] = dict(model=model, precision=prec, isl=isl, osl=osl, sla=sla, prefill=pd.name, decode=dd.name,
                   kv_bytes_per_request=cell.kv_req, fp8_mode=mode, tco_benefit=None, baseline="")  # fmt: skip
     if pre is None or dec is None:
         why = []

@@ -140,11 +140,11 @@ def print_study_summary(result: StudyResult, console: Any = None) -> None:
     for h in ("cell", "best pair", "best", *NAMED_PAIRS):
         left = h in ("cell", "best pair")
         t.add_column(h, justify="left" if left else "right", no_wrap=True)
-    for h in headline(result, NAMED_PAIRS):
+    for row in headline(result, NAMED_PAIRS):
         cells = [
-            _cell_label((h["model"], h["precision"], h["isl"], h["osl"], h["sla"])),
-            str(h["best_pair"]),
+            _cell_label((row["model"], row["precision"], row["isl"], row["osl"], row["sla"])),
+            str(row["best_pair"]),
         ]
-        cells += [H.fmt(h["best_tco_benefit"]), *(H.fmt(h[p]) for p in NAMED_PAIRS)]
+        cells += [H.fmt(row["best_tco_benefit"]), *(H.fmt(row[p]) for p in NAMED_PAIRS)]
         t.add_row(*cells)
     console.print(t)

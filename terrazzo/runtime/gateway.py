@@ -131,14 +131,14 @@ class Gateway(pb_grpc.GRPCInferenceServiceServicer):
         except InferError as e:
             context.abort(e.code, str(e))
 
-    def ModelStreamInfer(self, request_iterator, context) -> Iterator[pb.ModelStreamInferResponse]:
+    def ModelStreamInfer(self, request_iterator, context) -> Iterator[pb.ModelStreamInferResponse]:  # type: ignore[name-defined]
         for request in request_iterator:
             try:
-                yield pb.ModelStreamInferResponse(infer_response=self._infer(request, context))
+                yield pb.ModelStreamInferResponse(infer_response=self._infer(request, context))  # type: ignore[attr-defined]
             except InferError as e:
-                yield pb.ModelStreamInferResponse(error_message=f"{e.code.name}: {e}")
+                yield pb.ModelStreamInferResponse(error_message=f"{e.code.name}: {e}")  # type: ignore[attr-defined]
 
-    def _infer(self, request, context) -> pb.ModelInferResponse:
+    def _infer(self, request, context) -> pb.ModelInferResponse:  # type: ignore[name-defined]
         t0 = time.perf_counter()
         request_id = request.id or uuid.uuid4().hex
         model = request.model_name
@@ -206,7 +206,7 @@ class Gateway(pb_grpc.GRPCInferenceServiceServicer):
             raise InferError(grpc.StatusCode.INVALID_ARGUMENT, "an output is requested twice")
         return names or [t.name for t in self.plan.outputs]
 
-    def _run(self, request, context, request_id: str, workers: list[str]) -> pb.ModelInferResponse:
+    def _run(self, request, context, request_id: str, workers: list[str]) -> pb.ModelInferResponse:  # type: ignore[name-defined]
         deadline = self._deadline(request, context)
         try:
             env: dict[str, WireTensor] = decode_inputs(request, self.input_specs, self.plan.model_name)
@@ -214,7 +214,7 @@ class Gateway(pb_grpc.GRPCInferenceServiceServicer):
             raise InferError(e.code, str(e)) from e
         wanted = self._requested_outputs(request)
         self._execute(env, deadline, context, request_id, workers)
-        resp = pb.ModelInferResponse(model_name=self.plan.model_name, model_version=self.plan.version, id=request.id)
+        resp = pb.ModelInferResponse(model_name=self.plan.model_name, model_version=self.plan.version, id=request.id)  # type: ignore[attr-defined]
         for name in wanted:
             t = env[name]
             resp.outputs.add(name=name, datatype=t.datatype, shape=t.shape)
@@ -259,13 +259,16 @@ class Gateway(pb_grpc.GRPCInferenceServiceServicer):
             raise InferError(grpc.StatusCode.UNAVAILABLE,
                              f"no healthy worker for stage {stage.index} (device {stage.device})")
         workers.append(rep.name)
-        req = pb.ModelInferRequest(model_name=f"stage{stage.index}", id=request_id)
+        req = pb.ModelInferRequest(model_name=f"stage{stage.index}", id=request_id)  # type: ignore[attr-defined]
         for name in stage.inputs:
             t = env[name]
             req.inputs.add(name=name, datatype=t.datatype, shape=t.shape)
             req.raw_input_contents.append(t.raw)
         try:
-            fut = rep.stub.ModelInfer.future(req, timeout=max(deadline - time.monotonic(), 1e-3),
+            stub = rep.stub
+            if stub is None:  # detached after acquire (a concurrent restart)
+                raise InferError(grpc.StatusCode.UNAVAILABLE, f"worker {rep.name} was detached")
+            fut = stub.ModelInfer.future(req, timeout=max(deadline - time.monotonic(), 1e-3),
                                              metadata=self._worker_md)
         except Exception:
             pool.release(rep, ok=False)
@@ -311,7 +314,7 @@ class HealthService(health_pb2_grpc.HealthServicer):
 
     def _status(self) -> int:
         ok = self.gateway.server_ready()
-        return health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
+        return health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING  # type: ignore[attr-defined]
 
     def Check(self, request, context):
         if request.service not in self._NAMES:

@@ -8,6 +8,7 @@ A ``ServingPlan`` is the one input of the gateway and the launchers. Bundles bec
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -113,7 +114,7 @@ class ServingPlan:
         return replace(self, stages=tuple(replace(s, replicas=replicas) for s in self.stages))
 
     @staticmethod
-    def from_bundle(path: str | Path, trust_key: object = None) -> ServingPlan:
+    def from_bundle(path: str | Path, trust_key: str | os.PathLike[str] | bytes | None = None) -> ServingPlan:
         """Open and verify a .tzb bundle and describe how to serve it.
 
         The bundle is hash-checked (and signature-checked with ``trust_key``) here, in the

@@ -55,11 +55,11 @@ class Replica:
             return False
         try:
             resp = health_pb2_grpc.HealthStub(self.channel).Check(
-                health_pb2.HealthCheckRequest(), timeout=timeout_s, wait_for_ready=True
+                health_pb2.HealthCheckRequest(), timeout=timeout_s, wait_for_ready=True  # type: ignore[attr-defined]
             )
         except grpc.RpcError:
             return False
-        return resp.status == health_pb2.HealthCheckResponse.SERVING
+        return resp.status == health_pb2.HealthCheckResponse.SERVING  # type: ignore[attr-defined]
 
 
 class ReplicaPool:

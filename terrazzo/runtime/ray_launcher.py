@@ -99,7 +99,7 @@ class RayLauncher:
         import ray
 
         have = ray.cluster_resources()
-        need = Counter()
+        need: Counter[str] = Counter()
         for s in stages:
             need[s.resource_name] += s.replicas
         short = [f"{res} (need {n}, cluster has {have.get(res, 0):g})" for res, n in sorted(need.items())
@@ -115,7 +115,7 @@ class RayLauncher:
         """Create one actor per replica and wait until each serves."""
         import ray
 
-        actors = []
+        actors: list[tuple[StageSpec, int, Any]] = []  # Ray actor handles: remote methods are dynamic
         for stage, r in jobs:
             actor = self._actor_cls.options(
                 num_cpus=0, resources={stage.resource_name: 1}, max_restarts=0,

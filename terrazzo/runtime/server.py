@@ -8,6 +8,7 @@ put back into rotation.
 
 from __future__ import annotations
 
+import os
 import secrets
 import threading
 import time
@@ -15,6 +16,7 @@ from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -27,6 +29,9 @@ from terrazzo.runtime.pool import Replica, ReplicaPool
 from terrazzo.runtime.protos import grpc_service_pb2_grpc as pb_grpc
 from terrazzo.runtime.protos import health_pb2_grpc
 from terrazzo.runtime.worker import grpc_options
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +70,7 @@ class ServeOptions:
     health_period_s: float = 0.5
     restart_workers: bool = True
     ray_address: str | None = None
-    trust_key: object = None
+    trust_key: str | os.PathLike[str] | bytes | None = None
     extra: dict[str, object] = field(default_factory=dict)
 
 
@@ -87,7 +92,7 @@ class Server:
         self._stopped = False
         self._stop_lock = threading.Lock()
         self._grpc: grpc.Server | None = None
-        self._metrics_http = None
+        self._metrics_http: WSGIServer | None = None
         self._supervisor: threading.Thread | None = None
         self.port = 0
         self.metrics_port: int | None = None
@@ -250,7 +255,8 @@ class Server:
 
 def serve(model: str | Path | ServingPlan, port: int = 0, *, metrics_port: int | None = None,
           replicas: int | None = None, token: str | None = None, tls: TLSOptions | None = None,
-          ray_address: str | None = None, trust_key: object = None, **options: object) -> Server:
+          ray_address: str | None = None, trust_key: str | os.PathLike[str] | bytes | None = None,
+          **options: object) -> Server:
     """Serve a .tzb bundle (or a ServingPlan) over KServe v2 gRPC and return the running Server.
 
     Args:

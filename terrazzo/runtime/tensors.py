@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import grpc
 import numpy as np
+import numpy.typing as npt
 
 # v2 datatype -> numpy dtype (BYTES travels as object arrays of bytes).
 _V2_TO_NUMPY: dict[str, np.dtype] = {
@@ -81,7 +82,7 @@ class WireTensor:
     raw: bytes
 
 
-def v2_datatype(dtype: object) -> str:
+def v2_datatype(dtype: npt.DTypeLike) -> str:
     """Map a numpy dtype, or a dtype name such as 'float32', to a KServe v2 datatype."""
     if isinstance(dtype, str) and dtype.upper() in _V2_TO_NUMPY:
         return dtype.upper()
