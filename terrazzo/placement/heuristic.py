@@ -144,7 +144,16 @@ class _Search:
         self.mem = np.bincount(assign, weights=p.mem_bytes, minlength=p.num_devices)
         self.L = p.sla.latency_s * (1 + LATENCY_RTOL)
         self.st = p.structure()
+        self.has_xusd = bool(np.any(p.xfer_usd))
+        self.fluid_price = p.load_factor * p.usd_per_hour
+        self._devices_now()
         self.refresh()
+
+    def _devices_now(self) -> None:
+        # devices per class now, and their USD/hour (kept in step with busy/cnt by apply)
+        load = self.p.load_factor
+        self.dev = np.where(self.cnt > 0, np.maximum(1.0, np.ceil(self.busy * load - 1e-9)), 0.0)
+        self.dev_usd = self.dev * self.p.usd_per_hour
 
     def refresh(self) -> None:
         self.f, self.g = self.p.longest_paths(self.a)
@@ -226,22 +235,22 @@ class _Search:
         load = p.load_factor
         price = p.usd_per_hour
         k = len(group)
-        old_dev = np.where(self.cnt > 0, np.maximum(1.0, np.ceil(self.busy * load - 1e-9)), 0.0)
         new_b = np.maximum(1.0, np.ceil((self.busy + glat) * load - 1e-9))
         lat_a = float(glat[a])
-        delta_a = (self.devices(self.busy[a] - lat_a, int(self.cnt[a]) - k) - old_dev[a]) * price[a]
-        dev_delta = (new_b - old_dev) * price + delta_a
+        delta_a = (self.devices(self.busy[a] - lat_a, int(self.cnt[a]) - k) - self.dev[a]) * price[a]
+        dev_delta = new_b * price - self.dev_usd + delta_a
         dx = gcost - gcost[a]
-        xu = p.xfer_usd
-        for e in self.st["preds"][group[0]]:
-            au = self.a[int(p.edges[e, 0])]
-            dx = dx + (xu[au, :] - xu[au, a])
-        for e in self.st["succs"][group[-1]]:
-            av = self.a[int(p.edges[e, 1])]
-            dx = dx + (xu[:, av] - xu[a, av])
+        if self.has_xusd:
+            xu = p.xfer_usd
+            for e in self.st["preds"][group[0]]:
+                au = self.a[int(p.edges[e, 0])]
+                dx = dx + (xu[au, :] - xu[au, a])
+            for e in self.st["succs"][group[-1]]:
+                av = self.a[int(p.edges[e, 1])]
+                dx = dx + (xu[:, av] - xu[a, av])
         per_req = 3600.0 * p.rps * dx
         exact = dev_delta + per_req
-        fluid = load * (glat * price - lat_a * price[a]) + per_req
+        fluid = glat * self.fluid_price - lat_a * self.fluid_price[a] + per_req
         good = ok_b & ((exact < -1e-9) | ((exact <= 1e-9) & (fluid < -1e-9)))
         good[a] = False
         return np.flatnonzero(good)
@@ -257,6 +266,7 @@ class _Search:
         self.mem[a] -= mem
         self.mem[b] += mem
         self.a[group] = b
+        self._devices_now()
 
 
 def local_search(
