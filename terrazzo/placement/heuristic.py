@@ -237,7 +237,8 @@ class _Search:
         k = len(group)
         new_b = np.maximum(1.0, np.ceil((self.busy + glat) * load - 1e-9))
         lat_a = float(glat[a])
-        delta_a = (self.devices(self.busy[a] - lat_a, int(self.cnt[a]) - k) - self.dev[a]) * price[a]
+        left_a = self.devices(self.busy[a] - lat_a, int(self.cnt[a]) - k)
+        delta_a = (left_a - self.dev[a]) * price[a]
         dev_delta = new_b * price - self.dev_usd + delta_a
         dx = gcost - gcost[a]
         if self.has_xusd:
