@@ -215,6 +215,25 @@ def _export_torch_model(op: Any) -> tuple[Any, list[Any], list[Any]]:
     return mod, ins, outs
 
 
+def _export_onnx_model(op: Any) -> tuple[Any, list[Any], list[Any]]:
+    """Import an ONNX model node through the ONNX frontend (checks, fix-ups, static shapes)."""
+    from terrazzo.bundle import TensorSpec
+    from terrazzo.frontend import from_onnx
+
+    graph = from_onnx(str(op.attr("source")))
+    if len(graph.outputs) != 1:
+        raise CodegenError(
+            f"model node {op.name!r}: agent model nodes have one output; "
+            f"{op.attr('source')} has {len(graph.outputs)}"
+        )
+    ins = [
+        TensorSpec(v, graph.values[v].dtype, tuple(graph.values[v].shape)) for v in graph.inputs
+    ]
+    out_t = graph.values[graph.outputs[0]]
+    outs = [TensorSpec(op.name, out_t.dtype, tuple(out_t.shape))]
+    return graph.relax_mod, ins, outs
+
+
 def _export_llm(op: Any) -> dict[str, tuple[Any, list[Any], list[Any]]]:
     """The prefill and decode Relax modules of an ``llm.call`` op with their signatures."""
     from terrazzo.bundle import TensorSpec
@@ -369,12 +388,14 @@ def compile_agent(
                 vt = graph.values[op.inputs[0]]
                 node.update(device=plan.assignment[op.name], shape=list(vt.shape), dtype=vt.dtype)
             elif op.kind == "model.call":
-                if a.get("format") != "torch":
+                if a.get("format") not in ("torch", "onnx"):
                     raise CodegenError(
-                        f"model node {op.name!r}: the agent compiler builds torch model "
-                        f"nodes; {a.get('format')} is not supported yet"
+                        f"model node {op.name!r}: the agent compiler builds torch and ONNX "
+                        f"model nodes, not {a.get('format')!r}"
                     )
-                exported = _export_torch_model(op)
+                exported = (
+                    _export_onnx_model(op) if a.get("format") == "onnx" else _export_torch_model(op)
+                )
                 idx = add_stage(op.name, exported)
                 node.update(device=plan.assignment[op.name], stage=idx)
             elif op.kind == "llm.call":
