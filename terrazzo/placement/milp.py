@@ -12,6 +12,7 @@ mem(d). Objective: Σ_d usd_per_hour[d]·y[d] + 3600·rps·(Σ cost(i,d)·x[i,d]
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -305,10 +306,20 @@ def _start_vector(
     return sol
 
 
-def lp_lower_bound(problem: Problem, *, time_limit_s: float = 2.0) -> float:
-    """Optimum of the MILP's LP relaxation (a valid lower bound on USD/hour); -inf if unsolved."""
+def lp_lower_bound(problem: Problem, *, time_limit_s: float = 2.0, transfers: bool = True) -> float:
+    """Optimum of the MILP's LP relaxation (a valid lower bound on USD/hour); -inf if unsolved.
+
+    With ``transfers=False`` the transfer latencies and costs are dropped (set to zero): a
+    further relaxation, still a valid bound, without the per-edge big-M rows (3-4× faster
+    at 200 ops × 10 classes, ~6% lower there).
+    """
     if not problem.allowed().any(axis=1).all():
         return -math.inf
+    if not transfers:
+        zero = np.zeros_like(problem.xfer_base_s)
+        problem = dataclasses.replace(
+            problem, xfer_base_s=zero, xfer_s_per_byte=zero, xfer_usd=zero, _cache={}
+        )
     return solve_milp(problem, time_limit_s=time_limit_s, relax=True).bound
 
 

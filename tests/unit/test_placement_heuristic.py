@@ -152,3 +152,17 @@ def test_heuristic_200_ops_10_classes_is_fast_and_matches_the_milp_incumbent() -
     assert a is not None and p.evaluate(a).feasible
     assert p.evaluate(a).usd_per_hour == pytest.approx(4.242456812226358, rel=1e-6)
     assert cpu_s < 2.5
+
+
+def test_lp_bound_without_transfers_is_a_weaker_valid_bound() -> None:
+    p = _synthetic().synthetic_problem(20, 6, seed=26)
+    full = lp_lower_bound(p, time_limit_s=10.0)
+    no_xfer = lp_lower_bound(p, time_limit_s=10.0, transfers=False)
+    assert p.lower_bound_usd_per_hour() - 1e-9 <= no_xfer <= full + 1e-9
+    assert np.any(p.xfer_base_s > 0)  # the problem itself keeps its transfers
+    # quick bounds of large graphs (edges × classes > 1500) drop the transfers; small keep them
+    big = _synthetic().synthetic_problem(200, 10, seed=210)
+    bound, how = lower_bound(big, quick=True)
+    assert "without transfers" in how
+    assert bound == pytest.approx(lp_lower_bound(big, transfers=False), rel=1e-6)
+    assert "without transfers" not in lower_bound(p, quick=True)[1]
