@@ -165,7 +165,8 @@ def lift_weight_prep(mod: Any) -> Any:
     per-request inputs, the rest weights; ``split_relax`` sets it). Every binding that depends
     only on weights (and constants) moves to ``main_transform_params(weights_tuple) ->
     prepared_tuple``; ``main`` becomes ``main(inputs..., prepared...)``. A module whose
-    ``main`` has no ``num_input`` attribute or no weight parameters is returned unchanged.
+    ``main`` has no ``num_input`` attribute, no weight parameters or no per-request inputs
+    (every result a function of weights alone) is returned unchanged.
 
     Args:
         mod: a Relax IRModule, before LegalizeOps (high-level ops).
@@ -179,9 +180,14 @@ def lift_weight_prep(mod: Any) -> Any:
     attrs = func.attrs
     if attrs is None or "num_input" not in attrs:
         return mod
-    if int(attrs["num_input"]) >= len(func.params):
+    n_input = int(attrs["num_input"])
+    if n_input >= len(func.params) or n_input == 0:
+        # No weights, or a stage computed from weights alone (a planner may cut a lone
+        # transpose into its own stage): LiftTransformParams would leave ``main`` empty.
         return mod
-    return relax.transform.LiftTransformParams()(mod)
+    lifted = relax.transform.LiftTransformParams()(mod)
+    # Same guard for stages whose every result depends on weights only (inputs unused).
+    return mod if relax.analysis.free_vars(lifted["main"]) else lifted
 
 
 def prepare_build_module(mod: Any, target: Any, *, lift_weights: bool = False) -> Any:

@@ -176,3 +176,45 @@ def test_staged_build_prepares_weights_once_and_matches_the_model(split2, tmp_pa
         for _ in range(2):  # prepared weights are reused, not consumed, across calls
             got = run_pipeline(rs, {"x": x}, split.outputs)[split.outputs[0]]
             assert np.max(np.abs(got - want)) <= TOL
+
+
+def _weights_only_stage(n_input: int):
+    """``main(x?, w) -> (permute_dims(w),)``: every result computed from the weight alone."""
+    from tvm import relax
+    from tvm.script import relax as R
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", R.Tensor((2, 4), "float32"))
+    w = relax.Var("w", R.Tensor((4, 8), "float32"))
+    params = [x, w] if n_input else [w]
+    with bb.function("main", params, attrs={"num_input": n_input}):
+        with bb.dataflow():
+            t = bb.emit(relax.op.permute_dims(w, [1, 0]))
+            out = bb.emit_output(relax.Tuple([t]))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+@pytest.mark.parametrize("n_input", [0, 1])
+def test_stages_of_weights_alone_are_not_lifted_and_still_build(n_input, tmp_path):
+    """A planner may cut a lone weight transpose into its own stage (no inputs, or unused
+    ones): LiftTransformParams would leave ``main`` without a body, so such stages keep
+    ``main(inputs..., weights...)`` and run through StageRunner unprepared."""
+    from terrazzo.bundle import TensorSpec
+    from terrazzo.bundle._runner import StageRunner
+    from terrazzo.codegen import StageModule, build_stage, choose_target, host_target
+    from terrazzo.codegen._build import lift_weight_prep
+
+    mod = _weights_only_stage(n_input)
+    assert lift_weight_prep(mod) is mod
+    ins = ("x",)[:n_input]
+    sm = StageModule(0, mod, ("t",), ins, ("t",), ("w",), (), ())
+    b = build_stage(sm, choose_target("cpu", dict(host_target())), tmp_path)
+    w = np.arange(32, dtype="float32").reshape(4, 8)
+    specs_in = tuple(TensorSpec("x", "float32", (2, 4)) for _ in ins)
+    r = StageRunner(
+        str(b.files["host.so"]), {"w": w}, ("w",), specs_in, (TensorSpec("t", "float32", (8, 4)),)
+    )
+    assert not r.prepared_weights
+    feed = {"x": np.zeros((2, 4), "float32")} if n_input else {}
+    np.testing.assert_array_equal(r(feed)["t"], w.T)
