@@ -16,10 +16,14 @@
 5. Class-subset enumeration: device integrality makes plans on few classes cheap, so steps
    2-4 run restricted to every subset of 2-3 classes, in order of a lower bound (one device
    per class + cheapest per-request costs, or the fluid cost) and pruned by the incumbent;
-   subsets whose fastest placement (free transfers) misses the SLA are skipped.
+   subsets whose fastest placement (free transfers) misses the SLA are skipped. A subset's
+   DP plan is shed first; local search runs only when the result is within
+   ``SUBSET_LS_WITHIN`` of the incumbent (it never improved a subset's plan on the
+   benchmark graphs and took half the time).
 6. Packing: for the lowest-bound subsets, target one device fewer and search a placement
    that fits those capacities (Lagrangian DP with per-class busy prices, then exact-latency
-   repair ordered by busy time shed per busy time added).
+   repair ordered by busy time shed per busy time added); at most ``PACK_TIME_SHARE`` of
+   the time steps 1-5 took.
 The result warm-starts the MILP.
 """
 
