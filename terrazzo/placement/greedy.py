@@ -59,10 +59,10 @@ def solve_greedy(problem: Problem) -> np.ndarray | None:
                 if best_ok is None or c < best_ok[0]:
                     best_ok = (c, int(d), f)
         if best_ok is not None:
-            d, f = best_ok[1], best_ok[2]
+            d, f = best_ok[1], best_ok[2]  # type: ignore[assignment]  # numpy int / Optional narrowing
         else:
             assert best_fast is not None
-            f, d = best_fast
+            f, d = best_fast  # type: ignore[assignment]  # numpy int / Optional narrowing
         assign[i] = d
         finish[i] = f
         busy[d] += p.latency_s[i, d]

@@ -60,7 +60,7 @@ def solve_heft(problem: Problem) -> np.ndarray | None:
                 best_t = (start + dur, int(d), start)
         if best_t is None:
             return None
-        f, d, s = best_t
+        f, d, s = best_t  # type: ignore[assignment]  # numpy int / Optional narrowing
         assign[i] = d
         finish[i] = f
         mem[d] += p.mem_bytes[i]

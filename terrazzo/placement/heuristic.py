@@ -555,7 +555,7 @@ def solve_heuristic(
     feas = []
     for c in candidates:
         if not p.evaluate(c).feasible:
-            c = _repair(p, c, ch, deadline)
+            c = _repair(p, c, ch, deadline)  # type: ignore[assignment]  # numpy int / Optional narrowing
         if c is not None:
             feas.append(c)
     if not feas:
@@ -586,7 +586,7 @@ def solve_heuristic(
         # every task on its fastest class of the subset, free transfers: a latency lower bound
         if _critical_path(p, np.where(sub_allowed, p.latency_s, np.inf).min(axis=1)) > L:
             continue
-        a = _lagrangian_search(p, ch, sub_allowed, deadline, iters=8)
+        a = _lagrangian_search(p, ch, sub_allowed, deadline, iters=8)  # type: ignore[assignment]  # numpy int / Optional narrowing
         if a is None:
             continue
         # the DP prices fractional devices: integral counts need shedding and local search;
@@ -687,7 +687,7 @@ def shed_devices(
                     break
             else:
                 if p.n <= _EXACT_SHED_MAX_TASKS:
-                    trial = _shed_exact(p, a_best, ev, a, others, lat, need, deadline)
+                    trial = _shed_exact(p, a_best, ev, a, others, lat, need, deadline)  # type: ignore[assignment]  # numpy int / Optional narrowing
                     if trial is not None:
                         et = p.evaluate(trial)
                         if et.feasible and et.usd_per_hour < ev.usd_per_hour - 1e-9:
@@ -784,7 +784,7 @@ def _critical_path(p: Problem, lat: np.ndarray) -> float:
         return float(f.max())
     src = p.edges[:, 0].tolist()
     la = lat.tolist()
-    f = list(la)
+    f = list(la)  # type: ignore[assignment]  # numpy int / Optional narrowing
     for v in range(p.n):
         best = 0.0
         for e in st["preds"][v]:

@@ -191,7 +191,7 @@ def solve_milp(
         vv = np.concatenate([np.ones(k), -np.ones(k)])
         add(rr, cc, vv, np.zeros(k), np.full(k, np.inf))
     # memory per class
-    for d in range(nd):
+    for d in range(nd):  # type: ignore[assignment]  # numpy int / Optional narrowing
         on = np.flatnonzero(allowed[:, d])
         if math.isfinite(p.device_mem_bytes[d]) and p.mem_bytes[on].sum() > p.device_mem_bytes[d]:
             scale = p.device_mem_bytes[d]
@@ -225,7 +225,7 @@ def solve_milp(
     if threads is not None:
         h.setOptionValue("threads", int(threads))
     for key, value in (options or {}).items():
-        h.setOptionValue(key, value)
+        h.setOptionValue(key, value)  # type: ignore[arg-type]  # HiGHS validates by name
     if warm_start is not None and not relax:
         sol = _start_vector(
             p, np.asarray(warm_start, dtype=np.int64), xcol, fcol0, tcol, ccol, ydev, ycol0, ncol, L
