@@ -18,7 +18,9 @@ def synthetic_problem(n_ops: int, n_classes: int, seed: int = 0, rps: float = 20
     names = [f"op{i}" for i in range(n_ops)]
     edges: list[tuple[str, str]] = []
     for i in range(1, n_ops):
-        edges.append((names[i - 1], names[i]) if rng.random() > 0.1 else (names[max(0, i - 2)], names[i]))
+        edges.append(
+            (names[i - 1], names[i]) if rng.random() > 0.1 else (names[max(0, i - 2)], names[i])
+        )
         if i >= 3 and rng.random() < 0.15:
             edges.append((names[i - int(rng.integers(2, min(i, 8) + 1))], names[i]))
     edges = sorted(set(edges))
@@ -76,7 +78,10 @@ def agent_problem(rps: float = 20.0) -> Problem:
              ("web_tool", "rerank"), ("rerank", "prefill"), ("prefill", "decode"), ("decode", "code_tool"),
              ("code_tool", "summarise_prefill"), ("summarise_prefill", "summarise_decode"),
              ("summarise_decode", "format")]  # fmt: skip
-    latency = {t: {d: v * ms for d, v in zip(dev, row, strict=True) if v != inf} for t, row in table.items()}
+    latency = {
+        t: {d: v * ms for d, v in zip(dev, row, strict=True) if v != inf}
+        for t, row in table.items()
+    }
     xs = {(a, b): 0.5 * ms for a in dev for b in dev if a != b}
     return make_problem(list(table), dev, latency, edges=edges, sla=SLA(3.0), rps=rps,
                         usd_per_hour=price, transfer_s=xs, name="agent")  # fmt: skip

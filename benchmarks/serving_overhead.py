@@ -67,7 +67,11 @@ def main() -> None:
         "identity",
         (TensorSpec("x", "FP32", (-1,)),),
         (TensorSpec("y", "FP32", (-1,)),),
-        (StageSpec(0, "cpu", ("x",), ("y",), RunnerSpec(factory, {"names": ["x"], "outputs": ["y"]})),),
+        (
+            StageSpec(
+                0, "cpu", ("x",), ("y",), RunnerSpec(factory, {"names": ["x"], "outputs": ["y"]})
+            ),
+        ),
     )
     direct_runner = identity(["x"], ["y"])
     rows = []
@@ -114,10 +118,22 @@ def main() -> None:
             rows.append(row)
         channel.close()
         client.close()
-    cols = ["tensor", "requests", "direct_p50_ms", "1hop_p50_ms", "1hop_p99_ms", "2hop_p50_ms", "2hop_p99_ms",
-            "per_hop_p50_ms", "per_hop_p99_ms", "per_hop_p50_GBps"]
+    cols = [
+        "tensor",
+        "requests",
+        "direct_p50_ms",
+        "1hop_p50_ms",
+        "1hop_p99_ms",
+        "2hop_p50_ms",
+        "2hop_p99_ms",
+        "per_hop_p50_ms",
+        "per_hop_p99_ms",
+        "per_hop_p50_GBps",
+    ]
     print_table(rows, cols, title="Per-hop serving overhead on loopback (identity stage, 1 worker)")
-    print(f"server ready in {ready_s:.1f} s; per_hop_p50_GBps counts the tensor both ways (request + answer)")
+    print(
+        f"server ready in {ready_s:.1f} s; per_hop_p50_GBps counts the tensor both ways (request + answer)"
+    )
     path = write_result("serving_overhead", rows, {"ready_s": ready_s, "quick": args.quick})
     print(f"wrote {path}")
 

@@ -92,18 +92,31 @@ print(json.dumps({{"n": len(lat), "wall_s": wall, "lat": lat}}))
         xin, yout = Path(d) / "x.npy", Path(d) / "y.npy"
         np.save(xin, x)
         env = dict(os.environ, TVM_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
-        out = subprocess.run([sys.executable, "-c", code, str(xin), str(yout)], env=env, capture_output=True,
-                             text=True, check=True, timeout=600)
+        out = subprocess.run(
+            [sys.executable, "-c", code, str(xin), str(yout)],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=600,
+        )
         import json
 
         res = json.loads(out.stdout.strip().splitlines()[-1])
         res["y"] = np.load(yout)
     lat = np.asarray(res["lat"])
-    return {"rps": res["n"] / res["wall_s"], "p50_ms": float(np.percentile(lat, 50)) * 1e3,
-            "p99_ms": float(np.percentile(lat, 99)) * 1e3, "requests": res["n"], "y": res["y"]}
+    return {
+        "rps": res["n"] / res["wall_s"],
+        "p50_ms": float(np.percentile(lat, 50)) * 1e3,
+        "p99_ms": float(np.percentile(lat, 99)) * 1e3,
+        "requests": res["n"],
+        "y": res["y"],
+    }
 
 
-def _closed_loop(url: str, x: np.ndarray, expected: np.ndarray, threads: int, seconds: float) -> dict:
+def _closed_loop(
+    url: str, x: np.ndarray, expected: np.ndarray, threads: int, seconds: float
+) -> dict:
     """N stock-client threads, each sending the next request as soon as the last one answered."""
     import tritonclient.grpc as tc
 
@@ -149,8 +162,13 @@ def _closed_loop(url: str, x: np.ndarray, expected: np.ndarray, threads: int, se
     if not lat:
         raise RuntimeError(f"no request succeeded; first error: {errors[:1]}")
     a = np.asarray(lat)
-    return {"rps": len(a) / wall, "p50_ms": float(np.percentile(a, 50)) * 1e3,
-            "p99_ms": float(np.percentile(a, 99)) * 1e3, "requests": int(len(a)), "errors": len(errors)}
+    return {
+        "rps": len(a) / wall,
+        "p50_ms": float(np.percentile(a, 50)) * 1e3,
+        "p99_ms": float(np.percentile(a, 99)) * 1e3,
+        "requests": int(len(a)),
+        "errors": len(errors),
+    }
 
 
 def main() -> None:
@@ -177,8 +195,15 @@ def main() -> None:
         for threads in sorted({1, cores}):
             r = _in_process(paths, x, args.seconds, threads)
             base[threads] = r
-            rows.append({"mode": "in-process", "threads": f"TVM {threads}", "concurrency": 1,
-                         **{k: v for k, v in r.items() if k != "y"}, "errors": 0})
+            rows.append(
+                {
+                    "mode": "in-process",
+                    "threads": f"TVM {threads}",
+                    "concurrency": 1,
+                    **{k: v for k, v in r.items() if k != "y"},
+                    "errors": 0,
+                }
+            )
         expected = base[1]["y"]
         shape = (args.batch, args.hidden)
         names = ["h", "h1", "h2", "out"]  # the values flowing between the stages
@@ -187,8 +212,13 @@ def main() -> None:
             (TensorSpec("h", "FP32", shape),),
             (TensorSpec("out", "FP32", shape),),
             tuple(
-                StageSpec(k, "cpu", (names[k],), (names[k + 1],),
-                          RunnerSpec(RELAX, {"path": p, "inputs": [names[k]], "outputs": [names[k + 1]]}))
+                StageSpec(
+                    k,
+                    "cpu",
+                    (names[k],),
+                    (names[k + 1],),
+                    RunnerSpec(RELAX, {"path": p, "inputs": [names[k]], "outputs": [names[k + 1]]}),
+                )
                 for k, p in enumerate(paths)
             ),
         )
@@ -208,24 +238,55 @@ def main() -> None:
             url = f"127.0.0.1:{server.port}"
             for n in (int(c) for c in args.concurrency.split(",")):
                 r = _closed_loop(url, x, expected, n, args.seconds)
-                rows.append({"mode": "served (3 workers)", "threads": f"TVM {args.worker_threads}/worker",
-                             "concurrency": n, **r})
+                rows.append(
+                    {
+                        "mode": "served (3 workers)",
+                        "threads": f"TVM {args.worker_threads}/worker",
+                        "concurrency": n,
+                        **r,
+                    }
+                )
     best_base = max(base.values(), key=lambda r: r["rps"])["rps"]
     best_served = max((r for r in rows if r["mode"].startswith("served")), key=lambda r: r["rps"])
     for r in rows:
         r["vs_best_in_process"] = r["rps"] / best_base
     load_after = os.getloadavg()
-    print_table(rows, ["mode", "threads", "concurrency", "requests", "rps", "p50_ms", "p99_ms", "errors",
-                       "vs_best_in_process"],
-                title=f"3-stage MLP ({3 * args.layers} x dense {args.hidden}, batch {args.batch}): served vs one process")
+    print_table(
+        rows,
+        [
+            "mode",
+            "threads",
+            "concurrency",
+            "requests",
+            "rps",
+            "p50_ms",
+            "p99_ms",
+            "errors",
+            "vs_best_in_process",
+        ],
+        title=f"3-stage MLP ({3 * args.layers} x dense {args.hidden}, batch {args.batch}): served vs one process",
+    )
     ratio = best_served["rps"] / best_base
-    print(f"saturation throughput served / in-process = {ratio:.2f}x (target >= 0.9x) at concurrency "
-          f"{best_served['concurrency']}; stage libraries built in {build_s:.1f} s; server ready in {ready_s:.1f} s; "
-          f"load average {load_before[0]:.1f} before, {load_after[0]:.1f} after on {cores} cores")
-    path = write_result("serving_pipeline", rows, {
-        "saturation_ratio": ratio, "ready_s": ready_s, "build_s": build_s, "hidden": args.hidden,
-        "batch": args.batch, "layers_per_stage": args.layers, "worker_threads": args.worker_threads,
-        "loadavg_before": load_before, "loadavg_after": load_after})
+    print(
+        f"saturation throughput served / in-process = {ratio:.2f}x (target >= 0.9x) at concurrency "
+        f"{best_served['concurrency']}; stage libraries built in {build_s:.1f} s; server ready in {ready_s:.1f} s; "
+        f"load average {load_before[0]:.1f} before, {load_after[0]:.1f} after on {cores} cores"
+    )
+    path = write_result(
+        "serving_pipeline",
+        rows,
+        {
+            "saturation_ratio": ratio,
+            "ready_s": ready_s,
+            "build_s": build_s,
+            "hidden": args.hidden,
+            "batch": args.batch,
+            "layers_per_stage": args.layers,
+            "worker_threads": args.worker_threads,
+            "loadavg_before": load_before,
+            "loadavg_after": load_after,
+        },
+    )
     print(f"wrote {path}")
 
 

@@ -67,13 +67,35 @@ def run_demo(out_dir: Path, model: str = "mlp", requests: int = 50) -> dict[str,
     fleet = out_dir / "fleet.yaml"
     fleet.write_text(FLEET_YAML, encoding="utf-8")
     _step("3. place it on a mixed fleet (cpu, t4, h100) under a 5 ms SLA at 200 requests/s")
-    plan_json = _cli("plan", str(onnx_path), "--fleet", str(fleet), "--sla", "5ms", "--rps", "200", "--json", quiet=True)
+    plan_json = _cli(
+        "plan",
+        str(onnx_path),
+        "--fleet",
+        str(fleet),
+        "--sla",
+        "5ms",
+        "--rps",
+        "200",
+        "--json",
+        quiet=True,
+    )
     (out_dir / "plan.json").write_text(plan_json, encoding="utf-8")
     _cli("plan", str(onnx_path), "--fleet", str(fleet), "--sla", "5ms", "--rps", "200")
 
     bundle = out_dir / f"{model}.tzb"
     _step("4. compile: place, build every stage with TVM, write the .tzb bundle")
-    _cli("compile", str(onnx_path), "--fleet", str(fleet), "--sla", "5ms", "--rps", "200", "-o", str(bundle))
+    _cli(
+        "compile",
+        str(onnx_path),
+        "--fleet",
+        str(fleet),
+        "--sla",
+        "5ms",
+        "--rps",
+        "200",
+        "-o",
+        str(bundle),
+    )
     _cli("inspect", str(bundle))
     _cli("verify", str(bundle))
 
@@ -85,7 +107,16 @@ def run_demo(out_dir: Path, model: str = "mlp", requests: int = 50) -> dict[str,
 
     _step("7. TCO report: the chosen plan against the baselines")
     report = out_dir / "report.html"
-    _cli("report", str(out_dir / "plan.json"), "--compare", str(onnx_path), "--fleet", str(fleet), "-o", str(report))
+    _cli(
+        "report",
+        str(out_dir / "plan.json"),
+        "--compare",
+        str(onnx_path),
+        "--fleet",
+        str(fleet),
+        "-o",
+        str(report),
+    )
     print(f"\nreport: {report}")
     return figures
 
@@ -129,7 +160,9 @@ def _serve_and_query(bundle: Path, onnx_path: Path, requests: int) -> dict[str, 
         "max_abs_err_vs_onnxruntime": worst_err,
     }
     first = res.as_numpy(out_specs[0].name)
-    print(f"answer of the last request ({out_specs[0].name}, first row): {np.round(first.reshape(-1)[:6], 4)}")
+    print(
+        f"answer of the last request ({out_specs[0].name}, first row): {np.round(first.reshape(-1)[:6], 4)}"
+    )
     print(json.dumps(figures, indent=2))
     if worst_err > 1e-4:
         raise SystemExit(f"demo: served answers differ from onnxruntime by {worst_err:.2e}")
@@ -137,7 +170,13 @@ def _serve_and_query(bundle: Path, onnx_path: Path, requests: int) -> dict[str, 
 
 
 def _v2(dtype: str) -> str:
-    return {"float32": "FP32", "float16": "FP16", "int64": "INT64", "int32": "INT32", "bool": "BOOL"}[dtype]
+    return {
+        "float32": "FP32",
+        "float16": "FP16",
+        "int64": "INT64",
+        "int32": "INT32",
+        "bool": "BOOL",
+    }[dtype]
 
 
 def main(argv: list[str] | None = None) -> int:

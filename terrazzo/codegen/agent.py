@@ -226,9 +226,7 @@ def _export_onnx_model(op: Any) -> tuple[Any, list[Any], list[Any]]:
             f"model node {op.name!r}: agent model nodes have one output; "
             f"{op.attr('source')} has {len(graph.outputs)}"
         )
-    ins = [
-        TensorSpec(v, graph.values[v].dtype, tuple(graph.values[v].shape)) for v in graph.inputs
-    ]
+    ins = [TensorSpec(v, graph.values[v].dtype, tuple(graph.values[v].shape)) for v in graph.inputs]
     out_t = graph.values[graph.outputs[0]]
     outs = [TensorSpec(op.name, out_t.dtype, tuple(out_t.shape))]
     return graph.relax_mod, ins, outs

@@ -215,7 +215,10 @@ class CompiledPhase:
         return dict(zip(self.output_names, arrays, strict=True))
 
 
-PHASE_OUTPUTS = {"prefill": ("logits", "k_cache", "v_cache"), "decode": ("logits", "k_cache", "v_cache")}
+PHASE_OUTPUTS = {
+    "prefill": ("logits", "k_cache", "v_cache"),
+    "decode": ("logits", "k_cache", "v_cache"),
+}
 
 
 def export_relax(cfg: TinyLlamaConfig) -> dict[str, Any]:
@@ -262,7 +265,9 @@ def greedy_generate(
     if not 0 < n <= cfg.prompt_len:
         raise ValueError(f"prompt has {n} tokens; expected 1..{cfg.prompt_len}")
     if n + max_new_tokens > cfg.max_len:
-        raise ValueError(f"prompt ({n}) + max_new_tokens ({max_new_tokens}) exceeds max_len {cfg.max_len}")
+        raise ValueError(
+            f"prompt ({n}) + max_new_tokens ({max_new_tokens}) exceeds max_len {cfg.max_len}"
+        )
     padded = np.zeros((1, cfg.prompt_len), np.int64)
     padded[0, :n] = prompt
     state = phases["prefill"]({"tokens": padded, "length": np.array([n], np.int64)})

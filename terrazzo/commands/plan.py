@@ -14,16 +14,26 @@ def register(subparsers: Any) -> None:
         help="place a model (ONNX, zoo name) or a task-graph YAML on a fleet under an SLA",
         description="Find the lowest-USD/hour placement that meets the SLA at the traffic target.",
     )
-    p.add_argument("model", metavar="MODEL_OR_TASKS", help="ONNX file, zoo model name, or task-graph YAML")
+    p.add_argument(
+        "model", metavar="MODEL_OR_TASKS", help="ONNX file, zoo model name, or task-graph YAML"
+    )
     p.add_argument("--fleet", help="fleet YAML (devices and pricing); optional for task graphs")
-    p.add_argument("--sla", help="end-to-end latency bound, e.g. 50ms (task graphs: overrides sla:)")
+    p.add_argument(
+        "--sla", help="end-to-end latency bound, e.g. 50ms (task graphs: overrides sla:)"
+    )
     p.add_argument("--ttft", help="time-to-first-token bound for LLM prefill ops, e.g. 500ms")
     p.add_argument("--tbt", help="time-between-tokens bound for LLM decode ops, e.g. 30ms")
     p.add_argument("--rps", type=float, default=1.0, help="traffic target, requests/s (default 1)")
     p.add_argument("--solver", choices=SOLVER_CHOICES, default="milp", help="solver (default milp)")
-    p.add_argument("--time-limit", type=float, default=10.0, help="solver time cap, seconds (default 10)")
-    p.add_argument("--utilisation", type=float, default=0.8, help="target device utilisation (default 0.8)")
-    p.add_argument("--profile", help="cost-model catalog profile (datasheet, paper-2025, or a YAML path)")
+    p.add_argument(
+        "--time-limit", type=float, default=10.0, help="solver time cap, seconds (default 10)"
+    )
+    p.add_argument(
+        "--utilisation", type=float, default=0.8, help="target device utilisation (default 0.8)"
+    )
+    p.add_argument(
+        "--profile", help="cost-model catalog profile (datasheet, paper-2025, or a YAML path)"
+    )
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.add_argument("-o", "--output", help="write the placed graph as tz MLIR to this file")
     p.set_defaults(func=run)
@@ -128,7 +138,14 @@ def _print_table(plan: Any, name: str) -> None:
     for s in plan.stages:
         ops = ", ".join(s.ops[:4]) + (f" … (+{len(s.ops) - 4})" if len(s.ops) > 4 else "")
         share = f" ({s.traffic_share:.0%} of traffic)" if s.traffic_share < 1 else ""
-        t.add_row(str(s.index), s.device + share, ops, str(s.replicas), f"{s.latency_s * 1e3:.4g}", f"{s.usd_per_hour:.4g}")
+        t.add_row(
+            str(s.index),
+            s.device + share,
+            ops,
+            str(s.replicas),
+            f"{s.latency_s * 1e3:.4g}",
+            f"{s.usd_per_hour:.4g}",
+        )
     c.print(t)
     ttft = f"  TTFT {plan.ttft_s * 1e3:.4g} ms" if plan.ttft_s is not None else ""
     c.print(

@@ -25,19 +25,37 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("bundle", help="path of the .tzb bundle (verified before any worker loads it)")
     p.add_argument("--port", type=int, default=8001, help="gRPC port of the gateway (default 8001)")
-    p.add_argument("--metrics-port", type=int, default=8002, help="Prometheus /metrics port (default 8002)")
+    p.add_argument(
+        "--metrics-port", type=int, default=8002, help="Prometheus /metrics port (default 8002)"
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--replicas", type=int, default=None, help="replicas per stage (default: the plan's)")
-    p.add_argument("--token", default=None, help="require 'authorization: Bearer TOKEN' on inference RPCs")
+    p.add_argument(
+        "--replicas", type=int, default=None, help="replicas per stage (default: the plan's)"
+    )
+    p.add_argument(
+        "--token", default=None, help="require 'authorization: Bearer TOKEN' on inference RPCs"
+    )
     p.add_argument("--tls-cert", default=None, help="PEM certificate chain: serve TLS")
     p.add_argument("--tls-key", default=None, help="PEM private key for --tls-cert")
-    p.add_argument("--tls-ca", default=None, help="PEM CA: require client certificates it signed (mTLS)")
-    p.add_argument("--ray", default=None, metavar="auto|ADDRESS",
-                   help="place workers as Ray actors on this cluster (each requests devclass_<name>)")
-    p.add_argument("--timeout", type=float, default=30.0, help="server-side default request timeout, s")
+    p.add_argument(
+        "--tls-ca", default=None, help="PEM CA: require client certificates it signed (mTLS)"
+    )
+    p.add_argument(
+        "--ray",
+        default=None,
+        metavar="auto|ADDRESS",
+        help="place workers as Ray actors on this cluster (each requests devclass_<name>)",
+    )
+    p.add_argument(
+        "--timeout", type=float, default=30.0, help="server-side default request timeout, s"
+    )
     p.add_argument("--max-message-mib", type=int, default=256, help="max gRPC message size, MiB")
-    p.add_argument("--max-queue", type=int, default=128, help="requests in flight before RESOURCE_EXHAUSTED")
-    p.add_argument("--trust-key", default=None, help="public key file the bundle signature must verify against")
+    p.add_argument(
+        "--max-queue", type=int, default=128, help="requests in flight before RESOURCE_EXHAUSTED"
+    )
+    p.add_argument(
+        "--trust-key", default=None, help="public key file the bundle signature must verify against"
+    )
     p.set_defaults(func=run)
 
 
@@ -51,7 +69,9 @@ def _describe(server: Any) -> str:
             note = f"  [fallback: {row['fallback_reason']}]"
         elif not row["device"].lower().startswith("cpu") and not shutil.which("nvidia-smi"):
             note = f"  [planned device {row['device']} absent here: running the host CPU build]"
-        lines.append(f"  {row['worker']:<12} device {row['device']:<14} target {target:<10} {where}{note}")
+        lines.append(
+            f"  {row['worker']:<12} device {row['device']:<14} target {target:<10} {where}{note}"
+        )
     return "\n".join(lines)
 
 
@@ -81,14 +101,25 @@ def run(args: argparse.Namespace) -> int:
             raise ServingError(f"cannot read --trust-key: {e}") from e
     t0 = time.perf_counter()
     server = serve(
-        args.bundle, args.port, metrics_port=args.metrics_port, replicas=args.replicas, token=args.token,
-        tls=tls, ray_address=args.ray, trust_key=trust_key, host=args.host,
-        default_timeout_s=args.timeout, max_message_bytes=args.max_message_mib << 20, max_queue=args.max_queue,
+        args.bundle,
+        args.port,
+        metrics_port=args.metrics_port,
+        replicas=args.replicas,
+        token=args.token,
+        tls=tls,
+        ray_address=args.ray,
+        trust_key=trust_key,
+        host=args.host,
+        default_timeout_s=args.timeout,
+        max_message_bytes=args.max_message_mib << 20,
+        max_queue=args.max_queue,
     )
     ready_s = time.perf_counter() - t0
-    print(f"serving model {server.plan.model_name!r} on {args.host}:{server.port} "
-          f"({'TLS' if tls else 'plaintext'}{', mTLS' if tls and tls.client_ca else ''}"
-          f"{', token auth' if args.token else ''}); ready in {ready_s:.1f} s")
+    print(
+        f"serving model {server.plan.model_name!r} on {args.host}:{server.port} "
+        f"({'TLS' if tls else 'plaintext'}{', mTLS' if tls and tls.client_ca else ''}"
+        f"{', token auth' if args.token else ''}); ready in {ready_s:.1f} s"
+    )
     if server.metrics_port is not None:
         print(f"metrics on http://{args.host}:{server.metrics_port}/metrics")
     print("workers:\n" + _describe(server))
@@ -98,8 +129,11 @@ def run(args: argparse.Namespace) -> int:
     def _on_signal(signum: int, _frame: Any) -> None:
         if not stopping.is_set():
             stopping.set()
-            print(f"received {signal.Signals(signum).name}: draining {server.gateway.inflight()} "
-                  "in-flight requests", flush=True)
+            print(
+                f"received {signal.Signals(signum).name}: draining {server.gateway.inflight()} "
+                "in-flight requests",
+                flush=True,
+            )
             threading.Thread(target=server.stop, daemon=True).start()
 
     signal.signal(signal.SIGTERM, _on_signal)

@@ -152,7 +152,9 @@ def llm_arch_of(op: Op) -> LLMArch:
 def _int_attr(v: AttrValue) -> int:
     """An integer-valued op attribute (``int()`` of a scalar; a tuple is a TypeError as before)."""
     if isinstance(v, tuple):
-        raise TypeError(f"int() argument must be a string, a bytes-like object or a real number, not {v!r}")
+        raise TypeError(
+            f"int() argument must be a string, a bytes-like object or a real number, not {v!r}"
+        )
     return int(v)
 
 
@@ -870,7 +872,9 @@ def _import_model(op: Op, graph: Graph) -> Graph:
     src = str(a["source"])
     if a["format"] == "onnx":
         return frontend.from_onnx(src)  # type: ignore[attr-defined,no-any-return]
-    ex = cast("tuple[tuple[str, tuple[int, ...], str], ...]", a.get("example_inputs", ()))  # (name, shape, dtype)
+    ex = cast(
+        "tuple[tuple[str, tuple[int, ...], str], ...]", a.get("example_inputs", ())
+    )  # (name, shape, dtype)
     import torch
 
     module = _BUILDER_MODULES[src] if src in _BUILDER_MODULES else resolve_callable(src)()

@@ -67,7 +67,9 @@ class TensorType:
 
     def __post_init__(self) -> None:
         if self.dtype not in _DTYPE_BYTES:
-            raise VerifyError(f"unknown dtype {self.dtype!r}; expected one of {sorted(_DTYPE_BYTES)}")
+            raise VerifyError(
+                f"unknown dtype {self.dtype!r}; expected one of {sorted(_DTYPE_BYTES)}"
+            )
 
     @property
     def is_static(self) -> bool:
@@ -316,7 +318,9 @@ class Graph:
                     raise VerifyError(f"{where}: value {v!r} of op {o.name!r} has no type")
                 defined.add(v)
             if (o.device is None) != (o.stage is None):
-                raise VerifyError(f"{where}: op {o.name!r} must carry both device and stage or neither")
+                raise VerifyError(
+                    f"{where}: op {o.name!r} must carry both device and stage or neither"
+                )
         for v in self.outputs:
             if v not in defined:
                 raise VerifyError(f"{where}: output {v!r} is never defined")

@@ -268,7 +268,10 @@ def problem_from_tasks(
             )
         devices = fleet.names
         count = {d: fleet.count(d) for d in devices}
-    lat = {t.name: {d: m.latency_ms / 1e3 for d, m in t.profile.items() if d in devices} for t in tg.tasks}
+    lat = {
+        t.name: {d: m.latency_ms / 1e3 for d, m in t.profile.items() if d in devices}
+        for t in tg.tasks
+    }
     cost = {t.name: {d: m.cost_usd for d, m in t.profile.items() if d in devices} for t in tg.tasks}
     return make_problem(
         [t.name for t in tg.tasks],
@@ -373,7 +376,10 @@ def problem_from_graph(
         rps=rps,
         target_utilisation=target_utilisation,
         cost_usd=measured_cost,
-        usd_per_hour={d: float(costmodel.usd_per_hour(s, tco)) for d, s in zip(fleet.names, specs, strict=True)},
+        usd_per_hour={
+            d: float(costmodel.usd_per_hour(s, tco))
+            for d, s in zip(fleet.names, specs, strict=True)
+        },
         count={d: fleet.count(d) for d in fleet.names},
         device_mem_bytes={d: float(s.mem_bytes) for d, s in zip(fleet.names, specs, strict=True)},
         mem_bytes=mem,

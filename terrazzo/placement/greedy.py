@@ -45,14 +45,19 @@ def solve_greedy(problem: Problem) -> np.ndarray | None:
             for e in st["preds"][i]:
                 u = int(p.edges[e, 0])
                 a = assign[u]
-                start = max(start, finish[u] + p.xfer_base_s[a, d] + p.edge_bytes[e] * p.xfer_s_per_byte[a, d])
+                start = max(
+                    start,
+                    finish[u] + p.xfer_base_s[a, d] + p.edge_bytes[e] * p.xfer_s_per_byte[a, d],
+                )
                 xusd += p.xfer_usd[a, d]
             f = start + p.latency_s[i, d]
             if best_fast is None or f < best_fast[0]:
                 best_fast = (f, int(d))
-            fits = mem[d] + p.mem_bytes[i] <= p.device_mem_bytes[d] and max(
-                1, math.ceil((busy[d] + p.latency_s[i, d]) * p.load_factor - 1e-9)
-            ) <= p.count[d]
+            fits = (
+                mem[d] + p.mem_bytes[i] <= p.device_mem_bytes[d]
+                and max(1, math.ceil((busy[d] + p.latency_s[i, d]) * p.load_factor - 1e-9))
+                <= p.count[d]
+            )
             ttft_ok = not is_prefill[i] or f <= ttft
             if f + tail[i] <= L and fits and ttft_ok:
                 c = float(w[i, d]) + 3600.0 * p.rps * xusd

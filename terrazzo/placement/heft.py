@@ -53,7 +53,10 @@ def solve_heft(problem: Problem) -> np.ndarray | None:
             for e in st["preds"][i]:
                 u = int(p.edges[e, 0])
                 a = assign[u]
-                ready = max(ready, finish[u] + p.xfer_base_s[a, d] + p.edge_bytes[e] * p.xfer_s_per_byte[a, d])
+                ready = max(
+                    ready,
+                    finish[u] + p.xfer_base_s[a, d] + p.edge_bytes[e] * p.xfer_s_per_byte[a, d],
+                )
             dur = float(p.latency_s[i, d])
             start = _earliest_slot(slots[d], ready, dur)
             if best_t is None or start + dur < best_t[0]:

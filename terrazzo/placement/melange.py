@@ -67,7 +67,9 @@ def solve_melange(problem: Problem, time_limit_s: float = 10.0) -> MelangeMix | 
     s[s < 1e-9] = 0.0
     s = s / s.sum()
     # the ILP leaves y free where a class costs nothing: size it to the traffic instead
-    need = np.where(s > 0, np.maximum(1, np.ceil(p.load_factor * s * busy - 1e-9)), 0).astype(np.int64)
+    need = np.where(s > 0, np.maximum(1, np.ceil(p.load_factor * s * busy - 1e-9)), 0).astype(
+        np.int64
+    )
     y = np.where(p.usd_per_hour > 0, np.maximum(y, need), need)
     y[s == 0] = 0
     obj = float(res.fun)

@@ -15,7 +15,9 @@ from terrazzo.placement.plan import Plan
 def placed_graph(graph: Graph, plan: Plan) -> Graph:
     """``graph`` with every op's device class and (primary) stage index set from ``plan``."""
     stage = plan.stage_of()
-    return graph.with_placement({o.name: (plan.assignment[o.name], stage[o.name]) for o in graph.ops})
+    return graph.with_placement(
+        {o.name: (plan.assignment[o.name], stage[o.name]) for o in graph.ops}
+    )
 
 
 def plan_to_mlir(graph: Graph, plan: Plan) -> str:

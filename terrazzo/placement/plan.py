@@ -149,7 +149,9 @@ class Plan:
         where = f"plan ({self.solver})"
         idx = [s.index for s in self.stages]
         if idx != list(range(len(self.stages))):
-            raise VerifyError(f"{where}: stage indices must be 0..{len(self.stages) - 1}, found {idx}")
+            raise VerifyError(
+                f"{where}: stage indices must be 0..{len(self.stages) - 1}, found {idx}"
+            )
         share: dict[str, float] = {}
         for s in self.stages:
             if s.replicas < 1:
@@ -165,7 +167,9 @@ class Plan:
                 share[o] = share.get(o, 0.0) + s.traffic_share
         bad = [o for o in self.assignment if abs(share.get(o, 0.0) - 1.0) > 1e-6]
         if bad:
-            raise VerifyError(f"{where}: ops not covered exactly once by stages: {', '.join(bad[:5])}")
+            raise VerifyError(
+                f"{where}: ops not covered exactly once by stages: {', '.join(bad[:5])}"
+            )
         for t in self.transfers:
             if t.src_stage >= t.dst_stage:
                 raise VerifyError(
@@ -307,7 +311,9 @@ def build_plan(
         share = busy / ev.busy_s[d] if ev.busy_s[d] > 0 else 1.0 / stages_on[d]
         usd = float(ev.devices[d] * problem.usd_per_hour[d] * share)
         usd += 3600.0 * problem.rps * float(problem.cost_usd[mem, d].sum())
-        stages.append(Stage(s, problem.devices[d], tuple(names[i] for i in mem), replicas, busy, usd))
+        stages.append(
+            Stage(s, problem.devices[d], tuple(names[i] for i in mem), replicas, busy, usd)
+        )
     transfers: list[Transfer] = []
     xlat = problem.transfer_latency(assign)
     for e, (u, v) in enumerate(problem.edges.tolist()):
@@ -315,8 +321,14 @@ def build_plan(
             a, b = int(assign[u]), int(assign[v])
             transfers.append(
                 Transfer(
-                    names[u], names[v], int(stage_idx[u]), int(stage_idx[v]), problem.devices[a],
-                    problem.devices[b], int(problem.edge_bytes[e]), float(xlat[e]),
+                    names[u],
+                    names[v],
+                    int(stage_idx[u]),
+                    int(stage_idx[v]),
+                    problem.devices[a],
+                    problem.devices[b],
+                    int(problem.edge_bytes[e]),
+                    float(xlat[e]),
                     float(problem.xfer_usd[a, b]),
                 )  # fmt: skip
             )
@@ -343,7 +355,11 @@ def build_plan(
         energy_j_per_request=ev.energy_j,
         sla=problem.sla,
         rps=problem.rps,
-        devices={problem.devices[d]: int(ev.devices[d]) for d in range(problem.num_devices) if ev.devices[d]},
+        devices={
+            problem.devices[d]: int(ev.devices[d])
+            for d in range(problem.num_devices)
+            if ev.devices[d]
+        },
         critical_path=crit,
         ttft_s=ev.ttft_s,
         solve_time_s=solve_time_s,

@@ -104,7 +104,10 @@ class Problem:
         """(n, D) USD/hour that task i adds on class d ignoring device integrality; inf if banned."""
         if "fluid" not in self._cache:
             lat = np.where(np.isfinite(self.latency_s), self.latency_s, 0.0)
-            w = self.load_factor * lat * self.usd_per_hour[None, :] + 3600.0 * self.rps * self.cost_usd
+            w = (
+                self.load_factor * lat * self.usd_per_hour[None, :]
+                + 3600.0 * self.rps * self.cost_usd
+            )
             self._cache["fluid"] = np.where(self.allowed(), w, np.inf)
         return self._cache["fluid"]  # type: ignore[no-any-return]
 
@@ -190,14 +193,20 @@ class Problem:
         lat = self.latency_s[idx, assign]
         f, _ = self.longest_paths(assign)
         latency = float(f.max()) if self.n else 0.0
-        busy = np.bincount(assign, weights=np.where(np.isfinite(lat), lat, 0.0), minlength=self.num_devices)
+        busy = np.bincount(
+            assign, weights=np.where(np.isfinite(lat), lat, 0.0), minlength=self.num_devices
+        )
         used = np.bincount(assign, minlength=self.num_devices) > 0
-        devices = np.where(used, np.maximum(np.ceil(busy * self.load_factor - 1e-9), 1), 0).astype(np.int64)
+        devices = np.where(used, np.maximum(np.ceil(busy * self.load_factor - 1e-9), 1), 0).astype(
+            np.int64
+        )
         direct = float(self.cost_usd[idx, assign].sum())
         xusd = 0.0
         if len(self.edges):
             xusd = float(self.xfer_usd[assign[self.edges[:, 0]], assign[self.edges[:, 1]]].sum())
-        usd_per_hour = float((devices * self.usd_per_hour).sum()) + 3600.0 * self.rps * (direct + xusd)
+        usd_per_hour = float((devices * self.usd_per_hour).sum()) + 3600.0 * self.rps * (
+            direct + xusd
+        )
         mem = np.bincount(assign, weights=self.mem_bytes, minlength=self.num_devices)
         violations: list[str] = []
         if not np.all(np.isfinite(lat)):
@@ -205,11 +214,11 @@ class Problem:
             violations.append(f"tasks without a profile on their device: {', '.join(bad)}")
         allowed = self.allowed()[idx, assign]
         if self.sla.tbt_s is not None and self.decode_steps is not None and not allowed.all():
-            bad_tbt = [
-                self.tasks[i] for i in np.flatnonzero(~allowed) if self.decode_steps[i] > 0
-            ]
+            bad_tbt = [self.tasks[i] for i in np.flatnonzero(~allowed) if self.decode_steps[i] > 0]
             if bad_tbt:
-                violations.append(f"TBT > {self.sla.tbt_s * 1e3:.3g} ms for {', '.join(bad_tbt[:3])}")
+                violations.append(
+                    f"TBT > {self.sla.tbt_s * 1e3:.3g} ms for {', '.join(bad_tbt[:3])}"
+                )
         if latency > self.sla.latency_s * (1 + LATENCY_RTOL):
             violations.append(
                 f"latency {latency * 1e3:.4g} ms > SLA {self.sla.latency_s * 1e3:.4g} ms"
@@ -225,7 +234,9 @@ class Problem:
                     f"{self.devices[d]} memory {mem[d] / 2**30:.3g} GiB > {self.device_mem_bytes[d] / 2**30:.3g} GiB"
                 )
             if devices[d] > self.count[d]:
-                violations.append(f"{self.devices[d]} needs {devices[d]} devices > {int(self.count[d])} available")
+                violations.append(
+                    f"{self.devices[d]} needs {devices[d]} devices > {int(self.count[d])} available"
+                )
         energy = float((np.where(np.isfinite(lat), lat, 0.0) * self.power_w[assign]).sum())
         with np.errstate(divide="ignore"):
             cap = np.where(busy > 0, devices / np.where(busy > 0, busy, 1.0), np.inf)
@@ -262,7 +273,9 @@ class Evaluation:
         return not self.violations
 
 
-def _longest_paths_loop(p: Problem, lat: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _longest_paths_loop(
+    p: Problem, lat: np.ndarray, t: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     # deep graphs (long chains) have as many levels as ops: a plain loop beats per-level numpy
     st = p.structure()
     src = p.edges[:, 0].tolist()

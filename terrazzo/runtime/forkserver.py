@@ -66,7 +66,9 @@ def _child(fds: list[int]) -> int:
 
 def main() -> None:
     """Entry point: ``python -m terrazzo.runtime.forkserver FD`` (FD: the launcher's socket end); never returns."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the launcher's to handle; it closes our socket
+    signal.signal(
+        signal.SIGINT, signal.SIG_IGN
+    )  # Ctrl-C is the launcher's to handle; it closes our socket
     sock = socket.socket(fileno=int(sys.argv[1]))
     preload()
     signal.signal(signal.SIGCHLD, _reap)
@@ -81,7 +83,9 @@ def main() -> None:
         if len(fds) != 2:
             for fd in fds:
                 os.close(fd)
-            sock.send(json.dumps({"error": f"expected 2 file descriptors, got {len(fds)}"}).encode())
+            sock.send(
+                json.dumps({"error": f"expected 2 file descriptors, got {len(fds)}"}).encode()
+            )
             continue
         pid = os.fork()
         if pid == 0:

@@ -58,8 +58,13 @@ class GatewayOptions:
 class Gateway(pb_grpc.GRPCInferenceServiceServicer):
     """KServe v2 servicer over one served model."""
 
-    def __init__(self, plan: ServingPlan, pools: list[ReplicaPool], metrics: RuntimeMetrics,
-                 opts: GatewayOptions):
+    def __init__(
+        self,
+        plan: ServingPlan,
+        pools: list[ReplicaPool],
+        metrics: RuntimeMetrics,
+        opts: GatewayOptions,
+    ):
         self.plan = plan
         self.pools = pools
         self.metrics = metrics
@@ -114,7 +119,10 @@ class Gateway(pb_grpc.GRPCInferenceServiceServicer):
 
     def ModelMetadata(self, request, context):
         if not self._known(request.name, request.version):
-            context.abort(grpc.StatusCode.NOT_FOUND, f"unknown model {request.name!r} version {request.version!r}")
+            context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"unknown model {request.name!r} version {request.version!r}",
+            )
         resp = pb.ModelMetadataResponse(
             name=self.plan.model_name, versions=[self.plan.version], platform=self.plan.platform
         )
@@ -145,8 +153,17 @@ class Gateway(pb_grpc.GRPCInferenceServiceServicer):
         status = "OK"
         workers: list[str] = []
         if not self._known(model, request.model_version):
-            self._count(model if model == self.plan.model_name else "_unknown", "NOT_FOUND", t0, request_id, workers)
-            raise InferError(grpc.StatusCode.NOT_FOUND, f"unknown model {model!r} version {request.model_version!r}")
+            self._count(
+                model if model == self.plan.model_name else "_unknown",
+                "NOT_FOUND",
+                t0,
+                request_id,
+                workers,
+            )
+            raise InferError(
+                grpc.StatusCode.NOT_FOUND,
+                f"unknown model {model!r} version {request.model_version!r}",
+            )
         if self.draining.is_set():
             self._count(model, "UNAVAILABLE", t0, request_id, workers)
             raise InferError(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
@@ -158,8 +175,10 @@ class Gateway(pb_grpc.GRPCInferenceServiceServicer):
                 self._inflight += 1
         if not admitted:
             self._count(model, "RESOURCE_EXHAUSTED", t0, request_id, workers)
-            raise InferError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                             f"model {model!r}: queue full ({self.opts.max_queue} requests in flight)")
+            raise InferError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"model {model!r}: queue full ({self.opts.max_queue} requests in flight)",
+            )
         self.metrics.queue_depth.labels(model=model).inc()
         try:
             response = self._run(request, context, request_id, workers)
@@ -177,12 +196,20 @@ class Gateway(pb_grpc.GRPCInferenceServiceServicer):
                 self._idle.notify_all()
             self._count(model, status, t0, request_id, workers)
 
-    def _count(self, model: str, status: str, t0: float, request_id: str, workers: list[str]) -> None:
+    def _count(
+        self, model: str, status: str, t0: float, request_id: str, workers: list[str]
+    ) -> None:
         latency_s = time.perf_counter() - t0
         self.metrics.requests.labels(model=model, status=status).inc()
         if status == "OK":
             self.metrics.request_latency.labels(model=model).observe(latency_s)
-        log_request(id=request_id, model=model, status=status, latency_s=round(latency_s, 6), workers=workers)
+        log_request(
+            id=request_id,
+            model=model,
+            status=status,
+            latency_s=round(latency_s, 6),
+            workers=workers,
+        )
 
     def _deadline(self, request, context) -> float:
         budget_s = self.opts.default_timeout_s
@@ -200,8 +227,10 @@ class Gateway(pb_grpc.GRPCInferenceServiceServicer):
         names = [o.name for o in request.outputs]
         for n in names:
             if n not in self.output_specs:
-                raise InferError(grpc.StatusCode.INVALID_ARGUMENT,
-                                 f"model {self.plan.model_name!r} has no output named {n!r}")
+                raise InferError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"model {self.plan.model_name!r} has no output named {n!r}",
+                )
         if len(set(names)) != len(names):
             raise InferError(grpc.StatusCode.INVALID_ARGUMENT, "an output is requested twice")
         return names or [t.name for t in self.plan.outputs]
@@ -209,20 +238,30 @@ class Gateway(pb_grpc.GRPCInferenceServiceServicer):
     def _run(self, request, context, request_id: str, workers: list[str]) -> pb.ModelInferResponse:  # type: ignore[name-defined]
         deadline = self._deadline(request, context)
         try:
-            env: dict[str, WireTensor] = decode_inputs(request, self.input_specs, self.plan.model_name)
+            env: dict[str, WireTensor] = decode_inputs(
+                request, self.input_specs, self.plan.model_name
+            )
         except TensorError as e:
             raise InferError(e.code, str(e)) from e
         wanted = self._requested_outputs(request)
         self._execute(env, deadline, context, request_id, workers)
-        resp = pb.ModelInferResponse(model_name=self.plan.model_name, model_version=self.plan.version, id=request.id)  # type: ignore[attr-defined]
+        resp = pb.ModelInferResponse(
+            model_name=self.plan.model_name, model_version=self.plan.version, id=request.id
+        )  # type: ignore[attr-defined]
         for name in wanted:
             t = env[name]
             resp.outputs.add(name=name, datatype=t.datatype, shape=t.shape)
             resp.raw_output_contents.append(t.raw)
         return resp
 
-    def _execute(self, env: dict[str, WireTensor], deadline: float, context, request_id: str,
-                 workers: list[str]) -> None:
+    def _execute(
+        self,
+        env: dict[str, WireTensor],
+        deadline: float,
+        context,
+        request_id: str,
+        workers: list[str],
+    ) -> None:
         pending = list(self.pools)
         running: dict[int, tuple[grpc.Future, Replica, ReplicaPool, float]] = {}
         done: queue.Queue[int | None] = queue.Queue()
@@ -234,15 +273,19 @@ class Gateway(pb_grpc.GRPCInferenceServiceServicer):
                     self._launch(pool, env, deadline, request_id, running, done, workers)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise InferError(grpc.StatusCode.DEADLINE_EXCEEDED,
-                                     f"deadline exceeded with stages {sorted(running)} unfinished")
+                    raise InferError(
+                        grpc.StatusCode.DEADLINE_EXCEEDED,
+                        f"deadline exceeded with stages {sorted(running)} unfinished",
+                    )
                 try:
                     idx = done.get(timeout=remaining)
                 except queue.Empty:
                     continue
                 if idx is None:
                     if not context.is_active():
-                        raise InferError(grpc.StatusCode.CANCELLED, "request cancelled by the client")
+                        raise InferError(
+                            grpc.StatusCode.CANCELLED, "request cancelled by the client"
+                        )
                     continue
                 fut, rep, pool, t_start = running.pop(idx)
                 self._collect(fut, rep, pool, t_start, env)
@@ -251,13 +294,23 @@ class Gateway(pb_grpc.GRPCInferenceServiceServicer):
                 fut.cancel()
                 pool.release(rep, ok=False)
 
-    def _launch(self, pool: ReplicaPool, env: dict[str, WireTensor], deadline: float, request_id: str,
-                running: dict, done: queue.Queue, workers: list[str]) -> None:
+    def _launch(
+        self,
+        pool: ReplicaPool,
+        env: dict[str, WireTensor],
+        deadline: float,
+        request_id: str,
+        running: dict,
+        done: queue.Queue,
+        workers: list[str],
+    ) -> None:
         stage = pool.stage
         rep = pool.acquire()
         if rep is None:
-            raise InferError(grpc.StatusCode.UNAVAILABLE,
-                             f"no healthy worker for stage {stage.index} (device {stage.device})")
+            raise InferError(
+                grpc.StatusCode.UNAVAILABLE,
+                f"no healthy worker for stage {stage.index} (device {stage.device})",
+            )
         workers.append(rep.name)
         req = pb.ModelInferRequest(model_name=f"stage{stage.index}", id=request_id)  # type: ignore[attr-defined]
         for name in stage.inputs:
@@ -268,16 +321,23 @@ class Gateway(pb_grpc.GRPCInferenceServiceServicer):
             stub = rep.stub
             if stub is None:  # detached after acquire (a concurrent restart)
                 raise InferError(grpc.StatusCode.UNAVAILABLE, f"worker {rep.name} was detached")
-            fut = stub.ModelInfer.future(req, timeout=max(deadline - time.monotonic(), 1e-3),
-                                             metadata=self._worker_md)
+            fut = stub.ModelInfer.future(
+                req, timeout=max(deadline - time.monotonic(), 1e-3), metadata=self._worker_md
+            )
         except Exception:
             pool.release(rep, ok=False)
             raise
         running[stage.index] = (fut, rep, pool, time.perf_counter())
         fut.add_done_callback(lambda _f, i=stage.index: done.put(i))
 
-    def _collect(self, fut: grpc.Future, rep: Replica, pool: ReplicaPool, t_start: float,
-                 env: dict[str, WireTensor]) -> None:
+    def _collect(
+        self,
+        fut: grpc.Future,
+        rep: Replica,
+        pool: ReplicaPool,
+        t_start: float,
+        env: dict[str, WireTensor],
+    ) -> None:
         stage = pool.stage
         try:
             resp = fut.result(timeout=0)
@@ -287,13 +347,18 @@ class Gateway(pb_grpc.GRPCInferenceServiceServicer):
             if code == grpc.StatusCode.UNAVAILABLE:
                 pool.set_healthy(rep, False)  # the supervisor re-probes or restarts it
             msg = f"stage {stage.index} on worker {rep.name} ({stage.device}): {e.details()}"
-            raise InferError(code if code in _PASS_THROUGH else grpc.StatusCode.INTERNAL, msg) from None
+            raise InferError(
+                code if code in _PASS_THROUGH else grpc.StatusCode.INTERNAL, msg
+            ) from None
         except grpc.FutureCancelledError:
             pool.release(rep, ok=False)
-            raise InferError(grpc.StatusCode.CANCELLED, f"stage {stage.index} call cancelled") from None
+            raise InferError(
+                grpc.StatusCode.CANCELLED, f"stage {stage.index} call cancelled"
+            ) from None
         pool.release(rep, ok=True)
-        self.metrics.stage_latency.labels(model=self.plan.model_name, stage=str(stage.index),
-                                          device=stage.device).observe(time.perf_counter() - t_start)
+        self.metrics.stage_latency.labels(
+            model=self.plan.model_name, stage=str(stage.index), device=stage.device
+        ).observe(time.perf_counter() - t_start)
         compute = resp.parameters.get("compute_s")
         if compute is not None:
             self.metrics.device_busy.labels(device=stage.device).inc(max(0.0, compute.double_param))
@@ -301,7 +366,9 @@ class Gateway(pb_grpc.GRPCInferenceServiceServicer):
             env[t.name] = WireTensor(t.datatype, tuple(t.shape), resp.raw_output_contents[i])
         missing = [v for v in stage.outputs if v not in env]
         if missing:
-            raise InferError(grpc.StatusCode.INTERNAL, f"stage {stage.index} did not return {missing}")
+            raise InferError(
+                grpc.StatusCode.INTERNAL, f"stage {stage.index} did not return {missing}"
+            )
 
 
 class HealthService(health_pb2_grpc.HealthServicer):
@@ -314,7 +381,11 @@ class HealthService(health_pb2_grpc.HealthServicer):
 
     def _status(self) -> int:
         ok = self.gateway.server_ready()
-        return health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING  # type: ignore[attr-defined]
+        return (
+            health_pb2.HealthCheckResponse.SERVING
+            if ok
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )  # type: ignore[attr-defined]
 
     def Check(self, request, context):
         if request.service not in self._NAMES:
@@ -323,7 +394,9 @@ class HealthService(health_pb2_grpc.HealthServicer):
 
     def Watch(self, request, context):
         if request.service not in self._NAMES:
-            yield health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVICE_UNKNOWN)
+            yield health_pb2.HealthCheckResponse(
+                status=health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+            )
             return
         last = None
         while context.is_active():

@@ -74,8 +74,10 @@ class Launcher(Protocol):
 
 
 # Workers leave with os._exit once drained: interpreter teardown with TVM loaded takes seconds.
-_WORKER_MAIN = ("import os, sys; from terrazzo.runtime.worker import main; rc = main(); "
-                "sys.stdout.flush(); sys.stderr.flush(); os._exit(rc)")
+_WORKER_MAIN = (
+    "import os, sys; from terrazzo.runtime.worker import main; rc = main(); "
+    "sys.stdout.flush(); sys.stderr.flush(); os._exit(rc)"
+)
 _FORKSERVER_MAIN = "from terrazzo.runtime.forkserver import main; main()"
 _LEAN_FACTORY_PREFIX = "terrazzo.runtime.runners:"
 
@@ -127,7 +129,9 @@ class ForkServer:
         env.setdefault("PYTHONUNBUFFERED", "1")
         self.proc = subprocess.Popen(
             [sys.executable, "-c", _FORKSERVER_MAIN, str(theirs.fileno())],
-            pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=env,
+            pass_fds=(theirs.fileno(),),
+            stdin=subprocess.DEVNULL,
+            env=env,
         )
         theirs.close()
         self._lock = threading.Lock()
@@ -136,10 +140,14 @@ class ForkServer:
             msg = self._sock.recv(1 << 16)
         except OSError as e:
             self.close()
-            raise ServingError(f"the worker fork server did not start within {start_timeout_s:.0f} s: {e}") from e
+            raise ServingError(
+                f"the worker fork server did not start within {start_timeout_s:.0f} s: {e}"
+            ) from e
         if not msg:
             code = self.proc.wait()
-            raise ServingError(f"the worker fork server exited with code {code} (its error is on stderr above)")
+            raise ServingError(
+                f"the worker fork server exited with code {code} (its error is on stderr above)"
+            )
         self._sock.settimeout(30.0)
 
     def fork(self) -> ForkedProcess:
@@ -232,13 +240,18 @@ class LocalLauncher:
     def _spawn(self, stage: StageSpec, replica: int) -> LocalWorker:
         proc: subprocess.Popen[str] | ForkedProcess
         if self.opts.fork_server and stage.runner.factory.startswith(_LEAN_FACTORY_PREFIX):
-            proc = self._forker().fork()  # built-in runners: fork from the process that imported TVM
+            proc = (
+                self._forker().fork()
+            )  # built-in runners: fork from the process that imported TVM
         else:
             env = dict(os.environ)
             env.setdefault("PYTHONUNBUFFERED", "1")
             proc = subprocess.Popen(
                 [sys.executable, "-c", _WORKER_MAIN],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+                env=env,
             )
         assert proc.stdin is not None
         proc.stdin.write(json.dumps(worker_config(stage, self.opts)) + "\n")
@@ -257,7 +270,9 @@ class LocalLauncher:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     names = ", ".join(sorted(w.name for w in waiting))
-                    raise ServingError(f"workers {names} not ready after {self.opts.start_timeout_s:.0f} s")
+                    raise ServingError(
+                        f"workers {names} not ready after {self.opts.start_timeout_s:.0f} s"
+                    )
                 for key, _ in sel.select(timeout=min(remaining, 0.5)):
                     w = key.data
                     line = w.proc.stdout.readline()

@@ -14,7 +14,21 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 ACCESS_LOG = logging.getLogger("terrazzo.runtime.access")
 _LATENCY_BUCKETS_S = (
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
 )
 
 
@@ -25,36 +39,54 @@ class RuntimeMetrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
-            "terrazzo_requests", "Inference requests by model and final gRPC status.",
-            ["model", "status"], registry=r,
+            "terrazzo_requests",
+            "Inference requests by model and final gRPC status.",
+            ["model", "status"],
+            registry=r,
         )
         self.request_latency = Histogram(
-            "terrazzo_request_latency_seconds", "End-to-end gateway latency of inference requests.",
-            ["model"], buckets=_LATENCY_BUCKETS_S, registry=r,
+            "terrazzo_request_latency_seconds",
+            "End-to-end gateway latency of inference requests.",
+            ["model"],
+            buckets=_LATENCY_BUCKETS_S,
+            registry=r,
         )
         self.stage_latency = Histogram(
-            "terrazzo_stage_latency_seconds", "Latency of one stage call as seen by the gateway.",
-            ["model", "stage", "device"], buckets=_LATENCY_BUCKETS_S, registry=r,
+            "terrazzo_stage_latency_seconds",
+            "Latency of one stage call as seen by the gateway.",
+            ["model", "stage", "device"],
+            buckets=_LATENCY_BUCKETS_S,
+            registry=r,
         )
         self.queue_depth = Gauge(
-            "terrazzo_queue_depth", "Requests admitted by the gateway and not yet answered.",
-            ["model"], registry=r,
+            "terrazzo_queue_depth",
+            "Requests admitted by the gateway and not yet answered.",
+            ["model"],
+            registry=r,
         )
         self.worker_outstanding = Gauge(
-            "terrazzo_worker_outstanding_requests", "Requests sent to a worker and not yet answered.",
-            ["stage", "replica", "device"], registry=r,
+            "terrazzo_worker_outstanding_requests",
+            "Requests sent to a worker and not yet answered.",
+            ["stage", "replica", "device"],
+            registry=r,
         )
         self.device_busy = Counter(
-            "terrazzo_device_busy_seconds", "Seconds workers of a device class spent computing.",
-            ["device"], registry=r,
+            "terrazzo_device_busy_seconds",
+            "Seconds workers of a device class spent computing.",
+            ["device"],
+            registry=r,
         )
         self.worker_up = Gauge(
-            "terrazzo_worker_up", "1 when a stage replica is healthy and receives traffic.",
-            ["stage", "replica", "device"], registry=r,
+            "terrazzo_worker_up",
+            "1 when a stage replica is healthy and receives traffic.",
+            ["stage", "replica", "device"],
+            registry=r,
         )
         self.worker_restarts = Counter(
-            "terrazzo_worker_restarts", "Stage workers restarted after they died.",
-            ["stage", "device"], registry=r,
+            "terrazzo_worker_restarts",
+            "Stage workers restarted after they died.",
+            ["stage", "device"],
+            registry=r,
         )
 
 

@@ -33,11 +33,17 @@ class RunnerSpec:
     execute_delay_s: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
-        return {"factory": self.factory, "kwargs": dict(self.kwargs), "execute_delay_s": self.execute_delay_s}
+        return {
+            "factory": self.factory,
+            "kwargs": dict(self.kwargs),
+            "execute_delay_s": self.execute_delay_s,
+        }
 
     @staticmethod
     def from_json(d: Mapping[str, Any]) -> RunnerSpec:
-        return RunnerSpec(d["factory"], dict(d.get("kwargs", {})), float(d.get("execute_delay_s", 0.0)))
+        return RunnerSpec(
+            d["factory"], dict(d.get("kwargs", {})), float(d.get("execute_delay_s", 0.0))
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +120,9 @@ class ServingPlan:
         return replace(self, stages=tuple(replace(s, replicas=replicas) for s in self.stages))
 
     @staticmethod
-    def from_bundle(path: str | Path, trust_key: str | os.PathLike[str] | bytes | None = None) -> ServingPlan:
+    def from_bundle(
+        path: str | Path, trust_key: str | os.PathLike[str] | bytes | None = None
+    ) -> ServingPlan:
         """Open and verify a .tzb bundle and describe how to serve it.
 
         The bundle is hash-checked (and signature-checked with ``trust_key``) here, in the
@@ -145,8 +153,11 @@ class ServingPlan:
                     outputs=tuple(_value_name(v) for v in st.outputs),
                     runner=RunnerSpec(
                         "terrazzo.runtime.runners:bundle_stage",
-                        {"path": str(Path(path).resolve()), "index": int(st.index),
-                         "trust_key": _trust_key_json(trust_key)},
+                        {
+                            "path": str(Path(path).resolve()),
+                            "index": int(st.index),
+                            "trust_key": _trust_key_json(trust_key),
+                        },
                     ),
                     replicas=max(1, int(getattr(st, "replicas", 1) or 1)),
                     target=_target_text(getattr(st, "target", "llvm")),
@@ -184,7 +195,9 @@ def _tensor_spec(t: Any) -> TensorSpec:
         name, dtype, shape = t[0], t[1], t[2]
     else:
         name, dtype, shape = t.name, t.dtype, t.shape
-    dims = tuple(int(d) if isinstance(d, int) or str(d).lstrip("-").isdigit() else -1 for d in shape)
+    dims = tuple(
+        int(d) if isinstance(d, int) or str(d).lstrip("-").isdigit() else -1 for d in shape
+    )
     return TensorSpec(str(name), v2_datatype(str(dtype)), dims)
 
 

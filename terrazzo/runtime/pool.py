@@ -39,7 +39,9 @@ class Replica:
         """Point this replica at a (new) worker; it stays unhealthy until probed."""
         self.detach()
         self.handle = handle
-        self.channel = grpc.insecure_channel(handle.address, options=grpc_options(max_message_bytes))
+        self.channel = grpc.insecure_channel(
+            handle.address, options=grpc_options(max_message_bytes)
+        )
         self.stub = pb_grpc.GRPCInferenceServiceStub(self.channel)
 
     def detach(self) -> None:
@@ -55,7 +57,9 @@ class Replica:
             return False
         try:
             resp = health_pb2_grpc.HealthStub(self.channel).Check(
-                health_pb2.HealthCheckRequest(), timeout=timeout_s, wait_for_ready=True  # type: ignore[attr-defined]
+                health_pb2.HealthCheckRequest(),
+                timeout=timeout_s,
+                wait_for_ready=True,  # type: ignore[attr-defined]
             )
         except grpc.RpcError:
             return False
@@ -73,7 +77,11 @@ class ReplicaPool:
         self._rr = 0
 
     def _labels(self, rep: Replica) -> dict[str, str]:
-        return {"stage": str(self.stage.index), "replica": str(rep.index), "device": self.stage.device}
+        return {
+            "stage": str(self.stage.index),
+            "replica": str(rep.index),
+            "device": self.stage.device,
+        }
 
     def healthy_count(self) -> int:
         with self._lock:

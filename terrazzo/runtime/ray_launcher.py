@@ -24,7 +24,9 @@ class _ActorBody:
 
         from terrazzo.runtime.worker import WorkerServer, block_heavy_imports
 
-        block_heavy_imports(str(config["stage"]["runner"]["factory"]))  # the actor process is ours alone
+        block_heavy_imports(
+            str(config["stage"]["runner"]["factory"])
+        )  # the actor process is ours alone
         config = dict(config, host=ray.util.get_node_ip_address())
         self._server = WorkerServer(config)
         self._address = f"{config['host']}:{self._server.start()}"
@@ -102,8 +104,11 @@ class RayLauncher:
         need: Counter[str] = Counter()
         for s in stages:
             need[s.resource_name] += s.replicas
-        short = [f"{res} (need {n}, cluster has {have.get(res, 0):g})" for res, n in sorted(need.items())
-                 if have.get(res, 0) < n]
+        short = [
+            f"{res} (need {n}, cluster has {have.get(res, 0):g})"
+            for res, n in sorted(need.items())
+            if have.get(res, 0) < n
+        ]
         if short:
             offered = sorted(k for k in have if k.startswith("devclass_")) or ["none"]
             raise ServingError(
@@ -115,21 +120,29 @@ class RayLauncher:
         """Create one actor per replica and wait until each serves."""
         import ray
 
-        actors: list[tuple[StageSpec, int, Any]] = []  # Ray actor handles: remote methods are dynamic
+        actors: list[
+            tuple[StageSpec, int, Any]
+        ] = []  # Ray actor handles: remote methods are dynamic
         for stage, r in jobs:
             actor = self._actor_cls.options(
-                num_cpus=0, resources={stage.resource_name: 1}, max_restarts=0,
+                num_cpus=0,
+                resources={stage.resource_name: 1},
+                max_restarts=0,
                 name=None,
             ).remote(worker_config(stage, self.opts))
             actors.append((stage, r, actor))
         try:
-            addresses = ray.get([a.address.remote() for _, _, a in actors], timeout=self.opts.start_timeout_s)
+            addresses = ray.get(
+                [a.address.remote() for _, _, a in actors], timeout=self.opts.start_timeout_s
+            )
         except Exception as e:
             for _, _, a in actors:
                 ray.kill(a, no_restart=True)
             raise ServingError(f"Ray worker actors did not start: {e}") from e
-        return [RayWorker(f"stage{s.index}/r{r}", a, addr, s.resource_name)
-                for (s, r, a), addr in zip(actors, addresses, strict=True)]
+        return [
+            RayWorker(f"stage{s.index}/r{r}", a, addr, s.resource_name)
+            for (s, r, a), addr in zip(actors, addresses, strict=True)
+        ]
 
     def close(self) -> None:
         """Leave the cluster connection to whoever opened it."""

@@ -22,7 +22,15 @@ Runner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 # tvm_ffi imports torch eagerly when it can (about half of TVM's import time), so a worker
 # process serving one of them makes these modules unimportable before TVM loads.
 _LEAN_FACTORY_PREFIX = "terrazzo.runtime.runners:"
-_HEAVY_MODULES = ("torch", "torchvision", "onnx", "onnxruntime", "transformers", "tensorflow", "jax")
+_HEAVY_MODULES = (
+    "torch",
+    "torchvision",
+    "onnx",
+    "onnxruntime",
+    "transformers",
+    "tensorflow",
+    "jax",
+)
 
 
 def block_heavy_imports(factory: str) -> list[str]:
@@ -54,7 +62,9 @@ def build_runner(factory: str, kwargs: Mapping[str, Any]) -> Runner:
         raise ServingError(f"cannot import runner factory {factory!r}: {e}") from e
     runner = fn(**dict(kwargs))
     if not callable(runner):
-        raise ServingError(f"runner factory {factory!r} returned a non-callable {type(runner).__name__}")
+        raise ServingError(
+            f"runner factory {factory!r} returned a non-callable {type(runner).__name__}"
+        )
     return runner
 
 
@@ -77,7 +87,9 @@ class RelaxLibraryRunner:
         function: the Relax function to call.
     """
 
-    def __init__(self, path: str, inputs: Sequence[str], outputs: Sequence[str], function: str = "main"):
+    def __init__(
+        self, path: str, inputs: Sequence[str], outputs: Sequence[str], function: str = "main"
+    ):
         import tvm
         from tvm import relax
 
@@ -93,11 +105,15 @@ class RelaxLibraryRunner:
         result = self._fn(*args)
         items = [result] if len(self.outputs) == 1 and hasattr(result, "numpy") else list(result)
         if len(items) != len(self.outputs):
-            raise ServingError(f"Relax function returned {len(items)} values, expected {len(self.outputs)}")
+            raise ServingError(
+                f"Relax function returned {len(items)} values, expected {len(self.outputs)}"
+            )
         return {name: item.numpy() for name, item in zip(self.outputs, items, strict=True)}
 
 
-def relax_library(path: str, inputs: Sequence[str], outputs: Sequence[str], function: str = "main") -> Runner:
+def relax_library(
+    path: str, inputs: Sequence[str], outputs: Sequence[str], function: str = "main"
+) -> Runner:
     """Factory for ``RelaxLibraryRunner`` (usable as ``terrazzo.runtime.runners:relax_library``)."""
     return RelaxLibraryRunner(path, inputs, outputs, function)
 

@@ -46,8 +46,11 @@ class TLSOptions:
     def from_files(cert: str | Path, key: str | Path, ca: str | Path | None = None) -> TLSOptions:
         """Read the PEM files; ``ca`` turns on client-certificate verification."""
         try:
-            return TLSOptions(Path(cert).read_bytes(), Path(key).read_bytes(),
-                              Path(ca).read_bytes() if ca else None)
+            return TLSOptions(
+                Path(cert).read_bytes(),
+                Path(key).read_bytes(),
+                Path(ca).read_bytes() if ca else None,
+            )
         except OSError as e:
             raise ServingError(f"cannot read TLS file: {e}") from e
 
@@ -77,17 +80,30 @@ class ServeOptions:
 class Server:
     """A running model server (gateway + workers). Use as a context manager or call ``stop()``."""
 
-    def __init__(self, plan: ServingPlan, opts: ServeOptions,
-                 make_launcher: Callable[[WorkerOptions], Launcher]):
+    def __init__(
+        self,
+        plan: ServingPlan,
+        opts: ServeOptions,
+        make_launcher: Callable[[WorkerOptions], Launcher],
+    ):
         self.plan = plan
         self.opts = opts
         self.metrics = RuntimeMetrics()
-        self._worker_opts = WorkerOptions(token=secrets.token_hex(16), max_message_bytes=opts.max_message_bytes)
+        self._worker_opts = WorkerOptions(
+            token=secrets.token_hex(16), max_message_bytes=opts.max_message_bytes
+        )
         self._launcher = make_launcher(self._worker_opts)
         self.pools = [ReplicaPool(s, self.metrics) for s in plan.stages]
-        self.gateway = Gateway(plan, self.pools, self.metrics, GatewayOptions(
-            default_timeout_s=opts.default_timeout_s, max_queue=opts.max_queue,
-            worker_token=self._worker_opts.token))
+        self.gateway = Gateway(
+            plan,
+            self.pools,
+            self.metrics,
+            GatewayOptions(
+                default_timeout_s=opts.default_timeout_s,
+                max_queue=opts.max_queue,
+                worker_token=self._worker_opts.token,
+            ),
+        )
         self._stop = threading.Event()
         self._stopped = False
         self._stop_lock = threading.Lock()
@@ -108,25 +124,34 @@ class Server:
         for pool in self.pools:
             for rep in pool.replicas:
                 if not rep.probe(timeout_s=30.0):
-                    raise ServingError(f"worker {rep.name} started but does not answer health checks")
+                    raise ServingError(
+                        f"worker {rep.name} started but does not answer health checks"
+                    )
                 pool.set_healthy(rep, True)
         self._start_grpc()
         if self.opts.metrics_port is not None:
             from prometheus_client import start_http_server
 
             try:
-                self._metrics_http, _ = start_http_server(self.opts.metrics_port, addr=self.opts.host,
-                                                          registry=self.metrics.registry)
+                self._metrics_http, _ = start_http_server(
+                    self.opts.metrics_port, addr=self.opts.host, registry=self.metrics.registry
+                )
             except OSError as e:
-                raise ServingError(f"cannot serve /metrics on port {self.opts.metrics_port}: {e}") from e
+                raise ServingError(
+                    f"cannot serve /metrics on port {self.opts.metrics_port}: {e}"
+                ) from e
             self.metrics_port = self._metrics_http.server_port
-        self._supervisor = threading.Thread(target=self._supervise, name="tz-supervisor", daemon=True)
+        self._supervisor = threading.Thread(
+            target=self._supervise, name="tz-supervisor", daemon=True
+        )
         self._supervisor.start()
 
     def _start_grpc(self) -> None:
         interceptors = [TokenAuthInterceptor(self.opts.token)] if self.opts.token else []
         server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=self.opts.gateway_threads, thread_name_prefix="tz-gateway"),
+            futures.ThreadPoolExecutor(
+                max_workers=self.opts.gateway_threads, thread_name_prefix="tz-gateway"
+            ),
             options=grpc_options(self.opts.max_message_bytes),
             interceptors=interceptors,
             maximum_concurrent_rpcs=self.opts.max_queue + self.opts.gateway_threads,
@@ -138,8 +163,10 @@ class Server:
             if self.opts.tls is not None:
                 tls = self.opts.tls
                 creds = grpc.ssl_server_credentials(
-                    [(tls.private_key, tls.cert_chain)], root_certificates=tls.client_ca,
-                    require_client_auth=tls.client_ca is not None)
+                    [(tls.private_key, tls.cert_chain)],
+                    root_certificates=tls.client_ca,
+                    require_client_auth=tls.client_ca is not None,
+                )
                 port = server.add_secure_port(address, creds)
             else:
                 port = server.add_insecure_port(address)
@@ -200,13 +227,21 @@ class Server:
         for pool in self.pools:
             for rep in pool.replicas:
                 h = rep.handle
-                rows.append({
-                    "worker": rep.name, "stage": pool.stage.index, "replica": rep.index,
-                    "device": pool.stage.device, "target": pool.stage.target,
-                    "fallback_reason": pool.stage.fallback_reason,
-                    "address": h.address if h else None, "where": h.where if h else None,
-                    "healthy": rep.healthy, "restarts": rep.restarts, "handle": h,
-                })
+                rows.append(
+                    {
+                        "worker": rep.name,
+                        "stage": pool.stage.index,
+                        "replica": rep.index,
+                        "device": pool.stage.device,
+                        "target": pool.stage.target,
+                        "fallback_reason": pool.stage.fallback_reason,
+                        "address": h.address if h else None,
+                        "where": h.where if h else None,
+                        "healthy": rep.healthy,
+                        "restarts": rep.restarts,
+                        "handle": h,
+                    }
+                )
         return rows
 
     # -- supervision ---------------------------------------------------------------------
@@ -224,7 +259,9 @@ class Server:
                         pool.set_healthy(rep, False)
                         if self.opts.restart_workers:
                             rep.restarting = True
-                            threading.Thread(target=self._restart, args=(pool, rep), daemon=True).start()
+                            threading.Thread(
+                                target=self._restart, args=(pool, rep), daemon=True
+                            ).start()
                     elif probe_now and (not rep.healthy or rep.outstanding == 0):
                         pool.set_healthy(rep, rep.probe(timeout_s=1.0))
 
@@ -245,7 +282,9 @@ class Server:
                     return
                 rep.attach(handle, self.opts.max_message_bytes)
                 rep.restarts += 1
-                self.metrics.worker_restarts.labels(stage=str(pool.stage.index), device=pool.stage.device).inc()
+                self.metrics.worker_restarts.labels(
+                    stage=str(pool.stage.index), device=pool.stage.device
+                ).inc()
                 if rep.probe(timeout_s=30.0):
                     pool.set_healthy(rep, True)
                     return
@@ -253,10 +292,18 @@ class Server:
             rep.restarting = False
 
 
-def serve(model: str | Path | ServingPlan, port: int = 0, *, metrics_port: int | None = None,
-          replicas: int | None = None, token: str | None = None, tls: TLSOptions | None = None,
-          ray_address: str | None = None, trust_key: str | os.PathLike[str] | bytes | None = None,
-          **options: object) -> Server:
+def serve(
+    model: str | Path | ServingPlan,
+    port: int = 0,
+    *,
+    metrics_port: int | None = None,
+    replicas: int | None = None,
+    token: str | None = None,
+    tls: TLSOptions | None = None,
+    ray_address: str | None = None,
+    trust_key: str | os.PathLike[str] | bytes | None = None,
+    **options: object,
+) -> Server:
     """Serve a .tzb bundle (or a ServingPlan) over KServe v2 gRPC and return the running Server.
 
     Args:
@@ -274,9 +321,21 @@ def serve(model: str | Path | ServingPlan, port: int = 0, *, metrics_port: int |
         BundleError: the bundle fails verification.
         ServingError: workers cannot start, ports are taken, or a device class is missing on Ray.
     """
-    opts = ServeOptions(port=port, metrics_port=metrics_port, replicas=replicas, token=token, tls=tls,
-                        ray_address=ray_address, trust_key=trust_key, **options)  # type: ignore[arg-type]
-    plan = model if isinstance(model, ServingPlan) else ServingPlan.from_bundle(model, trust_key=trust_key)
+    opts = ServeOptions(
+        port=port,
+        metrics_port=metrics_port,
+        replicas=replicas,
+        token=token,
+        tls=tls,
+        ray_address=ray_address,
+        trust_key=trust_key,
+        **options,
+    )  # type: ignore[arg-type]
+    plan = (
+        model
+        if isinstance(model, ServingPlan)
+        else ServingPlan.from_bundle(model, trust_key=trust_key)
+    )
     plan = plan.with_replicas(replicas)
     plan.verify()
     make_launcher: Callable[[WorkerOptions], Launcher] = LocalLauncher

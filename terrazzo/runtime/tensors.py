@@ -117,7 +117,9 @@ def _decode_bytes_elements(raw: bytes, count: int, name: str) -> list[bytes]:
     pos = 0
     for _ in range(count):
         if pos + 4 > len(raw):
-            raise TensorError(f"input {name!r}: BYTES data ends after {len(out)} of {count} elements")
+            raise TensorError(
+                f"input {name!r}: BYTES data ends after {len(out)} of {count} elements"
+            )
         (n,) = struct.unpack_from("<I", raw, pos)
         pos += 4
         if pos + n > len(raw):
@@ -125,7 +127,9 @@ def _decode_bytes_elements(raw: bytes, count: int, name: str) -> list[bytes]:
         out.append(bytes(raw[pos : pos + n]))
         pos += n
     if pos != len(raw):
-        raise TensorError(f"input {name!r}: {len(raw) - pos} trailing bytes after {count} BYTES elements")
+        raise TensorError(
+            f"input {name!r}: {len(raw) - pos} trailing bytes after {count} BYTES elements"
+        )
     return out
 
 
@@ -150,13 +154,17 @@ def typed_to_raw(name: str, datatype: str, shape: Sequence[int], contents: objec
     values = getattr(contents, field)
     count = _element_count(shape)
     if len(values) != count:
-        raise TensorError(f"input {name!r}: expected {count} elements in {field}, got {len(values)}")
+        raise TensorError(
+            f"input {name!r}: expected {count} elements in {field}, got {len(values)}"
+        )
     if datatype == "BYTES":
         return _encode_bytes_elements(list(values))
     return np.asarray(list(values), dtype=numpy_dtype(datatype)).tobytes()
 
 
-def decode_inputs(request: object, specs: Mapping[str, TensorSpec], model: str) -> dict[str, WireTensor]:
+def decode_inputs(
+    request: object, specs: Mapping[str, TensorSpec], model: str
+) -> dict[str, WireTensor]:
     """Validate the inputs of a ModelInferRequest against ``specs`` and return them as raw tensors.
 
     Raises:
@@ -173,7 +181,9 @@ def decode_inputs(request: object, specs: Mapping[str, TensorSpec], model: str) 
     for i, t in enumerate(inputs):
         spec = specs.get(t.name)
         if spec is None:
-            raise TensorError(f"model {model!r} has no input named {t.name!r} (inputs: {sorted(specs)})")
+            raise TensorError(
+                f"model {model!r} has no input named {t.name!r} (inputs: {sorted(specs)})"
+            )
         if t.name in out:
             raise TensorError(f"model {model!r}: input {t.name!r} given twice")
         if t.datatype != spec.datatype:
@@ -188,7 +198,9 @@ def decode_inputs(request: object, specs: Mapping[str, TensorSpec], model: str) 
         has_typed = t.HasField("contents")
         if raws:
             if has_typed:
-                raise TensorError(f"input {t.name!r}: both raw_input_contents and typed contents given")
+                raise TensorError(
+                    f"input {t.name!r}: both raw_input_contents and typed contents given"
+                )
             raw = raws[i]
             check_raw_size(t.name, t.datatype, shape, raw)
         elif has_typed:
@@ -196,7 +208,9 @@ def decode_inputs(request: object, specs: Mapping[str, TensorSpec], model: str) 
         elif _element_count(shape) == 0:
             raw = b""
         else:
-            raise TensorError(f"input {t.name!r}: no data (neither raw_input_contents nor contents)")
+            raise TensorError(
+                f"input {t.name!r}: no data (neither raw_input_contents nor contents)"
+            )
         out[t.name] = WireTensor(t.datatype, shape, raw)
     missing = sorted(set(specs) - set(out))
     if missing:

@@ -27,7 +27,14 @@ from terrazzo.runtime.protos import health_pb2, health_pb2_grpc
 from terrazzo.runtime.runners import block_heavy_imports, build_runner
 from terrazzo.runtime.tensors import TensorError, WireTensor, from_numpy, to_numpy
 
-__all__ = ["READY_PREFIX", "TOKEN_HEADER", "WorkerServer", "block_heavy_imports", "grpc_options", "main"]
+__all__ = [
+    "READY_PREFIX",
+    "TOKEN_HEADER",
+    "WorkerServer",
+    "block_heavy_imports",
+    "grpc_options",
+    "main",
+]
 
 READY_PREFIX = "TERRAZZO_WORKER_READY"
 TOKEN_HEADER = "x-terrazzo-worker-token"
@@ -80,19 +87,28 @@ class _WorkerServicer(pb_grpc.GRPCInferenceServiceServicer):
     def ModelInfer(self, request, context):
         self._check_token(context)
         if request.model_name != self.model_name:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"worker serves {self.model_name}, not {request.model_name!r}")
+            context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"worker serves {self.model_name}, not {request.model_name!r}",
+            )
         try:
             values = {}
             for i, t in enumerate(request.inputs):
-                values[t.name] = to_numpy(t.name, WireTensor(t.datatype, tuple(t.shape), request.raw_input_contents[i]))
+                values[t.name] = to_numpy(
+                    t.name, WireTensor(t.datatype, tuple(t.shape), request.raw_input_contents[i])
+                )
         except (TensorError, IndexError, ValueError) as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{self.model_name}: {e}")
         missing = [n for n in self.inputs if n not in values]
         if missing:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{self.model_name}: missing inputs {missing}")
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"{self.model_name}: missing inputs {missing}"
+            )
         with self._count_lock:
             if self._waiting >= self.max_queue:
-                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{self.model_name}: worker queue full")
+                context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED, f"{self.model_name}: worker queue full"
+                )
             self._waiting += 1
         t_enqueue = time.perf_counter()
         try:
@@ -111,19 +127,25 @@ class _WorkerServicer(pb_grpc.GRPCInferenceServiceServicer):
                 end = t0 + self.delay_s
                 while time.perf_counter() < end:
                     if not context.is_active():
-                        context.abort(grpc.StatusCode.CANCELLED, "caller went away during execution")
+                        context.abort(
+                            grpc.StatusCode.CANCELLED, "caller went away during execution"
+                        )
                     time.sleep(min(_POLL_S, max(0.0, end - time.perf_counter())))
             try:
                 result = self.runner({n: values[n] for n in self.inputs})
             except Exception as e:  # a runner failure is reported, never crashes the worker
-                context.abort(grpc.StatusCode.INTERNAL, f"{self.model_name} failed: {type(e).__name__}: {e}")
+                context.abort(
+                    grpc.StatusCode.INTERNAL, f"{self.model_name} failed: {type(e).__name__}: {e}"
+                )
             compute_s = time.perf_counter() - t0
         finally:
             self._lock.release()
         response = pb.ModelInferResponse(model_name=self.model_name, id=request.id)
         for name in self.outputs:
             if name not in result:
-                context.abort(grpc.StatusCode.INTERNAL, f"{self.model_name} did not produce {name!r}")
+                context.abort(
+                    grpc.StatusCode.INTERNAL, f"{self.model_name} did not produce {name!r}"
+                )
             wire = from_numpy(result[name])
             response.outputs.add(name=name, datatype=wire.datatype, shape=wire.shape)
             response.raw_output_contents.append(wire.raw)
@@ -148,7 +170,9 @@ class WorkerServer:
         max_bytes = int(config.get("max_message_bytes", 256 << 20))
         self.servicer = _WorkerServicer(config)
         self._server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=int(config.get("threads", 16)), thread_name_prefix="tz-worker"),
+            futures.ThreadPoolExecutor(
+                max_workers=int(config.get("threads", 16)), thread_name_prefix="tz-worker"
+            ),
             options=grpc_options(max_bytes),
         )
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(self.servicer, self._server)

@@ -33,7 +33,9 @@ def _build_libs(out: Path) -> dict[str, str]:
     @I.ir_module
     class Combine:
         @R.function
-        def main(a: R.Tensor(("n",), "float32"), b: R.Tensor(("n",), "float32")) -> R.Tensor(("n",), "float32"):
+        def main(a: R.Tensor(("n",), "float32"), b: R.Tensor(("n",), "float32")) -> R.Tensor(
+            ("n",), "float32"
+        ):
             return R.subtract(a, b)
 
     paths = {}
@@ -50,16 +52,32 @@ def chain_plan(libs: dict[str, str], replicas: int = 1, delay_s: float = 0.0) ->
         (TensorSpec("x", "FP32", (-1,)),),
         (TensorSpec("z", "FP32", (-1,)), TensorSpec("y", "FP32", (-1,))),
         (
-            StageSpec(0, "cpu", ("x",), ("y",), RunnerSpec(RELAX, {"path": libs["double"], "inputs": ["x"], "outputs": ["y"]}, delay_s), replicas),
-            StageSpec(1, "t4", ("y",), ("z",), RunnerSpec(RELAX, {"path": libs["addone"], "inputs": ["y"], "outputs": ["z"]}), replicas,
-                      fallback_reason="t4 absent: running the CPU build"),
+            StageSpec(
+                0,
+                "cpu",
+                ("x",),
+                ("y",),
+                RunnerSpec(
+                    RELAX, {"path": libs["double"], "inputs": ["x"], "outputs": ["y"]}, delay_s
+                ),
+                replicas,
+            ),
+            StageSpec(
+                1,
+                "t4",
+                ("y",),
+                ("z",),
+                RunnerSpec(RELAX, {"path": libs["addone"], "inputs": ["y"], "outputs": ["z"]}),
+                replicas,
+                fallback_reason="t4 absent: running the CPU build",
+            ),
         ),
     )
 
 
-def _infer(client: tc.InferenceServerClient, x: np.ndarray, model: str = "toy", **kw) -> tc.InferResult:
+def _infer(
+    client: tc.InferenceServerClient, x: np.ndarray, model: str = "toy", **kw
+) -> tc.InferResult:
     inp = tc.InferInput("x", list(x.shape), "FP32")
     inp.set_data_from_numpy(x)
     return client.infer(model, [inp], **kw)
-
-

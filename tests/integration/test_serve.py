@@ -31,7 +31,9 @@ AUTH = {"authorization": f"Bearer {TOKEN}"}
 
 @pytest.fixture(scope="module")
 def main_server(libs):
-    with serve(chain_plan(libs), metrics_port=0, token=TOKEN, max_message_bytes=100 << 20) as server:
+    with serve(
+        chain_plan(libs), metrics_port=0, token=TOKEN, max_message_bytes=100 << 20
+    ) as server:
         yield server
 
 
@@ -61,7 +63,9 @@ def test_workers_fork_from_one_tvm_process_without_torch(main_server):
         maps = Path(f"/proc/{pid}/maps").read_text()
         assert "libtvm" in maps and "libtorch" not in maps, row["worker"]
         parents.add(int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]))
-    assert len(parents) == 1 and os.getpid() not in parents  # one fork server is every worker's parent
+    assert (
+        len(parents) == 1 and os.getpid() not in parents
+    )  # one fork server is every worker's parent
 
 
 def test_infer_round_trip_through_two_worker_processes(client):
@@ -81,7 +85,10 @@ def test_typed_contents_accepted_and_mixed_rejected(main_server):
     t = req.inputs.add(name="x", datatype="FP32", shape=[3])
     t.contents.fp32_contents.extend([1.0, 2.0, 3.0])
     resp = stub.ModelInfer(req, metadata=md)
-    got = {o.name: np.frombuffer(raw, np.float32) for o, raw in zip(resp.outputs, resp.raw_output_contents, strict=True)}
+    got = {
+        o.name: np.frombuffer(raw, np.float32)
+        for o, raw in zip(resp.outputs, resp.raw_output_contents, strict=True)
+    }
     np.testing.assert_array_equal(got["z"], [3.0, 5.0, 7.0])
     req.raw_input_contents.append(np.ones(3, np.float32).tobytes())
     with pytest.raises(grpc.RpcError) as e:
@@ -98,7 +105,9 @@ def test_typed_contents_accepted_and_mixed_rejected(main_server):
         ("q", "FP32", [4], np.ones(4, np.float32).tobytes(), "no input named 'q'"),
     ],
 )
-def test_bad_tensor_is_invalid_argument_naming_it(main_server, name, datatype, shape, payload, needle):
+def test_bad_tensor_is_invalid_argument_naming_it(
+    main_server, name, datatype, shape, payload, needle
+):
     stub = pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(f"127.0.0.1:{main_server.port}"))
     req = pb.ModelInferRequest(model_name="toy")
     req.inputs.add(name=name, datatype=datatype, shape=shape)
@@ -131,7 +140,9 @@ def test_bearer_token_required(client):
 
 def test_health_service_on_same_port(main_server):
     stub = health_pb2_grpc.HealthStub(grpc.insecure_channel(f"127.0.0.1:{main_server.port}"))
-    assert stub.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.SERVING
+    assert (
+        stub.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.SERVING
+    )
     with pytest.raises(grpc.RpcError) as e:
         stub.Check(health_pb2.HealthCheckRequest(service="nope"))
     assert e.value.code() == grpc.StatusCode.NOT_FOUND
@@ -151,7 +162,9 @@ def test_64_mib_tensor_round_trip_and_oversize_rejected(client):
 
 def test_stream_infer(client):
     results: list = []
-    client.start_stream(callback=lambda result, error: results.append((result, error)), headers=AUTH)
+    client.start_stream(
+        callback=lambda result, error: results.append((result, error)), headers=AUTH
+    )
     try:
         for k in range(3):
             inp = tc.InferInput("x", [2], "FP32")
@@ -171,15 +184,25 @@ def test_stream_infer(client):
 def test_metrics_and_access_log(main_server, client, caplog):
     caplog.set_level(logging.INFO, logger="terrazzo.runtime.access")
     _infer(client, np.ones(3, np.float32), headers=AUTH, request_id="logged-1")
-    body = urllib.request.urlopen(f"http://127.0.0.1:{main_server.metrics_port}/metrics").read().decode()
+    body = (
+        urllib.request.urlopen(f"http://127.0.0.1:{main_server.metrics_port}/metrics")
+        .read()
+        .decode()
+    )
     assert 'terrazzo_requests_total{model="toy",status="OK"}' in body
     assert 'terrazzo_request_latency_seconds_bucket{le="0.5",model="toy"}' in body
     assert 'terrazzo_stage_latency_seconds_count{device="t4",model="toy",stage="1"}' in body
     assert 'terrazzo_device_busy_seconds_total{device="cpu"}' in body
     assert "terrazzo_queue_depth" in body and "terrazzo_worker_up" in body
-    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "terrazzo.runtime.access"]
+    lines = [
+        json.loads(r.getMessage()) for r in caplog.records if r.name == "terrazzo.runtime.access"
+    ]
     line = next(entry for entry in lines if entry["id"] == "logged-1")
-    assert line["status"] == "OK" and line["workers"] == ["stage0/r0", "stage1/r0"] and line["latency_s"] > 0
+    assert (
+        line["status"] == "OK"
+        and line["workers"] == ["stage0/r0", "stage1/r0"]
+        and line["latency_s"] > 0
+    )
     assert TOKEN not in caplog.text
 
 
@@ -261,11 +284,16 @@ def _make_certs(out: Path) -> dict[str, Path]:
         return ec.generate_private_key(ec.SECP256R1())
 
     def cert(subject, issuer, pub, signer, ca=False, san=None):
-        b = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-             .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
-             .public_key(pub).serial_number(x509.random_serial_number())
-             .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-             .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        b = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+            .public_key(pub)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
         if san:
             b = b.add_extension(x509.SubjectAlternativeName([x509.DNSName(san)]), critical=False)
         return b.sign(signer, hashes.SHA256())
@@ -275,8 +303,13 @@ def _make_certs(out: Path) -> dict[str, Path]:
     def write(name, obj):
         p = out / name
         if hasattr(obj, "private_bytes"):
-            p.write_bytes(obj.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                            serialization.NoEncryption()))
+            p.write_bytes(
+                obj.private_bytes(
+                    serialization.Encoding.PEM,
+                    serialization.PrivateFormat.PKCS8,
+                    serialization.NoEncryption(),
+                )
+            )
         else:
             p.write_bytes(obj.public_bytes(serialization.Encoding.PEM))
         files[name] = p
@@ -289,7 +322,11 @@ def _make_certs(out: Path) -> dict[str, Path]:
     del ca_key
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-    for who, ca_name, san in (("server", "ca", "localhost"), ("client", "ca", None), ("rogue", "other_ca", None)):
+    for who, ca_name, san in (
+        ("server", "ca", "localhost"),
+        ("client", "ca", None),
+        ("rogue", "other_ca", None),
+    ):
         k = key()
         signer = load_pem_private_key(files[f"{ca_name}.key"].read_bytes(), None)
         write(f"{who}.key", k)
@@ -307,9 +344,29 @@ def dag_plan(libs: dict[str, str]) -> ServingPlan:
         (TensorSpec("x", "FP32", (4,)),),
         (TensorSpec("out", "FP32", (4,)),),
         (
-            StageSpec(0, "cpu", ("x",), ("a",), RunnerSpec(RELAX, {"path": libs["double"], "inputs": ["x"], "outputs": ["a"]}, 0.3)),
-            StageSpec(1, "cpu", ("x",), ("b",), RunnerSpec(RELAX, {"path": libs["addone"], "inputs": ["x"], "outputs": ["b"]}, 0.3)),
-            StageSpec(2, "cpu", ("a", "b"), ("out",), RunnerSpec(RELAX, {"path": libs["combine"], "inputs": ["a", "b"], "outputs": ["out"]})),
+            StageSpec(
+                0,
+                "cpu",
+                ("x",),
+                ("a",),
+                RunnerSpec(RELAX, {"path": libs["double"], "inputs": ["x"], "outputs": ["a"]}, 0.3),
+            ),
+            StageSpec(
+                1,
+                "cpu",
+                ("x",),
+                ("b",),
+                RunnerSpec(RELAX, {"path": libs["addone"], "inputs": ["x"], "outputs": ["b"]}, 0.3),
+            ),
+            StageSpec(
+                2,
+                "cpu",
+                ("a", "b"),
+                ("out",),
+                RunnerSpec(
+                    RELAX, {"path": libs["combine"], "inputs": ["a", "b"], "outputs": ["out"]}
+                ),
+            ),
         ),
     )
 
@@ -323,11 +380,20 @@ def dag_tls(libs, tmp_path_factory):
         yield server, certs
 
 
-def _tls_client(port: int, certs: dict[str, Path], who: str | None = "client") -> tc.InferenceServerClient:
+def _tls_client(
+    port: int, certs: dict[str, Path], who: str | None = "client"
+) -> tc.InferenceServerClient:
     if who is None:
-        return tc.InferenceServerClient(f"localhost:{port}", ssl=True, root_certificates=str(certs["ca.pem"]))
-    return tc.InferenceServerClient(f"localhost:{port}", ssl=True, root_certificates=str(certs["ca.pem"]),
-                                    private_key=str(certs[f"{who}.key"]), certificate_chain=str(certs[f"{who}.pem"]))
+        return tc.InferenceServerClient(
+            f"localhost:{port}", ssl=True, root_certificates=str(certs["ca.pem"])
+        )
+    return tc.InferenceServerClient(
+        f"localhost:{port}",
+        ssl=True,
+        root_certificates=str(certs["ca.pem"]),
+        private_key=str(certs[f"{who}.key"]),
+        certificate_chain=str(certs[f"{who}.pem"]),
+    )
 
 
 def test_dag_stages_route_values_by_name(dag_tls):

@@ -21,18 +21,40 @@ def bundle(tmp_path_factory):
     from terrazzo.codegen import compile as tz_compile
 
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 8)).eval()
+    model = torch.nn.Sequential(
+        torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 8)
+    ).eval()
     x = torch.randn(4, 16)
-    path = tz_compile(model, {"devices": {"cpu": {"count": 2}, "t4": {"count": 2}}}, "50ms", 1.0,
-                      tmp_path_factory.mktemp("bundle") / "mlp.tzb", example_inputs=(x,))
+    path = tz_compile(
+        model,
+        {"devices": {"cpu": {"count": 2}, "t4": {"count": 2}}},
+        "50ms",
+        1.0,
+        tmp_path_factory.mktemp("bundle") / "mlp.tzb",
+        example_inputs=(x,),
+    )
     with torch.no_grad():
         return path, x.numpy(), model(x).numpy()
 
 
 def test_cli_serve_bundle_and_sigterm_drain(bundle):
     path, x, expected = bundle
-    proc = subprocess.Popen([sys.executable, "-m", "terrazzo.cli", "serve", str(path), "--port", "0",
-                             "--metrics-port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "terrazzo.cli",
+            "serve",
+            str(path),
+            "--port",
+            "0",
+            "--metrics-port",
+            "0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         lines = []
         t0 = time.monotonic()

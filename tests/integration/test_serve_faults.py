@@ -60,8 +60,10 @@ def test_kill_worker_under_load(libs):
         victim = next(r for r in server.workers() if r["worker"] == "stage0/r0")
         os.kill(victim["handle"].pid, signal.SIGKILL)
         t_kill = time.monotonic()
-        while time.monotonic() - t_kill < 2 and next(
-                r for r in server.workers() if r["worker"] == "stage0/r0")["healthy"]:
+        while (
+            time.monotonic() - t_kill < 2
+            and next(r for r in server.workers() if r["worker"] == "stage0/r0")["healthy"]
+        ):
             time.sleep(0.01)
         marked_down_s = time.monotonic() - t_kill
         time.sleep(max(0.0, 10 - (time.monotonic() - t_start)))
@@ -85,5 +87,7 @@ def test_kill_worker_under_load(libs):
             time.sleep(0.1)
         assert row["healthy"] and row["restarts"] == 1
         assert server.gateway.model_ready()
-        print(f"fault test: {total} requests in {elapsed:.1f} s ({rate:.0f} req/s), {stats}, "
-              f"marked down in {marked_down_s * 1e3:.0f} ms")
+        print(
+            f"fault test: {total} requests in {elapsed:.1f} s ({rate:.0f} req/s), {stats}, "
+            f"marked down in {marked_down_s * 1e3:.0f} ms"
+        )

@@ -18,8 +18,13 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="session")
 def ray_cluster():
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, resources={"devclass_cpu": 4, "devclass_t4": 2}, include_dashboard=False,
-             object_store_memory=100 << 20, log_to_driver=False)
+    ray.init(
+        num_cpus=2,
+        resources={"devclass_cpu": 4, "devclass_t4": 2},
+        include_dashboard=False,
+        object_store_memory=100 << 20,
+        log_to_driver=False,
+    )
     yield ray
     ray.shutdown()
 
@@ -27,7 +32,10 @@ def ray_cluster():
 def test_serve_through_ray_actors(ray_cluster, libs):
     with serve(chain_plan(libs), ray_address="auto") as server:
         assert all(r["where"].startswith("ray actor") for r in server.workers())
-        assert {r["where"] for r in server.workers()} == {"ray actor (devclass_cpu)", "ray actor (devclass_t4)"}
+        assert {r["where"] for r in server.workers()} == {
+            "ray actor (devclass_cpu)",
+            "ray actor (devclass_t4)",
+        }
         c = tc.InferenceServerClient(f"127.0.0.1:{server.port}")
         x = np.arange(6, dtype=np.float32)
         np.testing.assert_array_equal(_infer(c, x).as_numpy("z"), 2 * x + 1)

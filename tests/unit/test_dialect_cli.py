@@ -229,12 +229,20 @@ def test_ir_decompose_splits_llm_call_into_phases(
     assert capsys.readouterr().out == text
 
 
-def test_ir_decompose_rejects_model_graphs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_ir_decompose_rejects_model_graphs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from terrazzo.ir import Graph, Op, TensorType
     from terrazzo.ir.dialect import print_graph
 
     t = TensorType((2, 2), "float32")
-    g = Graph("m", (Op("r", "relu", ("x",), ("r",), op_class="elementwise"),), {"x": t, "r": t}, ("x",), ("r",))
+    g = Graph(
+        "m",
+        (Op("r", "relu", ("x",), ("r",), op_class="elementwise"),),
+        {"x": t, "r": t},
+        ("x",),
+        ("r",),
+    )
     mlir = _write(tmp_path, "m.mlir", print_graph(g))
     assert main(["ir", str(mlir), "--decompose"]) == 2
     assert "agent graphs" in capsys.readouterr().err

@@ -16,8 +16,26 @@ def _chain() -> Graph:
         outputs=("b",),
         values={"x": t, "a": t, "b": t},
         ops=(
-            Op("a", "relu", ("x",), ("a",), op_class="elementwise", flops=8, bytes_read=32, bytes_written=32),
-            Op("b", "exp", ("a",), ("b",), op_class="elementwise", flops=8, bytes_read=32, bytes_written=32),
+            Op(
+                "a",
+                "relu",
+                ("x",),
+                ("a",),
+                op_class="elementwise",
+                flops=8,
+                bytes_read=32,
+                bytes_written=32,
+            ),
+            Op(
+                "b",
+                "exp",
+                ("a",),
+                ("b",),
+                op_class="elementwise",
+                flops=8,
+                bytes_read=32,
+                bytes_written=32,
+            ),
         ),
     )
 
@@ -46,7 +64,9 @@ def test_verify_rejects(mutate, message) -> None:
 
 def test_dynamic_dims_rejected_in_model_graphs_only() -> None:
     g = _chain()
-    dyn = Graph(g.name, g.ops, {**g.values, "x": TensorType((-1, 4), "float32")}, g.inputs, g.outputs)
+    dyn = Graph(
+        g.name, g.ops, {**g.values, "x": TensorType((-1, 4), "float32")}, g.inputs, g.outputs
+    )
     with pytest.raises(VerifyError, match="dynamic dimensions"):
         dyn.verify()
     Graph(g.name, g.ops, dict(dyn.values), g.inputs, g.outputs, level="agent").verify()

@@ -46,9 +46,13 @@ def test_tvm_phases_match_torch(tvm_phases) -> None:
     for phase in ("prefill", "decode"):
         got, want = tvm_phases[phase](ex[phase]), ref[phase](ex[phase])
         for name in want:
-            np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-5, err_msg=f"{phase}.{name}")
+            np.testing.assert_allclose(
+                got[name], want[name], rtol=1e-4, atol=1e-5, err_msg=f"{phase}.{name}"
+            )
     prompt = np.array([72, 101, 108, 108, 111])  # "Hello"
-    assert list(greedy_generate(tvm_phases, prompt, 10, CFG)) == list(greedy_generate(ref, prompt, 10, CFG))
+    assert list(greedy_generate(tvm_phases, prompt, 10, CFG)) == list(
+        greedy_generate(ref, prompt, 10, CFG)
+    )
 
 
 def test_generation_bounds_are_checked() -> None:

@@ -88,8 +88,11 @@ def chain_problem(sla_s: float, gpu_count: float = math.inf):
     return make_problem(
         ["x", "y", "z"],
         ["cpu", "gpu"],
-        {"x": {"cpu": 80 * ms, "gpu": 2 * ms}, "y": {"cpu": 10 * ms, "gpu": 8 * ms},
-         "z": {"cpu": 10 * ms, "gpu": 9 * ms}},  # fmt: skip
+        {
+            "x": {"cpu": 80 * ms, "gpu": 2 * ms},
+            "y": {"cpu": 10 * ms, "gpu": 8 * ms},
+            "z": {"cpu": 10 * ms, "gpu": 9 * ms},
+        },  # fmt: skip
         edges=[("x", "y"), ("y", "z")],
         sla=SLA(sla_s),
         rps=100.0,
@@ -128,7 +131,10 @@ def test_chain_known_optimum(solver: str) -> None:
 def test_chain_plan_details() -> None:
     p = solve(chain_problem(1.0), "milp")
     assert p.gap <= 1e-6 and p.solver == "milp"
-    assert [(s.device, s.ops, s.replicas) for s in p.stages] == [("gpu", ("x", "y"), 1), ("cpu", ("z",), 1)]
+    assert [(s.device, s.ops, s.replicas) for s in p.stages] == [
+        ("gpu", ("x", "y"), 1),
+        ("cpu", ("z",), 1),
+    ]
     assert p.devices == {"gpu": 1, "cpu": 1}
     assert p.latency_s == pytest.approx(0.025)
     assert p.energy_j_per_request == pytest.approx(0.010 * 200 + 0.010 * 100)
@@ -203,7 +209,9 @@ def test_tbt_error_names_best_device() -> None:
         {"prefill": {"l4": 0.5, "h100": 0.1}, "decode": {"l4": 9.0, "h100": 2.7}},
         edges=[("prefill", "decode")], sla=SLA(20.0, tbt_s=0.020), decode_steps={"decode": 100},
     )  # fmt: skip
-    with pytest.raises(PlacementError, match=r"no device meets TBT ≤ 20 ms for decode; best is h100 at 27 ms"):
+    with pytest.raises(
+        PlacementError, match=r"no device meets TBT ≤ 20 ms for decode; best is h100 at 27 ms"
+    ):
         solve(prob, "milp")
 
 
@@ -246,13 +254,18 @@ def test_plan_to_mlir_has_device_and_stage_on_every_op() -> None:
     from terrazzo.ir.dialect import parse_graph
 
     g = parse_graph(text)
-    assert {o.name: (o.device, o.stage) for o in g.ops} == {"prefill": ("hp", 0), "decode": ("co", 1)}
+    assert {o.name: (o.device, o.stage) for o in g.ops} == {
+        "prefill": ("hp", 0),
+        "decode": ("co", 1),
+    }
 
 
 # -- fleet and task-file validation --------------------------------------------------------------
 def test_fleet_yaml(tmp_path: Path) -> None:
     f = tmp_path / "f.yaml"
-    f.write_text("devices: {cpu: {count: 4}, t4: {}, h100: {count: 2}}\npricing: {mode: capex, years: 3}\n")
+    f.write_text(
+        "devices: {cpu: {count: 4}, t4: {}, h100: {count: 2}}\npricing: {mode: capex, years: 3}\n"
+    )
     fl = Fleet.from_yaml(f)
     assert fl.names == ("cpu", "t4", "h100")
     assert fl.count("t4") == math.inf and fl.count("h100") == 2
@@ -274,7 +287,9 @@ def test_task_graph_errors(tmp_path: Path) -> None:
     f.write_text("tasks:\n  - {name: a, after: [zz], profile: {x: {latency_ms: 1}}}\n")
     with pytest.raises(PlacementError, match="unknown tasks: zz"):
         load_task_graph(f)
-    f.write_text("tasks:\n  - {name: a, after: [b], profile: {x: {latency_ms: 1}}}\n  - {name: b, after: [a], profile: {x: {latency_ms: 1}}}\nsla: {latency_ms: 5}\n")
+    f.write_text(
+        "tasks:\n  - {name: a, after: [b], profile: {x: {latency_ms: 1}}}\n  - {name: b, after: [a], profile: {x: {latency_ms: 1}}}\nsla: {latency_ms: 5}\n"
+    )
     with pytest.raises(PlacementError, match="cycle"):
         plan(f)
     f.write_text("tasks:\n  - {name: a, profile: {x: {latency_ms: -1}}}\n")

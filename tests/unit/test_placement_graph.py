@@ -36,12 +36,16 @@ def mlp_graph() -> Graph:
     return Graph("mlp", ops, values, ("x",), ("mm2",)).verify()
 
 
-FLEET = Fleet.from_dict({"devices": {"cpu": {"count": 8}, "t4": {}, "h100": {"count": 2}}, "pricing": {"mode": "cloud"}})
+FLEET = Fleet.from_dict(
+    {"devices": {"cpu": {"count": 8}, "t4": {}, "h100": {"count": 2}}, "pricing": {"mode": "cloud"}}
+)
 
 
 def test_graph_plan_with_costmodel_meets_sla_and_beats_baselines() -> None:
     g = mlp_graph()
-    plans = {s: plan(g, FLEET, SLA(0.050), rps=200.0, solver=s) for s in ("milp", "homogeneous", "heft")}
+    plans = {
+        s: plan(g, FLEET, SLA(0.050), rps=200.0, solver=s) for s in ("milp", "homogeneous", "heft")
+    }
     best = plans["milp"]
     assert best.latency_s <= 0.050 and best.gap <= 1e-4
     for s, p in plans.items():
@@ -71,7 +75,19 @@ def test_cli_plan_task_graph_json(capsys: pytest.CaptureFixture[str], tmp_path: 
 def test_cli_plan_graph_json_and_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     gj = tmp_path / "mlp.json"
     gj.write_text(json.dumps(mlp_graph().to_json()))
-    rc = main(["plan", str(gj), "--fleet", str(DATA / "fleets" / "mixed.yaml"), "--sla", "50ms", "--rps", "100", "--json"])
+    rc = main(
+        [
+            "plan",
+            str(gj),
+            "--fleet",
+            str(DATA / "fleets" / "mixed.yaml"),
+            "--sla",
+            "50ms",
+            "--rps",
+            "100",
+            "--json",
+        ]
+    )
     assert rc == 0
     d = json.loads(capsys.readouterr().out)
     assert d["latency_ms"] <= 50 and d["usd_per_hour"] > 0

@@ -31,7 +31,14 @@ def test_vendored_proto_matches_tritonclient_field_numbers():
         ours, theirs = _fields(desc), _fields(ref.DESCRIPTOR.message_types_by_name[name])
         assert {k: theirs.get(k) for k in ours} == ours, name
     assert [m.name for m in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods] == [
-        "ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer", "ModelStreamInfer"]
+        "ServerLive",
+        "ServerReady",
+        "ModelReady",
+        "ServerMetadata",
+        "ModelMetadata",
+        "ModelInfer",
+        "ModelStreamInfer",
+    ]
 
 
 def _request(name="x", datatype="FP32", shape=(2, 3), raw=None):
@@ -77,8 +84,12 @@ def test_decode_missing_input():
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.sampled_from(["bool", "uint8", "int16", "int32", "int64", "uint64", "float16", "float32", "float64"]),
-       st.lists(st.integers(0, 3), min_size=0, max_size=3))
+@given(
+    st.sampled_from(
+        ["bool", "uint8", "int16", "int32", "int64", "uint64", "float16", "float32", "float64"]
+    ),
+    st.lists(st.integers(0, 3), min_size=0, max_size=3),
+)
 def test_numpy_wire_round_trip(dtype, shape):
     x = (np.arange(int(np.prod(shape)) if shape else 1) % 3).astype(dtype).reshape(shape)
     wire = from_numpy(x)
@@ -96,17 +107,28 @@ def test_bytes_round_trip_and_truncation():
 
 
 def _plan(stages, outputs=("z",)):
-    return ServingPlan("m", (TensorSpec("x", "FP32", (4,)),), tuple(TensorSpec(o, "FP32", (4,)) for o in outputs),
-                       tuple(stages))
+    return ServingPlan(
+        "m",
+        (TensorSpec("x", "FP32", (4,)),),
+        tuple(TensorSpec(o, "FP32", (4,)) for o in outputs),
+        tuple(stages),
+    )
 
 
 def test_plan_verify_accepts_dag_and_rejects_broken_ones():
-    _plan([StageSpec(0, "cpu", ("x",), ("a",), R), StageSpec(1, "t4", ("x",), ("b",), R),
-           StageSpec(2, "cpu", ("a", "b"), ("z",), R)]).verify()
+    _plan(
+        [
+            StageSpec(0, "cpu", ("x",), ("a",), R),
+            StageSpec(1, "t4", ("x",), ("b",), R),
+            StageSpec(2, "cpu", ("a", "b"), ("z",), R),
+        ]
+    ).verify()
     with pytest.raises(ServingError, match="stage 0 reads 'a'"):
         _plan([StageSpec(0, "cpu", ("a",), ("z",), R)]).verify()
     with pytest.raises(ServingError, match="produced twice"):
-        _plan([StageSpec(0, "cpu", ("x",), ("z",), R), StageSpec(1, "cpu", ("x",), ("z",), R)]).verify()
+        _plan(
+            [StageSpec(0, "cpu", ("x",), ("z",), R), StageSpec(1, "cpu", ("x",), ("z",), R)]
+        ).verify()
     with pytest.raises(ServingError, match="output 'q'"):
         _plan([StageSpec(0, "cpu", ("x",), ("z",), R)], outputs=("q",)).verify()
     with pytest.raises(ServingError, match="replicas"):
@@ -130,7 +152,10 @@ def test_runner_factory_errors():
 
 @pytest.mark.parametrize(
     ("factory", "blocked"),
-    [("terrazzo.runtime.runners:bundle_stage", True), ("terrazzo.runtime.agent_runners:tool", False)],
+    [
+        ("terrazzo.runtime.runners:bundle_stage", True),
+        ("terrazzo.runtime.agent_runners:tool", False),
+    ],
 )
 def test_block_heavy_imports_only_for_builtin_runners(factory, blocked):
     import subprocess
@@ -147,7 +172,9 @@ def test_block_heavy_imports_only_for_builtin_runners(factory, blocked):
         "    ok = False\n"
         "print(sorted(names), ok)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
     names, importable = out.stdout.rsplit(" ", 1)
     if blocked:
         assert "'torch'" in names and "'onnx'" in names and importable.strip() == "False"
@@ -159,11 +186,15 @@ def test_runtime_facade_is_lazy():
     import subprocess
     import sys
 
-    code = ("import sys, terrazzo.runtime.worker\n"
-            "print('terrazzo.runtime.server' in sys.modules, 'prometheus_client' in sys.modules)\n"
-            "from terrazzo.runtime import serve\n"
-            "print(callable(serve))\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    code = (
+        "import sys, terrazzo.runtime.worker\n"
+        "print('terrazzo.runtime.server' in sys.modules, 'prometheus_client' in sys.modules)\n"
+        "from terrazzo.runtime import serve\n"
+        "print(callable(serve))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
     assert out.stdout.split() == ["False", "False", "True"]
 
 
