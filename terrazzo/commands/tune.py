@@ -87,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
     if args.fleet:
         from terrazzo.codegen import plan_assignment, split_relax, stage_targets
         from terrazzo.codegen._compile import _fleet, _sla
+        from terrazzo.codegen._build import request_module
         from terrazzo.costmodel import load_catalog
         from terrazzo.placement import plan as make_plan
 
@@ -97,13 +98,11 @@ def run(args: argparse.Namespace) -> int:
         devices = {int(s.index): s.device for s in plan.stages}
         for st in split.stages:
             choice = choices[devices[st.index]]
-            modules.append(
-                (
-                    f"stage {st.index} ({devices[st.index]})",
-                    st.mod,
-                    _runnable_targets([dict(choice.target)]),
-                )
-            )
+            targets = _runnable_targets([dict(choice.target)])
+            # Tune the per-request kernels exactly as build_stage compiles them: weight-only
+            # work (transposes, layout changes) is lifted out and runs once at load.
+            per_request = request_module(st.mod, tvm.target.Target(targets[0]))
+            modules.append((f"stage {st.index} ({devices[st.index]})", per_request, targets))
     else:
         modules.append(("model", graph.relax_mod, _runnable_targets([])))
 
