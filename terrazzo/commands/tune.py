@@ -86,8 +86,8 @@ def run(args: argparse.Namespace) -> int:
     modules: list[tuple[str, Any, list[dict[str, Any]]]] = []
     if args.fleet:
         from terrazzo.codegen import plan_assignment, split_relax, stage_targets
-        from terrazzo.codegen._compile import _fleet, _sla
         from terrazzo.codegen._build import request_module
+        from terrazzo.codegen._compile import _fleet, _sla
         from terrazzo.costmodel import load_catalog
         from terrazzo.placement import plan as make_plan
 
