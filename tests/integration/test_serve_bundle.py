@@ -77,6 +77,9 @@ def test_cli_serve_bundle_and_sigterm_drain(bundle):
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
         results = []
         c.async_infer(name, [inp], callback=lambda result, error: results.append((result, error)))
+        # Let the request reach the gateway first: a SIGTERM that lands before it arrives is
+        # (correctly) answered UNAVAILABLE by the draining server, which is not what this checks.
+        time.sleep(0.2)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
         assert results and results[0][1] is None
