@@ -4,28 +4,18 @@ B200::Gaudi3 / H100::Gaudi3 come out ahead)? Prints the best pair per cell and w
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import write_result  # noqa: E402
 
 from terrazzo.costmodel.catalog import load_catalog
 from terrazzo.report.study import StudyOptions, headline, run_study
 
 NAMED = ("b200::gaudi3", "h100::gaudi3", "b200::b200")
 PAPER_DEVICES = ("a40", "a100-80g", "gaudi3", "mi300x", "h100", "b200")
-
-
-def _meta() -> dict[str, object]:
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False
-        ).stdout.strip()
-    except OSError:
-        commit = ""
-    return {"machine": platform.platform(), "python": sys.version.split()[0], "commit": commit}
 
 
 def _run(profile: str, devices: tuple[str, ...]) -> tuple[list[dict[str, object]], float]:
@@ -46,9 +36,7 @@ def _print(title: str, head: list[dict[str, object]]) -> None:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--out", default="benchmarks/results/tco_study.json")
-    args = ap.parse_args()
+    argparse.ArgumentParser(description=__doc__).parse_args()
     runs = {
         "paper-2025 (Table 5 devices)": ("paper-2025", PAPER_DEVICES),
         "paper-2025 without MI300x": (
@@ -57,21 +45,16 @@ def main() -> int:
         ),
         "datasheet (same devices, corrected peaks, TDP power)": ("datasheet", PAPER_DEVICES),
     }
-    out: dict[str, object] = {"meta": _meta(), "runs": {}}
+    rows: list[dict[str, object]] = []
+    runs_meta: dict[str, object] = {}
     for title, (profile, devs) in runs.items():
         head, secs = _run(profile, devs)
         _print(f"{title}: TCO benefit vs h100::h100 ({secs:.2f} s)", head)
         wins = sum(1 for h in head if (h["b200::gaudi3"] or 0) > 1 and (h["h100::gaudi3"] or 0) > 1)
         print(f"cells where both b200::gaudi3 and h100::gaudi3 beat h100::h100: {wins}/{len(head)}")
-        out["runs"][title] = {
-            "profile": profile,
-            "devices": devs,
-            "seconds": secs,
-            "headline": head,
-        }  # type: ignore[index]
-    p = Path(args.out)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(json.dumps(out, indent=2))
+        runs_meta[title] = {"profile": profile, "devices": devs, "seconds": secs}
+        rows.extend({"run": title, **h} for h in head)
+    p = write_result("tco_study", rows, {"runs": runs_meta})
     print(f"\nwrote {p}")
     return 0
 

@@ -127,6 +127,7 @@ def _serve_and_query(bundle: Path, onnx_path: Path, requests: int) -> dict[str, 
 
     from terrazzo.bundle import open_bundle, random_inputs
     from terrazzo.runtime import serve
+    from terrazzo.runtime.tensors import v2_datatype
 
     with open_bundle(bundle) as b:
         name, in_specs, out_specs = b.name, b.inputs, b.outputs
@@ -141,7 +142,7 @@ def _serve_and_query(bundle: Path, onnx_path: Path, requests: int) -> dict[str, 
             feeds = random_inputs(in_specs, seed=i)
             infer_inputs = []
             for spec in in_specs:
-                inp = grpcclient.InferInput(spec.name, list(spec.shape), _v2(spec.dtype))
+                inp = grpcclient.InferInput(spec.name, list(spec.shape), v2_datatype(spec.dtype))
                 inp.set_data_from_numpy(feeds[spec.name])
                 infer_inputs.append(inp)
             t = time.perf_counter()
@@ -167,16 +168,6 @@ def _serve_and_query(bundle: Path, onnx_path: Path, requests: int) -> dict[str, 
     if worst_err > 1e-4:
         raise SystemExit(f"demo: served answers differ from onnxruntime by {worst_err:.2e}")
     return figures
-
-
-def _v2(dtype: str) -> str:
-    return {
-        "float32": "FP32",
-        "float16": "FP16",
-        "int64": "INT64",
-        "int32": "INT32",
-        "bool": "BOOL",
-    }[dtype]
 
 
 def main(argv: list[str] | None = None) -> int:
