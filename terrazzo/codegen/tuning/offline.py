@@ -85,16 +85,11 @@ class _Builder:
         return parse_program({"steps": self.steps})
 
 
-def _tiled_template(kernel: Kernel, d: dict[str, Any], lanes: int) -> ScheduleProgram:
-    """Multi-level tiling of the main reduction block (matmul, conv, batched reductions)."""
-    main = kernel.main_block
-    b = _Builder(kernel.func)
-    idx = kernel.blocks.index(main)
-    producers = [blk for blk in kernel.blocks[:idx] if "R" not in blk.loop_kinds]
-    consumers = [blk for blk in kernel.blocks[idx + 1 :] if "R" not in blk.loop_kinds]
-    for blk in producers:
-        b.try_add({"op": "get_sblock", "name": blk.name, "out": f"p{kernel.blocks.index(blk)}"})
-        b.try_add({"op": "compute_inline", "block": f"p{kernel.blocks.index(blk)}"})
+def _epilogue_and_loops(b: Any, main: Any, consumers: list[Any]) -> tuple[str | None, list[str]]:
+    """Inline every elementwise consumer but the last (the epilogue), then bind main's loops.
+
+    Returns the epilogue's block name (None without consumers) and the loop names l0, l1, ...
+    """
     epilogue = None
     for n, blk in enumerate(consumers):
         name = f"e{n}"
@@ -106,6 +101,20 @@ def _tiled_template(kernel: Kernel, d: dict[str, Any], lanes: int) -> SchedulePr
     b.add({"op": "get_sblock", "name": main.name, "out": "b"})
     names = [f"l{i}" for i in range(len(main.loop_kinds))]
     b.add({"op": "get_loops", "block": "b", "out": names})
+    return epilogue, names
+
+
+def _tiled_template(kernel: Kernel, d: dict[str, Any], lanes: int) -> ScheduleProgram:
+    """Multi-level tiling of the main reduction block (matmul, conv, batched reductions)."""
+    main = kernel.main_block
+    b = _Builder(kernel.func)
+    idx = kernel.blocks.index(main)
+    producers = [blk for blk in kernel.blocks[:idx] if "R" not in blk.loop_kinds]
+    consumers = [blk for blk in kernel.blocks[idx + 1 :] if "R" not in blk.loop_kinds]
+    for blk in producers:
+        b.try_add({"op": "get_sblock", "name": blk.name, "out": f"p{kernel.blocks.index(blk)}"})
+        b.try_add({"op": "compute_inline", "block": f"p{kernel.blocks.index(blk)}"})
+    epilogue, names = _epilogue_and_loops(b, main, consumers)
     spatial = [n for n, k in zip(names, main.loop_kinds, strict=True) if k == "S"]
     reduce = [n for n, k in zip(names, main.loop_kinds, strict=True) if k == "R"]
     ext = dict(zip(names, main.loop_extents, strict=True))
@@ -178,17 +187,7 @@ def _conv_template(kernel: Kernel, d: dict[str, Any], lanes: int) -> SchedulePro
         b.add({"op": "get_sblock", "name": blk.name, "out": name})
         if not (d["inline"] and b.try_add({"op": "compute_inline", "block": name})):
             pads.append(name)
-    epilogue = None
-    for n, blk in enumerate(consumers):
-        name = f"e{n}"
-        b.add({"op": "get_sblock", "name": blk.name, "out": name})
-        if n < len(consumers) - 1:
-            b.try_add({"op": "compute_inline", "block": name})
-        else:
-            epilogue = name
-    b.add({"op": "get_sblock", "name": main.name, "out": "b"})
-    names = [f"l{i}" for i in range(len(main.loop_kinds))]
-    b.add({"op": "get_loops", "block": "b", "out": names})
+    epilogue, names = _epilogue_and_loops(b, main, consumers)
     ext = dict(zip(names, main.loop_extents, strict=True))
     spatial = [n for n, k in zip(names, main.loop_kinds, strict=True) if k == "S"]
     reduce = [n for n, k in zip(names, main.loop_kinds, strict=True) if k == "R"]
