@@ -121,7 +121,6 @@ def run(args: argparse.Namespace) -> int:
         make = OfflineProposer
     opts = TuneOptions(trials=args.trials, batch=args.batch)
     cost_model, cost_device = _cost_model(args)
-    prepare = _codegen_prepares()
     out = sys.stdout
 
     def on_kernel(kernel: Any, share: float) -> None:
@@ -150,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
                 on_kernel=on_kernel,
                 cost_model=cost_model,
                 cost_device=cost_device,
-                prepare=prepare,
+                prepare=True,  # codegen lays out CPU convs NHWC; tune the same kernels
             )
             for r in results:
                 sp = f"{r.speedup:.1f}x" if r.speedup else "no valid schedule"
@@ -176,7 +175,7 @@ def _run_metaschedule(
     for label, mod, targets in modules:
         for t in targets:
             target = tvm.target.Target(t)
-            prepared = prepare_module(mod, target) if _codegen_prepares() else mod
+            prepared = prepare_module(mod, target)
             kernels = extract_kernels(prepared, target)
             for kernel, share in rank_kernels(kernels)[: args.kernels]:
                 print(
@@ -186,14 +185,6 @@ def _run_metaschedule(
                 print(f"  best {_us(r.best_latency_s)} after {r.trials} trials ({r.wall_s:.0f} s)")
     print(f"MetaSchedule database directory {work_dir} (use: terrazzo compile --tuning {work_dir})")
     return 0
-
-
-def _codegen_prepares() -> bool:
-    """Codegen's build pipeline applies ``prepare_module`` (NHWC convs on CPU), so tune must too.
-
-    Tuning must see the kernels codegen will build, or the records' workload hashes miss.
-    """
-    return True
 
 
 def _cost_model(args: argparse.Namespace) -> tuple[Any, str]:
