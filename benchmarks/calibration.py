@@ -1,8 +1,8 @@
 """Question: how well does the calibrated roofline predict TVM-compiled op and whole-model latency on this CPU?
 
-Runs ``terrazzo.costmodel.calibrate.run_calibration`` (times ~75 single ops and the small zoo
-models with TVM, llvm, untuned), prints the accuracy tables, writes
-``benchmarks/results/calibration.json``. Targets: held-out op MAPE <= 20%, whole-model
+Runs ``terrazzo.costmodel.calibrate.run_calibration`` (times ~108 single ops and the small
+zoo models with TVM for llvm, built as ``terrazzo compile`` builds CPU stages without
+tuning), prints the accuracy tables, writes ``benchmarks/results/calibration.json``. Targets: held-out op MAPE <= 20%, whole-model
 MAPE <= 15%.
 """
 

@@ -1,9 +1,10 @@
 """Calibration: time TVM-compiled ops and zoo models on the local CPU, fit efficiencies, report accuracy.
 
 ``terrazzo calibrate`` and ``benchmarks/calibration.py`` drive this. Each micro-benchmark is
-a one-op Relax function built with ``relax.op.*``, compiled with ``tvm.compile`` for
-``llvm`` (the way codegen builds CPU stages, untuned) and timed with the VM's
-``time_evaluator``. FLOPs and bytes come from the frontend's own per-op rules (via
+a one-op Relax function built with ``relax.op.*``, compiled by codegen's own
+``compile_module`` for ``llvm`` (exactly as ``terrazzo compile`` builds a CPU stage without a
+tuning database: NHWC convolutions, constants folded) and timed with the VM's
+``time_evaluator``; whole zoo models are built the same way. FLOPs and bytes come from the frontend's own per-op rules (via
 ``to_graph``), so the fitted efficiencies apply to the ops of imported models.
 """
 
@@ -188,6 +189,12 @@ def _ops() -> Any:
     return relax.op
 
 
+def _const(v: float) -> Any:
+    from tvm import relax
+
+    return relax.const(v, "float32")
+
+
 def suite(quick: bool = False) -> list[OpCase]:
     """Representative ops at several shapes; every third shape of a class is held out for testing."""
     op = _ops()
@@ -233,6 +240,24 @@ def suite(quick: bool = False) -> list[OpCase]:
     for n in (1 << 12, 1 << 16, 1 << 19):
         cases.append((f"relu_{n}", ((n,),), op.nn.relu, 0))
         cases.append((f"gelu_{n}", ((n,),), op.nn.gelu, 0))
+    # transcendental and arithmetic kinds the zoo models use (GELU's tanh/erf/power, SiLU's
+    # sigmoid, RMSNorm's sqrt/divide): untuned, their cost per byte differs several-fold
+    for n in (1 << 12, 1 << 16, 1 << 19):
+        for kind in ("tanh", "sigmoid", "exp", "erf", "sqrt"):
+            cases.append((f"{kind}_{n}", ((n,),), getattr(op, kind), 0))
+        cases.append((f"power_{n}", ((n,),), lambda x: op.power(x, _const(3.0)), 0))
+    for n in (1 << 10, 1 << 14, 1 << 18):
+        cases.append((f"multiply_{n}", ((n,), (n,)), op.multiply, 0))
+        cases.append((f"divide_{n}", ((n,), (n,)), op.divide, 0))
+    for c, hw in [(16, 32), (64, 16), (32, 64)]:
+        cases.append(
+            (
+                f"maxpool_{c}x{hw}x{hw}",
+                ((1, c, hw, hw),),
+                lambda x: op.nn.max_pool2d(x, pool_size=3, strides=2, padding=1),
+                0,
+            )
+        )
     for r, c in [(64, 256), (256, 1024), (16, 64), (1024, 1024), (128, 512), (64, 4096)]:
         cases.append((f"sum_{r}x{c}", ((r, c),), lambda x: op.sum(x, axis=[1]), 0))
         cases.append((f"mean_{r}x{c}", ((r, c),), lambda x: op.mean(x, axis=[1], keepdims=True), 0))
@@ -292,6 +317,14 @@ def _analyse(mod: Any, name: str) -> Any:
     return next(o for o in g.ops if o.bytes_read + o.bytes_written > 0)
 
 
+def build_like_codegen(mod: Any) -> Any:
+    """Compile a Relax module for this CPU exactly as ``terrazzo compile`` builds a CPU stage
+    without a tuning database: NHWC/HWIO convolutions, constants folded, default schedules."""
+    from terrazzo.codegen._build import compile_module
+
+    return compile_module(mod, {"kind": "llvm"})
+
+
 def time_vm(ex: Any, args: Sequence[Any], min_repeat_ms: int = 20, repeat: int = 5) -> float:
     """Seconds per call of ``main``: the fastest of ``repeat`` timed batches (robust to a shared machine).
 
@@ -346,7 +379,6 @@ def measure_ops(
     """Compile and time every case on the local CPU (load-corrected when a probe is given)."""
     import tvm
 
-    target = tvm.target.Target({"kind": "llvm"})
     dev = tvm.cpu()
     rng = np.random.default_rng(0)
     out = []
@@ -355,7 +387,7 @@ def measure_ops(
             probe.refresh()
         mod = _build_module(case)
         o = _analyse(mod, case.name)
-        ex = tvm.compile(mod, target=target)
+        ex = build_like_codegen(mod)
         n_var = len(case.shapes) - case.n_const
         args = [
             tvm.runtime.tensor(rng.standard_normal(s).astype("float32"), dev)
@@ -474,12 +506,43 @@ def fit_profile(
     )
 
 
+def _bucket_groups(works: Sequence[float]) -> list[list[int]]:
+    """Index groups (of ``works``, sorted ascending) that buckets are fitted on.
+
+    Few distinct values (a discrete measure such as the weight-walk pressure): one group per
+    value, a value with a single point joining its lower neighbour. Otherwise up to 4
+    equal-count groups, never splitting equal values.
+    """
+    n = len(works)
+    distinct = sorted(set(works))
+    if 1 < len(distinct) <= 6 and n >= 4:
+        groups: list[list[int]] = []
+        for v in distinct:
+            idx = [i for i in range(n) if works[i] == v]
+            if groups and (len(idx) < 2 or len(groups[-1]) < 2):
+                groups[-1].extend(idx)
+            else:
+                groups.append(idx)
+        return groups
+    nb = 1 if n < 6 else min(4, n // 3)
+    cuts = [round(n * k / nb) for k in range(1, nb)]
+    out, start = [], 0
+    for c in cuts:
+        while 0 < c < n and works[c] == works[c - 1]:
+            c += 1
+        if c > start:
+            out.append(list(range(start, c)))
+            start = c
+    if start < n:
+        out.append(list(range(start, n)))
+    return out
+
+
 def _fit_buckets(
     ms: Sequence[OpMeasurement], peak: float, bw: float, launch: float
 ) -> tuple[EfficiencyBucket, ...]:
     ms = sorted(ms, key=lambda m: m.work)
-    nb = 1 if len(ms) < 6 else min(4, len(ms) // 3)
-    chunks = [list(c) for c in np.array_split(np.arange(len(ms)), nb)]
+    chunks = _bucket_groups([m.work for m in ms])
     buckets = []
     for k, idx in enumerate(chunks):
         group = [ms[i] for i in idx]
@@ -537,17 +600,16 @@ def measure_models(
     import tvm
 
     from terrazzo import zoo
-    from terrazzo.frontend import from_onnx, prepare_for_build, sanitize_name
+    from terrazzo.frontend import from_onnx, sanitize_name
 
     out, skipped = [], []
-    target = tvm.target.Target({"kind": "llvm"})
     dev = tvm.cpu()
     built = []
     for name in names:
         try:
             path = zoo.export_onnx(name, cache_dir)
             g = from_onnx(path)
-            ex = tvm.compile(prepare_for_build(g.relax_mod), target=target)
+            ex = build_like_codegen(g.relax_mod)
             inputs = zoo.example_inputs_numpy(name)
             named = {sanitize_name(k): v for k, v in inputs.items()} | dict(inputs)
             args = [

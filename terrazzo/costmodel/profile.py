@@ -29,18 +29,56 @@ COMPUTE_WORK_CLASSES = frozenset({"llm_prefill"})
 
 FOOTPRINT_WORK_CLASSES = frozenset({"matmul", "conv"})
 
+#: Cache sets of an L1 data cache indexed by the page offset (64 B lines × 64 sets = 4 KiB):
+#: every current x86 and Arm server core. The ways differ (8-12) and are absorbed by the fit.
+L1_SETS = 64
+CACHE_LINE_BYTES = 64
+
+
+def weight_walk_sets(flops: int, param_bytes: int, bytes_written: int, elem_bytes: int = 4) -> int:
+    """How many L1 sets an untuned kernel's walk down a weight column can use.
+
+    For ``y[M, N] = x[M, K] · W[K, N]`` (and convolutions as the NHWC/HWIO GEMM they are,
+    K = kh·kw·cin, N = cout) the default loop nest keeps the reduction innermost, so every
+    multiply-add reads the next row of W: a stride of N elements. With a power-of-two stride
+    those rows fall into few cache sets and evict each other (N = 1024 fp32: one set). M, N
+    and K are recovered from FLOPs (2·M·K·N), the weight bytes (K·N) and the output (M·N).
+
+    Returns:
+        The sets reached (1..64), or 0 when the shape cannot be recovered.
+    """
+    if flops <= 0 or param_bytes <= 0 or bytes_written <= 0:
+        return 0
+    m = (flops / 2.0) * elem_bytes / param_bytes  # MKN / KN
+    if m <= 0:
+        return 0
+    stride_bytes = bytes_written / m  # N · elem_bytes
+    if stride_bytes < CACHE_LINE_BYTES:
+        return L1_SETS
+    lines = int(round(stride_bytes / CACHE_LINE_BYTES)) % L1_SETS
+    return L1_SETS // math.gcd(lines, L1_SETS) if lines else 1
+
 
 def op_work(
     op_class: str, flops: int, nbytes: int, param_bytes: int = 0, bytes_read: int = 0
 ) -> float:
     """The size measure buckets are keyed on.
 
-    For matmul and conv, the footprint of the weights (``param_bytes``, else half of
-    ``bytes_read``): an untuned kernel re-reads them for every output row or pixel and its
-    speed follows whether they stay in cache. FLOPs for prefill; bytes moved otherwise.
+    For matmul and conv that read a weight: the cache pressure of the weight-column walk
+    (see ``weight_walk_sets``): 1 when the K rows it visits fit in the sets they map to
+    (reduction length ≤ 8 × sets), else 64 / sets (4 = 16 sets reached … 64 = one set).
+    Untuned GEMM speed follows it far more closely than size (1.5 ns per multiply-add at
+    4-16 sets, 5 ns at one). Activation-only matmuls (attention) use half of ``bytes_read``.
+    FLOPs for prefill; bytes moved otherwise.
     """
     if op_class in FOOTPRINT_WORK_CLASSES:
-        return float(param_bytes if param_bytes > 0 else bytes_read // 2)
+        if param_bytes > 0:
+            sets = weight_walk_sets(flops, param_bytes, nbytes - bytes_read)
+            if sets:
+                k_rows = (flops / 2.0) / max((nbytes - bytes_read) / 4.0, 1.0)
+                return 1.0 if k_rows <= 8 * sets else float(L1_SETS // sets)
+            return float(param_bytes)
+        return float(bytes_read // 2)
     return float(flops if op_class in COMPUTE_WORK_CLASSES else nbytes)
 
 

@@ -321,7 +321,7 @@ def test_calibration_profile_roundtrip_and_override(cat, tmp_path):
         launch_overhead_s=1e-5,
         efficiency={
             "matmul": (
-                EfficiencyBucket(1e6, Efficiency(0.01, 0.5)),
+                EfficiencyBucket(16, Efficiency(0.01, 0.5)),
                 EfficiencyBucket(math.inf, Efficiency(0.1, 0.5)),
             )
         },
@@ -331,19 +331,39 @@ def test_calibration_profile_roundtrip_and_override(cat, tmp_path):
     assert loaded.efficiency_for("matmul", 10) == Efficiency(0.01, 0.5)
     assert loaded.efficiency_for("matmul", 1e9) == Efficiency(0.1, 0.5)
     m = CostModel(cat, calibration=path)
-    # matmul buckets are keyed on the weight footprint: 4 MB of weights -> the second bucket
-    op = Op(
-        "mm",
-        "matmul",
-        ("x",),
-        ("mm",),
-        op_class="matmul",
-        flops=10**9,
-        bytes_read=4_000_008,
-        bytes_written=4,
-        param_bytes=4_000_000,
-    )
-    assert m.op_latency_s(op, "cpu") == pytest.approx(1e9 / (7.2e12 * 0.1) + 1e-5)
+    spec = m.device("cpu")
+
+    def gemm(m_: int, k: int, n: int) -> Op:
+        w = 4 * k * n
+        return Op(
+            "mm",
+            "matmul",
+            ("x",),
+            ("mm",),
+            op_class="matmul",
+            flops=2 * m_ * k * n,
+            bytes_read=4 * m_ * k + w,
+            bytes_written=4 * m_ * n,
+            param_bytes=w,
+        )
+
+    def expect(op: Op, e: Efficiency) -> float:
+        nbytes = op.bytes_read + op.bytes_written
+        return (
+            max(
+                op.flops / (spec.peak_flops_per_s("fp32") * e.compute),
+                nbytes / (spec.mem_bw_bytes_per_s * e.memory),
+            )
+            + 1e-5
+        )
+
+    # matmul buckets are keyed on the weight-column walk: N = 1024 fp32 rows are 4 KiB
+    # apart, one L1 set for K = 1024 rows -> pressure 64 -> the second bucket
+    big = gemm(4, 1024, 1024)
+    assert m.op_latency_s(big, "cpu") == pytest.approx(expect(big, Efficiency(0.1, 0.5)))
+    # N = 64: 4 lines apart, 16 sets x 8 ways hold K = 64 rows -> pressure 1 -> first bucket
+    small = gemm(4, 64, 64)
+    assert m.op_latency_s(small, "cpu") == pytest.approx(expect(small, Efficiency(0.01, 0.5)))
     # other devices keep the priors
     assert m.launch_overhead_s("h100") == 5e-6
 
@@ -391,3 +411,25 @@ def test_devices_cli_json_and_paper(capsys, monkeypatch):
     text = capsys.readouterr().out
     assert "1,979" in text and "989.4" in text and "Gaudi3" in text
     assert main(["devices", "--profile", "bogus"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("m_", "k", "n", "sets", "work"),
+    [
+        (32, 64, 64, 16, 1.0),  # 256 B stride: 16 sets, 64 rows fit 16 x 8 ways
+        (16, 64, 256, 4, 16.0),  # 1 KiB stride: 4 sets hold 32 rows < 64
+        (8, 512, 768, 4, 16.0),  # 3 KiB = 48 lines: gcd(48, 64) = 16 -> 4 sets
+        (16, 128, 512, 2, 32.0),
+        (1, 1024, 1024, 1, 64.0),  # 4 KiB stride: every row in the same set
+        (8, 100, 8, 64, 1.0),  # rows narrower than a line: the walk is sequential
+    ],
+)
+def test_weight_walk_sets_and_work_by_hand(m_, k, n, sets, work):
+    from terrazzo.costmodel.profile import op_work, weight_walk_sets
+
+    flops, w, out = 2 * m_ * k * n, 4 * k * n, 4 * m_ * n
+    assert weight_walk_sets(flops, w, out) == sets
+    nbytes = 4 * m_ * k + w + out
+    assert op_work("matmul", flops, nbytes, w, 4 * m_ * k + w) == work
+    # without a weight, the footprint of the operands is the measure
+    assert op_work("matmul", flops, nbytes, 0, 4 * m_ * k + w) == (4 * m_ * k + w) // 2

@@ -143,3 +143,17 @@ def test_calibrate_cli_rejects_unknown_zoo_model(capsys):
 
     assert main(["calibrate", "--models", "resnet9000"]) == 2
     assert "resnet9000" in capsys.readouterr().err
+
+
+def test_bucket_groups_never_split_equal_work():
+    from terrazzo.costmodel.calibrate import _bucket_groups
+
+    # a discrete measure: one group per value, a lone point joins its lower neighbour
+    assert _bucket_groups([1, 1, 4, 4, 4, 8]) == [[0, 1], [2, 3, 4, 5]]
+    # a continuous measure: equal-count groups, cuts moved past ties
+    works = [1, 2, 3, 3, 3, 4, 5, 6, 7, 8, 9, 10]
+    groups = _bucket_groups(works)
+    assert [i for g in groups for i in g] == list(range(len(works)))
+    for a, b in zip(groups, groups[1:], strict=False):
+        assert works[a[-1]] < works[b[0]]
+    assert len(_bucket_groups([5.0, 6.0, 7.0])) == 1
