@@ -358,10 +358,12 @@ def problem_from_graph(
         for b, sb in zip(fleet.names, specs, strict=True):
             if a == b:
                 continue
-            t0 = float(cm.transfer_latency_s(0, sa, sb))
-            t1 = float(cm.transfer_latency_s(int(probe), sa, sb))
-            base[(a, b)] = t0
-            spb[(a, b)] = max(0.0, (t1 - t0) / probe)
+            # latency + bytes / bandwidth, read off at 1 byte and 1 GiB (a 0-byte transfer
+            # costs nothing, so it would hide the link's fixed latency)
+            t1 = float(cm.transfer_latency_s(1, sa, sb))
+            tp = float(cm.transfer_latency_s(int(probe), sa, sb))
+            spb[(a, b)] = max(0.0, (tp - t1) / (probe - 1))
+            base[(a, b)] = max(0.0, t1 - spb[(a, b)])
     decode: dict[str, int] = {}
     for o in nodes:
         if o.op_class == "llm_decode":

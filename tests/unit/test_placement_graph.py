@@ -97,3 +97,19 @@ def test_cli_plan_graph_json_and_errors(capsys: pytest.CaptureFixture[str], tmp_
     rc = main(["plan", str(DATA / "tasks" / "issue_example.yaml"), "--solver", "heft"])
     assert rc == 0
     assert "plan by heft" in capsys.readouterr().out
+
+
+def test_graph_problem_transfers_pay_the_link_latency() -> None:
+    from terrazzo.costmodel import CostModel, load_catalog
+    from terrazzo.placement.adapters import problem_from_graph
+
+    cat = load_catalog()
+    p = problem_from_graph(mlp_graph(), FLEET, SLA(0.050), catalog=cat)
+    cm = CostModel(cat)
+    i, j = FLEET.names.index("cpu"), FLEET.names.index("h100")
+    link = cm.link("cpu", "h100")
+    # fixed part = the link's latency (not the 0 an empty transfer costs), slope = 1/bandwidth
+    assert link.latency_s > 0
+    assert p.xfer_base_s[i, j] == pytest.approx(link.latency_s, rel=1e-6)
+    assert p.xfer_s_per_byte[i, j] == pytest.approx(1.0 / link.bw_bytes_per_s, rel=1e-6)
+    assert p.xfer_base_s[i, i] == 0.0
