@@ -192,7 +192,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default="mlp,cnn,bert,llama")
     ap.add_argument("--trials", type=int, default=16)
-    ap.add_argument("--kernels", type=int, default=12)
+    ap.add_argument("--kernels", type=int, default=24)
     ap.add_argument("--repeats", type=int, default=100)
     ap.add_argument("--db", default=None, help="folder of per-model tuning databases")
     ap.add_argument("--retune", action="store_true")

@@ -161,7 +161,11 @@ def test_database_keeps_the_fastest_and_rejects_bad_lines() -> None:
     with pytest.raises(TuningError, match="records.jsonl:2"):
         TuningDatabase.from_jsonl(db.to_jsonl() + "{bad\n")
     with pytest.raises(TuningError, match="latency_s must be positive"):
-        TuningRecord.from_json(TuningRecord("h", key, "{}", 1.0).to_json().replace("1.0", "-1.0"))
+        TuningRecord.from_json(
+            TuningRecord("h", key, "{}", 1.0)
+            .to_json()
+            .replace('"latency_s":1.0', '"latency_s":-1.0')
+        )
 
 
 def test_tune_module_then_apply_tuning_compiles_same_numbers() -> None:

@@ -34,6 +34,7 @@ _SPACE: dict[str, tuple[Any, ...]] = {
     "unroll": (0, 1),
     "inline": (0, 1),
     "parallel": (0, 1),
+    "co_first": (0, 1),
 }
 
 
@@ -212,18 +213,21 @@ def _conv_template(kernel: Kernel, d: dict[str, Any], lanes: int) -> SchedulePro
     if d.get("hin") and outer and ext[outer[-1]] * rt <= 16:
         inner_h = [outer[-1]]
         outer = outer[:-1]
+    # ``co_first``: output-channel tiles outermost, so the tasks one thread runs in a row
+    # share a weight tile (read from DRAM once, then from L2) instead of sweeping all weights
+    # once per output row.
+    par = ["co_o", *outer, "w_o"] if d.get("co_first") else [*outer, "w_o", "co_o"]
     if d["order"] == "k_out":
-        order = outer + ["w_o", "co_o"] + rest_r + ["ci_o", "ci_i", *inner_h, "w_i", "co_i"]
+        order = par + rest_r + ["ci_o", "ci_i", *inner_h, "w_i", "co_i"]
     else:
-        order = outer + ["w_o", "co_o", "ci_o"] + rest_r + ["ci_i", *inner_h, "w_i", "co_i"]
+        order = par + ["ci_o"] + rest_r + ["ci_i", *inner_h, "w_i", "co_i"]
     b.add({"op": "reorder", "loops": order})
     if epilogue is not None and b.try_add(
-        {"op": "reverse_compute_at", "block": epilogue, "loop": "co_o"}
+        {"op": "reverse_compute_at", "block": epilogue, "loop": par[-1]}
     ):
         epi_loops = [f"el{i}" for i in range(len(b.loops_of(epilogue)))]
         b.add({"op": "get_loops", "block": epilogue, "out": epi_loops})
         b.try_add({"op": "vectorize", "loop": epi_loops[-1]})
-    par = outer + ["w_o", "co_o"]
     b.add({"op": "fuse", "loops": par, "out": "par"})
     for name in pads:
         b.try_add({"op": "compute_at", "block": name, "loop": "par"})
@@ -431,6 +435,9 @@ class OfflineProposer:
             {"order": "k_mid"},
         ]
         seeds = [{**base, **v} for v in variants]
+        # Weight-bound convolutions (few output pixels per weight) also try channel tiles
+        # outermost, each weight tile streamed once (see ``_conv_template``).
+        seeds[1:1] = [{**s, "co_first": 1} for s in seeds[:2]]
         spatial = [
             e
             for e, k in zip(
@@ -469,7 +476,8 @@ class OfflineProposer:
         for _ in range(self._rng.choice((1, 1, 2))):
             key = self._rng.choice(list(_SPACE))
             vals = _SPACE[key]
-            i = vals.index(out[key]) if out[key] in vals else 0
+            cur = out.get(key, vals[0])
+            i = vals.index(cur) if cur in vals else 0
             j = max(0, min(len(vals) - 1, i + self._rng.choice((-1, 1))))
             if j == i:
                 j = self._rng.randrange(len(vals))
