@@ -124,11 +124,20 @@ def _check_tp(dev: DeviceSpec, tp: int) -> None:
 
 
 def allreduce_latency_s(nbytes: float, tp: int, dev: DeviceSpec) -> float:
-    """Ring all-reduce of ``nbytes`` over ``tp`` devices on the scale-up link: 2(p−1)/p · n / bw + 2(p−1)·α."""
+    """All-reduce of ``nbytes`` over ``tp`` devices on the scale-up link, as NCCL would pick it.
+
+    Ring: 2(p−1)/p · n / bw + 2(p−1)·α (bandwidth-optimal, for large messages). Tree
+    (NCCL's double binary tree): 2·n / bw + 2·⌈log2 p⌉·α (latency-optimal, for the small
+    per-token activations of decode). NCCL chooses the algorithm by message size; the
+    model takes the faster of the two. α is the scale-up link's latency.
+    """
     if tp <= 1:
         return 0.0
     bw = dev.scaleup_bw_bytes_per_s
-    return 2.0 * (tp - 1) / tp * nbytes / bw + 2.0 * (tp - 1) * LINK_LATENCY_S["scaleup"]
+    alpha = LINK_LATENCY_S["scaleup"]
+    ring = 2.0 * (tp - 1) / tp * nbytes / bw + 2.0 * (tp - 1) * alpha
+    tree = 2.0 * nbytes / bw + 2.0 * math.ceil(math.log2(tp)) * alpha
+    return min(ring, tree)
 
 
 def _tp_comm_s(
