@@ -233,7 +233,16 @@ def _conv_template(kernel: Kernel, d: dict[str, Any], lanes: int) -> SchedulePro
         b.try_add({"op": "compute_at", "block": name, "loop": "par"})
     if d["parallel"]:
         b.try_add({"op": "parallel", "loop": "par"})
-    if vt > 1:
+    # One vector of output channels per instruction: a wider channel tile is unrolled over
+    # vectors (an accumulator tile rt × vt/vec), and a packed-weight block (see
+    # ``prepare_module``) is never straddled by one vector, so its loads stay contiguous.
+    vec = _vector_lanes(kernel, lanes)
+    if vt > vec and vt % vec == 0:
+        b.add({"op": "split", "loop": "co_i", "factors": [None, vec], "out": ["co_v", "co_l"]})
+        b.try_add({"op": "vectorize", "loop": "co_l"})
+        if d["unroll"]:
+            b.try_add({"op": "unroll", "loop": "co_v"})
+    elif vt > 1:
         b.try_add({"op": "vectorize", "loop": "co_i"})
     if d["unroll"]:
         for h in inner_h:
@@ -245,6 +254,18 @@ def _conv_template(kernel: Kernel, d: dict[str, Any], lanes: int) -> SchedulePro
     first_r = (rest_r + ["ci_o"])[0] if d["order"] == "k_out" else "ci_o"
     b.add({"op": "decompose_reduction", "block": "b", "loop": first_r})
     return b.program()
+
+
+def _vector_lanes(kernel: Kernel, lanes: int) -> int:
+    """Vector width for output channels: the machine's lanes, capped by a packed weight's
+    innermost block (a 5-D weight ``[CO/P, KH, KW, CI, P]``)."""
+    vec = lanes
+    for buf in kernel.func.params:  # TVM 0.27: PrimFunc parameters are the buffers
+        if len(getattr(buf, "shape", ())) == 5:
+            p = int(buf.shape[-1])
+            if p > 1:
+                vec = min(vec, p) if vec % p == 0 or p % vec == 0 else vec
+    return max(1, vec)
 
 
 def _rows_template(kernel: Kernel, d: dict[str, Any], lanes: int) -> ScheduleProgram:
