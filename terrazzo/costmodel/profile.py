@@ -38,9 +38,8 @@ CACHE_LINE_BYTES = 64
 def weight_walk_sets(flops: int, param_bytes: int, bytes_written: int, elem_bytes: int = 4) -> int:
     """How many L1 sets an untuned kernel's walk down a weight column can use.
 
-    For ``y[M, N] = x[M, K] · W[K, N]`` (and convolutions as the NHWC/HWIO GEMM they are,
-    K = kh·kw·cin, N = cout) the default loop nest keeps the reduction innermost, so every
-    multiply-add reads the next row of W: a stride of N elements. With a power-of-two stride
+    For ``y[M, N] = x[M, K] · W[K, N]`` the default loop nest keeps the reduction
+    innermost, so every multiply-add reads the next row of W: a stride of N elements. With a power-of-two stride
     those rows fall into few cache sets and evict each other (N = 1024 fp32: one set). M, N
     and K are recovered from FLOPs (2·M·K·N), the weight bytes (K·N) and the output (M·N).
 
@@ -68,9 +67,15 @@ def op_work(
     (see ``weight_walk_sets``): 1 when the K rows it visits fit in the sets they map to
     (reduction length ≤ 8 × sets), else 64 / sets (4 = 16 sets reached … 64 = one set).
     Untuned GEMM speed follows it far more closely than size (1.5 ns per multiply-add at
-    4-16 sets, 5 ns at one). Activation-only matmuls (attention) use half of ``bytes_read``.
+    4-16 sets, 5 ns at one). Convolutions read output-channel-packed weights sequentially;
+    their measure is the reduction length kh·kw·cin (0.56 ns per multiply-add at K = 72,
+    0.9 at K = 4608 here). Activation-only matmuls (attention) use half of ``bytes_read``.
     FLOPs for prefill; bytes moved otherwise.
     """
+    if op_class == "conv" and param_bytes > 0 and flops > 0 and nbytes > bytes_read:
+        # CPU codegen packs conv weights in output-channel blocks (codegen.tuning.layout),
+        # so the walk is sequential and the reduction length K = kh·kw·cin sets the speed
+        return (flops / 2.0) / ((nbytes - bytes_read) / 4.0)
     if op_class in FOOTPRINT_WORK_CLASSES:
         if param_bytes > 0:
             sets = weight_walk_sets(flops, param_bytes, nbytes - bytes_read)

@@ -433,3 +433,13 @@ def test_weight_walk_sets_and_work_by_hand(m_, k, n, sets, work):
     assert op_work("matmul", flops, nbytes, w, 4 * m_ * k + w) == work
     # without a weight, the footprint of the operands is the measure
     assert op_work("matmul", flops, nbytes, 0, 4 * m_ * k + w) == (4 * m_ * k + w) // 2
+
+
+def test_conv_work_is_the_reduction_length():
+    from terrazzo.costmodel.profile import op_work
+
+    # 3x3 conv, 64 -> 128 channels, 8x8 output: K = 3*3*64 = 576 whatever the size
+    m_, k, n = 64, 576, 128
+    flops, w, out = 2 * m_ * k * n, 4 * k * n, 4 * m_ * n
+    read = 4 * 10 * 10 * 64 + w
+    assert op_work("conv", flops, read + out, w, read) == pytest.approx(576)
