@@ -35,6 +35,7 @@ _SPACE: dict[str, tuple[Any, ...]] = {
     "inline": (0, 1),
     "parallel": (0, 1),
     "co_first": (0, 1),
+    "hin": (0, 1),
 }
 
 
@@ -469,6 +470,7 @@ class OfflineProposer:
         if len(spatial) >= 3 and spatial[-2] * spatial[-3] <= 16:
             seeds[1:1] = [
                 {**base, "hin": 1, "rt": 2, "vt": lanes * 2, "kt": 8},
+                {**base, "hin": 1, "rt": 2, "vt": lanes * 2, "kt": 8, "co_first": 1},
                 {**base, "hin": 1, "rt": 4, "vt": lanes, "kt": 8},
             ]
         # The generic tiled template (register tile over width, k_mid) competes too.
