@@ -28,7 +28,7 @@ from terrazzo.codegen.tuning import (  # noqa: E402
     workload_hash,
 )
 from terrazzo.codegen.tuning import workloads as W  # noqa: E402
-from terrazzo.codegen.tuning.measure import KernelEvaluator  # noqa: E402
+from terrazzo.codegen.tuning.measure import KernelEvaluator, build  # noqa: E402
 from terrazzo.errors import TuningError  # noqa: E402
 
 TARGET = tvm.target.Target({"kind": "llvm", "num-cores": 2})
@@ -239,6 +239,62 @@ def test_prepare_module_makes_cpu_convs_nhwc_and_keeps_numbers() -> None:
         vm = relax.VirtualMachine(tvm.compile(low, target=TARGET), tvm.cpu())
         outs.append(vm["main"](tvm.runtime.tensor(x, tvm.cpu())).numpy())
     np.testing.assert_allclose(outs[0], outs[1], rtol=1e-5, atol=1e-5)
+
+
+def test_packed_conv_weights_stream_and_tune_correctly() -> None:
+    """prepare_module packs NHWC conv weights into [CO/8, KH, KW, CI, 8] blocks (a strided,
+    padded conv with 16 output channels here), is idempotent, keeps the numbers, and the
+    offline conv template tunes the packed kernel to valid (verified) schedules whose
+    channel tiles wider than a vector are unrolled over 8-lane vectors."""
+    from tvm import relax
+    from tvm.script import relax as R
+
+    from terrazzo.codegen.tuning import PACK_LANES, prepare_module
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", R.Tensor((1, 8, 9, 9), "float32"))
+    w = np.random.default_rng(2).standard_normal((16, 8, 3, 3)).astype("float32")
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.nn.conv2d(x, relax.const(w), strides=2, padding=1))
+            z = bb.emit_output(relax.op.nn.relu(y))
+        bb.emit_func_output(z)
+    mod = bb.get()
+    prepared = prepare_module(mod, TARGET)
+    assert prepare_module(prepared, TARGET) is prepared  # idempotent
+    (conv,) = [k for k in extract_kernels(prepared, TARGET) if k.kernel_class == "conv"]
+    shapes = [tuple(int(d) for d in p.shape) for p in conv.func.params]
+    assert (2, 3, 3, 8, PACK_LANES) in shapes  # packed weights, no HWIO weight left
+    assert not any(len(s) == 4 and s[-1] == 16 and s[0] == 3 for s in shapes[1:2])
+    xs = np.random.default_rng(3).standard_normal((1, 8, 9, 9)).astype("float32")
+    outs = []
+    for m in (mod, prepared):
+        with TARGET:
+            low = relax.get_pipeline("zero")(m)
+        vm = relax.VirtualMachine(tvm.compile(low, target=TARGET), tvm.cpu())
+        outs.append(vm["main"](tvm.runtime.tensor(xs, tvm.cpu())).numpy())
+    np.testing.assert_allclose(outs[0], outs[1], rtol=1e-5, atol=1e-5)
+    res = tune_kernel(conv, TARGET, OfflineProposer(), TuneOptions(trials=4, measure=FAST))
+    assert res.best_program is not None
+    assert all(t.ok for t in res.trials), [t.reason for t in res.trials if not t.ok]
+    wide = [t for t in res.trials if '"co_l"' in t.program.to_json()]
+    assert wide  # vt=16 seeds split channels into 8-lane vectors
+
+
+def test_large_input_kernels_are_timed_cold() -> None:
+    """Kernels whose inputs exceed cold_above_bytes are timed after a cache flush."""
+    from terrazzo.codegen.tuning import MeasureOptions
+
+    (k,) = extract_kernels(tvm.IRModule({"main": W.KERNELS["matmul"]()}), TARGET, lowered=True)
+    in_bytes = 2 * 64 * 64 * 4
+    cold = KernelEvaluator(k, TARGET, MeasureOptions(n_input_sets=1, cold_above_bytes=in_bytes - 1))
+    warm = KernelEvaluator(k, TARGET, MeasureOptions(n_input_sets=1, cold_above_bytes=in_bytes))
+    forced = KernelEvaluator(k, TARGET, MeasureOptions(n_input_sets=1, cache_flush_bytes=1 << 20))
+    assert cold.flush_bytes() == 64 << 20
+    assert warm.flush_bytes() == 0
+    assert forced.flush_bytes() == 1 << 20
+    ex = build(k.func, TARGET)
+    assert cold.time_executable(ex) > 0
 
 
 def test_ranking_uses_the_cost_model_when_given() -> None:

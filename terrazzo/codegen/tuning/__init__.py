@@ -20,7 +20,7 @@ from terrazzo.codegen.tuning.kernel import (
     rank_kernels,
     workload_hash,
 )
-from terrazzo.codegen.tuning.layout import prepare_module
+from terrazzo.codegen.tuning.layout import PACK_LANES, prepare_module
 from terrazzo.codegen.tuning.llm import LLMProposer, extract_json_object
 from terrazzo.codegen.tuning.loop import KernelResult, TuneOptions, tune_kernel, tune_module
 from terrazzo.codegen.tuning.measure import KernelEvaluator, Measurement, MeasureOptions
@@ -35,6 +35,7 @@ from terrazzo.codegen.tuning.program import (
 from terrazzo.codegen.tuning.proposer import HardwareSpec, Proposal, Proposer, Trial, local_hardware
 
 __all__ = [
+    "PACK_LANES",
     "PRIMITIVES",
     "HardwareSpec",
     "Kernel",

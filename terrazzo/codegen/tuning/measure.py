@@ -177,6 +177,17 @@ class KernelEvaluator:
                     return False, f"output {name!r} differs on input set {n}", math.inf
         return True, "", worst
 
+    def flush_bytes(self) -> int:
+        """Cache flush size used when timing: ``cache_flush_bytes``, else the cold flush for
+        kernels whose inputs exceed ``cold_above_bytes``, else 0 (warm)."""
+        o = self.options
+        if o.cache_flush_bytes:
+            return o.cache_flush_bytes
+        in_bytes = sum(a.nbytes for a in self.inputs[0] if a is not None)
+        if o.cold_above_bytes and in_bytes > o.cold_above_bytes:
+            return o.cold_flush_bytes
+        return 0
+
     def time_executable(self, ex: Any) -> float:
         """Median latency in seconds of ``ex['main']`` on the first input set."""
         import tvm
@@ -189,10 +200,7 @@ class KernelEvaluator:
             )
             for i, p in enumerate(self.params)
         ]
-        flush = o.cache_flush_bytes
-        in_bytes = sum(a.nbytes for a in args if a is not None)
-        if not flush and o.cold_above_bytes and in_bytes > o.cold_above_bytes:
-            flush = o.cold_flush_bytes
+        flush = self.flush_bytes()
         mod = ex.jit() if hasattr(ex, "jit") else ex
         f = mod["main"]
         f(*tensors)  # warm-up
