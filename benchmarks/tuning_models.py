@@ -8,7 +8,8 @@ onnxruntime; MLP and CNN faster than it. Also reports the untuned build, so the 
 is visible, and checks the tuned build's outputs against onnxruntime.
 
 Run: ``OMP_NUM_THREADS=2 TVM_NUM_THREADS=2 .venv/bin/python benchmarks/tuning_models.py
-[--models mlp,cnn,bert,llama] [--trials 16] [--kernels 12] [--db DIR] [--repeats 200]``.
+[--models mlp,cnn,bert,llama] [--trials 16] [--kernels 24] [--db DIR] [--repeats 100]``. All
+convolutions of the CNN (ResNet-18 has 15 distinct conv kernels) fit in the 24-kernel budget.
 The per-model tuning databases are kept under ``--db`` (default: a cache folder), so a
 second run reuses them (``--retune`` to search again).
 """
