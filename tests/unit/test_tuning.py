@@ -376,3 +376,38 @@ def test_conv_template_keeps_small_feature_maps_in_the_register_tile() -> None:
     for p in props:
         m = ev.measure(apply_program(kernel.func, p.program))
         assert m.ok, (p.note, m.reason)
+
+
+def test_fallback_roofline_comes_from_the_cost_model_local_cpu(tmp_path, monkeypatch) -> None:
+    from terrazzo.codegen.tuning.kernel import DEFAULT_MEM_BW_BYTES_PER_S, local_roofline
+    from terrazzo.costmodel.calibrate import local_cpu_spec
+    from terrazzo.costmodel.profile import CalibrationProfile
+
+    monkeypatch.delenv("TERRAZZO_CALIBRATION", raising=False)
+    monkeypatch.setenv("TERRAZZO_CACHE", str(tmp_path / "empty"))
+    local_roofline.cache_clear()
+    try:
+        spec = local_cpu_spec(bw_bytes_per_s=DEFAULT_MEM_BW_BYTES_PER_S)
+        peak, bw = local_roofline()
+        assert peak == pytest.approx(spec.peak_tflops["fp32"] * 1e12)
+        assert bw == DEFAULT_MEM_BW_BYTES_PER_S
+        # A saved calibration profile's device spec wins (its measured bandwidth).
+        prof = CalibrationProfile(
+            device="local-cpu",
+            applies_to=("local-cpu",),
+            launch_overhead_s=1e-6,
+            efficiency={},
+            device_spec=local_cpu_spec(bw_bytes_per_s=7.5e9),
+        )
+        prof.save(tmp_path / "c" / "calibration" / "local-cpu.json")
+        monkeypatch.setenv("TERRAZZO_CACHE", str(tmp_path / "c"))
+        local_roofline.cache_clear()
+        peak2, bw2 = local_roofline()
+        assert bw2 == pytest.approx(7.5e9)
+        assert peak2 == pytest.approx(peak, rel=0.05)
+        kernels = extract_kernels(W.mlp_module(32, 64, 64, 8), TARGET)
+        want = {k.workload_hash: k.predicted_latency_s(peak2, bw2) for k in kernels}
+        ranked = rank_kernels(kernels)
+        assert ranked[0][1] == pytest.approx(want[ranked[0][0].workload_hash] / sum(want.values()))
+    finally:
+        local_roofline.cache_clear()

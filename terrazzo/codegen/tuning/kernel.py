@@ -8,15 +8,59 @@ FLOPs and bytes, and kernels are ranked by their roofline share of the stage's t
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-#: Fallback machine figures when no cost model is given (this machine, DESIGN.md Facts).
+#: Last-resort machine figures when neither a cost model nor the cost model's local CPU
+#: description can be had (this machine, DESIGN.md Facts).
 DEFAULT_PEAK_FLOPS = 85e9
 DEFAULT_MEM_BW_BYTES_PER_S = 20e9
+
+
+@functools.lru_cache(maxsize=1)
+def local_roofline() -> tuple[float, float]:
+    """Roofline figures ``(peak_flops, mem_bw_bytes_per_s)`` for ranking without a cost model.
+
+    Taken from the cost model's description of this CPU: the device spec of a saved
+    calibration profile (``$TERRAZZO_CALIBRATION``, else ``$TERRAZZO_CACHE`` or
+    ``~/.cache/terrazzo`` ``/calibration/local-cpu.json``, as ``terrazzo calibrate`` writes it)
+    when one exists, else ``terrazzo.costmodel.calibrate.local_cpu_spec`` (peak from cores ×
+    clock × SIMD width) with :data:`DEFAULT_MEM_BW_BYTES_PER_S` — no bandwidth is measured.
+    Falls back to the module constants if neither can be read. Cached per process.
+    """
+    import os
+    from pathlib import Path
+
+    env = os.environ.get("TERRAZZO_CALIBRATION")
+    cache = Path(os.environ.get("TERRAZZO_CACHE", Path.home() / ".cache" / "terrazzo"))
+    for path in [Path(env)] if env else [cache / "calibration" / "local-cpu.json"]:
+        if not path.is_file():
+            continue
+        try:
+            from terrazzo.costmodel.profile import CalibrationProfile
+
+            spec = CalibrationProfile.load(path).device_spec
+        except Exception:  # an unreadable profile only loses the better figures
+            spec = None
+        if spec is not None:
+            peak = float(spec.peak_tflops.get("fp32", 0.0)) * 1e12
+            bw = float(spec.mem_bw_bytes_per_s)
+            if peak > 0 and bw > 0:
+                return peak, bw
+    try:
+        from terrazzo.costmodel.calibrate import local_cpu_spec
+
+        spec = local_cpu_spec(bw_bytes_per_s=DEFAULT_MEM_BW_BYTES_PER_S)
+        peak = float(spec.peak_tflops["fp32"]) * 1e12
+        if peak > 0:
+            return peak, float(spec.mem_bw_bytes_per_s)
+    except Exception:
+        pass
+    return DEFAULT_PEAK_FLOPS, DEFAULT_MEM_BW_BYTES_PER_S
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,8 +330,8 @@ def kernel_op(kernel: Kernel) -> Any:
 
 def rank_kernels(
     kernels: list[Kernel],
-    peak_flops: float = DEFAULT_PEAK_FLOPS,
-    mem_bw_bytes_per_s: float = DEFAULT_MEM_BW_BYTES_PER_S,
+    peak_flops: float | None = None,
+    mem_bw_bytes_per_s: float | None = None,
     cost_model: Any = None,
     device: str = "local-cpu",
 ) -> list[tuple[Kernel, float]]:
@@ -295,8 +339,10 @@ def rank_kernels(
 
     Args:
         kernels: analysed kernels (several with the same workload hash are merged).
-        peak_flops: roofline compute peak, used without a cost model.
-        mem_bw_bytes_per_s: roofline bandwidth, used without a cost model.
+        peak_flops: roofline compute peak, used without a cost model (default: this CPU's,
+            from :func:`local_roofline`).
+        mem_bw_bytes_per_s: roofline bandwidth, used without a cost model (default: from
+            :func:`local_roofline`).
         cost_model: a ``terrazzo.costmodel.CostModel``; when given, each kernel's time is its
             ``op_latency_s`` on ``device`` (the calibrated CPU profile's efficiencies and
             launch overhead) times its call count.
@@ -323,6 +369,10 @@ def rank_kernels(
             h: k.calls * cost_model.op_latency_s(kernel_op(k), device) for h, k in merged.items()
         }
     else:
+        if peak_flops is None or mem_bw_bytes_per_s is None:
+            local_peak, local_bw = local_roofline()
+            peak_flops = peak_flops or local_peak
+            mem_bw_bytes_per_s = mem_bw_bytes_per_s or local_bw
         times = {
             h: k.predicted_latency_s(peak_flops, mem_bw_bytes_per_s) for h, k in merged.items()
         }
@@ -338,6 +388,7 @@ __all__ = [
     "classify",
     "extract_kernels",
     "kernel_op",
+    "local_roofline",
     "lower_for_tuning",
     "rank_kernels",
     "workload_hash",

@@ -212,7 +212,10 @@ def tune_module(
     if prepare and not lowered:
         mod = prepare_module(mod, target)
     kernels = extract_kernels(mod, target, lowered=lowered)
-    ranked = rank_kernels(kernels, hw.peak_flops, hw.mem_bw_bytes_per_s, cost_model, cost_device)
+    # Without a cost model, rank on this CPU's roofline (the cost model's figures) unless the
+    # caller described the hardware itself.
+    peak, bw = (hw.peak_flops, hw.mem_bw_bytes_per_s) if hardware is not None else (None, None)
+    ranked = rank_kernels(kernels, peak, bw, cost_model, cost_device)
     results = []
     for kernel, share in ranked[:max_kernels]:
         if share < min_share:
