@@ -411,3 +411,39 @@ def test_fallback_roofline_comes_from_the_cost_model_local_cpu(tmp_path, monkeyp
         assert ranked[0][1] == pytest.approx(want[ranked[0][0].workload_hash] / sum(want.values()))
     finally:
         local_roofline.cache_clear()
+
+
+def test_matmul_micro_kernel_variants_are_correct_with_and_without_epilogue() -> None:
+    from tvm import te, topi
+
+    from terrazzo.codegen.tuning.offline import build_program
+    from terrazzo.codegen.tuning.workloads import _prim
+
+    a = te.placeholder((24, 32), "float32", name="A")
+    w = te.placeholder((32, 48), "float32", name="W")
+    bias = te.placeholder((48,), "float32", name="bias")
+    r = te.reduce_axis((0, 32), name="k")
+    mm = te.compute((24, 48), lambda i, j: te.sum(a[i, r] * w[r, j], axis=r), name="mm")
+    fused = analyse("mm_bias_relu", _prim(a, w, bias, topi.nn.relu(mm + bias)))
+    x = te.placeholder((3, 16, 32), "float32", name="X")
+    y = te.placeholder((3, 32, 24), "float32", name="Y")
+    bmm = analyse("bmm", _prim(x, y, topi.nn.batch_matmul(x, y, transpose_b=False)))
+    plain = analyse("mm", W.matmul(24, 48, 32))
+    hw = local_hardware()
+    lanes = hw.vector_bits // 32
+    seeds = OfflineProposer()._mk_seeds(lanes)
+    for kernel in (plain, fused, bmm):
+        assert kernel.kernel_class == "matmul"
+        ev = KernelEvaluator(kernel, TARGET, FAST)
+        keys = set()
+        for d in [*seeds, {**seeds[0], "nc": 8, "vt": 4, "rt": 3}]:
+            prog = build_program(kernel, d, lanes)
+            ops = [s.op for s in prog.steps]
+            assert "decompose_reduction" in ops and "reorder" in ops
+            m = ev.measure(apply_program(kernel.func, prog))
+            assert m.ok, (d, prog.to_json(), m.reason)
+            keys.add(prog.key())
+        assert len(keys) >= 5
+    # The first round of a matmul mixes micro-kernel seeds with the generic tiled ones.
+    notes = [p.note for p in OfflineProposer().propose(plain, TARGET, (), 4, hw)]
+    assert sum("mk=1" in n for n in notes) == 2

@@ -37,6 +37,8 @@ _SPACE: dict[str, tuple[Any, ...]] = {
     "co_first": (0, 1),
     "hin": (0, 1),
 }
+#: Extra decisions mutated only in the matmul micro-kernel variant (``mk``).
+_MK_SPACE: dict[str, tuple[Any, ...]] = {"nc": (1, 2, 4, 8)}
 
 
 def _fit(extent: int, want: int) -> int:
@@ -125,6 +127,8 @@ def _tiled_template(kernel: Kernel, d: dict[str, Any], lanes: int) -> SchedulePr
             {"op": "cache_write", "block": "b", "buffer_index": 0, "scope": "global", "out": "cw"}
         )
         epilogue = "cw"
+    if d.get("mk"):
+        return _micro_kernel(b, d, lanes, ext, spatial, reduce, epilogue)
     inner_s = spatial[-1]
     vt = _fit(ext[inner_s], d["vt"])
     b.add({"op": "split", "loop": inner_s, "factors": [None, vt], "out": ["so", "si"]})
@@ -163,6 +167,82 @@ def _tiled_template(kernel: Kernel, d: dict[str, Any], lanes: int) -> SchedulePr
         b.try_add({"op": "vectorize", "loop": "si"})
     if d["unroll"]:
         b.try_add({"op": "unroll", "loop": "ki" if kt > 1 else (row_inner or ["ki"])[0]})
+    b.add({"op": "decompose_reduction", "block": "b", "loop": "ko"})
+    return b.program()
+
+
+def _micro_kernel(
+    b: _Builder,
+    d: dict[str, Any],
+    lanes: int,
+    ext: dict[str, int],
+    spatial: list[str],
+    reduce: list[str],
+    epilogue: str | None,
+) -> ScheduleProgram:
+    """Register-tiled micro-kernel for matmul-like blocks (the ``mk`` variant of ``tiled``).
+
+    The innermost spatial loop (columns, contiguous in the output and the right-hand
+    operand) is split into ``[so, sm, si]`` with ``si = vt`` columns (``vt/lanes`` vectors)
+    and ``sm = nc`` column tiles sharing one row tile; the row loop into ``[ro, ri]`` with
+    ``ri = rt`` rows; the reduction into ``[ko, ki]``. The whole reduction runs inside one
+    ``rt × vt`` output tile (``ko, ki, ri, si`` innermost), so its accumulators stay in
+    registers and the tile is written once (into the ``cache_write`` buffer or the
+    epilogue, computed per ``sm``). ``co_first`` puts column tiles outside row tiles, so one
+    thread sweeps all rows against one ``K × vt`` panel of the right-hand operand, which
+    stays in L2 — at 512³ the operand (1 MiB) does not fit L2 and re-reading it per row tile
+    halves the speed.
+    """
+    inner_s = spatial[-1]
+    vt = _fit(ext[inner_s], d["vt"])
+    nc = _fit(ext[inner_s] // vt, int(d.get("nc", 1)))
+    b.add({"op": "split", "loop": inner_s, "factors": [None, nc, vt], "out": ["so", "sm", "si"]})
+    outer = spatial[:-1]
+    row_inner: list[str] = []
+    rt = 1
+    if outer:
+        prev = max(outer, key=lambda n: (ext[n] > 1, outer.index(n)))
+        rt = _fit(ext[prev], d["rt"])
+        b.add({"op": "split", "loop": prev, "factors": [None, rt], "out": ["ro", "ri"]})
+        outer = [("ro" if n == prev else n) for n in outer]
+        row_inner = ["ri"]
+    r_main = max(reduce, key=lambda n: ext[n])
+    kt = _fit(ext[r_main], d["kt"])
+    b.add({"op": "split", "loop": r_main, "factors": [None, kt], "out": ["ko", "ki"]})
+    rest_r = [n for n in reduce if n != r_main]
+    if d.get("co_first") and outer:
+        par = [*outer[:-1], "so", outer[-1]]
+    else:
+        par = [*outer, "so"]
+    order = [*par, "sm", "ko", *rest_r, "ki", *row_inner, "si"]
+    b.add({"op": "reorder", "loops": order})
+    if epilogue is not None and b.try_add(
+        {"op": "reverse_compute_at", "block": epilogue, "loop": "sm"}
+    ):
+        epi_loops = [f"el{i}" for i in range(len(b.loops_of(epilogue)))]
+        b.add({"op": "get_loops", "block": epilogue, "out": epi_loops})
+        b.try_add({"op": "vectorize", "loop": epi_loops[-1]})
+    if len(par) > 1:
+        b.add({"op": "fuse", "loops": par, "out": "par"})
+        par_loop = "par"
+    else:
+        par_loop = par[0]
+    if d["parallel"]:
+        b.try_add({"op": "parallel", "loop": par_loop})
+    n_vec = vt // lanes if vt % lanes == 0 else 0
+    if n_vec > 1:
+        b.add({"op": "split", "loop": "si", "factors": [None, lanes], "out": ["sv", "sl"]})
+        b.try_add({"op": "vectorize", "loop": "sl"})
+    elif vt > 1:
+        b.try_add({"op": "vectorize", "loop": "si"})
+    # Unroll the register tile (at most 16 accumulator vectors) and a short k step.
+    if d["unroll"] and rt * max(1, n_vec) <= 16:
+        if n_vec > 1:
+            b.try_add({"op": "unroll", "loop": "sv"})
+        if row_inner and rt > 1:
+            b.try_add({"op": "unroll", "loop": "ri"})
+        if 1 < kt <= 8:
+            b.try_add({"op": "unroll", "loop": "ki"})
     b.add({"op": "decompose_reduction", "block": "b", "loop": "ko"})
     return b.program()
 
@@ -423,6 +503,8 @@ class OfflineProposer:
             {"inline": 0},
         ]
         seeds = [{**base, **v} for v in variants]
+        if kernel.kernel_class == "matmul" and template_for(kernel) == "tiled":
+            seeds = _interleave(self._mk_seeds(lanes), seeds)
         if kernel.kernel_class == "elementwise" and len(kernel.blocks) == 1:
             seeds[1:1] = [{**base, "tile2d": 16}, {**base, "tile2d": 8, "parallel": 0}]
         # Thread-pool launch costs ~10-20 us: small kernels also start single-threaded.
@@ -433,6 +515,35 @@ class OfflineProposer:
                 for s in pair
             ]
         return seeds
+
+    @staticmethod
+    def _mk_seeds(lanes: int) -> list[dict[str, Any]]:
+        # Register micro-kernels: rt rows × vt/lanes vectors of accumulators (≤ 8-12 of the
+        # 16 ymm registers on AVX2), column panels outermost first.
+        base: dict[str, Any] = {
+            "mk": 1,
+            "vt": lanes * 2,
+            "rt": 4,
+            "kt": 4,
+            "nc": 1,
+            "order": "k_out",
+            "cache_write": 1,
+            "co_first": 1,
+            "unroll": 1,
+            "inline": 1,
+            "parallel": 1,
+        }
+        variants: list[dict[str, Any]] = [
+            {},
+            {"co_first": 0},
+            {"vt": lanes * 4, "rt": 2},
+            {"cache_write": 0},
+            {"vt": lanes, "rt": 8},
+            {"nc": 4},
+            {"kt": 1},
+            {"vt": lanes * 3, "rt": 4},
+        ]
+        return [{**base, **v} for v in variants]
 
     def _conv_seeds(self, kernel: Kernel, lanes: int) -> list[dict[str, Any]]:
         # Register tile rt × vt/lanes accumulators (≤ 8 of 16 ymm registers on AVX2).
@@ -496,9 +607,10 @@ class OfflineProposer:
 
     def _mutate(self, d: dict[str, Any]) -> dict[str, Any]:
         out = dict(d)
+        space = {**_SPACE, **_MK_SPACE} if d.get("mk") else _SPACE
         for _ in range(self._rng.choice((1, 1, 2))):
-            key = self._rng.choice(list(_SPACE))
-            vals = _SPACE[key]
+            key = self._rng.choice(list(space))
+            vals = space[key]
             cur = out.get(key, vals[0])
             i = vals.index(cur) if cur in vals else 0
             j = max(0, min(len(vals) - 1, i + self._rng.choice((-1, 1))))
@@ -555,6 +667,14 @@ class OfflineProposer:
             self._decisions[key] = d
             out.append(Proposal(program=prog, note=_describe(d)))
         return out
+
+
+def _interleave(first: list[Any], second: list[Any]) -> list[Any]:
+    """``first[0], second[0], first[1], second[1], ...`` then the longer list's rest."""
+    out: list[Any] = []
+    for i in range(max(len(first), len(second))):
+        out.extend(x[i] for x in (first, second) if i < len(x))
+    return out
 
 
 def _describe(d: dict[str, Any]) -> str:
