@@ -4,8 +4,8 @@ Question: for matmul 256³/512³, a conv2d and a softmax, how fast does the offl
 get (GFLOP/s, fraction of the machine's measured peak from torch matmul 2048³), and after
 how many trials does it reach 90% of MetaSchedule's best (same evaluator, same run)?
 
-Run: ``OMP_NUM_THREADS=2 .venv/bin/python benchmarks/tuning_kernels.py [--trials N]
-[--ms-trials N] [--kernels mm256,mm512,conv,softmax] [--no-ms]``.
+Run: ``OMP_NUM_THREADS=2 .venv/bin/python benchmarks/tuning_kernels.py [--trials N (24)]
+[--ms-trials N (16)] [--kernels mm256,mm512,conv_nhwc,softmax] [--no-ms]``.
 """
 
 from __future__ import annotations
@@ -51,8 +51,8 @@ def main() -> None:
     from terrazzo.codegen.tuning.metaschedule import tune_kernel_metaschedule
 
     ap = argparse.ArgumentParser()
-    ap.add_argument("--trials", type=int, default=32)
-    ap.add_argument("--ms-trials", type=int, default=32)
+    ap.add_argument("--trials", type=int, default=24)
+    ap.add_argument("--ms-trials", type=int, default=16)
     ap.add_argument("--kernels", default="mm256,mm512,conv_nhwc,softmax")
     ap.add_argument(
         "--keep",

@@ -436,14 +436,15 @@ def test_matmul_micro_kernel_variants_are_correct_with_and_without_epilogue() ->
         assert kernel.kernel_class == "matmul"
         ev = KernelEvaluator(kernel, TARGET, FAST)
         keys = set()
-        for d in [*seeds, {**seeds[0], "nc": 8, "vt": 4, "rt": 3}]:
+        variants = [*seeds, {**seeds[0], "nc": 8, "vt": 4, "rt": 3}]
+        for d in variants if kernel is plain else variants[:3]:
             prog = build_program(kernel, d, lanes)
             ops = [s.op for s in prog.steps]
             assert "decompose_reduction" in ops and "reorder" in ops
             m = ev.measure(apply_program(kernel.func, prog))
             assert m.ok, (d, prog.to_json(), m.reason)
             keys.add(prog.key())
-        assert len(keys) >= 5
+        assert len(keys) >= (5 if kernel is plain else 3)
     # The first round of a matmul mixes micro-kernel seeds with the generic tiled ones.
     notes = [p.note for p in OfflineProposer().propose(plain, TARGET, (), 4, hw)]
     assert sum("mk=1" in n for n in notes) == 2

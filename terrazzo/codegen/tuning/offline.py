@@ -527,7 +527,7 @@ class OfflineProposer:
             "kt": 4,
             "nc": 1,
             "order": "k_out",
-            "cache_write": 1,
+            "cache_write": 0,
             "co_first": 1,
             "unroll": 1,
             "inline": 1,
@@ -535,9 +535,9 @@ class OfflineProposer:
         }
         variants: list[dict[str, Any]] = [
             {},
-            {"co_first": 0},
+            {"cache_write": 1},
             {"vt": lanes * 4, "rt": 2},
-            {"cache_write": 0},
+            {"co_first": 0},
             {"vt": lanes, "rt": 8},
             {"nc": 4},
             {"kt": 1},
