@@ -437,7 +437,7 @@ def test_matmul_micro_kernel_variants_are_correct_with_and_without_epilogue() ->
         ev = KernelEvaluator(kernel, TARGET, FAST)
         keys = set()
         variants = [*seeds, {**seeds[0], "nc": 8, "vt": 4, "rt": 3}]
-        for d in variants if kernel is plain else variants[:3]:
+        for d in variants if kernel is plain else [variants[0], *variants[2:4]]:
             prog = build_program(kernel, d, lanes)
             ops = [s.op for s in prog.steps]
             assert "decompose_reduction" in ops and "reorder" in ops
