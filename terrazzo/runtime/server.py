@@ -329,8 +329,8 @@ def serve(
         tls=tls,
         ray_address=ray_address,
         trust_key=trust_key,
-        **options,
-    )  # type: ignore[arg-type]
+        **options,  # type: ignore[arg-type]
+    )
     plan = (
         model
         if isinstance(model, ServingPlan)
