@@ -38,7 +38,7 @@ _SPACE: dict[str, tuple[Any, ...]] = {
     "hin": (0, 1),
 }
 #: Extra decisions mutated only in the matmul micro-kernel variant (``mk``).
-_MK_SPACE: dict[str, tuple[Any, ...]] = {"nc": (1, 2, 4, 8)}
+_MK_SPACE: dict[str, tuple[Any, ...]] = {"nc": (1, 2, 4, 8), "pack": (0, 1)}
 
 
 def _fit(extent: int, want: int) -> int:
@@ -191,8 +191,12 @@ def _micro_kernel(
     epilogue, computed per ``sm``). ``co_first`` puts column tiles outside row tiles, so one
     thread sweeps all rows against one ``K × vt`` panel of the right-hand operand, which
     stays in L2 — at 512³ the operand (1 MiB) does not fit L2 and re-reading it per row tile
-    halves the speed.
+    halves the speed. ``pack`` goes further: each thread owns whole column panels (the row
+    loop leaves the parallel loop) and first copies its ``K × nc·vt`` panel of the operand
+    into a contiguous buffer (``cache_read`` + ``compute_at``), so the micro-kernel streams
+    it with unit stride (1.4× at 512³ on this machine).
     """
+    pack = _column_operand(b) if d.get("pack") and len(spatial) >= 2 else None
     inner_s = spatial[-1]
     vt = _fit(ext[inner_s], d["vt"])
     nc = _fit(ext[inner_s] // vt, int(d.get("nc", 1)))
@@ -210,11 +214,15 @@ def _micro_kernel(
     kt = _fit(ext[r_main], d["kt"])
     b.add({"op": "split", "loop": r_main, "factors": [None, kt], "out": ["ko", "ki"]})
     rest_r = [n for n in reduce if n != r_main]
-    if d.get("co_first") and outer:
+    rows: list[str] = []
+    if pack is not None and outer:
+        # Packed panels: one thread owns a column panel and sweeps every row tile over it.
+        par, rows = [*outer[:-1], "so"], [outer[-1]]
+    elif d.get("co_first") and outer:
         par = [*outer[:-1], "so", outer[-1]]
     else:
         par = [*outer, "so"]
-    order = [*par, "sm", "ko", *rest_r, "ki", *row_inner, "si"]
+    order = [*par, *rows, "sm", "ko", *rest_r, "ki", *row_inner, "si"]
     b.add({"op": "reorder", "loops": order})
     if epilogue is not None and b.try_add(
         {"op": "reverse_compute_at", "block": epilogue, "loop": "sm"}
@@ -227,6 +235,15 @@ def _micro_kernel(
         par_loop = "par"
     else:
         par_loop = par[0]
+    if pack is not None and rows:
+        # Copy the operand's K × (nc·vt) panel into a contiguous buffer once per panel.
+        b.add(
+            {"op": "cache_read", "block": "b", "buffer_index": pack, "scope": "global", "out": "pk"}
+        )
+        b.add({"op": "compute_at", "block": "pk", "loop": par_loop})
+        pk_loops = [f"pk{i}" for i in range(len(b.loops_of("pk")))]
+        b.add({"op": "get_loops", "block": "pk", "out": pk_loops})
+        b.try_add({"op": "vectorize", "loop": pk_loops[-1]})
     if d["parallel"]:
         b.try_add({"op": "parallel", "loop": par_loop})
     n_vec = vt // lanes if vt % lanes == 0 else 0
@@ -245,6 +262,29 @@ def _micro_kernel(
             b.try_add({"op": "unroll", "loop": "ki"})
     b.add({"op": "decompose_reduction", "block": "b", "loop": "ko"})
     return b.program()
+
+
+def _column_operand(b: _Builder) -> int | None:
+    """Read index of the main block's right-hand operand: the input whose innermost index
+    is the column iterator and which is not indexed by the row iterator (``B`` of ``A @ B``),
+    or None when no read has that shape."""
+    from tvm import tirx
+
+    blk = b.env.sch.get(b.env.block("b", 0))
+    spatial = [iv.var for iv in blk.iter_vars if int(iv.iter_type) == 0]
+    if len(spatial) < 2:
+        return None
+    col, row = spatial[-1], spatial[-2]
+    written = [w.source for w in blk.writes]
+    for idx, r in enumerate(blk.reads):
+        if any(r.source.same_as(w) for w in written) or not r.region:
+            continue
+        dims = [list(tirx.analysis.undefined_vars(rg.min)) for rg in r.region]
+        uses_col = any(v.same_as(col) for v in dims[-1])
+        uses_row = any(v.same_as(row) for dim in dims for v in dim)
+        if uses_col and not uses_row:
+            return idx
+    return None
 
 
 def _conv_template(kernel: Kernel, d: dict[str, Any], lanes: int) -> ScheduleProgram:
@@ -526,6 +566,7 @@ class OfflineProposer:
             "rt": 4,
             "kt": 4,
             "nc": 1,
+            "pack": 1,
             "order": "k_out",
             "cache_write": 0,
             "co_first": 1,
@@ -535,9 +576,10 @@ class OfflineProposer:
         }
         variants: list[dict[str, Any]] = [
             {},
+            {"pack": 0},
             {"cache_write": 1},
             {"vt": lanes * 4, "rt": 2},
-            {"co_first": 0},
+            {"pack": 0, "co_first": 0},
             {"vt": lanes, "rt": 8},
             {"nc": 4},
             {"kt": 1},
