@@ -136,3 +136,21 @@ def print_table(
             )
         )
     Console().print(table)
+
+
+def earlier_rows(
+    name: str, key: str, rows: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Rows of the previous ``results/<name>.json`` whose ``key`` is not among ``rows``.
+
+    For benchmarks run on a subset (``--keep``): the rows not re-run are carried over.
+
+    Returns:
+        (those rows, the previous file's whole JSON; both empty when there is none).
+    """
+    old = RESULTS_DIR / f"{name}.json"
+    if not old.exists():
+        return [], {}
+    prev = json.loads(old.read_text())
+    done = {r[key] for r in rows}
+    return [r for r in prev.get("rows", []) if r[key] not in done], prev

@@ -126,17 +126,10 @@ def main() -> None:
         "offline_wall_s",
     ]
     if args.keep:
-        import json
+        from _common import earlier_rows
 
-        from _common import RESULTS_DIR
-
-        old = RESULTS_DIR / "tuning_kernels.json"
-        if old.exists():
-            prev = json.loads(old.read_text())
-            done = {r["kernel"] for r in rows}
-            for r in prev.get("rows", []):
-                if r["kernel"] not in done:
-                    rows.append({**r, "earlier_run_peak_gflops": prev.get("peak_gflops")})
+        extra, prev = earlier_rows("tuning_kernels", "kernel", rows)
+        rows += [{**r, "earlier_run_peak_gflops": prev.get("peak_gflops")} for r in extra]
     os.environ.setdefault("COLUMNS", "220")
     print_table(
         rows,

@@ -229,17 +229,10 @@ def main() -> None:
         "target_met",
     ]
     if args.keep:
-        import json
+        from _common import earlier_rows
 
-        from _common import RESULTS_DIR
-
-        old = RESULTS_DIR / "tuning_models.json"
-        if old.exists():
-            prev = json.loads(old.read_text())
-            done = {r["model"] for r in rows}
-            rows += [
-                {**r, "earlier_run": True} for r in prev.get("rows", []) if r["model"] not in done
-            ]
+        extra, _prev = earlier_rows("tuning_models", "model", rows)
+        rows += [{**r, "earlier_run": True} for r in extra]
     os.environ.setdefault("COLUMNS", "220")
     print_table(
         rows,

@@ -67,35 +67,14 @@ def run_demo(out_dir: Path, model: str = "mlp", requests: int = 50) -> dict[str,
     fleet = out_dir / "fleet.yaml"
     fleet.write_text(FLEET_YAML, encoding="utf-8")
     _step("3. place it on a mixed fleet (cpu, t4, h100) under a 5 ms SLA at 200 requests/s")
-    plan_json = _cli(
-        "plan",
-        str(onnx_path),
-        "--fleet",
-        str(fleet),
-        "--sla",
-        "5ms",
-        "--rps",
-        "200",
-        "--json",
-        quiet=True,
-    )
+    problem = [str(onnx_path), "--fleet", str(fleet), "--sla", "5ms", "--rps", "200"]
+    plan_json = _cli("plan", *problem, "--json", quiet=True)
     (out_dir / "plan.json").write_text(plan_json, encoding="utf-8")
-    _cli("plan", str(onnx_path), "--fleet", str(fleet), "--sla", "5ms", "--rps", "200")
+    _cli("plan", *problem)
 
     bundle = out_dir / f"{model}.tzb"
     _step("4. compile: place, build every stage with TVM, write the .tzb bundle")
-    _cli(
-        "compile",
-        str(onnx_path),
-        "--fleet",
-        str(fleet),
-        "--sla",
-        "5ms",
-        "--rps",
-        "200",
-        "-o",
-        str(bundle),
-    )
+    _cli("compile", *problem, "-o", str(bundle))
     _cli("inspect", str(bundle))
     _cli("verify", str(bundle))
 

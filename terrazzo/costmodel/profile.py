@@ -35,23 +35,33 @@ L1_SETS = 64
 CACHE_LINE_BYTES = 64
 
 
+def _gemm_k_and_stride(
+    flops: int, param_bytes: int, bytes_written: int, elem_bytes: int = 4
+) -> tuple[float, float] | None:
+    """(K, N · elem_bytes) of ``y[M, N] = x[M, K] · W[K, N]`` from FLOPs (2·M·K·N), the
+    weight bytes (K·N) and the output bytes (M·N); None when they cannot be recovered."""
+    if flops <= 0 or param_bytes <= 0 or bytes_written <= 0:
+        return None
+    macs = flops / 2.0
+    m = macs * elem_bytes / param_bytes  # MKN / KN
+    return macs / (bytes_written / elem_bytes), bytes_written / m
+
+
 def weight_walk_sets(flops: int, param_bytes: int, bytes_written: int, elem_bytes: int = 4) -> int:
     """How many L1 sets an untuned kernel's walk down a weight column can use.
 
     For ``y[M, N] = x[M, K] · W[K, N]`` the default loop nest keeps the reduction
-    innermost, so every multiply-add reads the next row of W: a stride of N elements. With a power-of-two stride
-    those rows fall into few cache sets and evict each other (N = 1024 fp32: one set). M, N
-    and K are recovered from FLOPs (2·M·K·N), the weight bytes (K·N) and the output (M·N).
+    innermost, so every multiply-add reads the next row of W: a stride of N elements. With
+    a power-of-two stride those rows fall into few cache sets and evict each other
+    (N = 1024 fp32: one set).
 
     Returns:
         The sets reached (1..64), or 0 when the shape cannot be recovered.
     """
-    if flops <= 0 or param_bytes <= 0 or bytes_written <= 0:
+    shape = _gemm_k_and_stride(flops, param_bytes, bytes_written, elem_bytes)
+    if shape is None:
         return 0
-    m = (flops / 2.0) * elem_bytes / param_bytes  # MKN / KN
-    if m <= 0:
-        return 0
-    stride_bytes = bytes_written / m  # N · elem_bytes
+    stride_bytes = shape[1]
     if stride_bytes < CACHE_LINE_BYTES:
         return L1_SETS
     lines = int(round(stride_bytes / CACHE_LINE_BYTES)) % L1_SETS
@@ -72,18 +82,17 @@ def op_work(
     0.9 at K = 4608 here). Activation-only matmuls (attention) use half of ``bytes_read``.
     FLOPs for prefill; bytes moved otherwise.
     """
-    if op_class == "conv" and param_bytes > 0 and flops > 0 and nbytes > bytes_read:
-        # CPU codegen packs conv weights in output-channel blocks (codegen.tuning.layout),
-        # so the walk is sequential and the reduction length K = kh·kw·cin sets the speed
-        return (flops / 2.0) / ((nbytes - bytes_read) / 4.0)
     if op_class in FOOTPRINT_WORK_CLASSES:
-        if param_bytes > 0:
+        shape = _gemm_k_and_stride(flops, param_bytes, nbytes - bytes_read)
+        if shape is not None:
+            k_rows = shape[0]
+            if op_class == "conv":
+                # CPU codegen packs conv weights in output-channel blocks
+                # (codegen.tuning.layout): the walk is sequential, K = kh·kw·cin sets the speed
+                return k_rows
             sets = weight_walk_sets(flops, param_bytes, nbytes - bytes_read)
-            if sets:
-                k_rows = (flops / 2.0) / max((nbytes - bytes_read) / 4.0, 1.0)
-                return 1.0 if k_rows <= 8 * sets else float(L1_SETS // sets)
-            return float(param_bytes)
-        return float(bytes_read // 2)
+            return 1.0 if k_rows <= 8 * sets else float(L1_SETS // sets)
+        return float(param_bytes if param_bytes > 0 else bytes_read // 2)
     return float(flops if op_class in COMPUTE_WORK_CLASSES else nbytes)
 
 

@@ -108,6 +108,30 @@ def _epilogue_and_loops(b: Any, main: Any, consumers: list[Any]) -> tuple[str | 
     return epilogue, names
 
 
+def _split_rows_and_k(
+    b: Any, d: dict[str, Any], ext: dict[str, int], outer: list[str], reduce: list[str]
+) -> tuple[list[str], list[str], int, int, list[str]]:
+    """Split the innermost non-trivial row loop by ``rt`` (``ro``/``ri``) and the longest
+    reduction loop by ``kt`` (``ko``/``ki``); shared by the tiled and micro-kernel templates.
+
+    Returns:
+        (outer loops with ``ro`` in place of the split one, ``["ri"]`` or ``[]``, the row
+        tile, the reduction tile, the other reduction loops).
+    """
+    row_inner: list[str] = []
+    rt = 1
+    if outer:
+        prev = max(outer, key=lambda n: (ext[n] > 1, outer.index(n)))
+        rt = _fit(ext[prev], d["rt"])
+        b.add({"op": "split", "loop": prev, "factors": [None, rt], "out": ["ro", "ri"]})
+        outer = [("ro" if n == prev else n) for n in outer]
+        row_inner = ["ri"]
+    r_main = max(reduce, key=lambda n: ext[n])
+    kt = _fit(ext[r_main], d["kt"])
+    b.add({"op": "split", "loop": r_main, "factors": [None, kt], "out": ["ko", "ki"]})
+    return outer, row_inner, rt, kt, [n for n in reduce if n != r_main]
+
+
 def _tiled_template(kernel: Kernel, d: dict[str, Any], lanes: int) -> ScheduleProgram:
     """Multi-level tiling of the main reduction block (matmul, conv, batched reductions)."""
     main = kernel.main_block
@@ -132,18 +156,7 @@ def _tiled_template(kernel: Kernel, d: dict[str, Any], lanes: int) -> SchedulePr
     inner_s = spatial[-1]
     vt = _fit(ext[inner_s], d["vt"])
     b.add({"op": "split", "loop": inner_s, "factors": [None, vt], "out": ["so", "si"]})
-    outer = spatial[:-1]
-    row_inner: list[str] = []
-    if outer:
-        prev = max(outer, key=lambda n: (ext[n] > 1, outer.index(n)))
-        rt = _fit(ext[prev], d["rt"])
-        b.add({"op": "split", "loop": prev, "factors": [None, rt], "out": ["ro", "ri"]})
-        outer = [("ro" if n == prev else n) for n in outer]
-        row_inner = ["ri"]
-    r_main = max(reduce, key=lambda n: ext[n])
-    kt = _fit(ext[r_main], d["kt"])
-    b.add({"op": "split", "loop": r_main, "factors": [None, kt], "out": ["ko", "ki"]})
-    rest_r = [n for n in reduce if n != r_main]
+    outer, row_inner, _rt, kt, rest_r = _split_rows_and_k(b, d, ext, spatial[:-1], reduce)
     if d["order"] == "k_mid":
         order = outer + ["so", "ko"] + rest_r + row_inner + ["ki", "si"]
     else:
@@ -201,19 +214,7 @@ def _micro_kernel(
     vt = _fit(ext[inner_s], d["vt"])
     nc = _fit(ext[inner_s] // vt, int(d.get("nc", 1)))
     b.add({"op": "split", "loop": inner_s, "factors": [None, nc, vt], "out": ["so", "sm", "si"]})
-    outer = spatial[:-1]
-    row_inner: list[str] = []
-    rt = 1
-    if outer:
-        prev = max(outer, key=lambda n: (ext[n] > 1, outer.index(n)))
-        rt = _fit(ext[prev], d["rt"])
-        b.add({"op": "split", "loop": prev, "factors": [None, rt], "out": ["ro", "ri"]})
-        outer = [("ro" if n == prev else n) for n in outer]
-        row_inner = ["ri"]
-    r_main = max(reduce, key=lambda n: ext[n])
-    kt = _fit(ext[r_main], d["kt"])
-    b.add({"op": "split", "loop": r_main, "factors": [None, kt], "out": ["ko", "ki"]})
-    rest_r = [n for n in reduce if n != r_main]
+    outer, row_inner, rt, kt, rest_r = _split_rows_and_k(b, d, ext, spatial[:-1], reduce)
     rows: list[str] = []
     if pack is not None and outer:
         # Packed panels: one thread owns a column panel and sweeps every row tile over it.
