@@ -51,8 +51,7 @@ def predict_task_latency_s(
 ) -> tuple[dict[str, float], dict[str, Any]]:
     """Per-task latency (one execution, seconds) of the served agent on this CPU, by the cost model."""
     from terrazzo.bundle import open_bundle
-    from terrazzo.costmodel import CostModel, load_catalog
-    from terrazzo.costmodel.calibrate import local_cpu_spec
+    from terrazzo.costmodel import CostModel, load_catalog, local_cpu_spec
     from terrazzo.costmodel.profile import CalibrationProfile
     from terrazzo.frontend.agent import decompose, load_agent
     from terrazzo.ir.graph import make_attrs
@@ -136,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     import tritonclient.grpc as tc
 
     from terrazzo.bundle import open_bundle
-    from terrazzo.codegen.agent import compile_agent
+    from terrazzo.pipeline import compile_agent
     from terrazzo.placement import Fleet
     from terrazzo.runtime import serve
     from terrazzo.runtime.agent_plan import agent_serving_plan

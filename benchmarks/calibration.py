@@ -1,6 +1,6 @@
 """Question: how well does the calibrated roofline predict TVM-compiled op and whole-model latency on this CPU?
 
-Runs ``terrazzo.costmodel.calibrate.run_calibration`` (times ~108 single ops and the small
+Runs ``terrazzo.pipeline.run_calibration`` (times ~108 single ops and the small
 zoo models with TVM for llvm, built as ``terrazzo compile`` builds CPU stages without
 tuning), prints the accuracy tables, writes ``benchmarks/results/calibration.json``. Targets: held-out op MAPE <= 20%, whole-model
 MAPE <= 15%.
@@ -20,7 +20,7 @@ os.environ.setdefault("TVM_NUM_THREADS", "2")
 from _common import print_table, write_result  # noqa: E402
 
 from terrazzo.commands.calibrate import print_report, report_json  # noqa: E402
-from terrazzo.costmodel.calibrate import run_calibration  # noqa: E402
+from terrazzo.pipeline import run_calibration  # noqa: E402
 
 
 def main() -> int:

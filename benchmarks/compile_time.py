@@ -37,7 +37,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from terrazzo import zoo
-    from terrazzo.codegen import compile_model, describe_target
+    from terrazzo.codegen import describe_target
+    from terrazzo.pipeline import compile_model
 
     fleet = {"devices": {d: {"count": 4} for d in args.fleet.split(",")}}
     rows: list[dict[str, Any]] = []

@@ -66,7 +66,7 @@ def bench_model(name: str, args: argparse.Namespace, db_dir: Path) -> dict[str, 
     from tvm import relax
 
     from terrazzo import zoo
-    from terrazzo.codegen import compile_module, host_target, load_model
+    from terrazzo.codegen import compile_module, host_target
     from terrazzo.codegen.tuning import (
         OfflineProposer,
         TuneOptions,
@@ -74,6 +74,7 @@ def bench_model(name: str, args: argparse.Namespace, db_dir: Path) -> dict[str, 
         prepare_module,
         tune_module,
     )
+    from terrazzo.pipeline import load_model
 
     threads = int(os.environ.get("OMP_NUM_THREADS", "2"))
     torch.set_num_threads(threads)

@@ -32,7 +32,7 @@ _LAZY = {
     "Fleet": "terrazzo.placement",
     "SLA": "terrazzo.placement",
     "plan": "terrazzo.placement",
-    "compile": "terrazzo.codegen",
+    "compile": "terrazzo.pipeline",
     "open_bundle": "terrazzo.bundle",
 }
 

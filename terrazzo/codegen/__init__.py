@@ -1,12 +1,16 @@
-"""Codegen: placed stages → Relax functions → TVM builds per device target → ``.tzb`` bundle."""
+"""Codegen: a placed stage → a TVM build per device target (split the Relax module, choose targets, build).
 
-from terrazzo.codegen._build import StageBuild, build_stage, compile_module, load_tuning_db
-from terrazzo.codegen._compile import (
-    CompileResult,
-    compile,
-    compile_model,
-    load_model,
-    stage_targets,
+Codegen turns what placement decided into artifacts; it does not order the pipeline (that is
+``terrazzo.pipeline``) and imports none of commands, report, runtime or pipeline.
+"""
+
+from terrazzo.codegen._build import (
+    StageBuild,
+    build_stage,
+    compile_module,
+    load_tuning_db,
+    request_module,
+    tuning_records_text,
 )
 from terrazzo.codegen._split import (
     SplitModel,
@@ -17,27 +21,31 @@ from terrazzo.codegen._split import (
     split_stages,
     uniquify_bindings,
 )
-from terrazzo.codegen._targets import TargetChoice, choose_target, describe_target, host_target
+from terrazzo.codegen._targets import (
+    TargetChoice,
+    choose_target,
+    describe_target,
+    host_target,
+    stage_targets,
+)
 
 __all__ = [
-    "CompileResult",
     "SplitModel",
     "StageBuild",
     "StageModule",
     "TargetChoice",
     "build_stage",
     "choose_target",
-    "compile",
-    "compile_model",
     "compile_module",
     "describe_target",
     "host_target",
-    "load_model",
     "load_tuning_db",
     "plan_assignment",
     "relax_binding_names",
+    "request_module",
     "split_relax",
     "split_stages",
     "stage_targets",
+    "tuning_records_text",
     "uniquify_bindings",
 ]

@@ -160,3 +160,21 @@ def _describe(target: Mapping[str, Any]) -> str:
 def describe_target(target: Mapping[str, Any]) -> str:
     """Short human form of a target dict: ``cuda(arch=sm_80)``, ``llvm(mcpu=znver4)``."""
     return _describe(target)
+
+
+def stage_targets(plan: Any, catalog: Any) -> dict[str, TargetChoice]:
+    """Device class → TargetChoice for every class the plan uses."""
+    out: dict[str, TargetChoice] = {}
+    for st in plan.stages:
+        if st.device in out:
+            continue
+        spec = catalog[st.device]
+        choice = choose_target(st.device, spec.tvm_target, spec.fallback_target)
+        if spec.tvm_target is None and str(getattr(spec, "fallback_reason", "")):
+            choice = TargetChoice(
+                choice.device,
+                choice.target,
+                f"{spec.fallback_reason} (declared fallback target {describe_target(choice.target)})",
+            )
+        out[st.device] = choice
+    return out

@@ -12,12 +12,12 @@ def is_agent_spec(path: str) -> bool:
 
 
 def run_compile(args: argparse.Namespace) -> int:
-    """Compile an agent spec with ``terrazzo.codegen.agent.compile_agent`` and print a summary."""
+    """Compile an agent spec with ``terrazzo.pipeline.compile_agent`` and print a summary."""
     from rich.console import Console
     from rich.table import Table
 
-    from terrazzo.codegen.agent import compile_agent
     from terrazzo.commands._common import print_json
+    from terrazzo.pipeline import compile_agent
 
     err = Console(stderr=True)
 

@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     import os
 
     os.environ.setdefault("TVM_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "2"))
-    from terrazzo.costmodel.calibrate import run_calibration
+    from terrazzo.pipeline import run_calibration
 
     models = _models(args.models)
     log = None if args.json else (lambda s: print(s, file=sys.stderr, flush=True))
@@ -110,7 +110,7 @@ def print_report(rep: Any) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from terrazzo.costmodel.calibrate import mape, spearman
+    from terrazzo.costmodel import mape, spearman
 
     s = rep.summary
     console = Console()

@@ -47,15 +47,15 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from terrazzo.commands._agent import is_agent_spec
 
-    if is_agent_spec(args.model):  # agent graphs (YAML): terrazzo.codegen.agent.compile_agent
+    if is_agent_spec(args.model):  # agent graphs (YAML): terrazzo.pipeline.compile_agent
         from terrazzo.commands._agent import run_compile
 
         return run_compile(args)
     from rich.console import Console
     from rich.table import Table
 
-    from terrazzo.codegen import compile_model
     from terrazzo.commands._common import print_json
+    from terrazzo.pipeline import compile_model
 
     err = Console(stderr=True)
     status = err.status("starting")

@@ -77,13 +77,14 @@ def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
     from pathlib import Path
 
-    from terrazzo.commands._common import parse_duration_s, print_json
+    from terrazzo.commands._common import print_json
     from terrazzo.errors import PlacementError
     from terrazzo.placement import (
         SLA,
         Fleet,
         is_task_graph_file,
         load_task_graph,
+        parse_duration_s,
         plan_to_mlir,
         solve,
         task_graph_to_ir,

@@ -41,10 +41,11 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from terrazzo.commands._common import parse_duration_s, print_json
+    from terrazzo.commands._common import print_json
     from terrazzo.costmodel.catalog import load_catalog
     from terrazzo.costmodel.tco import TCOOptions
     from terrazzo.errors import TerrazzoError
+    from terrazzo.placement import parse_duration_s
     from terrazzo.report.study import StudyOptions, run_study
     from terrazzo.report.study_report import print_study_summary, study_html
 

@@ -69,7 +69,6 @@ def _runnable_targets(stage_targets: list[dict[str, Any]]) -> list[dict[str, Any
 def run(args: argparse.Namespace) -> int:
     import tvm
 
-    from terrazzo.codegen import load_model
     from terrazzo.codegen.tuning import (
         LLMProposer,
         OfflineProposer,
@@ -79,20 +78,20 @@ def run(args: argparse.Namespace) -> int:
         llm_endpoint,
         tune_module,
     )
+    from terrazzo.pipeline import load_model
 
     if args.trials < 1 or args.kernels < 1 or args.batch < 1:
         raise TerrazzoError("--trials, --batch and --kernels must be at least 1")
     graph, _sha = load_model(args.model)
     modules: list[tuple[str, Any, list[dict[str, Any]]]] = []
     if args.fleet:
-        from terrazzo.codegen import plan_assignment, split_relax, stage_targets
-        from terrazzo.codegen._build import request_module
-        from terrazzo.codegen._compile import _fleet, _sla
+        from terrazzo.codegen import plan_assignment, request_module, split_relax, stage_targets
         from terrazzo.costmodel import load_catalog
+        from terrazzo.pipeline import as_fleet, as_sla
         from terrazzo.placement import plan as make_plan
 
         cat = load_catalog()
-        plan = make_plan(graph, _fleet(args.fleet), _sla(args.sla), catalog=cat)
+        plan = make_plan(graph, as_fleet(args.fleet), as_sla(args.sla), catalog=cat)
         split = split_relax(graph.relax_mod, plan_assignment(graph, plan))
         choices = stage_targets(plan, cat)
         devices = {int(s.index): s.device for s in plan.stages}

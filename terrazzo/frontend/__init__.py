@@ -9,7 +9,7 @@ from __future__ import annotations
 from terrazzo.frontend.agent import AgentBuilder, decompose, load_agent
 from terrazzo.frontend.fixups import prepare_for_build
 from terrazzo.frontend.onnx_import import from_onnx, sanitize_name
-from terrazzo.frontend.relax_graph import relax_bindings
+from terrazzo.frontend.relax_graph import relax_bindings, to_graph, uniquify_names
 from terrazzo.frontend.run import build_and_run, build_cpu
 from terrazzo.frontend.torch_import import from_torch
 
@@ -24,4 +24,6 @@ __all__ = [
     "prepare_for_build",
     "relax_bindings",
     "sanitize_name",
+    "to_graph",
+    "uniquify_names",
 ]

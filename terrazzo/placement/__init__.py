@@ -15,7 +15,7 @@ from terrazzo.placement.adapters import (
     task_graph_to_ir,
 )
 from terrazzo.placement.api import SOLVERS, diagnose, lower_bound, plan, solve, to_problem
-from terrazzo.placement.fleet import SLA, Fleet, PricingOptions
+from terrazzo.placement.fleet import SLA, Fleet, PricingOptions, parse_duration_s
 from terrazzo.placement.greedy import solve_greedy
 from terrazzo.placement.heft import solve_heft
 from terrazzo.placement.heuristic import solve_heuristic
@@ -46,6 +46,7 @@ __all__ = [
     "lower_bound",
     "lp_lower_bound",
     "make_problem",
+    "parse_duration_s",
     "parse_task_graph",
     "placed_graph",
     "plan",

@@ -1,12 +1,14 @@
 """Placement inputs from the user: the fleet of device classes (YAML), its pricing, and the SLA.
 
 The fleet names device classes of the cost-model catalog (model graphs) or the free-form
-device names of a measured task graph; ``count`` omitted means unlimited.
+device names of a measured task graph; ``count`` omitted means unlimited. Durations given as
+text (``--sla 50ms``) are parsed here, next to the SLA they become.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -14,7 +16,24 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from terrazzo.errors import PlacementError
+from terrazzo.errors import PlacementError, TerrazzoError
+
+_TIME_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6}
+
+
+def parse_duration_s(text: str) -> float:
+    """Parse '50ms', '0.2s', '250us' or a bare number of milliseconds into seconds.
+
+    Raises:
+        TerrazzoError: the text is not a positive number with an optional unit.
+    """
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(s|ms|us|µs)?\s*", text)
+    if not m:
+        raise TerrazzoError(f"cannot parse duration {text!r}; expected e.g. 50ms, 0.2s, 250us")
+    value = float(m.group(1))
+    if value <= 0:
+        raise TerrazzoError(f"duration {text!r} must be positive")
+    return value * _TIME_UNITS[m.group(2) or "ms"]
 
 
 class DeviceEntry(BaseModel):

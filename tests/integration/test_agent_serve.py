@@ -37,7 +37,7 @@ def _audio(seed: int) -> np.ndarray:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """Compile (API, host builds only: no GPU here) and serve with the ``terrazzo serve`` CLI."""
-    from terrazzo.codegen.agent import compile_agent
+    from terrazzo.pipeline import compile_agent
     from terrazzo.placement import Fleet
 
     out = tmp_path_factory.mktemp("agent") / "voice.tzb"

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
     torch = pytest.importorskip("torch")
-    from terrazzo.codegen import compile as tz_compile
+    from terrazzo.pipeline import compile as tz_compile
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(

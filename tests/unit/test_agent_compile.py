@@ -29,7 +29,7 @@ def voice_graph():
 
 # -- placement ---------------------------------------------------------------------------------
 def test_pd_split_puts_prefill_and_decode_on_different_classes(voice_graph):
-    from terrazzo.codegen.agent import place_agent
+    from terrazzo.pipeline.agent import place_agent
     from terrazzo.placement import SLA, Fleet
 
     fleet, sla = Fleet.model_validate(FLEET), SLA(latency_s=2.0)
@@ -47,7 +47,7 @@ def test_pd_split_puts_prefill_and_decode_on_different_classes(voice_graph):
 
 
 def test_cost_preset_replaces_test_size_llm_only(voice_graph):
-    from terrazzo.codegen.agent import _costed_graph
+    from terrazzo.pipeline.agent import _costed_graph
 
     g, notes = _costed_graph(voice_graph, "auto")
     llm = next(o for o in g.ops if o.kind == "llm.call")
@@ -59,7 +59,7 @@ def test_cost_preset_replaces_test_size_llm_only(voice_graph):
 
 
 def test_deployment_size_llm_is_refused_for_building(voice_graph):
-    from terrazzo.codegen.agent import _check_runnable, _costed_graph, llm_config_of
+    from terrazzo.pipeline.agent import _check_runnable, _costed_graph, llm_config_of
 
     tiny = next(o for o in voice_graph.ops if o.kind == "llm.call")
     _check_runnable(tiny)

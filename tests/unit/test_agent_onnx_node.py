@@ -17,7 +17,7 @@ AGENTS = ROOT / "examples" / "agents"
 def test_onnx_model_node_matches_its_torch_twin(tmp_path: Path) -> None:
     import torch
 
-    from terrazzo.codegen.agent import compile_agent
+    from terrazzo.pipeline import compile_agent
     from terrazzo.placement import Fleet
     from terrazzo.runtime.agent_plan import run_agent_bundle
 

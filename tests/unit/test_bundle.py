@@ -58,8 +58,8 @@ def forced_plan(graph, fleet, sla, devices):
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     from terrazzo.bundle import generate_keypair
-    from terrazzo.codegen import compile_model
     from terrazzo.frontend import from_onnx
+    from terrazzo.pipeline import compile_model
     from terrazzo.placement import SLA, Fleet
 
     d = tmp_path_factory.mktemp("bundle")
@@ -164,7 +164,7 @@ def test_staged_run_matches_onnxruntime_and_reference(built):
 
 def test_single_stage_bundle_uses_its_stage_as_reference(built, tmp_path):
     from terrazzo.bundle import open_bundle, verify_bundle
-    from terrazzo.codegen import compile_model
+    from terrazzo.pipeline import compile_model
 
     res = compile_model(built["model"], {"devices": {"cpu": {"count": 1}}}, "1s",
                         out_path=tmp_path / "one.tzb", solver="homogeneous")  # fmt: skip
@@ -358,9 +358,10 @@ def test_cli_keygen(tmp_path, capsys):
 
 def test_tuning_database_is_applied_and_carried(built, tmp_path):
     from terrazzo.bundle import open_bundle, verify_bundle
-    from terrazzo.codegen import compile_model, host_target
+    from terrazzo.codegen import host_target
     from terrazzo.codegen.tuning.database import TuningDatabase, TuningRecord, target_key
     from terrazzo.errors import CodegenError
+    from terrazzo.pipeline import compile_model
 
     db = TuningDatabase(tmp_path / "records.jsonl")
     rec = TuningRecord(workload_hash="0" * 16, target_key=target_key(dict(host_target())),

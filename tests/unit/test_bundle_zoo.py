@@ -25,8 +25,8 @@ def test_zoo_compile_inspect_verify_run(zoo_dir, name, capsys):
 
     from terrazzo import zoo
     from terrazzo.cli import main
-    from terrazzo.codegen import compile_model
     from terrazzo.frontend import from_onnx
+    from terrazzo.pipeline import compile_model
     from terrazzo.placement import SLA, Fleet, build_plan, to_problem
 
     onnx_path = zoo.export_onnx(name, zoo_dir)

@@ -6,11 +6,14 @@ import json
 
 import pytest
 
-from terrazzo.costmodel import CalibrationProfile, CostModel, Efficiency, fold_weights
-from terrazzo.costmodel.calibrate import (
+from terrazzo.costmodel import (
     LOCAL_DEVICE,
+    CalibrationProfile,
+    CostModel,
+    Efficiency,
     OpMeasurement,
     fit_profile,
+    fold_weights,
     local_cpu_spec,
     mape,
     spearman,
@@ -146,7 +149,7 @@ def test_calibrate_cli_rejects_unknown_zoo_model(capsys):
 
 
 def test_bucket_groups_never_split_equal_work():
-    from terrazzo.costmodel.calibrate import _bucket_groups
+    from terrazzo.costmodel.fit import _bucket_groups
 
     # a discrete measure: one group per value, a lone point joins its lower neighbour
     assert _bucket_groups([1, 1, 4, 4, 4, 8]) == [[0, 1], [2, 3, 4, 5]]

@@ -338,7 +338,8 @@ def test_tune_cli_writes_records_that_compile_applies(tmp_path, capsys) -> None:
     import warnings
 
     from terrazzo.cli import main
-    from terrazzo.codegen import compile_module, host_target, load_model
+    from terrazzo.codegen import compile_module, host_target
+    from terrazzo.pipeline import load_model
 
     db_path = tmp_path / "db.jsonl"
     rc = main(
@@ -380,7 +381,7 @@ def test_conv_template_keeps_small_feature_maps_in_the_register_tile() -> None:
 
 def test_fallback_roofline_comes_from_the_cost_model_local_cpu(tmp_path, monkeypatch) -> None:
     from terrazzo.codegen.tuning.kernel import DEFAULT_MEM_BW_BYTES_PER_S, local_roofline
-    from terrazzo.costmodel.calibrate import local_cpu_spec
+    from terrazzo.costmodel import local_cpu_spec
     from terrazzo.costmodel.profile import CalibrationProfile
 
     monkeypatch.delenv("TERRAZZO_CALIBRATION", raising=False)

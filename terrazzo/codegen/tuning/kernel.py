@@ -28,7 +28,7 @@ def local_roofline() -> tuple[float, float]:
     Taken from the cost model's description of this CPU: the device spec of a saved
     calibration profile (``$TERRAZZO_CALIBRATION``, else ``$TERRAZZO_CACHE`` or
     ``~/.cache/terrazzo`` ``/calibration/local-cpu.json``, as ``terrazzo calibrate`` writes it)
-    when one exists, else ``terrazzo.costmodel.calibrate.local_cpu_spec`` (peak from cores ×
+    when one exists, else ``terrazzo.costmodel.local_cpu_spec`` (peak from cores ×
     clock × SIMD width) with :data:`DEFAULT_MEM_BW_BYTES_PER_S` — no bandwidth is measured.
     Falls back to the module constants if neither can be read. Cached per process.
     """
@@ -41,7 +41,7 @@ def local_roofline() -> tuple[float, float]:
         if not path.is_file():
             continue
         try:
-            from terrazzo.costmodel.profile import CalibrationProfile
+            from terrazzo.costmodel import CalibrationProfile
 
             spec = CalibrationProfile.load(path).device_spec
         except Exception:  # an unreadable profile only loses the better figures
@@ -52,7 +52,7 @@ def local_roofline() -> tuple[float, float]:
             if peak > 0 and bw > 0:
                 return peak, bw
     try:
-        from terrazzo.costmodel.calibrate import local_cpu_spec
+        from terrazzo.costmodel import local_cpu_spec
 
         spec = local_cpu_spec(bw_bytes_per_s=DEFAULT_MEM_BW_BYTES_PER_S)
         peak = float(spec.peak_tflops["fp32"]) * 1e12

@@ -1,11 +1,13 @@
-"""Codegen for agent graphs: an agent spec → placement (``plan_agent``) → TVM builds per model/LLM phase → a ``.tzb`` bundle.
+"""The agent pipeline: an agent spec → placement (``place_agent``) → TVM builds per model/LLM phase → a ``.tzb`` bundle.
 
-The bundle is a normal ``.tzb`` (``write_bundle``): its compiled stages are the agent's model
-nodes (one whole-model Relax library per node) and, for each ``llm`` node, a prefill and a
-decode library (``terrazzo.codegen.llm_phases``; weights are constants inside the library).
-Tools, retrieval and memory have no code to build: ``plan.json["agent"]`` lists every node
-with its device class, its runner kind and its settings, and ``terrazzo.runtime.agent_plan``
-turns that into the served stage DAG (conditional loops unrolled to ``max_iterations``).
+The only place that orders the stages for an agent graph (load the spec, decompose and place
+it, build every model node and LLM phase with codegen, write the bundle). The bundle is a
+normal ``.tzb`` (``write_bundle``): its compiled stages are the agent's model nodes (one
+whole-model Relax library per node) and, for each ``llm`` node, a prefill and a decode library
+(``terrazzo.codegen.llm_phases``; weights are constants inside the library). Tools, retrieval
+and memory have no code to build: ``plan.json["agent"]`` lists every node with its device
+class, its runner kind and its settings, and ``terrazzo.runtime.agent_plan`` turns that into
+the served stage DAG (conditional loops unrolled to ``max_iterations``).
 
 Placement: the LLM of a test-size spec (``tiny-llama``) is costed as a deployment-size model
 (``cost_preset``, default ``llama3-8b``) so the plan is the one the paper's question asks about;
@@ -32,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from terrazzo.errors import CodegenError, PlacementError
+from terrazzo.pipeline.load import as_fleet, as_sla
 
 TEST_SIZE_PRESETS = ("tiny-llama",)
 
@@ -47,28 +50,10 @@ class AgentCompileResult:
     build_s: float
 
 
-def _as_fleet(fleet: Any) -> Any:
-    from terrazzo.placement import Fleet
-
-    return fleet if isinstance(fleet, Fleet) else Fleet.from_yaml(str(fleet))
-
-
-def _as_sla(sla: Any) -> Any:
-    from terrazzo.placement import SLA
-
-    if isinstance(sla, SLA):
-        return sla
-    if isinstance(sla, str):
-        from terrazzo.commands._common import parse_duration_s
-
-        return SLA(latency_s=parse_duration_s(sla))
-    return SLA(latency_s=float(sla))
-
-
 def _costed_graph(graph: Any, cost_preset: str | None) -> tuple[Any, list[str]]:
     """The graph the planner sees: test-size LLMs replaced by ``cost_preset``'s architecture."""
     from terrazzo.frontend.agent_spec import LLM_PRESETS
-    from terrazzo.ir.graph import make_attrs
+    from terrazzo.ir import make_attrs
 
     notes: list[str] = []
     if not cost_preset:
@@ -121,7 +106,7 @@ def place_agent(
         PlacementError: the SLA cannot be met.
     """
     from terrazzo.placement import solve
-    from terrazzo.report.agent_plan import agent_problem
+    from terrazzo.report import agent_problem
 
     costed, notes = _costed_graph(graph, cost_preset)
     problem = agent_problem(costed, fleet, sla, rps, catalog=catalog)
@@ -315,13 +300,13 @@ def compile_agent(
     from terrazzo.bundle import StageContent, TensorSpec, write_bundle
     from terrazzo.codegen import StageModule, build_stage, host_target
     from terrazzo.costmodel import load_catalog
-    from terrazzo.frontend.agent import load_agent
+    from terrazzo.frontend import load_agent
 
     t0 = time.perf_counter()
     say = progress or (lambda *_: None)
     spec_path = Path(spec_path)
     graph = load_agent(spec_path)
-    fleet, sla = _as_fleet(fleet), _as_sla(sla)
+    fleet, sla = as_fleet(fleet), as_sla(sla)
     catalog = load_catalog(profile or fleet.profile or "datasheet")
     plan, notes = place_agent(
         graph, fleet, sla, rps, solver, cost_preset=cost_preset, pd_split=pd_split, catalog=catalog
@@ -532,7 +517,7 @@ def _worker_table(
 
 def _plan_text(graph: Any, plan: Any) -> str:
     """tz-dialect text of the decomposed, placed agent graph."""
-    from terrazzo.frontend.agent import decompose
+    from terrazzo.frontend import decompose
     from terrazzo.ir.dialect import print_graph
 
     g = decompose(graph, models=False)

@@ -1,8 +1,11 @@
-"""The whole pipeline in one call: import → plan → split → build per target → ``.tzb`` bundle."""
+"""The model pipeline in one call: load → import → plan → split → build per target → ``.tzb`` bundle.
+
+The only place that orders the stages for a model graph; each stage is a call into its own
+package (``frontend``, ``placement``, ``codegen``, ``bundle``).
+"""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
@@ -12,16 +15,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from terrazzo.codegen._build import (
+from terrazzo.codegen import (
+    SplitModel,
     StageBuild,
     build_stage,
     compile_module,
+    describe_target,
+    host_target,
     load_tuning_db,
+    plan_assignment,
+    relax_binding_names,
+    split_relax,
+    stage_targets,
     tuning_records_text,
 )
-from terrazzo.codegen._split import SplitModel, plan_assignment, split_relax
-from terrazzo.codegen._targets import TargetChoice, choose_target, describe_target, host_target
-from terrazzo.errors import CodegenError, TerrazzoError
+from terrazzo.pipeline.load import as_fleet, as_sla, load_model
 
 # Progress callback: (event, details). Events: "phase-start", "phase-end", "stage-built".
 ProgressFn = Callable[[str, Mapping[str, Any]], None]
@@ -43,100 +51,6 @@ class CompileResult:
 
 def _noop(event: str, details: Mapping[str, Any]) -> None:
     return None
-
-
-def load_model(model: Any, example_inputs: Any = None, shapes: Any = None) -> tuple[Any, str]:
-    """Turn ``model`` into a model-level ir.Graph; returns (graph, sha256 of its source).
-
-    ``model`` is an ``ir.Graph``, a path to an ``.onnx`` file, a zoo name (``zoo:bert`` or
-    ``bert`` when no such file exists), or a ``torch.nn.Module`` with ``example_inputs``.
-    """
-    from terrazzo.ir.graph import Graph
-
-    if isinstance(model, Graph):
-        if model.relax_mod is None:
-            raise CodegenError(
-                f"graph {model.name!r} has no Relax module; import it with a frontend"
-            )
-        text = model.relax_mod.script(show_meta=False).encode()
-        return model, hashlib.sha256(text).hexdigest()
-    if isinstance(model, str | os.PathLike):
-        p = Path(model)
-        name = str(model)
-        if not p.exists() and (name.startswith("zoo:") or p.suffix == ""):
-            from terrazzo import zoo
-
-            zname = name.removeprefix("zoo:")
-            p = zoo.export_onnx(zname, _zoo_cache())
-        if not p.is_file():
-            raise TerrazzoError(
-                f"model {str(model)!r} does not exist (expected an .onnx file or zoo:NAME)"
-            )
-        from terrazzo.frontend import from_onnx
-
-        digest = hashlib.sha256(p.read_bytes()).hexdigest()
-        return from_onnx(p, shapes=shapes), digest
-    if hasattr(model, "forward"):
-        if example_inputs is None:
-            raise CodegenError("a torch module needs example_inputs to fix its shapes")
-        from terrazzo.frontend import from_torch
-
-        g = from_torch(model, example_inputs)
-        text = g.relax_mod.script(show_meta=False).encode()
-        return g, hashlib.sha256(text).hexdigest()
-    raise CodegenError(
-        f"cannot compile a {type(model).__name__}; expected an .onnx path, zoo name, Graph or nn.Module"
-    )
-
-
-def _zoo_cache() -> Path:
-    return Path(tempfile.gettempdir()) / "terrazzo-zoo"
-
-
-def _fleet(fleet: Any) -> Any:
-    from terrazzo.placement import Fleet
-
-    if isinstance(fleet, Fleet):
-        return fleet
-    if isinstance(fleet, str | os.PathLike):
-        return Fleet.from_yaml(Path(fleet))
-    if isinstance(fleet, Mapping):
-        return Fleet.from_dict(dict(fleet))
-    raise TerrazzoError(
-        f"fleet must be a Fleet, a YAML path or a mapping, got {type(fleet).__name__}"
-    )
-
-
-def _sla(sla: Any) -> Any:
-    from terrazzo.placement import SLA
-
-    if isinstance(sla, SLA):
-        return sla
-    if isinstance(sla, int | float):
-        return SLA(latency_s=float(sla))
-    if isinstance(sla, str):
-        from terrazzo.commands._common import parse_duration_s
-
-        return SLA(latency_s=parse_duration_s(sla))
-    raise TerrazzoError(f"sla must be an SLA, seconds, or text like '50ms', got {sla!r}")
-
-
-def stage_targets(plan: Any, catalog: Any) -> dict[str, TargetChoice]:
-    """Device class → TargetChoice for every class the plan uses."""
-    out: dict[str, TargetChoice] = {}
-    for st in plan.stages:
-        if st.device in out:
-            continue
-        spec = catalog[st.device]
-        choice = choose_target(st.device, spec.tvm_target, spec.fallback_target)
-        if spec.tvm_target is None and str(getattr(spec, "fallback_reason", "")):
-            choice = TargetChoice(
-                choice.device,
-                choice.target,
-                f"{spec.fallback_reason} (declared fallback target {describe_target(choice.target)})",
-            )
-        out[st.device] = choice
-    return out
 
 
 def compile_model(
@@ -183,7 +97,7 @@ def compile_model(
 
     with phase("import"):
         graph, model_sha = load_model(model, example_inputs, shapes)
-        fleet_obj, sla_obj = _fleet(fleet), _sla(sla)
+        fleet_obj, sla_obj = as_fleet(fleet), as_sla(sla)
         cat = catalog if catalog is not None else load_catalog()
         db = load_tuning_db(tuning_db)
     with phase("plan"):
@@ -287,8 +201,6 @@ def compile_model(
 
 
 def _binding_names(graph: Any) -> list[str]:
-    from terrazzo.codegen._split import relax_binding_names
-
     return relax_binding_names(graph.relax_mod)
 
 
