@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 DEMO_DIR ?= out/demo
 
-.PHONY: install demo test test-fast test-all lint format bench clean
+.PHONY: install demo test test-fast test-all smoke lint format bench clean
 
 $(BIN)/python:
 	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) on PATH"; exit 1; }
@@ -28,10 +28,25 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow and not integration" tests
 
+# A quick check (well under 60 s on 2 cores): the CLI starts, a tiny model compiles and its
+# bundle verifies, and a handful of fast unit tests (IR, dialect, cost model, placement,
+# CLI, import contracts) pass.
+SMOKE_TESTS := tests/unit/test_graph.py tests/unit/test_dialect.py tests/unit/test_costmodel.py \
+	tests/unit/test_placement.py tests/unit/test_cli.py tests/unit/test_import_contracts.py
+SMOKE_DIR ?= out/smoke
+
+smoke: $(STAMP)
+	$(BIN)/terrazzo --help >/dev/null
+	$(BIN)/terrazzo compile zoo:mlp --fleet examples/fleets/mixed.yaml --sla 50ms \
+		-o $(SMOKE_DIR)/mlp.tzb --json >/dev/null
+	$(BIN)/terrazzo verify $(SMOKE_DIR)/mlp.tzb
+	$(BIN)/python -m pytest -q -m "not slow and not integration" $(SMOKE_TESTS)
+
 lint: $(STAMP)
 	$(BIN)/ruff check terrazzo tests benchmarks
 	$(BIN)/ruff format --check terrazzo tests benchmarks
 	$(BIN)/mypy terrazzo
+	$(BIN)/lint-imports --no-cache --no-logo
 
 format: $(STAMP)
 	$(BIN)/ruff format terrazzo tests benchmarks
