@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from terrazzo.errors import CodegenError
-from terrazzo.ir.graph import TensorType
+from terrazzo.ir import TensorType
 
 # Constants at least this large become weight parameters; smaller ones (scalars, shape-like
 # index vectors) stay inlined in the compiled library where legalization may need them.

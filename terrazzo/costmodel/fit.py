@@ -47,7 +47,7 @@ class OpMeasurement:
 
     def as_op(self) -> Any:
         """The measured op as an ``ir.Op`` (for predictions)."""
-        from terrazzo.ir.graph import Op
+        from terrazzo.ir import Op
 
         return Op(
             self.name,

@@ -18,7 +18,7 @@ from terrazzo.costmodel.measured import MeasuredProfile
 from terrazzo.costmodel.profile import CalibrationProfile, efficiency_key, op_work
 from terrazzo.costmodel.transfer import Link, link_between
 from terrazzo.errors import CostModelError
-from terrazzo.ir.graph import Graph, Op
+from terrazzo.ir import Graph, Op
 
 _FIXED_LATENCY_CLASSES = frozenset({"tool", "retrieve", "memory", "io"})
 _TENSOR_CLASSES = frozenset(

@@ -43,7 +43,7 @@ from terrazzo.frontend.agent_spec import (
     ToolNode,
     parse_spec,
 )
-from terrazzo.ir.graph import AttrValue, Graph, Op, TensorType, make_attrs
+from terrazzo.ir import AttrValue, Graph, Op, TensorType, make_attrs
 
 # LLM precision → IR dtype of its KV cache and bytes per element.
 _LLM_DTYPE = {

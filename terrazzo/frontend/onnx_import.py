@@ -11,7 +11,7 @@ from terrazzo.errors import FrontendError
 from terrazzo.frontend.onnx_checks import check_supported_ops, load_model_safely
 from terrazzo.frontend.onnx_fixups import fold_constant_of_shape, normalise_constants
 from terrazzo.frontend.relax_graph import to_graph, uniquify_names
-from terrazzo.ir.graph import Graph
+from terrazzo.ir import Graph
 
 
 def sanitize_name(name: str) -> str:

@@ -11,7 +11,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from terrazzo.ir.graph import TensorType
+from terrazzo.ir import TensorType
 
 # FLOP formula: (input tensor types (vars and constants, in argument order), output leaf types) → int
 FlopFn = Callable[[Sequence[TensorType], Sequence[TensorType]], int]

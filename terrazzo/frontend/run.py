@@ -14,7 +14,7 @@ import numpy as np
 from terrazzo.errors import CodegenError, FrontendError
 from terrazzo.frontend.fixups import prepare_for_build
 from terrazzo.frontend.onnx_import import sanitize_name
-from terrazzo.ir.graph import Graph
+from terrazzo.ir import Graph
 
 
 def build_cpu(graph: Graph) -> Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]:

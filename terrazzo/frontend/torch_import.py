@@ -7,7 +7,7 @@ from typing import Any
 
 from terrazzo.errors import FrontendError
 from terrazzo.frontend.relax_graph import to_graph, uniquify_names
-from terrazzo.ir.graph import Graph
+from terrazzo.ir import Graph
 
 
 def from_torch(module: Any, example_inputs: Sequence[Any], name: str | None = None) -> Graph:

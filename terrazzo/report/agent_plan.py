@@ -14,7 +14,7 @@ from typing import Any
 from terrazzo.costmodel import CostModel, link_between, load_catalog, usd_per_hour
 from terrazzo.errors import PlacementError
 from terrazzo.frontend.agent import decompose, llm_arch_of
-from terrazzo.ir.graph import Graph
+from terrazzo.ir import Graph
 from terrazzo.report import phases
 
 CPU_ONLY_KINDS = ("input.query", "tool.invoke", "retrieve.topk", "memory.load", "memory.store")

@@ -295,7 +295,7 @@ def extract_kernels(mod: Any, target: Any, lowered: bool = False) -> list[Kernel
 
 def kernel_op(kernel: Kernel) -> Any:
     """The kernel as an ``ir.Op`` the cost model can price (one call)."""
-    from terrazzo.ir.graph import Op
+    from terrazzo.ir import Op
 
     op_class = (
         kernel.kernel_class
