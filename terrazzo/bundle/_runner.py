@@ -31,6 +31,8 @@ def _cuda_present() -> bool:
 
 # sha256 of CUDA source → the bundle's fatbin for it; shared by every stage of this process.
 _FATBINS: dict[str, bytes] = {}
+#: How this process's CUDA modules got their code: a bundled fatbin, or nvcc at load time.
+FATBIN_STATS: dict[str, int] = {"bundled": 0, "nvcc": 0}
 
 
 def _install_fatbin_callback(source: str | None, fatbin: bytes | None) -> None:
@@ -45,7 +47,10 @@ def _install_fatbin_callback(source: str | None, fatbin: bytes | None) -> None:
     def compile_cuda(code: str, *args: Any) -> bytes:
         hit = _FATBINS.get(hashlib.sha256(str(code).encode()).hexdigest())
         if hit is not None:
+            FATBIN_STATS["bundled"] += 1
             return hit
+        FATBIN_STATS["nvcc"] += 1
+        log.warning("no bundled fatbin for this CUDA source: compiling it with nvcc at load time")
         from tvm.support import nvcc
 
         return bytes(nvcc.compile_cuda(code, target_format="fatbin", compiler="nvcc"))
@@ -95,7 +100,7 @@ class StageRunner:
         note: str | None = None,
     ) -> None:
         import tvm
-        from tvm import relax
+        from tvm.runtime.vm import VirtualMachine
 
         self.index = index
         self.device = device
@@ -106,7 +111,7 @@ class StageRunner:
         self.outputs = outputs
         self._dev = tvm.cuda(0) if ran_on == "cuda" else tvm.cpu(0)
         lib = tvm.runtime.load_module(library_path)
-        self._vm = relax.VirtualMachine(lib, self._dev)
+        self._vm = VirtualMachine(lib, self._dev)
         self._fn = self._vm["main"]
         missing = [w for w in weight_order if w not in weights]
         if missing:
@@ -191,6 +196,21 @@ class StageRunner:
         result = self._fn(*args, *self._weights)
         flat = list(result) if not hasattr(result, "numpy") else [result]
         return {spec.name: r.numpy() for spec, r in zip(self.outputs, flat, strict=True)}
+
+    def time_on_device_s(
+        self, inputs: Mapping[str, np.ndarray], number: int = 20, repeat: int = 7
+    ) -> list[float]:
+        """Seconds per call of the compiled function with inputs already on the device.
+
+        What the cost model predicts for a stage: no host↔device copies, no NumPy conversion.
+        Timed by TVM's evaluator (it synchronises the device after each batch of ``number``
+        calls); returns the ``repeat`` per-call means.
+        """
+        import tvm
+
+        args = [tvm.runtime.tensor(np.ascontiguousarray(inputs[s.name]), self._dev) for s in self.inputs]
+        timer = self._vm.time_evaluator("main", self._dev, number=number, repeat=repeat)
+        return [float(r) for r in timer(*args, *self._weights).results]
 
 
 def run_pipeline(

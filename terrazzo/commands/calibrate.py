@@ -79,6 +79,9 @@ def report_json(rep: Any) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from terrazzo.commands._common import require_compiler
+
+    require_compiler("calibrate")
     import os
 
     os.environ.setdefault("TVM_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "2"))

@@ -45,6 +45,9 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from terrazzo.commands._common import require_compiler
+
+    require_compiler("compile")
     from terrazzo.commands._agent import is_agent_spec
 
     if is_agent_spec(args.model):  # agent graphs (YAML): terrazzo.pipeline.compile_agent

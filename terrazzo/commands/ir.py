@@ -96,6 +96,9 @@ def load_graph(path: Path, shapes: dict[str, tuple[int, ...]]) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     """Import, optionally fuse, and print the graph."""
+    from terrazzo.commands._common import require_compiler
+
+    require_compiler("ir")
     graph = load_graph(Path(args.model), parse_shapes(args.shape))
     if args.decompose:
         if graph.level != "agent":

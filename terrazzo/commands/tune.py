@@ -67,6 +67,9 @@ def _runnable_targets(stage_targets: list[dict[str, Any]]) -> list[dict[str, Any
 
 
 def run(args: argparse.Namespace) -> int:
+    from terrazzo.commands._common import require_compiler
+
+    require_compiler("tune")
     import tvm
 
     from terrazzo.codegen.tuning import (

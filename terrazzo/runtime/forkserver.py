@@ -43,7 +43,7 @@ def preload() -> None:
     block_heavy_imports("terrazzo.runtime.runners:bundle_stage")
     # gRPC is imported by each child, after the fork: its core must not be initialised before one
     import tvm  # noqa: F401  the expensive import this process exists to share
-    from tvm import relax  # noqa: F401
+    import tvm.runtime.vm  # noqa: F401  the Relax VM lives in the runtime (no compiler needed)
 
     import terrazzo.bundle  # noqa: F401
     import terrazzo.bundle._runner  # noqa: F401

@@ -91,10 +91,10 @@ class RelaxLibraryRunner:
         self, path: str, inputs: Sequence[str], outputs: Sequence[str], function: str = "main"
     ):
         import tvm
-        from tvm import relax
+        from tvm.runtime.vm import VirtualMachine
 
         self._tvm = tvm
-        self._vm = relax.VirtualMachine(tvm.runtime.load_module(path), tvm.cpu())
+        self._vm = VirtualMachine(tvm.runtime.load_module(path), tvm.cpu())
         self._fn = self._vm[function]
         self.inputs = tuple(inputs)
         self.outputs = tuple(outputs)
