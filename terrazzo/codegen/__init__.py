@@ -8,7 +8,9 @@ from terrazzo.codegen._build import (
     StageBuild,
     build_stage,
     compile_module,
+    cuda_source,
     load_tuning_db,
+    nvcc_fatbin,
     request_module,
     tuning_records_text,
 )
@@ -37,6 +39,8 @@ __all__ = [
     "build_stage",
     "choose_target",
     "compile_module",
+    "cuda_source",
+    "nvcc_fatbin",
     "describe_target",
     "host_target",
     "load_tuning_db",

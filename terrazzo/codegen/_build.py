@@ -275,7 +275,7 @@ def compile_module(
         raise CodegenError(f"TVM could not build for {t}: {first}") from e
 
 
-def _cuda_source(executable: Any) -> str | None:
+def cuda_source(executable: Any) -> str | None:
     def walk(m: Any) -> str | None:
         if m.kind == "cuda":
             return str(m.inspect_source(""))
@@ -331,12 +331,12 @@ def build_stage(
             notes.append(f"device build for {dict(choice.target)} failed: {first}")
             dev_ex = None
         if dev_ex is not None and choice.kind == "cuda":
-            src = _cuda_source(dev_ex)
+            src = cuda_source(dev_ex)
             if src is not None:
                 files["kernels.cu"] = out / "kernels.cu"
                 files["kernels.cu"].write_text(src)
                 if choice.compile_fatbin:
-                    fatbin = _nvcc_fatbin(src, str(choice.target.get("arch", "")))
+                    fatbin = nvcc_fatbin(src, str(choice.target.get("arch", "")))
                     if isinstance(fatbin, bytes):
                         files["kernels.fatbin"] = out / "kernels.fatbin"
                         files["kernels.fatbin"].write_bytes(fatbin)
@@ -345,7 +345,7 @@ def build_stage(
     return StageBuild(stage.index, choice, files, tuple(notes), time.perf_counter() - t0)
 
 
-def _nvcc_fatbin(source: str, arch: str) -> bytes | str:
+def nvcc_fatbin(source: str, arch: str) -> bytes | str:
     """Compile CUDA source with nvcc; the fatbin bytes, or a sentence saying why not."""
     import tvm
     from tvm.support import nvcc

@@ -10,6 +10,7 @@ refuses for a particular kernel are dropped instead of sinking the whole candida
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
 from typing import Any
@@ -77,6 +78,18 @@ class _Builder:
             return True
         except ScheduleProgramError:
             self.env = self._replay(self.steps)
+            return False
+
+    def try_group(self, steps: list[dict[str, Any]]) -> bool:
+        """Optional steps that stand or fall together (all kept, or the schedule is rebuilt)."""
+        kept = list(self.steps)
+        try:
+            for st in steps:
+                self.add(st)
+            return True
+        except ScheduleProgramError:
+            self.steps = kept
+            self.env = self._replay(kept)
             return False
 
     def loops_of(self, block: str) -> list[int]:
@@ -478,6 +491,159 @@ def _tile2d(
     return b.program()
 
 
+# --- GPU ------------------------------------------------------------------------------------------
+#: Decisions of the GPU template: threads over rows (``ty``) and columns (``tx``), each thread's
+#: register tile (``ri`` × ``ci``), the reduction chunk staged in shared memory (``kt``), the
+#: vector width of the cooperative shared-memory loads (``vec``).
+_GPU_SPACE: dict[str, tuple[Any, ...]] = {
+    "ty": (4, 8, 16, 32),
+    "tx": (8, 16, 32),
+    "ri": (1, 2, 4, 8),
+    "ci": (1, 2, 4, 8),
+    "kt": (4, 8, 16, 32),
+    "vec": (1, 2, 4),
+    "unroll": (0, 1),
+}
+
+
+def is_gpu_target(target: Any) -> bool:
+    """True for targets whose kernels must bind every loop to GPU threads (CUDA, ROCm, ...)."""
+    keys = getattr(target, "keys", None)
+    if keys is not None:
+        return "gpu" in [str(k) for k in keys]
+    return isinstance(target, dict) and target.get("kind") in ("cuda", "rocm", "vulkan", "metal")
+
+
+def gpu_template_fits(kernel: Kernel) -> bool:
+    """The GPU template tiles one reduction block whose spatial loops all come before its
+    reduction loops (matmul, batched matmul, NHWC conv); other blocks must be inlinable."""
+    kinds = kernel.main_block.loop_kinds
+    if "R" not in kinds or "O" in kinds or "S" not in kinds:
+        return False
+    first_r = kinds.index("R")
+    return all(k == "S" for k in kinds[:first_r]) and all(k == "R" for k in kinds[first_r:])
+
+
+def _gpu_template(kernel: Kernel, d: dict[str, Any]) -> ScheduleProgram:
+    """Two-level tiling for a GPU: a thread block computes a (ty·ri) × (tx·ci) output tile, each
+    of its ty·tx threads an ri × ci register tile (``cache_write`` to ``local``); for each ``kt``
+    chunk of the innermost reduction loop the inputs' slices are staged in shared memory by all
+    threads together (``_stage_in_shared``). Spatial loops before the row loop (batch, image
+    rows) join the block index; reduction loops before the innermost (a conv's window) stay
+    outside the chunk. Producers (padding) are inlined; an elementwise consumer is computed by
+    the thread that owns the tile. Raises ScheduleProgramError when it does not fit.
+    """
+    if not gpu_template_fits(kernel):
+        raise ScheduleProgramError("GPU template: needs spatial loops, then reduction loops")
+    main = kernel.main_block
+    b = _Builder(kernel.func)
+    idx = kernel.blocks.index(main)
+    consumers = []
+    for n, blk in enumerate(kernel.blocks):
+        if blk.name == main.name:
+            continue
+        b.add({"op": "get_sblock", "name": blk.name, "out": f"o{n}"})
+        if n < idx:
+            b.add({"op": "compute_inline", "block": f"o{n}"})
+        else:
+            consumers.append(f"o{n}")
+    for c in consumers[:-1]:
+        b.add({"op": "compute_inline", "block": c})
+    epilogue = consumers[-1] if consumers else None
+    b.add({"op": "get_sblock", "name": main.name, "out": "b"})
+    b.add({"op": "cache_write", "block": "b", "buffer_index": 0, "scope": "local", "out": "wb"})
+    kinds = main.loop_kinds
+    names = [f"l{i}" for i in range(len(kinds))]
+    b.add({"op": "get_loops", "block": "b", "out": names})
+    ext = dict(zip(names, main.loop_extents, strict=True))
+    spatial = [n for n, k in zip(names, kinds, strict=True) if k == "S"]
+    reduce = [n for n, k in zip(names, kinds, strict=True) if k == "R"]
+    cols = spatial[-1]
+    rows = spatial[-2] if len(spatial) >= 2 else None
+    red_outer, red = reduce[:-1], reduce[-1]
+    tx = _fit(ext[cols], d["tx"])
+    ci = _fit(ext[cols] // tx, d["ci"])
+    b.add({"op": "split", "loop": cols, "factors": [None, tx, ci], "out": ["co", "txl", "cin"]})
+    order_o, order_t, order_i = [*spatial[:-2], "co"], ["txl"], ["cin"]
+    ty = 1
+    if rows is not None:
+        ty = _fit(ext[rows], d["ty"])
+        ri = _fit(ext[rows] // ty, d["ri"])
+        b.add({"op": "split", "loop": rows, "factors": [None, ty, ri], "out": ["ro", "tyl", "rin"]})
+        order_o, order_t, order_i = [*spatial[:-2], "ro", "co"], ["tyl", "txl"], ["rin", "cin"]
+    kt = _fit(ext[red], d["kt"])
+    b.add({"op": "split", "loop": red, "factors": [None, kt], "out": ["ko", "ki"]})
+    b.add({"op": "reorder", "loops": [*order_o, *order_t, *red_outer, "ko", "ki", *order_i]})
+    bx = order_o[0]
+    if len(order_o) > 1:
+        b.add({"op": "fuse", "loops": order_o, "out": "bx"})
+        bx = "bx"
+    b.add({"op": "bind", "loop": bx, "thread": "blockIdx.x"})
+    th = order_t[0]
+    if len(order_t) > 1:
+        b.add({"op": "fuse", "loops": order_t, "out": "th"})
+        th = "th"
+    b.add({"op": "bind", "loop": th, "thread": "threadIdx.x"})
+    b.add({"op": "reverse_compute_at", "block": "wb", "loop": th})
+    if epilogue is not None:
+        b.add({"op": "reverse_compute_at", "block": epilogue, "loop": th})
+    for i in range(main.n_reads):
+        _stage_in_shared(b, f"s{i}", i, tx * ty, red_outer, d.get("vec", 1))
+    b.add({"op": "decompose_reduction", "block": "b", "loop": (red_outer or ["ko"])[0]})
+    if d.get("unroll"):
+        b.try_add({"op": "unroll", "loop": "ki"})
+    return b.program()
+
+
+def _stage_in_shared(
+    b: _Builder, sh: str, index: int, threads: int, red_outer: list[str], vec: int
+) -> None:
+    """Stage input ``index`` of the main block in shared memory per reduction chunk, loaded by
+    all ``threads`` together (vectorised by ``vec`` when it applies). Optional: a slice TVM cannot
+    bound leaves that input read from global memory."""
+    steps = [
+        {"op": "cache_read", "block": "b", "buffer_index": index, "scope": "shared", "out": sh},
+        {"op": "compute_at", "block": sh, "loop": "ko"},
+    ]
+    if not b.try_group(steps):
+        return
+    # its loops: the block's (bx), the thread's (th), the reduction's down to the chunk (ko),
+    # then the slice's
+    outer = [f"{sh}_bx", f"{sh}_th", *[f"{sh}_{n}" for n in red_outer], f"{sh}_ko"]
+    inner = [f"{sh}_d{j}" for j in range(len(b.loops_of(sh)) - len(outer))]
+    b.add({"op": "get_loops", "block": sh, "out": [*outer, *inner]})
+    fused = inner[0]
+    if len(inner) > 1:
+        b.add({"op": "fuse", "loops": inner, "out": f"{sh}_f"})
+        fused = f"{sh}_f"
+    vector = [
+        {"op": "split", "loop": fused, "factors": [None, threads, vec],
+         "out": [f"{sh}_o", f"{sh}_t", f"{sh}_v"]},
+        {"op": "bind", "loop": f"{sh}_t", "thread": "threadIdx.x"},
+        {"op": "vectorize", "loop": f"{sh}_v"},
+    ]  # fmt: skip
+    if vec > 1 and b.try_group(vector):
+        return
+    b.add({"op": "split", "loop": fused, "factors": [None, threads], "out": [f"{sh}_o", f"{sh}_t"]})
+    b.add({"op": "bind", "loop": f"{sh}_t", "thread": "threadIdx.x"})
+
+
+def _gpu_seeds() -> list[dict[str, Any]]:
+    base: dict[str, Any] = {"gpu": 1, "ty": 16, "tx": 16, "ri": 4, "ci": 4, "kt": 16, "vec": 1,
+                            "unroll": 1}  # fmt: skip
+    variants: list[dict[str, Any]] = [
+        {},
+        {"ty": 8, "tx": 32, "ri": 8, "ci": 4, "kt": 8},
+        {"ri": 2, "ci": 2, "kt": 8},
+        {"vec": 4},
+        {"ty": 16, "tx": 8, "ri": 8, "ci": 8, "kt": 8},
+        {"ty": 32, "tx": 8, "ri": 4, "ci": 4, "kt": 32},
+        {"ty": 8, "tx": 16, "ri": 4, "ci": 8, "kt": 16, "vec": 2},
+        {"ri": 1, "ci": 1, "kt": 32, "unroll": 0},
+    ]
+    return [{**base, **v} for v in variants]
+
+
 def template_for(kernel: Kernel) -> str:
     """Which template fits the kernel: ``conv``, ``tiled`` (matmul/batched reduction) or ``rows``."""
     main = kernel.main_block
@@ -502,6 +668,8 @@ def template_for(kernel: Kernel) -> str:
 
 def build_program(kernel: Kernel, decisions: dict[str, Any], lanes: int = 16) -> ScheduleProgram:
     """The template program for ``kernel`` under ``decisions`` (raises ScheduleProgramError)."""
+    if decisions.get("gpu"):
+        return _gpu_template(kernel, decisions)
     name = template_for(kernel)
     if name == "conv" and decisions.get("tmpl") == "tiled":
         name = "tiled"
@@ -650,7 +818,7 @@ class OfflineProposer:
 
     def _mutate(self, d: dict[str, Any]) -> dict[str, Any]:
         out = dict(d)
-        space = {**_SPACE, **_MK_SPACE} if d.get("mk") else _SPACE
+        space = _GPU_SPACE if d.get("gpu") else {**_SPACE, **_MK_SPACE} if d.get("mk") else _SPACE
         for _ in range(self._rng.choice((1, 1, 2))):
             key = self._rng.choice(list(space))
             vals = space[key]
@@ -683,7 +851,7 @@ class OfflineProposer:
             key=lambda t: t.latency_s or float("inf"),
         )
         if self._pending is None:
-            self._pending = self._seeds(kernel, lanes)
+            self._pending = _gpu_seeds() if is_gpu_target(target) else self._seeds(kernel, lanes)
         pool: list[dict[str, Any]]
         if not good:
             pool = list(self._pending)
@@ -724,4 +892,4 @@ def _describe(d: dict[str, Any]) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(d.items()))
 
 
-__all__ = ["OfflineProposer", "build_program", "template_for"]
+__all__ = ["OfflineProposer", "build_program", "gpu_template_fits", "is_gpu_target", "template_for"]

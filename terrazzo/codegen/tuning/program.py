@@ -95,6 +95,17 @@ class Unroll(_Step):
     loop: str = _Name
 
 
+class Bind(_Step):
+    """Bind ``loop`` to a GPU thread axis (GPU targets: every block's loops must be bound)."""
+
+    op: Literal["bind"]
+    loop: str = _Name
+    thread: Literal[
+        "blockIdx.x", "blockIdx.y", "blockIdx.z", "threadIdx.x", "threadIdx.y", "threadIdx.z",
+        "vthread.x", "vthread.y",
+    ]  # fmt: skip
+
+
 class CacheRead(_Step):
     op: Literal["cache_read"]
     block: str = _Name
@@ -167,6 +178,7 @@ Step = (
     | Parallel
     | Vectorize
     | Unroll
+    | Bind
     | CacheRead
     | CacheWrite
     | ComputeAt
@@ -354,6 +366,7 @@ _APPLY: dict[str, Callable[[_Env, Any, int], None]] = {
     "parallel": lambda env, st, i: env.sch.parallel(env.loop(st.loop, i)),
     "vectorize": lambda env, st, i: env.sch.vectorize(env.loop(st.loop, i)),
     "unroll": lambda env, st, i: env.sch.unroll(env.loop(st.loop, i)),
+    "bind": lambda env, st, i: env.sch.bind(env.loop(st.loop, i), st.thread),
     "cache_read": lambda env, st, i: env.bind_block(
         st.out, env.sch.cache_read(env.block(st.block, i), st.buffer_index, st.scope)
     ),

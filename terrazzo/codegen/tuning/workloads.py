@@ -20,6 +20,19 @@ def matmul(m: int, n: int, k: int, dtype: str = "float32") -> Any:
     return _prim(a, b, c)
 
 
+def batch_matmul(batch: int, m: int, n: int, k: int, dtype: str = "float32") -> Any:
+    """C[b, m, n] = A[b, m, k] @ B[b, k, n]: attention's scores (Q·Kᵀ) or context (P·V)."""
+    from tvm import te
+
+    a = te.placeholder((batch, m, k), dtype, name="A")
+    b = te.placeholder((batch, k, n), dtype, name="B")
+    r = te.reduce_axis((0, k), name="k")
+    c = te.compute(
+        (batch, m, n), lambda z, i, j: te.sum(a[z, i, r] * b[z, r, j], axis=r), name="C"
+    )
+    return _prim(a, b, c)
+
+
 def conv2d(
     batch: int, cin: int, hw: int, cout: int, kernel: int, pad: int = 1, dtype: str = "float32"
 ) -> Any:
