@@ -120,7 +120,7 @@ def prepare(out: Path) -> dict[str, Any]:
     kdir = out / "kernels"
     kdir.mkdir(parents=True, exist_ok=True)
     index: dict[str, Any] = {}
-    for name, (_, args, desc) in KERNELS.items():
+    for name, (_, _args, desc) in KERNELS.items():
         func = _func(name)
         kernel = analyse(name, func)
         cands: list[dict[str, Any]] = []
@@ -151,7 +151,9 @@ def prepare(out: Path) -> dict[str, Any]:
                     build_s=round(time.perf_counter() - t0, 2),
                 )
             except Exception as e:  # a candidate that does not build is a result too
-                row["error"] = f"build: {str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__}"
+                row["error"] = (
+                    f"build: {str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__}"
+                )
             cands.append(row)
         index[name] = {
             "description": desc,
@@ -202,7 +204,9 @@ def run(art: Path, index: dict[str, Any], log: Callable[[str], None]) -> dict[st
                     row["latency_s"] = sec
                     row["gflops"] = k["flops"] / sec / 1e9
             except Exception as e:
-                row["error"] = f"run: {type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
+                row["error"] = (
+                    f"run: {type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
+                )
             rows.append(row)
         best = {}
         for p in ("dlight", "offline", "metaschedule"):

@@ -112,7 +112,9 @@ HELD_OUT: dict[str, Callable[[], tuple[Any, tuple[Any, ...], tuple[str, ...]]]] 
 }
 
 
-def export(name: str, directory: str | os.PathLike[str], seed: int = 0) -> tuple[Path, dict[str, Any]]:
+def export(
+    name: str, directory: str | os.PathLike[str], seed: int = 0
+) -> tuple[Path, dict[str, Any]]:
     """Export a held-out model to ``<directory>/<name>.onnx``; returns (path, numpy inputs)."""
     import onnx
     import torch

@@ -67,7 +67,17 @@ def log(msg: str) -> None:
 
 # What a runtime-only TVM leaves out: the compiler library and the packages only it uses (the
 # Relax compiler, schedules, TOPI, C++ sources and headers, the web runtime).
-TVM_DROP = ("libtvm_compiler.so", "3rdparty", "relax", "s_tir", "topi", "src", "web", "__pycache__", "*.pyc")
+TVM_DROP = (
+    "libtvm_compiler.so",
+    "3rdparty",
+    "relax",
+    "s_tir",
+    "topi",
+    "src",
+    "web",
+    "__pycache__",
+    "*.pyc",
+)
 # Wheels a check that serves nothing can do without.
 SERVE_WHEELS = ("tritonclient", "python-rapidjson", "grpcio", "protobuf")
 
@@ -102,7 +112,9 @@ def pack_site(out: Path, wheel_cache: Path, serve: bool = True) -> None:
         if any(w.name.lower().startswith(n.replace("-", "_")) for n in wanted):
             shutil.copy2(w, wheels / w.name)
     size = sum(f.stat().st_size for f in (out / "site").rglob("*") if f.is_file())
-    log(f"site: runtime-only tvm + {len(list(wheels.glob('*.whl')))} wheels, {size / 2**20:.1f} MiB")
+    log(
+        f"site: runtime-only tvm + {len(list(wheels.glob('*.whl')))} wheels, {size / 2**20:.1f} MiB"
+    )
 
 
 def snapshot_repo(out: Path) -> None:
@@ -172,9 +184,7 @@ def build_models(out: Path, names: list[str]) -> dict[str, Any]:
             source = "transformers (held out)"
         ref = _ort(path, inputs)
         bundle = out / "bundles" / f"{name}.tzb"
-        res = compile_model(
-            str(path), H200_FLEET, "1s", out_path=bundle, include_reference=False
-        )
+        res = compile_model(str(path), H200_FLEET, "1s", out_path=bundle, include_reference=False)
         np.savez(out / "refs" / f"{name}.npz", **{f"in:{k}": v for k, v in inputs.items()}, ref=ref)
         preds[name] = {
             "source": source,
@@ -191,8 +201,8 @@ def build_models(out: Path, names: list[str]) -> dict[str, Any]:
 def build_mixed(out: Path, name: str = "bert", gpu_fraction: float = 0.5) -> dict[str, Any]:
     """One model, its first ops on h200 and the rest on the cpu class: two stages, one boundary."""
     from terrazzo import zoo
-    from terrazzo.pipeline import compile_model
     from terrazzo.frontend import from_onnx
+    from terrazzo.pipeline import compile_model
     from terrazzo.placement import SLA, Fleet
     from terrazzo.placement.api import to_problem
     from terrazzo.placement.plan import build_plan
@@ -231,11 +241,10 @@ def build_mixed(out: Path, name: str = "bert", gpu_fraction: float = 0.5) -> dic
 
 def build_llm(out: Path) -> dict[str, Any]:
     """The LLM agent (prefill and decode on different classes) and its reference tokens."""
-    from terrazzo.pipeline.agent import compile_agent
     from terrazzo.codegen.llm_phases import TinyLlamaConfig, greedy_generate, torch_reference
-    from terrazzo.runtime.agent_plan import LocalAgent, agent_serving_plan
-
+    from terrazzo.pipeline.agent import compile_agent
     from terrazzo.placement import Fleet
+    from terrazzo.runtime.agent_plan import LocalAgent, agent_serving_plan
 
     bundle = out / "bundles" / "llm-pd.tzb"
     compile_agent(
@@ -245,7 +254,9 @@ def build_llm(out: Path) -> dict[str, Any]:
 
     with open_bundle(bundle) as b:
         agent = (b.plan_json or {})["agent"]
-        stages = [{"index": s.index, "device": s.device, "target": dict(s.target)} for s in b.stages]
+        stages = [
+            {"index": s.index, "device": s.device, "target": dict(s.target)} for s in b.stages
+        ]
     node = next(n for n in agent["nodes"] if n["kind"] == "llm.call")
     cfg = TinyLlamaConfig(**node["config"])
     ref = torch_reference(cfg)
@@ -275,8 +286,7 @@ def build_llm(out: Path) -> dict[str, Any]:
 
 def build_ops(out: Path, quick: bool) -> list[dict[str, Any]]:
     """Every op of the calibration suite built for CUDA sm_90 as codegen builds a GPU stage."""
-    from terrazzo.codegen import compile_module
-    from terrazzo.codegen import cuda_source, nvcc_fatbin
+    from terrazzo.codegen import compile_module, cuda_source, nvcc_fatbin
     from terrazzo.costmodel import CostModel, load_catalog
     from terrazzo.pipeline import calibrate as cal
 

@@ -49,8 +49,19 @@ def _device(run: dict[str, Any]) -> dict[str, Any]:
     env = run.get("environment", {})
     return {
         k: env.get(k)
-        for k in ("gpu", "compute_version", "nvcc", "tvm", "tvm_ffi", "tvm_runtime_only",
-                  "python", "cpu", "cpu_count", "loadavg", "commit")  # fmt: skip
+        for k in (
+            "gpu",
+            "compute_version",
+            "nvcc",
+            "tvm",
+            "tvm_ffi",
+            "tvm_runtime_only",
+            "python",
+            "cpu",
+            "cpu_count",
+            "loadavg",
+            "commit",
+        )  # fmt: skip
     } | {"ceilings": run.get("ceilings")}
 
 
@@ -113,8 +124,14 @@ def fit_h200(run: dict[str, Any], date: str) -> tuple[Any, dict[str, Any]]:
     launch = next((o["measured_s"] for o in ops if o["name"] == "launch"), 5e-6)
     ms = [
         OpMeasurement(
-            o["name"], o["kind"], o["op_class"], int(o["flops"]), int(o["nbytes"]),
-            float(o["measured_s"]), bool(o["held_out"]), int(o["param_bytes"]),
+            o["name"],
+            o["kind"],
+            o["op_class"],
+            int(o["flops"]),
+            int(o["nbytes"]),
+            float(o["measured_s"]),
+            bool(o["held_out"]),
+            int(o["param_bytes"]),
             int(o["bytes_read"]),
         )  # fmt: skip
         for o in ops

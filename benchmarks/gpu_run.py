@@ -48,7 +48,9 @@ def section(name: str):  # type: ignore[no-untyped-def]
                 RESULT[name] = fn(*a, **k)
             except Exception as e:
                 log(traceback.format_exc())
-                RESULT[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+                RESULT[name] = {
+                    "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                }
             RESULT.setdefault("section_s", {})[name] = round(time.perf_counter() - t0, 2)
 
         return run
@@ -92,8 +94,13 @@ def environment(art: Path) -> dict[str, Any]:
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "cpu": next(
-            (ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-             if ln.startswith("model name")), platform.processor()),  # fmt: skip
+            (
+                ln.split(":", 1)[1].strip()
+                for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")
+            ),
+            platform.processor(),
+        ),  # fmt: skip
         "cpu_count": os.cpu_count(),
         "loadavg": os.getloadavg(),
         "compiler_modules_imported": heavy,
@@ -132,7 +139,6 @@ def ceilings() -> dict[str, Any]:
     y = torch.empty_like(x)
     t = bench(lambda: y.copy_(x))
     out["copy_gb_per_s"] = 2 * n * 4 / t / 1e9
-    del x, y
     for dtype, name in ((torch.bfloat16, "bf16"), (torch.float32, "fp32"), (torch.float32, "tf32")):
         torch.backends.cuda.matmul.allow_tf32 = name == "tf32"
         k = 8192
@@ -272,7 +278,9 @@ class Served:
         client = tc.InferenceServerClient(f"127.0.0.1:{self.port}")
         while time.perf_counter() - t0 < timeout:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"serve exited with {self.proc.returncode}: {self.text()[-800:]}")
+                raise RuntimeError(
+                    f"serve exited with {self.proc.returncode}: {self.text()[-800:]}"
+                )
             try:
                 if client.is_server_ready():
                     return time.perf_counter() - t0
@@ -345,7 +353,9 @@ def mixed(art: Path, preds: dict[str, Any], results: Path) -> dict[str, Any]:
         row["served_latency_s"] = median(ts)
         row["served_p90_s"] = float(np.percentile(ts, 90))
         row["served_stage_metrics"] = _stage_metrics(srv.metrics_text())
-        row["serve_log_workers"] = [ln for ln in srv.text().splitlines() if "stage" in ln and not ln.startswith("{")][:8]
+        row["serve_log_workers"] = [
+            ln for ln in srv.text().splitlines() if "stage" in ln and not ln.startswith("{")
+        ][:8]
     finally:
         srv.stop()
     log(json.dumps({k: v for k, v in row.items() if k != "stages"}, indent=1, default=str))
@@ -380,14 +390,18 @@ def llm(art: Path, preds: dict[str, Any], results: Path) -> dict[str, Any]:
             t = tc.InferInput("prompt", list(p.shape), "INT64")
             t.set_data_from_numpy(p)
             t0 = time.perf_counter()
-            res = client.infer(name, [t], outputs=[tc.InferRequestedOutput("gen")], client_timeout=120)
+            res = client.infer(
+                name, [t], outputs=[tc.InferRequestedOutput("gen")], client_timeout=120
+            )
             lat.append(time.perf_counter() - t0)
             got = res.as_numpy("gen").reshape(-1)
             equal.append(bool(np.array_equal(got, exp.reshape(-1))))
             row.setdefault("tokens", []).append(got.tolist())
         row["tokens_equal_reference"] = equal
         row["request_latency_s"] = lat
-        row["serve_log_workers"] = [ln for ln in srv.text().splitlines() if "stage" in ln and not ln.startswith("{")][:8]
+        row["serve_log_workers"] = [
+            ln for ln in srv.text().splitlines() if "stage" in ln and not ln.startswith("{")
+        ][:8]
         row["stage_metrics"] = _stage_metrics(srv.metrics_text())
     finally:
         srv.stop()
@@ -415,7 +429,10 @@ def ops(art: Path, preds: dict[str, Any]) -> list[dict[str, Any]]:
             if src.exists() and fat.exists():
                 _install_fatbin_callback(src.read_text(), fat.read_bytes())
             vm = VirtualMachine(tvm.runtime.load_module(str(lib)), dev)
-            args = [tvm.runtime.tensor(rng.standard_normal(s).astype("float32"), dev) for s in op["shapes"]]
+            args = [
+                tvm.runtime.tensor(rng.standard_normal(s).astype("float32"), dev)
+                for s in op["shapes"]
+            ]
             res = vm.time_evaluator("main", dev, number=20, repeat=7, min_repeat_ms=5)(*args)
             rows.append({**op, "measured_s": float(np.median(res.results))})
         except Exception as e:

@@ -208,7 +208,9 @@ class StageRunner:
         """
         import tvm
 
-        args = [tvm.runtime.tensor(np.ascontiguousarray(inputs[s.name]), self._dev) for s in self.inputs]
+        args = [
+            tvm.runtime.tensor(np.ascontiguousarray(inputs[s.name]), self._dev) for s in self.inputs
+        ]
         timer = self._vm.time_evaluator("main", self._dev, number=number, repeat=repeat)
         return [float(r) for r in timer(*args, *self._weights).results]
 

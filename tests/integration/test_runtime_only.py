@@ -35,7 +35,7 @@ BLOCKED = (
     "ray",
 )
 
-_HOOK = f'''
+_HOOK = f"""
 import importlib.abc, sys
 BLOCKED = {BLOCKED!r}
 class _Block(importlib.abc.MetaPathFinder):
@@ -44,7 +44,7 @@ class _Block(importlib.abc.MetaPathFinder):
             raise ImportError("runtime-only test: " + name + " must not be imported")
         return None
 sys.meta_path.insert(0, _Block())
-'''
+"""
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ refuses for a particular kernel are dropped instead of sinking the whole candida
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Sequence
 from typing import Any
@@ -601,7 +600,7 @@ def _stage_in_shared(
     """Stage input ``index`` of the main block in shared memory per reduction chunk, loaded by
     all ``threads`` together (vectorised by ``vec`` when it applies). Optional: a slice TVM cannot
     bound leaves that input read from global memory."""
-    steps = [
+    steps: list[dict[str, Any]] = [
         {"op": "cache_read", "block": "b", "buffer_index": index, "scope": "shared", "out": sh},
         {"op": "compute_at", "block": sh, "loop": "ko"},
     ]
@@ -616,7 +615,7 @@ def _stage_in_shared(
     if len(inner) > 1:
         b.add({"op": "fuse", "loops": inner, "out": f"{sh}_f"})
         fused = f"{sh}_f"
-    vector = [
+    vector: list[dict[str, Any]] = [
         {"op": "split", "loop": fused, "factors": [None, threads, vec],
          "out": [f"{sh}_o", f"{sh}_t", f"{sh}_v"]},
         {"op": "bind", "loop": f"{sh}_t", "thread": "threadIdx.x"},

@@ -27,9 +27,7 @@ def batch_matmul(batch: int, m: int, n: int, k: int, dtype: str = "float32") -> 
     a = te.placeholder((batch, m, k), dtype, name="A")
     b = te.placeholder((batch, k, n), dtype, name="B")
     r = te.reduce_axis((0, k), name="k")
-    c = te.compute(
-        (batch, m, n), lambda z, i, j: te.sum(a[z, i, r] * b[z, r, j], axis=r), name="C"
-    )
+    c = te.compute((batch, m, n), lambda z, i, j: te.sum(a[z, i, r] * b[z, r, j], axis=r), name="C")
     return _prim(a, b, c)
 
 
