@@ -57,11 +57,19 @@ fi
 echo "gpu_check: libcudart from ${CUDART:-nowhere}"
 export LD_LIBRARY_PATH="${CUDART:+$CUDART:}${LD_LIBRARY_PATH:-}"
 
-python3 - <<'EOF' || { echo "gpu_check: the runtime-only TVM does not load" >&2; exit 2; }
-import tvm, tvm.base
+python3 - <<'EOF' || { echo "gpu_check: the runtime-only TVM cannot reach the GPU" >&2; exit 3; }
+import ctypes, os, sys, tvm, tvm.base
 assert tvm.base._RUNTIME_ONLY, "the TVM compiler library was loaded"
 print("tvm", tvm.__version__, "runtime-only, libraries:", sorted(tvm.base._LOADED_LIBS),
       "cuda:", tvm.cuda(0).exist)
+if not tvm.cuda(0).exist:  # say why: the CUDA runtime sidecar did not load
+    lib = os.path.join(os.path.dirname(tvm.__file__), "lib", "libtvm_runtime_cuda.so")
+    try:
+        ctypes.CDLL(lib)
+        print("libtvm_runtime_cuda loads, but TVM sees no CUDA device")
+    except OSError as e:
+        print("libtvm_runtime_cuda does not load:", e)
+    sys.exit(1)
 EOF
 nvidia-smi --query-gpu=name,driver_version,memory.total,temperature.gpu,clocks.sm --format=csv || true
 
