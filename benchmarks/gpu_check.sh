@@ -56,9 +56,12 @@ EOF
 fi
 echo "gpu_check: libcudart from ${CUDART:-nowhere}"
 export LD_LIBRARY_PATH="${CUDART:+$CUDART:}${LD_LIBRARY_PATH:-}"
+cd "$REPO"   # python's '' / -m path entry is the working directory: make it this terrazzo
 
 python3 - <<'EOF' || { echo "gpu_check: the runtime-only TVM cannot reach the GPU" >&2; exit 3; }
 import ctypes, os, sys, tvm, tvm.base
+from terrazzo.bundle._runner import load_cuda_runtime
+load_cuda_runtime()
 assert tvm.base._RUNTIME_ONLY, "the TVM compiler library was loaded"
 print("tvm", tvm.__version__, "runtime-only, libraries:", sorted(tvm.base._LOADED_LIBS),
       "cuda:", tvm.cuda(0).exist)
@@ -73,7 +76,6 @@ if not tvm.cuda(0).exist:  # say why: the CUDA runtime sidecar did not load
 EOF
 nvidia-smi --query-gpu=name,driver_version,memory.total,temperature.gpu,clocks.sm --format=csv || true
 
-cd "$REPO"
 python3 "$REPO/benchmarks/gpu_run.py" --art "$ART" --results "$RES" ${GPU_RUN_ARGS:-}
 rc=$?
 echo "gpu_check: gpu_run exited $rc"

@@ -24,9 +24,32 @@ def _cuda_present() -> bool:
     try:
         import tvm
 
+        load_cuda_runtime()
         return bool(tvm.cuda(0).exist)
     except Exception:
         return False
+
+
+def load_cuda_runtime() -> bool:
+    """Load TVM's CUDA runtime library (``libtvm_runtime_cuda``) if it is not loaded yet.
+
+    A full install loads it with its backends; a runtime-only install (no compiler library)
+    does not, so the CUDA device would look absent. True when it is loaded.
+    """
+    import ctypes
+    import os
+
+    import tvm.base
+
+    libs = tvm.base._LOADED_LIBS
+    if "tvm_runtime_cuda" in libs:
+        return True
+    path = os.path.join(os.path.dirname(libs["tvm_runtime"]._name), "libtvm_runtime_cuda.so")
+    try:
+        libs["tvm_runtime_cuda"] = ctypes.CDLL(path, mode=ctypes.RTLD_LOCAL)
+    except OSError:
+        return False
+    return True
 
 
 # sha256 of CUDA source → the bundle's fatbin for it; shared by every stage of this process.
@@ -51,8 +74,12 @@ def _install_fatbin_callback(source: str | None, fatbin: bytes | None) -> None:
             return hit
         FATBIN_STATS["nvcc"] += 1
         log.warning("no bundled fatbin for this CUDA source: compiling it with nvcc at load time")
+        import os
+
         from tvm.support import nvcc
 
+        # IEEE math, as the bundled fatbins are built (codegen's ``precise_cuda_math``)
+        os.environ["TVM_CUDA_NVCC_NO_FAST_MATH"] = "1"
         return bytes(nvcc.compile_cuda(code, target_format="fatbin", compiler="nvcc"))
 
     tvm_ffi.register_global_func("tvm_callback_cuda_compile", compile_cuda, override=True)

@@ -11,6 +11,7 @@ from terrazzo.codegen._build import (
     cuda_source,
     load_tuning_db,
     nvcc_fatbin,
+    precise_cuda_math,
     request_module,
     tuning_records_text,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "compile_module",
     "cuda_source",
     "nvcc_fatbin",
+    "precise_cuda_math",
     "describe_target",
     "host_target",
     "load_tuning_db",

@@ -13,9 +13,10 @@ weights are parameters, not foldable constants.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -345,15 +346,36 @@ def build_stage(
     return StageBuild(stage.index, choice, files, tuple(notes), time.perf_counter() - t0)
 
 
+#: TVM's nvcc call adds ``--use_fast_math`` unless this is set. Fast math turns ``powf`` into
+#: ``exp2(y·log2 x)``: NaN for every negative base (GPT-2's tanh GELU, every RMSNorm's x²), found
+#: on an H200 where GPT-2, Llama and T5 answered all-NaN. Correct before fast: never fast math.
+NO_FAST_MATH_ENV = "TVM_CUDA_NVCC_NO_FAST_MATH"
+
+
+@contextlib.contextmanager
+def precise_cuda_math() -> Iterator[None]:
+    """Within this block TVM compiles CUDA with nvcc without ``--use_fast_math``."""
+    old = os.environ.get(NO_FAST_MATH_ENV)
+    os.environ[NO_FAST_MATH_ENV] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(NO_FAST_MATH_ENV, None)
+        else:
+            os.environ[NO_FAST_MATH_ENV] = old
+
+
 def nvcc_fatbin(source: str, arch: str) -> bytes | str:
-    """Compile CUDA source with nvcc; the fatbin bytes, or a sentence saying why not."""
+    """Compile CUDA source with nvcc (IEEE math, no ``--use_fast_math``); the fatbin bytes, or a
+    sentence saying why not."""
     import tvm
     from tvm.support import nvcc
 
     suffix = arch.removeprefix("sm_")
     flags = ["-gencode", f"arch=compute_{suffix},code=sm_{suffix}"]
     try:
-        with tvm.target.Target({"kind": "cuda", "arch": arch}):
+        with tvm.target.Target({"kind": "cuda", "arch": arch}), precise_cuda_math():
             return bytes(
                 nvcc.compile_cuda(source, target_format="fatbin", arch=flags, compiler="nvcc")
             )
