@@ -340,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", default=",".join([*ZOO, "vit", "t5-encoder", "whisper-encoder"]))
     ap.add_argument("--quick", action="store_true", help="quick calibration suite")
     ap.add_argument("--no-serve", action="store_true", help="site without the serving wheels")
+    ap.add_argument("--kernels-round2", metavar="GPU_RUN_JSON",
+                    help="add the offline proposer's second round from a first run's times")  # fmt: skip
     ap.add_argument("--skip", default="", help="comma list of parts to skip: "
                     "site,models,mixed,llm,ops,kernels")  # fmt: skip
     args = ap.parse_args(argv)
@@ -380,6 +382,12 @@ def main(argv: list[str] | None = None) -> int:
         log("schedule-search candidates:")
         preds["kernels"] = gpu_kernels.prepare(out)
         save()
+    if args.kernels_round2:
+        import gpu_kernels
+
+        log("schedule search, round 2:")
+        measured = json.loads(Path(args.kernels_round2).read_text()).get("kernels", {})
+        gpu_kernels.prepare_round2(out, preds["kernels"], measured)
     save()
     shutil.rmtree(out / "onnx-cache", ignore_errors=True)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
