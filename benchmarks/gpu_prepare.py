@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -239,14 +240,14 @@ def build_mixed(out: Path, name: str = "bert", gpu_fraction: float = 0.5) -> dic
     }
 
 
-def build_llm(out: Path) -> dict[str, Any]:
+def build_llm(out: Path, name: str = "llm-pd") -> dict[str, Any]:
     """The LLM agent (prefill and decode on different classes) and its reference tokens."""
     from terrazzo.codegen.llm_phases import TinyLlamaConfig, greedy_generate, torch_reference
     from terrazzo.pipeline.agent import compile_agent
     from terrazzo.placement import Fleet
     from terrazzo.runtime.agent_plan import LocalAgent, agent_serving_plan
 
-    bundle = out / "bundles" / "llm-pd.tzb"
+    bundle = out / "bundles" / f"{name}.tzb"
     compile_agent(
         ROOT / "examples" / "agents" / "llm_pd.yaml", Fleet.from_dict(MIXED_FLEET), "2s", bundle
     )
@@ -271,14 +272,14 @@ def build_llm(out: Path) -> dict[str, Any]:
         local_tokens.append(env["gen"])
         expected.append(greedy_generate(ref, prompt, node["max_new_tokens"], cfg))
     np.savez(
-        out / "refs" / "llm-pd.npz",
+        out / "refs" / f"{name}.npz",
         prompts=np.stack(prompts),
         expected=np.stack(expected),
         local=np.stack(local_tokens),
     )
     assert all(np.array_equal(a, b) for a, b in zip(expected, local_tokens, strict=True))
     log(f"  llm-pd: stages {[(s['index'], s['device']) for s in stages]}")
-    return {"bundle": "bundles/llm-pd.tzb", "refs": "refs/llm-pd.npz", "stages": stages}
+    return {"bundle": f"bundles/{name}.tzb", "refs": f"refs/{name}.npz", "stages": stages}
 
 
 # --- calibration ops -----------------------------------------------------------------------------
@@ -371,6 +372,14 @@ def main(argv: list[str] | None = None) -> int:
     if "llm" not in skip:
         log("LLM agent (prefill and decode on different classes):")
         preds["llm"] = build_llm(out)
+        save()
+    if "llm-nograph" not in skip and "llm" not in skip:
+        log("LLM agent built without CUDA graphs (diagnostic twin):")
+        os.environ["TERRAZZO_CUDA_GRAPH"] = "0"
+        try:
+            preds["llm_nograph"] = build_llm(out, "llm-pd-nograph")
+        finally:
+            del os.environ["TERRAZZO_CUDA_GRAPH"]
         save()
     if "ops" not in skip:
         log("calibration ops:")

@@ -373,13 +373,12 @@ def _v2(dtype: np.dtype) -> str:
     return {"float32": "FP32", "int64": "INT64", "int32": "INT32", "float16": "FP16"}[str(dtype)]
 
 
-@section("llm")
-def llm(art: Path, preds: dict[str, Any], results: Path) -> dict[str, Any]:
+def _llm(art: Path, preds: dict[str, Any], results: Path, logname: str = "serve_llm.log") -> dict[str, Any]:
     import tritonclient.grpc as tc
 
     entry = preds["llm"]
     npz = np.load(art / entry["refs"])
-    srv = Served(art / entry["bundle"], results / "serve_llm.log")
+    srv = Served(art / entry["bundle"], results / logname)
     row: dict[str, Any] = {"stages": entry["stages"]}
     try:
         row["serve_ready_s"] = srv.wait_ready()
@@ -405,8 +404,76 @@ def llm(art: Path, preds: dict[str, Any], results: Path) -> dict[str, Any]:
         row["stage_metrics"] = _stage_metrics(srv.metrics_text())
     finally:
         srv.stop()
-    log(json.dumps(row, indent=1, default=str))
+    log(json.dumps({k: v for k, v in row.items() if k != "tokens"}, indent=1, default=str))
     return row
+
+
+llm = section("llm")(_llm)
+
+
+def _decode_diag(art: Path, entry: dict[str, Any], steps: int = 6) -> dict[str, Any]:
+    """The LLM bundle's decode phase on the GPU and on the CPU (host build) fed the same inputs,
+    step by step along the CPU's greedy path: where do they part?"""
+    from terrazzo.bundle import open_bundle
+
+    b = open_bundle(art / entry["bundle"])
+    kinds = [s["device"] for s in entry["stages"]]
+    pre_i = 0
+    dec_i = 1 if kinds[1] != "cpu" else 0
+    pre = b.load_stage(pre_i, "cpu")
+    gpu = b.load_stage(dec_i, "device")
+    cpu = b.load_stage(dec_i, "cpu")
+    rng = np.random.default_rng(3)
+    p_in = [sp for sp in pre.inputs]
+    tokens = rng.integers(0, 256, p_in[0].shape).astype(p_in[0].dtype)
+    length = np.full(p_in[1].shape, 20, p_in[1].dtype)
+    out = pre({p_in[0].name: tokens, p_in[1].name: length})
+    logits, k, v = (out[o.name] for o in pre.outputs)
+    names = [sp.name for sp in gpu.inputs]
+    pos = 20
+    rows = []
+    for step in range(steps):
+        t = int(np.argmax(logits.reshape(-1)))
+        ins = {
+            names[0]: np.array([[t]], np.int64).reshape(gpu.inputs[0].shape),
+            names[1]: np.array([pos], np.int64).reshape(gpu.inputs[1].shape),
+            names[2]: k,
+            names[3]: v,
+        }
+        g, c = gpu(ins), cpu(ins)
+        g2 = gpu(ins)
+        row: dict[str, Any] = {"step": step, "pos": pos, "token_in": t}
+        for o in gpu.outputs:
+            row[f"{o.name}_max_diff"] = float(np.max(np.abs(g[o.name] - c[o.name])))
+            row[f"{o.name}_gpu_repeat_diff"] = float(np.max(np.abs(g[o.name] - g2[o.name])))
+        lo = gpu.outputs[0].name
+        row["argmax_gpu"] = int(np.argmax(g[lo].reshape(-1)))
+        row["argmax_cpu"] = int(np.argmax(c[lo].reshape(-1)))
+        top2 = np.sort(c[lo].reshape(-1))[-2:]
+        row["cpu_top2_gap"] = float(top2[1] - top2[0])
+        rows.append(row)
+        logits, k, v = (c[o.name] for o in cpu.outputs)
+        pos += 1
+    return {"decode_stage": dec_i, "steps": rows}
+
+
+@section("llm_diag")
+def llm_diag(art: Path, preds: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key in ("llm", "llm_nograph"):
+        if key in preds:
+            try:
+                out[key] = _decode_diag(art, preds[key])
+            except Exception as e:
+                log(traceback.format_exc())
+                out[key] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
+    log(json.dumps(out, indent=1))
+    return out
+
+
+@section("llm_nograph")
+def llm_nograph(art: Path, preds: dict[str, Any], results: Path) -> dict[str, Any]:
+    return _llm(art, {"llm": preds["llm_nograph"]}, results, "serve_llm_nograph.log")
 
 
 @section("ops")
@@ -474,6 +541,10 @@ def main(argv: list[str] | None = None) -> int:
         mixed(art, preds, results)
     if want("llm") and "llm" in preds:
         llm(art, preds, results)
+    if want("llm_diag") and "llm" in preds:
+        llm_diag(art, preds)
+    if want("llm_nograph") and "llm_nograph" in preds:
+        llm_nograph(art, preds, results)
     if want("ops") and "ops" in preds:
         ops(art, preds)
     if want("kernels") and "kernels" in preds:

@@ -102,7 +102,7 @@ def _pipeline(target: Any, tuning_dir: str | None, tuning_records: Any = None) -
     ]
     finalize = [
         relax.transform.StaticPlanBlockMemory(),
-        *([relax.transform.RewriteCUDAGraph()] if target.kind.name == "cuda" else []),
+        *([relax.transform.RewriteCUDAGraph()] if _cuda_graphs(target) else []),
         relax.transform.LowerAllocTensor(),
         relax.transform.KillAfterLastUse(),
         relax.transform.LowerRuntimeBuiltin(),
@@ -120,6 +120,12 @@ def _pipeline(target: Any, tuning_dir: str | None, tuning_records: Any = None) -
             return tvm.transform.Sequential(dispatch + legalize + lower + finalize)(mod)
 
     return _run
+
+
+def _cuda_graphs(target: Any) -> bool:
+    """Whether CUDA stages capture their static parts as CUDA graphs (``TERRAZZO_CUDA_GRAPH=0``
+    turns it off, a diagnostic switch for comparing a stage with and without capture)."""
+    return bool(target.kind.name == "cuda" and os.environ.get("TERRAZZO_CUDA_GRAPH", "1") != "0")
 
 
 def load_tuning_db(tuning_db: Any) -> Any:
