@@ -282,6 +282,34 @@ def build_llm(out: Path, name: str = "llm-pd") -> dict[str, Any]:
     return {"bundle": f"bundles/{name}.tzb", "refs": f"refs/{name}.npz", "stages": stages}
 
 
+def build_bisect(out: Path) -> dict[str, Any]:
+    """The LLM's decode step cut into one stage per op (stages alternate between two CUDA
+    classes so none merge): each stage's CUDA build can be compared with its host build on the
+    same inputs, which names the op whose GPU code goes wrong."""
+    from terrazzo.codegen.llm_phases import TinyLlamaConfig, export_relax
+    from terrazzo.frontend import to_graph, uniquify_names
+    from terrazzo.pipeline import compile_model
+    from terrazzo.placement import SLA, Fleet
+    from terrazzo.placement.api import to_problem
+    from terrazzo.placement.plan import build_plan
+
+    graph = to_graph(uniquify_names(export_relax(TinyLlamaConfig())["decode"]), "decode")
+    fleet = Fleet.from_dict({"devices": {"h200": {"count": 1}, "h100": {"count": 1}}})
+    problem = to_problem(graph, fleet, SLA(latency_s=1.0), rps=1.0)
+    devs = list(problem.devices)
+    assign = np.array([devs.index("h200" if i % 2 == 0 else "h100") for i in range(problem.n)])
+    plan = build_plan(problem, assign, "bisect (GPU check)", 0.0)
+    bundle = out / "bundles" / "decode-bisect.tzb"
+    compile_model(graph, fleet, SLA(latency_s=1.0), out_path=bundle, include_reference=False,
+                  plan=plan)  # fmt: skip
+    kinds = {o.name: o.kind for o in graph.ops}
+    stages = _stage_predictions(bundle)
+    for st in stages:
+        st["kinds"] = [kinds.get(o, "?") for o in st["ops"]]
+    log(f"  decode-bisect: {len(graph.ops)} ops in {len(stages)} stages")
+    return {"bundle": "bundles/decode-bisect.tzb", "stages": stages}
+
+
 # --- calibration ops -----------------------------------------------------------------------------
 
 
@@ -380,6 +408,10 @@ def main(argv: list[str] | None = None) -> int:
             preds["llm_nograph"] = build_llm(out, "llm-pd-nograph")
         finally:
             del os.environ["TERRAZZO_CUDA_GRAPH"]
+        save()
+    if "bisect" not in skip:
+        log("decode step, one stage per op:")
+        preds["bisect"] = build_bisect(out)
         save()
     if "ops" not in skip:
         log("calibration ops:")

@@ -476,6 +476,46 @@ def llm_nograph(art: Path, preds: dict[str, Any], results: Path) -> dict[str, An
     return _llm(art, {"llm": preds["llm_nograph"]}, results, "serve_llm_nograph.log")
 
 
+@section("bisect")
+def bisect(art: Path, preds: dict[str, Any], gpu: str = "device") -> dict[str, Any]:
+    """Each stage of a one-op-per-stage bundle on the GPU and on the CPU (host build), fed the
+    CPU's values: the first stages whose GPU outputs differ name the faulty GPU code."""
+    from terrazzo.bundle import open_bundle
+
+    entry = preds["bisect"]
+    b = open_bundle(art / entry["bundle"])
+    rng = np.random.default_rng(5)
+    env: dict[str, np.ndarray] = {}
+    for spec in b.inputs:
+        if np.dtype(spec.dtype).kind in "iu":
+            value = 20 if "pos" in spec.name else 60
+            env[spec.name] = np.full(spec.shape, value, spec.dtype)
+        else:
+            env[spec.name] = rng.standard_normal(spec.shape).astype(spec.dtype)
+    rows = []
+    for i, st in enumerate(entry["stages"]):
+        row: dict[str, Any] = {"stage": i, "ops": st["ops"], "kinds": st.get("kinds")}
+        try:
+            c, g = b.load_stage(i, "cpu"), b.load_stage(i, gpu)
+            ins = {s.name: env[s.name] for s in c.inputs}
+            co, go = c(ins), g(ins)
+            rel = 0.0
+            for name, ref in co.items():
+                ref64 = np.asarray(ref, np.float64)
+                d = np.abs(np.asarray(go[name], np.float64) - ref64)
+                scale = max(float(np.max(np.abs(ref64))) if ref64.size else 0.0, 1e-6)
+                rel = max(rel, float(np.max(d)) / scale if d.size else 0.0)
+            row["rel_diff"] = rel
+            row["ran_on"] = g.ran_on
+            env.update(co)
+        except Exception as e:
+            row["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}"
+        rows.append(row)
+    bad = [r for r in rows if r.get("rel_diff", 0.0) > 1e-4 or "error" in r]
+    log(f"  {len(rows)} stages, {len(bad)} differ or fail; first: " + json.dumps(bad[:6]))
+    return {"stages": rows, "differing": bad}
+
+
 @section("ops")
 def ops(art: Path, preds: dict[str, Any]) -> list[dict[str, Any]]:
     import tvm
@@ -545,6 +585,8 @@ def main(argv: list[str] | None = None) -> int:
         llm_diag(art, preds)
     if want("llm_nograph") and "llm_nograph" in preds:
         llm_nograph(art, preds, results)
+    if want("bisect") and "bisect" in preds:
+        bisect(art, preds)
     if want("ops") and "ops" in preds:
         ops(art, preds)
     if want("kernels") and "kernels" in preds:
