@@ -195,8 +195,14 @@ def prepare_round2(out: Path, index: dict[str, Any], measured: dict[str, Any], n
         times = {c["note"]: c.get("latency_s") for c in measured[name]["candidates"]
                  if c["proposer"] == "offline"}  # fmt: skip
         history = [
-            Trial(i, "offline", p.program, times.get(p.note) is not None, times.get(p.note),
-                  "ok" if times.get(p.note) is not None else "run")  # fmt: skip
+            Trial(
+                i,
+                "offline",
+                p.program,
+                times.get(p.note) is not None,
+                times.get(p.note),
+                "ok" if times.get(p.note) is not None else "run",
+            )  # fmt: skip
             for i, p in enumerate(first)
         ]
         cands = index[name]["candidates"]
@@ -266,9 +272,11 @@ def run(art: Path, index: dict[str, Any], log: Callable[[str], None]) -> dict[st
             if r["proposer"] == "offline" and r.get("round") == 2:
                 r["proposer"] = "offline (2 rounds)"
         for p in ("dlight", "offline", "offline (2 rounds)", "metaschedule"):
-            pool = rows if p != "offline (2 rounds)" else [
-                {**r, "proposer": p} for r in rows if r["proposer"] in ("offline", p)
-            ]
+            pool = (
+                rows
+                if p != "offline (2 rounds)"
+                else [{**r, "proposer": p} for r in rows if r["proposer"] in ("offline", p)]
+            )
             ok = [r for r in pool if r["proposer"] == p and "latency_s" in r]
             if ok:
                 b = min(ok, key=lambda r: r["latency_s"])

@@ -240,17 +240,22 @@ def build_mixed(out: Path, name: str = "bert", gpu_fraction: float = 0.5) -> dic
     }
 
 
-def build_llm(out: Path, name: str = "llm-pd") -> dict[str, Any]:
-    """The LLM agent (prefill and decode on different classes) and its reference tokens."""
+def build_llm(out: Path, name: str = "llm-pd", ttft_s: float | None = None) -> dict[str, Any]:
+    """The LLM agent (prefill and decode on different classes) and its reference tokens.
+
+    With ``ttft_s`` the SLA bounds time to first token, which moves the prefill to the GPU.
+    """
     from terrazzo.codegen.llm_phases import TinyLlamaConfig, greedy_generate, torch_reference
     from terrazzo.pipeline.agent import compile_agent
     from terrazzo.placement import Fleet
     from terrazzo.runtime.agent_plan import LocalAgent, agent_serving_plan
 
     bundle = out / "bundles" / f"{name}.tzb"
-    compile_agent(
-        ROOT / "examples" / "agents" / "llm_pd.yaml", Fleet.from_dict(MIXED_FLEET), "2s", bundle
-    )
+    from terrazzo.placement import SLA
+
+    sla = SLA(latency_s=5.0, ttft_s=ttft_s) if ttft_s else "2s"
+    compile_agent(ROOT / "examples" / "agents" / "llm_pd.yaml", Fleet.from_dict(MIXED_FLEET), sla,
+                  bundle)  # fmt: skip
     from terrazzo.bundle import open_bundle
 
     with open_bundle(bundle) as b:
@@ -278,7 +283,7 @@ def build_llm(out: Path, name: str = "llm-pd") -> dict[str, Any]:
         local=np.stack(local_tokens),
     )
     assert all(np.array_equal(a, b) for a, b in zip(expected, local_tokens, strict=True))
-    log(f"  llm-pd: stages {[(s['index'], s['device']) for s in stages]}")
+    log(f"  {name}: stages {[(s['index'], s['device']) for s in stages]}")
     return {"bundle": f"bundles/{name}.tzb", "refs": f"refs/{name}.npz", "stages": stages}
 
 
@@ -408,6 +413,22 @@ def main(argv: list[str] | None = None) -> int:
             preds["llm_nograph"] = build_llm(out, "llm-pd-nograph")
         finally:
             del os.environ["TERRAZZO_CUDA_GRAPH"]
+        save()
+    if "llm-rev" not in skip:
+        log("LLM agent under a TTFT bound (prefill on the GPU, decode on the CPU):")
+        preds["llm_rev"] = build_llm(out, "llm-pd-rev", ttft_s=0.1)
+        save()
+    if "kbisect" not in skip:
+        import gpu_bisect
+
+        from terrazzo.bundle import open_bundle
+        from terrazzo.codegen.llm_phases import TinyLlamaConfig, export_relax
+
+        log("decode step, fused kernels for cuda and cpu:")
+        with open_bundle(out / "bundles" / "llm-pd.tzb") as b:
+            node = next(n for n in (b.plan_json or {})["agent"]["nodes"] if n["kind"] == "llm.call")
+        mod = export_relax(TinyLlamaConfig(**node["config"]))["decode"]
+        preds["kbisect"] = gpu_bisect.prepare(out, mod, "decode")
         save()
     if "bisect" not in skip:
         log("decode step, one stage per op:")

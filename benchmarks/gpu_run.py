@@ -373,7 +373,9 @@ def _v2(dtype: np.dtype) -> str:
     return {"float32": "FP32", "int64": "INT64", "int32": "INT32", "float16": "FP16"}[str(dtype)]
 
 
-def _llm(art: Path, preds: dict[str, Any], results: Path, logname: str = "serve_llm.log") -> dict[str, Any]:
+def _llm(
+    art: Path, preds: dict[str, Any], results: Path, logname: str = "serve_llm.log"
+) -> dict[str, Any]:
     import tritonclient.grpc as tc
 
     entry = preds["llm"]
@@ -509,11 +511,26 @@ def bisect(art: Path, preds: dict[str, Any], gpu: str = "device") -> dict[str, A
             row["ran_on"] = g.ran_on
             env.update(co)
         except Exception as e:
-            row["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}"
+            row["error"] = (
+                f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}"
+            )
         rows.append(row)
     bad = [r for r in rows if r.get("rel_diff", 0.0) > 1e-4 or "error" in r]
     log(f"  {len(rows)} stages, {len(bad)} differ or fail; first: " + json.dumps(bad[:6]))
     return {"stages": rows, "differing": bad}
+
+
+@section("kbisect")
+def kbisect(art: Path, preds: dict[str, Any]) -> Any:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import gpu_bisect
+
+    return gpu_bisect.run(art, preds["kbisect"], log)
+
+
+@section("llm_rev")
+def llm_rev(art: Path, preds: dict[str, Any], results: Path) -> dict[str, Any]:
+    return _llm(art, {"llm": preds["llm_rev"]}, results, "serve_llm_rev.log")
 
 
 @section("ops")
@@ -585,6 +602,10 @@ def main(argv: list[str] | None = None) -> int:
         llm_diag(art, preds)
     if want("llm_nograph") and "llm_nograph" in preds:
         llm_nograph(art, preds, results)
+    if want("kbisect") and "kbisect" in preds:
+        kbisect(art, preds)
+    if want("llm_rev") and "llm_rev" in preds:
+        llm_rev(art, preds, results)
     if want("bisect") and "bisect" in preds:
         bisect(art, preds)
     if want("ops") and "ops" in preds:

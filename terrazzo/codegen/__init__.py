@@ -12,6 +12,7 @@ from terrazzo.codegen._build import (
     load_tuning_db,
     nvcc_fatbin,
     precise_cuda_math,
+    prepare_build_module,
     request_module,
     tuning_records_text,
 )
@@ -43,6 +44,7 @@ __all__ = [
     "cuda_source",
     "nvcc_fatbin",
     "precise_cuda_math",
+    "prepare_build_module",
     "describe_target",
     "host_target",
     "load_tuning_db",
