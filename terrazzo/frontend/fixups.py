@@ -14,6 +14,11 @@ Rules:
   ``uint1`` is neither int nor float to it. Torch itself returns ``int64`` for a cumulative
   sum of booleans, so the rewrite casts the input to ``int64`` and scans in ``int64``; the
   mutator re-infers the types of every downstream binding, so the result matches torch.
+* ``matmul`` whose contracted dimension is 1 (``[..., M, 1] @ [..., 1, N]``, an outer
+  product: a static KV cache's row write in LLM decode) becomes the broadcast ``multiply`` it
+  equals exactly. Found on an H200: dlight's GPU matmul rule miscompiles such a matmul fused
+  with an elementwise producer and epilogue (``cache * keep + write @ k``; relative error 1.08
+  against the CPU build of the same kernel), so decoded tokens diverged from the reference.
 """
 
 from __future__ import annotations
@@ -21,6 +26,33 @@ from __future__ import annotations
 from typing import Any
 
 _INT_SCANS = ("relax.cumsum", "relax.cumprod")
+
+
+def _static_dims(sinfo: Any) -> list[int] | None:
+    shape = getattr(sinfo, "shape", None)
+    values = getattr(shape, "values", None)
+    if values is None:
+        return None
+    try:
+        return [int(v) for v in values]
+    except (TypeError, ValueError):
+        return None
+
+
+def _outer_product(call: Any) -> Any:
+    """``a @ b`` as ``a * b`` when the contracted dimension is 1 (else None)."""
+    from tvm import relax
+
+    a, b = call.args
+    da, db = _static_dims(a.ty), _static_dims(b.ty)
+    if da is None or db is None or len(da) < 2 or len(db) < 2 or da[-1] != 1 or db[-2] != 1:
+        return None
+    out = call.attrs.out_dtype
+    if out is not None and str(out) not in ("", "void", str(a.ty.dtype)):
+        return None
+    if str(a.ty.dtype) != str(b.ty.dtype):
+        return None
+    return relax.op.multiply(a, b)
 
 
 def _make_mutator() -> Any:
@@ -33,6 +65,9 @@ def _make_mutator() -> Any:
         def visit_call_(self, call: relax.Call) -> relax.Expr:
             call = super().visit_call_(call)
             op = getattr(call, "op", None)
+            if isinstance(op, tvm.ir.Op) and op.name == "relax.matmul":
+                outer = _outer_product(call)
+                return call if outer is None else outer
             if not isinstance(op, tvm.ir.Op) or op.name not in _INT_SCANS:
                 return call
             data = call.args[0]

@@ -89,3 +89,43 @@ def test_uniquify_names_renames_duplicates() -> None:
     g = to_graph(mod, "dup")
     (got,) = build_and_run(g, {"x": np.ones((2, 2), np.float32)}).values()
     np.testing.assert_array_equal(got, -np.full((2, 2), 4.0, np.float32))
+
+
+def _cache_update_module(k_len: int):
+    """``cache * keep + w @ k``: an LLM decode's static-cache write (contracted dim ``k_len``)."""
+    from tvm import relax
+    from tvm.script import relax as R
+
+    bb = relax.BlockBuilder()
+    shapes = {"c": (2, 48, 16), "keep": (1, 48, 1), "w": (2, 48, k_len), "k": (2, k_len, 16)}
+    params = {n: relax.Var(n, R.Tensor(s, "float32")) for n, s in shapes.items()}
+    with bb.function("main", list(params.values())):
+        with bb.dataflow():
+            p = params
+            y = bb.emit(
+                relax.op.add(relax.op.multiply(p["c"], p["keep"]), relax.op.matmul(p["w"], p["k"]))
+            )
+            out = bb.emit_output(y)
+        bb.emit_func_output(out)
+    return bb.get(), list(shapes.values())
+
+
+@pytest.mark.parametrize("k_len", [1, 2])
+def test_outer_product_matmul_becomes_multiply(k_len):
+    """A matmul contracting a dimension of 1 is rewritten to the broadcast multiply it equals
+    (dlight miscompiled the fused form on an H200); other matmuls are left alone."""
+    import numpy as np
+    import tvm
+    from tvm import relax
+
+    from terrazzo.frontend import prepare_for_build
+
+    mod, shapes = _cache_update_module(k_len)
+    new = prepare_for_build(mod)
+    assert ("R.matmul" in new.script()) == (k_len != 1)
+    rng = np.random.default_rng(0)
+    args = [rng.standard_normal(s).astype("float32") for s in shapes]
+    vm = relax.VirtualMachine(tvm.compile(new, target="llvm"), tvm.cpu())
+    got = vm["main"](*[tvm.runtime.tensor(a) for a in args]).numpy()
+    ref = args[0] * args[1] + args[2] @ args[3]
+    np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-6)
