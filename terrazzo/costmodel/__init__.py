@@ -26,7 +26,12 @@ from terrazzo.costmodel.fit import VIEW_KINDS, OpMeasurement, fit_profile, mape,
 from terrazzo.costmodel.host import LOCAL_DEVICE, local_cpu_spec, measure_copy_bw_bytes_per_s
 from terrazzo.costmodel.measured import MeasuredProfile, Measurement
 from terrazzo.costmodel.model import CostModel, fold_weights, is_folded_constant
-from terrazzo.costmodel.profile import CalibrationProfile, EfficiencyBucket
+from terrazzo.costmodel.profile import (
+    CALIBRATION_DIR,
+    CalibrationProfile,
+    EfficiencyBucket,
+    measured_calibration,
+)
 from terrazzo.costmodel.tco import (
     TCOBreakdown,
     TCOOptions,
@@ -65,6 +70,8 @@ __all__ = [
     "default_efficiency",
     "energy_j_per_request",
     "fit_profile",
+    "measured_calibration",
+    "CALIBRATION_DIR",
     "fold_weights",
     "is_folded_constant",
     "link_between",

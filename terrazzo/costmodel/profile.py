@@ -236,6 +236,18 @@ class CalibrationProfile:
         return CalibrationProfile.from_json(data, str(p))
 
 
+#: Measured calibration profiles shipped with Terrazzo, one ``<device>.json`` per device class.
+CALIBRATION_DIR = Path(__file__).resolve().parent / "data" / "calibration"
+
+
+def measured_calibration(device: str) -> CalibrationProfile | None:
+    """The shipped profile measured on a real ``device`` (``h200``: on a lent H200, see
+    ``docs/gpu.md``), or None when none was measured. Pass it to
+    ``CostModel(catalog, calibration=...)``; its ``meta`` says when and how it was measured."""
+    path = CALIBRATION_DIR / f"{device}.json"
+    return CalibrationProfile.load(path) if path.is_file() else None
+
+
 def _buckets_json(
     table: Mapping[str, tuple[EfficiencyBucket, ...]],
 ) -> dict[str, list[dict[str, Any]]]:
