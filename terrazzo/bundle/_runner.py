@@ -186,7 +186,18 @@ class StageRunner:
             )
         else:
             lib, ran_on = info.files["host"], "cpu"
-            if info.index >= 0 and (kind != "llvm" or has_dev or info.fallback_reason):
+            if info.index >= 0 and kind == "llvm" and not info.fallback_reason:
+                # a CPU class: this host is a CPU too; its own build (tuned for this CPU) runs
+                note = None
+                if has_dev:
+                    log.info(
+                        "stage %d is planned on %s (llvm %s); running the build for this host's "
+                        "CPU",
+                        info.index,
+                        info.device,
+                        info.target.get("mcpu", ""),
+                    )
+            elif info.index >= 0 and (kind != "llvm" or has_dev or info.fallback_reason):
                 note = (
                     f"stage {info.index} is planned on {info.device} ({kind}); that device is "
                     "not used here, running the host-CPU build"

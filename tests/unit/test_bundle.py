@@ -151,6 +151,10 @@ def test_staged_run_matches_onnxruntime_and_reference(built):
         runners = b.load_stages()
         assert [r.ran_on for r in runners] == ["cpu", "cpu", "cpu"]
         assert runners[1].note and "t4" in runners[1].note  # says the planned GPU is absent
+        # a stage planned on a CPU class runs on this CPU: nothing is missing, nothing to say
+        assert all(
+            r.note is None for r, st in zip(runners, b.stages, strict=True) if st.device == "cpu"
+        )
         got = b.run({"x": x}, runners)
         (name,) = got
         assert float(np.abs(got[name] - want).max()) <= 1e-5
