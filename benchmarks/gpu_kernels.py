@@ -303,17 +303,15 @@ def _reference(name: str, ins: list[Any]) -> Any:
     return torch.matmul(ins[0], ins[1])
 
 
-def _torch_time(name: str, ins: list[Any]) -> float:
+def time_cuda(fn: Callable[[], Any], iters: int = 20, warmup: int = 3) -> float:
+    """Median seconds of ``fn`` on the GPU, timed with CUDA events around each call."""
     import torch
 
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    fn = (lambda: _reference(name, ins)) if name != "conv" else (lambda: _reference(name, ins))
-    for _ in range(3):
+    for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
     ts = []
-    for _ in range(20):
+    for _ in range(iters):
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         a.record()
         fn()
@@ -321,3 +319,11 @@ def _torch_time(name: str, ins: list[Any]) -> float:
         torch.cuda.synchronize()
         ts.append(a.elapsed_time(b) / 1e3)
     return float(np.median(ts))
+
+
+def _torch_time(name: str, ins: list[Any]) -> float:
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    return time_cuda(lambda: _reference(name, ins))

@@ -12,9 +12,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-ONNX_IR_VERSION = 9
-ONNX_OPSET = 17
-
 
 def _vit() -> tuple[Any, tuple[Any, ...], tuple[str, ...]]:
     import torch
@@ -116,28 +113,14 @@ def export(
     name: str, directory: str | os.PathLike[str], seed: int = 0
 ) -> tuple[Path, dict[str, Any]]:
     """Export a held-out model to ``<directory>/<name>.onnx``; returns (path, numpy inputs)."""
-    import onnx
     import torch
+
+    from terrazzo.zoo import export_module
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.manual_seed(seed)
     model, inputs, names = HELD_OUT[name]()
-    model.eval()
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{name}.onnx"
-    with torch.no_grad():
-        torch.onnx.export(
-            model,
-            inputs,
-            str(path),
-            input_names=list(names),
-            output_names=["output"],
-            opset_version=ONNX_OPSET,
-            dynamo=False,
-            do_constant_folding=True,
-        )
-    proto = onnx.load(str(path))
-    proto.ir_version = ONNX_IR_VERSION
-    onnx.save(proto, str(path))
+    path = export_module(model.eval(), inputs, names, out / f"{name}.onnx")
     return path, {n: t.numpy() for n, t in zip(names, inputs, strict=True)}

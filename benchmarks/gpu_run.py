@@ -120,19 +120,7 @@ def ceilings() -> dict[str, Any]:
     out: dict[str, Any] = {"torch": torch.__version__}
     dev = torch.device("cuda")
 
-    def bench(fn, iters: int = 10) -> float:  # type: ignore[no-untyped-def]
-        for _ in range(3):
-            fn()
-        torch.cuda.synchronize()
-        times = []
-        for _ in range(iters):
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            torch.cuda.synchronize()
-            times.append(a.elapsed_time(b) / 1e3)
-        return median(times)
+    from gpu_kernels import time_cuda as bench
 
     n = 1 << 28  # 1 GiB of fp32
     x = torch.rand(n, device=dev)

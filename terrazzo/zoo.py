@@ -8,7 +8,7 @@ static shapes) once per folder and reuses it afterwards.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -256,9 +256,6 @@ def export_onnx(name: str, directory: str | os.PathLike[str], seed: int = 0) -> 
     Returns:
         Path of the ONNX file.
     """
-    import onnx
-    import torch
-
     out_dir = Path(directory)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{name}.onnx"
@@ -268,13 +265,26 @@ def export_onnx(name: str, directory: str | os.PathLike[str], seed: int = 0) -> 
     model, inputs = build_torch(name, seed)
     if hasattr(model, "explicit_mask"):
         model.explicit_mask = True
-    tmp = out_dir / f".{name}.{os.getpid()}.onnx"
+    export_module(model, inputs, s.input_names, path)
+    return path
+
+
+def export_module(
+    model: Any, inputs: tuple[Any, ...], input_names: Sequence[str], path: str | os.PathLike[str]
+) -> Path:
+    """Export a torch module to ONNX as the zoo does (IR 9, opset 17, static shapes, one output
+    called ``output``), written atomically to ``path``."""
+    import onnx
+    import torch
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.onnx")
     with torch.no_grad():
         torch.onnx.export(
             model,
             inputs,
             str(tmp),
-            input_names=list(s.input_names),
+            input_names=list(input_names),
             output_names=["output"],
             opset_version=ONNX_OPSET,
             dynamo=False,
@@ -293,4 +303,12 @@ def example_inputs_numpy(name: str, seed: int = 0) -> dict[str, Any]:
     return {n: t.numpy() for n, t in zip(spec(name).input_names, inputs, strict=True)}
 
 
-__all__ = ["ZooSpec", "build_torch", "example_inputs_numpy", "export_onnx", "names", "spec"]
+__all__ = [
+    "ZooSpec",
+    "build_torch",
+    "example_inputs_numpy",
+    "export_module",
+    "export_onnx",
+    "names",
+    "spec",
+]
