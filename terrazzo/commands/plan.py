@@ -35,42 +35,54 @@ def register(subparsers: Any) -> None:
         "--profile", help="cost-model catalog profile (datasheet, paper-2025, or a YAML path)"
     )
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
-    p.add_argument("-o", "--output", help="write the placed graph as tz MLIR to this file")
+    p.add_argument(
+        "-o",
+        "--output",
+        help="write the placed graph as tz MLIR to this file (edit it, then: terrazzo compile FILE)",
+    )
     p.set_defaults(func=run)
 
 
-def _load_model(spec: str) -> Any:
+def _load_model(spec: str) -> tuple[Any, Any]:
+    """(graph, ModelSource or None): ONNX files and zoo models carry a source for the placed IR."""
+    import hashlib
     from pathlib import Path
 
     from terrazzo.errors import FrontendError
+    from terrazzo.placement import ModelSource
 
     path = Path(spec)
     if path.suffix.lower() == ".onnx":
         from terrazzo.frontend import from_onnx
 
-        return from_onnx(path)
+        g = from_onnx(path)
+        sha = hashlib.sha256(path.read_bytes()).hexdigest()
+        return g, ModelSource(str(path.resolve()), sha)
     if path.suffix.lower() == ".json" and path.is_file():
         import json
 
         from terrazzo.ir import Graph
 
-        return Graph.from_json(json.loads(path.read_text()))
+        return Graph.from_json(json.loads(path.read_text())), None
     if path.suffix.lower() in (".yaml", ".yml") and path.is_file():
         from terrazzo.frontend.agent import load_agent
 
-        return load_agent(path)
+        return load_agent(path), None
     import tempfile
 
     from terrazzo import zoo
     from terrazzo.frontend import from_onnx
 
-    if spec not in zoo.names(include_large=True):
+    name = spec.removeprefix("zoo:")
+    if name not in zoo.names(include_large=True):
         raise FrontendError(
             f"{spec!r} is not an .onnx file, a graph .json, an agent or task-graph YAML, or a zoo "
             f"model ({', '.join(zoo.names(include_large=True))})"
         )
     with tempfile.TemporaryDirectory() as tmp:
-        return from_onnx(zoo.export_onnx(spec, tmp))
+        onnx_path = zoo.export_onnx(name, tmp)
+        sha = hashlib.sha256(Path(onnx_path).read_bytes()).hexdigest()
+        return from_onnx(onnx_path), ModelSource(f"zoo:{name}", sha)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -110,17 +122,18 @@ def run(args: argparse.Namespace) -> int:
                               tbt_s=parse_duration_s(args.tbt) if args.tbt else base.tbt_s)  # fmt: skip
         graph = task_graph_to_ir(tg)
         source: Any = tg
+        model_source = None
     else:
         if fleet is None:
             raise PlacementError("placing a model needs --fleet fleet.yaml")
         if sla is None:
             raise PlacementError("placing a model needs --sla, e.g. --sla 50ms")
-        graph = _load_model(args.model)
+        graph, model_source = _load_model(args.model)
         source = graph
     problem = to_problem(source, fleet, sla, args.rps, target_utilisation=args.utilisation)
     result = solve(problem, args.solver, time_limit_s=args.time_limit)
     if args.output:
-        Path(args.output).write_text(plan_to_mlir(graph, result))
+        Path(args.output).write_text(plan_to_mlir(graph, result, model_source))
     if args.json:
         print_json(result.to_json())
     else:

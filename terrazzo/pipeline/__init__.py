@@ -9,7 +9,13 @@ harness that builds and times kernels to fit the cost model. ``docs/pipeline.md`
 from terrazzo.pipeline.agent import AgentCompileResult, compile_agent, place_agent
 from terrazzo.pipeline.calibrate import CalibrationReport, run_calibration
 from terrazzo.pipeline.load import as_fleet, as_sla, load_model
-from terrazzo.pipeline.model import CompileResult, ProgressFn, compile, compile_model
+from terrazzo.pipeline.model import (
+    CompileResult,
+    ProgressFn,
+    compile,
+    compile_model,
+    compile_placed,
+)
 
 __all__ = [
     "AgentCompileResult",
@@ -21,6 +27,7 @@ __all__ = [
     "compile",
     "compile_agent",
     "compile_model",
+    "compile_placed",
     "load_model",
     "place_agent",
     "run_calibration",

@@ -62,6 +62,19 @@ def load_model(model: Any, example_inputs: Any = None, shapes: Any = None) -> tu
     )
 
 
+def model_reference(model: Any) -> str | None:
+    """How a placed IR names ``model`` so compile can re-import it: ``zoo:NAME`` or an absolute path.
+
+    None for a ``Graph`` or a torch module (a placed IR of those cannot be recompiled alone).
+    """
+    if not isinstance(model, str | os.PathLike):
+        return None
+    p, name = Path(model), str(model)
+    if not p.exists() and (name.startswith("zoo:") or p.suffix == ""):
+        return "zoo:" + name.removeprefix("zoo:")
+    return str(p.resolve())
+
+
 def _zoo_cache() -> Path:
     return Path(tempfile.gettempdir()) / "terrazzo-zoo"
 

@@ -10,7 +10,8 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from terrazzo.codegen import (
     stage_targets,
     tuning_records_text,
 )
-from terrazzo.pipeline.load import as_fleet, as_sla, load_model
+from terrazzo.pipeline.load import as_fleet, as_sla, load_model, model_reference
 
 # Progress callback: (event, details). Events: "phase-start", "phase-end", "stage-built".
 ProgressFn = Callable[[str, Mapping[str, Any]], None]
@@ -74,35 +75,147 @@ def compile_model(
 
     ``plan`` skips placement and uses the given Plan (its ops must be the graph's ops).
     """
-    from terrazzo.bundle import StageContent, write_bundle
     from terrazzo.costmodel import load_catalog
+    from terrazzo.placement import ModelSource
     from terrazzo.placement import plan as make_plan
-    from terrazzo.placement import plan_to_mlir
 
-    emit = progress or _noop
-    phase_s: dict[str, float] = {}
-
-    def phase(name: str) -> Any:
-        class _P:
-            def __enter__(self) -> None:
-                self.t0 = time.perf_counter()
-                emit("phase-start", {"phase": name})
-
-            def __exit__(self, exc_type: Any, *_: Any) -> None:
-                phase_s[name] = time.perf_counter() - self.t0
-                if exc_type is None:
-                    emit("phase-end", {"phase": name, "seconds": phase_s[name]})
-
-        return _P()
-
-    with phase("import"):
+    timer = _Phases(progress or _noop)
+    with timer.phase("import"):
         graph, model_sha = load_model(model, example_inputs, shapes)
         fleet_obj, sla_obj = as_fleet(fleet), as_sla(sla)
         cat = catalog if catalog is not None else load_catalog()
         db = load_tuning_db(tuning_db)
-    with phase("plan"):
+        ref = model_reference(model)
+        source = ModelSource(ref, model_sha) if ref is not None else None
+    with timer.phase("plan"):
         plan_obj = plan or make_plan(graph, fleet_obj, sla_obj, rps=rps, solver=solver, catalog=cat)
-        plan_mlir = plan_to_mlir(graph, plan_obj)
+        plan_mlir = _placed_ir(graph, plan_obj, source)
+    return _split_build_bundle(
+        graph, model_sha, plan_mlir, plan_obj, fleet_obj, sla_obj, cat, db, timer,
+        out_path=out_path, sign_key=sign_key, include_reference=include_reference,
+    )  # fmt: skip
+
+
+def compile_placed(
+    placed: str | os.PathLike[str],
+    fleet: Any,
+    sla: Any = None,
+    rps: float | None = None,
+    out_path: str | os.PathLike[str] = "model.tzb",
+    tuning_db: Any = None,
+    sign_key: str | os.PathLike[str] | None = None,
+    *,
+    catalog: Any = None,
+    include_reference: bool = True,
+    progress: ProgressFn | None = None,
+) -> CompileResult:
+    """Build exactly the placement a placed tz MLIR file states (``terrazzo compile placed.mlir``).
+
+    The file comes from ``terrazzo plan MODEL -o placed.mlir`` and may have been edited: its
+    ``device`` and ``stage`` attributes decide the stages (``placement.plan_from_placed``). The
+    model is re-imported from the file's ``model`` attribute (``zoo:NAME`` or a path, relative
+    paths taken from the file's folder) and must match ``model_sha256``.
+
+    Args:
+        placed: path of the placed ``.mlir`` file.
+        fleet: the fleet whose device classes the ``device`` attributes name (required: the IR
+            records classes, not counts or prices).
+        sla: overrides the SLA recorded in the IR (``sla_s``); needed when it records none.
+        rps: overrides the request rate recorded in the IR (``rps``; default 1).
+        out_path, tuning_db, sign_key, catalog, include_reference, progress: as for
+            ``compile_model``.
+
+    Raises:
+        VerifyError: one line naming the op — invalid text, an unknown device class, a cyclic
+            stage graph, ops missing from or not in the model; or a model that changed.
+    """
+    from terrazzo.costmodel import load_catalog
+    from terrazzo.errors import VerifyError
+    from terrazzo.placement import (
+        placed_rps,
+        placed_sla,
+        placed_source,
+        plan_from_placed,
+        read_placed,
+    )
+
+    timer = _Phases(progress or _noop)
+    with timer.phase("import"):
+        path = Path(placed)
+        if not path.is_file():
+            raise VerifyError(f"placed IR {str(path)!r} does not exist")
+        placed_g = read_placed(path.read_text())
+        source = placed_source(placed_g)
+        model: str | Path = source.model
+        if not source.model.startswith("zoo:"):
+            model = path.parent / source.model  # an absolute model path stays as it is
+        graph, model_sha = load_model(model)
+        if source.sha256 and model_sha != source.sha256:
+            raise VerifyError(
+                f"model {source.model!r} has sha256 {model_sha[:12]}… but the placed IR was "
+                f"planned from {source.sha256[:12]}…; re-run terrazzo plan"
+            )
+        fleet_obj = as_fleet(fleet)
+        sla_obj = as_sla(sla) if sla is not None else placed_sla(placed_g)
+        if sla_obj is None:
+            raise VerifyError(f"placed IR {str(path)!r} records no SLA (sla_s); pass --sla")
+        rps_v = rps if rps is not None else (placed_rps(placed_g) or 1.0)
+        cat = catalog if catalog is not None else load_catalog()
+        db = load_tuning_db(tuning_db)
+    with timer.phase("plan"):
+        plan_obj = plan_from_placed(placed_g, graph, fleet_obj, sla_obj, rps_v, catalog=cat)
+        plan_mlir = _placed_ir(graph, plan_obj, source)
+    return _split_build_bundle(
+        graph, model_sha, plan_mlir, plan_obj, fleet_obj, sla_obj, cat, db, timer,
+        out_path=out_path, sign_key=sign_key, include_reference=include_reference,
+    )  # fmt: skip
+
+
+class _Phases:
+    """Times the pipeline's phases and reports them through the progress callback."""
+
+    def __init__(self, emit: ProgressFn) -> None:
+        self.emit = emit
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        self.emit("phase-start", {"phase": name})
+        yield  # an exception skips phase-end, as before
+        self.seconds[name] = time.perf_counter() - t0
+        self.emit("phase-end", {"phase": name, "seconds": self.seconds[name]})
+
+
+def _placed_ir(graph: Any, plan: Any, source: Any) -> str:
+    """The placement→MLIR pass, checked by the IR's parser and verifier when tests ask."""
+    from terrazzo.pipeline.checks import verify_placed_ir
+    from terrazzo.placement import plan_to_mlir
+
+    text = plan_to_mlir(graph, plan, source)
+    verify_placed_ir(text, graph, plan)
+    return text
+
+
+def _split_build_bundle(
+    graph: Any,
+    model_sha: str,
+    plan_mlir: str,
+    plan_obj: Any,
+    fleet_obj: Any,
+    sla_obj: Any,
+    cat: Any,
+    db: Any,
+    timer: _Phases,
+    *,
+    out_path: str | os.PathLike[str],
+    sign_key: str | os.PathLike[str] | None,
+    include_reference: bool,
+) -> CompileResult:
+    """The stages after placement: split → build per target → bundle."""
+    from terrazzo.bundle import StageContent, write_bundle
+
+    emit, phase, phase_s = timer.emit, timer.phase, timer.seconds
     with phase("split"):
         split = split_relax(graph.relax_mod, plan_assignment(graph, plan_obj))
         choices = stage_targets(plan_obj, cat)

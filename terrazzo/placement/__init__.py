@@ -22,16 +22,28 @@ from terrazzo.placement.heuristic import solve_heuristic
 from terrazzo.placement.homogeneous import solve_homogeneous
 from terrazzo.placement.melange import solve_melange
 from terrazzo.placement.milp import MILPResult, lp_lower_bound, solve_milp
-from terrazzo.placement.mlir import placed_graph, plan_to_mlir
+from terrazzo.placement.mlir import PLACED_ATTRS, ModelSource, placed_graph, plan_to_mlir
+from terrazzo.placement.placed import (
+    PLACED_SOLVER,
+    check_placed,
+    placed_rps,
+    placed_sla,
+    placed_source,
+    plan_from_placed,
+    read_placed,
+)
 from terrazzo.placement.plan import Plan, Stage, Transfer, build_plan, compute_stages
 from terrazzo.placement.problem import Evaluation, Problem
 
 __all__ = [
+    "PLACED_ATTRS",
+    "PLACED_SOLVER",
     "SLA",
     "SOLVERS",
     "Evaluation",
     "Fleet",
     "MILPResult",
+    "ModelSource",
     "Plan",
     "PricingOptions",
     "Problem",
@@ -39,6 +51,7 @@ __all__ = [
     "TaskGraph",
     "Transfer",
     "build_plan",
+    "check_placed",
     "compute_stages",
     "diagnose",
     "is_task_graph_file",
@@ -49,10 +62,15 @@ __all__ = [
     "parse_duration_s",
     "parse_task_graph",
     "placed_graph",
+    "placed_rps",
+    "placed_sla",
+    "placed_source",
     "plan",
+    "plan_from_placed",
     "plan_to_mlir",
     "problem_from_graph",
     "problem_from_tasks",
+    "read_placed",
     "solve",
     "solve_greedy",
     "solve_heft",

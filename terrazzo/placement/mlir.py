@@ -1,79 +1,68 @@
-"""Text form of a placed graph: tz-dialect MLIR with ``device`` and ``stage`` on every op.
+"""Placement → placed tz MLIR: the pass that writes ``device`` and ``stage`` on every op.
 
-Uses ``terrazzo.ir.dialect.print_graph`` when the dialect is available; until then a
-generic-form MLIR module (accepted by the stock parser with unregistered dialects allowed).
+Its text is the contract between placement and codegen: ``terrazzo plan -o placed.mlir``
+writes it, a user may edit it, and ``terrazzo compile placed.mlir`` (through
+``placement.plan_from_placed``) builds exactly the placement it states. The module's graph
+``attrs`` name the model it came from (``model``: ``zoo:NAME`` or an absolute ``.onnx`` path,
+``model_sha256``) and the plan's bounds (``sla_s``, ``rps``) so that compile can re-import the
+model and check it is the same one.
 """
 
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass, replace
 
-from terrazzo.ir import Graph, TensorType
+from terrazzo.ir import AttrValue, Graph, make_attrs
 from terrazzo.placement.plan import Plan
 
+# Graph attributes the placed IR carries besides the frontend's own (file, source, ...).
+PLACED_ATTRS = (
+    "model",
+    "model_sha256",
+    "solver",
+    "sla_s",
+    "sla_ttft_s",
+    "sla_tbt_s",
+    "rps",
+    "latency_s",
+    "usd_per_hour",
+)
 
-def placed_graph(graph: Graph, plan: Plan) -> Graph:
-    """``graph`` with every op's device class and (primary) stage index set from ``plan``."""
+
+@dataclass(frozen=True, slots=True)
+class ModelSource:
+    """Where a placed graph's model lives: ``zoo:NAME`` or an absolute ``.onnx`` path, and its sha256."""
+
+    model: str
+    sha256: str
+
+
+def placed_graph(graph: Graph, plan: Plan, source: ModelSource | None = None) -> Graph:
+    """``graph`` with every op's device class and (primary) stage index set from ``plan``.
+
+    The graph's ``attrs`` gain the plan's summary (solver, SLA, rps, predicted latency and
+    USD/h) and, when ``source`` is given, the model reference compile re-imports.
+    """
     stage = plan.stage_of()
-    return graph.with_placement(
-        {o.name: (plan.assignment[o.name], stage[o.name]) for o in graph.ops}
-    )
+    g = graph.with_placement({o.name: (plan.assignment[o.name], stage[o.name]) for o in graph.ops})
+    attrs: dict[str, AttrValue] = {k: v for k, v in graph.attrs if k not in PLACED_ATTRS}
+    if source is not None:
+        attrs["model"] = source.model
+        attrs["model_sha256"] = source.sha256
+    attrs["solver"] = plan.solver
+    attrs["sla_s"] = float(plan.sla.latency_s)
+    if plan.sla.ttft_s is not None:
+        attrs["sla_ttft_s"] = float(plan.sla.ttft_s)
+    if plan.sla.tbt_s is not None:
+        attrs["sla_tbt_s"] = float(plan.sla.tbt_s)
+    attrs["rps"] = float(plan.rps)
+    attrs["latency_s"] = float(plan.latency_s)
+    attrs["usd_per_hour"] = float(plan.usd_per_hour)
+    return replace(g, attrs=make_attrs(attrs))
 
 
-def plan_to_mlir(graph: Graph, plan: Plan) -> str:
-    """tz MLIR of the placed graph, with the plan's summary as module attributes."""
-    g = placed_graph(graph, plan)
-    try:
-        from terrazzo.ir.dialect import print_graph
-    except ImportError:
-        return _generic_mlir(g, plan)
-    return print_graph(g)
+def plan_to_mlir(graph: Graph, plan: Plan, source: ModelSource | None = None) -> str:
+    """tz MLIR of the placed graph (device and stage on every op, the plan in the graph attrs)."""
+    from terrazzo.ir.dialect import print_graph
 
-
-def _ty(t: TensorType) -> str:
-    elt = {"float32": "f32", "float16": "f16", "bfloat16": "bf16", "float64": "f64", "int64": "i64",
-           "int32": "i32", "int16": "i16", "int8": "i8", "uint8": "ui8", "bool": "i1",
-           "float8": "f8E4M3FN"}[t.dtype]  # fmt: skip
-    dims = "".join(f"{d}x" if d >= 0 else "?x" for d in t.shape)
-    return f"tensor<{dims}{elt}>"
-
-
-def _s(x: str) -> str:
-    return json.dumps(x)
-
-
-def _generic_mlir(g: Graph, plan: Plan) -> str:
-    ids: dict[str, str] = {}
-    lines = []
-    args = []
-    for k, v in enumerate(g.inputs):
-        ids[v] = f"%arg{k}"
-        args.append(f"%arg{k}: {_ty(g.values[v])}")
-    attrs = (
-        f"tz.solver = {_s(plan.solver)}, tz.gap = {plan.gap:.6g} : f64, "
-        f"tz.latency_ms = {plan.latency_s * 1e3:.6g} : f64, tz.usd_per_hour = {plan.usd_per_hour:.6g} : f64, "
-        f"tz.rps = {plan.rps:.6g} : f64, tz.sla_ms = {plan.sla.latency_s * 1e3:.6g} : f64"
-    )
-    lines.append('"tz.graph"() ({')
-    lines.append(f"^bb0({', '.join(args)}):")
-    n = 0
-    for o in g.ops:
-        outs = []
-        for v in o.outputs:
-            ids[v] = f"%{n}"
-            outs.append(ids[v])
-            n += 1
-        ins = ", ".join(ids[v] for v in o.inputs)
-        in_t = ", ".join(_ty(g.values[v]) for v in o.inputs)
-        out_t = ", ".join(_ty(g.values[v]) for v in o.outputs)
-        lhs = f"{', '.join(outs)} = " if outs else ""
-        lines.append(
-            f'  {lhs}"tz.op"({ins}) {{device = {_s(o.device or "")}, kind = {_s(o.kind)}, '
-            f"name = {_s(o.name)}, op_class = {_s(o.op_class)}, stage = {o.stage} : i64}} : "
-            f"({in_t}) -> ({out_t})"
-        )
-    ret = ", ".join(ids[v] for v in g.outputs)
-    ret_t = ", ".join(_ty(g.values[v]) for v in g.outputs)
-    lines.append(f'  "tz.return"({ret}) : ({ret_t}) -> ()')
-    lines.append(f"}}) {{sym_name = {_s(g.name)}, level = {_s(g.level)}, {attrs}}} : () -> ()")
-    return "\n".join(lines) + "\n"
+    return print_graph(placed_graph(graph, plan, source))

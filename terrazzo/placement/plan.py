@@ -291,11 +291,20 @@ def build_plan(
     gap: float,
     solve_time_s: float = 0.0,
     notes: tuple[str, ...] = (),
+    stage_index: np.ndarray | None = None,
 ) -> Plan:
-    """Turn an assignment (class index per task) into a Plan with stages, transfers and costs."""
+    """Turn an assignment (class index per task) into a Plan with stages, transfers and costs.
+
+    ``stage_index`` (stage per task) fixes the cut instead of ``compute_stages``; the caller
+    guarantees one device class per stage and indices in a topological order of the stage DAG
+    (``placement.plan_from_placed`` checks both for a hand-edited placed IR).
+    """
     assign = np.asarray(assign, dtype=np.int64)
     ev = problem.evaluate(assign)
-    stage_idx = compute_stages(problem, assign)
+    if stage_index is None:
+        stage_idx = compute_stages(problem, assign)
+    else:
+        stage_idx = np.asarray(stage_index, dtype=np.int64)
     names = problem.tasks
     lat = problem.latency_s[np.arange(problem.n), assign]
     stages: list[Stage] = []
