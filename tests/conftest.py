@@ -28,3 +28,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture(autouse=True)
+def _verify_ir_after_passes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every compile in the suite re-reads its placed IR with the IR's parser and verifier."""
+    from terrazzo.pipeline import checks
+
+    monkeypatch.setattr(checks, "VERIFY_IR_AFTER_PASSES", True)

@@ -1,6 +1,13 @@
 """The ``.tzb`` deployment bundle: written by codegen, read (validated first) by runtime and CLI."""
 
-from terrazzo.bundle._read import Bundle, BundleLimits, StageInfo, open_bundle, read_manifest
+from terrazzo.bundle._read import (
+    Bundle,
+    BundleLimits,
+    StageInfo,
+    open_bundle,
+    read_manifest,
+    read_member_text,
+)
 from terrazzo.bundle._runner import StageRunner, random_inputs, run_pipeline
 from terrazzo.bundle._sign import generate_keypair
 from terrazzo.bundle._verify import VerifyReport, verify_bundle
@@ -19,6 +26,7 @@ __all__ = [
     "open_bundle",
     "random_inputs",
     "read_manifest",
+    "read_member_text",
     "run_pipeline",
     "verify_bundle",
     "write_bundle",

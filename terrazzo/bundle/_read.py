@@ -241,6 +241,32 @@ def read_manifest(
     return manifest
 
 
+def read_member_text(
+    path: str | os.PathLike[str],
+    member: str,
+    trust_key: str | os.PathLike[str] | bytes | None = None,
+    limits: BundleLimits | None = None,
+) -> str:
+    """Validate a bundle fully, then return one text member (e.g. ``plan.mlir``) unextracted.
+
+    Raises:
+        BundleError: the bundle is invalid, or has no such member, or it is not UTF-8.
+    """
+    lim = limits or BundleLimits()
+    manifest, _ = _validate(Path(path), trust_key, lim, None)
+    entry = manifest["members"].get(member)
+    if entry is None:
+        raise BundleError(f"member {member!r} is not in the bundle")
+    with tarfile.open(Path(path), mode="r:") as tar:
+        data = _read_member(tar, _scan(tar, lim)[member])
+    if hashlib.sha256(data).hexdigest() != entry.get("sha256"):
+        raise BundleError(f"member {member!r}: sha256 does not match the manifest (tampered?)")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise BundleError(f"member {member!r} is not UTF-8 text: {e}") from e
+
+
 class Bundle:
     """A validated, extracted ``.tzb`` bundle. Use ``open_bundle`` to get one.
 

@@ -19,11 +19,21 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "model",
         metavar="MODEL",
-        help="ONNX file, zoo model name (e.g. mlp, bert) or agent spec (.yaml)",
+        help="ONNX file, zoo model name (e.g. mlp, bert), agent spec (.yaml), or placed tz MLIR "
+        "(.mlir, from `terrazzo plan -o`; builds exactly the placement it states)",
     )
     p.add_argument("--fleet", required=True, help="fleet YAML (devices: {name: {count: N}})")
-    p.add_argument("--sla", required=True, help="end-to-end latency bound, e.g. 50ms")
-    p.add_argument("--rps", type=float, default=1.0, help="traffic target, requests/s (default 1)")
+    p.add_argument(
+        "--sla",
+        help="end-to-end latency bound, e.g. 50ms (required, except for a placed .mlir, whose "
+        "recorded SLA it overrides)",
+    )
+    p.add_argument(
+        "--rps",
+        type=float,
+        default=None,
+        help="traffic target, requests/s (default 1; a placed .mlir: the rate it records)",
+    )
     p.add_argument(
         "--solver", choices=SOLVER_CHOICES, default="milp", help="placement solver (default milp)"
     )
@@ -50,15 +60,22 @@ def run(args: argparse.Namespace) -> int:
     require_compiler("compile")
     from terrazzo.commands._agent import is_agent_spec
 
+    placed = args.model.lower().endswith(".mlir")
+    if not placed and args.sla is None:
+        from terrazzo.errors import TerrazzoError
+
+        raise TerrazzoError("the following arguments are required: --sla (e.g. --sla 50ms)")
     if is_agent_spec(args.model):  # agent graphs (YAML): terrazzo.pipeline.compile_agent
         from terrazzo.commands._agent import run_compile
 
+        if args.rps is None:
+            args.rps = 1.0
         return run_compile(args)
     from rich.console import Console
     from rich.table import Table
 
     from terrazzo.commands._common import print_json
-    from terrazzo.pipeline import compile_model
+    from terrazzo.pipeline import compile_model, compile_placed
 
     err = Console(stderr=True)
     status = err.status("starting")
@@ -92,11 +109,19 @@ def run(args: argparse.Namespace) -> int:
 
         catalog = load_catalog(args.profile)
     with status:
-        res = compile_model(
-            args.model, args.fleet, args.sla, rps=args.rps, out_path=args.output,
-            solver=args.solver, tuning_db=args.tuning, sign_key=args.sign, catalog=catalog,
-            include_reference=not args.no_reference, progress=progress,
-        )  # fmt: skip
+        if placed:  # the placement is the text's: no solver runs
+            res = compile_placed(
+                args.model, args.fleet, args.sla, rps=args.rps, out_path=args.output,
+                tuning_db=args.tuning, sign_key=args.sign, catalog=catalog,
+                include_reference=not args.no_reference, progress=progress,
+            )  # fmt: skip
+        else:
+            res = compile_model(
+                args.model, args.fleet, args.sla, rps=1.0 if args.rps is None else args.rps,
+                out_path=args.output, solver=args.solver, tuning_db=args.tuning,
+                sign_key=args.sign, catalog=catalog, include_reference=not args.no_reference,
+                progress=progress,
+            )  # fmt: skip
     plan = res.plan
     summary = {
         "bundle": str(res.path),

@@ -18,6 +18,12 @@ def register(subparsers: Any) -> None:
         "--trust", metavar="KEY", help="require a signature by this Ed25519 public key (PEM)"
     )
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument(
+        "--ir",
+        action="store_true",
+        help="print the placed tz MLIR the bundle was built from (device and stage on every op; "
+        "with --json: a placed_ir field)",
+    )
     p.set_defaults(func=run)
 
 
@@ -67,7 +73,7 @@ def describe(manifest: dict[str, Any], bundle_bytes: int) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     import os
 
-    from terrazzo.bundle import read_manifest
+    from terrazzo.bundle import read_manifest, read_member_text
     from terrazzo.commands._common import print_json
 
     manifest = read_manifest(args.bundle, trust_key=args.trust)
@@ -75,6 +81,11 @@ def run(args: argparse.Namespace) -> int:
     info["signature"] = (
         "verified" if args.trust else ("present, not checked" if _signed(args.bundle) else "none")
     )
+    if args.ir:
+        info["placed_ir"] = read_member_text(args.bundle, "plan.mlir", trust_key=args.trust)
+        if not args.json:
+            print(info["placed_ir"], end="")
+            return 0
     if args.json:
         print_json(info)
         return 0

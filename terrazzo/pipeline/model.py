@@ -132,6 +132,7 @@ def compile_placed(
     from terrazzo.costmodel import load_catalog
     from terrazzo.errors import VerifyError
     from terrazzo.placement import (
+        check_placed,
         placed_rps,
         placed_sla,
         placed_source,
@@ -156,6 +157,7 @@ def compile_placed(
                 f"planned from {source.sha256[:12]}…; re-run terrazzo plan"
             )
         fleet_obj = as_fleet(fleet)
+        check_placed(placed_g, graph, fleet_obj)  # refuse a bad edit before anything runs
         sla_obj = as_sla(sla) if sla is not None else placed_sla(placed_g)
         if sla_obj is None:
             raise VerifyError(f"placed IR {str(path)!r} records no SLA (sla_s); pass --sla")
