@@ -10,6 +10,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 os.environ.setdefault("TVM_NUM_THREADS", "2")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Every compile in the suite re-reads its placed IR with the IR's parser and verifier.
+os.environ.setdefault("TERRAZZO_VERIFY_IR", "1")
 
 
 def _has_cuda_gpu() -> bool:
@@ -29,10 +31,3 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
 
-
-@pytest.fixture(autouse=True)
-def _verify_ir_after_passes(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every compile in the suite re-reads its placed IR with the IR's parser and verifier."""
-    from terrazzo.pipeline import checks
-
-    monkeypatch.setattr(checks, "VERIFY_IR_AFTER_PASSES", True)

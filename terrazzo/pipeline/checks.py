@@ -1,26 +1,29 @@
 """IR checks the pipeline runs after a pass: re-read the pass's text with the IR's parser and verifier.
 
-Off by default (parsing needs the MLIR bindings and takes time); ``tests/conftest.py`` turns it
-on for every test, so each compile in the suite checks that the placed IR it writes parses,
-verifies, and states the same placement as the Plan codegen follows.
+Off by default (parsing needs the MLIR bindings and takes time); ``TERRAZZO_VERIFY_IR=1`` turns
+it on, and ``tests/conftest.py`` sets it for the whole suite, so each compile in the tests checks
+that the placed IR it writes parses, verifies, and states the same placement as the Plan
+codegen follows.
 """
 
 from __future__ import annotations
+
+import os
 
 from terrazzo.errors import VerifyError
 from terrazzo.ir import Graph
 from terrazzo.placement import Plan, read_placed
 
-VERIFY_IR_AFTER_PASSES = False
+VERIFY_IR_ENV = "TERRAZZO_VERIFY_IR"
 
 
 def verify_placed_ir(text: str, graph: Graph, plan: Plan) -> None:
-    """Check the placement→MLIR pass's text when ``VERIFY_IR_AFTER_PASSES`` is on.
+    """Check the placement→MLIR pass's text when ``TERRAZZO_VERIFY_IR=1``.
 
     Raises:
         VerifyError: the text does not parse or verify, or states another placement.
     """
-    if not VERIFY_IR_AFTER_PASSES:
+    if os.environ.get(VERIFY_IR_ENV, "0") != "1":
         return
     placed = read_placed(text)
     stage = plan.stage_of()

@@ -129,8 +129,8 @@ def check_placed(placed: Graph, model: Graph, fleet: Fleet) -> dict[str, int]:
         blame = min(cycle, key=lambda g: (len(members[g]), first[g]))
         path = " → ".join(f"stage {s} on {d}" for s, d in [*cycle, cycle[0]])
         raise VerifyError(
-            f"op {members[blame][0]!r}: the stage graph is cyclic ({path}); number the stages so that each feeds only later ones, "
-            "number of its own after its inputs' stages, or move its neighbours with it"
+            f"op {members[blame][0]!r}: the stage graph is cyclic ({path}); number the stages "
+            "so that each feeds only later ones, or move its neighbours with it"
         )
     order = list(nx.lexicographical_topological_sort(sg, key=lambda g: (g[0], first[g])))
     index = {g: k for k, g in enumerate(order)}
