@@ -33,16 +33,13 @@ from terrazzo.frontend.agent_spec import (
     InputNode,
     LLMNode,
     LoopSpec,
-    MemoryLoadNode,
-    MemoryStoreNode,
     ModelNode,
     OutputNode,
-    RetrieveNode,
     SyntheticEmbeddings,
     TensorSpec,
-    ToolNode,
     parse_spec,
 )
+from terrazzo.frontend.kinds import LowerContext, find_kind, node_kind
 from terrazzo.ir import AttrValue, Graph, Op, TensorType, make_attrs
 
 # LLM precision → IR dtype of its KV cache and bytes per element.
@@ -57,27 +54,6 @@ _LLM_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "fp8": 1, "int8": 1}
 
 # Torch modules handed to AgentBuilder.model(module=...), by the source attr they get.
 _BUILDER_MODULES: dict[str, Any] = {}
-
-# Op kinds of the agent level (the tz dialect prints these names).
-AGENT_KINDS = {
-    "input": "input.query",
-    "model": "model.call",
-    "llm": "llm.call",
-    "tool": "tool.invoke",
-    "retrieve": "retrieve.topk",
-    "memory.load": "memory.load",
-    "memory.store": "memory.store",
-}
-_OP_CLASS = {
-    "input.query": "io",
-    "model.call": "other",
-    "llm.call": "other",
-    "tool.invoke": "tool",
-    "retrieve.topk": "retrieve",
-    "memory.load": "memory",
-    "memory.store": "memory",
-}
-
 
 @dataclass(frozen=True, slots=True)
 class LLMArch:
@@ -289,7 +265,7 @@ def lower_spec(spec: AgentSpec, base_dir: str | Path = ".") -> Graph:
             values[arg] = TensorType(tuple(node.shape), node.dtype)
             inputs.append(arg)
             ins = (arg,)
-        elif not ins and not isinstance(node, MemoryLoadNode):
+        elif not ins and node_kind(node.type).needs_input:
             raise FrontendError(f"{where}: has no incoming edge")
         op = _lower_node(node, ins, values, base, where)
         lp = loop_of.get(name)
@@ -366,69 +342,20 @@ def _nbytes(values: Mapping[str, TensorType], names: Sequence[str]) -> int:
 def _lower_node(
     node: Any, ins: tuple[str, ...], values: dict[str, TensorType], base: Path, where: str
 ) -> Op:
-    kind = AGENT_KINDS[node.type]
-    name = node.name
-    attrs: dict[str, Any] = {}
-    flops = param_bytes = 0
-    if isinstance(node, InputNode):
-        out = values[ins[0]]
-    elif isinstance(node, LLMNode):
-        arch = _llm_arch(node, base, where)
-        osl = node.output_tokens or node.max_new_tokens
-        attrs = {
-            "preset": node.preset or "custom",
-            "layers": arch.layers,
-            "d_model": arch.d_model,
-            "heads": arch.heads,
-            "kv_heads": arch.kv_heads,
-            "ffn_dim": arch.ffn_dim,
-            "vocab": arch.vocab,
-            "dtype": node.dtype,
-            "max_new_tokens": node.max_new_tokens,
-            "input_tokens": node.input_tokens,
-            "output_tokens": osl,
-        }
-        flops = 2 * arch.param_count * (node.input_tokens + osl)
-        param_bytes = arch.param_count * _LLM_BYTES[node.dtype]
-        out = TensorType((-1,), "int32")
-    elif isinstance(node, ModelNode):
-        info = _model_info(node, base, where)
-        attrs = {"source": info["source"], "format": info["format"]}
-        if info["format"] == "torch" and node.example_inputs:
-            attrs["example_inputs"] = tuple(
-                (k, tuple(v.shape), v.dtype) for k, v in node.example_inputs.items()
-            )
-        param_bytes = info["param_bytes"]
-        out = info["output"]
-    elif isinstance(node, ToolNode):
-        attrs = {"function": _abs_ref(node.function, base), "latency_s": float(node.latency_s)}
-        out = TensorType(tuple(node.output.shape), node.output.dtype)
-    elif isinstance(node, RetrieveNode):
-        rows, dim, itemsize, source = _embeddings_info(node.embeddings, base, where)
-        attrs = {"embeddings": source, "rows": rows, "dim": dim, "top_k": node.top_k}
-        flops = 2 * rows * dim
-        param_bytes = rows * dim * itemsize
-        out = TensorType((node.top_k,), "int64")
-    elif isinstance(node, MemoryLoadNode):
-        attrs = {"key": node.key}
-        out = TensorType(tuple(node.output.shape), node.output.dtype)
-    elif isinstance(node, MemoryStoreNode):
-        attrs = {"key": node.key}
-        out = values[ins[0]]
-    else:  # pragma: no cover - the schema's discriminator covers every type
-        raise FrontendError(f"{where}: unknown node type {node.type!r}")
-    values[name] = out
+    kind = node_kind(node.type)
+    low = kind.lower(node, LowerContext(ins, values, base, where))
+    values[node.name] = low.output
     return Op(
-        name=name,
-        kind=kind,
+        name=node.name,
+        kind=kind.op_kind,
         inputs=ins,
-        outputs=(name,),
-        attrs=make_attrs(attrs),
-        op_class=_OP_CLASS[kind],
-        flops=int(flops),
+        outputs=(node.name,),
+        attrs=make_attrs(low.attrs),
+        op_class=kind.op_class,
+        flops=int(low.flops),
         bytes_read=_nbytes(values, ins),
-        bytes_written=out.nbytes,
-        param_bytes=int(param_bytes),
+        bytes_written=low.output.nbytes,
+        param_bytes=int(low.param_bytes),
     )
 
 
@@ -688,6 +615,10 @@ class AgentBuilder:
     def output(self, name: str, value: str) -> str:
         return self._add({"type": "output", "name": name}, [value])
 
+    def node(self, type: str, name: str, inputs: Sequence[str] = (), **fields: Any) -> str:
+        """A node of any registered kind (``terrazzo.frontend.kinds``) with its spec fields."""
+        return self._add({"type": type, "name": name, **fields}, inputs)
+
     def loop(
         self,
         name: str,
@@ -748,14 +679,14 @@ def decompose(graph: Graph, models: bool = True) -> Graph:
     ops: list[Op] = []
     mods: dict[str, Any] = {}
     for op in graph.ops:
-        if op.kind == "llm.call":
-            ops.extend(_split_llm(op, values))
-        elif op.kind == "model.call" and models:
-            sub, mod = _split_model(op, graph, values)
-            ops.extend(sub)
-            mods[op.name] = mod
-        else:
+        kind = find_kind(op.kind)
+        if kind is None or kind.decompose is None:
             ops.append(op)
+            continue
+        sub, mod = kind.decompose(op, graph, values, models)
+        ops.extend(sub)
+        if mod is not None:
+            mods[op.name] = mod
     out = Graph(
         name=graph.name,
         ops=tuple(ops),
@@ -883,7 +814,6 @@ def _import_model(op: Op, graph: Graph) -> Graph:
 
 
 __all__ = [
-    "AGENT_KINDS",
     "AgentBuilder",
     "AgentSpec",
     "EdgeSpec",

@@ -7,9 +7,17 @@ validated :class:`AgentSpec` to an ``ir.Graph`` at ``level="agent"``.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from terrazzo.errors import FrontendError
 
@@ -48,9 +56,12 @@ LLM_PRESETS: dict[str, dict[str, int]] = {
 }
 
 
-class _Node(BaseModel):
+class NodeSpecBase(BaseModel):
+    """Fields every spec node has; a kind's ``spec`` model adds ``type: Literal[...]`` and its own."""
+
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
+    type: str = Field(description="the node kind (``terrazzo.frontend.kinds``)")
     name: str = Field(description="Unique node name; also the name of the value the node produces.")
 
     @field_validator("name")
@@ -69,7 +80,7 @@ class TensorSpec(BaseModel):
     dtype: str = "int32"
 
 
-class InputNode(_Node):
+class InputNode(NodeSpecBase):
     type: Literal["input"]
     shape: list[int] = Field(
         default_factory=lambda: [-1], description="-1 marks a dynamic dimension"
@@ -77,7 +88,7 @@ class InputNode(_Node):
     dtype: str = "int32"
 
 
-class ModelNode(_Node):
+class ModelNode(NodeSpecBase):
     """A non-LLM model: an ONNX file, or a torch module from a ``module:factory`` reference."""
 
     type: Literal["model"]
@@ -105,7 +116,7 @@ class ModelNode(_Node):
         return self
 
 
-class LLMNode(_Node):
+class LLMNode(NodeSpecBase):
     """An LLM call: a preset or a transformers-style config, with expected sequence lengths."""
 
     type: Literal["llm"]
@@ -143,7 +154,7 @@ class LLMNode(_Node):
         return self
 
 
-class ToolNode(_Node):
+class ToolNode(NodeSpecBase):
     """A Python callable run on a CPU worker."""
 
     type: Literal["tool"]
@@ -168,7 +179,7 @@ class SyntheticEmbeddings(BaseModel):
     seed: int = 0
 
 
-class RetrieveNode(_Node):
+class RetrieveNode(NodeSpecBase):
     """Top-k search over an embedding matrix (``.npy``, rows = documents)."""
 
     type: Literal["retrieve"]
@@ -185,34 +196,19 @@ class RetrieveNode(_Node):
         return v
 
 
-class MemoryLoadNode(_Node):
+class MemoryLoadNode(NodeSpecBase):
     type: Literal["memory.load"]
     key: str = "default"
     output: TensorSpec = Field(default_factory=TensorSpec)
 
 
-class MemoryStoreNode(_Node):
+class MemoryStoreNode(NodeSpecBase):
     type: Literal["memory.store"]
     key: str = "default"
 
 
-class OutputNode(_Node):
+class OutputNode(NodeSpecBase):
     type: Literal["output"]
-
-
-NodeSpec = Annotated[
-    InputNode
-    | ModelNode
-    | LLMNode
-    | ToolNode
-    | RetrieveNode
-    | MemoryLoadNode
-    | MemoryStoreNode
-    | OutputNode,
-    Field(discriminator="type"),
-]
-
-NODE_TYPES = ("input", "model", "llm", "tool", "retrieve", "memory.load", "memory.store", "output")
 
 
 class EdgeSpec(BaseModel):
@@ -251,7 +247,7 @@ class AgentSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
     name: str = "agent"
     description: str = ""
-    nodes: list[NodeSpec]
+    nodes: list[NodeSpecBase]
     edges: list[EdgeSpec] = Field(default_factory=list)
     loops: list[LoopSpec] = Field(default_factory=list)
 
@@ -304,6 +300,24 @@ class AgentSpec(BaseModel):
         return self
 
 
+_SPEC_MODELS: dict[int, type[AgentSpec]] = {}
+
+
+def spec_model() -> type[AgentSpec]:
+    """``AgentSpec`` whose nodes are the union of every registered kind's spec (plus ``output``)."""
+    from terrazzo.frontend.kinds import node_kinds, registry_generation
+
+    gen = registry_generation()
+    model = _SPEC_MODELS.get(gen)
+    if model is None:
+        members = tuple(k.spec for k in node_kinds()) + (OutputNode,)
+        node = Annotated[Union[members], Field(discriminator="type")]  # noqa: UP007
+        model = create_model("AgentSpec", __base__=AgentSpec, nodes=(list[node], ...))
+        _SPEC_MODELS.clear()
+        _SPEC_MODELS[gen] = model
+    return model
+
+
 def parse_spec(data: Any, where: str = "agent spec") -> AgentSpec:
     """Validate a mapping (parsed YAML) as an :class:`AgentSpec`.
 
@@ -322,12 +336,15 @@ def parse_spec(data: Any, where: str = "agent spec") -> AgentSpec:
             f"{where}: expected a mapping with 'nodes', found {type(data).__name__}"
         )
     try:
-        return AgentSpec.model_validate(data)
+        return spec_model().model_validate(data)
     except ValidationError as e:
         raise FrontendError(f"{where}: {_explain(e, data)}") from None
 
 
 def _explain(err: ValidationError, data: dict[str, Any]) -> str:
+    from terrazzo.frontend.kinds import node_types
+
+    types = node_types()
     msgs = []
     raw_nodes = data.get("nodes")
     nodes: list[Any] = raw_nodes if isinstance(raw_nodes, list) else []
@@ -338,13 +355,13 @@ def _explain(err: ValidationError, data: dict[str, Any]) -> str:
             idx = loc[1]
             node = nodes[idx] if idx < len(nodes) and isinstance(nodes[idx], dict) else {}
             where = f"node {node.get('name', f'#{idx}')!r}"
-            rest = [str(x) for x in loc[2:] if str(x) not in NODE_TYPES]
+            rest = [str(x) for x in loc[2:] if str(x) not in types]
             if rest:
                 where += f" field {'.'.join(rest)!r}"
         elif loc:
             where = ".".join(str(x) for x in loc)
         msg = item["msg"].removeprefix("Value error, ")
         if item["type"] == "union_tag_invalid":
-            msg = f"unknown node type; expected one of {', '.join(NODE_TYPES)}"
+            msg = f"unknown node type; expected one of {', '.join(types)}"
         msgs.append(f"{where}: {msg}" if where else msg)
     return "; ".join(msgs)
