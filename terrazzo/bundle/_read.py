@@ -315,6 +315,18 @@ class Bundle:
         return json.loads(p.read_text()) if p.exists() else None
 
     @property
+    def agent(self) -> Any:
+        """The typed ``plan.json["agent"]`` section of an agent bundle (``AgentPlanSection``), else None.
+
+        Raises:
+            BundleError: the section breaks the schema (one line naming the node and field).
+        """
+        pj = self.plan_json
+        if not pj or "agent" not in pj:
+            return None
+        return _agent_section(pj["agent"], self.path)
+
+    @property
     def tuning_records(self) -> str:
         return (self.root / "tuning/records.jsonl").read_text()
 
@@ -387,6 +399,16 @@ class Bundle:
         self.close()
 
 
+def _agent_section(data: Any, path: Path) -> Any:
+    # pydantic comes with the compiler side, so only agent bundles import the schema.
+    from terrazzo.frontend.agent_schema import parse_agent_section
+
+    try:
+        return parse_agent_section(data)
+    except ValueError as e:
+        raise BundleError(f"{path}: plan.json 'agent' section is malformed: {e}") from None
+
+
 def open_bundle(
     path: str | os.PathLike[str],
     trust_key: str | os.PathLike[str] | bytes | None = None,
@@ -410,7 +432,9 @@ def open_bundle(
     os.chmod(root, 0o700)
     try:
         manifest, signed = _validate(p, trust_key, limits or BundleLimits(), root)
+        bundle = Bundle(p, root, manifest, signed, trust_key is not None)
+        bundle.agent  # noqa: B018  (an agent bundle's contract is validated before use)
     except BaseException:
         shutil.rmtree(root, ignore_errors=True)
         raise
-    return Bundle(p, root, manifest, signed, trust_key is not None)
+    return bundle

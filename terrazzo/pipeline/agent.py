@@ -27,6 +27,7 @@ import hashlib
 import math
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,8 @@ from typing import Any
 import numpy as np
 
 from terrazzo.errors import CodegenError, PlacementError
+from terrazzo.frontend.agent_schema import AgentPlanSection, LoopEntry, WorkerRow
+from terrazzo.frontend.kinds import find_kind, node_kind, register_hooks
 from terrazzo.pipeline.load import as_fleet, as_sla
 
 TEST_SIZE_PRESETS = ("tiny-llama",)
@@ -50,6 +53,12 @@ class AgentCompileResult:
     build_s: float
 
 
+def _has_llm_phases(op: Any) -> bool:
+    """An op of a kind placed as prefill and decode tasks (an LLM call)."""
+    kind = find_kind(op.kind)
+    return kind is not None and kind.phases == ("prefill", "decode") and op.kind == kind.op_kind
+
+
 def _costed_graph(graph: Any, cost_preset: str | None) -> tuple[Any, list[str]]:
     """The graph the planner sees: test-size LLMs replaced by ``cost_preset``'s architecture."""
     from terrazzo.frontend.agent_spec import LLM_PRESETS
@@ -60,7 +69,7 @@ def _costed_graph(graph: Any, cost_preset: str | None) -> tuple[Any, list[str]]:
         return graph, notes
     ops = []
     for op in graph.ops:
-        if op.kind == "llm.call" and (
+        if _has_llm_phases(op) and (
             cost_preset != "auto" or op.attr("preset") in TEST_SIZE_PRESETS
         ):
             preset = "llama3-8b" if cost_preset == "auto" else cost_preset
@@ -115,7 +124,7 @@ def place_agent(
         return plan, notes
     tasks = list(problem.tasks)
     for op in graph.ops:
-        if op.kind != "llm.call":
+        if not _has_llm_phases(op):
             continue
         pre, dec = f"{op.name}.prefill", f"{op.name}.decode"
         if plan.assignment[pre] != plan.assignment[dec]:
@@ -254,6 +263,75 @@ def _target_choice(device: str, catalog: Any, device_builds: bool) -> Any:
     return choose_target(device, spec.tvm_target, spec.fallback_target)
 
 
+@dataclass(frozen=True, slots=True)
+class BuildContext:
+    """What a kind's ``build`` hook may use: the graph, the placement and a stage builder.
+
+    ``add_stage(task, (relax module, input TensorSpecs, output TensorSpecs))`` builds one
+    compiled stage for placement task ``task`` and returns its bundle stage index.
+    """
+
+    graph: Any
+    assignment: dict[str, str]
+    add_stage: Callable[[str, tuple[Any, list[Any], list[Any]]], int]
+    search_below: int
+
+
+def _build_input(op: Any, cx: BuildContext) -> dict[str, Any]:
+    vt = cx.graph.values[op.inputs[0]]
+    return {"device": cx.assignment[op.name], "shape": list(vt.shape), "dtype": vt.dtype}
+
+
+def _build_model(op: Any, cx: BuildContext) -> dict[str, Any]:
+    fmt = op.attr("format")
+    if fmt not in ("torch", "onnx"):
+        raise CodegenError(
+            f"model node {op.name!r}: the agent compiler builds torch and ONNX model nodes, not {fmt!r}"
+        )
+    exported = _export_onnx_model(op) if fmt == "onnx" else _export_torch_model(op)
+    return {"device": cx.assignment[op.name], "stage": cx.add_stage(op.name, exported)}
+
+
+def _build_llm(op: Any, cx: BuildContext) -> dict[str, Any]:
+    _check_runnable(op)
+    phases = _export_llm(op)
+    cfg = llm_config_of(op)
+    pre, dec = f"{op.name}.prefill", f"{op.name}.decode"
+    return {
+        "prefill": {"device": cx.assignment[pre], "stage": cx.add_stage(pre, phases["prefill"])},
+        "decode": {"device": cx.assignment[dec], "stage": cx.add_stage(dec, phases["decode"])},
+        "config": {k: getattr(cfg, k) for k in cfg.__slots__},
+        "max_new_tokens": int(op.attr("max_new_tokens")),
+        "search_below": cx.search_below,
+        "kv_cache_bytes": int(cfg.kv_cache_bytes()),
+    }
+
+
+def _build_tool(op: Any, cx: BuildContext) -> dict[str, Any]:
+    dtype = cx.graph.values[op.name].dtype
+    return {"device": cx.assignment[op.name], "function": str(op.attr("function")), "dtype": dtype}
+
+
+def _build_retrieve(op: Any, cx: BuildContext) -> dict[str, Any]:
+    return {"device": cx.assignment[op.name], "embeddings": str(op.attr("embeddings")),
+            "top_k": int(op.attr("top_k"))}  # fmt: skip
+
+
+def _build_memory(op: Any, cx: BuildContext) -> dict[str, Any]:
+    dtype = cx.graph.values[op.name].dtype
+    return {"device": cx.assignment[op.name], "key": str(op.attr("key")), "dtype": dtype}
+
+
+# Build hooks of the built-in kinds (tools, retrieval and memory have no code to build).
+register_hooks("input", build=_build_input)
+register_hooks("model", build=_build_model)
+register_hooks("llm", build=_build_llm)
+register_hooks("tool", build=_build_tool)
+register_hooks("retrieve", build=_build_retrieve)
+register_hooks("memory.load", build=_build_memory)
+register_hooks("memory.store", build=_build_memory)
+
+
 def compile_agent(
     spec_path: str | Path,
     fleet: Any,
@@ -315,16 +393,10 @@ def compile_agent(
     host = dict(host_target())
     stage_of_task = {t: s.index for s in plan.stages for t in s.ops}
     stages: list[Any] = []
-    nodes: list[dict[str, Any]] = []
     gattrs: dict[str, Any] = dict(graph.attrs)
     loops = {
-        name: {
-            "from": src,
-            "to": dst,
-            "max_iterations": int(mx),
-            "expected_iterations": float(ex),
-            "condition": cond,
-        }
+        name: LoopEntry(src=src, dst=dst, max_iterations=int(mx), expected_iterations=float(ex),
+                        condition=cond)  # fmt: skip
         for name, src, dst, mx, ex, cond in gattrs.get("loops", ()) or ()
     }
     with tempfile.TemporaryDirectory(prefix="tz-agent-") as tmp:
@@ -359,69 +431,23 @@ def compile_agent(
             )
             return index
 
+        cx = BuildContext(graph, dict(plan.assignment), add_stage, int(search_below))
+        nodes = []
         for op in graph.ops:
-            a: dict[str, Any] = op.attr_dict
-            node: dict[str, Any] = {
-                "name": op.name,
-                "kind": op.kind,
-                "inputs": list(op.inputs),
-                "loop": a.get("loop"),
-            }
-            if op.kind == "input.query":
-                vt = graph.values[op.inputs[0]]
-                node.update(device=plan.assignment[op.name], shape=list(vt.shape), dtype=vt.dtype)
-            elif op.kind == "model.call":
-                if a.get("format") not in ("torch", "onnx"):
-                    raise CodegenError(
-                        f"model node {op.name!r}: the agent compiler builds torch and ONNX "
-                        f"model nodes, not {a.get('format')!r}"
-                    )
-                exported = (
-                    _export_onnx_model(op) if a.get("format") == "onnx" else _export_torch_model(op)
-                )
-                idx = add_stage(op.name, exported)
-                node.update(device=plan.assignment[op.name], stage=idx)
-            elif op.kind == "llm.call":
-                _check_runnable(op)
-                phases = _export_llm(op)
-                cfg = llm_config_of(op)
-                node.update(
-                    prefill={
-                        "device": plan.assignment[f"{op.name}.prefill"],
-                        "stage": add_stage(f"{op.name}.prefill", phases["prefill"]),
-                    },
-                    decode={
-                        "device": plan.assignment[f"{op.name}.decode"],
-                        "stage": add_stage(f"{op.name}.decode", phases["decode"]),
-                    },
-                    config={k: getattr(cfg, k) for k in cfg.__slots__},
-                    max_new_tokens=int(a["max_new_tokens"]),
-                    search_below=int(search_below),
-                    kv_cache_bytes=int(cfg.kv_cache_bytes()),
-                )
-            elif op.kind == "tool.invoke":
-                vt = graph.values[op.name]
-                node.update(
-                    device=plan.assignment[op.name], function=str(a["function"]), dtype=vt.dtype
-                )
-            elif op.kind == "retrieve.topk":
-                node.update(
-                    device=plan.assignment[op.name],
-                    embeddings=str(a["embeddings"]),
-                    top_k=int(a["top_k"]),
-                )
-            elif op.kind in ("memory.load", "memory.store"):
-                vt = graph.values[op.name]
-                node.update(device=plan.assignment[op.name], key=str(a["key"]), dtype=vt.dtype)
-            else:
+            kind = node_kind(op.kind)
+            if kind.build is None:
                 raise CodegenError(f"agent node {op.name!r}: no codegen for kind {op.kind!r}")
-            nodes.append(node)
+            fields = kind.build(op, cx)
+            base = {"name": op.name, "kind": op.kind, "inputs": list(op.inputs),
+                    "loop": op.attr_dict.get("loop")}  # fmt: skip
+            nodes.append(kind.entry.model_validate({**base, **fields}))
 
-        input_specs = [
-            TensorSpec(n["name"], n["dtype"], tuple(n["shape"]))
-            for n in nodes
-            if n["kind"] == "input.query"
-        ]
+        input_specs = [  # input nodes read the graph's arguments
+            TensorSpec(op.name, graph.values[op.inputs[0]].dtype,
+                       tuple(graph.values[op.inputs[0]].shape))
+            for op in graph.ops
+            if op.inputs and op.inputs[0] in graph.inputs
+        ]  # fmt: skip
         output_names = list(gattrs.get("output_names", ()) or ())
         outputs_map = dict(zip(output_names, graph.outputs, strict=True))
         out_specs = []
@@ -433,21 +459,18 @@ def compile_agent(
                 )
             o = src_stage.outputs[0]
             out_specs.append(TensorSpec(oname, o.dtype, o.shape))
-        for n in nodes:  # the LLM's final answer (token ids) and its loop's iteration count
-            if n["kind"] == "llm.call":
-                out_specs.append(TensorSpec(n["name"], "int64", (int(n["max_new_tokens"]),)))
-                if n.get("loop"):
-                    out_specs.append(TensorSpec(f"{n['loop']}.iterations", "int64", (1,)))
-        agent = {
-            "name": graph.name,
-            "nodes": nodes,
-            "loops": loops,
-            "outputs": outputs_map,
-            "notes": notes,
-            "search_below": int(search_below),
-        }
-        agent["workers"] = _worker_table(agent, stages, host)
-        plan_json = {"agent": agent, "plan": plan.to_json()}
+        for n in nodes:  # e.g. the LLM's final answer (token ids) and its loop's iteration count
+            out_specs += [TensorSpec(*t) for t in n.served_outputs(loops)]
+        agent = AgentPlanSection(
+            name=graph.name,
+            nodes=nodes,
+            loops=loops,
+            outputs=outputs_map,
+            notes=notes,
+            search_below=int(search_below),
+        )
+        agent.workers = _worker_table(agent, stages, host)
+        plan_json = {"agent": agent.to_json(), "plan": plan.to_json()}
         model_sha = hashlib.sha256(spec_path.read_bytes()).hexdigest()
         path = write_bundle(
             out_path,
@@ -476,19 +499,16 @@ def compile_agent(
             host_target=host,
             sign_key=sign_key,
         )
-    devices = {
-        n["name"]: n.get("device") or f"{n['prefill']['device']}::{n['decode']['device']}"
-        for n in nodes
-    }
+    devices = {n.name: n.device_label() for n in nodes}
     return AgentCompileResult(Path(path), plan, devices, tuple(notes), time.perf_counter() - t0)
 
 
 def _worker_table(
-    agent: dict[str, Any], stages: list[Any], host: dict[str, Any]
-) -> list[dict[str, Any]]:
+    agent: AgentPlanSection, stages: list[Any], host: dict[str, Any]
+) -> list[WorkerRow]:
     """One row per served worker (stage of the unrolled DAG): runner, class, target, fallback target."""
     from terrazzo.bundle import StageInfo
-    from terrazzo.runtime.agent_plan import _PlanBuilder, runner_kind
+    from terrazzo.runtime.agent_plan import AgentPlanBuilder, runner_kind
 
     infos = {
         st.index: StageInfo(
@@ -504,14 +524,14 @@ def _worker_table(
         for st in stages
     }
     rows = []
-    for spec in _PlanBuilder(agent, infos, "<bundle>", None, "<memory>").build():
+    for spec in AgentPlanBuilder(agent, infos, "<bundle>", None, "<memory>").build():
         gpu = spec.target not in ("llvm", "c")
-        rows.append({
-            "stage": spec.index, "runner": runner_kind(spec),
-            "device": spec.device, "target": spec.target, "inputs": list(spec.inputs),
-            "outputs": list(spec.outputs),
-            "fallback_target": host if gpu or spec.fallback_reason else None,
-        })  # fmt: skip
+        rows.append(WorkerRow(
+            stage=spec.index, runner=runner_kind(spec),
+            device=spec.device, target=spec.target, inputs=list(spec.inputs),
+            outputs=list(spec.outputs),
+            fallback_target=host if gpu or spec.fallback_reason else None,
+        ))  # fmt: skip
     return rows
 
 
@@ -525,7 +545,7 @@ def _plan_text(graph: Any, plan: Any) -> str:
     placement = {}
     for op in g.ops:
         key = op.name if op.name in plan.assignment else f"{op.name.rsplit('.', 1)[0]}.prefill"
-        if op.kind == "llm.kv_transfer":
+        if op.op_class == "kv_transfer":  # placed with the phase that receives it
             key = f"{op.name.rsplit('.', 1)[0]}.decode"
         placement[op.name] = (plan.assignment[key], stage_of.get(key, 0))
     return print_graph(g.with_placement(placement))

@@ -14,10 +14,10 @@ from typing import Any
 from terrazzo.costmodel import CostModel, link_between, load_catalog, usd_per_hour
 from terrazzo.errors import PlacementError
 from terrazzo.frontend.agent import decompose, llm_arch_of
+from terrazzo.frontend.kinds import find_kind, register_hooks
 from terrazzo.ir import Graph
 from terrazzo.report import phases
 
-CPU_ONLY_KINDS = ("input.query", "tool.invoke", "retrieve.topk", "memory.load", "memory.store")
 _MEMORY_OP_S = 1e-4  # a key-value lookup in process memory
 
 
@@ -49,7 +49,7 @@ def agent_problem(
     tco = fleet.pricing.to_tco_options()
     names = list(fleet.names)
     specs = {d: catalog[d] for d in names}
-    g = graph if any(o.kind == "llm.prefill" for o in graph.ops) else decompose(graph, models=False)
+    g = graph if dict(graph.attrs).get("decomposed") else decompose(graph, models=False)
     cm = CostModel(catalog)
     price = {d: usd_per_hour(specs[d], tco) for d in names}
     lat: dict[str, dict[str, float]] = {}
@@ -60,7 +60,7 @@ def agent_problem(
     renamed: dict[str, str] = {}  # kv_remote value → the prefill that produced it
     producers = g.producers()
     for op in g.ops:
-        if op.kind == "llm.kv_transfer":
+        if op.op_class == "kv_transfer":  # rides on the edge between its phases
             renamed[op.outputs[0]] = producers[op.inputs[0]]
             continue
         reps = float(op.attr("loop_expected_iterations", 1.0) or 1.0)  # type: ignore[arg-type]
@@ -77,13 +77,13 @@ def agent_problem(
                 f"agent task {op.name!r} ({op.kind}) fits no device class of the fleet {names}"
             )
         lat[op.name], cost[op.name] = row, extra
-        if op.kind == "llm.prefill":
+        if op.op_class == "llm_prefill":
             prefill.append(op.name)
-        if op.kind == "llm.decode":
+        if op.op_class == "llm_decode":
             steps[op.name] = max(1, round(int(op.attr("output_tokens")) * reps))  # type: ignore[arg-type]
     edges: list[tuple[str, str]] = []
     for op in g.ops:
-        if op.kind == "llm.kv_transfer":
+        if op.op_class == "kv_transfer":
             continue
         for v in op.inputs:
             src = renamed.get(v) or producers.get(v)
@@ -99,7 +99,7 @@ def agent_problem(
                 link = link_between(specs[a], specs[b])
                 xs[(a, b)], xb[(a, b)] = link.latency_s, 1.0 / link.bw_bytes_per_s
     return make_problem(
-        [o.name for o in g.ops if o.kind != "llm.kv_transfer"], names, lat, edges=edges, sla=sla, rps=rps,
+        [o.name for o in g.ops if o.op_class != "kv_transfer"], names, lat, edges=edges, sla=sla, rps=rps,
         target_utilisation=target_utilisation, cost_usd=cost, usd_per_hour=price,
         count={d: fleet.count(d) for d in names}, edge_bytes=kv_edges, transfer_s=xs, transfer_s_per_byte=xb,
         power_w={d: specs[d].tdp_w for d in names}, prefill=prefill, decode_steps=steps, name=graph.name,
@@ -108,31 +108,50 @@ def agent_problem(
 
 def _task_latency_s(op: Any, spec: Any, cm: Any) -> tuple[float, int]:
     """(latency of one execution on one instance, TP degree); inf where the task cannot run."""
-    cpu = spec.kind == "cpu"
-    if op.kind in CPU_ONLY_KINDS and not cpu:
+    kind = find_kind(op.kind)  # None for the operators of a decomposed model node
+    if kind is not None and kind.cpu_only and spec.kind != "cpu":
         return math.inf, 1
-    if op.kind == "input.query":
-        return 0.0, 1
-    if op.kind in ("memory.load", "memory.store"):
-        return _MEMORY_OP_S, 1
-    if op.kind == "tool.invoke":
-        return float(op.attr("latency_s", 0.0)), 1
-    if op.kind in ("llm.prefill", "llm.decode"):
-        arch = llm_arch_of(op)
-        cfg = phases.llm_config(arch, str(op.attr("preset", "custom")))
-        prec = str(op.attr("dtype"))
-        prec = prec if prec in ("fp16", "bf16", "fp8", "fp32") else "fp16"
-        isl, osl = int(op.attr("input_tokens")), int(op.attr("output_tokens"))  # type: ignore[arg-type]
-        dev = phases.phase_device(spec)
-        tp = 1
-        while tp <= spec.chassis_size and phases.max_batch(cfg, dev, isl + osl, tp, prec) < 1:
-            tp *= 2
-        if tp > spec.chassis_size:
-            return math.inf, 1
-        if op.kind == "llm.prefill":
-            return phases.prefill_latency_s(cfg, dev, isl, 1, tp, prec), tp
-        return osl * phases.decode_step_latency_s(cfg, dev, isl + osl // 2, 1, tp, prec), tp
+    if kind is not None and kind.cost is not None:
+        return kind.cost(op, spec, cm)
     return cm.op_latency_s(op, spec), 1
+
+
+def _input_cost(op: Any, spec: Any, cm: Any) -> tuple[float, int]:
+    return 0.0, 1
+
+
+def _memory_cost(op: Any, spec: Any, cm: Any) -> tuple[float, int]:
+    return _MEMORY_OP_S, 1
+
+
+def _tool_cost(op: Any, spec: Any, cm: Any) -> tuple[float, int]:
+    return float(op.attr("latency_s", 0.0)), 1
+
+
+def _llm_cost(op: Any, spec: Any, cm: Any) -> tuple[float, int]:
+    """An LLM phase (``llm.prefill`` / ``llm.decode``) from the phase model, with the TP it needs."""
+    arch = llm_arch_of(op)
+    cfg = phases.llm_config(arch, str(op.attr("preset", "custom")))
+    prec = str(op.attr("dtype"))
+    prec = prec if prec in ("fp16", "bf16", "fp8", "fp32") else "fp16"
+    isl, osl = int(op.attr("input_tokens")), int(op.attr("output_tokens"))  # type: ignore[arg-type]
+    dev = phases.phase_device(spec)
+    tp = 1
+    while tp <= spec.chassis_size and phases.max_batch(cfg, dev, isl + osl, tp, prec) < 1:
+        tp *= 2
+    if tp > spec.chassis_size:
+        return math.inf, 1
+    if op.op_class == "llm_prefill":
+        return phases.prefill_latency_s(cfg, dev, isl, 1, tp, prec), tp
+    return osl * phases.decode_step_latency_s(cfg, dev, isl + osl // 2, 1, tp, prec), tp
+
+
+# Cost hooks of the built-in kinds (retrieval and model nodes: the cost model's roofline).
+register_hooks("input", cost=_input_cost)
+register_hooks("memory.load", cost=_memory_cost)
+register_hooks("memory.store", cost=_memory_cost)
+register_hooks("tool", cost=_tool_cost)
+register_hooks("llm", cost=_llm_cost)
 
 
 def plan_agent(

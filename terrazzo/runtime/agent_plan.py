@@ -1,7 +1,8 @@
 """Agent bundle → ``ServingPlan``: one stage per model node, LLM phase, tool, retrieval and memory node, loops unrolled.
 
-``terrazzo.codegen.agent.compile_agent`` writes ``plan.json["agent"]``; this module turns it
-into the stage DAG the gateway executes (values routed by name, every stage a worker process).
+``terrazzo.pipeline.compile_agent`` writes ``plan.json["agent"]`` (the typed
+``terrazzo.frontend.agent_schema.AgentPlanSection``, validated when the bundle is opened); this
+module turns it into the stage DAG the gateway executes (values routed by name, every stage a worker process).
 Each ``llm`` node becomes two stages — prefill and decode — on their planned device classes,
 so the KV cache travels from the prefill worker to the decode worker as gRPC tensors.
 
@@ -23,12 +24,15 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from terrazzo.errors import ServingError
+from terrazzo.frontend.agent_schema import AgentNodeEntry, AgentPlanSection, parse_agent_section
+from terrazzo.frontend.kinds import find_kind, register_hooks
 from terrazzo.runtime.plan import RunnerSpec, ServingPlan, StageSpec
 from terrazzo.runtime.tensors import TensorSpec, v2_datatype
 
@@ -71,20 +75,19 @@ def agent_serving_plan(
 
     bundle_path = str(Path(path).resolve())
     with open_bundle(bundle_path, trust_key=trust_key) as b:
-        pj = b.plan_json or {}
+        agent = b.agent
         infos = {s.index: s for s in b.stages}
         in_specs = b.inputs
         out_specs = b.outputs
-    if "agent" not in pj:
+    if agent is None:
         raise ServingError(f"{path} is not an agent bundle (plan.json has no 'agent' section)")
-    agent = pj["agent"]
     store = str(store_dir or tempfile.mkdtemp(prefix="tz-agent-memory-"))
     builder = _PlanBuilder(agent, infos, bundle_path, _trust_json(trust_key), store)
     stages = builder.build()
     outputs = [TensorSpec(t.name, v2_datatype(t.dtype), tuple(t.shape)) for t in out_specs]
     outputs += [t for t in builder.extra_outputs if t.name not in {o.name for o in outputs}]
     plan = ServingPlan(
-        model_name=str(agent["name"]),
+        model_name=agent.name,
         inputs=tuple(TensorSpec(t.name, v2_datatype(t.dtype), tuple(t.shape)) for t in in_specs),
         outputs=tuple(outputs),
         stages=stages,
@@ -99,13 +102,13 @@ def agent_serving_plan(
 # runner that did need them fails loudly) instead of spawning a fresh interpreter that imports
 # TVM again; tools run user code that may import anything, so they get a fresh process.
 _TRAMPOLINE = "terrazzo.runtime.runners:build_runner"
-_SPAWNED = ("tool",)
 
 
-def _runner_spec(factory: str, kwargs: dict[str, Any]) -> RunnerSpec:
-    if factory in _SPAWNED:
-        return RunnerSpec(_R + factory, kwargs)
-    return RunnerSpec(_TRAMPOLINE, {"factory": _R + factory, "kwargs": kwargs})
+def _runner_spec(factory: str, kwargs: dict[str, Any], spawn: bool = False) -> RunnerSpec:
+    factory = factory if ":" in factory else _R + factory
+    if spawn:
+        return RunnerSpec(factory, kwargs)
+    return RunnerSpec(_TRAMPOLINE, {"factory": factory, "kwargs": kwargs})
 
 
 def runner_kind(stage: StageSpec) -> str:
@@ -132,35 +135,68 @@ def _serve_fallback(info: Any) -> str | None:
     return None
 
 
-class _PlanBuilder:
+@dataclass(frozen=True, slots=True)
+class NodeStep:
+    """One copy of a node in the unrolled DAG, as a kind's ``runner`` hook sees it.
+
+    Attributes:
+        loop / iteration: its loop (None outside loops) and the copy's iteration.
+        preds: the value names it reads for its inputs (this iteration's where in the loop).
+        out: the value name it produces.
+        gate: ``{"active", "prev"}`` value names for iterations after the first of a loop it
+            does not head (pass ``prev`` through when ``active`` is 0), else empty;
+            ``gate_inputs`` the same names as a list.
+    """
+
+    loop: str | None
+    iteration: int
+    preds: list[str]
+    out: str
+    gate: dict[str, Any]
+    gate_inputs: list[str]
+
+
+class AgentPlanBuilder:
+    """Unrolls a typed agent section into stages; kinds add theirs through ``add``."""
+
     def __init__(
-        self, agent: Mapping[str, Any], infos: Mapping[int, Any], path: str, trust: Any, store: str
+        self,
+        agent: AgentPlanSection | Mapping[str, Any],
+        infos: Mapping[int, Any],
+        path: str,
+        trust: Any,
+        store: str,
     ):
+        if not isinstance(agent, AgentPlanSection):
+            try:
+                agent = parse_agent_section(agent)
+            except ValueError as e:
+                raise ServingError(f"plan.json 'agent' section: {e}") from None
         self.agent = agent
         self.infos = infos
         self.path = path
         self.trust = trust
         self.store = store
-        self.nodes = {n["name"]: n for n in agent["nodes"]}
-        self.loops = dict(agent.get("loops", {}))
-        self.outputs = dict(agent.get("outputs", {}))  # output name → value
+        self.nodes = {n.name: n for n in agent.nodes}
+        self.loops = dict(agent.loops)
+        self.outputs = dict(agent.outputs)  # output name → value
         self.stages: list[dict[str, Any]] = []
         self.extra_outputs: list[TensorSpec] = []
 
     # -- naming ----------------------------------------------------------------------------
     def _k(self, loop: str | None) -> int:
-        return int(self.loops[loop]["max_iterations"]) if loop else 1
+        return int(self.loops[loop].max_iterations) if loop else 1
 
     def val(self, node: str, i: int) -> str:
         """Value name of ``node``'s output as seen from iteration ``i`` of its own loop."""
-        loop = self.nodes[node].get("loop")
+        loop = self.nodes[node].loop
         if loop is None or i >= self._k(loop) - 1:
             return node
         return f"{node}__it{i}"
 
     def ref(self, pred: str, consumer_loop: str | None, i: int) -> str:
         """Name a consumer in iteration ``i`` of ``consumer_loop`` reads for ``pred``."""
-        same = consumer_loop is not None and self.nodes[pred].get("loop") == consumer_loop
+        same = consumer_loop is not None and self.nodes[pred].loop == consumer_loop
         return self.val(pred, i) if same else pred
 
     def _names(self, node: str, i: int, suffix: str, loop: str | None) -> str:
@@ -176,14 +212,28 @@ class _PlanBuilder:
         factory: str,
         kwargs: dict[str, Any],
         bundle_stage: int | None = None,
+        *,
+        spawn: bool = False,
     ) -> None:
+        """Add one served stage (a worker).
+
+        Args:
+            device: its device class.
+            inputs / outputs: value names it reads and writes.
+            factory: a runner factory, ``"module:function"`` or the name of one in
+                ``terrazzo.runtime.agent_runners``.
+            kwargs: the factory's keyword arguments (JSON-able).
+            bundle_stage: the compiled bundle stage it runs, if any (replicas, target).
+            spawn: run it in a fresh interpreter rather than the TVM-preloaded fork server
+                (user code that may import anything).
+        """
         info = self.infos.get(bundle_stage) if bundle_stage is not None else None
         self.stages.append(
             {
                 "device": device,
                 "inputs": tuple(dict.fromkeys(inputs)),
                 "outputs": tuple(outputs),
-                "runner": _runner_spec(factory, kwargs),
+                "runner": _runner_spec(factory, kwargs, spawn),
                 "replicas": int(info.replicas) if info is not None else 1,
                 "target": str(info.target.get("kind", "llvm")) if info is not None else "llvm",
                 "fallback_reason": _serve_fallback(info),
@@ -191,9 +241,9 @@ class _PlanBuilder:
         )
 
     def build(self) -> tuple[StageSpec, ...]:
-        for node in self.agent["nodes"]:
-            loop = node.get("loop")
-            if loop is not None and self.loops[loop]["to"] not in self.nodes:
+        for node in self.agent.nodes:
+            loop = node.loop
+            if loop is not None and self.loops[loop].dst not in self.nodes:
                 raise ServingError(f"loop {loop!r} starts at unknown node")
             for i in range(self._k(loop)):
                 self._node(node, loop, i)
@@ -202,98 +252,27 @@ class _PlanBuilder:
     def _alias(self, node: str, value: str) -> list[str]:
         return [value] + [o for o, src in self.outputs.items() if src == node and value == node]
 
-    def _node(self, n: dict[str, Any], loop: str | None, i: int) -> None:
-        name, kind = n["name"], n["kind"]
-        preds = [self.ref(p, loop, i) for p in n["inputs"]]
+    def alias(self, node: str, value: str) -> list[str]:
+        """``value`` plus the agent outputs that name ``node`` (served under both names)."""
+        return self._alias(node, value)
+
+    def _node(self, n: AgentNodeEntry, loop: str | None, i: int) -> None:
+        name = n.name
+        preds = [self.ref(p, loop, i) for p in n.inputs]
         out = self.val(name, i)
         gate: dict[str, Any] = {}
         gate_inputs: list[str] = []
-        if loop is not None and i > 0 and self.loops[loop]["to"] != name:
+        if loop is not None and i > 0 and self.loops[loop].dst != name:
             gate = {"active": self._names(loop, i, "active", loop), "prev": self.val(name, i - 1)}
             gate_inputs = [gate["active"], gate["prev"]]
-        if kind == "input.query":
-            return
-        if kind == "model.call":
-            if loop is not None:
-                raise ServingError(f"model node {name!r} inside loop {loop!r} is not supported")
-            info = self.infos[n["stage"]]
-            feeds = dict(zip([s.name for s in info.inputs], preds, strict=True))
-            self.add(
-                n["device"],
-                preds,
-                self._alias(name, out),
-                "model_stage",
-                {
-                    "path": self.path,
-                    "index": n["stage"],
-                    "feeds": feeds,
-                    "output": self._alias(name, out),
-                    "trust_key": self.trust,
-                },
-                n["stage"],
-            )
-        elif kind == "llm.call":
-            self._llm(n, loop, i, preds, out)
-        elif kind == "tool.invoke":
-            (src,) = preds
-            self.add(
-                n["device"],
-                [src, *gate_inputs],
-                [out],
-                "tool",
-                {
-                    "function": n["function"],
-                    "input": src,
-                    "output": out,
-                    "dtype": n.get("dtype"),
-                    **gate,
-                },
-            )
-        elif kind == "retrieve.topk":
-            (src,) = preds
-            self.add(
-                n["device"],
-                [src, *gate_inputs],
-                [out],
-                "retrieve",
-                {
-                    "embeddings": n["embeddings"],
-                    "top_k": n["top_k"],
-                    "input": src,
-                    "output": out,
-                    **gate,
-                },
-            )
-        elif kind == "memory.load":
-            self.add(
-                n["device"],
-                preds,
-                [out],
-                "memory_load",
-                {
-                    "store_dir": self.store,
-                    "key": n["key"],
-                    "output": out,
-                    "dtype": n.get("dtype", "int32"),
-                },
-            )
-        elif kind == "memory.store":
-            (src,) = preds
-            if gate:
-                raise ServingError(f"memory.store {name!r} inside a loop is not supported")
-            self.add(
-                n["device"],
-                [src],
-                [out],
-                "memory_store",
-                {"store_dir": self.store, "key": n["key"], "input": src, "output": out},
-            )
-        else:
-            raise ServingError(f"agent node {name!r}: no runner for kind {kind!r}")
+        kind = find_kind(n.kind)
+        if kind is None or kind.runner is None:
+            raise ServingError(f"agent node {name!r}: no runner for kind {n.kind!r}")
+        kind.runner(self, n, NodeStep(loop, i, preds, out, gate, gate_inputs))
 
-    def _llm(self, n: dict[str, Any], loop: str | None, i: int, preds: list[str], out: str) -> None:
-        name = n["name"]
-        cfg = n["config"]
+    def _llm(self, n: Any, loop: str | None, i: int, preds: list[str], out: str) -> None:
+        name = n.name
+        cfg = n.config
 
         def nm(role: str) -> str:
             return self._names(name, i, role, loop)
@@ -303,64 +282,64 @@ class _PlanBuilder:
         extra_in: list[str] = []
         if loop is not None:
             lp = self.loops[loop]
-            if lp["to"] != name:
+            if lp.dst != name:
                 raise ServingError(f"llm node {name!r} is inside loop {loop!r} but is not its head")
             roles["active"] = self._names(loop, i, "active", loop)
             roles["iterations"] = self._names(loop, i, "iterations", loop)
             loop_kw = {"first": True}
             if i > 0:
                 loop_kw = {
-                    "feedback": self.val(lp["from"], i - 1),
+                    "feedback": self.val(lp.src, i - 1),
                     "prev_answer": self.val(name, i - 1),
                     "prev_active": self._names(loop, i - 1, "active", loop),
                     "prev_iterations": self._names(loop, i - 1, "iterations", loop),
-                    "search_below": int(n["search_below"]),
+                    "search_below": int(n.search_below),
                 }
                 extra_in = [v for k, v in loop_kw.items() if k != "search_below"]
             if i == self._k(loop) - 1:
                 self.extra_outputs.append(TensorSpec(roles["iterations"], "INT64", (1,)))
-        pre = n["prefill"]
+        pre = n.prefill
         self.add(
-            pre["device"],
+            pre.device,
             preds + extra_in,
             list(roles.values()),
             "llm_prefill",
             {
                 "path": self.path,
-                "index": pre["stage"],
+                "index": pre.stage,
                 "parts": preds,
                 "out": roles,
-                "prompt_len": int(cfg["prompt_len"]),
-                "vocab": int(cfg["vocab_size"]),
+                "prompt_len": int(cfg.prompt_len),
+                "vocab": int(cfg.vocab_size),
                 "loop": loop_kw,
                 "trust_key": self.trust,
             },
-            pre["stage"],
+            pre.stage,
         )
-        dec = n["decode"]
+        dec = n.decode
         dec_in = [roles[r] for r in ("logits", "k_cache", "v_cache", "length")]
         gate: dict[str, Any] = {}
         if loop is not None and i > 0:
             gate = {"active": roles["active"], "prev": self.val(name, i - 1)}
             dec_in += [gate["active"], gate["prev"]]
         self.add(
-            dec["device"],
+            dec.device,
             dec_in,
             [out],
             "llm_decode",
             {
                 "path": self.path,
-                "index": dec["stage"],
+                "index": dec.stage,
                 "inputs": {r: roles[r] for r in ("logits", "k_cache", "v_cache", "length")},
                 "output": out,
-                "max_new_tokens": int(n["max_new_tokens"]),
+                "max_new_tokens": int(n.max_new_tokens),
                 "trust_key": self.trust,
                 **gate,
             },
-            dec["stage"],
+            dec.stage,
         )
         if out == name:
-            self.extra_outputs.append(TensorSpec(name, "INT64", (int(n["max_new_tokens"]),)))
+            self.extra_outputs.append(TensorSpec(name, "INT64", (int(n.max_new_tokens),)))
 
     def _ordered(self) -> tuple[StageSpec, ...]:
         """Stages in a topological order of their value dependencies (Kahn, stable)."""
@@ -390,6 +369,64 @@ class _PlanBuilder:
             )
             for pos, st in enumerate(self.stages[k] for k in order)
         )
+
+
+_PlanBuilder = AgentPlanBuilder  # the name tests and older callers use
+
+
+# -- runner hooks of the built-in kinds ---------------------------------------------------------
+def _run_input(b: AgentPlanBuilder, n: Any, st: NodeStep) -> None:
+    return None  # the gateway feeds the request's tensors
+
+
+def _run_model(b: AgentPlanBuilder, n: Any, st: NodeStep) -> None:
+    if st.loop is not None:
+        raise ServingError(f"model node {n.name!r} inside loop {st.loop!r} is not supported")
+    info = b.infos[n.stage]
+    feeds = dict(zip([s.name for s in info.inputs], st.preds, strict=True))
+    outs = b.alias(n.name, st.out)
+    kwargs = {"path": b.path, "index": n.stage, "feeds": feeds, "output": outs,
+              "trust_key": b.trust}  # fmt: skip
+    b.add(n.device, st.preds, outs, "model_stage", kwargs, n.stage)
+
+
+def _run_llm(b: AgentPlanBuilder, n: Any, st: NodeStep) -> None:
+    b._llm(n, st.loop, st.iteration, st.preds, st.out)
+
+
+def _run_tool(b: AgentPlanBuilder, n: Any, st: NodeStep) -> None:
+    (src,) = st.preds
+    kwargs = {"function": n.function, "input": src, "output": st.out, "dtype": n.dtype, **st.gate}
+    b.add(n.device, [src, *st.gate_inputs], [st.out], "tool", kwargs, spawn=True)
+
+
+def _run_retrieve(b: AgentPlanBuilder, n: Any, st: NodeStep) -> None:
+    (src,) = st.preds
+    kwargs = {"embeddings": n.embeddings, "top_k": n.top_k, "input": src, "output": st.out,
+              **st.gate}  # fmt: skip
+    b.add(n.device, [src, *st.gate_inputs], [st.out], "retrieve", kwargs)
+
+
+def _run_memory_load(b: AgentPlanBuilder, n: Any, st: NodeStep) -> None:
+    kwargs = {"store_dir": b.store, "key": n.key, "output": st.out, "dtype": n.dtype or "int32"}
+    b.add(n.device, st.preds, [st.out], "memory_load", kwargs)
+
+
+def _run_memory_store(b: AgentPlanBuilder, n: Any, st: NodeStep) -> None:
+    (src,) = st.preds
+    if st.gate:
+        raise ServingError(f"memory.store {n.name!r} inside a loop is not supported")
+    kwargs = {"store_dir": b.store, "key": n.key, "input": src, "output": st.out}
+    b.add(n.device, [src], [st.out], "memory_store", kwargs)
+
+
+register_hooks("input", runner=_run_input)
+register_hooks("model", runner=_run_model)
+register_hooks("llm", runner=_run_llm)
+register_hooks("tool", runner=_run_tool)
+register_hooks("retrieve", runner=_run_retrieve)
+register_hooks("memory.load", runner=_run_memory_load)
+register_hooks("memory.store", runner=_run_memory_store)
 
 
 class LocalAgent:
