@@ -90,8 +90,8 @@ class AgentPlanSection(BaseModel):
     def _known_version(cls, v: int) -> int:
         if v != AGENT_SCHEMA_VERSION:
             raise ValueError(
-                f"schema_version {v} is not {AGENT_SCHEMA_VERSION}, the version this terrazzo "
-                "reads; recompile the agent"
+                f"{v} is not {AGENT_SCHEMA_VERSION}, the version this terrazzo reads; "
+                "recompile the agent"
             )
         return v
 
@@ -99,7 +99,7 @@ class AgentPlanSection(BaseModel):
     @classmethod
     def _typed_nodes(cls, v: Any) -> Any:
         if not isinstance(v, list):
-            raise ValueError(f"nodes: expected a list, found {type(v).__name__}")
+            raise ValueError(f"expected a list, found {type(v).__name__}")
         out: list[Any] = []
         for i, item in enumerate(v):
             if isinstance(item, AgentNodeEntry):
