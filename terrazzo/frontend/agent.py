@@ -55,6 +55,7 @@ _LLM_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "fp8": 1, "int8": 1}
 # Torch modules handed to AgentBuilder.model(module=...), by the source attr they get.
 _BUILDER_MODULES: dict[str, Any] = {}
 
+
 @dataclass(frozen=True, slots=True)
 class LLMArch:
     """The parts of a decoder-only transformer that its cost depends on."""

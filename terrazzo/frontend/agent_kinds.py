@@ -73,7 +73,9 @@ class LLMEntry(AgentNodeEntry):
         return f"{self.prefill.device}::{self.decode.device}"
 
     def served_outputs(self, loops: dict[str, LoopEntry]) -> list[tuple[str, str, tuple[int, ...]]]:
-        out = [(self.name, "int64", (self.max_new_tokens,))]  # the answer's token ids
+        out: list[tuple[str, str, tuple[int, ...]]] = [
+            (self.name, "int64", (self.max_new_tokens,))  # the answer's token ids
+        ]
         if self.loop:
             out.append((f"{self.loop}.iterations", "int64", (1,)))
         return out

@@ -311,7 +311,7 @@ def spec_model() -> type[AgentSpec]:
     model = _SPEC_MODELS.get(gen)
     if model is None:
         members = tuple(k.spec for k in node_kinds()) + (OutputNode,)
-        node = Annotated[Union[members], Field(discriminator="type")]  # noqa: UP007
+        node = Annotated[Union[members], Field(discriminator="type")]  # type: ignore[valid-type]  # noqa: UP007
         model = create_model("AgentSpec", __base__=AgentSpec, nodes=(list[node], ...))
         _SPEC_MODELS.clear()
         _SPEC_MODELS[gen] = model

@@ -21,6 +21,7 @@ Built-in kinds live in ``terrazzo.frontend.agent_kinds`` (frontend parts),
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,8 +83,8 @@ class NodeKind:
 
     type: str
     op_kind: str
-    spec: type[Any]
-    entry: type[Any]
+    spec: builtins.type[Any]
+    entry: builtins.type[Any]
     lower: Callable[[Any, LowerContext], Lowered]
     op_class: str = "other"
     needs_input: bool = True

@@ -395,10 +395,10 @@ def compile_agent(
     stages: list[Any] = []
     gattrs: dict[str, Any] = dict(graph.attrs)
     loops = {
-        name: LoopEntry(src=src, dst=dst, max_iterations=int(mx), expected_iterations=float(ex),
-                        condition=cond)  # fmt: skip
+        name: LoopEntry.model_validate({"from": src, "to": dst, "max_iterations": int(mx),
+                                        "expected_iterations": float(ex), "condition": cond})
         for name, src, dst, mx, ex, cond in gattrs.get("loops", ()) or ()
-    }
+    }  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="tz-agent-") as tmp:
         tmpdir = Path(tmp)
 

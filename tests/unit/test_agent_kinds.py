@@ -54,7 +54,10 @@ SCALE = NodeKind(
     cost=lambda op, spec, cm: (1e-4, 1),
     build=lambda op, cx: {"device": cx.assignment[op.name], "factor": float(op.attr("factor"))},
     runner=lambda b, n, st: b.add(
-        n.device, st.preds, [st.out], f"{__name__}:scale_runner",
+        n.device,
+        st.preds,
+        [st.out],
+        f"{__name__}:scale_runner",
         {"input": st.preds[0], "output": st.out, "factor": n.factor},
     ),  # fmt: skip
 )
@@ -160,7 +163,9 @@ def test_every_builtin_kind_has_all_its_hooks():
     from terrazzo.frontend.kinds import missing_hooks, node_kinds
 
     kinds = {k.type: k for k in node_kinds()}
-    assert {"input", "model", "llm", "tool", "retrieve", "memory.load", "memory.store"} <= set(kinds)
+    assert {"input", "model", "llm", "tool", "retrieve", "memory.load", "memory.store"} <= set(
+        kinds
+    )
     assert {t: missing_hooks(k) for t, k in kinds.items() if missing_hooks(k)} == {}
 
 
@@ -194,8 +199,14 @@ def _drop_device(agent: dict) -> None:
     ("edit", "expected"),
     [
         (_drop_device, r"nodes: node 'affine': device: Field required"),
-        (lambda a: a.update(schema_version=99), r"schema_version: 99 is not 1, the version this terrazzo reads"),
-        (lambda a: a["nodes"][1].update(kind="teleport"), r"nodes: node 'twice': unknown kind 'teleport'"),
+        (
+            lambda a: a.update(schema_version=99),
+            r"schema_version: 99 is not 1, the version this terrazzo reads",
+        ),
+        (
+            lambda a: a["nodes"][1].update(kind="teleport"),
+            r"nodes: node 'twice': unknown kind 'teleport'",
+        ),
         (lambda a: a["outputs"].update(z="ghost"), r"output 'z': unknown node 'ghost'"),
         (lambda a: a.update(nodes="none"), r"nodes: expected a list"),
     ],
@@ -206,12 +217,16 @@ def test_malformed_agent_section_is_refused_in_one_line(
     from terrazzo.bundle import open_bundle
 
     bad = _rewrite_agent(scaled_bundle, tmp_path / "bad.tzb", edit)
-    with pytest.raises(BundleError, match=r"plan\.json 'agent' section is malformed: " + expected) as e:
+    with pytest.raises(
+        BundleError, match=r"plan\.json 'agent' section is malformed: " + expected
+    ) as e:
         open_bundle(bad)
     assert "\n" not in str(e.value)
 
 
-def test_cli_refuses_a_malformed_agent_section_with_exit_2(scaled_bundle, scale_kind, tmp_path, capsys):
+def test_cli_refuses_a_malformed_agent_section_with_exit_2(
+    scaled_bundle, scale_kind, tmp_path, capsys
+):
     from terrazzo.cli import main
 
     bad = _rewrite_agent(scaled_bundle, tmp_path / "bad.tzb", _drop_device)
