@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from terrazzo.frontend.agent import AgentBuilder, decompose, load_agent
 from terrazzo.frontend.fixups import prepare_for_build
+from terrazzo.frontend.kinds import NodeKind, node_kind, register_hooks, register_kind
 from terrazzo.frontend.onnx_import import from_onnx, sanitize_name
 from terrazzo.frontend.relax_graph import relax_bindings, to_graph, uniquify_names
 from terrazzo.frontend.run import build_and_run, build_cpu
@@ -15,6 +16,10 @@ from terrazzo.frontend.torch_import import from_torch
 
 __all__ = [
     "AgentBuilder",
+    "NodeKind",
+    "node_kind",
+    "register_hooks",
+    "register_kind",
     "decompose",
     "load_agent",
     "build_and_run",
