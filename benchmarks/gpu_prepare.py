@@ -49,6 +49,12 @@ WHEELS = (
     "python-rapidjson==1.23",
     "grpcio==1.85.1",
     "protobuf==6.33.6",
+    # agent bundles validate plan.json's agent section with pydantic when they are opened
+    "pydantic==2.14.3",
+    "pydantic-core==2.50.4",
+    "annotated-types==0.8.0",
+    "typing-inspection==0.4.5",
+    "typing-extensions==4.16.0",
 )
 PLATFORMS = (
     "manylinux_2_28_x86_64",
@@ -80,7 +86,17 @@ TVM_DROP = (
     "*.pyc",
 )
 # Wheels a check that serves nothing can do without.
-SERVE_WHEELS = ("tritonclient", "python-rapidjson", "grpcio", "protobuf")
+SERVE_WHEELS = (
+    "tritonclient",
+    "python-rapidjson",
+    "grpcio",
+    "protobuf",
+    "pydantic",
+    "pydantic-core",
+    "annotated-types",
+    "typing-inspection",
+    "typing-extensions",
+)
 
 
 def pack_site(out: Path, wheel_cache: Path, serve: bool = True) -> None:
