@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 
 RESULT: dict[str, Any] = {}
+#: where RESULT is written after every section (a run cut short keeps what it measured)
+RESULT_PATH: list[Path] = []
 
 
 def log(msg: str) -> None:
@@ -52,6 +54,8 @@ def section(name: str):  # type: ignore[no-untyped-def]
                     "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
                 }
             RESULT.setdefault("section_s", {})[name] = round(time.perf_counter() - t0, 2)
+            for path in RESULT_PATH:
+                path.write_text(json.dumps(RESULT, indent=1, default=str) + "\n")
 
         return run
 
@@ -570,6 +574,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     art, results = Path(args.art).resolve(), Path(args.results).resolve()
     results.mkdir(parents=True, exist_ok=True)
+    RESULT_PATH.append(results / "gpu_run.json")
     preds = json.loads((art / "predictions.json").read_text())
     only = set(filter(None, args.only.split(",")))
 
