@@ -28,9 +28,9 @@ from terrazzo.bundle._write import (
     MANIFEST,
     READABLE_FORMAT_VERSIONS,
     SIGNATURE,
-    TensorSpec,
 )
 from terrazzo.errors import BundleError
+from terrazzo.ir import TensorSpec
 
 _NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*(/[A-Za-z0-9_][A-Za-z0-9._-]*)*")
 

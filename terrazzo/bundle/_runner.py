@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from terrazzo.bundle._write import TensorSpec
 from terrazzo.errors import BundleError
+from terrazzo.ir import TensorSpec
 
 log = logging.getLogger("terrazzo.bundle")
 

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from terrazzo.errors import BundleError
+from terrazzo.ir import TensorSpec
 
 FORMAT_NAME = "terrazzo-bundle"
 FORMAT_VERSION = 2
@@ -40,22 +41,6 @@ FORMAT_VERSION = 2
 READABLE_FORMAT_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
-
-
-@dataclass(frozen=True, slots=True)
-class TensorSpec:
-    """Name, dtype and static shape of a tensor crossing a stage or model boundary."""
-
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
-
-    def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
-
-    @staticmethod
-    def from_json(d: Mapping[str, Any]) -> TensorSpec:
-        return TensorSpec(str(d["name"]), str(d["dtype"]), tuple(int(x) for x in d["shape"]))
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,10 +7,13 @@ validated :class:`AgentSpec` to an ``ir.Graph`` at ``level="agent"``.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from dataclasses import replace
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -20,6 +23,7 @@ from pydantic import (
 )
 
 from terrazzo.errors import FrontendError
+from terrazzo.ir import TensorSpec
 
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _REF_RE = re.compile(r"^[A-Za-z0-9_./\\-]+(\.py)?:[A-Za-z_][A-Za-z0-9_]*$")
@@ -71,13 +75,31 @@ class NodeSpecBase(BaseModel):
             raise ValueError(f"node name {v!r} must match [A-Za-z_][A-Za-z0-9_]*")
         return v
 
+    @model_validator(mode="after")
+    def _name_output(self) -> NodeSpecBase:
+        out = getattr(self, "output", None)
+        if isinstance(out, TensorSpec) and out.name != self.name:
+            self.output = replace(out, name=self.name)
+        return self
 
-class TensorSpec(BaseModel):
-    """Shape (``-1`` = dynamic) and dtype of a value flowing between agent nodes."""
 
-    model_config = ConfigDict(extra="forbid")
-    shape: list[int] = Field(default_factory=lambda: [-1])
-    dtype: str = "int32"
+def _node_tensor(v: Any) -> Any:
+    """Fill the YAML form of a node's tensor, ``{shape, dtype}``, with its defaults."""
+    if isinstance(v, Mapping):
+        if "name" in v:
+            raise ValueError("a node's tensor takes its name from the node (or key); drop 'name'")
+        return {"name": "", "shape": [-1], "dtype": "int32", **v}
+    return v
+
+
+#: A tensor field of a node spec: YAML ``{shape, dtype}`` (``-1`` = dynamic; defaults ``[-1]``
+#: and ``int32``), validated into the one :class:`terrazzo.ir.TensorSpec`, named after its node
+#: (``output``) or its key (``example_inputs``).
+NodeTensor = Annotated[TensorSpec, BeforeValidator(_node_tensor)]
+
+
+def _unnamed_tensor() -> TensorSpec:
+    return TensorSpec("", "int32", (-1,))
 
 
 class InputNode(NodeSpecBase):
@@ -100,9 +122,14 @@ class ModelNode(NodeSpecBase):
         description="'module:factory' or 'file.py:factory' returning a torch.nn.Module",
     )
     module: Any = Field(default=None, description="a torch.nn.Module (Python builder only)")
-    example_inputs: dict[str, TensorSpec] = Field(
+    example_inputs: dict[str, NodeTensor] = Field(
         default_factory=dict, description="input name → shape/dtype, required for torch models"
     )
+
+    @field_validator("example_inputs")
+    @classmethod
+    def _name_inputs(cls, v: dict[str, TensorSpec]) -> dict[str, TensorSpec]:
+        return {k: replace(t, name=k) for k, t in v.items()}
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelNode:
@@ -159,7 +186,7 @@ class ToolNode(NodeSpecBase):
 
     type: Literal["tool"]
     function: str = Field(description="'package.module:function' or 'file.py:function'")
-    output: TensorSpec = Field(default_factory=TensorSpec)
+    output: NodeTensor = Field(default_factory=_unnamed_tensor)
     latency_s: float = Field(default=0.05, ge=0, description="expected latency for costing")
 
     @field_validator("function")
@@ -199,7 +226,7 @@ class RetrieveNode(NodeSpecBase):
 class MemoryLoadNode(NodeSpecBase):
     type: Literal["memory.load"]
     key: str = "default"
-    output: TensorSpec = Field(default_factory=TensorSpec)
+    output: NodeTensor = Field(default_factory=_unnamed_tensor)
 
 
 class MemoryStoreNode(NodeSpecBase):

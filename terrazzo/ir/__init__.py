@@ -1,5 +1,16 @@
 """The IR: operator graphs (working form) and the tz MLIR dialect (canonical text form)."""
 
 from terrazzo.ir.graph import OP_CLASSES, AttrValue, Graph, Op, TensorType, make_attrs
+from terrazzo.ir.tensor_spec import V2_TO_DTYPE, TensorSpec, kserve_datatype
 
-__all__ = ["OP_CLASSES", "AttrValue", "Graph", "Op", "TensorType", "make_attrs"]
+__all__ = [
+    "OP_CLASSES",
+    "AttrValue",
+    "Graph",
+    "Op",
+    "TensorSpec",
+    "TensorType",
+    "V2_TO_DTYPE",
+    "kserve_datatype",
+    "make_attrs",
+]

@@ -13,9 +13,9 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from terrazzo.ir import TensorSpec
     from terrazzo.runtime.plan import RunnerSpec, ServingPlan, StageSpec, devclass_resource
     from terrazzo.runtime.server import ServeOptions, Server, TLSOptions, serve
-    from terrazzo.runtime.tensors import TensorSpec
 
 __all__ = [
     "RunnerSpec",

@@ -33,8 +33,9 @@ import numpy as np
 from terrazzo.errors import ServingError
 from terrazzo.frontend.agent_schema import AgentNodeEntry, AgentPlanSection, parse_agent_section
 from terrazzo.frontend.kinds import find_kind, register_hooks
+from terrazzo.ir import TensorSpec
 from terrazzo.runtime.plan import RunnerSpec, ServingPlan, StageSpec
-from terrazzo.runtime.tensors import TensorSpec, v2_datatype
+from terrazzo.runtime.tensors import v2_datatype
 
 _R = "terrazzo.runtime.agent_runners:"
 
@@ -297,7 +298,7 @@ class AgentPlanBuilder:
                 }
                 extra_in = [v for k, v in loop_kw.items() if k != "search_below"]
             if i == self._k(loop) - 1:
-                self.extra_outputs.append(TensorSpec(roles["iterations"], "INT64", (1,)))
+                self.extra_outputs.append(TensorSpec(roles["iterations"], "int64", (1,)))
         pre = n.prefill
         self.add(
             pre.device,
@@ -339,7 +340,7 @@ class AgentPlanBuilder:
             dec.stage,
         )
         if out == name:
-            self.extra_outputs.append(TensorSpec(name, "INT64", (int(n.max_new_tokens),)))
+            self.extra_outputs.append(TensorSpec(name, "int64", (int(n.max_new_tokens),)))
 
     def _ordered(self) -> tuple[StageSpec, ...]:
         """Stages in a topological order of their value dependencies (Kahn, stable)."""

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from terrazzo.errors import ServingError
-from terrazzo.runtime.tensors import TensorSpec, v2_datatype
+from terrazzo.ir import TensorSpec
+from terrazzo.runtime.tensors import v2_datatype
 
 
 @dataclass(frozen=True, slots=True)

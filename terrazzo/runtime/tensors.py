@@ -14,24 +14,10 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 
-# v2 datatype -> numpy dtype (BYTES travels as object arrays of bytes).
-_V2_TO_NUMPY: dict[str, np.dtype] = {
-    "BOOL": np.dtype(np.bool_),
-    "UINT8": np.dtype(np.uint8),
-    "UINT16": np.dtype(np.uint16),
-    "UINT32": np.dtype(np.uint32),
-    "UINT64": np.dtype(np.uint64),
-    "INT8": np.dtype(np.int8),
-    "INT16": np.dtype(np.int16),
-    "INT32": np.dtype(np.int32),
-    "INT64": np.dtype(np.int64),
-    "FP16": np.dtype(np.float16),
-    "FP32": np.dtype(np.float32),
-    "FP64": np.dtype(np.float64),
-    "BYTES": np.dtype(np.object_),
-}
-_NUMPY_TO_V2 = {v.name: k for k, v in _V2_TO_NUMPY.items() if k != "BYTES"}
-_NUMPY_TO_V2.update({"object": "BYTES", "bytes": "BYTES", "str": "BYTES", "string": "BYTES"})
+from terrazzo.ir import V2_TO_DTYPE, TensorSpec, kserve_datatype
+
+# v2 datatype -> numpy dtype (BYTES travels as object arrays of bytes); names from terrazzo.ir.
+_V2_TO_NUMPY: dict[str, np.dtype] = {k: np.dtype(v) for k, v in V2_TO_DTYPE.items()}
 
 # Field of InferTensorContents that carries each datatype (FP16 has none: raw only).
 _TYPED_FIELD = {
@@ -59,21 +45,6 @@ class TensorError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class TensorSpec:
-    """Declared model or stage tensor: name, v2 datatype and shape (-1 = any size)."""
-
-    name: str
-    datatype: str
-    shape: tuple[int, ...]
-
-    def accepts_shape(self, shape: Sequence[int]) -> bool:
-        """True if ``shape`` matches the declared rank and every fixed dimension."""
-        return len(shape) == len(self.shape) and all(
-            d < 0 or d == s for d, s in zip(self.shape, shape, strict=True)
-        )
-
-
-@dataclass(frozen=True, slots=True)
 class WireTensor:
     """A validated tensor as it travels: datatype, shape and its raw little-endian bytes."""
 
@@ -84,13 +55,13 @@ class WireTensor:
 
 def v2_datatype(dtype: npt.DTypeLike) -> str:
     """Map a numpy dtype, or a dtype name such as 'float32', to a KServe v2 datatype."""
-    if isinstance(dtype, str) and dtype.upper() in _V2_TO_NUMPY:
-        return dtype.upper()
-    name = np.dtype(dtype).name if not isinstance(dtype, str) else np.dtype(dtype).name
-    try:
-        return _NUMPY_TO_V2[name]
-    except KeyError:
-        raise TensorError(f"dtype {name!r} has no KServe v2 datatype") from None
+    if isinstance(dtype, str) and (v2 := kserve_datatype(dtype)) is not None:
+        return v2
+    name = np.dtype(dtype).name
+    v2 = kserve_datatype(name)
+    if v2 is None:
+        raise TensorError(f"dtype {name!r} has no KServe v2 datatype")
+    return v2
 
 
 def numpy_dtype(datatype: str) -> np.dtype:
