@@ -17,14 +17,23 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from terrazzo.costmodel.llm import LLMConfig
 
 
 @dataclass(frozen=True, slots=True)
 class TinyLlamaConfig:
-    """Shape of the decoder; defaults are small enough to build and run in seconds on 2 cores."""
+    """What a decoder is built with: its architecture plus build settings (lengths, rope, seed).
+
+    The architecture is the cost model's :class:`terrazzo.costmodel.llm.LLMConfig` (``arch``;
+    build one from it with :meth:`from_arch`). The fields stay flat because they are the
+    ``config`` that ``plan.json`` records and the runtime rebuilds this class from. Defaults are
+    small enough to build and run in seconds on 2 cores.
+    """
 
     vocab_size: int = 256  # byte-level tokens
     d_model: int = 64
@@ -37,6 +46,35 @@ class TinyLlamaConfig:
     rope_theta: float = 10000.0
     seed: int = 0
 
+    @staticmethod
+    def from_arch(arch: LLMConfig, prompt_len: int = 32, max_len: int = 64) -> TinyLlamaConfig:
+        """The build config of ``arch`` for prompts of ``prompt_len`` and ``max_len`` tokens in all."""
+        return TinyLlamaConfig(
+            vocab_size=arch.vocab,
+            d_model=arch.d_model,
+            n_layers=arch.layers,
+            n_heads=arch.heads,
+            n_kv_heads=arch.kv_heads,
+            d_ff=arch.intermediate,
+            max_len=max_len,
+            prompt_len=prompt_len,
+        )
+
+    @property
+    def arch(self) -> LLMConfig:
+        """The architecture, as the cost model prices it."""
+        from terrazzo.costmodel import llm  # lazily: runtime workers import this module
+
+        return llm.LLMConfig.llama(
+            "tiny-llama",
+            self.n_layers,
+            self.d_model,
+            self.n_heads,
+            self.n_kv_heads,
+            self.d_ff,
+            self.vocab_size,
+        )
+
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
@@ -46,8 +84,10 @@ class TinyLlamaConfig:
         return (self.n_layers, self.n_kv_heads, self.max_len, self.head_dim)
 
     def kv_cache_bytes(self) -> int:
-        """K and V for every layer at max_len in fp32 (cf. costmodel's 2·L·d·(kv/h)·T·B·bytes)."""
-        return 2 * math.prod(self.cache_shape) * 4
+        """K and V for every layer at max_len in fp32 (the cost model's formula)."""
+        from terrazzo.costmodel import llm
+
+        return llm.kv_cache_bytes(self.arch, self.max_len, 1, "fp32")
 
 
 def _build_torch_modules(cfg: TinyLlamaConfig) -> tuple[Any, Any]:

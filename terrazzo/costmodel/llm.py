@@ -51,6 +51,28 @@ class LLMConfig:
                 f"LLMConfig {self.name!r}: heads ({self.heads}) must be a multiple of kv_heads ({self.kv_heads})"
             )
 
+    @staticmethod
+    def llama(
+        name: str,
+        layers: int,
+        d_model: int,
+        heads: int,
+        kv_heads: int,
+        intermediate: int,
+        vocab: int,
+    ) -> LLMConfig:
+        """A Llama-style model (gated MLP, untied embeddings) with its parameter count derived."""
+        kv = kv_heads * (d_model // heads)
+        per_layer = (
+            2 * d_model * d_model + 2 * d_model * kv + 3 * d_model * intermediate + 2 * d_model
+        )
+        params = layers * per_layer + 2 * vocab * d_model + d_model
+        return LLMConfig(name, layers, d_model, heads, kv_heads, intermediate, vocab, params)
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.heads
+
     def weight_bytes(self, dtype: str = "fp16") -> int:
         """Bytes of all weights at ``dtype``."""
         return self.params * dtype_bytes(dtype)

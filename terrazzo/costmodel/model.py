@@ -280,9 +280,8 @@ def _llm_config(op: Op) -> llm.LLMConfig | None:
     dt = _llm_shape(op)[0]
     params = op.param_bytes // llm.dtype_bytes(dt) if op.param_bytes else 0
     layers, d, heads, kvh, ffn, vocab = (int(a[k]) for k in need)  # type: ignore[call-overload,arg-type]
-    if params <= 0:  # Llama-style count: attention + gated MLP + untied embeddings
-        kv = kvh * (d // heads)
-        params = layers * (2 * d * d + 2 * d * kv + 3 * d * ffn + 2 * d) + 2 * vocab * d + d
+    if params <= 0:
+        return llm.LLMConfig.llama(str(name or op.name), layers, d, heads, kvh, ffn, vocab)
     return llm.LLMConfig(str(name or op.name), layers, d, heads, kvh, ffn, vocab, params)
 
 

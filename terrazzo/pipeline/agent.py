@@ -161,19 +161,15 @@ def place_agent(
 def llm_config_of(op: Any) -> Any:
     """The ``TinyLlamaConfig`` that runs an ``llm.call`` op (its spec architecture, random weights)."""
     from terrazzo.codegen.llm_phases import TinyLlamaConfig
+    from terrazzo.costmodel import llm
 
     a: dict[str, Any] = op.attr_dict
-    prompt_len = 32
-    return TinyLlamaConfig(
-        vocab_size=int(a["vocab"]),
-        d_model=int(a["d_model"]),
-        n_layers=int(a["layers"]),
-        n_heads=int(a["heads"]),
-        n_kv_heads=int(a["kv_heads"]),
-        d_ff=int(a["ffn_dim"]),
-        prompt_len=prompt_len,
-        max_len=prompt_len + int(a["max_new_tokens"]),
+    arch = llm.LLMConfig.llama(
+        op.name,
+        *(int(a[k]) for k in ("layers", "d_model", "heads", "kv_heads", "ffn_dim", "vocab")),
     )
+    prompt_len = 32
+    return TinyLlamaConfig.from_arch(arch, prompt_len, prompt_len + int(a["max_new_tokens"]))
 
 
 def _check_runnable(op: Any) -> None:

@@ -65,8 +65,9 @@ def llm_config(arch: LLMArch, name: str = "custom") -> llm.LLMConfig:
     """The cost model's config for an agent-level architecture (presets map to ``llm.PRESETS``)."""
     if name in llm.PRESETS:
         return llm.PRESETS[name]
-    return llm.LLMConfig(name, arch.layers, arch.d_model, arch.heads, arch.kv_heads, arch.ffn_dim, arch.vocab,
-                         arch.param_count)  # fmt: skip
+    return llm.LLMConfig.llama(
+        name, arch.layers, arch.d_model, arch.heads, arch.kv_heads, arch.ffn_dim, arch.vocab
+    )
 
 
 def _cfg(arch: LLMArch | llm.LLMConfig) -> llm.LLMConfig:

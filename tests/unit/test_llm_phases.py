@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -67,3 +69,14 @@ def test_kv_cache_bytes_matches_formula() -> None:
     # 2 · layers · d_model · (kv_heads / heads) · tokens · batch · bytes
     expected = 2 * CFG.n_layers * CFG.d_model * (CFG.n_kv_heads / CFG.n_heads) * CFG.max_len * 1 * 4
     assert CFG.kv_cache_bytes() == expected
+
+
+def test_architecture_is_the_cost_models_llm_config() -> None:
+    from terrazzo.costmodel import llm
+
+    arch = CFG.arch
+    assert isinstance(arch, llm.LLMConfig)
+    assert (arch.layers, arch.d_model, arch.heads, arch.kv_heads) == (2, 64, 4, 2)
+    assert (arch.intermediate, arch.vocab, arch.head_dim) == (128, 256, CFG.head_dim)
+    assert TinyLlamaConfig.from_arch(arch, CFG.prompt_len, CFG.max_len) == CFG
+    assert CFG.kv_cache_bytes() == 2 * math.prod(CFG.cache_shape) * 4
