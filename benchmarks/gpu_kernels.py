@@ -6,7 +6,7 @@ is built here, carried, checked numerically and timed there, and the fastest cor
 
 - ``dlight``: ``ApplyDefaultSchedule(Matmul, GEMV, Reduction, GeneralReduction, Fallback)``,
   what ``terrazzo compile`` uses for GPU stages without a tuning record.
-- ``offline``: the offline proposer's first round for a GPU target (``_gpu_seeds``: shared
+- ``offline``: the offline proposer's first round for a GPU target (its GPU seeds: shared
   memory staging, register tiles, thread binding), the same programs ``terrazzo tune`` proposes.
 - ``metaschedule``: the first batch its tuner would measure: the evolutionary search over its
   CUDA design space (multi-level tiling, cooperative fetch; postprocessors incl.
@@ -72,20 +72,27 @@ def _dlight(func: Any, tgt: Any) -> Any:
         )(mod)  # fmt: skip
 
 
-def _offline(kernel: Any) -> list[tuple[str, Any]]:
+def _hardware() -> Any:
+    from terrazzo.codegen.tuning.proposer import HardwareSpec
+
+    return HardwareSpec(description="NVIDIA H200 (sm_90)", cores=132, vector_bits=128,
+                        peak_flops=66.9e12, mem_bw_bytes_per_s=4.8e12)  # fmt: skip
+
+
+def _first_round(kernel: Any, tgt: Any, n: int = 8) -> tuple[Any, list[Any]]:
+    """The offline proposer and its first round for ``kernel`` (its GPU seeds)."""
+    from terrazzo.codegen.tuning.offline import OfflineProposer
+
+    prop = OfflineProposer(seed=0)
+    return prop, prop.propose(kernel, tgt, [], n, _hardware())
+
+
+def _as_module(kernel: Any, program: Any) -> Any:
     import tvm
 
-    from terrazzo.codegen.tuning.offline import _describe, _gpu_seeds, build_program
-    from terrazzo.codegen.tuning.program import ScheduleProgramError, apply_program
+    from terrazzo.codegen.tuning.program import apply_program
 
-    out = []
-    for d in _gpu_seeds():
-        try:
-            prog = build_program(kernel, d)
-            out.append((_describe(d), tvm.IRModule({"main": apply_program(kernel.func, prog)})))
-        except ScheduleProgramError as e:
-            out.append((_describe(d), e))
-    return out
+    return tvm.IRModule({"main": apply_program(kernel.func, program)})
 
 
 def _metaschedule(func: Any, tgt: Any, n: int, seed: int = 1) -> list[tuple[str, Any]]:
@@ -122,15 +129,12 @@ def prepare(out: Path) -> dict[str, Any]:
         kernel = analyse(name, func)
         cands: list[dict[str, Any]] = []
         mods: list[tuple[str, str, Any]] = [("dlight", "default", _dlight(func, tgt))]
-        mods += [("offline", note, m) for note, m in _offline(kernel)]
+        first = _first_round(kernel, tgt)[1]
+        mods += [("offline", p.note, _as_module(kernel, p.program)) for p in first]
         samples = _metaschedule(func, tgt, MS_SAMPLES)
         mods += [("metaschedule", note, m) for note, m in samples]
         for j, (proposer, note, mod) in enumerate(mods):
             row: dict[str, Any] = {"proposer": proposer, "note": note}
-            if isinstance(mod, Exception):
-                row["error"] = f"schedule: {str(mod).splitlines()[0][:200]}"
-                cands.append(row)
-                continue
             row.update(_build_candidate(mod, tgt, kdir, f"{name}_{j:02d}"))
             cands.append(row)
         index[name] = {
@@ -179,19 +183,15 @@ def prepare_round2(out: Path, index: dict[str, Any], measured: dict[str, Any], n
     fastest. The new candidates are appended to ``index`` (``"round": 2``).
     """
     from terrazzo.codegen.tuning.kernel import analyse
-    from terrazzo.codegen.tuning.offline import OfflineProposer
-    from terrazzo.codegen.tuning.proposer import HardwareSpec, Trial
+    from terrazzo.codegen.tuning.proposer import Trial
 
     tgt = _target()
-    hw = HardwareSpec(description="NVIDIA H200 (sm_90)", cores=132, vector_bits=128,
-                      peak_flops=66.9e12, mem_bw_bytes_per_s=4.8e12)  # fmt: skip
     kdir = out / "kernels"
     for name in KERNELS:
         if name not in index or name not in measured:
             continue
         kernel = analyse(name, _func(name))
-        prop = OfflineProposer(seed=0)
-        first = prop.propose(kernel, tgt, [], n, hw)
+        prop, first = _first_round(kernel, tgt, n)
         times = {c["note"]: c.get("latency_s") for c in measured[name]["candidates"]
                  if c["proposer"] == "offline"}  # fmt: skip
         history = [
@@ -206,24 +206,16 @@ def prepare_round2(out: Path, index: dict[str, Any], measured: dict[str, Any], n
             for i, p in enumerate(first)
         ]
         cands = index[name]["candidates"]
-        for j, p in enumerate(prop.propose(kernel, tgt, history, n, hw)):
+        for j, p in enumerate(prop.propose(kernel, tgt, history, n, _hardware())):
             row: dict[str, Any] = {"proposer": "offline", "round": 2, "note": p.note}
             if p.program is None:
                 row["error"] = f"proposer: {p.error}"
             else:
-                from terrazzo.codegen.tuning.program import apply_program
-
-                mod = tvm_module(apply_program(kernel.func, p.program))
-                row.update(_build_candidate(mod, tgt, kdir, f"{name}_r2_{j:02d}"))
+                stem = f"{name}_r2_{j:02d}"
+                row.update(_build_candidate(_as_module(kernel, p.program), tgt, kdir, stem))
             cands.append(row)
         built = sum(1 for c in cands if c.get("round") == 2 and "lib" in c)
         print(f"  {name}: round 2, {built} mutants of the fastest built", flush=True)
-
-
-def tvm_module(func: Any) -> Any:
-    import tvm
-
-    return tvm.IRModule({"main": func})
 
 
 def run(art: Path, index: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:

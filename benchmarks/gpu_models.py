@@ -13,6 +13,26 @@ from pathlib import Path
 from typing import Any
 
 
+def _last_hidden(inner: Any, arg: str, mask: bool = False) -> Any:
+    """``inner(arg=x).last_hidden_state`` as a one-input, one-output module (with an all-ones
+    ``attention_mask`` when ``mask``: the TorchScript exporter cannot trace the mask-less path
+    of some encoders)."""
+    import torch
+
+    class LastHidden(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x: Any) -> Any:
+            extra = {"attention_mask": torch.ones_like(x)} if mask else {}
+            return self.inner(**{arg: x}, **extra).last_hidden_state
+
+    wrapper = LastHidden()
+    wrapper.__class__.__name__ = type(inner).__name__
+    return wrapper
+
+
 def _vit() -> tuple[Any, tuple[Any, ...], tuple[str, ...]]:
     import torch
     from transformers import ViTConfig, ViTModel
@@ -27,17 +47,8 @@ def _vit() -> tuple[Any, tuple[Any, ...], tuple[str, ...]]:
         intermediate_size=128,
         attn_implementation="eager",
     )
-    inner = ViTModel(cfg, add_pooling_layer=False)
-
-    class ViT(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, pixel_values: Any) -> Any:
-            return self.inner(pixel_values=pixel_values).last_hidden_state
-
-    return ViT(), (torch.randn(1, 3, 32, 32),), ("pixel_values",)
+    model = _last_hidden(ViTModel(cfg, add_pooling_layer=False), "pixel_values")
+    return model, (torch.randn(1, 3, 32, 32),), ("pixel_values",)
 
 
 def _t5_encoder() -> tuple[Any, tuple[Any, ...], tuple[str, ...]]:
@@ -53,18 +64,8 @@ def _t5_encoder() -> tuple[Any, tuple[Any, ...], tuple[str, ...]]:
         num_heads=4,
         attn_implementation="eager",
     )
-    inner = T5EncoderModel(cfg)
-
-    class T5Enc(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, input_ids: Any) -> Any:
-            mask = torch.ones_like(input_ids)
-            return self.inner(input_ids=input_ids, attention_mask=mask).last_hidden_state
-
-    return T5Enc(), (torch.randint(0, 256, (1, 16)),), ("input_ids",)
+    model = _last_hidden(T5EncoderModel(cfg), "input_ids", mask=True)
+    return model, (torch.randint(0, 256, (1, 16)),), ("input_ids",)
 
 
 def _whisper_encoder() -> tuple[Any, tuple[Any, ...], tuple[str, ...]]:
@@ -89,17 +90,8 @@ def _whisper_encoder() -> tuple[Any, tuple[Any, ...], tuple[str, ...]]:
         max_target_positions=32,
         attn_implementation="eager",
     )
-    inner = WhisperModel(cfg).get_encoder()
-
-    class WhisperEnc(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, input_features: Any) -> Any:
-            return self.inner(input_features=input_features).last_hidden_state
-
-    return WhisperEnc(), (torch.randn(1, 16, 64),), ("input_features",)
+    model = _last_hidden(WhisperModel(cfg).get_encoder(), "input_features")
+    return model, (torch.randn(1, 16, 64),), ("input_features",)
 
 
 HELD_OUT: dict[str, Callable[[], tuple[Any, tuple[Any, ...], tuple[str, ...]]]] = {

@@ -29,6 +29,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -331,6 +332,19 @@ def build_bisect(out: Path) -> dict[str, Any]:
     return {"bundle": "bundles/decode-bisect.tzb", "stages": stages}
 
 
+def build_kernel_bisect(out: Path) -> dict[str, Any]:
+    """The LLM bundle's decode step, each fused kernel built for CUDA and for the CPU."""
+    import gpu_bisect
+
+    from terrazzo.bundle import open_bundle
+    from terrazzo.codegen.llm_phases import TinyLlamaConfig, export_relax
+
+    with open_bundle(out / "bundles" / "llm-pd.tzb") as b:
+        node = next(n for n in (b.plan_json or {})["agent"]["nodes"] if n["kind"] == "llm.call")
+    mod = export_relax(TinyLlamaConfig(**node["config"]))["decode"]
+    return gpu_bisect.prepare(out, mod, "decode")
+
+
 # --- calibration ops -----------------------------------------------------------------------------
 
 
@@ -392,8 +406,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-serve", action="store_true", help="site without the serving wheels")
     ap.add_argument("--kernels-round2", metavar="GPU_RUN_JSON",
                     help="add the offline proposer's second round from a first run's times")  # fmt: skip
-    ap.add_argument("--skip", default="", help="comma list of parts to skip: "
-                    "site,models,mixed,llm,ops,kernels")  # fmt: skip
+    ap.add_argument("--skip", default="", help="comma list of parts to skip: site, models, "
+                    "mixed, llm, llm-nograph, llm-rev, kbisect, bisect, ops, kernels")  # fmt: skip
     args = ap.parse_args(argv)
     out = Path(args.out)
     skip = set(filter(None, args.skip.split(",")))
@@ -410,59 +424,37 @@ def main(argv: list[str] | None = None) -> int:
     if "site" not in skip:
         pack_site(out, Path(args.wheel_cache), serve=not args.no_serve)
     snapshot_repo(out)
-    if "models" not in skip:
-        log("models (h200 only):")
-        preds["models"] = build_models(out, args.models.split(","))
-        save()
-    if "mixed" not in skip:
-        log("mixed bundle (cpu + h200):")
-        preds["mixed"] = build_mixed(out)
-        save()
-    if "llm" not in skip:
-        log("LLM agent (prefill and decode on different classes):")
-        preds["llm"] = build_llm(out)
-        save()
-    if "llm-nograph" not in skip and "llm" not in skip:
-        log("LLM agent built without CUDA graphs (diagnostic twin):")
+    import gpu_kernels
+
+    def no_cuda_graph_llm() -> dict[str, Any]:
         os.environ["TERRAZZO_CUDA_GRAPH"] = "0"
         try:
-            preds["llm_nograph"] = build_llm(out, "llm-pd-nograph")
+            return build_llm(out, "llm-pd-nograph")
         finally:
             del os.environ["TERRAZZO_CUDA_GRAPH"]
-        save()
-    if "llm-rev" not in skip:
-        log("LLM agent under a TTFT bound (prefill on the GPU, decode on the CPU):")
-        preds["llm_rev"] = build_llm(out, "llm-pd-rev", ttft_s=0.1)
-        save()
-    if "kbisect" not in skip:
-        import gpu_bisect
 
-        from terrazzo.bundle import open_bundle
-        from terrazzo.codegen.llm_phases import TinyLlamaConfig, export_relax
-
-        log("decode step, fused kernels for cuda and cpu:")
-        with open_bundle(out / "bundles" / "llm-pd.tzb") as b:
-            node = next(n for n in (b.plan_json or {})["agent"]["nodes"] if n["kind"] == "llm.call")
-        mod = export_relax(TinyLlamaConfig(**node["config"]))["decode"]
-        preds["kbisect"] = gpu_bisect.prepare(out, mod, "decode")
-        save()
-    if "bisect" not in skip:
-        log("decode step, one stage per op:")
-        preds["bisect"] = build_bisect(out)
-        save()
-    if "ops" not in skip:
-        log("calibration ops:")
-        preds["ops"] = build_ops(out, args.quick)
-        save()
-    if "kernels" not in skip:
-        import gpu_kernels
-
-        log("schedule-search candidates:")
-        preds["kernels"] = gpu_kernels.prepare(out)
+    # (--skip name, predictions key, what it builds, how); in order: later parts read earlier ones
+    parts: list[tuple[str, str, str, Callable[[], Any]]] = [
+        ("models", "models", "models (h200 only)", lambda: build_models(out, args.models.split(","))),
+        ("mixed", "mixed", "mixed bundle (cpu + h200)", lambda: build_mixed(out)),
+        ("llm", "llm", "LLM agent (prefill and decode on different classes)", lambda: build_llm(out)),
+        ("llm-nograph", "llm_nograph", "LLM agent built without CUDA graphs (diagnostic twin)",
+         no_cuda_graph_llm),
+        ("llm-rev", "llm_rev", "LLM agent under a TTFT bound (prefill on the GPU, decode on the CPU)",
+         lambda: build_llm(out, "llm-pd-rev", ttft_s=0.1)),
+        ("kbisect", "kbisect", "decode step, fused kernels for cuda and cpu",
+         lambda: build_kernel_bisect(out)),
+        ("bisect", "bisect", "decode step, one stage per op", lambda: build_bisect(out)),
+        ("ops", "ops", "calibration ops", lambda: build_ops(out, args.quick)),
+        ("kernels", "kernels", "schedule-search candidates", lambda: gpu_kernels.prepare(out)),
+    ]  # fmt: skip
+    for name, key, what, build in parts:
+        if name in skip or (name == "llm-nograph" and "llm" in skip):
+            continue
+        log(f"{what}:")
+        preds[key] = build()
         save()
     if args.kernels_round2:
-        import gpu_kernels
-
         log("schedule search, round 2:")
         measured = json.loads(Path(args.kernels_round2).read_text()).get("kernels", {})
         gpu_kernels.prepare_round2(out, preds["kernels"], measured)

@@ -16,7 +16,6 @@ import json
 import os
 import platform
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -244,41 +243,38 @@ def models(art: Path, preds: dict[str, Any]) -> dict[str, Any]:
     return rows
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Served:
-    """``terrazzo serve BUNDLE`` in a subprocess, its output kept."""
+    """``terrazzo serve BUNDLE`` in a subprocess on ports the OS picks, its output kept."""
 
     def __init__(self, bundle: Path, logfile: Path) -> None:
-        self.port, self.metrics = _free_port(), _free_port()
+        self.port = self.metrics = 0
+        self.model = ""
         self.logfile = logfile
         self._fh = logfile.open("w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "terrazzo.cli", "serve", str(bundle), "--port", str(self.port),
-             "--metrics-port", str(self.metrics)],
+            [sys.executable, "-m", "terrazzo.cli", "serve", str(bundle), "--port", "0",
+             "--metrics-port", "0"],
             stdout=self._fh, stderr=subprocess.STDOUT,
         )  # fmt: skip
 
     def wait_ready(self, timeout: float = 120.0) -> float:
-        import tritonclient.grpc as tc
-
+        """Seconds until the server says it is ready; reads its ports and model name."""
         t0 = time.perf_counter()
-        client = tc.InferenceServerClient(f"127.0.0.1:{self.port}")
         while time.perf_counter() - t0 < timeout:
             if self.proc.poll() is not None:
                 raise RuntimeError(
                     f"serve exited with {self.proc.returncode}: {self.text()[-800:]}"
                 )
-            try:
-                if client.is_server_ready():
-                    return time.perf_counter() - t0
-            except Exception:
-                pass
-            time.sleep(0.25)
+            text = self.text()
+            if any(line.startswith("ready") for line in text.splitlines()):
+                served = re.search(r"serving (?:model|agent) '([^']+)' on [\d.]+:(\d+)", text)
+                metrics = re.search(r"metrics on http://[\d.]+:(\d+)/", text)
+                if not served or not metrics:
+                    raise RuntimeError(f"no model name or ports in serve output: {text[-400:]}")
+                self.model, self.port = served.group(1), int(served.group(2))
+                self.metrics = int(metrics.group(1))
+                return time.perf_counter() - t0
+            time.sleep(0.1)
         raise RuntimeError(f"serve not ready after {timeout} s: {self.text()[-800:]}")
 
     def text(self) -> str:
@@ -326,7 +322,7 @@ def mixed(art: Path, preds: dict[str, Any], results: Path) -> dict[str, Any]:
     inputs, ref = _inputs(npz), npz["ref"]
     try:
         row["serve_ready_s"] = srv.wait_ready()
-        name = _served_model_name(srv)
+        name = srv.model
         client = tc.InferenceServerClient(f"127.0.0.1:{srv.port}")
         tin = []
         for k, v in inputs.items():
@@ -354,13 +350,6 @@ def mixed(art: Path, preds: dict[str, Any], results: Path) -> dict[str, Any]:
     return row
 
 
-def _served_model_name(srv: Served) -> str:
-    m = re.search(r"serving (?:model|agent) '([^']+)'", srv.text())
-    if not m:
-        raise RuntimeError(f"no model name in serve output: {srv.text()[-400:]}")
-    return m.group(1)
-
-
 def _v2(dtype: np.dtype) -> str:
     return {"float32": "FP32", "int64": "INT64", "int32": "INT32", "float16": "FP16"}[str(dtype)]
 
@@ -376,7 +365,7 @@ def _llm(
     row: dict[str, Any] = {"stages": entry["stages"]}
     try:
         row["serve_ready_s"] = srv.wait_ready()
-        name = _served_model_name(srv)
+        name = srv.model
         client = tc.InferenceServerClient(f"127.0.0.1:{srv.port}")
         equal, lat = [], []
         for p, exp in zip(npz["prompts"], npz["expected"], strict=True):

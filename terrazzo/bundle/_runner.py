@@ -74,13 +74,12 @@ def _install_fatbin_callback(source: str | None, fatbin: bytes | None) -> None:
             return hit
         FATBIN_STATS["nvcc"] += 1
         log.warning("no bundled fatbin for this CUDA source: compiling it with nvcc at load time")
-        import os
-
         from tvm.support import nvcc
 
-        # IEEE math, as the bundled fatbins are built (codegen's ``precise_cuda_math``)
-        os.environ["TVM_CUDA_NVCC_NO_FAST_MATH"] = "1"
-        return bytes(nvcc.compile_cuda(code, target_format="fatbin", compiler="nvcc"))
+        from terrazzo.codegen import precise_cuda_math
+
+        with precise_cuda_math():  # IEEE math, as the bundled fatbins are built
+            return bytes(nvcc.compile_cuda(code, target_format="fatbin", compiler="nvcc"))
 
     tvm_ffi.register_global_func("tvm_callback_cuda_compile", compile_cuda, override=True)
 
@@ -217,7 +216,8 @@ class StageRunner:
         runner._bundle = bundle  # keep the extracted files alive as long as the runner
         return runner
 
-    def __call__(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _device_args(self, inputs: Mapping[str, np.ndarray]) -> list[Any]:
+        """The inputs checked against the signature and copied to this stage's device."""
         import tvm
 
         args = []
@@ -231,7 +231,10 @@ class StageRunner:
                     f"got {a.dtype}{list(a.shape)}"
                 )
             args.append(tvm.runtime.tensor(np.ascontiguousarray(a), self._dev))
-        result = self._fn(*args, *self._weights)
+        return args
+
+    def __call__(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        result = self._fn(*self._device_args(inputs), *self._weights)
         flat = list(result) if not hasattr(result, "numpy") else [result]
         return {spec.name: r.numpy() for spec, r in zip(self.outputs, flat, strict=True)}
 
@@ -244,13 +247,8 @@ class StageRunner:
         Timed by TVM's evaluator (it synchronises the device after each batch of ``number``
         calls); returns the ``repeat`` per-call means.
         """
-        import tvm
-
-        args = [
-            tvm.runtime.tensor(np.ascontiguousarray(inputs[s.name]), self._dev) for s in self.inputs
-        ]
         timer = self._vm.time_evaluator("main", self._dev, number=number, repeat=repeat)
-        return [float(r) for r in timer(*args, *self._weights).results]
+        return [float(r) for r in timer(*self._device_args(inputs), *self._weights).results]
 
 
 def run_pipeline(
