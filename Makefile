@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 DEMO_DIR ?= out/demo
 
-.PHONY: install demo test test-fast test-all smoke lint format bench clean
+.PHONY: install demo test test-fast test-all smoke lint format bench clean image
 
 $(BIN)/python:
 	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) on PATH"; exit 1; }
@@ -54,3 +54,10 @@ format: $(STAMP)
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache
+
+# The slim serving image (TVM runtime only) that `terrazzo deploy k8s` manifests run. Skipped
+# with a message where no Docker daemon answers; the Dockerfile is linted by the test suite.
+IMAGE ?= terrazzo-serve:0.1.0
+image:
+	@if docker info >/dev/null 2>&1; then docker build -t $(IMAGE) . ; \
+	else echo "make image: no Docker daemon here; skipped (tests lint the Dockerfile)"; fi

@@ -56,6 +56,15 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--trust-key", default=None, help="public key file the bundle signature must verify against"
     )
+    p.add_argument(
+        "--worker",
+        action="append",
+        default=[],
+        metavar="STAGE=HOST:PORT",
+        help="use a worker started elsewhere (`terrazzo worker`, e.g. a Kubernetes pod) for one "
+        "replica of STAGE instead of starting local processes; repeat per replica. The shared "
+        "internal token comes from $TERRAZZO_INTERNAL_TOKEN",
+    )
     p.set_defaults(func=run)
 
 
@@ -99,6 +108,17 @@ def run(args: argparse.Namespace) -> int:
                 trust_key = f.read()
         except OSError as e:
             raise ServingError(f"cannot read --trust-key: {e}") from e
+    static: dict[str, Any] = {}
+    if args.worker:
+        from terrazzo.commands.worker import internal_token
+        from terrazzo.runtime.static_launcher import parse_worker_flags
+
+        if args.ray:
+            raise ServingError("--worker and --ray exclude each other")
+        static = {
+            "static_workers": parse_worker_flags(args.worker),
+            "worker_token": internal_token(),
+        }
     t0 = time.perf_counter()
     server = serve(
         args.bundle,
@@ -113,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
         default_timeout_s=args.timeout,
         max_message_bytes=args.max_message_mib << 20,
         max_queue=args.max_queue,
+        **static,
     )
     ready_s = time.perf_counter() - t0
     print(

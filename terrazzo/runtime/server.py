@@ -12,9 +12,9 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent import futures
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -74,6 +74,10 @@ class ServeOptions:
     restart_workers: bool = True
     ray_address: str | None = None
     trust_key: str | os.PathLike[str] | bytes | None = None
+    # Workers started elsewhere (``terrazzo worker``, e.g. Kubernetes pods): stage -> addresses,
+    # and the internal token they were given (default: a fresh random one for local workers).
+    static_workers: Mapping[int, tuple[str, ...]] | None = None
+    worker_token: str | None = None
     extra: dict[str, object] = field(default_factory=dict)
 
 
@@ -90,7 +94,8 @@ class Server:
         self.opts = opts
         self.metrics = RuntimeMetrics()
         self._worker_opts = WorkerOptions(
-            token=secrets.token_hex(16), max_message_bytes=opts.max_message_bytes
+            token=opts.worker_token or secrets.token_hex(16),
+            max_message_bytes=opts.max_message_bytes,
         )
         self._launcher = make_launcher(self._worker_opts)
         self.pools = [ReplicaPool(s, self.metrics) for s in plan.stages]
@@ -339,7 +344,24 @@ def serve(
     plan = plan.with_replicas(replicas)
     plan.verify()
     make_launcher: Callable[[WorkerOptions], Launcher] = LocalLauncher
-    if ray_address:
+    if opts.static_workers is not None:
+        from terrazzo.runtime.static_launcher import StaticLauncher
+
+        workers = opts.static_workers
+        # one replica per given address; check() names stages without any
+        plan = replace(
+            plan,
+            stages=tuple(
+                replace(s, replicas=len(opts.static_workers.get(s.index, ())) or s.replicas)
+                for s in plan.stages
+            ),
+        )
+        StaticLauncher(workers).check(plan.stages)
+
+        def make_launcher(wopts: WorkerOptions) -> Launcher:
+            return StaticLauncher(workers, wopts.token)
+
+    elif ray_address:
         from terrazzo.runtime.ray_launcher import RayLauncher
 
         def make_launcher(wopts: WorkerOptions) -> Launcher:

@@ -82,6 +82,9 @@ class _WorkerServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ServerReadyResponse(ready=True)
 
     def ModelReady(self, request, context):
+        # token-checked: a gateway admitting a worker it did not start (`serve --worker`)
+        # learns here whether both hold the same internal token
+        self._check_token(context)
         return pb.ModelReadyResponse(ready=request.name == self.model_name)
 
     def ModelInfer(self, request, context):
@@ -163,7 +166,8 @@ class WorkerServer:
     """A stage worker's gRPC server, usable in its own process or inside a Ray actor.
 
     Args:
-        config: ``{"stage": {...}, "token": str, "max_message_bytes": int, "host": str}``.
+        config: ``{"stage": {...}, "token": str, "max_message_bytes": int, "host": str}``, and
+            ``"port"`` (default 0: any free port).
     """
 
     def __init__(self, config: dict[str, Any]):
@@ -178,9 +182,10 @@ class WorkerServer:
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(self.servicer, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(_HealthServicer(), self._server)
         host = str(config.get("host", "127.0.0.1"))
-        self.port = self._server.add_insecure_port(f"{host}:0")
+        want = int(config.get("port", 0))
+        self.port = self._server.add_insecure_port(f"{host}:{want}")
         if self.port == 0:
-            raise RuntimeError(f"worker could not bind a port on {host}")
+            raise RuntimeError(f"worker could not bind port {want} on {host}")
 
     def start(self) -> int:
         """Start serving and return the bound port."""
