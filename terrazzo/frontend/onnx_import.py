@@ -10,6 +10,7 @@ from typing import Any
 from terrazzo.errors import FrontendError
 from terrazzo.frontend.onnx_checks import check_supported_ops, load_model_safely
 from terrazzo.frontend.onnx_fixups import fold_constant_of_shape, normalise_constants
+from terrazzo.frontend.onnx_rnn import register as register_rnn_converters
 from terrazzo.frontend.relax_graph import to_graph, uniquify_names
 from terrazzo.ir import Graph
 
@@ -98,6 +99,7 @@ def from_onnx(
 
     p = Path(path)
     model = load_model_safely(p)
+    register_rnn_converters()
     check_supported_ops(model, where=p.name)
     shape_dict, dtype_dict = _input_specs(model, shapes, p.name)
     normalise_constants(model)
