@@ -9,9 +9,9 @@ project has. Semantics follow the ONNX operator spec (opsets 7/14/22):
   ``initial_c`` optional (zeros); ``B`` optional (zeros); LSTM peepholes ``P``; ``clip``;
   GRU ``linear_before_reset`` 0 and 1; activations ``Sigmoid``, ``Tanh``, ``Relu`` (the
   defaults are Sigmoid/Tanh/Tanh for LSTM, Sigmoid/Tanh for GRU, Tanh for RNN).
-* Refused with one line naming the attribute or input: ``sequence_lens`` that is not a
-  constant equal to the sequence length for every batch row (ragged batches), LSTM
-  ``input_forget=1``, other activation functions or ``activation_alpha``/``beta``.
+* ``sequence_lens`` (ragged batches): rows shorter than step ``t`` keep their state and
+  output zeros there, as the spec says; dropped when it is a constant equal to the length.
+* Refused with one line naming the attribute: LSTM ``input_forget=1``, other activation functions or ``activation_alpha``/``beta``.
 
 ``register()`` adds them to TVM's converter table (``_get_convert_map``), the one place
 both ``check_supported_ops`` and TVM's importer read.
@@ -64,23 +64,20 @@ def _act(name: str, x: Any) -> Any:
     return {"sigmoid": relax.op.sigmoid, "tanh": relax.op.tanh, "relu": relax.op.nn.relu}[name](x)
 
 
-def _check_seq_lens(op: str, seq_lens: Any, params: Any, seq: int) -> None:
-    if seq_lens is None:
-        return
+def _seq_mask(bb: Any, seq_lens: Any, seq: int, batch: int) -> Any:
+    """``sequence_lens`` as an int64 ``[batch, 1]`` tensor, or None when every row is full."""
     import numpy as np
+    import tvm
     from tvm import relax
 
-    if not isinstance(seq_lens, relax.Constant):
-        raise FrontendError(
-            f"ONNX {op}: input 'sequence_lens' given at run time is not supported "
-            "(ragged batches); omit it or make it a constant equal to the sequence length"
-        )
-    vals = np.asarray(seq_lens.data.numpy()).reshape(-1)
-    if not np.all(vals == seq):
-        raise FrontendError(
-            f"ONNX {op}: input 'sequence_lens' {vals.tolist()} differs from the sequence "
-            f"length {seq}; ragged batches are not supported"
-        )
+    if seq_lens is None:
+        return None
+    if isinstance(seq_lens, tvm.ir.GenericConst):
+        vals = np.asarray(seq_lens.data.numpy()).reshape(-1)
+        if np.all(vals == seq):
+            return None
+    lens = relax.op.astype(seq_lens, "int64")
+    return bb.emit(relax.op.reshape(lens, [batch, 1]))
 
 
 class _Recurrent:
@@ -137,7 +134,7 @@ class _Recurrent:
                 c0 = bb.emit(relax.op.permute_dims(c0, [1, 0, 2]))
         seq, batch, _ = xs
         hidden = int(attr.get("hidden_size", _static_shape(r, f"ONNX {op} input R")[-1]))
-        _check_seq_lens(op, seq_lens, params, seq)
+        lens = _seq_mask(bb, seq_lens, seq, batch)
         acts = _activations(op, attr, cls.default_acts, num_dir)
         clip = attr.get("clip")
         k = len(cls.default_acts)
@@ -167,7 +164,7 @@ class _Recurrent:
             outs: list[Any] = [None] * seq
             for t in steps:
                 xt = bb.emit(relax.op.take(xw, relax.const(t, "int64"), axis=0))
-                h, c = cls._step(
+                h_new, c_new = cls._step(
                     bb,
                     xt,
                     h,
@@ -179,7 +176,14 @@ class _Recurrent:
                     {"clip": clip, **attr},
                     hidden,
                 )
-                outs[t] = h
+                if lens is None:
+                    h, c, outs[t] = h_new, c_new, h_new
+                else:  # rows shorter than t+1 keep their state and output zeros
+                    live = bb.emit(relax.op.less(relax.const(t, "int64"), lens))
+                    h = bb.emit(relax.op.where(live, h_new, h))
+                    if c is not None:
+                        c = bb.emit(relax.op.where(live, c_new, c))
+                    outs[t] = bb.emit(relax.op.where(live, h_new, zeros))
             ys.append(bb.emit(relax.op.stack(outs, axis=0)))  # [seq, batch, hidden]
             hs.append(h)
             cs.append(c)

@@ -41,6 +41,7 @@ def _onnx_rnn(
     init: bool = False,
     peep: bool = False,
     extra: dict | None = None,
+    lens: list[int] | None = None,
     seed: int = 0,
     seq: int = 4,
     batch: int = 2,
@@ -65,8 +66,11 @@ def _onnx_rnn(
     hshape = (nd, batch, hidden) if layout == 0 else (batch, nd, hidden)
     graph_inputs = [helper.make_tensor_value_info("X", TensorProto.FLOAT, xshape)]
     feeds = {"X": rng.standard_normal(xshape).astype("f4")}
-    if init or peep:
-        names.append("")  # sequence_lens
+    if init or peep or lens:
+        names.append("L" if lens else "")  # sequence_lens
+        if lens:
+            graph_inputs.append(helper.make_tensor_value_info("L", TensorProto.INT32, (batch,)))
+            feeds["L"] = np.asarray(lens, dtype=np.int32)
         names.append("H0" if init else "")
         if init:
             graph_inputs.append(helper.make_tensor_value_info("H0", TensorProto.FLOAT, hshape))
@@ -138,6 +142,12 @@ def test_onnx_no_bias_nan(tmp_path, op):
 def test_onnx_layout1(tmp_path, op):
     model, feeds = _onnx_rnn(op, direction="bidirectional", layout=1, init=True, seed=7)
     _check_onnx(tmp_path, model, feeds, ref="onnx-reference")
+
+
+@pytest.mark.parametrize("op", ["LSTM", "GRU", "RNN"])
+def test_onnx_ragged_sequence_lens(tmp_path, op):
+    model, feeds = _onnx_rnn(op, direction="bidirectional", init=True, lens=[4, 2], seed=11)
+    _check_onnx(tmp_path, model, feeds)
 
 
 def test_onnx_gru_linear_before_reset(tmp_path):
