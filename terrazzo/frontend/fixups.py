@@ -19,6 +19,11 @@ Rules:
   equals exactly. Found on an H200: dlight's GPU matmul rule miscompiles such a matmul fused
   with an elementwise producer and epilogue (``cache * keep + write @ k``; relative error 1.08
   against the CPU build of the same kernel), so decoded tokens diverged from the reference.
+* ``take`` in ``fast`` mode (no index handling) becomes ``wrap`` mode. The torch frontend
+  emits ``take(x, idx)`` for ``x[:, [-1, 0]]`` with the negative index as written, and ``fast``
+  then reads memory before the tensor (silent garbage that changes from run to run). ``wrap``
+  equals torch/numpy indexing for every valid index in ``[-n, n)``; an invalid one wraps
+  instead of reading out of bounds. The cost is one modulo per gathered index.
 """
 
 from __future__ import annotations
@@ -65,6 +70,11 @@ def _make_mutator() -> Any:
         def visit_call_(self, call: relax.Call) -> relax.Expr:
             call = super().visit_call_(call)
             op = getattr(call, "op", None)
+            if isinstance(op, tvm.ir.Op) and op.name == "relax.take" and call.attrs.mode == "fast":
+                axis = call.attrs.axis
+                return relax.op.take(
+                    call.args[0], call.args[1], None if axis is None else int(axis), mode="wrap"
+                )
             if isinstance(op, tvm.ir.Op) and op.name == "relax.matmul":
                 outer = _outer_product(call)
                 return call if outer is None else outer

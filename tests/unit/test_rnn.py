@@ -313,3 +313,11 @@ def test_bundle_from_torch_compile(tmp_path, kind):
     for k in first:
         np.testing.assert_array_equal(first[k], second[k], err_msg=f"{k} changed between runs")
     _compare(first, want, names)
+
+
+def test_torch_negative_index_list():
+    class Pick(torch.nn.Module):
+        def forward(self, x):
+            return x[:, [-1, 0, -3]] * 1.0
+
+    _check_torch(Pick(), (torch.randn(2, 4, 5),))
