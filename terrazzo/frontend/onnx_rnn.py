@@ -49,7 +49,8 @@ def _activations(op: str, attr: dict[str, Any], defaults: list[str], num_dir: in
             f"ONNX {op}: attribute 'activations' has {len(acts)} entries, expected "
             f"{len(defaults) * num_dir}"
         )
-    bad = sorted({a for a in acts if a not in _ACTS})
+    given = [_as_str(a) for a in attr.get("activations", [])]
+    bad = sorted({a for a in given if a.lower() not in _ACTS})
     if bad:
         raise FrontendError(
             f"ONNX {op}: attribute 'activations' uses {', '.join(bad)}; supported: "

@@ -321,3 +321,28 @@ def test_torch_negative_index_list():
             return x[:, [-1, 0, -3]] * 1.0
 
     _check_torch(Pick(), (torch.randn(2, 4, 5),))
+
+
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        ({"input_forget": 1}, "input_forget"),
+        ({"activations": ["HardSigmoid", "Tanh", "Tanh"]}, "HardSigmoid"),
+    ],
+)
+def test_onnx_refusal_via_cli_exit_2(tmp_path, capsys, extra, named):
+    from terrazzo.cli import main
+
+    model, _ = _onnx_rnn("LSTM", extra=extra)
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    (tmp_path / "fleet.yaml").write_text("devices:\n  cpu: {count: 1}\n")
+    argv = ["compile", str(path), "--fleet", str(tmp_path / "fleet.yaml"), "--sla", "1s"]
+    try:
+        rc = main([*argv, "-o", str(tmp_path / "m.tzb")])
+    except SystemExit as e:
+        rc = e.code
+    err = capsys.readouterr().err.strip()
+    assert rc == 2, err
+    assert named in err and "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "m.tzb").exists()
