@@ -99,7 +99,7 @@ def _versions() -> dict[str, str]:
 def _safetensors_bytes(weights: Mapping[str, np.ndarray]) -> bytes:
     from safetensors.numpy import save
 
-    return bytes(save({k: np.ascontiguousarray(v) for k, v in weights.items()}))
+    return bytes(save({k: np.asarray(v, order="C") for k, v in weights.items()}))
 
 
 def write_bundle(

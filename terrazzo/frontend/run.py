@@ -54,7 +54,7 @@ def build_cpu(graph: Graph) -> Callable[[Mapping[str, np.ndarray]], dict[str, np
         args = []
         for n in graph.inputs:
             want = graph.values[n]
-            arr = np.ascontiguousarray(named[n], dtype=want.dtype)
+            arr = np.asarray(named[n], dtype=want.dtype, order="C")
             if tuple(arr.shape) != want.shape:
                 raise FrontendError(f"input {n!r} has shape {arr.shape}, expected {want.shape}")
             args.append(tvm.runtime.tensor(arr, dev))
