@@ -44,8 +44,11 @@ def build_cpu(graph: Graph) -> Callable[[Mapping[str, np.ndarray]], dict[str, np
     vm = relax.VirtualMachine(ex, dev)
 
     def run(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        named = {sanitize_name(k): v for k, v in inputs.items()}
-        named.update(inputs)
+        # The graph keeps the model's input names; TVM's sanitised spellings are accepted too.
+        named = dict(inputs)
+        for n in graph.inputs:
+            if n not in named and sanitize_name(n) in inputs:
+                named[n] = inputs[sanitize_name(n)]
         missing = [n for n in graph.inputs if n not in named]
         if missing:
             raise FrontendError(
