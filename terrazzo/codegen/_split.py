@@ -9,7 +9,7 @@ tensor leaves, named ``var.i`` (``var.i.j`` for nested tuples).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -220,13 +220,18 @@ def _flatten_return(
     raise CodegenError(f"{where}: unsupported graph output expression {type(expr).__name__}")
 
 
-def split_relax(mod: Any, assignment: Mapping[str, int]) -> SplitModel:
+def split_relax(
+    mod: Any, assignment: Mapping[str, int], export: Collection[str] = ()
+) -> SplitModel:
     """Cut ``mod["main"]`` into stages.
 
     Args:
         mod: a Relax IRModule whose ``main`` has uniquely named bindings (weights as constants).
         assignment: binding name → stage index. Every binding must be assigned; indices must
             be 0..n-1 and a topological order (a stage reads only from earlier stages).
+        export: bindings to return from their stage even when nothing outside reads them
+            (the whole-model reference exports the values another split passes between
+            stages, so that ``verify`` can check each stage on its own).
 
     Returns:
         The SplitModel: one StageModule per stage, the graph signature and lifted weights.
@@ -282,6 +287,9 @@ def split_relax(mod: Any, assignment: Mapping[str, int]) -> SplitModel:
     for v in graph_out_vars:
         if v in stage_of:
             exported.setdefault(v, set()).add("graph output")
+    for v in export:
+        if v in stage_of and v not in dead:
+            exported.setdefault(v, set()).add("exported")
 
     consts = _collect_constants(func)
     weights = {name: c.value.numpy() for c, name in consts.items()}
