@@ -13,6 +13,7 @@ import numpy as np
 
 from terrazzo.errors import CodegenError, FrontendError
 from terrazzo.frontend.fixups import prepare_for_build
+from terrazzo.frontend.ieee import NanPropagatingMinMax
 from terrazzo.frontend.onnx_import import sanitize_name
 from terrazzo.ir import Graph
 
@@ -36,6 +37,8 @@ def build_cpu(graph: Graph) -> Callable[[Mapping[str, np.ndarray]], dict[str, np
         raise FrontendError(f"graph {graph.name!r} has no Relax module (not from a frontend)")
     try:
         mod = prepare_for_build(graph.relax_mod)
+        # Legalize first so that float min/max propagate NaN (see frontend.ieee).
+        mod = NanPropagatingMinMax()(relax.transform.LegalizeOps()(mod))
         ex = tvm.compile(mod, target=tvm.target.Target({"kind": "llvm"}))
     except Exception as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[-1]
