@@ -121,16 +121,15 @@ def keep_signature_names(mod: Any, inputs: Sequence[str], outputs: Sequence[str]
                 name = new_name[b.var.name]
                 if isinstance(b, relax.MatchCast):
                     v = bb.match_cast(value, b.ty, name_hint=name)
-                elif single and not copies and leaves[0].same_as(b.var):
-                    v = bb.emit_output(value, name_hint=name)  # the one output, bound once
-                else:
-                    v = bb.emit(value, name_hint=name)
+                    v = _bind(bb, v, name, output=False) if v.name != name else v
+                else:  # the one output bound once is the function's result
+                    out = single and not copies and leaves[0].same_as(b.var)
+                    v = _bind(bb, value, name, output=out)
                 var_map[b.var.name] = v
             outs = [mut.rewrite(leaf) for leaf in leaves]
             for i, leaf in copies:
                 copy = relax.op.astype(mut.rewrite(leaf), leaf.ty.dtype)
-                emit = bb.emit_output if single else bb.emit
-                outs[i] = emit(copy, name_hint=outputs[i])
+                outs[i] = _bind(bb, copy, outputs[i], output=single)
             if single:
                 ret = outs[0]
                 if isinstance(ret, relax.DataflowVar):  # a match_cast output
@@ -147,6 +146,16 @@ def keep_signature_names(mod: Any, inputs: Sequence[str], outputs: Sequence[str]
         if gv.name_hint != "main":
             out[gv] = f
     return relax.transform.Normalize()(out)
+
+
+def _bind(bb: Any, value: Any, name: str, *, output: bool) -> Any:
+    """Emit ``name = value`` keeping ``name`` verbatim (``emit(name_hint=)`` rewrites dots)."""
+    from tvm import relax
+
+    value = bb.normalize(value)
+    var = (relax.Var if output else relax.DataflowVar)(name, value.ty)
+    bb.emit_normalized(relax.VarBinding(var, value))
+    return var
 
 
 def _returned_tuple_names(ret: Any, tuples: dict[str, Any]) -> set[str]:
