@@ -363,7 +363,7 @@ def split_relax(
                             outs.append(e)
                 ret = bb.emit_output(relax.Tuple(outs))
             bb.emit_func_output(ret)
-        smod = bb.get()
+        smod = _with_callees(bb.get(), mod, own)
         stages.append(
             StageModule(
                 index=s,
@@ -384,6 +384,25 @@ def split_relax(
         output_types=tuple(_tensor_type(t, f"graph output {n!r}") for n, _, _, t in out_leaves),
         weights=MappingProxyType(weights),
     )
+
+
+def _with_callees(smod: Any, mod: Any, own: list[Any]) -> Any:
+    """``smod`` plus the functions of ``mod`` its bindings call (``R.call_tir`` to PrimFuncs the
+    importer emitted, e.g. for ONNX ``Clip``), which a stage module would otherwise lack."""
+    from tvm import ir, relax
+
+    found: dict[str, Any] = {}
+
+    def visit(e: Any) -> None:
+        if isinstance(e, ir.GlobalVar) and e.name_hint != "main":
+            found.setdefault(e.name_hint, e)
+
+    for b in own:
+        relax.analysis.post_order_visit(b.value, visit)
+    for name, gv in found.items():
+        if name in [g.name_hint for g in mod.functions]:
+            smod[gv] = mod[gv]
+    return smod
 
 
 def _rebuild_tuple(ty: Any, leaves: Any) -> Any:
