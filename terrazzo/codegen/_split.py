@@ -274,10 +274,17 @@ def split_relax(
 
     # Which values each stage must export: read by another stage or a graph output.
     exported: dict[str, set[str]] = {}
+    # Constant shapes (``R.shape([16, 1])`` for a reshape) are not tensors and cannot cross a
+    # cut: a stage that reads one from another stage binds it again itself.
+    rebound = {
+        b.var.name: relax.ShapeExpr(b.var.ty.values)
+        for b in bindings
+        if isinstance(b.var.ty, relax.ShapeType) and b.var.ty.values is not None
+    }
     for b in bindings:
         s = stage_of[b.var.name]
         for u in uses[b.var.name]:
-            if u in stage_of and stage_of[u] != s:
+            if u in stage_of and stage_of[u] != s and u not in rebound:
                 if stage_of[u] > s:
                     raise CodegenError(
                         f"stage {s} (binding {b.var.name!r}) reads {u!r} from later stage "
@@ -288,7 +295,7 @@ def split_relax(
         if v in stage_of:
             exported.setdefault(v, set()).add("graph output")
     for v in export:
-        if v in stage_of and v not in dead:
+        if v in stage_of and v not in dead and v not in rebound:
             exported.setdefault(v, set()).add("exported")
 
     consts = _collect_constants(func)
@@ -310,6 +317,8 @@ def split_relax(
         in_names: list[str] = []
         in_types: list[TensorType] = []
         tuple_inputs: list[tuple[str, Any, list[Any]]] = []
+        own_rebound = [(u, rebound[u]) for u in ext_reads if u in rebound]
+        ext_reads = [u for u in ext_reads if u not in rebound]
         for u in ext_reads:
             ty = func.params[param_names.index(u)].ty if u in param_names else var_of[u].ty
             leaves = _leaves(u, ty)
@@ -346,6 +355,8 @@ def split_relax(
                 for u, ty, leaf_params in tuple_inputs:
                     var_map[u] = _rebuild_tuple(ty, iter(leaf_params))
                 outs: list[Any] = []
+                for u, shape in own_rebound:
+                    var_map[u] = bb.emit(shape, name_hint=u)
                 for b in own:
                     value = mut.rewrite(b.value)
                     if isinstance(b, relax.MatchCast):
