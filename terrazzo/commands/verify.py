@@ -41,12 +41,16 @@ def run(args: argparse.Namespace) -> int:
             if rep.signature_verified
             else ("present, not checked" if rep.signed else "none")
         )
-        print(f"{rep.name}: {rep.members} members hash-checked; signature {sig}; numerics "
-              f"{rep.numerics}" + (f" against {rep.reference}" if rep.reference else ""))
+        print(
+            f"{rep.name}: {rep.members} members hash-checked; signature {sig}; numerics "
+            f"{rep.numerics}" + (f" against {rep.reference}" if rep.reference else "")
+        )
         for c in rep.checks:
             rel = "≤" if c.ok else ">"
-            print(f"  {'ok  ' if c.ok else 'FAIL'} {c.what}: max abs diff {c.max_abs_diff:.3g} "
-                  f"{rel} tolerance {rep.tolerance:g}" + (f" ({c.detail})" if c.detail else ""))
+            print(
+                f"  {'ok  ' if c.ok else 'FAIL'} {c.what}: max abs diff {c.max_abs_diff:.3g} "
+                f"{rel} tolerance {rep.tolerance:g}" + (f" ({c.detail})" if c.detail else "")
+            )
         if rep.trials:
             print(f"  ({rep.trials} random input sets for the whole-model reference checks)")
         for n in rep.notes:

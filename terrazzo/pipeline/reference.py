@@ -93,9 +93,7 @@ def reference_io(model: Any, graph: Any, example_inputs: Any = None) -> Referenc
         inputs = {n: a.detach().cpu().numpy() for n, a in zip(graph.inputs, args, strict=True)}
         with torch.no_grad():
             flat = pytree.tree_leaves(model.eval()(*args))
-        outputs = {
-            n: t.detach().cpu().numpy() for n, t in zip(graph.outputs, flat, strict=True)
-        }
+        outputs = {n: t.detach().cpu().numpy() for n, t in zip(graph.outputs, flat, strict=True)}
         source = f"torch {torch.__version__}"
     else:
         return None

@@ -36,7 +36,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Any:
     fleet = d / "fleet.yaml"
     fleet.write_text(json.dumps(FLEET))
     placed = d / "placed.mlir"
-    assert cli("plan", str(model), "--fleet", str(fleet), "--sla", "50ms", "-o", str(placed))[0] == 0
+    assert (
+        cli("plan", str(model), "--fleet", str(fleet), "--sla", "50ms", "-o", str(placed))[0] == 0
+    )
     text, _ = cut_every_op(placed.read_text(), ("cpu", "t4"))
     (d / "cut.mlir").write_text(text)
     bundle = d / "multi.tzb"

@@ -70,7 +70,9 @@ def _cut_and_check(tmp: Path, build: Any) -> None:
     fleet = tmp / "fleet.yaml"
     fleet.write_text(json.dumps(FLEET))
     placed = tmp / "placed.mlir"
-    assert cli("plan", str(onnx_path), "--fleet", str(fleet), "--sla", "1s", "-o", str(placed))[0] == 0
+    assert (
+        cli("plan", str(onnx_path), "--fleet", str(fleet), "--sla", "1s", "-o", str(placed))[0] == 0
+    )
     text, n_ops = cut_every_op(placed.read_text(), ("cpu",))
     (tmp / "cut.mlir").write_text(text)
     bundle = tmp / "m.tzb"
@@ -124,7 +126,10 @@ def test_bert_in_8_stages_on_3_device_classes_runs_and_verifies(tmp_path: Path) 
         lines[i] = re.sub(r'device = "[^"]*"', f'device = "{devices[s % 3]}"', lines[i])
     (tmp_path / "bert8.mlir").write_text("\n".join(lines) + "\n")
     bundle = tmp_path / "bert8.tzb"
-    assert cli("compile", str(tmp_path / "bert8.mlir"), "--fleet", str(fleet), "-o", str(bundle))[0] == 0
+    assert (
+        cli("compile", str(tmp_path / "bert8.mlir"), "--fleet", str(fleet), "-o", str(bundle))[0]
+        == 0
+    )
     rc, out = cli("inspect", str(bundle), "--json")
     info = json.loads(out)
     assert len(info["stages"]) == 8 and {s["device"] for s in info["stages"]} == set(devices)

@@ -169,7 +169,10 @@ def test_empty_tensors_compile_and_run_like_onnxruntime(tmp_path: Path) -> None:
         nodes,
         "empty",
         [h.make_tensor_value_info("x", T.FLOAT, [0, 3])],
-        [h.make_tensor_value_info("r", T.FLOAT, [0, 3]), h.make_tensor_value_info("s", T.FLOAT, [3])],
+        [
+            h.make_tensor_value_info("r", T.FLOAT, [0, 3]),
+            h.make_tensor_value_info("s", T.FLOAT, [3]),
+        ],
         [h.make_tensor("ax", T.INT64, [1], [0])],
     )
     m = h.make_model(g, opset_imports=[h.make_opsetid("", 17)])

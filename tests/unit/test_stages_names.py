@@ -18,7 +18,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-FLEET = {"devices": {"cpu": {"count": 8}, "t4": {}, "l4": {"count": 4}}, "pricing": {"mode": "cloud"}}
+FLEET = {
+    "devices": {"cpu": {"count": 8}, "t4": {}, "l4": {"count": 4}},
+    "pricing": {"mode": "cloud"},
+}
 
 
 def multi_io_onnx(path: Path) -> Path:
@@ -164,8 +167,12 @@ def test_stage_runner_keeps_rank0_arrays(tmp_path: Path) -> None:
     compile_module(st.mod, host_target()).export_library(str(lib))
     from terrazzo.ir import TensorSpec
 
-    specs = [TensorSpec(n, t.dtype, t.shape) for n, t in zip(st.inputs, st.input_types, strict=True)]
-    outs = [TensorSpec(n, t.dtype, t.shape) for n, t in zip(st.outputs, st.output_types, strict=True)]
+    specs = [
+        TensorSpec(n, t.dtype, t.shape) for n, t in zip(st.inputs, st.input_types, strict=True)
+    ]
+    outs = [
+        TensorSpec(n, t.dtype, t.shape) for n, t in zip(st.outputs, st.output_types, strict=True)
+    ]
     r = StageRunner(str(lib), split.stage_weights(1), st.weights, tuple(specs), tuple(outs))
     x = np.array([[1, -2, 3], [-4, 5, 0.5]], np.float32)
     feeds = {"x.in": x, "ids": np.arange(4), "total": np.array(x.sum(), np.float32)}
