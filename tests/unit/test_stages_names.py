@@ -324,3 +324,35 @@ def test_compare_arrays_is_ieee_aware() -> None:
     assert compare_arrays(np.array([3, 9], np.int64), np.array([3, 2], np.int64))[0] == 7
     assert compare_arrays(np.array([True]), np.array([False]))[0] == 1.0
     assert compare_arrays(np.zeros((0, 3), f), np.zeros((0, 3), f)) == (0.0, None)
+
+
+def test_single_stage_torch_bundle_is_verified_against_torch(tmp_path: Path) -> None:
+    """One stage is the whole model, so the whole-model build is no independent check: the
+    outputs torch computed at compile time are (and a wrong one fails)."""
+    import torch
+    from torch import nn
+
+    from terrazzo.bundle import open_bundle, verify_bundle
+    from terrazzo.pipeline import compile as tz_compile
+
+    class Two(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(8, 4)
+
+        def forward(self, x: Any, k: Any) -> Any:
+            y = self.fc(x)
+            return {"logits": torch.relu(y), "argmax": y.argmax(-1) + k}
+
+    torch.manual_seed(0)
+    x, k = torch.randn(2, 8), torch.tensor([1, 2])
+    path = tz_compile(Two(), {"devices": {"cpu": {"count": 1}}}, "50ms", 1.0,
+                      tmp_path / "two.tzb", example_inputs=(x, k))  # fmt: skip
+    with open_bundle(path) as b:
+        assert len(b.stages) == 1
+        assert [o.name for o in b.outputs] == ["logits", "argmax"]
+        assert [(i.name, i.dtype) for i in b.inputs] == [("x", "float32"), ("k", "int64")]
+    rep = verify_bundle(path)
+    assert rep.ok and rep.reference is not None and rep.reference.startswith("torch ")
+    assert rep.checks[0].what.startswith("end to end vs torch") and rep.checks[0].ok
+    assert rep.checks[0].max_abs_diff <= 1e-5
