@@ -109,9 +109,8 @@ def test_reference_build_propagates_nan_and_inf_like_onnxruntime(nan_model: Any)
 def test_codegen_build_propagates_nan_and_inf_like_onnxruntime(tmp_path: Path) -> None:
     """The path bundles take: split → compile_module (FuseOps/FuseTIR, the stage pipeline).
 
-    Without the convolution: on CPU targets codegen converts convolutions to NHWC, and TVM's
-    ConvertLayout then fails on ``Max(x, rank-0 constant)`` sharing the conv's input
-    (``Invalid SLayout``), a layout bug outside this test's subject.
+    With the convolution, codegen converts to NHWC on CPU targets; ONNX ``Max``/``Min`` (an
+    importer's stack + reduce) used to make TVM's ConvertLayout fail (``Invalid SLayout``).
     """
     import onnxruntime as ort
     import tvm
@@ -120,7 +119,7 @@ def test_codegen_build_propagates_nan_and_inf_like_onnxruntime(tmp_path: Path) -
     from terrazzo.codegen import compile_module, host_target, split_relax
     from terrazzo.frontend import from_onnx
 
-    path, names = _model(tmp_path / "nan.onnx", conv=False)
+    path, names = _model(tmp_path / "nan.onnx")
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     want = dict(zip(names, sess.run(names, {"x": _x()}), strict=True))
     g = from_onnx(path)
