@@ -10,12 +10,13 @@ from terrazzo.bundle._read import (
 )
 from terrazzo.bundle._runner import StageRunner, random_inputs, run_pipeline
 from terrazzo.bundle._sign import generate_keypair
-from terrazzo.bundle._verify import VerifyReport, verify_bundle
+from terrazzo.bundle._verify import NumericsCheck, VerifyReport, compare_arrays, verify_bundle
 from terrazzo.bundle._write import FORMAT_VERSION, StageContent, write_bundle
 from terrazzo.ir import TensorSpec  # re-exported: the one TensorSpec lives in ir
 
 __all__ = [
     "FORMAT_VERSION",
+    "NumericsCheck",
     "Bundle",
     "BundleLimits",
     "StageContent",
@@ -23,6 +24,7 @@ __all__ = [
     "StageRunner",
     "TensorSpec",
     "VerifyReport",
+    "compare_arrays",
     "generate_keypair",
     "open_bundle",
     "random_inputs",

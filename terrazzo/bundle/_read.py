@@ -374,19 +374,35 @@ class Bundle:
         from terrazzo.bundle._runner import StageRunner
 
         ref = self.manifest.get("reference")
-        if not ref:
+        if not ref or "library" not in ref:
             return None
+        outputs = self.outputs
+        if ref.get("outputs"):  # graph outputs and the values passed between stages
+            outputs = tuple(TensorSpec.from_json(t) for t in ref["outputs"])
         info = StageInfo(
             index=-1,
             device="host",
             target=self.manifest.get("host_target", {"kind": "llvm"}),
             fallback_reason=None,
             inputs=self.inputs,
-            outputs=self.outputs,
+            outputs=outputs,
             weights=tuple(ref["weights"]),
             files={"host": ref["library"]},
         )
         return StageRunner.from_bundle(self, info, "cpu")
+
+    def reference_io(self) -> tuple[str, dict[str, Any], dict[str, Any]] | None:
+        """``(source, inputs, outputs)`` stored by ``compile`` from an independent implementation
+        (onnxruntime, torch), or None when the bundle has none."""
+        from safetensors.numpy import load_file
+
+        io = (self.manifest.get("reference") or {}).get("io")
+        if not io:
+            return None
+        arrays = load_file(str(self.member_path(str(io["member"]))))
+        ins = {k.removeprefix("input/"): v for k, v in arrays.items() if k.startswith("input/")}
+        outs = {k.removeprefix("output/"): v for k, v in arrays.items() if k.startswith("output/")}
+        return str(io.get("source", "unknown")), ins, outs
 
     def close(self) -> None:
         """Remove the extracted files."""

@@ -143,7 +143,7 @@ class StageRunner:
         if missing:
             raise BundleError(f"stage {index}: weights missing from the bundle: {missing[:5]}")
         raw = [
-            tvm.runtime.tensor(np.ascontiguousarray(weights[w]), self._dev) for w in weight_order
+            tvm.runtime.tensor(np.asarray(weights[w], order="C"), self._dev) for w in weight_order
         ]
         self.prepared_weights = _has_function(self._vm, WEIGHT_PREP_FUNCTION)
         if self.prepared_weights:
@@ -230,11 +230,19 @@ class StageRunner:
                     f"stage {self.index}: input {spec.name!r} must be {spec.dtype}{list(spec.shape)}, "
                     f"got {a.dtype}{list(a.shape)}"
                 )
-            args.append(tvm.runtime.tensor(np.ascontiguousarray(a), self._dev))
+            # np.ascontiguousarray would turn a rank-0 array into shape (1,)
+            args.append(tvm.runtime.tensor(np.asarray(a, order="C"), self._dev))
         return args
 
     def __call__(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        result = self._fn(*self._device_args(inputs), *self._weights)
+        args = self._device_args(inputs)
+        try:
+            result = self._fn(*args, *self._weights)
+        except Exception as e:  # a TVM runtime check: one line naming the stage, no traceback
+            lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
+            raise BundleError(
+                f"stage {self.index} ({self.device}) failed: {(lines or [type(e).__name__])[-1][:400]}"
+            ) from e
         flat = list(result) if not hasattr(result, "numpy") else [result]
         return {spec.name: r.numpy() for spec, r in zip(self.outputs, flat, strict=True)}
 

@@ -11,7 +11,12 @@ Layout::
     stages/<i>/kernels.cu       CUDA source (cuda targets)
     stages/<i>/kernels.fatbin   nvcc output (cuda targets, when nvcc could compile the arch)
     weights/stage<i>.safetensors  the weights stage <i> reads (never pickle)
-    reference/host.so           whole model in one function, for ``terrazzo verify``
+    reference/host.so           whole model in one function, for ``terrazzo verify``; it also
+                                returns every value the stages pass between them
+                                (``reference.outputs``), so each stage is checked alone
+    reference/io.safetensors    inputs (``input/<name>``) and the outputs (``output/<name>``)
+                                an independent implementation (onnxruntime, torch) computed
+                                from them at compile time (``reference.io``)
     tuning/records.jsonl        MetaSchedule tuning records applied at build time
 """
 
@@ -99,7 +104,7 @@ def _versions() -> dict[str, str]:
 def _safetensors_bytes(weights: Mapping[str, np.ndarray]) -> bytes:
     from safetensors.numpy import save
 
-    return bytes(save({k: np.ascontiguousarray(v) for k, v in weights.items()}))
+    return bytes(save({k: np.asarray(v, order="C") for k, v in weights.items()}))
 
 
 def write_bundle(
@@ -117,6 +122,8 @@ def write_bundle(
     plan_summary: Mapping[str, Any] | None = None,
     reference_library: Path | str | None = None,
     reference_weights: Sequence[str] = (),
+    reference_outputs: Sequence[TensorSpec] = (),
+    reference_io: Any = None,
     tuning_records: str = "",
     host_target: Mapping[str, Any] | None = None,
     sign_key: str | os.PathLike[str] | None = None,
@@ -135,6 +142,10 @@ def write_bundle(
         reference_library: whole-model host library for ``verify`` (optional); a member name
             (``stages/0/host.so``) when the only stage is the whole model.
         reference_weights: weight names the reference takes after the inputs, in order.
+        reference_outputs: what the reference library returns, in order, when that is more
+            than ``outputs`` (the values passed between stages, for per-stage checks).
+        reference_io: an object with ``source`` (text), ``inputs`` and ``outputs`` (name →
+            array): the model run by an independent implementation, stored for ``verify``.
         tuning_records: MetaSchedule records (JSON lines) applied at build time.
         host_target: the llvm target of the host builds.
         sign_key: PEM Ed25519 private key; when given, ``manifest.sig`` is written.
@@ -193,6 +204,15 @@ def write_bundle(
     elif reference_library is not None:
         members["reference/host.so"] = Path(reference_library)
         reference = {"library": "reference/host.so", "weights": list(reference_weights)}
+    if reference is not None and reference_outputs:
+        reference["outputs"] = [t.to_json() for t in reference_outputs]
+    if reference_io is not None:
+        members["reference/io.safetensors"] = _safetensors_bytes(
+            {f"input/{k}": v for k, v in reference_io.inputs.items()}
+            | {f"output/{k}": v for k, v in reference_io.outputs.items()}
+        )
+        reference = dict(reference or {})
+        reference["io"] = {"member": "reference/io.safetensors", "source": reference_io.source}
     index = {}
     for mname, content in sorted(members.items()):
         data = content if isinstance(content, bytes) else content.read_bytes()

@@ -72,6 +72,8 @@ def _pipeline(target: Any, tuning_dir: str | None, tuning_records: Any = None) -
     from tvm import relax
     from tvm.s_tir import dlight as dl
 
+    from terrazzo.frontend import NanPropagatingMinMax
+
     gpu = "gpu" in target.keys
     legalize = [
         relax.transform.LegalizeOps(),
@@ -94,6 +96,8 @@ def _pipeline(target: Any, tuning_dir: str | None, tuning_records: Any = None) -
                 dl.gpu.Fallback(),
             )
         )
+    # After tuning and dlight (tuning records match the kernels before this rewrite).
+    legalize.append(NanPropagatingMinMax())
     lower = [
         relax.transform.RewriteDataflowReshape(),
         relax.transform.ToNonDataflow(),

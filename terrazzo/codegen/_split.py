@@ -9,7 +9,7 @@ tensor leaves, named ``var.i`` (``var.i.j`` for nested tuples).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -220,13 +220,18 @@ def _flatten_return(
     raise CodegenError(f"{where}: unsupported graph output expression {type(expr).__name__}")
 
 
-def split_relax(mod: Any, assignment: Mapping[str, int]) -> SplitModel:
+def split_relax(
+    mod: Any, assignment: Mapping[str, int], export: Collection[str] = ()
+) -> SplitModel:
     """Cut ``mod["main"]`` into stages.
 
     Args:
         mod: a Relax IRModule whose ``main`` has uniquely named bindings (weights as constants).
         assignment: binding name → stage index. Every binding must be assigned; indices must
             be 0..n-1 and a topological order (a stage reads only from earlier stages).
+        export: bindings to return from their stage even when nothing outside reads them
+            (the whole-model reference exports the values another split passes between
+            stages, so that ``verify`` can check each stage on its own).
 
     Returns:
         The SplitModel: one StageModule per stage, the graph signature and lifted weights.
@@ -269,10 +274,17 @@ def split_relax(mod: Any, assignment: Mapping[str, int]) -> SplitModel:
 
     # Which values each stage must export: read by another stage or a graph output.
     exported: dict[str, set[str]] = {}
+    # Constant shapes (``R.shape([16, 1])`` for a reshape) are not tensors and cannot cross a
+    # cut: a stage that reads one from another stage binds it again itself.
+    rebound = {
+        b.var.name: relax.ShapeExpr(b.var.ty.values)
+        for b in bindings
+        if isinstance(b.var.ty, relax.ShapeType) and b.var.ty.values is not None
+    }
     for b in bindings:
         s = stage_of[b.var.name]
         for u in uses[b.var.name]:
-            if u in stage_of and stage_of[u] != s:
+            if u in stage_of and stage_of[u] != s and u not in rebound:
                 if stage_of[u] > s:
                     raise CodegenError(
                         f"stage {s} (binding {b.var.name!r}) reads {u!r} from later stage "
@@ -282,6 +294,9 @@ def split_relax(mod: Any, assignment: Mapping[str, int]) -> SplitModel:
     for v in graph_out_vars:
         if v in stage_of:
             exported.setdefault(v, set()).add("graph output")
+    for v in export:
+        if v in stage_of and v not in dead and v not in rebound:
+            exported.setdefault(v, set()).add("exported")
 
     consts = _collect_constants(func)
     weights = {name: c.value.numpy() for c, name in consts.items()}
@@ -302,6 +317,8 @@ def split_relax(mod: Any, assignment: Mapping[str, int]) -> SplitModel:
         in_names: list[str] = []
         in_types: list[TensorType] = []
         tuple_inputs: list[tuple[str, Any, list[Any]]] = []
+        own_rebound = [(u, rebound[u]) for u in ext_reads if u in rebound]
+        ext_reads = [u for u in ext_reads if u not in rebound]
         for u in ext_reads:
             ty = func.params[param_names.index(u)].ty if u in param_names else var_of[u].ty
             leaves = _leaves(u, ty)
@@ -338,6 +355,8 @@ def split_relax(mod: Any, assignment: Mapping[str, int]) -> SplitModel:
                 for u, ty, leaf_params in tuple_inputs:
                     var_map[u] = _rebuild_tuple(ty, iter(leaf_params))
                 outs: list[Any] = []
+                for u, shape in own_rebound:
+                    var_map[u] = bb.emit(shape, name_hint=u)
                 for b in own:
                     value = mut.rewrite(b.value)
                     if isinstance(b, relax.MatchCast):
@@ -355,7 +374,7 @@ def split_relax(mod: Any, assignment: Mapping[str, int]) -> SplitModel:
                             outs.append(e)
                 ret = bb.emit_output(relax.Tuple(outs))
             bb.emit_func_output(ret)
-        smod = bb.get()
+        smod = _with_callees(bb.get(), mod, own)
         stages.append(
             StageModule(
                 index=s,
@@ -376,6 +395,25 @@ def split_relax(mod: Any, assignment: Mapping[str, int]) -> SplitModel:
         output_types=tuple(_tensor_type(t, f"graph output {n!r}") for n, _, _, t in out_leaves),
         weights=MappingProxyType(weights),
     )
+
+
+def _with_callees(smod: Any, mod: Any, own: list[Any]) -> Any:
+    """``smod`` plus the functions of ``mod`` its bindings call (``R.call_tir`` to PrimFuncs the
+    importer emitted, e.g. for ONNX ``Clip``), which a stage module would otherwise lack."""
+    from tvm import ir, relax
+
+    found: dict[str, Any] = {}
+
+    def visit(e: Any) -> None:
+        if isinstance(e, ir.GlobalVar) and e.name_hint != "main":
+            found.setdefault(e.name_hint, e)
+
+    for b in own:
+        relax.analysis.post_order_visit(b.value, visit)
+    for name, gv in found.items():
+        if name in [g.name_hint for g in mod.functions]:
+            smod[gv] = mod[gv]
+    return smod
 
 
 def _rebuild_tuple(ty: Any, leaves: Any) -> Any:

@@ -249,7 +249,7 @@ class CompiledPhase:
         import tvm
 
         dev = tvm.cpu()
-        args = [tvm.runtime.tensor(np.ascontiguousarray(inputs[n]), dev) for n in self.input_names]
+        args = [tvm.runtime.tensor(np.asarray(inputs[n], order="C"), dev) for n in self.input_names]
         out = self.vm["main"](*args)
         arrays = [o.numpy() for o in out] if not hasattr(out, "numpy") else [out.numpy()]
         return dict(zip(self.output_names, arrays, strict=True))

@@ -9,10 +9,12 @@ from typing import Any
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "verify",
-        help="check a .tzb bundle: hashes, signature, staged-vs-whole-model numerics",
-        description="Validates every member and hash (and the signature with --trust), then runs "
-        "the stages one after another on random inputs and compares with the bundled "
-        "whole-model reference. Exit 1 on a numerics mismatch.",
+        help="check a .tzb bundle: hashes, signature, numerics against independent references",
+        description="Validates every member and hash (and the signature with --trust), then "
+        "runs the stages on the inputs stored at compile time and compares with the outputs "
+        "onnxruntime (ONNX) or torch (nn.Module) computed from them, and checks each stage and "
+        "the whole chain on random inputs against the bundled whole-model build. NaN and Inf "
+        "must match the reference. Exit 1 on a numerics mismatch.",
     )
     p.add_argument("bundle", metavar="BUNDLE", help=".tzb file")
     p.add_argument(
@@ -39,9 +41,18 @@ def run(args: argparse.Namespace) -> int:
             if rep.signature_verified
             else ("present, not checked" if rep.signed else "none")
         )
-        diff = "n/a" if rep.max_abs_diff is None else f"{rep.max_abs_diff:.3g}"
-        print(f"{rep.name}: {rep.members} members hash-checked; signature {sig}; numerics "
-              f"{rep.numerics} (max abs diff {diff} ≤ {rep.tolerance:g} over {rep.trials} random inputs)")  # fmt: skip
+        print(
+            f"{rep.name}: {rep.members} members hash-checked; signature {sig}; numerics "
+            f"{rep.numerics}" + (f" against {rep.reference}" if rep.reference else "")
+        )
+        for c in rep.checks:
+            rel = "≤" if c.ok else ">"
+            print(
+                f"  {'ok  ' if c.ok else 'FAIL'} {c.what}: max abs diff {c.max_abs_diff:.3g} "
+                f"{rel} tolerance {rep.tolerance:g}" + (f" ({c.detail})" if c.detail else "")
+            )
+        if rep.trials:
+            print(f"  ({rep.trials} random input sets for the whole-model reference checks)")
         for n in rep.notes:
             print(f"  note: {n}")
     return 0 if rep.ok else 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from terrazzo.frontend.agent import AgentBuilder, decompose, load_agent
 from terrazzo.frontend.fixups import prepare_for_build
+from terrazzo.frontend.ieee import NanPropagatingMinMax, nan_propagating_function
 from terrazzo.frontend.kinds import NodeKind, node_kind, register_hooks, register_kind
 from terrazzo.frontend.onnx_import import from_onnx, sanitize_name
 from terrazzo.frontend.relax_graph import relax_bindings, to_graph, uniquify_names
@@ -16,12 +17,14 @@ from terrazzo.frontend.torch_import import from_torch
 
 __all__ = [
     "AgentBuilder",
+    "NanPropagatingMinMax",
     "NodeKind",
     "node_kind",
     "register_hooks",
     "register_kind",
     "decompose",
     "load_agent",
+    "nan_propagating_function",
     "build_and_run",
     "build_cpu",
     "from_onnx",

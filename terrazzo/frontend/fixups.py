@@ -24,6 +24,9 @@ Rules:
   then reads memory before the tensor (silent garbage that changes from run to run). ``wrap``
   equals torch/numpy indexing for every valid index in ``[-n, n)``; an invalid one wraps
   instead of reading out of bounds. The cost is one modulo per gathered index.
+* ONNX ``Max``/``Min`` (TVM imports them as ``max(stack(xs), axis=0)``) become pairwise
+  ``maximum``/``minimum``: ConvertLayout, run for NHWC convolutions on CPU targets, fails on
+  the 5-D stack (``Invalid SLayout``), so a CNN using ``Max`` could not be built.
 """
 
 from __future__ import annotations
@@ -78,6 +81,9 @@ def _make_mutator() -> Any:
             if isinstance(op, tvm.ir.Op) and op.name == "relax.matmul":
                 outer = _outer_product(call)
                 return call if outer is None else outer
+            if isinstance(op, tvm.ir.Op) and op.name in _STACK_REDUCE:
+                pairwise = self._stack_reduce(call, op.name)
+                return call if pairwise is None else pairwise
             if not isinstance(op, tvm.ir.Op) or op.name not in _INT_SCANS:
                 return call
             data = call.args[0]
@@ -90,7 +96,35 @@ def _make_mutator() -> Any:
             fn = relax.op.cumsum if op.name == "relax.cumsum" else relax.op.cumprod
             return fn(as_int, axis=call.attrs.axis, dtype="int64", exclusive=call.attrs.exclusive)
 
+        def _stack_reduce(self, call: relax.Call, name: str) -> relax.Expr | None:
+            """``max(stack(xs, axis=0), axis=[0])`` as ``maximum(maximum(x0, x1), ...)``."""
+            axis = call.attrs.axis
+            if call.attrs.keepdims or axis is None or [int(a) for a in axis] != [0]:
+                return None
+            src = call.args[0]
+            stacked = self.lookup_binding(src) if isinstance(src, relax.Var) else src
+            sop = getattr(stacked, "op", None)
+            if not isinstance(sop, tvm.ir.Op) or sop.name != "relax.stack":
+                return None
+            if int(stacked.attrs.axis) != 0:
+                return None
+            items = stacked.args[0]
+            fields = list(items.fields) if isinstance(items, relax.Tuple) else None
+            if not fields:
+                return None
+            pairwise = relax.op.maximum if name == "relax.max" else relax.op.minimum
+            out = fields[0]
+            for f in fields[1:]:
+                out = pairwise(out, f)
+            return out
+
     return _BoolScanToInt64
+
+
+#: TVM's ONNX importer lowers n-ary ``Max``/``Min`` as a reduction over a stack of the
+#: broadcast operands; ConvertLayout (NHWC convolutions on CPU) then fails on the 5-D stack
+#: (``Invalid SLayout``). The pairwise form is the same values (NaN propagating either way).
+_STACK_REDUCE = ("relax.max", "relax.min")
 
 
 def prepare_for_build(mod: Any) -> Any:
@@ -112,4 +146,6 @@ def prepare_for_build(mod: Any) -> Any:
         m = mutator_cls(out)
         new_func = m.visit_expr(func)
         out[gv] = new_func
-    return out
+    # Drops the stacks the pairwise Max/Min rewrite left unread.
+    entries = [gv.name_hint for gv, f in out.functions.items() if isinstance(f, relax.Function)]
+    return relax.transform.DeadCodeElimination(entries)(out)

@@ -12,6 +12,7 @@ from terrazzo.frontend.onnx_checks import check_supported_ops, load_model_safely
 from terrazzo.frontend.onnx_fixups import fold_constant_of_shape, normalise_constants
 from terrazzo.frontend.onnx_rnn import register as register_rnn_converters
 from terrazzo.frontend.relax_graph import to_graph, uniquify_names
+from terrazzo.frontend.signature import keep_signature_names
 from terrazzo.ir import Graph
 
 
@@ -114,5 +115,8 @@ def from_onnx(
         first = (str(e).strip().splitlines() or [type(e).__name__])[-1]
         raise FrontendError(f"{p.name}: TVM's ONNX importer failed: {first[:300]}") from None
     mod = uniquify_names(mod)
+    mod = keep_signature_names(
+        mod, [i.name for i in _graph_inputs(model)], [o.name for o in model.graph.output]
+    )
     name = model.graph.name or p.stem
     return to_graph(mod, name=p.stem or name, attrs={"source": "onnx", "file": p.name})

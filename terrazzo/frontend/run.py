@@ -13,6 +13,7 @@ import numpy as np
 
 from terrazzo.errors import CodegenError, FrontendError
 from terrazzo.frontend.fixups import prepare_for_build
+from terrazzo.frontend.ieee import NanPropagatingMinMax
 from terrazzo.frontend.onnx_import import sanitize_name
 from terrazzo.ir import Graph
 
@@ -36,6 +37,8 @@ def build_cpu(graph: Graph) -> Callable[[Mapping[str, np.ndarray]], dict[str, np
         raise FrontendError(f"graph {graph.name!r} has no Relax module (not from a frontend)")
     try:
         mod = prepare_for_build(graph.relax_mod)
+        # Legalize first so that float min/max propagate NaN (see frontend.ieee).
+        mod = NanPropagatingMinMax()(relax.transform.LegalizeOps()(mod))
         ex = tvm.compile(mod, target=tvm.target.Target({"kind": "llvm"}))
     except Exception as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[-1]
@@ -44,8 +47,11 @@ def build_cpu(graph: Graph) -> Callable[[Mapping[str, np.ndarray]], dict[str, np
     vm = relax.VirtualMachine(ex, dev)
 
     def run(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        named = {sanitize_name(k): v for k, v in inputs.items()}
-        named.update(inputs)
+        # The graph keeps the model's input names; TVM's sanitised spellings are accepted too.
+        named = dict(inputs)
+        for n in graph.inputs:
+            if n not in named and sanitize_name(n) in inputs:
+                named[n] = inputs[sanitize_name(n)]
         missing = [n for n in graph.inputs if n not in named]
         if missing:
             raise FrontendError(
@@ -54,7 +60,7 @@ def build_cpu(graph: Graph) -> Callable[[Mapping[str, np.ndarray]], dict[str, np
         args = []
         for n in graph.inputs:
             want = graph.values[n]
-            arr = np.ascontiguousarray(named[n], dtype=want.dtype)
+            arr = np.asarray(named[n], dtype=want.dtype, order="C")
             if tuple(arr.shape) != want.shape:
                 raise FrontendError(f"input {n!r} has shape {arr.shape}, expected {want.shape}")
             args.append(tvm.runtime.tensor(arr, dev))

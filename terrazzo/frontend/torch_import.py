@@ -7,6 +7,7 @@ from typing import Any
 
 from terrazzo.errors import FrontendError
 from terrazzo.frontend.relax_graph import to_graph, uniquify_names
+from terrazzo.frontend.signature import keep_signature_names, torch_output_names
 from terrazzo.ir import Graph
 
 
@@ -46,7 +47,9 @@ def from_torch(module: Any, example_inputs: Sequence[Any], name: str | None = No
         name: graph name (default: the module's class name).
 
     Returns:
-        A verified model graph; input names are the forward() argument names.
+        A verified model graph; input names are the forward() argument names, output names
+        the keys of what it returns (``output_0``, ... by position; see
+        ``frontend.signature.torch_output_names``).
 
     Raises:
         FrontendError: torch.export or the TVM importer failed.
@@ -77,4 +80,6 @@ def from_torch(module: Any, example_inputs: Sequence[Any], name: str | None = No
         first = (str(e).strip().splitlines() or [type(e).__name__])[-1]
         raise FrontendError(f"TVM's torch importer failed on {gname}: {first[:300]}") from None
     mod = uniquify_names(mod)
+    in_names = [p.name for p in mod["main"].params]  # forward()'s argument names
+    mod = keep_signature_names(mod, in_names, torch_output_names(ep.call_spec.out_spec))
     return to_graph(mod, name=gname, attrs={"source": "torch"})

@@ -352,7 +352,7 @@ def measure_models(
             inputs = zoo.example_inputs_numpy(name)
             named = {sanitize_name(k): v for k, v in inputs.items()} | dict(inputs)
             args = [
-                tvm.runtime.tensor(np.ascontiguousarray(named[n], dtype=g.values[n].dtype), dev)
+                tvm.runtime.tensor(np.asarray(named[n], dtype=g.values[n].dtype, order="C"), dev)
                 for n in g.inputs
             ]
             time_vm(ex, args, min_repeat_ms=0, repeat=1)  # fails here if it cannot run

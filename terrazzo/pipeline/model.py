@@ -31,6 +31,7 @@ from terrazzo.codegen import (
     tuning_records_text,
 )
 from terrazzo.pipeline.load import as_fleet, as_sla, load_model, model_reference
+from terrazzo.pipeline.reference import ReferenceIO, reference_io
 
 # Progress callback: (event, details). Events: "phase-start", "phase-end", "stage-built".
 ProgressFn = Callable[[str, Mapping[str, Any]], None]
@@ -87,12 +88,14 @@ def compile_model(
         db = load_tuning_db(tuning_db)
         ref = model_reference(model)
         source = ModelSource(ref, model_sha) if ref is not None else None
+    with timer.phase("reference"):
+        io = reference_io(model, graph, example_inputs) if include_reference else None
     with timer.phase("plan"):
         plan_obj = plan or make_plan(graph, fleet_obj, sla_obj, rps=rps, solver=solver, catalog=cat)
         plan_mlir = _placed_ir(graph, plan_obj, source)
     return _split_build_bundle(
         graph, model_sha, plan_mlir, plan_obj, fleet_obj, sla_obj, cat, db, timer,
-        out_path=out_path, sign_key=sign_key, include_reference=include_reference,
+        out_path=out_path, sign_key=sign_key, include_reference=include_reference, io=io,
     )  # fmt: skip
 
 
@@ -164,12 +167,14 @@ def compile_placed(
         rps_v = rps if rps is not None else (placed_rps(placed_g) or 1.0)
         cat = catalog if catalog is not None else load_catalog()
         db = load_tuning_db(tuning_db)
+    with timer.phase("reference"):
+        io = reference_io(model, graph) if include_reference else None
     with timer.phase("plan"):
         plan_obj = plan_from_placed(placed_g, graph, fleet_obj, sla_obj, rps_v, catalog=cat)
         plan_mlir = _placed_ir(graph, plan_obj, source)
     return _split_build_bundle(
         graph, model_sha, plan_mlir, plan_obj, fleet_obj, sla_obj, cat, db, timer,
-        out_path=out_path, sign_key=sign_key, include_reference=include_reference,
+        out_path=out_path, sign_key=sign_key, include_reference=include_reference, io=io,
     )  # fmt: skip
 
 
@@ -213,13 +218,15 @@ def _split_build_bundle(
     out_path: str | os.PathLike[str],
     sign_key: str | os.PathLike[str] | None,
     include_reference: bool,
+    io: ReferenceIO | None = None,
 ) -> CompileResult:
     """The stages after placement: split → build per target → bundle."""
     from terrazzo.bundle import StageContent, write_bundle
 
     emit, phase, phase_s = timer.emit, timer.phase, timer.seconds
     with phase("split"):
-        split = split_relax(graph.relax_mod, plan_assignment(graph, plan_obj))
+        assignment = plan_assignment(graph, plan_obj)
+        split = split_relax(graph.relax_mod, assignment)
         choices = stage_targets(plan_obj, cat)
     work = Path(tempfile.mkdtemp(prefix="tz-build-"))
     try:
@@ -247,14 +254,20 @@ def _split_build_bundle(
                 )
             ref_lib: Path | str | None = None
             ref_weights: tuple[str, ...] = ()
+            ref_outputs: tuple[Any, ...] = ()
             if include_reference and len(split.stages) == 1:
                 # One stage is the whole model: its host build is the reference.
                 ref_lib, ref_weights = "stages/0/host.so", split.stages[0].weights
             elif include_reference:
                 emit("stage-start", {"index": "reference", "device": "host", "ops": len(graph.ops)})
                 t0 = time.perf_counter()
-                whole = split_relax(graph.relax_mod, {o: 0 for o in _binding_names(graph)})
+                whole = split_relax(
+                    graph.relax_mod,
+                    {o: 0 for o in _binding_names(graph)},
+                    export=_cut_values(graph, assignment),
+                )
                 ref = whole.stages[0]
+                ref_outputs = _specs(ref.outputs, ref.output_types)
                 ex = compile_module(ref.mod, host_target(), db)
                 ref_lib = work / "reference.so"
                 ex.export_library(str(ref_lib))
@@ -297,6 +310,8 @@ def _split_build_bundle(
                 plan_summary=_plan_summary(plan_obj),
                 reference_library=ref_lib,
                 reference_weights=ref_weights,
+                reference_outputs=ref_outputs,
+                reference_io=io,
                 tuning_records=tuning_records_text(db),
                 host_target=host_target(),
                 sign_key=sign_key,
@@ -313,6 +328,16 @@ def _split_build_bundle(
         bundle_bytes=path.stat().st_size,
         weight_bytes=int(sum(w.nbytes for w in split.weights.values())),
     )
+
+
+def _cut_values(graph: Any, assignment: Mapping[str, int]) -> set[str]:
+    """Values computed in one stage and read in another (what crosses the cuts)."""
+    return {
+        v
+        for op in graph.ops
+        for v in op.inputs
+        if v in assignment and assignment[v] != assignment.get(op.name, assignment[v])
+    }
 
 
 def _binding_names(graph: Any) -> list[str]:

@@ -101,7 +101,7 @@ class RelaxLibraryRunner:
 
     def __call__(self, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         tensor = self._tvm.runtime.tensor
-        args = [tensor(np.ascontiguousarray(values[name])) for name in self.inputs]
+        args = [tensor(np.asarray(values[name], order="C")) for name in self.inputs]
         result = self._fn(*args)
         items = [result] if len(self.outputs) == 1 and hasattr(result, "numpy") else list(result)
         if len(items) != len(self.outputs):

@@ -207,4 +207,6 @@ def from_numpy(array: np.ndarray) -> WireTensor:
     if datatype == "BYTES":
         items = [x.encode() if isinstance(x, str) else bytes(x) for x in arr.reshape(-1)]
         return WireTensor("BYTES", shape, _encode_bytes_elements(items))
-    return WireTensor(datatype, shape, np.ascontiguousarray(arr).tobytes())
+    return WireTensor(
+        datatype, shape, np.asarray(arr, dtype=arr.dtype.newbyteorder("<"), order="C").tobytes()
+    )
