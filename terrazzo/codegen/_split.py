@@ -35,7 +35,9 @@ class StageModule:
         inputs: activation parameter names (graph inputs or other stages' results).
         outputs: result names, in the order ``main`` returns them.
         weights: global weight names passed after ``inputs``.
-        input_types / output_types: shapes and dtypes of ``inputs`` / ``outputs``.
+        input_types / output_types: shapes and dtypes of ``inputs`` / ``outputs`` (``-1`` for
+            a symbolic dimension).
+        input_dims / output_dims: per tensor, ``_dim_names`` of its type (``()`` when static).
     """
 
     index: int
@@ -46,6 +48,8 @@ class StageModule:
     weights: tuple[str, ...]
     input_types: tuple[TensorType, ...]
     output_types: tuple[TensorType, ...]
+    input_dims: tuple[tuple[str, ...], ...] = ()
+    output_dims: tuple[tuple[str, ...], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +61,7 @@ class SplitModel:
         inputs / input_types: graph inputs (the Relax ``main`` parameters).
         outputs / output_types: graph outputs as tensor leaves (``gv.0``, ``gv.1``, ...).
         weights: global weight name → array (every lifted constant, shared by name).
+        input_dims / output_dims: per tensor, its symbolic dimension names (see StageModule).
     """
 
     stages: tuple[StageModule, ...]
@@ -65,6 +70,8 @@ class SplitModel:
     outputs: tuple[str, ...]
     output_types: tuple[TensorType, ...]
     weights: Mapping[str, np.ndarray] = field(compare=False, repr=False)
+    input_dims: tuple[tuple[str, ...], ...] = ()
+    output_dims: tuple[tuple[str, ...], ...] = ()
 
     def stage_weights(self, index: int) -> dict[str, np.ndarray]:
         """The weights stage ``index`` reads, by global name."""
@@ -72,15 +79,24 @@ class SplitModel:
 
 
 def _tensor_type(ty: Any, where: str) -> TensorType:
+    """The ir type of a value crossing a cut; a symbolic dimension is ``-1`` (``_dim_names``
+    says which symbol or expression it is)."""
     from tvm import relax
 
     if not isinstance(ty, relax.TensorType) or ty.shape is None:
         raise CodegenError(f"{where}: expected a tensor with a known shape, found {ty}")
-    try:
-        shape = tuple(int(d) for d in ty.shape.values)
-    except (TypeError, AttributeError) as e:
-        raise CodegenError(f"{where}: dynamic shape {ty}; fix shapes at import") from e
+    values = getattr(ty.shape, "values", None)
+    if values is None:
+        raise CodegenError(f"{where}: shape {ty} is not known at compile time (not even symbolically)")
+    shape = tuple(int(d.value) if hasattr(d, "value") else -1 for d in values)
     return TensorType(shape, str(ty.dtype))
+
+
+def _dim_names(ty: Any) -> tuple[str, ...]:
+    """Per dimension of a tensor type: ``""`` when fixed, else TVM's text of the symbolic
+    expression (``batch``, ``batch * 4``); ``()`` when every dimension is fixed."""
+    names = tuple("" if hasattr(d, "value") else str(d) for d in ty.shape.values)
+    return names if any(names) else ()
 
 
 def _leaves(name: str, ty: Any) -> list[tuple[str, tuple[int, ...], Any]]:
@@ -301,6 +317,7 @@ def split_relax(mod: Any, assignment: Mapping[str, int]) -> SplitModel:
         in_params: list[Any] = []
         in_names: list[str] = []
         in_types: list[TensorType] = []
+        in_dims: list[tuple[str, ...]] = []
         tuple_inputs: list[tuple[str, Any, list[Any]]] = []
         for u in ext_reads:
             ty = func.params[param_names.index(u)].ty if u in param_names else var_of[u].ty
@@ -312,6 +329,7 @@ def split_relax(mod: Any, assignment: Mapping[str, int]) -> SplitModel:
                 in_params.append(pv)
                 in_names.append(leaf)
                 in_types.append(tt)
+                in_dims.append(_dim_names(lty))
                 leaf_vars.append((leaf, pv))
             if leaves and leaves[0][1] == ():
                 var_map[u] = leaf_vars[0][1]
@@ -333,6 +351,8 @@ def split_relax(mod: Any, assignment: Mapping[str, int]) -> SplitModel:
         mut = _Remapper(var_map, stage_consts)
         out_names: list[str] = []
         out_types: list[TensorType] = []
+        out_dims: list[tuple[str, ...]] = []
+        _check_symbols_defined(s, in_params, own)
         with bb.function("main", in_params + w_params, attrs={"num_input": len(in_params)}):
             with bb.dataflow():
                 for u, ty, leaf_params in tuple_inputs:
@@ -351,6 +371,7 @@ def split_relax(mod: Any, assignment: Mapping[str, int]) -> SplitModel:
                             for i in path:
                                 e = relax.TupleGetItem(e, i)
                             out_types.append(_tensor_type(lty, f"stage {s} output {leaf!r}"))
+                            out_dims.append(_dim_names(lty))
                             out_names.append(leaf)
                             outs.append(e)
                 ret = bb.emit_output(relax.Tuple(outs))
@@ -366,6 +387,8 @@ def split_relax(mod: Any, assignment: Mapping[str, int]) -> SplitModel:
                 weights=tuple(w_names),
                 input_types=tuple(in_types),
                 output_types=tuple(out_types),
+                input_dims=tuple(in_dims),
+                output_dims=tuple(out_dims),
             )
         )
     return SplitModel(
@@ -375,7 +398,28 @@ def split_relax(mod: Any, assignment: Mapping[str, int]) -> SplitModel:
         outputs=tuple(n for n, _, _, _ in out_leaves),
         output_types=tuple(_tensor_type(t, f"graph output {n!r}") for n, _, _, t in out_leaves),
         weights=MappingProxyType(weights),
+        input_dims=tuple(_dim_names(p.ty) for p in func.params),
+        output_dims=tuple(_dim_names(t) for _, _, _, t in out_leaves),
     )
+
+
+def _check_symbols_defined(index: int, params: list[Any], own: list[Any]) -> None:
+    """Refuse a stage whose code uses a symbolic dimension none of its inputs carries as a
+    plain dimension (``(batch * 4,)`` alone cannot give ``batch`` back), in one line."""
+    from tvm import relax
+
+    defined: set[str] = set()
+    for p in params:
+        defined.update(str(v.name) for v in relax.analysis.definable_tir_vars_in_type(p.ty))
+    used: set[str] = set()
+    for b in own:
+        used.update(str(v.name) for v in relax.analysis.tir_vars_in_type(b.var.ty))
+    missing = sorted(used - defined)
+    if missing:
+        raise CodegenError(
+            f"stage {index}: its inputs do not carry the symbolic dimension(s) {missing} as a "
+            "plain dimension; cut the model elsewhere or declare fixed sizes with --shape"
+        )
 
 
 def _rebuild_tuple(ty: Any, leaves: Any) -> Any:
