@@ -22,6 +22,8 @@ from terrazzo.ir import TensorType
 # Constants at least this large become weight parameters; smaller ones (scalars, shape-like
 # index vectors) stay inlined in the compiled library where legalization may need them.
 LIFT_MIN_BYTES = 256
+#: Function attributes carrying symbolic dimensions' declared bounds; every stage keeps them.
+_BOUND_ATTRS = ("tir_var_upper_bound", "tir_var_lower_bound")
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,7 +355,11 @@ def split_relax(mod: Any, assignment: Mapping[str, int]) -> SplitModel:
         out_types: list[TensorType] = []
         out_dims: list[tuple[str, ...]] = []
         _check_symbols_defined(s, in_params, own)
-        with bb.function("main", in_params + w_params, attrs={"num_input": len(in_params)}):
+        fattrs: dict[str, Any] = {"num_input": len(in_params)}
+        for key in _BOUND_ATTRS:  # symbolic dims' declared ranges (memory planning)
+            if func.attrs is not None and key in func.attrs:
+                fattrs[key] = func.attrs[key]
+        with bb.function("main", in_params + w_params, attrs=fattrs):
             with bb.dataflow():
                 for u, ty, leaf_params in tuple_inputs:
                     var_map[u] = _rebuild_tuple(ty, iter(leaf_params))

@@ -378,6 +378,14 @@ def to_graph_symbolic(
             raise FrontendError(
                 f"{name}: planning size {s}={plan_sizes[s]} is outside its range {lo}..{hi}"
             )
+    # TVM reads the declared bounds: memory for symbolic tensors is planned statically at
+    # the upper bound (StaticPlanBlockMemory), and codegen passes may rely on them.
+    mod = mod.clone()
+    mod["main"] = (
+        mod["main"]
+        .with_attr("tir_var_upper_bound", {s: int(ranges[s][1]) for s in syms})
+        .with_attr("tir_var_lower_bound", {s: int(ranges[s][0]) for s in syms})
+    )
     static = mod.clone()
     sizes = {s: int(plan_sizes.get(s, ranges[s][1])) for s in syms}
     try:
