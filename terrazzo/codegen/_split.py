@@ -274,7 +274,12 @@ def split_relax(mod: Any, assignment: Mapping[str, int]) -> SplitModel:
     input_types = tuple(_tensor_type(p.ty, f"input {p.name!r}") for p in func.params)
     stage_of = {n: assignment[n] for n in names}
     var_of = {b.var.name: b.var for b in bindings}
-    uses = {b.var.name: [v.name for v in relax.analysis.free_vars(b.value)] for b in bindings}
+    # free_vars also lists symbolic dimensions (``seq``); keep the Relax values only
+    known_vars = set(param_names) | set(var_of)
+    uses = {
+        b.var.name: [v.name for v in relax.analysis.free_vars(b.value) if v.name in known_vars]
+        for b in bindings
+    }
 
     tuples = {b.var.name: b.value for b in bindings if isinstance(b.value, relax.Tuple)}
     resolved: set[str] = set()
@@ -314,6 +319,7 @@ def split_relax(mod: Any, assignment: Mapping[str, int]) -> SplitModel:
             for u in uses[b.var.name]:
                 if u not in own_names and u not in ext_reads:
                     ext_reads.append(u)
+        ext_reads.extend(_symbol_carriers(own, ext_reads, func, var_of))
         bb = relax.BlockBuilder()
         var_map: dict[str, Any] = {}
         in_params: list[Any] = []
@@ -407,6 +413,33 @@ def split_relax(mod: Any, assignment: Mapping[str, int]) -> SplitModel:
         input_dims=tuple(_dim_names(p.ty) for p in func.params),
         output_dims=tuple(_dim_names(t) for _, _, _, t in out_leaves),
     )
+
+
+def _symbols_of(types: list[Any], definable: bool) -> set[str]:
+    from tvm import relax
+
+    fn = relax.analysis.definable_tir_vars_in_type if definable else relax.analysis.tir_vars_in_type
+    return {str(v.name) for t in types for v in fn(t)}
+
+
+def _symbol_carriers(own: list[Any], reads: list[str], func: Any, var_of: Mapping[str, Any]) -> list[str]:
+    """Graph inputs a stage also reads because its code uses a symbolic dimension that none
+    of its other inputs carries as a plain dimension (a stage that only computes sizes from
+    ``batch``, say): the smallest graph input carrying each such symbol."""
+    params = {p.name: p for p in func.params}
+    have = _symbols_of([params[u].ty if u in params else var_of[u].ty for u in reads], True)
+    need = _symbols_of([b.var.ty for b in own], False) - have
+    extra: list[str] = []
+    for sym in sorted(need):
+        if sym in have:
+            continue
+        carriers = [p for p in func.params if sym in _symbols_of([p.ty], True)]
+        if not carriers:
+            continue  # _check_symbols_defined says so
+        best = min(carriers, key=lambda p: len(getattr(p.ty.shape, "values", ()) or ()))
+        extra.append(best.name)
+        have |= _symbols_of([best.ty], True)
+    return [e for e in dict.fromkeys(extra) if e not in reads]
 
 
 def _check_symbols_defined(index: int, params: list[Any], own: list[Any]) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 from terrazzo.errors import FrontendError
 from terrazzo.frontend.onnx_checks import check_supported_ops, load_model_safely
 from terrazzo.frontend.onnx_fixups import fold_constant_of_shape, normalise_constants
+from terrazzo.frontend.symbolic import resolve_shape_symbols
 from terrazzo.frontend.relax_graph import to_graph, to_graph_symbolic, uniquify_names
 from terrazzo.ir import Graph
 
@@ -178,8 +179,12 @@ def from_onnx(
     fold_constant_of_shape(model)
     try:
         mod = tvm_from_onnx(model, shape_dict=shape_dict, dtype_dict=dtype_dict)
+        if ranges:  # sizes computed from Shape at run time → expressions of the input symbols
+            mod = resolve_shape_symbols(mod, ranges)
         mod = relax.transform.DecomposeOpsForInference()(mod)
         mod = relax.transform.Normalize()(mod)
+        if ranges:  # the decomposition lowers tensor_to_shape to a fresh symbol again
+            mod = resolve_shape_symbols(mod, ranges)
     except FrontendError:
         raise
     except Exception as e:  # TVM raises many types; report one line

@@ -217,6 +217,19 @@ def uniquify_names(mod: Any) -> Any:
             self.builder_.emit_normalized(relax.VarBinding(new, value))
             self.set_var_remap(old, new)
 
+        def visit_match_cast_(self, binding: Any) -> None:
+            # symbolic shapes bring match_cast bindings; their names must be unique too
+            value = self.visit_expr(binding.value)
+            old = binding.var
+            name, k = old.name, 1
+            while name in taken:
+                name, k = f"{old.name}_{k}", k + 1
+            taken.add(name)
+            cls = relax.DataflowVar if isinstance(old, relax.DataflowVar) else relax.Var
+            new = cls(name, old.ty)
+            self.builder_.emit_normalized(relax.MatchCast(new, value, binding.ty))
+            self.set_var_remap(old, new)
+
     out = mod.clone()
     out["main"] = _Renamer(mod).visit_expr(func)
     return out
