@@ -234,7 +234,7 @@ class StageRunner:
                     else f"stage {self.index}: input {spec.name!r} must be "
                     f"{spec.dtype}{spec.describe_shape()}, got {a.dtype}{list(a.shape)}"
                 )
-            args.append(tvm.runtime.tensor(np.ascontiguousarray(a), self._dev))
+            args.append(tvm.runtime.tensor(np.ascontiguousarray(a).reshape(a.shape), self._dev))
         clash = symbol_conflicts(self.inputs, {s.name: np.shape(inputs[s.name]) for s in self.inputs})
         if clash:
             raise BundleError(f"stage {self.index}: {clash}")

@@ -97,7 +97,12 @@ def _tensor_type(ty: Any, where: str) -> TensorType:
 def _dim_names(ty: Any) -> tuple[str, ...]:
     """Per dimension of a tensor type: ``""`` when fixed, else TVM's text of the symbolic
     expression (``batch``, ``batch * 4``); ``()`` when every dimension is fixed."""
-    names = tuple("" if hasattr(d, "value") else str(d) for d in ty.shape.values)
+    import re
+
+    names = tuple(
+        "" if hasattr(d, "value") else re.sub(r"T\.u?int\d+\((-?\d+)\)", r"\1", str(d))
+        for d in ty.shape.values
+    )
     return names if any(names) else ()
 
 
@@ -428,7 +433,8 @@ def _symbol_carriers(own: list[Any], reads: list[str], func: Any, var_of: Mappin
     ``batch``, say): the smallest graph input carrying each such symbol."""
     params = {p.name: p for p in func.params}
     have = _symbols_of([params[u].ty if u in params else var_of[u].ty for u in reads], True)
-    need = _symbols_of([b.var.ty for b in own], False) - have
+    need = _symbols_of([b.var.ty for b in own], False) | _value_symbols(own)
+    need -= have
     extra: list[str] = []
     for sym in sorted(need):
         if sym in have:
@@ -442,6 +448,20 @@ def _symbol_carriers(own: list[Any], reads: list[str], func: Any, var_of: Mappin
     return [e for e in dict.fromkeys(extra) if e not in reads]
 
 
+def _value_symbols(own: list[Any]) -> set[str]:
+    """Symbolic dimensions a stage's expressions use (``R.shape([seq])`` has no ``seq`` in
+    its result's type)."""
+    from tvm import relax
+
+    out: set[str] = set()
+    for b in own:
+        try:
+            out.update(str(v.name) for v in relax.analysis.free_symbolic_vars(b.value))
+        except Exception:  # not every value kind is an expression the analysis takes
+            continue
+    return out
+
+
 def _check_symbols_defined(index: int, params: list[Any], own: list[Any]) -> None:
     """Refuse a stage whose code uses a symbolic dimension none of its inputs carries as a
     plain dimension (``(batch * 4,)`` alone cannot give ``batch`` back), in one line."""
@@ -450,7 +470,7 @@ def _check_symbols_defined(index: int, params: list[Any], own: list[Any]) -> Non
     defined: set[str] = set()
     for p in params:
         defined.update(str(v.name) for v in relax.analysis.definable_tir_vars_in_type(p.ty))
-    used: set[str] = set()
+    used: set[str] = _value_symbols(own)
     for b in own:
         used.update(str(v.name) for v in relax.analysis.tir_vars_in_type(b.var.ty))
     missing = sorted(used - defined)
