@@ -235,7 +235,9 @@ class StageRunner:
                     f"{spec.dtype}{spec.describe_shape()}, got {a.dtype}{list(a.shape)}"
                 )
             args.append(tvm.runtime.tensor(np.ascontiguousarray(a).reshape(a.shape), self._dev))
-        clash = symbol_conflicts(self.inputs, {s.name: np.shape(inputs[s.name]) for s in self.inputs})
+        clash = symbol_conflicts(
+            self.inputs, {s.name: np.shape(inputs[s.name]) for s in self.inputs}
+        )
         if clash:
             raise BundleError(f"stage {self.index}: {clash}")
         return args

@@ -89,7 +89,9 @@ def _tensor_type(ty: Any, where: str) -> TensorType:
         raise CodegenError(f"{where}: expected a tensor with a known shape, found {ty}")
     values = getattr(ty.shape, "values", None)
     if values is None:
-        raise CodegenError(f"{where}: shape {ty} is not known at compile time (not even symbolically)")
+        raise CodegenError(
+            f"{where}: shape {ty} is not known at compile time (not even symbolically)"
+        )
     shape = tuple(int(d.value) if hasattr(d, "value") else -1 for d in values)
     return TensorType(shape, str(ty.dtype))
 
@@ -427,7 +429,9 @@ def _symbols_of(types: list[Any], definable: bool) -> set[str]:
     return {str(v.name) for t in types for v in fn(t)}
 
 
-def _symbol_carriers(own: list[Any], reads: list[str], func: Any, var_of: Mapping[str, Any]) -> list[str]:
+def _symbol_carriers(
+    own: list[Any], reads: list[str], func: Any, var_of: Mapping[str, Any]
+) -> list[str]:
     """Graph inputs a stage also reads because its code uses a symbolic dimension that none
     of its other inputs carries as a plain dimension (a stage that only computes sizes from
     ``batch``, say): the smallest graph input carrying each such symbol."""

@@ -145,7 +145,9 @@ def run(args: argparse.Namespace) -> int:
         from terrazzo.ir.shapes import parse_ranges, parse_sizes
 
         dyn = {
-            "dynamic_dims": {k: list(v) for k, v in parse_ranges(str(attrs["dynamic_dims"])).items()},
+            "dynamic_dims": {
+                k: list(v) for k, v in parse_ranges(str(attrs["dynamic_dims"])).items()
+            },
             "plan_shape": parse_sizes(str(attrs.get("plan_shape", ""))),
         }
     if args.json:

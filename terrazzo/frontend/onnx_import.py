@@ -10,8 +10,8 @@ from typing import Any
 from terrazzo.errors import FrontendError
 from terrazzo.frontend.onnx_checks import check_supported_ops, load_model_safely
 from terrazzo.frontend.onnx_fixups import fold_constant_of_shape, normalise_constants
-from terrazzo.frontend.symbolic import resolve_shape_symbols
 from terrazzo.frontend.relax_graph import to_graph, to_graph_symbolic, uniquify_names
+from terrazzo.frontend.symbolic import resolve_shape_symbols
 from terrazzo.ir import Graph
 
 
@@ -92,7 +92,11 @@ def _input_specs(
                 continue
             sym = sanitize_name(d.dim_param) if d.dim_param else ""
             if not sym or not sym.isidentifier():
-                sym = "batch" if k == 0 and "batch" not in tir_vars else f"{sanitize_name(i.name)}_d{k}"
+                sym = (
+                    "batch"
+                    if k == 0 and "batch" not in tir_vars
+                    else f"{sanitize_name(i.name)}_d{k}"
+                )
             rng = want if want is not None else default_range(k, sym)
             if sym in ranges and rng != ranges[sym]:
                 if want is not None and sym in declared:
@@ -115,7 +119,10 @@ def _input_specs(
 
 
 def plan_sizes_for(
-    plan_shapes: Any, dim_names: dict[str, list[str]], ranges: dict[str, tuple[int, int]], where: str
+    plan_shapes: Any,
+    dim_names: dict[str, list[str]],
+    ranges: dict[str, tuple[int, int]],
+    where: str,
 ) -> dict[str, int]:
     """Symbol → planning size from ``plan_shapes`` (input → full shape; ``--plan-shape``);
     symbols it does not name plan at their range's upper bound."""
@@ -148,9 +155,7 @@ def plan_sizes_for(
     return sizes
 
 
-def from_onnx(
-    path: str | os.PathLike[str], shapes: Any = None, plan_shapes: Any = None
-) -> Graph:
+def from_onnx(path: str | os.PathLike[str], shapes: Any = None, plan_shapes: Any = None) -> Graph:
     """Import an ONNX model as an ir.Graph (with its Relax module in ``relax_mod``).
 
     Args:

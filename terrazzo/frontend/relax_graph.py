@@ -405,7 +405,9 @@ def to_graph_symbolic(
         static["main"] = mod["main"].bind_symbolic_vars({syms[s]: v for s, v in sizes.items()})
     except Exception as e:  # TVM's own error types
         first = (str(e).strip().splitlines() or [type(e).__name__])[-1]
-        raise FrontendError(f"{name}: cannot bind {sizes} to the symbolic shapes: {first[:200]}") from None
+        raise FrontendError(
+            f"{name}: cannot bind {sizes} to the symbolic shapes: {first[:200]}"
+        ) from None
     import dataclasses
 
     extra = dict(attrs or {})

@@ -79,9 +79,7 @@ def parse_shape_arg(text: str, flag: str = "--shape") -> tuple[str, tuple[DimDec
     name, sep, dims = text.partition("=")
     name = name.strip()
     if not sep or not name:
-        raise ShapeSpecError(
-            f"{flag} {text!r}: expected NAME=DIMS, e.g. {flag} x=1..32x3x224x224"
-        )
+        raise ShapeSpecError(f"{flag} {text!r}: expected NAME=DIMS, e.g. {flag} x=1..32x3x224x224")
     if not _NAME.match(name):
         raise ShapeSpecError(f"{flag} {text!r}: {name!r} is not an input name")
     return name, parse_dims(dims, f"{flag} {text!r}")
@@ -98,7 +96,9 @@ def parse_shape_args(items: Sequence[str], flag: str = "--shape") -> dict[str, t
     return out
 
 
-def normalize_shapes(shapes: Mapping[str, Any] | Sequence[str] | None) -> dict[str, tuple[DimDecl, ...]]:
+def normalize_shapes(
+    shapes: Mapping[str, Any] | Sequence[str] | None,
+) -> dict[str, tuple[DimDecl, ...]]:
     """The Python API's ``shapes=`` in one form: name → per-dimension size or ``(lo, hi)``.
 
     Accepts a mapping whose values are tuples of ints / ``(lo, hi)`` pairs / ``"lo..hi"``

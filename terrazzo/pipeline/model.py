@@ -351,7 +351,8 @@ def _specs(
             out.append(TensorSpec(n, t.dtype, tuple(t.shape)))
             continue
         bounds = tuple(
-            dim_bounds(e, ranges) if e else (int(s), int(s)) for e, s in zip(d, t.shape, strict=True)
+            dim_bounds(e, ranges) if e else (int(s), int(s))
+            for e, s in zip(d, t.shape, strict=True)
         )
         out.append(TensorSpec(n, t.dtype, tuple(t.shape), d, bounds))
     return tuple(out)

@@ -165,7 +165,10 @@ def decode_inputs(
         if any(d < 0 for d in shape) or not spec.accepts_shape(shape):
             raise TensorError(  # names the declared range of a symbolic dimension
                 f"model {model!r}: "
-                + (spec.shape_error(shape) or f"input {t.name!r} has a negative dimension {list(shape)}")
+                + (
+                    spec.shape_error(shape)
+                    or f"input {t.name!r} has a negative dimension {list(shape)}"
+                )
             )
         has_typed = t.HasField("contents")
         if raws:

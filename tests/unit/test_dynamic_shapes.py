@@ -85,7 +85,11 @@ def test_tensor_spec_range_and_json() -> None:
     msg = s.shape_error((65, 16))
     assert msg is not None and "'x'" in msg and "1..64" in msg and "[65, 16]" in msg
     assert TensorSpec.from_json(s.to_json()) == s
-    assert TensorSpec("y", "float32", (2,)).to_json() == {"name": "y", "dtype": "float32", "shape": [2]}
+    assert TensorSpec("y", "float32", (2,)).to_json() == {
+        "name": "y",
+        "dtype": "float32",
+        "shape": [2],
+    }
 
 
 def test_default_range_and_plan_shape(tmp_path: Path) -> None:
@@ -136,7 +140,9 @@ def test_multi_stage_dynamic_bundle_matches_onnxruntime(three_stage) -> None:
             x = rng.standard_normal((n, 16)).astype(np.float32)
             (got,) = b.run({"x": x}, runners).values()
             np.testing.assert_allclose(got, sess.run(None, {"x": x})[0], rtol=1e-5, atol=1e-6)
-        with pytest.raises(BundleError, match=r"'x' dimension 0 \(batch\) is 65, outside the declared range 1..64"):
+        with pytest.raises(
+            BundleError, match=r"'x' dimension 0 \(batch\) is 65, outside the declared range 1..64"
+        ):
             b.run({"x": np.zeros((65, 16), np.float32)}, runners)
 
 
@@ -238,10 +244,11 @@ def test_dynamic_batch_and_sequence_bert_matches_onnxruntime(tmp_path: Path) -> 
 
 def test_torch_module_with_dynamic_dims() -> None:
     torch = pytest.importorskip("torch")
+    import tempfile
+
+    from terrazzo.bundle import open_bundle
     from terrazzo.frontend import from_torch
     from terrazzo.pipeline import compile_model
-    from terrazzo.bundle import open_bundle
-    import tempfile
 
     class M(torch.nn.Module):
         def __init__(self) -> None:
