@@ -268,7 +268,7 @@ def test_torch_module_with_dynamic_dims() -> None:
                             example_inputs=ex, shapes={"x": "1..32x16", "mask": "1..32x3"},
                             include_reference=False)  # fmt: skip
         with open_bundle(res.path) as b:
-            for n in (1, 5, 32):
+            for n in (1, 5, 31):
                 x, k = torch.randn(n, 16), torch.randn(n + 1, 3)
                 (got,) = b.run({"x": x.numpy(), "mask": k.numpy()}).values()
                 with torch.no_grad():
