@@ -274,3 +274,25 @@ def test_torch_module_with_dynamic_dims() -> None:
                 with torch.no_grad():
                     ref = m(x, k).numpy()
                 np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_served_request_outside_range_is_invalid_argument() -> None:
+    from terrazzo.runtime.protos import grpc_service_pb2 as pb
+    from terrazzo.runtime.tensors import TensorError, decode_inputs
+
+    spec = TensorSpec("x", "float32", (-1, 2), ("batch", ""), ((1, 4), (2, 2)))
+
+    def req(n: int) -> object:
+        r = pb.ModelInferRequest(model_name="m")
+        t = r.inputs.add()
+        t.name, t.datatype = "x", "FP32"
+        t.shape.extend([n, 2])
+        r.raw_input_contents.append(b"\0" * (4 * 2 * n))
+        return r
+
+    assert decode_inputs(req(3), {"x": spec}, "m")["x"].shape == (3, 2)
+    with pytest.raises(
+        TensorError, match=r"'x' dimension 0 \(batch\) is 5, outside the declared range 1..4"
+    ) as e:
+        decode_inputs(req(5), {"x": spec}, "m")
+    assert e.value.code.name == "INVALID_ARGUMENT"
