@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from terrazzo.errors import BundleError
-from terrazzo.ir import TensorSpec
+from terrazzo.ir import TensorSpec, symbol_conflicts
 
 log = logging.getLogger("terrazzo.bundle")
 
@@ -225,13 +225,21 @@ class StageRunner:
             if spec.name not in inputs:
                 raise BundleError(f"stage {self.index}: input {spec.name!r} was not given")
             a = np.asarray(inputs[spec.name])
-            if tuple(a.shape) != spec.shape or str(a.dtype) != spec.dtype:
+            if str(a.dtype) != spec.dtype or not spec.accepts_shape(a.shape):
+                # symbolic dimensions: the message names the declared range (ir.TensorSpec)
+                bad = spec.shape_error(a.shape) if str(a.dtype) == spec.dtype else None
                 raise BundleError(
-                    f"stage {self.index}: input {spec.name!r} must be {spec.dtype}{list(spec.shape)}, "
-                    f"got {a.dtype}{list(a.shape)}"
+                    f"stage {self.index}: {bad}"
+                    if bad
+                    else f"stage {self.index}: input {spec.name!r} must be "
+                    f"{spec.dtype}{spec.describe_shape()}, got {a.dtype}{list(a.shape)}"
                 )
-            # np.ascontiguousarray would turn a rank-0 array into shape (1,)
-            args.append(tvm.runtime.tensor(np.asarray(a, order="C"), self._dev))
+            args.append(tvm.runtime.tensor(np.ascontiguousarray(a).reshape(a.shape), self._dev))
+        clash = symbol_conflicts(
+            self.inputs, {s.name: np.shape(inputs[s.name]) for s in self.inputs}
+        )
+        if clash:
+            raise BundleError(f"stage {self.index}: {clash}")
         return args
 
     def __call__(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -22,6 +22,8 @@ from terrazzo.ir import TensorType
 # Constants at least this large become weight parameters; smaller ones (scalars, shape-like
 # index vectors) stay inlined in the compiled library where legalization may need them.
 LIFT_MIN_BYTES = 256
+#: Function attributes carrying symbolic dimensions' declared bounds; every stage keeps them.
+_BOUND_ATTRS = ("tir_var_upper_bound", "tir_var_lower_bound")
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +37,9 @@ class StageModule:
         inputs: activation parameter names (graph inputs or other stages' results).
         outputs: result names, in the order ``main`` returns them.
         weights: global weight names passed after ``inputs``.
-        input_types / output_types: shapes and dtypes of ``inputs`` / ``outputs``.
+        input_types / output_types: shapes and dtypes of ``inputs`` / ``outputs`` (``-1`` for
+            a symbolic dimension).
+        input_dims / output_dims: per tensor, ``_dim_names`` of its type (``()`` when static).
     """
 
     index: int
@@ -46,6 +50,8 @@ class StageModule:
     weights: tuple[str, ...]
     input_types: tuple[TensorType, ...]
     output_types: tuple[TensorType, ...]
+    input_dims: tuple[tuple[str, ...], ...] = ()
+    output_dims: tuple[tuple[str, ...], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +63,7 @@ class SplitModel:
         inputs / input_types: graph inputs (the Relax ``main`` parameters).
         outputs / output_types: graph outputs as tensor leaves (``gv.0``, ``gv.1``, ...).
         weights: global weight name → array (every lifted constant, shared by name).
+        input_dims / output_dims: per tensor, its symbolic dimension names (see StageModule).
     """
 
     stages: tuple[StageModule, ...]
@@ -65,6 +72,8 @@ class SplitModel:
     outputs: tuple[str, ...]
     output_types: tuple[TensorType, ...]
     weights: Mapping[str, np.ndarray] = field(compare=False, repr=False)
+    input_dims: tuple[tuple[str, ...], ...] = ()
+    output_dims: tuple[tuple[str, ...], ...] = ()
 
     def stage_weights(self, index: int) -> dict[str, np.ndarray]:
         """The weights stage ``index`` reads, by global name."""
@@ -72,15 +81,31 @@ class SplitModel:
 
 
 def _tensor_type(ty: Any, where: str) -> TensorType:
+    """The ir type of a value crossing a cut; a symbolic dimension is ``-1`` (``_dim_names``
+    says which symbol or expression it is)."""
     from tvm import relax
 
     if not isinstance(ty, relax.TensorType) or ty.shape is None:
         raise CodegenError(f"{where}: expected a tensor with a known shape, found {ty}")
-    try:
-        shape = tuple(int(d) for d in ty.shape.values)
-    except (TypeError, AttributeError) as e:
-        raise CodegenError(f"{where}: dynamic shape {ty}; fix shapes at import") from e
+    values = getattr(ty.shape, "values", None)
+    if values is None:
+        raise CodegenError(
+            f"{where}: shape {ty} is not known at compile time (not even symbolically)"
+        )
+    shape = tuple(int(d.value) if hasattr(d, "value") else -1 for d in values)
     return TensorType(shape, str(ty.dtype))
+
+
+def _dim_names(ty: Any) -> tuple[str, ...]:
+    """Per dimension of a tensor type: ``""`` when fixed, else TVM's text of the symbolic
+    expression (``batch``, ``batch * 4``); ``()`` when every dimension is fixed."""
+    import re
+
+    names = tuple(
+        "" if hasattr(d, "value") else re.sub(r"T\.u?int\d+\((-?\d+)\)", r"\1", str(d))
+        for d in ty.shape.values
+    )
+    return names if any(names) else ()
 
 
 def _leaves(name: str, ty: Any) -> list[tuple[str, tuple[int, ...], Any]]:
@@ -261,7 +286,12 @@ def split_relax(
     input_types = tuple(_tensor_type(p.ty, f"input {p.name!r}") for p in func.params)
     stage_of = {n: assignment[n] for n in names}
     var_of = {b.var.name: b.var for b in bindings}
-    uses = {b.var.name: [v.name for v in relax.analysis.free_vars(b.value)] for b in bindings}
+    # free_vars also lists symbolic dimensions (``seq``); keep the Relax values only
+    known_vars = set(param_names) | set(var_of)
+    uses = {
+        b.var.name: [v.name for v in relax.analysis.free_vars(b.value) if v.name in known_vars]
+        for b in bindings
+    }
 
     tuples = {b.var.name: b.value for b in bindings if isinstance(b.value, relax.Tuple)}
     resolved: set[str] = set()
@@ -279,7 +309,9 @@ def split_relax(
     rebound = {
         b.var.name: relax.ShapeExpr(b.var.ty.values)
         for b in bindings
-        if isinstance(b.var.ty, relax.ShapeType) and b.var.ty.values is not None
+        if isinstance(b.var.ty, relax.ShapeType)
+        and b.var.ty.values is not None
+        and all(hasattr(v, "value") for v in b.var.ty.values)  # symbolic ones still cross
     }
     for b in bindings:
         s = stage_of[b.var.name]
@@ -311,11 +343,13 @@ def split_relax(
             for u in uses[b.var.name]:
                 if u not in own_names and u not in ext_reads:
                     ext_reads.append(u)
+        ext_reads.extend(_symbol_carriers(own, ext_reads, func, var_of))
         bb = relax.BlockBuilder()
         var_map: dict[str, Any] = {}
         in_params: list[Any] = []
         in_names: list[str] = []
         in_types: list[TensorType] = []
+        in_dims: list[tuple[str, ...]] = []
         tuple_inputs: list[tuple[str, Any, list[Any]]] = []
         own_rebound = [(u, rebound[u]) for u in ext_reads if u in rebound]
         ext_reads = [u for u in ext_reads if u not in rebound]
@@ -329,6 +363,7 @@ def split_relax(
                 in_params.append(pv)
                 in_names.append(leaf)
                 in_types.append(tt)
+                in_dims.append(_dim_names(lty))
                 leaf_vars.append((leaf, pv))
             if leaves and leaves[0][1] == ():
                 var_map[u] = leaf_vars[0][1]
@@ -350,7 +385,13 @@ def split_relax(
         mut = _Remapper(var_map, stage_consts)
         out_names: list[str] = []
         out_types: list[TensorType] = []
-        with bb.function("main", in_params + w_params, attrs={"num_input": len(in_params)}):
+        out_dims: list[tuple[str, ...]] = []
+        _check_symbols_defined(s, in_params, own)
+        fattrs: dict[str, Any] = {"num_input": len(in_params)}
+        for key in _BOUND_ATTRS:  # symbolic dims' declared ranges (memory planning)
+            if func.attrs is not None and key in func.attrs:
+                fattrs[key] = func.attrs[key]
+        with bb.function("main", in_params + w_params, attrs=fattrs):
             with bb.dataflow():
                 for u, ty, leaf_params in tuple_inputs:
                     var_map[u] = _rebuild_tuple(ty, iter(leaf_params))
@@ -370,6 +411,7 @@ def split_relax(
                             for i in path:
                                 e = relax.TupleGetItem(e, i)
                             out_types.append(_tensor_type(lty, f"stage {s} output {leaf!r}"))
+                            out_dims.append(_dim_names(lty))
                             out_names.append(leaf)
                             outs.append(e)
                 ret = bb.emit_output(relax.Tuple(outs))
@@ -385,6 +427,8 @@ def split_relax(
                 weights=tuple(w_names),
                 input_types=tuple(in_types),
                 output_types=tuple(out_types),
+                input_dims=tuple(in_dims),
+                output_dims=tuple(out_dims),
             )
         )
     return SplitModel(
@@ -394,6 +438,8 @@ def split_relax(
         outputs=tuple(n for n, _, _, _ in out_leaves),
         output_types=tuple(_tensor_type(t, f"graph output {n!r}") for n, _, _, t in out_leaves),
         weights=MappingProxyType(weights),
+        input_dims=tuple(_dim_names(p.ty) for p in func.params),
+        output_dims=tuple(_dim_names(t) for _, _, _, t in out_leaves),
     )
 
 
@@ -414,6 +460,69 @@ def _with_callees(smod: Any, mod: Any, own: list[Any]) -> Any:
         if name in [g.name_hint for g in mod.functions]:
             smod[gv] = mod[gv]
     return smod
+
+
+def _symbols_of(types: list[Any], definable: bool) -> set[str]:
+    from tvm import relax
+
+    fn = relax.analysis.definable_tir_vars_in_type if definable else relax.analysis.tir_vars_in_type
+    return {str(v.name) for t in types for v in fn(t)}
+
+
+def _symbol_carriers(
+    own: list[Any], reads: list[str], func: Any, var_of: Mapping[str, Any]
+) -> list[str]:
+    """Graph inputs a stage also reads because its code uses a symbolic dimension that none
+    of its other inputs carries as a plain dimension (a stage that only computes sizes from
+    ``batch``, say): the smallest graph input carrying each such symbol."""
+    params = {p.name: p for p in func.params}
+    have = _symbols_of([params[u].ty if u in params else var_of[u].ty for u in reads], True)
+    need = _symbols_of([b.var.ty for b in own], False) | _value_symbols(own)
+    need -= have
+    extra: list[str] = []
+    for sym in sorted(need):
+        if sym in have:
+            continue
+        carriers = [p for p in func.params if sym in _symbols_of([p.ty], True)]
+        if not carriers:
+            continue  # _check_symbols_defined says so
+        best = min(carriers, key=lambda p: len(getattr(p.ty.shape, "values", ()) or ()))
+        extra.append(best.name)
+        have |= _symbols_of([best.ty], True)
+    return [e for e in dict.fromkeys(extra) if e not in reads]
+
+
+def _value_symbols(own: list[Any]) -> set[str]:
+    """Symbolic dimensions a stage's expressions use (``R.shape([seq])`` has no ``seq`` in
+    its result's type)."""
+    from tvm import relax
+
+    out: set[str] = set()
+    for b in own:
+        try:
+            out.update(str(v.name) for v in relax.analysis.free_symbolic_vars(b.value))
+        except Exception:  # not every value kind is an expression the analysis takes
+            continue
+    return out
+
+
+def _check_symbols_defined(index: int, params: list[Any], own: list[Any]) -> None:
+    """Refuse a stage whose code uses a symbolic dimension none of its inputs carries as a
+    plain dimension (``(batch * 4,)`` alone cannot give ``batch`` back), in one line."""
+    from tvm import relax
+
+    defined: set[str] = set()
+    for p in params:
+        defined.update(str(v.name) for v in relax.analysis.definable_tir_vars_in_type(p.ty))
+    used: set[str] = _value_symbols(own)
+    for b in own:
+        used.update(str(v.name) for v in relax.analysis.tir_vars_in_type(b.var.ty))
+    missing = sorted(used - defined)
+    if missing:
+        raise CodegenError(
+            f"stage {index}: its inputs do not carry the symbolic dimension(s) {missing} as a "
+            "plain dimension; cut the model elsewhere or declare fixed sizes with --shape"
+        )
 
 
 def _rebuild_tuple(ty: Any, leaves: Any) -> Any:

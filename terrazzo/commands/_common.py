@@ -29,3 +29,47 @@ def require_compiler(command: str) -> None:
 def print_json(obj: Any) -> None:
     json.dump(obj, sys.stdout, indent=2, sort_keys=False, default=str)
     sys.stdout.write("\n")
+
+
+def add_shape_args(p: Any, plan_shape: bool = True) -> None:
+    """``--shape NAME=DIMS`` (repeatable; sizes or ``lo..hi`` ranges) and ``--plan-shape``."""
+    p.add_argument(
+        "--shape",
+        action="append",
+        default=[],
+        metavar="NAME=DIMS",
+        help="an input's shape: sizes or lo..hi ranges joined by x, e.g. x=1..32x3x224x224 "
+        "(repeatable). A range keeps the dimension symbolic: one build serves the whole range. "
+        "Open dimensions not named get 1..64 (batch: first dimension) or 1..512 (others)",
+    )
+    if plan_shape:
+        p.add_argument(
+            "--plan-shape",
+            action="append",
+            default=[],
+            metavar="NAME=DIMS",
+            help="the input shape the cost model and planner assume, e.g. x=8x3x224x224 "
+            "(default: the upper bound of every range)",
+        )
+
+
+def shapes_from_args(args: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(shapes, plan_shapes) parsed from ``--shape`` / ``--plan-shape`` (one line on error)."""
+    from terrazzo.ir.shapes import parse_shape_args
+
+    shapes = parse_shape_args(getattr(args, "shape", None) or [], "--shape")
+    plan = parse_shape_args(getattr(args, "plan_shape", None) or [], "--plan-shape")
+    for name, dims in plan.items():
+        if any(isinstance(d, tuple) for d in dims):
+            raise TerrazzoError(f"--plan-shape {name}: give sizes, not ranges")
+    return shapes, plan
+
+
+def describe_dynamic(plan_summary: Any) -> str | None:
+    """One line on what a dynamic-shape bundle or plan serves and what shape it was costed at."""
+    if not plan_summary or not plan_summary.get("dynamic_dims"):
+        return None
+    dims = ", ".join(f"{k} {v[0]}..{v[1]}" for k, v in plan_summary["dynamic_dims"].items())
+    at = ", ".join(f"{k}={v}" for k, v in (plan_summary.get("plan_shape") or {}).items())
+    build = plan_summary.get("shape_build", "symbolic")
+    return f"dynamic shapes: {dims} ({build} build); planned and costed at {at}"

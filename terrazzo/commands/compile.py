@@ -51,6 +51,9 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("-o", "--output", default="model.tzb", help="bundle path (default model.tzb)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    from terrazzo.commands._common import add_shape_args
+
+    add_shape_args(p)
     p.set_defaults(func=run)
 
 
@@ -74,9 +77,14 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from terrazzo.commands._common import print_json
+    from terrazzo.commands._common import describe_dynamic, print_json, shapes_from_args
     from terrazzo.pipeline import compile_model, compile_placed
 
+    shapes, plan_shapes = shapes_from_args(args)
+    if placed and (shapes or plan_shapes):
+        from terrazzo.errors import TerrazzoError
+
+        raise TerrazzoError("--shape/--plan-shape apply to models, not to a placed .mlir")
     err = Console(stderr=True)
     status = err.status("starting")
     stage_rows: list[dict[str, Any]] = []
@@ -120,9 +128,13 @@ def run(args: argparse.Namespace) -> int:
                 args.model, args.fleet, args.sla, rps=1.0 if args.rps is None else args.rps,
                 out_path=args.output, solver=args.solver, tuning_db=args.tuning,
                 sign_key=args.sign, catalog=catalog, include_reference=not args.no_reference,
-                progress=progress,
+                progress=progress, shapes=shapes or None, plan_shapes=plan_shapes or None,
             )  # fmt: skip
     plan = res.plan
+    from terrazzo.pipeline import graph_plan_sizes, graph_ranges
+
+    dyn = {"dynamic_dims": {k: list(v) for k, v in graph_ranges(res.graph).items()},
+           "plan_shape": graph_plan_sizes(res.graph)}  # fmt: skip
     summary = {
         "bundle": str(res.path),
         "model": res.graph.name,
@@ -148,6 +160,8 @@ def run(args: argparse.Namespace) -> int:
             for b in res.builds
         ],
     }
+    if dyn["dynamic_dims"]:
+        summary["dynamic_shapes"] = dyn
     if args.json:
         print_json(summary)
         return 0
@@ -180,4 +194,7 @@ def run(args: argparse.Namespace) -> int:
         f"{plan.usd_per_hour:.4f} USD/h at {plan.rps:g} rps; bundle {res.bundle_bytes / 1e6:.2f} MB "
         f"(weights {res.weight_bytes / 1e6:.2f} MB); total {sum(res.phase_s.values()):.1f} s"
     )
+    line = describe_dynamic({**dyn, "shape_build": "symbolic"})
+    if line:
+        out.print(line)
     return 0

@@ -93,17 +93,28 @@ def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     def sig(specs: list[dict[str, Any]]) -> str:
-        return ", ".join(f"{t['name']}:{t['dtype']}{t['shape']}" for t in specs)
+        from terrazzo.ir import TensorSpec
+
+        return ", ".join(
+            f"{t['name']}:{t['dtype']}{TensorSpec.from_json(t).describe_shape()}" for t in specs
+        )
 
     c = Console()
     plan = info["plan"]
     c.print(f"[bold]{info['name']}[/bold]  ({args.bundle}, {info['bundle_bytes'] / 1e6:.2f} MB, "
             f"weights {info['weight_bytes'] / 1e6:.2f} MB, {info['members']} members, signature: {info['signature']})")  # fmt: skip
-    c.print(f"inputs:  {sig(info['inputs'])}\noutputs: {sig(info['outputs'])}")
+    from rich.markup import escape
+
+    c.print(escape(f"inputs:  {sig(info['inputs'])}\noutputs: {sig(info['outputs'])}"))
     if plan:
         c.print(f"plan: {plan.get('solver')}, {plan.get('stages')} stages, predicted "
                 f"{plan.get('latency_s', 0) * 1e3:.3f} ms, {plan.get('usd_per_hour', 0):.4f} USD/h; "
                 f"SLA {info['sla']}")  # fmt: skip
+        from terrazzo.commands._common import describe_dynamic
+
+        dyn = describe_dynamic(plan)
+        if dyn:
+            c.print(dyn)
     t = Table()
     for col in ("stage", "device", "target", "ops", "replicas", "artifacts", "weights", "fallback"):
         t.add_column(col)

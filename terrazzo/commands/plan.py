@@ -40,10 +40,13 @@ def register(subparsers: Any) -> None:
         "--output",
         help="write the placed graph as tz MLIR to this file (edit it, then: terrazzo compile FILE)",
     )
+    from terrazzo.commands._common import add_shape_args
+
+    add_shape_args(p)
     p.set_defaults(func=run)
 
 
-def _load_model(spec: str) -> tuple[Any, Any]:
+def _load_model(spec: str, shapes: Any = None, plan_shapes: Any = None) -> tuple[Any, Any]:
     """(graph, ModelSource or None): ONNX files and zoo models carry a source for the placed IR."""
     import hashlib
     from pathlib import Path
@@ -55,7 +58,7 @@ def _load_model(spec: str) -> tuple[Any, Any]:
     if path.suffix.lower() == ".onnx":
         from terrazzo.frontend import from_onnx
 
-        g = from_onnx(path)
+        g = from_onnx(path, shapes=shapes, plan_shapes=plan_shapes)
         sha = hashlib.sha256(path.read_bytes()).hexdigest()
         return g, ModelSource(str(path.resolve()), sha)
     if path.suffix.lower() == ".json" and path.is_file():
@@ -82,14 +85,15 @@ def _load_model(spec: str) -> tuple[Any, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = zoo.export_onnx(name, tmp)
         sha = hashlib.sha256(Path(onnx_path).read_bytes()).hexdigest()
-        return from_onnx(onnx_path), ModelSource(f"zoo:{name}", sha)
+        g = from_onnx(onnx_path, shapes=shapes, plan_shapes=plan_shapes)
+        return g, ModelSource(f"zoo:{name}", sha)
 
 
 def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
     from pathlib import Path
 
-    from terrazzo.commands._common import print_json
+    from terrazzo.commands._common import describe_dynamic, print_json, shapes_from_args
     from terrazzo.errors import PlacementError
     from terrazzo.placement import (
         SLA,
@@ -128,16 +132,34 @@ def run(args: argparse.Namespace) -> int:
             raise PlacementError("placing a model needs --fleet fleet.yaml")
         if sla is None:
             raise PlacementError("placing a model needs --sla, e.g. --sla 50ms")
-        graph, model_source = _load_model(args.model)
+        shapes, plan_shapes = shapes_from_args(args)
+        graph, model_source = _load_model(args.model, shapes or None, plan_shapes or None)
         source = graph
     problem = to_problem(source, fleet, sla, args.rps, target_utilisation=args.utilisation)
     result = solve(problem, args.solver, time_limit_s=args.time_limit)
     if args.output:
         Path(args.output).write_text(plan_to_mlir(graph, result, model_source))
+    attrs = dict(getattr(graph, "attrs", ()))
+    dyn = None
+    if attrs.get("dynamic_dims"):
+        from terrazzo.ir.shapes import parse_ranges, parse_sizes
+
+        dyn = {
+            "dynamic_dims": {
+                k: list(v) for k, v in parse_ranges(str(attrs["dynamic_dims"])).items()
+            },
+            "plan_shape": parse_sizes(str(attrs.get("plan_shape", ""))),
+        }
     if args.json:
-        print_json(result.to_json())
+        out = result.to_json()
+        if dyn:
+            out["dynamic_shapes"] = dyn
+        print_json(out)
     else:
         _print_table(result, problem.name)
+        line = describe_dynamic(dyn)
+        if line:
+            print(line)
     return 0
 
 

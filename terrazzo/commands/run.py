@@ -28,6 +28,14 @@ def register(subparsers: Any) -> None:
         "--trust", metavar="KEY", help="require a signature by this Ed25519 public key (PEM)"
     )
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument(
+        "--shape",
+        action="append",
+        default=[],
+        metavar="NAME=DIMS",
+        help="shape of a random input of a dynamic-shape bundle, e.g. x=3x16 (repeatable; "
+        "default: the shape the bundle was planned at)",
+    )
     p.set_defaults(func=run)
 
 
@@ -56,11 +64,53 @@ def _load_inputs(items: list[str], specs: Any) -> dict[str, Any]:
         except ValueError as e:
             raise TerrazzoError(f"--input {name}: {file!r} is not a .npy array ({e})") from e
         spec = known[name]
-        if tuple(arr.shape) != spec.shape:
-            raise TerrazzoError(
-                f"--input {name}: shape {list(arr.shape)}, expected {list(spec.shape)}"
-            )
+        bad = spec.shape_error(arr.shape)
+        if bad:
+            raise TerrazzoError(f"--input {name}: {bad}")
         out[name] = arr.astype(spec.dtype, copy=False)
+    return out
+
+
+def _concrete_specs(bundle: Any, shape_args: list[str], given: dict[str, Any]) -> list[Any]:
+    """The bundle's input specs with symbolic dimensions fixed: by ``--shape``, by the sizes
+    of ``--input`` arrays, else at the shape the bundle was planned at."""
+    from terrazzo.errors import TerrazzoError
+    from terrazzo.ir.shapes import parse_shape_args
+
+    declared = parse_shape_args(shape_args, "--shape")
+    known = {s.name: s for s in bundle.inputs}
+    sizes: dict[str, int] = dict((bundle.manifest.get("plan") or {}).get("plan_shape") or {})
+    bound: dict[str, int] = {}
+    arrays = {n: tuple(a.shape) for n, a in given.items()}
+    for name, dims in declared.items():
+        if name not in known:
+            raise TerrazzoError(
+                f"--shape {name!r}: the model has no such input; inputs: {', '.join(known)}"
+            )
+        if any(isinstance(d, tuple) for d in dims):
+            raise TerrazzoError(f"--shape {name}: give sizes, not ranges, to run")
+        bad = known[name].shape_error(dims)  # type: ignore[arg-type]
+        if bad:
+            raise TerrazzoError(f"--shape {name}: {bad}")
+        arrays[name] = tuple(int(d) for d in dims)  # type: ignore[arg-type]
+    for name, shape in arrays.items():
+        spec = known[name]
+        for sym, d in zip(spec.dims, shape, strict=False):
+            if sym.isidentifier():
+                bound[sym] = int(d)
+    sizes.update(bound)
+    out = []
+    for s in bundle.inputs:
+        if s.name in arrays:
+            from terrazzo.ir import TensorSpec
+
+            out.append(TensorSpec(s.name, s.dtype, arrays[s.name]))
+        elif s.is_dynamic:
+            syms = [d for d in s.dims if d]
+            fallback = {k: lo for k, (lo, _) in zip(s.dims, s.bounds, strict=True) if k}
+            out.append(s.with_sizes({**fallback, **sizes} if syms else sizes))
+        else:
+            out.append(s)
     return out
 
 
@@ -97,8 +147,9 @@ def run(args: argparse.Namespace) -> int:
     with open_bundle(args.bundle, trust_key=args.trust) as b:
         given = _load_inputs(args.input, b.inputs)
         random_names = [s.name for s in b.inputs if s.name not in given]
+        specs = _concrete_specs(b, args.shape, given)
         inputs = {
-            **random_inputs(tuple(s for s in b.inputs if s.name in random_names), args.seed),
+            **random_inputs(tuple(s for s in specs if s.name in random_names), args.seed),
             **given,
         }
         if b.plan_json and "agent" in b.plan_json:

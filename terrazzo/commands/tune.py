@@ -46,6 +46,9 @@ def register(subparsers: Any) -> None:
         help="calibrated CPU profile (`terrazzo calibrate --out`); kernels are then "
         "ranked by the cost model's predicted time (env TERRAZZO_CALIBRATION)",
     )
+    from terrazzo.commands._common import add_shape_args
+
+    add_shape_args(p)
     p.set_defaults(func=run)
 
 
@@ -85,7 +88,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.trials < 1 or args.kernels < 1 or args.batch < 1:
         raise TerrazzoError("--trials, --batch and --kernels must be at least 1")
-    graph, _sha = load_model(args.model)
+    from terrazzo.commands._common import shapes_from_args
+
+    shapes, plan_shapes = shapes_from_args(args)
+    graph, _sha = load_model(args.model, shapes=shapes or None, plan_shapes=plan_shapes or None)
+    graph = _static_for_tuning(graph)
     modules: list[tuple[str, Any, list[dict[str, Any]]]] = []
     if args.fleet:
         from terrazzo.codegen import plan_assignment, request_module, split_relax, stage_targets
@@ -162,6 +169,39 @@ def run(args: argparse.Namespace) -> int:
             db.save(db_path)
     out.write(f"tuning database {db_path}: {len(db)} records ({len(db) - before} new)\n")
     return 0
+
+
+def _static_for_tuning(graph: Any) -> Any:
+    """The graph with its symbolic dimensions bound to the planning sizes, said on stdout.
+
+    Schedules are searched on static kernels. A symbolic build's kernels have other workload
+    hashes, so these records apply to a build with the same fixed sizes
+    (``compile --shape x=64x16``), not to the symbolic build of the range.
+    """
+    import dataclasses
+
+    from terrazzo.pipeline import graph_plan_sizes, graph_ranges
+
+    ranges = graph_ranges(graph)
+    if not ranges:
+        return graph
+    sizes = graph_plan_sizes(graph)
+    mod = graph.relax_mod.clone()
+    by_name = {}
+    from tvm import relax
+
+    for p in mod["main"].params:
+        for v in relax.analysis.definable_tir_vars_in_type(p.ty):
+            by_name[str(v.name)] = v
+    mod["main"] = mod["main"].bind_symbolic_vars({by_name[k]: v for k, v in sizes.items()})
+    fixed = ", ".join(f"{k}={v}" for k, v in sizes.items())
+    span = ", ".join(f"{k} {lo}..{hi}" for k, (lo, hi) in ranges.items())
+    sys.stdout.write(
+        f"note: the model has symbolic dimensions ({span}); tuning its kernels at the planning "
+        f"shape {fixed} (--plan-shape or --shape to choose). The records apply to builds with "
+        "these fixed sizes (compile --shape); symbolic kernels are not tuned.\n"
+    )
+    return dataclasses.replace(graph, relax_mod=mod)
 
 
 def _run_metaschedule(

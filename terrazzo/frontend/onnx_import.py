@@ -11,8 +11,9 @@ from terrazzo.errors import FrontendError
 from terrazzo.frontend.onnx_checks import check_supported_ops, load_model_safely
 from terrazzo.frontend.onnx_fixups import fold_constant_of_shape, normalise_constants
 from terrazzo.frontend.onnx_rnn import register as register_rnn_converters
-from terrazzo.frontend.relax_graph import to_graph, uniquify_names
+from terrazzo.frontend.relax_graph import to_graph, to_graph_symbolic, uniquify_names
 from terrazzo.frontend.signature import keep_signature_names
+from terrazzo.frontend.symbolic import resolve_shape_symbols
 from terrazzo.ir import Graph
 
 
@@ -27,72 +28,150 @@ def _graph_inputs(model: Any) -> list[Any]:
 
 
 def _input_specs(
-    model: Any, shapes: dict[str, tuple[int, ...]] | None, where: str
-) -> tuple[dict[str, list[int]], dict[str, str]]:
-    import onnx
+    model: Any, shapes: Any, where: str
+) -> tuple[dict[str, list[Any]], dict[str, str], dict[str, tuple[int, int]], dict[str, list[str]]]:
+    """TVM's ``shape_dict``/``dtype_dict`` for the model's inputs, with symbolic dimensions.
 
-    shapes = dict(shapes or {})
+    A dimension the model leaves open (``dim_param`` or no size) becomes a ``tir.Var`` named
+    after its ``dim_param`` (inputs sharing a ``dim_param`` share the symbol); ``shapes`` may
+    fix it (``8``) or declare its range (``1..32``); undeclared ones get the default range
+    (``terrazzo.ir.shapes.default_range``). Returns (shape_dict, dtype_dict, symbol → range,
+    input → per-dimension symbol names, ``""`` for fixed).
+    """
+    import onnx
+    import tvm
+
+    from terrazzo.ir.shapes import ShapeSpecError, default_range, normalize_shapes
+
+    decl = normalize_shapes(shapes)
     inputs = _graph_inputs(model)
     by_name = {i.name: i for i in inputs}
-    for key in list(shapes):
+    for key in list(decl):
         if key not in by_name:
             sane = {sanitize_name(n): n for n in by_name}
             if key in sane:
-                shapes[sane[key]] = shapes.pop(key)
+                decl[sane[key]] = decl.pop(key)
             else:
                 raise FrontendError(
                     f"{where}: shapes= names input {key!r}, but the model's inputs are "
                     f"{', '.join(repr(n) for n in by_name)}"
                 )
-    shape_dict: dict[str, list[int]] = {}
+    shape_dict: dict[str, list[Any]] = {}
     dtype_dict: dict[str, str] = {}
+    ranges: dict[str, tuple[int, int]] = {}
+    declared: dict[str, str] = {}  # symbol -> the input whose declaration set its range
+    dim_names: dict[str, list[str]] = {}
+    tir_vars: dict[str, Any] = {}
     for i in inputs:
         tt = i.type.tensor_type
         if not i.type.HasField("tensor_type"):
             raise FrontendError(f"{where}: input {i.name!r} is not a tensor")
         dtype_dict[i.name] = str(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type))
-        if i.name in shapes:
-            fixed = [int(d) for d in shapes[i.name]]
-            if len(fixed) != len(tt.shape.dim):
-                raise FrontendError(
-                    f"{where}: shapes= gives input {i.name!r} rank {len(fixed)}, the model says "
-                    f"rank {len(tt.shape.dim)}"
+        model_dims = list(tt.shape.dim)
+        user = decl.get(i.name)
+        if user is not None and len(user) != len(model_dims):
+            raise FrontendError(
+                f"{where}: shapes= gives input {i.name!r} rank {len(user)}, the model says "
+                f"rank {len(model_dims)}"
+            )
+        dims: list[Any] = []
+        names: list[str] = []
+        for k, d in enumerate(model_dims):
+            fixed = int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else None
+            want = user[k] if user is not None else None
+            if isinstance(want, int):
+                dims.append(want)  # a declared size wins (as before)
+                names.append("")
+                continue
+            if fixed is not None:
+                if want is not None:
+                    raise ShapeSpecError(
+                        f"{where}: input {i.name!r} dimension {k} is fixed at {fixed} in the "
+                        f"model; it cannot take the range {want[0]}..{want[1]}"
+                    )
+                dims.append(fixed)
+                names.append("")
+                continue
+            sym = sanitize_name(d.dim_param) if d.dim_param else ""
+            if not sym or not sym.isidentifier():
+                sym = (
+                    "batch"
+                    if k == 0 and "batch" not in tir_vars
+                    else f"{sanitize_name(i.name)}_d{k}"
                 )
-            shape_dict[i.name] = fixed
-            continue
-        dims = []
-        for d in tt.shape.dim:
-            if d.HasField("dim_value") and d.dim_value > 0:
-                dims.append(int(d.dim_value))
-            else:
-                sym = d.dim_param or "?"
-                example = "x".join(
-                    str(x.dim_value) if x.HasField("dim_value") and x.dim_value > 0 else "1"
-                    for x in tt.shape.dim
-                )
-                raise FrontendError(
-                    f"{where}: input {i.name!r} has a dynamic dimension {sym!r}; fix it with "
-                    f"shapes={{{i.name!r}: ({example.replace('x', ', ')})}} "
-                    f"(CLI: --shape {i.name}={example})"
-                )
+            rng = want if want is not None else default_range(k, sym)
+            if sym in ranges and rng != ranges[sym]:
+                if want is not None and sym in declared:
+                    raise ShapeSpecError(
+                        f"{where}: dimension {sym!r} is declared {ranges[sym][0]}..{ranges[sym][1]} "
+                        f"by input {declared[sym]!r} and {rng[0]}..{rng[1]} by input {i.name!r}"
+                    )
+                if want is None:
+                    rng = ranges[sym]
+            ranges[sym] = rng
+            if want is not None:
+                declared[sym] = i.name
+            if sym not in tir_vars:
+                tir_vars[sym] = tvm.tirx.Var(sym, "int64")
+            dims.append(tir_vars[sym])
+            names.append(sym)
         shape_dict[i.name] = dims
-    return shape_dict, dtype_dict
+        dim_names[i.name] = names
+    return shape_dict, dtype_dict, ranges, dim_names
 
 
-def from_onnx(
-    path: str | os.PathLike[str], shapes: dict[str, tuple[int, ...]] | None = None
-) -> Graph:
+def plan_sizes_for(
+    plan_shapes: Any,
+    dim_names: dict[str, list[str]],
+    ranges: dict[str, tuple[int, int]],
+    where: str,
+) -> dict[str, int]:
+    """Symbol → planning size from ``plan_shapes`` (input → full shape; ``--plan-shape``);
+    symbols it does not name plan at their range's upper bound."""
+    from terrazzo.ir.shapes import ShapeSpecError, normalize_shapes
+
+    sizes = {s: hi for s, (_, hi) in ranges.items()}
+    for name, dims in normalize_shapes(plan_shapes).items():
+        key = name if name in dim_names else {sanitize_name(n): n for n in dim_names}.get(name)
+        if key is None:
+            raise ShapeSpecError(
+                f"{where}: plan shape names input {name!r}, but the model's inputs are "
+                f"{', '.join(repr(n) for n in dim_names)}"
+            )
+        syms = dim_names[key]
+        if len(dims) != len(syms):
+            raise ShapeSpecError(
+                f"{where}: plan shape for {key!r} has rank {len(dims)}, the input has {len(syms)}"
+            )
+        for sym, d in zip(syms, dims, strict=True):
+            if isinstance(d, tuple):
+                raise ShapeSpecError(f"{where}: plan shape for {key!r} must be sizes, not ranges")
+            if sym:
+                lo, hi = ranges[sym]
+                if not lo <= d <= hi:
+                    raise ShapeSpecError(
+                        f"{where}: plan shape {sym}={d} for input {key!r} is outside the "
+                        f"declared range {lo}..{hi}"
+                    )
+                sizes[sym] = int(d)
+    return sizes
+
+
+def from_onnx(path: str | os.PathLike[str], shapes: Any = None, plan_shapes: Any = None) -> Graph:
     """Import an ONNX model as an ir.Graph (with its Relax module in ``relax_mod``).
 
     Args:
         path: the ``.onnx`` file; external data must sit in the same folder.
-        shapes: fixed shapes for inputs with dynamic dimensions, by input name.
+        shapes: declared shapes by input name (``terrazzo.ir.shapes.normalize_shapes``): a
+            size fixes a dimension, a ``(lo, hi)`` range keeps it symbolic; open dimensions
+            not declared stay symbolic with the default range.
+        plan_shapes: input name → the shape to plan for (default: each range's upper bound).
 
     Returns:
         A verified model graph.
 
     Raises:
-        FrontendError: missing/corrupt/unsafe file, dynamic shapes, converter failure.
+        FrontendError: missing/corrupt/unsafe file, bad shape declarations, converter failure.
         UnsupportedOpError: operators TVM's ONNX importer does not have (all listed).
     """
     from tvm import relax
@@ -102,13 +181,18 @@ def from_onnx(
     model = load_model_safely(p)
     register_rnn_converters()
     check_supported_ops(model, where=p.name)
-    shape_dict, dtype_dict = _input_specs(model, shapes, p.name)
+    shape_dict, dtype_dict, ranges, dim_names = _input_specs(model, shapes, p.name)
+    sizes = plan_sizes_for(plan_shapes, dim_names, ranges, p.name)
     normalise_constants(model)
     fold_constant_of_shape(model)
     try:
         mod = tvm_from_onnx(model, shape_dict=shape_dict, dtype_dict=dtype_dict)
+        if ranges:  # sizes computed from Shape at run time → expressions of the input symbols
+            mod = resolve_shape_symbols(mod, ranges)
         mod = relax.transform.DecomposeOpsForInference()(mod)
         mod = relax.transform.Normalize()(mod)
+        if ranges:  # the decomposition lowers tensor_to_shape to a fresh symbol again
+            mod = resolve_shape_symbols(mod, ranges)
     except FrontendError:
         raise
     except Exception as e:  # TVM raises many types; report one line
@@ -119,4 +203,7 @@ def from_onnx(
         mod, [i.name for i in _graph_inputs(model)], [o.name for o in model.graph.output]
     )
     name = model.graph.name or p.stem
-    return to_graph(mod, name=p.stem or name, attrs={"source": "onnx", "file": p.name})
+    attrs = {"source": "onnx", "file": p.name}
+    if not ranges:
+        return to_graph(mod, name=p.stem or name, attrs=attrs)
+    return to_graph_symbolic(mod, p.stem or name, ranges, sizes, attrs)

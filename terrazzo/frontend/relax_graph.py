@@ -217,6 +217,19 @@ def uniquify_names(mod: Any) -> Any:
             self.builder_.emit_normalized(relax.VarBinding(new, value))
             self.set_var_remap(old, new)
 
+        def visit_match_cast_(self, binding: Any) -> None:
+            # symbolic shapes bring match_cast bindings; their names must be unique too
+            value = self.visit_expr(binding.value)
+            old = binding.var
+            name, k = old.name, 1
+            while name in taken:
+                name, k = f"{old.name}_{k}", k + 1
+            taken.add(name)
+            cls = relax.DataflowVar if isinstance(old, relax.DataflowVar) else relax.Var
+            new = cls(name, old.ty)
+            self.builder_.emit_normalized(relax.MatchCast(new, value, binding.ty))
+            self.set_var_remap(old, new)
+
     out = mod.clone()
     out["main"] = _Renamer(mod).visit_expr(func)
     return out
@@ -331,3 +344,74 @@ def _graph_outputs(ret: Any, tuple_fields: dict[str, tuple[str, ...]]) -> tuple[
 def numel(shape: tuple[int, ...]) -> int:
     """Number of elements of a static shape."""
     return math.prod(shape)
+
+
+def symbolic_vars(mod: Any) -> dict[str, Any]:
+    """The symbolic dimension variables (``tir.Var``) of ``main``'s parameters, by name."""
+    from tvm import relax
+
+    out: dict[str, Any] = {}
+    for p in mod["main"].params:
+        for v in relax.analysis.definable_tir_vars_in_type(p.ty):
+            out.setdefault(str(v.name), v)
+    return out
+
+
+def to_graph_symbolic(
+    mod: Any,
+    name: str,
+    ranges: dict[str, tuple[int, int]],
+    plan_sizes: dict[str, int],
+    attrs: dict[str, Any] | None = None,
+) -> Graph:
+    """The ir.Graph of a module with symbolic dimensions, typed at the planning sizes.
+
+    The graph (what the cost model and planner read) is built from ``main`` with every symbol
+    bound to its planning size; ``relax_mod`` stays the symbolic module, so codegen builds one
+    library for the whole declared range. The graph attributes ``dynamic_dims``
+    (``batch=1..64``) and ``plan_shape`` (``batch=64``) say so.
+
+    Args:
+        mod: Relax module from a frontend, after ``uniquify_names``.
+        name: graph name.
+        ranges: symbol → inclusive declared range (every symbol of ``main``'s parameters).
+        plan_sizes: symbol → size to plan for (inside its range).
+        attrs: extra graph attributes.
+    """
+    from terrazzo.ir.shapes import format_ranges, format_sizes
+
+    syms = symbolic_vars(mod)
+    if not syms:
+        return to_graph(mod, name=name, attrs=attrs)
+    missing = sorted(set(syms) - set(ranges))
+    if missing:
+        raise FrontendError(f"{name}: symbolic dimensions {missing} have no declared range")
+    for s, (lo, hi) in ranges.items():
+        if s in plan_sizes and not lo <= plan_sizes[s] <= hi:
+            raise FrontendError(
+                f"{name}: planning size {s}={plan_sizes[s]} is outside its range {lo}..{hi}"
+            )
+    # TVM reads the declared bounds: memory for symbolic tensors is planned statically at
+    # the upper bound (StaticPlanBlockMemory), and codegen passes may rely on them.
+    mod = mod.clone()
+    mod["main"] = (
+        mod["main"]
+        .with_attr("tir_var_upper_bound", {s: int(ranges[s][1]) for s in syms})
+        .with_attr("tir_var_lower_bound", {s: int(ranges[s][0]) for s in syms})
+    )
+    static = mod.clone()
+    sizes = {s: int(plan_sizes.get(s, ranges[s][1])) for s in syms}
+    try:
+        static["main"] = mod["main"].bind_symbolic_vars({syms[s]: v for s, v in sizes.items()})
+    except Exception as e:  # TVM's own error types
+        first = (str(e).strip().splitlines() or [type(e).__name__])[-1]
+        raise FrontendError(
+            f"{name}: cannot bind {sizes} to the symbolic shapes: {first[:200]}"
+        ) from None
+    import dataclasses
+
+    extra = dict(attrs or {})
+    extra["dynamic_dims"] = format_ranges({s: ranges[s] for s in syms})
+    extra["plan_shape"] = format_sizes(sizes)
+    graph = to_graph(static, name=name, attrs=extra)
+    return dataclasses.replace(graph, relax_mod=mod)

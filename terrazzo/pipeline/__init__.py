@@ -15,6 +15,8 @@ from terrazzo.pipeline.model import (
     compile,
     compile_model,
     compile_placed,
+    graph_plan_sizes,
+    graph_ranges,
 )
 
 __all__ = [
@@ -28,6 +30,8 @@ __all__ = [
     "compile_agent",
     "compile_model",
     "compile_placed",
+    "graph_plan_sizes",
+    "graph_ranges",
     "load_model",
     "place_agent",
     "run_calibration",

@@ -18,11 +18,15 @@ from terrazzo.errors import CodegenError, TerrazzoError
 from terrazzo.placement import SLA, Fleet, parse_duration_s
 
 
-def load_model(model: Any, example_inputs: Any = None, shapes: Any = None) -> tuple[Any, str]:
+def load_model(
+    model: Any, example_inputs: Any = None, shapes: Any = None, plan_shapes: Any = None
+) -> tuple[Any, str]:
     """Turn ``model`` into a model-level ir.Graph; returns (graph, sha256 of its source).
 
     ``model`` is an ``ir.Graph``, a path to an ``.onnx`` file, a zoo name (``zoo:bert`` or
     ``bert`` when no such file exists), or a ``torch.nn.Module`` with ``example_inputs``.
+    ``shapes`` declares input sizes and ranges (a range keeps a dimension symbolic);
+    ``plan_shapes`` the shape the graph's costs assume (default: the ranges' upper bounds).
     """
     from terrazzo.ir import Graph
 
@@ -48,13 +52,13 @@ def load_model(model: Any, example_inputs: Any = None, shapes: Any = None) -> tu
         from terrazzo.frontend import from_onnx
 
         digest = hashlib.sha256(p.read_bytes()).hexdigest()
-        return from_onnx(p, shapes=shapes), digest
+        return from_onnx(p, shapes=shapes, plan_shapes=plan_shapes), digest
     if hasattr(model, "forward"):
         if example_inputs is None:
             raise CodegenError("a torch module needs example_inputs to fix its shapes")
         from terrazzo.frontend import from_torch
 
-        g = from_torch(model, example_inputs)
+        g = from_torch(model, example_inputs, shapes=shapes, plan_shapes=plan_shapes)
         text = g.relax_mod.script(show_meta=False).encode()
         return g, hashlib.sha256(text).hexdigest()
     raise CodegenError(

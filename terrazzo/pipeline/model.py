@@ -68,6 +68,7 @@ def compile_model(
     catalog: Any = None,
     example_inputs: Any = None,
     shapes: Any = None,
+    plan_shapes: Any = None,
     include_reference: bool = True,
     progress: ProgressFn | None = None,
     plan: Any = None,
@@ -75,6 +76,8 @@ def compile_model(
     """Run the whole pipeline and return details (see ``compile`` for the arguments).
 
     ``plan`` skips placement and uses the given Plan (its ops must be the graph's ops).
+    ``shapes`` declares input shapes (sizes or ``lo..hi`` ranges, ``terrazzo.ir.shapes``);
+    ``plan_shapes`` the shape to plan for (default: each range's upper bound).
     """
     from terrazzo.costmodel import load_catalog
     from terrazzo.placement import ModelSource
@@ -82,7 +85,7 @@ def compile_model(
 
     timer = _Phases(progress or _noop)
     with timer.phase("import"):
-        graph, model_sha = load_model(model, example_inputs, shapes)
+        graph, model_sha = load_model(model, example_inputs, shapes, plan_shapes)
         fleet_obj, sla_obj = as_fleet(fleet), as_sla(sla)
         cat = catalog if catalog is not None else load_catalog()
         db = load_tuning_db(tuning_db)
@@ -285,8 +288,8 @@ def _split_build_bundle(
                         device=pst.device,
                         target=b.choice.target,
                         fallback_reason=b.choice.fallback_reason,
-                        inputs=_specs(st.inputs, st.input_types),
-                        outputs=_specs(st.outputs, st.output_types),
+                        inputs=_specs(st.inputs, st.input_types, st.input_dims, graph),
+                        outputs=_specs(st.outputs, st.output_types, st.output_dims, graph),
                         weights=split.stage_weights(st.index),
                         files=b.files,
                         replicas=int(pst.replicas),
@@ -299,15 +302,15 @@ def _split_build_bundle(
             path = write_bundle(
                 out_path,
                 name=graph.name,
-                inputs=_specs(split.inputs, split.input_types),
-                outputs=_specs(split.outputs, split.output_types),
+                inputs=_specs(split.inputs, split.input_types, split.input_dims, graph),
+                outputs=_specs(split.outputs, split.output_types, split.output_dims, graph),
                 stages=contents,
                 plan_mlir=plan_mlir,
                 plan_json=plan_obj.to_json(),
                 model_sha256=model_sha,
                 fleet=_fleet_json(fleet_obj),
                 sla=sla_obj.to_json(),
-                plan_summary=_plan_summary(plan_obj),
+                plan_summary=_plan_summary(plan_obj, graph),
                 reference_library=ref_lib,
                 reference_weights=ref_weights,
                 reference_outputs=ref_outputs,
@@ -344,10 +347,40 @@ def _binding_names(graph: Any) -> list[str]:
     return relax_binding_names(graph.relax_mod)
 
 
-def _specs(names: tuple[str, ...], types: tuple[Any, ...]) -> tuple[Any, ...]:
-    from terrazzo.bundle import TensorSpec
+def graph_ranges(graph: Any) -> dict[str, tuple[int, int]]:
+    """Symbol → declared range of a model graph with symbolic dimensions (``{}`` when static)."""
+    from terrazzo.ir.shapes import parse_ranges
 
-    return tuple(TensorSpec(n, t.dtype, tuple(t.shape)) for n, t in zip(names, types, strict=True))
+    return parse_ranges(str(dict(graph.attrs).get("dynamic_dims", "")))
+
+
+def graph_plan_sizes(graph: Any) -> dict[str, int]:
+    """Symbol → the size the graph's costs (and so the plan) assume (``{}`` when static)."""
+    from terrazzo.ir.shapes import parse_sizes
+
+    return parse_sizes(str(dict(graph.attrs).get("plan_shape", "")))
+
+
+def _specs(
+    names: tuple[str, ...], types: tuple[Any, ...], dims: tuple[tuple[str, ...], ...], graph: Any
+) -> tuple[Any, ...]:
+    """Boundary signatures; symbolic dimensions carry their name and declared range."""
+    from terrazzo.bundle import TensorSpec
+    from terrazzo.ir.shapes import dim_bounds
+
+    ranges = graph_ranges(graph)
+    out = []
+    for i, (n, t) in enumerate(zip(names, types, strict=True)):
+        d = dims[i] if i < len(dims) else ()
+        if not d:
+            out.append(TensorSpec(n, t.dtype, tuple(t.shape)))
+            continue
+        bounds = tuple(
+            dim_bounds(e, ranges) if e else (int(s), int(s))
+            for e, s in zip(d, t.shape, strict=True)
+        )
+        out.append(TensorSpec(n, t.dtype, tuple(t.shape), d, bounds))
+    return tuple(out)
 
 
 def _fleet_json(fleet: Any) -> dict[str, Any]:
@@ -357,13 +390,18 @@ def _fleet_json(fleet: Any) -> dict[str, Any]:
         return {"devices": list(getattr(fleet, "names", lambda: ())())}
 
 
-def _plan_summary(plan: Any) -> dict[str, Any]:
+def _plan_summary(plan: Any, graph: Any = None) -> dict[str, Any]:
     keys = ("solver", "gap", "latency_s", "throughput_rps", "usd_per_hour", "usd_per_request",
             "energy_j_per_request", "rps", "solve_time_s")  # fmt: skip
     out = {k: getattr(plan, k) for k in keys if hasattr(plan, k)}
     out["stages"] = len(plan.stages)
     out["devices"] = dict(getattr(plan, "devices", {}) or {})
     out["notes"] = list(getattr(plan, "notes", ()) or ())
+    if graph is not None and graph_ranges(graph):
+        # What a dynamic-shape bundle serves, and the one shape its plan was costed at.
+        out["dynamic_dims"] = {k: list(v) for k, v in graph_ranges(graph).items()}
+        out["plan_shape"] = graph_plan_sizes(graph)
+        out["shape_build"] = "symbolic"
     return out
 
 
@@ -390,7 +428,8 @@ def compile(  # noqa: A001 - the public name mirrors `terrazzo compile`
         solver: placement solver (see ``terrazzo.placement.SOLVERS``).
         tuning_db: optional tuning database applied at build time (records go in the bundle).
         sign_key: PEM Ed25519 private key to sign the manifest with.
-        **options: ``catalog``, ``example_inputs``, ``shapes``, ``include_reference``,
+        **options: ``catalog``, ``example_inputs``, ``shapes`` (sizes or ``lo..hi`` ranges
+            per input: ``{"x": "1..32x3x224x224"}``), ``plan_shapes``, ``include_reference``,
             ``progress`` (see ``compile_model``).
 
     Returns:

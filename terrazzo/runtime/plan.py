@@ -190,6 +190,8 @@ def _value_name(v: Any) -> str:
 
 
 def _tensor_spec(t: Any) -> TensorSpec:
+    if isinstance(t, TensorSpec):  # keeps symbolic dims and their declared ranges
+        return TensorSpec(t.name, v2_datatype(t.dtype), t.shape, t.dims, t.bounds)
     if isinstance(t, Mapping):
         name, dtype, shape = t["name"], t["dtype"], t["shape"]
     elif isinstance(t, Sequence) and not isinstance(t, str):

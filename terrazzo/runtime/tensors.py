@@ -14,7 +14,7 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 
-from terrazzo.ir import V2_TO_DTYPE, TensorSpec, kserve_datatype
+from terrazzo.ir import V2_TO_DTYPE, TensorSpec, kserve_datatype, symbol_conflicts
 
 # v2 datatype -> numpy dtype (BYTES travels as object arrays of bytes); names from terrazzo.ir.
 _V2_TO_NUMPY: dict[str, np.dtype] = {k: np.dtype(v) for k, v in V2_TO_DTYPE.items()}
@@ -163,8 +163,12 @@ def decode_inputs(
             )
         shape = tuple(int(d) for d in t.shape)
         if any(d < 0 for d in shape) or not spec.accepts_shape(shape):
-            raise TensorError(
-                f"model {model!r}: input {t.name!r} must have shape {list(spec.shape)}, got {list(shape)}"
+            raise TensorError(  # names the declared range of a symbolic dimension
+                f"model {model!r}: "
+                + (
+                    spec.shape_error(shape)
+                    or f"input {t.name!r} has a negative dimension {list(shape)}"
+                )
             )
         has_typed = t.HasField("contents")
         if raws:
@@ -186,6 +190,9 @@ def decode_inputs(
     missing = sorted(set(specs) - set(out))
     if missing:
         raise TensorError(f"model {model!r}: missing inputs {missing}")
+    clash = symbol_conflicts(list(specs.values()), {n: w.shape for n, w in out.items()})
+    if clash:
+        raise TensorError(f"model {model!r}: {clash}")
     return out
 
 

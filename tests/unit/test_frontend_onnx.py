@@ -103,12 +103,11 @@ def test_tuple_outputs_split_and_get_item(tmp_path: Path) -> None:
     np.testing.assert_array_equal(nb, -x[:, 3:])
 
 
-def test_dynamic_batch_needs_shapes(tmp_path: Path) -> None:
+def test_dynamic_batch_stays_symbolic(tmp_path: Path) -> None:
     path = _save(_mlp_model("batch"), tmp_path / "dyn.onnx")
-    with pytest.raises(
-        FrontendError, match=r"input 'x' has a dynamic dimension 'batch'.*--shape x=1x8"
-    ):
-        from_onnx(path)
+    g = from_onnx(path)  # no shapes: batch keeps the default range, planned at its top
+    assert dict(g.attrs)["dynamic_dims"] == "batch=1..64"
+    assert g.values["x"].shape == (64, 8)
     g = from_onnx(path, shapes={"x": (3, 8)})
     assert g.values["x"].shape == (3, 8) and g.values[g.outputs[0]].shape == (3, 16)
     with pytest.raises(FrontendError, match="model's inputs are 'x'"):
