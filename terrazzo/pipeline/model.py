@@ -270,7 +270,7 @@ def _split_build_bundle(
                     export=_cut_values(graph, assignment),
                 )
                 ref = whole.stages[0]
-                ref_outputs = _specs(ref.outputs, ref.output_types)
+                ref_outputs = _specs(ref.outputs, ref.output_types, ref.output_dims, graph)
                 ex = compile_module(ref.mod, host_target(), db)
                 ref_lib = work / "reference.so"
                 ex.export_library(str(ref_lib))
