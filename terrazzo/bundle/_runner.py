@@ -181,7 +181,7 @@ class StageRunner:
         self._out_names = tuple(s.name for s in self.outputs)
         self._zero_copy = self.ran_on == "cpu"
         self._staging = [
-            _aligned_empty(shape, dtype) for shape, dtype in zip(self._in_shapes, self._in_dtypes)
+            _aligned_empty(shape, dtype) for shape, dtype in zip(self._in_shapes, self._in_dtypes, strict=True)
         ] if self._zero_copy else []  # fmt: skip
         self._staging_args = [tvm_ffi.from_dlpack(buf) for buf in self._staging]
         self._copy_out: tuple[bool, ...] | None = None  # decided by the second call
@@ -250,7 +250,9 @@ class StageRunner:
     def _checked(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         """The inputs in call order, checked against the signature."""
         out = []
-        for name, shape, dtype in zip(self._in_names, self._in_shapes, self._in_dtypes):
+        for name, shape, dtype in zip(
+            self._in_names, self._in_shapes, self._in_dtypes, strict=True
+        ):
             try:
                 a = inputs[name]
             except KeyError:
@@ -283,7 +285,7 @@ class StageRunner:
             return {n: r.numpy() for n, r in zip(self._out_names, flat, strict=True)}
         arrays = self._checked(inputs)
         with self._call_lock:
-            for buf, a in zip(self._staging, arrays):
+            for buf, a in zip(self._staging, arrays, strict=True):
                 np.copyto(buf, a)
             result = self._fn(*self._staging_args, *self._weights)
             if hasattr(result, "numpy"):
@@ -307,7 +309,7 @@ class StageRunner:
         _, before = self._first
         self._first = None
         self._copy_out = tuple(
-            p == q or int(np.prod(r.shape)) == 0 for p, q, r in zip(ptrs, before, flat)
+            p == q or int(np.prod(r.shape)) == 0 for p, q, r in zip(ptrs, before, flat, strict=True)
         )
         return (True,) * len(ptrs)
 
