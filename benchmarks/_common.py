@@ -33,17 +33,27 @@ _PACKAGES = (
 )
 
 
+# The instruction-set features that decide kernel speed (recorded, never assumed).
+_CPU_FEATURES = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+                 "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")  # fmt: skip
+
+
 def machine_info() -> dict[str, Any]:
-    """Platform, CPU count, Python version and the thread settings in force."""
+    """Platform, CPU model and features, load average, Python and the thread settings."""
     cpu = platform.processor()
+    flags: set[str] = set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith("model name") and cpu == platform.processor():
                 cpu = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
                 break
     except OSError:
         pass
     return {
+        "cpu_features": [f for f in _CPU_FEATURES if f in flags],
+        "load_avg": list(os.getloadavg()),
         "platform": platform.platform(),
         "cpu": cpu,
         "cpu_count": os.cpu_count(),

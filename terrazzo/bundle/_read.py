@@ -17,9 +17,11 @@ import re
 import shutil
 import tarfile
 import tempfile
+import threading
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -287,21 +289,23 @@ class Bundle:
         self.signed = signed
         self.signature_verified = verified
         self._finalizer = weakref.finalize(self, shutil.rmtree, str(root), True)
+        self._runners: dict[str, list[Any]] = {}  # loaded once per device choice, then reused
+        self._load_lock = threading.Lock()
 
     # -- description (no code loaded) ------------------------------------------------------
     @property
     def name(self) -> str:
         return str(self.manifest["model"]["name"])
 
-    @property
+    @cached_property
     def inputs(self) -> tuple[TensorSpec, ...]:
         return tuple(TensorSpec.from_json(t) for t in self.manifest["inputs"])
 
-    @property
+    @cached_property
     def outputs(self) -> tuple[TensorSpec, ...]:
         return tuple(TensorSpec.from_json(t) for t in self.manifest["outputs"])
 
-    @property
+    @cached_property
     def stages(self) -> tuple[StageInfo, ...]:
         return tuple(StageInfo.from_json(s) for s in self.manifest["stages"])
 
@@ -358,16 +362,38 @@ class Bundle:
         """Every stage as a StageRunner, in index order (see ``load_stage``)."""
         return [self.load_stage(i, device) for i in range(len(self.manifest["stages"]))]
 
+    def runners(self, device: str = "auto") -> list[Any]:
+        """The stages as StageRunners, loaded on first use and kept (``run`` uses these)."""
+        got = self._runners.get(device)
+        if got is None:
+            with self._load_lock:
+                got = self._runners.get(device)
+                if got is None:
+                    got = self._runners[device] = self.load_stages(device)
+        return got
+
+    @cached_property
+    def _io_names(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        return tuple(s.name for s in self.inputs), tuple(s.name for s in self.outputs)
+
     def run(self, inputs: Mapping[str, Any], runners: list[Any] | None = None) -> dict[str, Any]:
-        """Run all stages one after another in this process; returns the graph outputs by name."""
+        """Run all stages one after another in this process; returns the graph outputs by name.
+
+        The stages are loaded once, on the first call (``runners(device="auto")``), and reused;
+        on the CPU inputs and outputs cross by DLPack without copies (see ``StageRunner``).
+        """
         from terrazzo.bundle._runner import run_pipeline
 
-        missing = [s.name for s in self.inputs if s.name not in inputs]
-        if missing:
-            raise BundleError(f"inputs not given: {', '.join(missing)}")
-        return run_pipeline(
-            runners or self.load_stages(), inputs, tuple(o.name for o in self.outputs)
-        )
+        in_names, out_names = self._io_names
+        for name in in_names:
+            if name not in inputs:
+                missing = [n for n in in_names if n not in inputs]
+                raise BundleError(f"inputs not given: {', '.join(missing)}")
+        stages = runners or self.runners()
+        if len(stages) == 1:  # one stage: its signature is the model's
+            out: dict[str, Any] = stages[0](inputs)
+            return out if len(out) == len(out_names) else {n: out[n] for n in out_names}
+        return run_pipeline(stages, inputs, out_names)
 
     def load_reference(self) -> Any:
         """The whole-model reference (host CPU) as a StageRunner, or None if not bundled."""
