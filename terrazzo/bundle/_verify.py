@@ -10,6 +10,7 @@ import numpy as np
 
 from terrazzo.bundle._read import BundleLimits, open_bundle
 from terrazzo.bundle._runner import random_inputs
+from terrazzo.bundle._trust import TrustSpec
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,7 +20,10 @@ class VerifyReport:
     Attributes:
         name: model name.
         members: number of members whose sha256 matched.
-        signed / signature_verified: whether a signature is present / was checked with a key.
+        signed / signature_verified: whether a signature is present / verified with a trusted
+            key (an unverified bundle is only checked with ``allow_unsigned``).
+        signature: ``verified (<fingerprint>, <key file>)``, ``none (unsigned)`` or ``does not
+            verify with any trusted key (...)``.
         numerics: ``"ok"``, ``"mismatch"`` or ``"skipped"`` (no reference in the bundle).
         max_abs_diff: largest |staged - reference| over all outputs and trials.
         tolerance: the bound used.
@@ -36,6 +40,7 @@ class VerifyReport:
     tolerance: float
     trials: int
     notes: tuple[str, ...]
+    signature: str = ""
 
     @property
     def ok(self) -> bool:
@@ -44,7 +49,8 @@ class VerifyReport:
     def to_json(self) -> dict[str, Any]:
         return {
             "name": self.name, "ok": self.ok, "members": self.members, "signed": self.signed,
-            "signature_verified": self.signature_verified, "numerics": self.numerics,
+            "signature_verified": self.signature_verified, "signature": self.signature,
+            "numerics": self.numerics,
             "max_abs_diff": self.max_abs_diff, "tolerance": self.tolerance, "trials": self.trials,
             "notes": list(self.notes),
         }  # fmt: skip
@@ -52,23 +58,33 @@ class VerifyReport:
 
 def verify_bundle(
     path: str | os.PathLike[str],
-    trust_key: str | os.PathLike[str] | bytes | None = None,
+    trust: TrustSpec = None,
     tolerance: float = 1e-5,
     trials: int = 2,
     limits: BundleLimits | None = None,
+    *,
+    allow_unsigned: bool = False,
+    trust_key: TrustSpec = None,
 ) -> VerifyReport:
-    """Validate a bundle and re-check its numerics on random inputs.
+    """Validate a bundle (signature first, then every hash) and re-check its numerics.
+
+    No stage library is loaded before the signature and every hash have been checked; an
+    unsigned bundle, or one no trusted key verifies, is refused unless ``allow_unsigned``.
 
     Raises:
         BundleError: any structural, hash or signature failure (naming the member).
     """
-    with open_bundle(path, trust_key=trust_key, limits=limits) as b:
+    with open_bundle(
+        path, trust, limits, allow_unsigned=allow_unsigned, trust_key=trust_key
+    ) as b:
         notes: list[str] = []
+        sig = b.checked.describe_signature()
         ref = b.load_reference()
         if ref is None:
             return VerifyReport(b.name, len(b.manifest["members"]), b.signed, b.signature_verified,
                                 "skipped", None, tolerance, 0,
-                                ("the bundle has no whole-model reference; numerics not re-checked",))  # fmt: skip
+                                ("the bundle has no whole-model reference; numerics not re-checked",),
+                                sig)  # fmt: skip
         runners = b.load_stages(device="cpu")
         if (b.manifest.get("reference") or {}).get("same_as_stage") is not None:
             notes.append("single-stage bundle: the stage is the whole model, so the staged run is "
@@ -99,4 +115,4 @@ def verify_bundle(
                 worst = max(worst, d)
         numerics = "ok" if worst <= tolerance else "mismatch"
         return VerifyReport(b.name, len(b.manifest["members"]), b.signed, b.signature_verified,
-                            numerics, worst, tolerance, trials, tuple(notes))  # fmt: skip
+                            numerics, worst, tolerance, trials, tuple(notes), sig)  # fmt: skip

@@ -302,6 +302,7 @@ def serve(
     tls: TLSOptions | None = None,
     ray_address: str | None = None,
     trust_key: str | os.PathLike[str] | bytes | None = None,
+    allow_unsigned: bool = False,
     **options: object,
 ) -> Server:
     """Serve a .tzb bundle (or a ServingPlan) over KServe v2 gRPC and return the running Server.
@@ -314,7 +315,9 @@ def serve(
         token: require ``authorization: Bearer <token>`` on every inference RPC.
         tls: serve TLS (mTLS when ``tls.client_ca`` is set).
         ray_address: place workers as Ray actors on this cluster ("auto" or an address).
-        trust_key: public key the bundle's signature must verify against.
+        trust_key: public key(s) the bundle's signature must verify against (default: the
+            local trust, ``terrazzo.bundle.resolve_trust``).
+        allow_unsigned: serve a bundle that is unsigned or not signed by a trusted key.
         **options: other ``ServeOptions`` fields (default_timeout_s, max_message_bytes, ...).
 
     Raises:
@@ -334,7 +337,7 @@ def serve(
     plan = (
         model
         if isinstance(model, ServingPlan)
-        else ServingPlan.from_bundle(model, trust_key=trust_key)
+        else ServingPlan.from_bundle(model, trust_key=trust_key, allow_unsigned=allow_unsigned)
     )
     plan = plan.with_replicas(replicas)
     plan.verify()
