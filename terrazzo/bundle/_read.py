@@ -28,7 +28,14 @@ from typing import Any
 
 import numpy as np
 
-from terrazzo.bundle._trust import TRUST_ENV, TrustedKey, TrustPolicy, TrustSpec, resolve_trust, trust_dir
+from terrazzo.bundle._trust import (
+    TRUST_ENV,
+    TrustedKey,
+    TrustPolicy,
+    TrustSpec,
+    resolve_trust,
+    trust_dir,
+)
 from terrazzo.bundle._write import (
     FORMAT_NAME,
     MANIFEST,
@@ -155,8 +162,10 @@ def _check_member_type(info: tarfile.TarInfo) -> None:
     if info.issym() or info.islnk():
         raise BundleError(f"member {info.name!r}: links are not allowed (to {info.linkname!r})")
     pax = info.pax_headers
-    if info.type == tarfile.GNUTYPE_SPARSE or info.sparse is not None or any(
-        k.startswith("GNU.sparse") for k in pax
+    if (
+        info.type == tarfile.GNUTYPE_SPARSE
+        or info.sparse is not None
+        or any(k.startswith("GNU.sparse") for k in pax)
     ):
         raise BundleError(f"member {info.name!r}: sparse members are not allowed")
     if info.type not in (tarfile.REGTYPE, tarfile.AREGTYPE):
@@ -175,6 +184,13 @@ def _check_member_type(info: tarfile.TarInfo) -> None:
         raise BundleError(
             f"member {info.name!r}: a PAX 'path' header is only allowed for names longer than "
             "100 bytes (it would rename the member)"
+        )
+
+
+def _check_extent(info: tarfile.TarInfo, file_bytes: int) -> None:
+    if info.offset_data + info.size > file_bytes:
+        raise BundleError(
+            f"member {info.name!r}: {info.size} bytes declared, the file ends first (truncated)"
         )
 
 
@@ -203,10 +219,7 @@ def _scan(
             raise BundleError(
                 f"member {info.name!r}: {info.size} bytes exceeds the cap of {limits.max_member_bytes}"
             )
-        if info.offset_data + info.size > file_bytes:
-            raise BundleError(
-                f"member {info.name!r}: {info.size} bytes declared, the file ends first (truncated)"
-            )
+        _check_extent(info, file_bytes)
         total += info.size
         if total > limits.max_total_bytes:
             raise BundleError(
@@ -267,8 +280,9 @@ def _copy_member(
                 )
             if n > budget[0]:
                 raise BundleError(
-                    f"member {info.name!r}: extraction would exceed the bundle's cap of "
-                    f"{limits.max_total_bytes} bytes written (stopped)"
+                    f"member {info.name!r}: extraction would exceed what may be written "
+                    f"(the total cap of {limits.max_total_bytes} bytes, and never more than the "
+                    "bundle file holds); stopped"
                 )
             h.update(chunk)
             if out is not None:
@@ -465,9 +479,7 @@ def _validate(
     return CheckedBundle(manifest, signed, signer, policy)
 
 
-def _policy(
-    trust: TrustSpec, trust_key: TrustSpec, allow_unsigned: bool
-) -> TrustPolicy:
+def _policy(trust: TrustSpec, trust_key: TrustSpec, allow_unsigned: bool) -> TrustPolicy:
     if trust is not None and trust_key is not None:
         raise BundleError("give trust= or its older name trust_key=, not both")
     return resolve_trust(trust if trust is not None else trust_key, allow_unsigned=allow_unsigned)
@@ -531,9 +543,7 @@ def read_member_text(
         BundleError: the bundle is invalid, or has no such member, or it is not UTF-8.
     """
     lim = limits or BundleLimits()
-    manifest = read_manifest(
-        path, trust, lim, allow_unsigned=allow_unsigned, trust_key=trust_key
-    )
+    manifest = read_manifest(path, trust, lim, allow_unsigned=allow_unsigned, trust_key=trust_key)
     entry = manifest["members"].get(member)
     if entry is None:
         raise BundleError(f"member {member!r} is not in the bundle")

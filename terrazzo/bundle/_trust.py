@@ -38,7 +38,9 @@ _MAX_PEM_BYTES = 16 << 10
 #: What ``trust=`` accepts: a path (file or directory), PEM or raw key bytes, the JSON form
 #: ``{"keys": [hex, ...], "allow_unsigned": bool}`` (or ``{"hex": ...}``), a TrustPolicy, or a
 #: sequence of those.
-TrustSpec = Union[str, "os.PathLike[str]", bytes, Mapping[str, Any], "TrustPolicy", Sequence[Any], None]
+TrustSpec = Union[
+    str, "os.PathLike[str]", bytes, Mapping[str, Any], "TrustPolicy", Sequence[Any], None
+]
 
 
 def terrazzo_home() -> Path:
@@ -104,9 +106,7 @@ class TrustPolicy:
 def _raw_public(key: Any) -> bytes:
     from cryptography.hazmat.primitives import serialization
 
-    return bytes(
-        key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    )
+    return bytes(key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw))
 
 
 def _key_from(item: Any, where: str) -> TrustedKey:
@@ -157,9 +157,7 @@ def resolve_trust(trust: TrustSpec = None, *, allow_unsigned: bool = False) -> T
             tuple(keys), "trust=", bool(trust.get("allow_unsigned")) or allow_unsigned
         )
     if trust is not None:
-        items: Iterable[Any] = (
-            trust if isinstance(trust, list | tuple) else [trust]
-        )
+        items: Iterable[Any] = trust if isinstance(trust, list | tuple) else [trust]
         keys = []
         for item in items:
             if isinstance(item, Mapping | TrustPolicy):
@@ -185,11 +183,9 @@ def ensure_local_key() -> Path:
     Returns:
         The private key's path (``$TERRAZZO_HOME/keys/local.pem``, mode 0600).
     """
-    from terrazzo.bundle._sign import generate_keypair
-
     from cryptography.hazmat.primitives import serialization
 
-    from terrazzo.bundle._sign import load_private_key
+    from terrazzo.bundle._sign import generate_keypair, load_private_key
 
     priv, pub = local_key_paths()
     if not priv.exists():
@@ -200,8 +196,12 @@ def ensure_local_key() -> Path:
             pass
     trusted = trust_dir() / f"{LOCAL_KEY_NAME}.pub.pem"
     if not trusted.exists():
-        pem = load_private_key(priv).public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        pem = (
+            load_private_key(priv)
+            .public_key()
+            .public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
         )
         trusted.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = trusted.with_name(f".{trusted.name}.{os.getpid()}")

@@ -74,9 +74,7 @@ def verify_bundle(
     Raises:
         BundleError: any structural, hash or signature failure (naming the member).
     """
-    with open_bundle(
-        path, trust, limits, allow_unsigned=allow_unsigned, trust_key=trust_key
-    ) as b:
+    with open_bundle(path, trust, limits, allow_unsigned=allow_unsigned, trust_key=trust_key) as b:
         notes: list[str] = []
         sig = b.checked.describe_signature()
         ref = b.load_reference()

@@ -127,4 +127,3 @@ def run(args: argparse.Namespace) -> int:
                   ", ".join(s["artifacts"]), f"{s['weight_bytes'] / 1e6:.2f} MB", fb)  # fmt: skip
     c.print(t)
     return 0
-

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-
 ALLOW_UNSIGNED_HELP = (
     "run a bundle that is unsigned or whose signature no trusted key verifies: its native code "
     "runs unverified (prints a warning)"

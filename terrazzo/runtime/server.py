@@ -8,7 +8,6 @@ put back into rotation.
 
 from __future__ import annotations
 
-import os
 import secrets
 import threading
 import time
@@ -16,7 +15,7 @@ from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -73,7 +72,7 @@ class ServeOptions:
     health_period_s: float = 0.5
     restart_workers: bool = True
     ray_address: str | None = None
-    trust_key: str | os.PathLike[str] | bytes | None = None
+    trust_key: Any = None  # what terrazzo.bundle.resolve_trust reads
     extra: dict[str, object] = field(default_factory=dict)
 
 
@@ -301,7 +300,7 @@ def serve(
     token: str | None = None,
     tls: TLSOptions | None = None,
     ray_address: str | None = None,
-    trust_key: str | os.PathLike[str] | bytes | None = None,
+    trust_key: Any = None,
     allow_unsigned: bool = False,
     **options: object,
 ) -> Server:
