@@ -129,18 +129,28 @@ def _check_name(name: str) -> None:
 #: anything else (``GNU.sparse.*``, ``linkpath``, ``hdrcharset``, vendor keys) is refused.
 _PAX_KEYS = frozenset({"path", "size", "mtime", "atime", "ctime", "uid", "gid", "uname", "gname"})
 _USTAR_MAX_SIZE = 0o77777777777
-_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
-_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 
 
 def _json_depth(data: bytes) -> int:
-    """The deepest ``[``/``{`` nesting of JSON text, counted without parsing it."""
-    brackets = _JSON_STRING.sub(b"", data).translate(None, _NOT_BRACKETS)
-    if not brackets:
+    """The deepest ``[``/``{`` nesting of JSON text, counted without parsing it (linear time).
+
+    Brackets inside strings do not count: a quote is real unless an odd run of backslashes
+    precedes it, and a position is inside a string after an odd number of real quotes.
+    """
+    b = np.frombuffer(data, np.uint8)
+    if b.size == 0:
         return 0
-    b = np.frombuffer(brackets, np.uint8)
-    step = np.where((b == ord("[")) | (b == ord("{")), 1, -1).astype(np.int32)
-    return int(np.cumsum(step, dtype=np.int32).max())
+    pos = np.arange(b.size, dtype=np.int64)
+    # index of the last non-backslash at or before each position
+    last_plain = np.maximum.accumulate(np.where(b != 92, pos, -1))
+    quotes = np.flatnonzero(b == 34)
+    run = quotes - 1 - np.concatenate(([-1], last_plain))[quotes]  # backslashes just before
+    real = np.zeros(b.size, np.int8)
+    real[quotes[run % 2 == 0]] = 1
+    in_string = (np.cumsum(real, dtype=np.int64) & 1).astype(bool)
+    step = ((b == 91) | (b == 123)).astype(np.int8) - ((b == 93) | (b == 125)).astype(np.int8)
+    step[in_string] = 0
+    return max(0, int(np.cumsum(step, dtype=np.int64).max()))
 
 
 def load_json_member(data: bytes, member: str, max_bytes: int, max_depth: int) -> Any:
