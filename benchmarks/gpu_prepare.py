@@ -56,6 +56,10 @@ WHEELS = (
     "annotated-types==0.8.0",
     "typing-inspection==0.4.5",
     "typing-extensions==4.16.0",
+    # bundles are signed; verifying the signature (before any stage library loads) needs these
+    "cryptography==50.0.2",
+    "cffi==2.1.1",
+    "pycparser==3.12",
 )
 PLATFORMS = (
     "manylinux_2_28_x86_64",
@@ -411,8 +415,13 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     out = Path(args.out)
     skip = set(filter(None, args.skip.split(",")))
-    for d in ("bundles", "refs"):
+    for d in ("bundles", "refs", "trusted"):
         (out / d).mkdir(parents=True, exist_ok=True)
+    # the bundles are signed with this machine's local key: gpu_run.py trusts its public half
+    from terrazzo.bundle import ensure_local_key, local_key_paths
+
+    ensure_local_key()
+    shutil.copy(local_key_paths()[1], out / "trusted" / "builder.pub.pem")
     pred_path = out / "predictions.json"
     preds: dict[str, Any] = json.loads(pred_path.read_text()) if pred_path.exists() else {}
     t0 = time.perf_counter()

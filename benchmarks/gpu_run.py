@@ -562,6 +562,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default="", help="comma list of sections")
     args = ap.parse_args(argv)
     art, results = Path(args.art).resolve(), Path(args.results).resolve()
+    if (art / "trusted").is_dir():  # the key gpu_prepare.py signed the bundles with
+        os.environ["TERRAZZO_TRUST"] = str(art / "trusted")
     results.mkdir(parents=True, exist_ok=True)
     RESULT_PATH.append(results / "gpu_run.json")
     preds = json.loads((art / "predictions.json").read_text())

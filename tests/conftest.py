@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 
 import pytest
 
@@ -12,6 +15,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # Every compile in the suite re-reads its placed IR with the IR's parser and verifier.
 os.environ.setdefault("TERRAZZO_VERIFY_IR", "1")
+# Hermetic trust: the local signing key (created by the first compile) and the trust directory
+# live in a per-session home, never in the real ~/.config/terrazzo; no inherited trust list.
+_HOME = tempfile.mkdtemp(prefix="terrazzo-test-home-")
+os.environ["TERRAZZO_HOME"] = _HOME
+os.environ.pop("TERRAZZO_TRUST", None)
+atexit.register(shutil.rmtree, _HOME, True)
 
 
 def _has_cuda_gpu() -> bool:

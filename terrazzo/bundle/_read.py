@@ -1,11 +1,14 @@
-"""Bundle step 2: open a ``.tzb`` safely — validate, check hashes and signature, then extract.
+"""Bundle step 2: open a ``.tzb`` safely — validate, check signature and hashes, then extract.
 
 Order of checks (nothing is written outside a fresh private temp dir, and no library is
-loaded, until all of them pass): member count cap; per member a safe relative name, a
-regular file (no symlinks, hard links, devices, directories), size caps, no duplicates;
-``manifest.json`` parsed and its format checked; the signature checked against a trusted key
-when one is given; the member set equal to the manifest's list; sizes, then sha256 of every
-member (streamed while copying into the temp dir).
+loaded, until all of them pass): member count cap; per member a safe relative name, a plain
+regular file (no symlinks, hard links, devices, directories, GNU or PAX sparse members, PAX
+headers beyond long names and > 8 GiB sizes, no global PAX headers), size caps, data inside
+the file, no duplicates; ``manifest.json`` refused by size and JSON nesting depth before it is
+parsed, then its format checked; the signature checked against the trusted keys (refused
+unless it verifies, or ``allow_unsigned``); the member set equal to the manifest's list;
+sizes, then sha256 of every member, streamed while copying into the temp dir with the bytes
+actually read counted against the per-member and total caps and the bundle's own size.
 """
 
 from __future__ import annotations
@@ -25,6 +28,16 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from terrazzo.bundle._trust import (
+    TRUST_ENV,
+    TrustedKey,
+    TrustPolicy,
+    TrustSpec,
+    resolve_trust,
+    trust_dir,
+)
 from terrazzo.bundle._write import (
     FORMAT_NAME,
     MANIFEST,
@@ -39,12 +52,19 @@ _NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*(/[A-Za-z0-9_][A-Za-z0-9._-]*
 
 @dataclass(frozen=True, slots=True)
 class BundleLimits:
-    """Caps applied while reading a bundle (defaults fit multi-GB models)."""
+    """Caps applied while reading a bundle (defaults fit multi-GB models).
+
+    The byte caps count the bytes actually read and written while extracting, not what tar
+    headers claim; extraction also never writes more than the bundle file's own size.
+    ``max_manifest_bytes`` and ``max_json_depth`` apply to ``manifest.json`` and ``plan.json``
+    before they are parsed.
+    """
 
     max_members: int = 4096
     max_member_bytes: int = 16 << 30
     max_total_bytes: int = 64 << 30
     max_manifest_bytes: int = 16 << 20
+    max_json_depth: int = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,27 +126,112 @@ def _check_name(name: str) -> None:
         raise BundleError(f"member {name!r}: name has characters outside [A-Za-z0-9._-/]")
 
 
-def _scan(tar: tarfile.TarFile, limits: BundleLimits) -> dict[str, tarfile.TarInfo]:
+#: PAX keys a plain member may carry. ``path`` only for names too long for the ustar field and
+#: ``size`` only for sizes too large for it (the ustar field would otherwise say the same);
+#: anything else (``GNU.sparse.*``, ``linkpath``, ``hdrcharset``, vendor keys) is refused.
+_PAX_KEYS = frozenset({"path", "size", "mtime", "atime", "ctime", "uid", "gid", "uname", "gname"})
+_USTAR_MAX_SIZE = 0o77777777777
+
+
+def _json_depth(data: bytes) -> int:
+    """The deepest ``[``/``{`` nesting of JSON text, counted without parsing it (linear time).
+
+    Brackets inside strings do not count: a quote is real unless an odd run of backslashes
+    precedes it, and a position is inside a string after an odd number of real quotes.
+    """
+    b = np.frombuffer(data, np.uint8)
+    if b.size == 0:
+        return 0
+    pos = np.arange(b.size, dtype=np.int64)
+    # index of the last non-backslash at or before each position
+    last_plain = np.maximum.accumulate(np.where(b != 92, pos, -1))
+    quotes = np.flatnonzero(b == 34)
+    run = quotes - 1 - np.concatenate(([-1], last_plain))[quotes]  # backslashes just before
+    real = np.zeros(b.size, np.int8)
+    real[quotes[run % 2 == 0]] = 1
+    in_string = (np.cumsum(real, dtype=np.int64) & 1).astype(bool)
+    step = ((b == 91) | (b == 123)).astype(np.int8) - ((b == 93) | (b == 125)).astype(np.int8)
+    step[in_string] = 0
+    return max(0, int(np.cumsum(step, dtype=np.int64).max()))
+
+
+def load_json_member(data: bytes, member: str, max_bytes: int, max_depth: int) -> Any:
+    """Parse a JSON member after refusing it by size and nesting depth (never a RecursionError)."""
+    if len(data) > max_bytes:
+        raise BundleError(f"member {member!r}: {len(data)} bytes exceeds the cap of {max_bytes}")
+    depth = _json_depth(data)
+    if depth > max_depth:
+        raise BundleError(
+            f"member {member!r}: JSON nested {depth} deep exceeds the cap of {max_depth}"
+        )
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError) as e:
+        raise BundleError(f"member {member!r} is not valid JSON: {e}") from None
+
+
+def _check_member_type(info: tarfile.TarInfo) -> None:
+    if info.issym() or info.islnk():
+        raise BundleError(f"member {info.name!r}: links are not allowed (to {info.linkname!r})")
+    pax = info.pax_headers
+    if (
+        info.type == tarfile.GNUTYPE_SPARSE
+        or info.sparse is not None
+        or any(k.startswith("GNU.sparse") for k in pax)
+    ):
+        raise BundleError(f"member {info.name!r}: sparse members are not allowed")
+    if info.type not in (tarfile.REGTYPE, tarfile.AREGTYPE):
+        raise BundleError(
+            f"member {info.name!r}: only regular files are allowed (tar type {info.type!r})"
+        )
+    for key in pax:
+        if key not in _PAX_KEYS:
+            raise BundleError(f"member {info.name!r}: PAX header {key!r} is not allowed")
+    if "size" in pax and info.size <= _USTAR_MAX_SIZE:
+        raise BundleError(
+            f"member {info.name!r}: a PAX 'size' header is only allowed above "
+            f"{_USTAR_MAX_SIZE} bytes (the tar header's own size field says the rest)"
+        )
+    if "path" in pax and len(info.name.encode()) <= 100:
+        raise BundleError(
+            f"member {info.name!r}: a PAX 'path' header is only allowed for names longer than "
+            "100 bytes (it would rename the member)"
+        )
+
+
+def _check_extent(info: tarfile.TarInfo, file_bytes: int) -> None:
+    if info.offset_data + info.size > file_bytes:
+        raise BundleError(
+            f"member {info.name!r}: {info.size} bytes declared, the file ends first (truncated)"
+        )
+
+
+def _scan(
+    tar: tarfile.TarFile, limits: BundleLimits, file_bytes: int
+) -> dict[str, tarfile.TarInfo]:
     members: dict[str, tarfile.TarInfo] = {}
     total = 0
     while True:
         try:
             info = tar.next()
-        except tarfile.TarError as e:
+        except (tarfile.TarError, EOFError, OSError) as e:
             raise BundleError(f"corrupt tar structure after {len(members)} members: {e}") from e
         if info is None:
             break
+        if tar.pax_headers:
+            raise BundleError(
+                f"member {info.name!r}: global PAX headers are not allowed "
+                f"({', '.join(sorted(tar.pax_headers))})"
+            )
         if len(members) >= limits.max_members:
             raise BundleError(f"more than {limits.max_members} members (member {info.name!r})")
         _check_name(info.name)
-        if info.issym() or info.islnk():
-            raise BundleError(f"member {info.name!r}: links are not allowed (to {info.linkname!r})")
-        if not info.isreg():
-            raise BundleError(f"member {info.name!r}: only regular files are allowed")
+        _check_member_type(info)
         if info.size > limits.max_member_bytes:
             raise BundleError(
                 f"member {info.name!r}: {info.size} bytes exceeds the cap of {limits.max_member_bytes}"
             )
+        _check_extent(info, file_bytes)
         total += info.size
         if total > limits.max_total_bytes:
             raise BundleError(
@@ -138,74 +243,234 @@ def _scan(tar: tarfile.TarFile, limits: BundleLimits) -> dict[str, tarfile.TarIn
     return members
 
 
-def _read_member(tar: tarfile.TarFile, info: tarfile.TarInfo) -> bytes:
-    f = tar.extractfile(info)
-    if f is None:
-        raise BundleError(f"member {info.name!r} cannot be read")
-    return f.read()
+def _read_member(
+    tar: tarfile.TarFile, info: tarfile.TarInfo, max_bytes: int | None = None
+) -> bytes:
+    """A member's bytes, read with a cap (never more than it declares, nor ``max_bytes``)."""
+    cap = info.size if max_bytes is None else min(info.size, max_bytes)
+    if info.size > cap:
+        raise BundleError(f"member {info.name!r}: {info.size} bytes exceeds the cap of {cap}")
+    try:
+        f = tar.extractfile(info)
+        if f is None:
+            raise BundleError(f"member {info.name!r} cannot be read")
+        data = f.read(cap + 1)
+    except (tarfile.TarError, OSError) as e:
+        raise BundleError(f"member {info.name!r} cannot be read (truncated?): {e}") from e
+    if len(data) != info.size:
+        raise BundleError(
+            f"member {info.name!r}: read {len(data)} bytes, the header says {info.size}"
+        )
+    return data
+
+
+def _copy_member(
+    tar: tarfile.TarFile,
+    info: tarfile.TarInfo,
+    out: Any,
+    budget: list[int],
+    limits: BundleLimits,
+) -> str:
+    """Stream a member through sha256 (into ``out`` when given); returns the hex digest.
+
+    The bytes actually read are counted as they stream, against the member's declared size,
+    the per-member cap and what is left of the total cap (``budget[0]``), whatever the header
+    claims.
+    """
+    h = hashlib.sha256()
+    n = 0
+    try:
+        src = tar.extractfile(info)
+        if src is None:
+            raise BundleError(f"member {info.name!r} cannot be read")
+        while chunk := src.read(1 << 20):
+            n += len(chunk)
+            if n > info.size or n > limits.max_member_bytes:
+                raise BundleError(
+                    f"member {info.name!r}: more than {min(info.size, limits.max_member_bytes)} "
+                    "bytes read (stopped)"
+                )
+            if n > budget[0]:
+                raise BundleError(
+                    f"member {info.name!r}: extraction would exceed what may be written "
+                    f"(the total cap of {limits.max_total_bytes} bytes, and never more than the "
+                    "bundle file holds); stopped"
+                )
+            h.update(chunk)
+            if out is not None:
+                out.write(chunk)
+    except (tarfile.TarError, EOFError) as e:
+        raise BundleError(f"member {info.name!r} cannot be read (truncated?): {e}") from e
+    except OSError as e:
+        what = "extracted" if out is not None else "read"
+        raise BundleError(f"member {info.name!r} cannot be {what}: {e.strerror or e}") from e
+    if n != info.size:
+        raise BundleError(f"member {info.name!r}: read {n} bytes, the header says {info.size}")
+    budget[0] -= n
+    return h.hexdigest()
+
+
+def _check_manifest(manifest: Any) -> dict[str, Any]:
+    """The manifest's format, version and member list (the fields read before any hash)."""
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+        raise BundleError(f"member {MANIFEST!r} is not a {FORMAT_NAME} manifest")
+    if manifest.get("format_version") not in READABLE_FORMAT_VERSIONS:
+        raise BundleError(
+            f"member {MANIFEST!r}: format version {manifest.get('format_version')!r}, "
+            f"this terrazzo reads {', '.join(map(str, READABLE_FORMAT_VERSIONS))}"
+        )
+    listed = manifest.get("members")
+    if not isinstance(listed, dict):
+        raise BundleError(f"member {MANIFEST!r} has no member list")
+    for name, entry in listed.items():
+        _check_name(str(name))
+        if (
+            not isinstance(entry, dict)
+            or not isinstance(entry.get("sha256"), str)
+            or not isinstance(entry.get("size_bytes"), int)
+        ):
+            raise BundleError(
+                f"member {MANIFEST!r}: entry for {name!r} needs a sha256 string and a "
+                "size_bytes integer"
+            )
+    model = manifest.get("model")
+    if not isinstance(model, dict) or not isinstance(model.get("name"), str):
+        raise BundleError(f"member {MANIFEST!r}: 'model.name' is missing")
+    for key in ("inputs", "outputs", "stages"):
+        if not isinstance(manifest.get(key), list):
+            raise BundleError(f"member {MANIFEST!r}: {key!r} is missing or not a list")
+    return manifest
+
+
+@dataclass(frozen=True, slots=True)
+class CheckedBundle:
+    """What ``check_bundle`` found: the manifest and the signature's status.
+
+    Attributes:
+        manifest: the manifest dict (format, member list and hashes checked).
+        signed: the bundle carries ``manifest.sig``.
+        signer: the trusted key the signature verified with (None: not verified).
+        policy: the trust policy applied.
+    """
+
+    manifest: dict[str, Any]
+    signed: bool
+    signer: TrustedKey | None
+    policy: TrustPolicy
+
+    @property
+    def signature_status(self) -> str:
+        """``verified``, ``does not verify`` or ``unsigned`` (one word or phrase for reports)."""
+        if self.signer is not None:
+            return "verified"
+        return "does not verify" if self.signed else "unsigned"
+
+    def describe_signature(self) -> str:
+        """A phrase for reports: who signed, or why it is not verified."""
+        if self.signer is not None:
+            return f"verified ({self.signer.fingerprint}, {self.signer.source})"
+        if self.signed:
+            return f"does not verify with any trusted key ({self.policy.describe()})"
+        return "none (unsigned)"
+
+
+def unverified_warning(path: str | os.PathLike[str], signed: bool) -> str:
+    """The one warning line printed when ``--allow-unsigned`` lets an unverified bundle in."""
+    why = "is unsigned" if not signed else "has a signature that no trusted key verifies"
+    return (
+        f"warning: --allow-unsigned: bundle {str(path)!r} {why}; its native code will run "
+        "unverified (anyone who could write the file can run code as this user)"
+    )
+
+
+def _check_signature(
+    path: Path, manifest_bytes: bytes, sig: bytes | None, policy: TrustPolicy
+) -> TrustedKey | None:
+    signer = None
+    if sig is not None and len(sig) == 64:
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+        for key in policy.keys:
+            try:
+                Ed25519PublicKey.from_public_bytes(key.raw).verify(sig, manifest_bytes)
+            except InvalidSignature:
+                continue
+            signer = key
+            break
+    if signer is not None or policy.allow_unsigned:
+        return signer
+    if sig is None:
+        raise BundleError(
+            f"{str(path)!r} is unsigned (member {SIGNATURE!r} is missing): refused, nobody "
+            "vouches for its code; sign it (terrazzo compile signs by default) or pass "
+            "--allow-unsigned"
+        )
+    if not policy.keys:
+        raise BundleError(
+            f"member {SIGNATURE!r}: signature does not verify: {policy.describe()}; trust the "
+            f"signer's public key with --trust KEY, ${TRUST_ENV}, or a .pem in {trust_dir()}"
+        )
+    if len(sig) != 64:
+        raise BundleError(
+            f"member {SIGNATURE!r}: signature does not verify ({len(sig)} bytes, an Ed25519 "
+            "signature has 64)"
+        )
+    raise BundleError(
+        f"member {SIGNATURE!r}: signature does not verify with any of the {policy.describe()}"
+    )
 
 
 def _validate(
     path: Path,
-    trust_key: str | os.PathLike[str] | bytes | None,
+    policy: TrustPolicy,
     limits: BundleLimits,
     dest: Path | None,
-) -> tuple[dict[str, Any], bool]:
-    """Validate the bundle; copy members into ``dest`` when given. Returns (manifest, signed)."""
+) -> CheckedBundle:
+    """Validate the bundle; copy members into ``dest`` when given.
+
+    The signature is checked on the manifest before any other member is read; each member is
+    hashed while it streams (into ``dest``), and the caller removes ``dest`` on any failure.
+    """
+    try:
+        file_bytes = path.stat().st_size
+    except OSError:
+        file_bytes = -1
     if not path.is_file():
         raise BundleError(f"bundle {str(path)!r} does not exist or is not a regular file")
     try:
         tar = tarfile.open(path, mode="r:")
-    except tarfile.TarError as e:
+    except (tarfile.TarError, OSError) as e:
         raise BundleError(f"{str(path)!r} is not a .tzb bundle (uncompressed tar): {e}") from e
     with tar:
-        members = _scan(tar, limits)
+        members = _scan(tar, limits, file_bytes)
         if MANIFEST not in members:
             raise BundleError(f"member {MANIFEST!r} is missing")
-        if members[MANIFEST].size > limits.max_manifest_bytes:
-            raise BundleError(f"member {MANIFEST!r} exceeds {limits.max_manifest_bytes} bytes")
-        manifest_bytes = _read_member(tar, members[MANIFEST])
-        try:
-            manifest = json.loads(manifest_bytes)
-        except ValueError as e:
-            raise BundleError(f"member {MANIFEST!r} is not valid JSON: {e}") from e
-        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
-            raise BundleError(f"member {MANIFEST!r} is not a {FORMAT_NAME} manifest")
-        if manifest.get("format_version") not in READABLE_FORMAT_VERSIONS:
-            raise BundleError(
-                f"member {MANIFEST!r}: format version {manifest.get('format_version')!r}, "
-                f"this terrazzo reads {', '.join(map(str, READABLE_FORMAT_VERSIONS))}"
+        manifest_bytes = _read_member(tar, members[MANIFEST], limits.max_manifest_bytes)
+        manifest = _check_manifest(
+            load_json_member(
+                manifest_bytes, MANIFEST, limits.max_manifest_bytes, limits.max_json_depth
             )
+        )
         signed = SIGNATURE in members
-        if trust_key is not None:
-            if not signed:
-                raise BundleError(f"member {SIGNATURE!r} is missing but a trusted key was given")
-            if members[SIGNATURE].size > 1024:
-                raise BundleError(f"member {SIGNATURE!r} is too large for a signature")
-            from terrazzo.bundle._sign import verify_bytes
-
-            verify_bytes(manifest_bytes, _read_member(tar, members[SIGNATURE]), trust_key)
-        listed = manifest.get("members")
-        if not isinstance(listed, dict):
-            raise BundleError(f"member {MANIFEST!r} has no member list")
+        sig = _read_member(tar, members[SIGNATURE], 1024) if signed else None
+        signer = _check_signature(path, manifest_bytes, sig, policy)
+        listed = manifest["members"]
         for name in listed:
-            _check_name(str(name))
             if name not in members:
                 raise BundleError(f"member {name!r} is listed in the manifest but missing")
         for name in members:
             if name not in listed and name not in (MANIFEST, SIGNATURE):
                 raise BundleError(f"member {name!r} is not listed in the manifest (extra member)")
         for name, entry in listed.items():
-            if members[name].size != int(entry.get("size_bytes", -1)):
+            if members[name].size != entry["size_bytes"]:
                 raise BundleError(
                     f"member {name!r}: size {members[name].size} differs from the manifest's "
-                    f"{entry.get('size_bytes')}"
+                    f"{entry['size_bytes']}"
                 )
+        # bytes actually written: the total cap, and never more than the bundle file holds
+        budget = [min(limits.max_total_bytes, file_bytes)]
         for name, entry in sorted(listed.items()):
-            src = tar.extractfile(members[name])
-            if src is None:
-                raise BundleError(f"member {name!r} cannot be read")
-            h = hashlib.sha256()
             out = None
             if dest is not None:
                 target = dest / name
@@ -215,39 +480,74 @@ def _validate(
                 except OSError as e:
                     raise BundleError(f"member {name!r} cannot be extracted: {e.strerror}") from e
             try:
-                while chunk := src.read(1 << 20):
-                    h.update(chunk)
-                    if out is not None:
-                        out.write(chunk)
+                digest = _copy_member(tar, members[name], out, budget, limits)
             finally:
                 if out is not None:
                     out.close()
-            if h.hexdigest() != entry.get("sha256"):
+            if digest != entry["sha256"]:
                 raise BundleError(
                     f"member {name!r}: sha256 does not match the manifest (tampered?)"
                 )
-    return manifest, signed
+    return CheckedBundle(manifest, signed, signer, policy)
+
+
+def _policy(trust: TrustSpec, trust_key: TrustSpec, allow_unsigned: bool) -> TrustPolicy:
+    if trust is not None and trust_key is not None:
+        raise BundleError("give trust= or its older name trust_key=, not both")
+    return resolve_trust(trust if trust is not None else trust_key, allow_unsigned=allow_unsigned)
+
+
+def check_bundle(
+    path: str | os.PathLike[str],
+    trust: TrustSpec = None,
+    limits: BundleLimits | None = None,
+    *,
+    allow_unsigned: bool = False,
+    trust_key: TrustSpec = None,
+) -> CheckedBundle:
+    """Validate a bundle fully (names, types, caps, signature, hashes) without extracting it.
+
+    Args:
+        path: the bundle file.
+        trust: trusted key(s) (see ``terrazzo.bundle.resolve_trust``; default: $TERRAZZO_TRUST,
+            else the trust directory).
+        limits: size and count caps.
+        allow_unsigned: accept a bundle that is unsigned or not signed by a trusted key.
+        trust_key: the older name of ``trust``.
+
+    Raises:
+        BundleError: any failed check, in one line naming the member.
+    """
+    policy = _policy(trust, trust_key, allow_unsigned)
+    return _validate(Path(path), policy, limits or BundleLimits(), None)
 
 
 def read_manifest(
     path: str | os.PathLike[str],
-    trust_key: str | os.PathLike[str] | bytes | None = None,
+    trust: TrustSpec = None,
     limits: BundleLimits | None = None,
+    *,
+    allow_unsigned: bool = False,
+    trust_key: TrustSpec = None,
 ) -> dict[str, Any]:
-    """Validate a bundle fully (names, types, caps, hashes, signature) without extracting it.
+    """Validate a bundle fully (see ``check_bundle``) without extracting it.
 
     Returns:
         The manifest as a dict.
     """
-    manifest, _ = _validate(Path(path), trust_key, limits or BundleLimits(), None)
-    return manifest
+    return check_bundle(
+        path, trust, limits, allow_unsigned=allow_unsigned, trust_key=trust_key
+    ).manifest
 
 
 def read_member_text(
     path: str | os.PathLike[str],
     member: str,
-    trust_key: str | os.PathLike[str] | bytes | None = None,
+    trust: TrustSpec = None,
     limits: BundleLimits | None = None,
+    *,
+    allow_unsigned: bool = False,
+    trust_key: TrustSpec = None,
 ) -> str:
     """Validate a bundle fully, then return one text member (e.g. ``plan.mlir``) unextracted.
 
@@ -255,12 +555,16 @@ def read_member_text(
         BundleError: the bundle is invalid, or has no such member, or it is not UTF-8.
     """
     lim = limits or BundleLimits()
-    manifest, _ = _validate(Path(path), trust_key, lim, None)
+    manifest = read_manifest(path, trust, lim, allow_unsigned=allow_unsigned, trust_key=trust_key)
     entry = manifest["members"].get(member)
     if entry is None:
         raise BundleError(f"member {member!r} is not in the bundle")
-    with tarfile.open(Path(path), mode="r:") as tar:
-        data = _read_member(tar, _scan(tar, lim)[member])
+    p = Path(path)
+    try:
+        with tarfile.open(p, mode="r:") as tar:
+            data = _read_member(tar, _scan(tar, lim, p.stat().st_size)[member])
+    except (tarfile.TarError, OSError) as e:
+        raise BundleError(f"{str(p)!r} changed while being read: {e}") from e
     if hashlib.sha256(data).hexdigest() != entry.get("sha256"):
         raise BundleError(f"member {member!r}: sha256 does not match the manifest (tampered?)")
     try:
@@ -276,21 +580,35 @@ class Bundle:
         path: the bundle file.
         root: private temp dir holding the extracted members (removed by ``close``).
         manifest: the manifest dict.
-        signed: whether the bundle carries a signature; ``signature_verified`` whether it was
-            checked against a trusted key.
+        signed: whether the bundle carries a signature; ``signature_verified`` whether it
+            verified with a trusted key (``signer``: that key). An unverified bundle opens only
+            with ``allow_unsigned``.
+        checked: what validation found (``CheckedBundle``).
     """
 
-    def __init__(
-        self, path: Path, root: Path, manifest: dict[str, Any], signed: bool, verified: bool
-    ):
+    def __init__(self, path: Path, root: Path, checked: CheckedBundle, limits: BundleLimits):
         self.path = path
         self.root = root
-        self.manifest = manifest
-        self.signed = signed
-        self.signature_verified = verified
+        self.checked = checked
+        self.manifest = checked.manifest
+        self.signed = checked.signed
+        self.signer = checked.signer
+        self.signature_verified = checked.signer is not None
+        self._limits = limits
         self._finalizer = weakref.finalize(self, shutil.rmtree, str(root), True)
         self._runners: dict[str, list[Any]] = {}  # loaded once per device choice, then reused
         self._load_lock = threading.Lock()
+
+    def worker_trust(self) -> dict[str, Any]:
+        """The trust (JSON, for ``trust=``) under which another process re-opens this bundle.
+
+        The key the signature verified with when it verified (so a worker on another host
+        needs no trust directory); else the explicit ``allow_unsigned`` this bundle was
+        opened with.
+        """
+        if self.signer is not None:
+            return {"keys": [self.signer.raw.hex()], "allow_unsigned": False}
+        return {"keys": [], "allow_unsigned": True}
 
     # -- description (no code loaded) ------------------------------------------------------
     @property
@@ -316,7 +634,12 @@ class Bundle:
     @property
     def plan_json(self) -> dict[str, Any] | None:
         p = self.root / "plan.json"
-        return json.loads(p.read_text()) if p.exists() else None
+        if not p.exists():
+            return None
+        lim = self._limits  # plans of large graphs: 4x the manifest's cap
+        return load_json_member(
+            p.read_bytes(), "plan.json", 4 * lim.max_manifest_bytes, lim.max_json_depth
+        )
 
     @property
     def agent(self) -> Any:
@@ -453,28 +776,40 @@ def _agent_section(data: Any, path: Path) -> Any:
 
 def open_bundle(
     path: str | os.PathLike[str],
-    trust_key: str | os.PathLike[str] | bytes | None = None,
+    trust: TrustSpec = None,
     limits: BundleLimits | None = None,
+    *,
+    allow_unsigned: bool = False,
+    trust_key: TrustSpec = None,
 ) -> Bundle:
     """Validate a ``.tzb`` and extract it into a fresh private temp dir.
 
     Args:
         path: the bundle file.
-        trust_key: PEM Ed25519 public key; when given the bundle must be signed by it.
+        trust: the trusted Ed25519 public key(s): a PEM file, a directory of ``*.pem``, PEM or
+            raw bytes, or a list of them. Default: ``$TERRAZZO_TRUST``, else the keys in
+            ``$TERRAZZO_HOME/trusted`` (see ``terrazzo.bundle.resolve_trust``).
         limits: size and count caps (defaults: BundleLimits()).
+        allow_unsigned: open a bundle that is unsigned or whose signature no trusted key
+            verifies (its code runs unverified: use only for bundles you built yourself).
+        trust_key: the older name of ``trust``.
 
     Returns:
-        The Bundle; every member's hash has been checked, no library has been loaded.
+        The Bundle; the signature and every member's hash have been checked, no library has
+        been loaded.
 
     Raises:
-        BundleError: naming the offending member, for any failed check.
+        BundleError: naming the offending member, for any failed check; the bundle is unsigned
+            or its signature does not verify (without ``allow_unsigned``).
     """
     p = Path(path)
+    lim = limits or BundleLimits()
+    policy = _policy(trust, trust_key, allow_unsigned)
     root = Path(tempfile.mkdtemp(prefix="tzb-"))
     os.chmod(root, 0o700)
     try:
-        manifest, signed = _validate(p, trust_key, limits or BundleLimits(), root)
-        bundle = Bundle(p, root, manifest, signed, trust_key is not None)
+        checked = _validate(p, policy, lim, root)
+        bundle = Bundle(p, root, checked, lim)
         bundle.agent  # noqa: B018  (an agent bundle's contract is validated before use)
     except BaseException:
         shutil.rmtree(root, ignore_errors=True)

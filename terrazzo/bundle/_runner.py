@@ -137,9 +137,16 @@ class StageRunner:
         self.inputs = inputs
         self.outputs = outputs
         self._dev = tvm.cuda(0) if ran_on == "cuda" else tvm.cpu(0)
-        lib = tvm.runtime.load_module(library_path)
-        self._vm = VirtualMachine(lib, self._dev)
-        self._fn = self._vm["main"]
+        try:
+            lib = tvm.runtime.load_module(library_path)
+            self._vm = VirtualMachine(lib, self._dev)
+            self._fn = self._vm["main"]
+        except Exception as e:  # not a TVM Relax library (or built for another runtime)
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise BundleError(
+                f"stage {index}: {library_path.rsplit('/', 1)[-1]} is not a loadable TVM "
+                f"library: {first}"
+            ) from e
         missing = [w for w in weight_order if w not in weights]
         if missing:
             raise BundleError(f"stage {index}: weights missing from the bundle: {missing[:5]}")

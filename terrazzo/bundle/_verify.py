@@ -25,6 +25,7 @@ import numpy as np
 
 from terrazzo.bundle._read import BundleLimits, open_bundle
 from terrazzo.bundle._runner import random_inputs
+from terrazzo.bundle._trust import TrustSpec
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +53,10 @@ class VerifyReport:
     Attributes:
         name: model name.
         members: number of members whose sha256 matched.
-        signed / signature_verified: whether a signature is present / was checked with a key.
+        signed / signature_verified: whether a signature is present / verified with a trusted
+            key (an unverified bundle is only checked with ``allow_unsigned``).
+        signature: ``verified (<fingerprint>, <key file>)``, ``none (unsigned)`` or ``does not
+            verify with any trusted key (...)``.
         numerics: ``"ok"``, ``"mismatch"`` or ``"skipped"`` (no reference in the bundle).
         max_abs_diff: largest difference over every check (None when skipped).
         tolerance: the bound used.
@@ -74,6 +78,7 @@ class VerifyReport:
     notes: tuple[str, ...]
     reference: str | None = None
     checks: tuple[NumericsCheck, ...] = ()
+    signature: str = ""
 
     @property
     def ok(self) -> bool:
@@ -82,7 +87,8 @@ class VerifyReport:
     def to_json(self) -> dict[str, Any]:
         return {
             "name": self.name, "ok": self.ok, "members": self.members, "signed": self.signed,
-            "signature_verified": self.signature_verified, "numerics": self.numerics,
+            "signature_verified": self.signature_verified, "signature": self.signature,
+            "numerics": self.numerics,
             "max_abs_diff": _finite(self.max_abs_diff), "tolerance": self.tolerance, "trials": self.trials,
             "reference": self.reference, "notes": list(self.notes),
             "checks": [
@@ -151,25 +157,36 @@ def _check(
 
 def verify_bundle(
     path: str | os.PathLike[str],
-    trust_key: str | os.PathLike[str] | bytes | None = None,
+    trust: TrustSpec = None,
     tolerance: float = 1e-5,
     trials: int = 2,
     limits: BundleLimits | None = None,
+    *,
+    allow_unsigned: bool = False,
+    trust_key: TrustSpec = None,
 ) -> VerifyReport:
-    """Validate a bundle and re-check its numerics (see the module docstring).
+    """Validate a bundle (signature first, then every hash) and re-check its numerics (see
+    the module docstring).
+
+    No stage library is loaded before the signature and every hash have been checked; an
+    unsigned bundle, or one no trusted key verifies, is refused unless ``allow_unsigned``.
 
     Args:
         path: the ``.tzb`` file.
-        trust_key: require a signature by this Ed25519 public key.
+        trust: trusted Ed25519 public keys (see ``bundle.resolve_trust``; default: the local
+            trust store).
         tolerance: largest absolute difference allowed on finite values.
         trials: random input sets for the whole-model reference checks.
         limits: size and count caps for reading the bundle.
+        allow_unsigned: check an unsigned or unverifiable bundle anyway.
+        trust_key: old name of ``trust``.
 
     Raises:
         BundleError: any structural, hash or signature failure (naming the member).
     """
-    with open_bundle(path, trust_key=trust_key, limits=limits) as b:
+    with open_bundle(path, trust, limits, allow_unsigned=allow_unsigned, trust_key=trust_key) as b:
         notes: list[str] = []
+        sig = b.checked.describe_signature()
         checks: list[NumericsCheck] = []
         out_names = [o.name for o in b.outputs]
         stored = b.reference_io()
@@ -177,7 +194,8 @@ def verify_bundle(
         if stored is None and ref is None:
             return VerifyReport(b.name, len(b.manifest["members"]), b.signed, b.signature_verified,
                                 "skipped", None, tolerance, 0,
-                                ("the bundle has no reference; numerics not re-checked",))  # fmt: skip
+                                ("the bundle has no reference; numerics not re-checked",), None, (),
+                                sig)  # fmt: skip
         runners = b.load_stages(device="cpu")
         notes.extend(
             f"stage {r.index} ({r.device}) checked with its host-CPU build" for r in runners
@@ -229,4 +247,4 @@ def verify_bundle(
         numerics = "skipped" if not checks else "ok" if all(c.ok for c in checks) else "mismatch"
         return VerifyReport(b.name, len(b.manifest["members"]), b.signed, b.signature_verified,
                             numerics, worst, tolerance, trials if ref is not None and not same else 0,
-                            tuple(notes), source, tuple(checks))  # fmt: skip
+                            tuple(notes), source, tuple(checks), sig)  # fmt: skip

@@ -126,7 +126,7 @@ def write_bundle(
     reference_io: Any = None,
     tuning_records: str = "",
     host_target: Mapping[str, Any] | None = None,
-    sign_key: str | os.PathLike[str] | None = None,
+    sign_key: str | os.PathLike[str] | bool | None = None,
 ) -> Path:
     """Write a ``.tzb`` bundle (atomically: a temp file renamed into place).
 
@@ -148,7 +148,9 @@ def write_bundle(
             array): the model run by an independent implementation, stored for ``verify``.
         tuning_records: MetaSchedule records (JSON lines) applied at build time.
         host_target: the llvm target of the host builds.
-        sign_key: PEM Ed25519 private key; when given, ``manifest.sig`` is written.
+        sign_key: PEM Ed25519 private key; when given, ``manifest.sig`` is written. ``True``:
+            the local key (``terrazzo.bundle.ensure_local_key``, created on first use);
+            ``None``/``False``: unsigned (it will only load with ``allow_unsigned``).
 
     Returns:
         The path written.
@@ -242,9 +244,13 @@ def write_bundle(
     }
     manifest_bytes = json.dumps(manifest, indent=1, sort_keys=True, default=str).encode()
     all_members: dict[str, bytes] = {MANIFEST: manifest_bytes}
-    if sign_key is not None:
+    if sign_key is not None and sign_key is not False:
         from terrazzo.bundle._sign import sign_bytes
 
+        if sign_key is True:
+            from terrazzo.bundle._trust import ensure_local_key
+
+            sign_key = ensure_local_key()
         all_members[SIGNATURE] = sign_bytes(manifest_bytes, sign_key)
     for mname in sorted(members):
         all_members[mname] = members[mname]  # type: ignore[assignment]

@@ -73,3 +73,29 @@ def describe_dynamic(plan_summary: Any) -> str | None:
     at = ", ".join(f"{k}={v}" for k, v in (plan_summary.get("plan_shape") or {}).items())
     build = plan_summary.get("shape_build", "symbolic")
     return f"dynamic shapes: {dims} ({build} build); planned and costed at {at}"
+
+
+TRUST_HELP = (
+    "trust this Ed25519 public key (PEM file, or a directory of .pem files; repeatable). "
+    "Default: $TERRAZZO_TRUST, else the keys in $TERRAZZO_HOME/trusted "
+    "(~/.config/terrazzo/trusted), which holds this machine's local key"
+)
+
+
+def add_trust_arguments(p: Any, allow_unsigned_help: str | None = None) -> None:
+    """``--trust KEY`` (repeatable; ``--trust-key`` is its hidden old name) and, when
+    ``allow_unsigned_help`` is given, ``--allow-unsigned``."""
+    import argparse
+
+    p.add_argument("--trust", action="append", default=None, metavar="KEY", help=TRUST_HELP)
+    p.add_argument("--trust-key", action="append", dest="trust", help=argparse.SUPPRESS)
+    if allow_unsigned_help is not None:
+        p.add_argument("--allow-unsigned", action="store_true", help=allow_unsigned_help)
+
+
+def warn_unverified(command: str, path: str, signed: bool, verified: bool) -> None:
+    """Print the one ``--allow-unsigned`` warning line when a bundle was not verified."""
+    if not verified:
+        from terrazzo.bundle import unverified_warning
+
+        print(f"terrazzo {command}: {unverified_warning(path, signed)}", file=sys.stderr)

@@ -43,8 +43,18 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--profile", help="cost-model catalog profile (datasheet, paper-2025, or YAML path)"
     )
-    p.add_argument(
-        "--sign", metavar="KEY", help="sign the bundle with this Ed25519 private key (PEM)"
+    sign = p.add_mutually_exclusive_group()
+    sign.add_argument(
+        "--sign",
+        metavar="KEY",
+        help="sign the bundle with this Ed25519 private key (PEM). Default: the local key "
+        "$TERRAZZO_HOME/keys/local.pem (~/.config/terrazzo), created on first use and trusted "
+        "on this machine; elsewhere trust its .pub.pem with --trust",
+    )
+    sign.add_argument(
+        "--no-sign",
+        action="store_true",
+        help="write an unsigned bundle (run/serve/verify/inspect then need --allow-unsigned)",
     )
     p.add_argument(
         "--no-reference", action="store_true", help="omit the whole-model reference build"
@@ -57,12 +67,20 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run)
 
 
+def sign_key_of(args: argparse.Namespace) -> Any:
+    """The ``sign_key`` for the pipeline: a key file, the local key (True) or None (unsigned)."""
+    if getattr(args, "no_sign", False):
+        return None
+    return args.sign if args.sign else True
+
+
 def run(args: argparse.Namespace) -> int:
     from terrazzo.commands._common import require_compiler
 
     require_compiler("compile")
     from terrazzo.commands._agent import is_agent_spec
 
+    args.sign = sign_key_of(args)
     placed = args.model.lower().endswith(".mlir")
     if not placed and args.sla is None:
         from terrazzo.errors import TerrazzoError
@@ -139,6 +157,7 @@ def run(args: argparse.Namespace) -> int:
         "bundle": str(res.path),
         "model": res.graph.name,
         "bundle_bytes": res.bundle_bytes,
+        "signed_with": _signed_with(args.sign),
         "weight_bytes": res.weight_bytes,
         "phase_s": {k: round(v, 3) for k, v in res.phase_s.items()},
         "plan": {
@@ -197,4 +216,15 @@ def run(args: argparse.Namespace) -> int:
     line = describe_dynamic({**dyn, "shape_build": "symbolic"})
     if line:
         out.print(line)
+    out.print(f"signed with: {summary['signed_with']}")
     return 0
+
+
+def _signed_with(sign: Any) -> str:
+    if sign is None:
+        return "nothing (unsigned: run/serve need --allow-unsigned)"
+    if sign is True:
+        from terrazzo.bundle import local_key_paths
+
+        return f"the local key {local_key_paths()[0]}"
+    return str(sign)

@@ -38,6 +38,13 @@ def register(subparsers: Any) -> None:
     k.add_argument(
         "--ray", action="store_true", help="write a KubeRay RayCluster instead of StatefulSets"
     )
+    from terrazzo.commands._common import add_trust_arguments
+
+    add_trust_arguments(
+        k,
+        "deploy a bundle that is unsigned or whose signature no trusted key verifies; its pods "
+        "then serve it with --allow-unsigned (its code runs unverified)",
+    )
     k.set_defaults(func=run)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
@@ -67,6 +74,17 @@ def _bundles(source: Path) -> list[tuple[Path, str]]:
     raise ServingError(f"{source}: no such bundle or directory")
 
 
+def public_pem(raw: bytes) -> str:
+    """The PEM (SubjectPublicKeyInfo) text of a raw 32-byte Ed25519 public key."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    key = Ed25519PublicKey.from_public_bytes(raw)
+    return key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode()
+
+
 def run(args: argparse.Namespace) -> int:
     import yaml
 
@@ -85,10 +103,24 @@ def run(args: argparse.Namespace) -> int:
         gateway_replicas=args.gateway_replicas,
         ray=args.ray,
     )
+    from dataclasses import replace
+
+    from terrazzo.bundle import check_bundle
+    from terrazzo.commands._common import warn_unverified
+
     _NoAliases = _no_aliases()  # noqa: N806
     files: dict[str, list[dict[str, Any]]] = {}
     for path, rel in _bundles(Path(args.source)):
-        objs = bundle_manifests(read_manifest(path), rel, opts)  # every bundle checked first
+        # every bundle checked first: signature (the pods trust the key that verified it here)
+        checked = check_bundle(path, args.trust, allow_unsigned=args.allow_unsigned)
+        warn_unverified("deploy", str(path), checked.signed, checked.signer is not None)
+        signer = checked.signer
+        own = replace(
+            opts,
+            trusted_keys=(public_pem(signer.raw),) if signer is not None else (),
+            allow_unsigned=signer is None,
+        )
+        objs = bundle_manifests(read_manifest(path), rel, own)
         name = f"{objs[0]['metadata']['labels']['app.kubernetes.io/name']}.yaml"
         if name in files:
             raise ServingError(f"{path}: a second bundle of model {name[3:-5]!r}; rename one")

@@ -10,12 +10,18 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "inspect",
         help="describe a .tzb bundle: signature, stages, targets, fallbacks (never loads code)",
-        description="Validates the bundle (names, member types, caps, every sha256, the signature "
-        "with --trust) and prints what it holds. No library is loaded or extracted.",
+        description="Validates the bundle (names, member types, caps, the signature against the "
+        "trusted keys, every sha256) and prints what it holds. No library is loaded or "
+        "extracted. An unsigned bundle, or a signature no trusted key verifies, is a failure "
+        "(exit 2) unless --allow-unsigned.",
     )
     p.add_argument("bundle", metavar="BUNDLE", help=".tzb file")
-    p.add_argument(
-        "--trust", metavar="KEY", help="require a signature by this Ed25519 public key (PEM)"
+    from terrazzo.commands._common import add_trust_arguments
+
+    add_trust_arguments(
+        p,
+        "describe a bundle that is unsigned or whose signature no trusted key verifies "
+        "(inspect loads no code; the signature line says what was found)",
     )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument(
@@ -73,16 +79,22 @@ def describe(manifest: dict[str, Any], bundle_bytes: int) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     import os
 
-    from terrazzo.bundle import read_manifest, read_member_text
-    from terrazzo.commands._common import print_json
+    from terrazzo.bundle import check_bundle, read_member_text
+    from terrazzo.commands._common import print_json, warn_unverified
+    from terrazzo.errors import BundleError
 
-    manifest = read_manifest(args.bundle, trust_key=args.trust)
-    info = describe(manifest, os.path.getsize(args.bundle))
-    info["signature"] = (
-        "verified" if args.trust else ("present, not checked" if _signed(args.bundle) else "none")
-    )
+    checked = check_bundle(args.bundle, args.trust, allow_unsigned=args.allow_unsigned)
+    warn_unverified("inspect", args.bundle, checked.signed, checked.signer is not None)
+    try:
+        info = describe(checked.manifest, os.path.getsize(args.bundle))
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise BundleError(f"member 'manifest.json' is malformed: {type(e).__name__}: {e}") from None
+    info["signature"] = checked.describe_signature()
     if args.ir:
-        info["placed_ir"] = read_member_text(args.bundle, "plan.mlir", trust_key=args.trust)
+        trust = {"keys": [checked.signer.raw.hex()]} if checked.signer is not None else None
+        info["placed_ir"] = read_member_text(
+            args.bundle, "plan.mlir", trust, allow_unsigned=checked.signer is None
+        )
         if not args.json:
             print(info["placed_ir"], end="")
             return 0
@@ -126,10 +138,3 @@ def run(args: argparse.Namespace) -> int:
                   ", ".join(s["artifacts"]), f"{s['weight_bytes'] / 1e6:.2f} MB", fb)  # fmt: skip
     c.print(t)
     return 0
-
-
-def _signed(path: str) -> bool:
-    import tarfile
-
-    with tarfile.open(path, "r:") as tar:
-        return any(m.name == "manifest.sig" for m in tar.getmembers())

@@ -5,6 +5,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+ALLOW_UNSIGNED_HELP = (
+    "run a bundle that is unsigned or whose signature no trusted key verifies: its native code "
+    "runs unverified (prints a warning)"
+)
+
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
@@ -12,7 +17,8 @@ def register(subparsers: Any) -> None:
         help="run a .tzb bundle in-process on given or random inputs; optional benchmark",
         description="Loads every stage (the planned device's build when present, else the host-CPU "
         "build, said so) and runs them in order. Inputs not given get random data of the right "
-        "shape and dtype.",
+        "shape and dtype. The bundle's signature must verify with a trusted key (see --trust) "
+        "before any of its code loads.",
     )
     p.add_argument("bundle", metavar="BUNDLE", help=".tzb file")
     p.add_argument(
@@ -24,9 +30,9 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--warmup", type=int, default=3, help="warm-up runs before timing (default 3)")
     p.add_argument("--seed", type=int, default=0, help="seed for random inputs (default 0)")
-    p.add_argument(
-        "--trust", metavar="KEY", help="require a signature by this Ed25519 public key (PEM)"
-    )
+    from terrazzo.commands._common import add_trust_arguments
+
+    add_trust_arguments(p, ALLOW_UNSIGNED_HELP)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument(
         "--shape",
@@ -114,11 +120,11 @@ def _concrete_specs(bundle: Any, shape_args: list[str], given: dict[str, Any]) -
     return out
 
 
-def _agent_runner(args: argparse.Namespace) -> tuple[Any, list[dict[str, Any]]]:
+def _agent_runner(args: argparse.Namespace, trust: Any) -> tuple[Any, list[dict[str, Any]]]:
     """An agent bundle runs its whole worker graph in this process (tools, LLM phases, models)."""
     from terrazzo.runtime.agent_plan import LocalAgent, agent_serving_plan
 
-    plan = agent_serving_plan(args.bundle, trust_key=args.trust)
+    plan = agent_serving_plan(args.bundle, trust_key=trust)
     local = LocalAgent(plan)
     names = [t.name for t in plan.outputs]
 
@@ -140,11 +146,12 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from terrazzo.bundle import open_bundle, random_inputs
-    from terrazzo.commands._common import print_json
+    from terrazzo.commands._common import print_json, warn_unverified
 
     # The notes of stages running off their planned device are printed below, not logged twice.
     logging.getLogger("terrazzo.bundle").setLevel(logging.ERROR)
-    with open_bundle(args.bundle, trust_key=args.trust) as b:
+    with open_bundle(args.bundle, args.trust, allow_unsigned=args.allow_unsigned) as b:
+        warn_unverified("run", args.bundle, b.signed, b.signature_verified)
         given = _load_inputs(args.input, b.inputs)
         random_names = [s.name for s in b.inputs if s.name not in given]
         specs = _concrete_specs(b, args.shape, given)
@@ -153,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
             **given,
         }
         if b.plan_json and "agent" in b.plan_json:
-            run_once, stages = _agent_runner(args)
+            run_once, stages = _agent_runner(args, b.worker_trust())
         else:
             runners = b.load_stages()
 

@@ -23,7 +23,10 @@ def register(subparsers: Any) -> None:
         "loopback, or Ray actors with --ray) and serve until Ctrl-C / SIGTERM, which drains "
         "in-flight requests.",
     )
-    p.add_argument("bundle", help="path of the .tzb bundle (verified before any worker loads it)")
+    p.add_argument(
+        "bundle",
+        help="path of the .tzb bundle (signature and hashes verified before any worker loads it)",
+    )
     p.add_argument("--port", type=int, default=8001, help="gRPC port of the gateway (default 8001)")
     p.add_argument(
         "--metrics-port", type=int, default=8002, help="Prometheus /metrics port (default 8002)"
@@ -53,8 +56,12 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--max-queue", type=int, default=128, help="requests in flight before RESOURCE_EXHAUSTED"
     )
-    p.add_argument(
-        "--trust-key", default=None, help="public key file the bundle signature must verify against"
+    from terrazzo.commands._common import add_trust_arguments
+
+    add_trust_arguments(
+        p,
+        "serve a bundle that is unsigned or whose signature no trusted key verifies: its native "
+        "code runs unverified in every worker (prints a warning)",
     )
     p.add_argument(
         "--worker",
@@ -101,13 +108,18 @@ def run(args: argparse.Namespace) -> int:
         tls = TLSOptions.from_files(args.tls_cert, args.tls_key, args.tls_ca)
     elif args.tls_ca:
         raise ServingError("--tls-ca needs --tls-cert and --tls-key")
-    trust_key = None
-    if args.trust_key:
-        try:
-            with open(args.trust_key, "rb") as f:
-                trust_key = f.read()
-        except OSError as e:
-            raise ServingError(f"cannot read --trust-key: {e}") from e
+    from terrazzo.bundle import check_bundle
+    from terrazzo.commands._common import warn_unverified
+
+    # Signature and every hash, before anything is extracted or started; the workers then
+    # trust exactly the key that verified here (or run unverified with --allow-unsigned).
+    checked = check_bundle(args.bundle, args.trust, allow_unsigned=args.allow_unsigned)
+    warn_unverified("serve", args.bundle, checked.signed, checked.signer is not None)
+    trust_key = (
+        {"keys": [checked.signer.raw.hex()]}
+        if checked.signer is not None
+        else {"keys": [], "allow_unsigned": True}
+    )
     static: dict[str, Any] = {}
     if args.worker:
         from terrazzo.commands.worker import internal_token
@@ -129,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
         tls=tls,
         ray_address=args.ray,
         trust_key=trust_key,
+        allow_unsigned=checked.signer is None,
         host=args.host,
         default_timeout_s=args.timeout,
         max_message_bytes=args.max_message_mib << 20,

@@ -9,16 +9,21 @@ from typing import Any
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "verify",
-        help="check a .tzb bundle: hashes, signature, numerics against independent references",
-        description="Validates every member and hash (and the signature with --trust), then "
-        "runs the stages on the inputs stored at compile time and compares with the outputs "
-        "onnxruntime (ONNX) or torch (nn.Module) computed from them, and checks each stage and "
-        "the whole chain on random inputs against the bundled whole-model build. NaN and Inf "
-        "must match the reference. Exit 1 on a numerics mismatch.",
+        help="check a .tzb bundle: signature, hashes, numerics against independent references",
+        description="Checks the signature against the trusted keys and every member and hash "
+        "before any code loads (an unsigned bundle, or a signature no trusted key verifies, is a "
+        "failure: exit 2), then runs the stages on the inputs stored at compile time and compares "
+        "with the outputs onnxruntime (ONNX) or torch (nn.Module) computed from them, and checks "
+        "each stage and the whole chain on random inputs against the bundled whole-model build. "
+        "NaN and Inf must match the reference. Exit 1 on a numerics mismatch.",
     )
     p.add_argument("bundle", metavar="BUNDLE", help=".tzb file")
-    p.add_argument(
-        "--trust", metavar="KEY", help="require a signature by this Ed25519 public key (PEM)"
+    from terrazzo.commands._common import add_trust_arguments
+
+    add_trust_arguments(
+        p,
+        "check the numerics of a bundle that is unsigned or whose signature no trusted key "
+        "verifies (its code runs unverified; reported, with a warning)",
     )
     p.add_argument(
         "--tol", type=float, default=1e-5, help="max abs difference allowed (default 1e-5)"
@@ -30,17 +35,18 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from terrazzo.bundle import verify_bundle
-    from terrazzo.commands._common import print_json
+    from terrazzo.commands._common import print_json, warn_unverified
 
-    rep = verify_bundle(args.bundle, trust_key=args.trust, tolerance=args.tol, trials=args.trials)
+    # the signature and every hash are checked before any stage library loads
+    rep = verify_bundle(
+        args.bundle, args.trust, tolerance=args.tol, trials=args.trials,
+        allow_unsigned=args.allow_unsigned,
+    )  # fmt: skip
+    warn_unverified("verify", args.bundle, rep.signed, rep.signature_verified)
     if args.json:
         print_json(rep.to_json())
     else:
-        sig = (
-            "verified"
-            if rep.signature_verified
-            else ("present, not checked" if rep.signed else "none")
-        )
+        sig = rep.signature
         print(
             f"{rep.name}: {rep.members} members hash-checked; signature {sig}; numerics "
             f"{rep.numerics}" + (f" against {rep.reference}" if rep.reference else "")

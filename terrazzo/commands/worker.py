@@ -46,8 +46,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=9000, help="port to listen on (default 9000)")
     p.add_argument("--max-message-mib", type=int, default=256, help="max gRPC message size, MiB")
-    p.add_argument(
-        "--trust-key", default=None, help="public key file the bundle signature must verify against"
+    from terrazzo.commands._common import add_trust_arguments
+
+    add_trust_arguments(
+        p,
+        "serve a bundle that is unsigned or whose signature no trusted key verifies: its native "
+        "code runs unverified (prints a warning)",
     )
     p.set_defaults(func=run)
 
@@ -58,7 +62,15 @@ def run(args: argparse.Namespace) -> int:
     from terrazzo.runtime.worker import WorkerServer
 
     token = internal_token()
-    plan = ServingPlan.from_bundle(args.bundle, trust_key=args.trust_key)
+    from terrazzo.bundle import check_bundle
+    from terrazzo.commands._common import warn_unverified
+
+    # Signature and every hash before any stage code loads (see `terrazzo serve`).
+    checked = check_bundle(args.bundle, args.trust, allow_unsigned=args.allow_unsigned)
+    warn_unverified("worker", args.bundle, checked.signed, checked.signer is not None)
+    plan = ServingPlan.from_bundle(
+        args.bundle, trust_key=args.trust, allow_unsigned=args.allow_unsigned
+    )
     stages = {s.index: s for s in plan.stages}
     if args.stage not in stages:
         raise ServingError(

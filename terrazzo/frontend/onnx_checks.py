@@ -60,7 +60,63 @@ def load_model_safely(path: str | os.PathLike[str]) -> Any:
             load_external_data_for_model(model, str(base))
         except Exception as e:  # onnx raises bare ValueErrors/OSErrors here
             raise FrontendError(f"{p.name}: cannot load external data: {e}") from None
+    check_tensor_data(model, p.name)
     return model
+
+
+# Types packed two elements per byte (raw_data) or per int32_data entry.
+_PACKED_4BIT_NAMES = ("INT4", "UINT4", "FLOAT4E2M1")
+_FIELDS = ("float_data", "int32_data", "int64_data", "double_data", "uint64_data", "string_data")
+
+
+def _held_elements(t: Any) -> tuple[int, int]:
+    """(elements held, elements per storage unit) of a TensorProto's in-memory data."""
+    import numpy as np
+    import onnx
+
+    dt = t.data_type
+    packed = dt in {getattr(onnx.TensorProto, n, -1) for n in _PACKED_4BIT_NAMES}
+    complex_ = dt in (onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128)
+    if t.raw_data:
+        if packed:
+            return 2 * len(t.raw_data), 2
+        try:
+            itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(dt)).itemsize
+        except (KeyError, TypeError, ValueError):
+            return -1, 1
+        return (len(t.raw_data) // itemsize if len(t.raw_data) % itemsize == 0 else -1), 1
+    held = sum(len(getattr(t, f)) for f in _FIELDS)
+    if complex_:
+        return held // 2, 1
+    return (2 * held, 2) if packed else (held, 1)
+
+
+def check_tensor_data(model: Any, model_name: str) -> None:
+    """Refuse a tensor (initializer or Constant) whose data does not match its declared shape.
+
+    A declared ``[2**20, 2**20]`` with no data would otherwise reach the converter (a reshape
+    ValueError) or an allocation of the declared size.
+
+    Raises:
+        FrontendError: naming the tensor, its declared shape and the elements it holds.
+    """
+    import math
+
+    from onnx.external_data_helper import _get_all_tensors
+
+    for t in _get_all_tensors(model):
+        dims = list(t.dims)
+        where = f"{model_name}: tensor {t.name!r} declared {dims}"
+        if any(d < 0 for d in dims):
+            raise FrontendError(f"{where}: negative dimensions")
+        want = math.prod(dims)
+        held, unit = _held_elements(t)
+        # packed 4-bit data rounds the element count up to a whole storage unit
+        if held < 0 or not (want <= held < want + unit):
+            have = "data of another size" if held < 0 else f"{held} elements of data"
+            raise FrontendError(
+                f"{where} ({want} elements) but holds {have}; the file is truncated or crafted"
+            )
 
 
 def _external_refs(model: Any) -> list[tuple[str, str]]:

@@ -341,7 +341,7 @@ def compile_agent(
     search_below: int = 128,
     device_builds: bool = True,
     profile: str | None = None,
-    sign_key: str | Path | None = None,
+    sign_key: str | Path | bool | None = True,
     progress: Any = None,
 ) -> AgentCompileResult:
     """Compile an agent spec (YAML) into a servable ``.tzb`` bundle.
@@ -361,7 +361,8 @@ def compile_agent(
         search_below: loop condition — the LLM's answer asks for another search when its first
             (byte) token is below this value.
         profile: cost-model catalog profile (default: the fleet's, else ``datasheet``).
-        sign_key: Ed25519 private key (PEM) to sign the bundle.
+        sign_key: Ed25519 private key (PEM) to sign the bundle; ``True`` (default): the local
+            key (created on first use, trusted on this machine); ``None``: unsigned.
         progress: optional ``callable(event: str, detail: dict)``.
 
     Returns:

@@ -63,7 +63,7 @@ def compile_model(
     out_path: str | os.PathLike[str] = "model.tzb",
     solver: str = "milp",
     tuning_db: Any = None,
-    sign_key: str | os.PathLike[str] | None = None,
+    sign_key: str | os.PathLike[str] | bool | None = True,
     *,
     catalog: Any = None,
     example_inputs: Any = None,
@@ -109,7 +109,7 @@ def compile_placed(
     rps: float | None = None,
     out_path: str | os.PathLike[str] = "model.tzb",
     tuning_db: Any = None,
-    sign_key: str | os.PathLike[str] | None = None,
+    sign_key: str | os.PathLike[str] | bool | None = True,
     *,
     catalog: Any = None,
     include_reference: bool = True,
@@ -219,7 +219,7 @@ def _split_build_bundle(
     timer: _Phases,
     *,
     out_path: str | os.PathLike[str],
-    sign_key: str | os.PathLike[str] | None,
+    sign_key: str | os.PathLike[str] | bool | None,
     include_reference: bool,
     io: ReferenceIO | None = None,
 ) -> CompileResult:
@@ -413,7 +413,7 @@ def compile(  # noqa: A001 - the public name mirrors `terrazzo compile`
     out_path: str | os.PathLike[str] = "model.tzb",
     solver: str = "milp",
     tuning_db: Any = None,
-    sign_key: str | os.PathLike[str] | None = None,
+    sign_key: str | os.PathLike[str] | bool | None = True,
     **options: Any,
 ) -> Path:
     """Compile a model for a fleet under an SLA into a ``.tzb`` bundle.
@@ -427,7 +427,8 @@ def compile(  # noqa: A001 - the public name mirrors `terrazzo compile`
         out_path: where to write the bundle.
         solver: placement solver (see ``terrazzo.placement.SOLVERS``).
         tuning_db: optional tuning database applied at build time (records go in the bundle).
-        sign_key: PEM Ed25519 private key to sign the manifest with.
+        sign_key: PEM Ed25519 private key to sign the manifest with; ``True`` (default): the
+            local key (created on first use, trusted on this machine); ``None``: unsigned.
         **options: ``catalog``, ``example_inputs``, ``shapes`` (sizes or ``lo..hi`` ranges
             per input: ``{"x": "1..32x3x224x224"}``), ``plan_shapes``, ``include_reference``,
             ``progress`` (see ``compile_model``).

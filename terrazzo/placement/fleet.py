@@ -21,6 +21,10 @@ from terrazzo.errors import PlacementError, TerrazzoError
 _TIME_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6}
 
 
+#: A fleet file lists device classes; anything larger is not one (and is not parsed).
+_MAX_FLEET_BYTES = 1 << 20
+
+
 def parse_duration_s(text: str) -> float:
     """Parse '50ms', '0.2s', '250us' or a bare number of milliseconds into seconds.
 
@@ -149,10 +153,22 @@ class Fleet(BaseModel):
         p = Path(path)
         if not p.is_file():
             raise PlacementError(f"fleet file {str(p)!r} not found")
+        raw = p.read_bytes()[: _MAX_FLEET_BYTES + 1]
+        if len(raw) > _MAX_FLEET_BYTES:
+            raise PlacementError(
+                f"fleet file {str(p)!r} is larger than {_MAX_FLEET_BYTES} bytes; not a fleet"
+            )
         try:
-            data = yaml.safe_load(p.read_text())
-        except yaml.YAMLError as e:
-            raise PlacementError(f"fleet file {str(p)!r} is not valid YAML: {e}") from None
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise PlacementError(
+                f"fleet file {str(p)!r} is not UTF-8 text (byte {e.start}); expected fleet YAML"
+            ) from None
+        try:
+            data = yaml.safe_load(text)
+        except (yaml.YAMLError, RecursionError) as e:
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise PlacementError(f"fleet file {str(p)!r} is not valid YAML: {first}") from None
         return Fleet.from_dict(data, where=str(p))
 
     @staticmethod

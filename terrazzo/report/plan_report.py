@@ -93,15 +93,16 @@ def load_plans(path: str | Path) -> tuple[Any, dict[str, Any], str, list[str]]:
     if p.suffix == ".tzb":
         from terrazzo.bundle import open_bundle
 
-        b = open_bundle(p)
-        data = b.plan_json
+        # plan.json only: no code loads, so an unsigned bundle is described too
+        with open_bundle(p, allow_unsigned=True) as b:
+            data, name, stages = b.plan_json, b.name, b.stages
         if not data:
             raise TerrazzoError(
                 f"bundle {p} carries no plan.json; rebuild it with terrazzo compile"
             )
-        title = f"{b.name} ({p.name})"
-        notes.append(f"bundle {p.name}: {len(b.stages)} stages, targets " + ", ".join(
-            sorted({str(s.target.get('kind', '?')) for s in b.stages})))  # fmt: skip
+        title = f"{name} ({p.name})"
+        notes.append(f"bundle {p.name}: {len(stages)} stages, targets " + ", ".join(
+            sorted({str(s.target.get('kind', '?')) for s in stages})))  # fmt: skip
     else:
         try:
             data = json.loads(p.read_text())

@@ -54,6 +54,8 @@ def _trust_json(trust_key: object) -> Any:
         return trust_key
     if isinstance(trust_key, bytes):
         return {"hex": trust_key.hex()}
+    if isinstance(trust_key, Mapping):  # the JSON trust policy (Bundle.worker_trust)
+        return dict(trust_key)
     return str(trust_key)
 
 

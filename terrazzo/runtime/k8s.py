@@ -3,6 +3,10 @@
 One placed bundle becomes (names are ``tz-<model>`` plus a suffix):
 
 - ``Secret <app>-internal``: the token the gateway and the stage workers share (never in argv).
+- ``ConfigMap <app>-trust``: the public key that signed the bundle (checked by ``deploy`` on
+  this machine against the local trust), mounted at ``/etc/terrazzo/trusted`` with
+  ``TERRAZZO_TRUST`` pointing there: every pod verifies the bundle before loading code. An
+  unsigned bundle deploys only with ``--allow-unsigned``, and its pods then run with it too.
 - per stage: a headless ``Service <app>-s<i>`` and a ``StatefulSet <app>-s<i>`` with the plan's
   replica count. Each pod runs ``terrazzo worker BUNDLE --stage i``, is pinned to its device
   class by ``nodeSelector: terrazzo.dev/device-class=<class>``, asks for the accelerator the
@@ -42,6 +46,7 @@ GATEWAY_PORT = 8001
 METRICS_PORT = 8002
 RAY_CLIENT_PORT = 10001
 MODELS_DIR = "/models"
+TRUST_DIR = "/etc/terrazzo/trusted"
 
 # Accelerator resource names of the device plugins (NVIDIA, AMD, Intel Gaudi) by build target.
 _ACCELERATOR_BY_KIND = {"cuda": "nvidia.com/gpu", "rocm": "amd.com/gpu", "hpu": "habana.ai/gaudi"}
@@ -58,6 +63,9 @@ class K8sOptions:
         gateway_replicas: gateway pods.
         ray: write the KubeRay RayCluster alternative instead of per-stage StatefulSets.
         token: the internal token (None: a fresh random one).
+        trusted_keys: PEM public keys the pods trust (the bundle's verified signer).
+        allow_unsigned: the bundle is not signed by a trusted key; pods run with
+            ``--allow-unsigned`` (only when the user asked for it).
     """
 
     image: str = "terrazzo-serve:0.1.0"
@@ -66,6 +74,8 @@ class K8sOptions:
     gateway_replicas: int = 1
     ray: bool = False
     token: str | None = None
+    trusted_keys: tuple[str, ...] = ()
+    allow_unsigned: bool = False
 
 
 def dns_label(text: str, limit: int = 40) -> str:
@@ -102,8 +112,19 @@ def _grpc_probe(port: int, initial_delay_s: int) -> dict[str, Any]:
 
 
 def _pod_spec(
-    container: dict[str, Any], opts: K8sOptions, device: str | None, accel: str | None
+    container: dict[str, Any],
+    opts: K8sOptions,
+    device: str | None,
+    accel: str | None,
+    trust_map: str | None = None,
 ) -> dict[str, Any]:
+    if trust_map is not None:
+        container.setdefault("volumeMounts", []).append(
+            {"name": "trust", "mountPath": TRUST_DIR, "readOnly": True}
+        )
+        container.setdefault("env", []).append({"name": "TERRAZZO_TRUST", "value": TRUST_DIR})
+    if opts.allow_unsigned:
+        container["args"].append("--allow-unsigned")
     container.setdefault("volumeMounts", []).extend(
         [
             {"name": "bundles", "mountPath": MODELS_DIR, "readOnly": True},
@@ -127,6 +148,8 @@ def _pod_spec(
         ],
         "terminationGracePeriodSeconds": 40,  # the gateway drains for up to 30 s
     }
+    if trust_map is not None:
+        spec["volumes"].append({"name": "trust", "configMap": {"name": trust_map}})
     if device is not None:
         spec["nodeSelector"] = {DEVICE_CLASS_LABEL: device}
     if accel is not None:
@@ -182,6 +205,16 @@ def bundle_manifests(
             "stringData": {"token": opts.token or secrets.token_hex(24)},
         }
     ]
+    trust_map = f"{app}-trust" if opts.trusted_keys else None
+    if trust_map is not None:
+        objs.append(
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": _meta(trust_map, app, opts),
+                "data": {f"signer-{k}.pem": pem for k, pem in enumerate(opts.trusted_keys)},
+            }
+        )
     stages: Sequence[Mapping[str, Any]] = manifest["stages"]
     worker_args: list[str] = []
     if opts.ray:
@@ -238,7 +271,7 @@ def bundle_manifests(
                         "selector": {"matchLabels": selector},
                         "template": {
                             "metadata": {"labels": {**selector, **labels}},
-                            "spec": _pod_spec(container, opts, str(st["device"]), accel),
+                            "spec": _pod_spec(container, opts, str(st["device"]), accel, trust_map),
                         },
                     },
                 }
@@ -280,7 +313,7 @@ def bundle_manifests(
                 "selector": {"matchLabels": gw_selector},
                 "template": {
                     "metadata": {"labels": gw_selector},
-                    "spec": _pod_spec(gateway, opts, None, None),
+                    "spec": _pod_spec(gateway, opts, None, None, trust_map),
                 },
             },
         }

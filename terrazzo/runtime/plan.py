@@ -122,24 +122,29 @@ class ServingPlan:
 
     @staticmethod
     def from_bundle(
-        path: str | Path, trust_key: str | os.PathLike[str] | bytes | None = None
+        path: str | Path,
+        trust_key: str | os.PathLike[str] | bytes | Any = None,
+        allow_unsigned: bool = False,
     ) -> ServingPlan:
         """Open and verify a .tzb bundle and describe how to serve it.
 
-        The bundle is hash-checked (and signature-checked with ``trust_key``) here, in the
-        parent, before any worker loads it; each worker opens it again itself.
+        The bundle is signature- and hash-checked here, in the parent, before any worker loads
+        it (``trust_key``: the trusted keys, default the local trust; an unverified bundle only
+        with ``allow_unsigned``); each worker opens it again itself, trusting exactly the key
+        that verified here (``Bundle.worker_trust``).
 
         Raises:
             BundleError: the bundle is malformed or tampered with.
         """
         from terrazzo.bundle import open_bundle
 
-        bundle = open_bundle(path, trust_key=trust_key)
+        bundle = open_bundle(path, trust_key=trust_key, allow_unsigned=allow_unsigned)
+        worker_trust = bundle.worker_trust()
         if "agent" in (bundle.plan_json or {}):  # agent bundles: LLM phases, tools, ... stages
             bundle.close()
             from terrazzo.runtime.agent_plan import agent_serving_plan
 
-            return agent_serving_plan(path, trust_key=trust_key)
+            return agent_serving_plan(path, trust_key=worker_trust)
         try:
             name = bundle.name
         except (KeyError, TypeError):
@@ -157,7 +162,7 @@ class ServingPlan:
                         {
                             "path": str(Path(path).resolve()),
                             "index": int(st.index),
-                            "trust_key": _trust_key_json(trust_key),
+                            "trust_key": worker_trust,
                         },
                     ),
                     replicas=max(1, int(getattr(st, "replicas", 1) or 1)),
@@ -209,11 +214,3 @@ def _target_text(target: Any) -> str:
         kind = target.get("kind")
         return str(kind) if isinstance(kind, str) else json.dumps(dict(target), sort_keys=True)
     return str(target)
-
-
-def _trust_key_json(trust_key: object) -> Any:
-    if trust_key is None or isinstance(trust_key, str | int | float):
-        return trust_key
-    if isinstance(trust_key, bytes):
-        return {"hex": trust_key.hex()}
-    return str(trust_key)

@@ -8,7 +8,6 @@ put back into rotation.
 
 from __future__ import annotations
 
-import os
 import secrets
 import threading
 import time
@@ -16,7 +15,7 @@ from collections.abc import Callable, Mapping
 from concurrent import futures
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -73,7 +72,7 @@ class ServeOptions:
     health_period_s: float = 0.5
     restart_workers: bool = True
     ray_address: str | None = None
-    trust_key: str | os.PathLike[str] | bytes | None = None
+    trust_key: Any = None  # what terrazzo.bundle.resolve_trust reads
     # Workers started elsewhere (``terrazzo worker``, e.g. Kubernetes pods): stage -> addresses,
     # and the internal token they were given (default: a fresh random one for local workers).
     static_workers: Mapping[int, tuple[str, ...]] | None = None
@@ -306,7 +305,8 @@ def serve(
     token: str | None = None,
     tls: TLSOptions | None = None,
     ray_address: str | None = None,
-    trust_key: str | os.PathLike[str] | bytes | None = None,
+    trust_key: Any = None,
+    allow_unsigned: bool = False,
     **options: object,
 ) -> Server:
     """Serve a .tzb bundle (or a ServingPlan) over KServe v2 gRPC and return the running Server.
@@ -319,7 +319,9 @@ def serve(
         token: require ``authorization: Bearer <token>`` on every inference RPC.
         tls: serve TLS (mTLS when ``tls.client_ca`` is set).
         ray_address: place workers as Ray actors on this cluster ("auto" or an address).
-        trust_key: public key the bundle's signature must verify against.
+        trust_key: public key(s) the bundle's signature must verify against (default: the
+            local trust, ``terrazzo.bundle.resolve_trust``).
+        allow_unsigned: serve a bundle that is unsigned or not signed by a trusted key.
         **options: other ``ServeOptions`` fields (default_timeout_s, max_message_bytes, ...).
 
     Raises:
@@ -339,7 +341,7 @@ def serve(
     plan = (
         model
         if isinstance(model, ServingPlan)
-        else ServingPlan.from_bundle(model, trust_key=trust_key)
+        else ServingPlan.from_bundle(model, trust_key=trust_key, allow_unsigned=allow_unsigned)
     )
     plan = plan.with_replicas(replicas)
     plan.verify()

@@ -183,6 +183,13 @@ def _rewrite_agent(src: Path, dst: Path, edit) -> Path:
         sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data)
     )
     members["manifest.json"] = json.dumps(manifest).encode()
+    # re-signed with the local (trusted) key: a trusted signer's malformed section
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    from terrazzo.bundle import ensure_local_key
+
+    key = load_pem_private_key(ensure_local_key().read_bytes(), None)
+    members["manifest.sig"] = key.sign(members["manifest.json"])  # type: ignore[call-arg]
     with tarfile.open(dst, "w", format=tarfile.PAX_FORMAT) as tar:
         for name, blob in members.items():
             info = tarfile.TarInfo(name)

@@ -75,7 +75,11 @@ def built(tmp_path_factory):
     res = compile_model(
         model, fleet, sla, out_path=d / "tiny.tzb", plan=plan, sign_key=d / "key.pem"
     )
+    _SIGNER.append(d / "key.pub.pem")  # signed by a key the session's trust does not hold
     return {"dir": d, "model": model, "bundle": res.path, "result": res}
+
+
+_SIGNER: list[Path] = []
 
 
 def _members(path: Path) -> dict[str, bytes]:
@@ -147,7 +151,7 @@ def test_staged_run_matches_onnxruntime_and_reference(built):
     want = ort.InferenceSession(str(built["model"]), providers=["CPUExecutionProvider"]).run(
         None, {"x": x}
     )[0]
-    with open_bundle(built["bundle"]) as b:
+    with open_bundle(built["bundle"], trust=built["dir"] / "key.pub.pem") as b:
         runners = b.load_stages()
         assert [r.ran_on for r in runners] == ["cpu", "cpu", "cpu"]
         assert runners[1].note and "t4" in runners[1].note  # says the planned GPU is absent
@@ -194,6 +198,8 @@ def test_verify_bundle_reports_ok(built):
 def _expect_refused(path: Path, match: str, **kw) -> None:
     from terrazzo.bundle import open_bundle
 
+    if "trust_key" not in kw and "allow_unsigned" not in kw:
+        kw["trust_key"] = _SIGNER[-1]  # so the check under test is the one that refuses
     before = _tzb_dirs()
     with pytest.raises(BundleError, match=match):
         open_bundle(path, **kw)
@@ -279,8 +285,14 @@ def test_signatures(built, tmp_path):
     _expect_refused(edited, r"manifest\.sig.*does not verify", trust_key=d / "key.pub.pem")
     unsigned = _copy_with(built["bundle"], tmp_path / "unsigned.tzb", drop={"manifest.sig"})
     _expect_refused(unsigned, r"manifest\.sig.*missing", trust_key=d / "key.pub.pem")
-    assert read_manifest(unsigned)["model"]["name"] == "tiny"  # without --trust it still opens
-    with open_bundle(unsigned) as b:
+    # unsigned or signed by an unknown key: refused by default (local trust), and with
+    # allow_unsigned it opens, said so
+    _expect_refused(unsigned, r"is unsigned", trust_key=None)
+    _expect_refused(built["bundle"], r"manifest\.sig.*does not verify", trust_key=None)
+    with pytest.raises(BundleError, match="is unsigned"):
+        read_manifest(unsigned)
+    assert read_manifest(unsigned, allow_unsigned=True)["model"]["name"] == "tiny"
+    with open_bundle(unsigned, allow_unsigned=True) as b:
         assert not b.signed and not b.signature_verified
 
 
@@ -305,7 +317,10 @@ def test_cli_inspect_verify_run(built, tmp_path, capsys):
     from terrazzo.cli import main
 
     b = str(built["bundle"])
-    assert main(["inspect", b, "--json"]) == 0
+    trust = ["--trust", str(built["dir"] / "key.pub.pem")]
+    assert main(["inspect", b, "--json"]) == 2  # signed, but by a key this machine does not trust
+    assert "does not verify" in capsys.readouterr().err
+    assert main(["inspect", b, "--json", *trust]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["name"] == "tiny" and info["inputs"][0]["name"] == "x" and len(info["outputs"]) == 1
     assert [s["device"] for s in info["stages"]] == ["cpu", "t4", "gaudi2"]
@@ -323,6 +338,7 @@ def test_cli_inspect_verify_run(built, tmp_path, capsys):
             [
                 "run",
                 b,
+                *trust,
                 "--input",
                 f"x={tmp_path / 'x.npy'}",
                 "-o",
@@ -345,9 +361,9 @@ def test_cli_inspect_verify_run(built, tmp_path, capsys):
     got = np.load(out)
     assert float(np.abs(got[got.files[0]] - want).max()) <= 1e-5
 
-    assert main(["run", b, "--input", "nope=x.npy"]) == 2
+    assert main(["run", b, *trust, "--input", "nope=x.npy"]) == 2
     assert "no such input" in capsys.readouterr().err
-    assert main(["run", b, "--json"]) == 0  # a missing input gets random data
+    assert main(["run", b, *trust, "--json"]) == 0  # a missing input gets random data
     assert json.loads(capsys.readouterr().out)["random_inputs"] == ["x"]
 
 
@@ -407,4 +423,4 @@ def test_file_directory_clash_in_an_unsigned_manifest_is_refused(built, tmp_path
 
     bad = _copy_with(built["bundle"], tmp_path / "clash.tzb", change=add_listing,
                      drop={"manifest.sig"}, extra=[_regular("plan.mlir/x", b"x")])  # fmt: skip
-    _expect_refused(bad, r"member 'plan\.mlir/x' cannot be extracted")
+    _expect_refused(bad, r"member 'plan\.mlir/x' cannot be extracted", allow_unsigned=True)

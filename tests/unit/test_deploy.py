@@ -97,6 +97,39 @@ def test_manifests_validate_and_follow_the_plan(bundle, tmp_path, capsys):
     assert "&id" not in f.read_text()  # plain YAML, no anchors
     kust = yaml.safe_load((tmp_path / "k8s" / "kustomization.yaml").read_text())
     assert kust["resources"] == ["tz-tiny.yaml"]
+    # every pod trusts exactly the key that signed the bundle (checked here), nothing unsigned
+    from terrazzo.bundle import check_bundle
+
+    (trust,) = _by_kind(docs, "ConfigMap")
+    (pem,) = trust["data"].values()
+    key_file = tmp_path / "signer.pem"
+    key_file.write_text(pem)
+    assert check_bundle(bundle, [str(key_file)]).signer is not None
+    for pod in [s["spec"]["template"]["spec"] for s in [*sets.values(), gw]]:
+        (c,) = pod["containers"]
+        assert {"name": "TERRAZZO_TRUST", "value": "/etc/terrazzo/trusted"} in c["env"]
+        assert "--allow-unsigned" not in c["args"]
+        assert {"name": "trust", "configMap": {"name": "tz-tiny-trust"}} in pod["volumes"]
+
+
+def test_an_untrusted_bundle_needs_allow_unsigned(bundle, tmp_path, capsys):
+    rc, docs = _deploy(tmp_path, str(bundle), "--trust", str(_other_key(tmp_path)))
+    assert rc == 2 and not docs
+    assert "signature" in capsys.readouterr().err
+    rc, docs = _deploy(tmp_path, str(bundle), "--trust", str(_other_key(tmp_path)),
+                       "--allow-unsigned")  # fmt: skip
+    assert rc == 0 and not _by_kind(docs, "ConfigMap")
+    for s in _by_kind(docs, "StatefulSet"):
+        assert "--allow-unsigned" in s["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+def _other_key(tmp_path: Path) -> Path:
+    from terrazzo.bundle import generate_keypair
+
+    priv, pub = tmp_path / "other.pem", tmp_path / "other.pub.pem"
+    if not pub.exists():
+        generate_keypair(priv, pub)
+    return pub
 
 
 def test_a_model_repository_directory_keeps_relative_paths(bundle, tmp_path):

@@ -273,7 +273,11 @@ def test_verify_checks_each_stage_and_the_stored_onnxruntime_outputs(
 
 
 def _rewrite_member(src: Path, dst: Path, member: str, data: bytes) -> None:
-    """Copy a bundle with one member replaced and the manifest's hash for it updated."""
+    """Copy a bundle with one member replaced, the manifest's hash for it updated and the
+    manifest signed again with the local key (the tamper is the test's own)."""
+    from terrazzo.bundle import local_key_paths
+    from terrazzo.bundle._sign import sign_bytes
+
     with tarfile.open(src) as tar:
         members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}  # type: ignore[union-attr]
     manifest = json.loads(members["manifest.json"])
@@ -283,6 +287,8 @@ def _rewrite_member(src: Path, dst: Path, member: str, data: bytes) -> None:
         "size_bytes": len(data),
     }
     members["manifest.json"] = json.dumps(manifest, indent=1, sort_keys=True).encode()
+    if "manifest.sig" in members:
+        members["manifest.sig"] = sign_bytes(members["manifest.json"], local_key_paths()[0])
     with tarfile.open(dst, "w", format=tarfile.PAX_FORMAT) as tar:
         for name, content in members.items():
             info = tarfile.TarInfo(name)
