@@ -9,8 +9,9 @@ launcher sends each request over a Unix ``SOCK_SEQPACKET`` socket together with 
 ends that become the child's stdin and stdout (``socket.send_fds``); the fork server answers
 the child's pid. The child then behaves exactly like a spawned worker: it reads its JSON
 config from stdin, prints ``TERRAZZO_WORKER_READY <port>`` and exits when stdin closes. The fork
-server reaps children as they exit (so a killed worker is seen dead at once) and exits when the
-launcher closes the socket.
+server reaps children as they exit (so a killed worker is seen dead at once), remembers their
+exit status (``status <pid>`` asks for it: the supervisor names it when it gives up on a
+crash-looping worker) and exits when the launcher closes the socket.
 """
 
 from __future__ import annotations
@@ -24,16 +25,21 @@ import traceback
 
 READY_MESSAGE = b"TERRAZZO_FORKSERVER_READY"
 _MAX_MESSAGE = 1 << 16
+_MAX_STATUSES = 4096
+_statuses: dict[int, int] = {}  # pid -> exit code (negative: killed by that signal)
 
 
 def _reap(*_: object) -> None:
     while True:
         try:
-            pid, _status = os.waitpid(-1, os.WNOHANG)
+            pid, status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
             return
         if pid == 0:
             return
+        if len(_statuses) >= _MAX_STATUSES:
+            _statuses.pop(next(iter(_statuses)))
+        _statuses[pid] = os.waitstatus_to_exitcode(status)
 
 
 def preload() -> None:
@@ -80,6 +86,10 @@ def main() -> None:
             break
         if not msg:
             break  # the launcher closed its end
+        if msg.startswith(b"status ") and not fds:
+            _reap()  # a SIGCHLD may still be pending
+            sock.send(json.dumps({"status": _statuses.get(int(msg.split()[1]))}).encode())
+            continue
         if len(fds) != 2:
             for fd in fds:
                 os.close(fd)
