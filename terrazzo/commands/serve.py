@@ -51,7 +51,40 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--max-message-mib", type=int, default=256, help="max gRPC message size, MiB")
     p.add_argument(
-        "--max-queue", type=int, default=128, help="requests in flight before RESOURCE_EXHAUSTED"
+        "--max-queue",
+        type=int,
+        default=256,
+        help="requests in flight per model before RESOURCE_EXHAUSTED (default 256)",
+    )
+    p.add_argument(
+        "--max-inflight-mib",
+        type=int,
+        default=1024,
+        help="request bytes in flight per model before RESOURCE_EXHAUSTED, MiB (default 1024)",
+    )
+    p.add_argument(
+        "--max-rpcs",
+        type=int,
+        default=1024,
+        help="concurrent gRPC calls incl. open streams; beyond: RESOURCE_EXHAUSTED (default 1024)",
+    )
+    p.add_argument(
+        "--stage-timeout",
+        type=float,
+        default=None,
+        help="server-side deadline of one stage call, s (default: 10x the bundle's SLA "
+        "latency within [1, 10] s; 10 s without an SLA)",
+    )
+    p.add_argument(
+        "--max-restarts",
+        type=int,
+        default=5,
+        help="failed worker restarts in a row before giving up on it (default 5)",
+    )
+    p.add_argument(
+        "--internal-tls",
+        action="store_true",
+        help="mTLS between gateway and local workers (always on with --ray)",
     )
     p.add_argument(
         "--trust-key", default=None, help="public key file the bundle signature must verify against"
@@ -84,6 +117,10 @@ def run(args: argparse.Namespace) -> int:
     access.addHandler(handler)
     access.setLevel(logging.INFO)
     access.propagate = False
+    runtime_log = logging.getLogger("terrazzo.runtime")  # restarts, give-ups, swept temp dirs
+    runtime_log.addHandler(handler)
+    runtime_log.setLevel(logging.WARNING)
+    runtime_log.propagate = False
 
     tls = None
     if args.tls_cert or args.tls_key:
@@ -113,6 +150,11 @@ def run(args: argparse.Namespace) -> int:
         default_timeout_s=args.timeout,
         max_message_bytes=args.max_message_mib << 20,
         max_queue=args.max_queue,
+        max_inflight_bytes=args.max_inflight_mib << 20,
+        max_rpcs=args.max_rpcs,
+        stage_timeout_s=args.stage_timeout,
+        max_restarts=args.max_restarts,
+        internal_tls=args.internal_tls,
     )
     ready_s = time.perf_counter() - t0
     print(

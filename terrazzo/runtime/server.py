@@ -121,6 +121,29 @@ class ServeOptions:
     trust_key: str | os.PathLike[str] | bytes | None = None
     extra: dict[str, object] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        for name in (
+            "default_timeout_s",
+            "max_message_bytes",
+            "max_queue",
+            "max_inflight_bytes",
+            "max_rpcs",
+            "health_period_s",
+            "heartbeat_timeout_s",
+            "heartbeat_misses",
+            "stage_timeout_floor_s",
+            "stage_timeout_ceiling_s",
+            "stage_timeout_sla_factor",
+            "deadline_misses",
+        ):
+            value = getattr(self, name)
+            if not value > 0:
+                raise ServingError(f"serve option {name} must be > 0, got {value!r}")
+        if self.stage_timeout_s is not None and not self.stage_timeout_s > 0:
+            raise ServingError(f"serve option stage_timeout_s must be > 0, got {self.stage_timeout_s!r}")
+        if self.max_restarts < 0:
+            raise ServingError(f"serve option max_restarts must be >= 0, got {self.max_restarts!r}")
+
     def stage_timeout(self, plan: ServingPlan) -> float:
         """Server-side deadline of one stage call for ``plan`` (see the class docstring)."""
         if self.stage_timeout_s is not None:
