@@ -85,7 +85,7 @@ def _malloc_trim() -> None:
     if _libc is None:
         name = ctypes.util.find_library("c")
         _libc = ctypes.CDLL(name) if name else False
-    if _libc and hasattr(_libc, "malloc_trim"):
+    if isinstance(_libc, ctypes.CDLL) and hasattr(_libc, "malloc_trim"):
         _libc.malloc_trim(0)
 
 
@@ -400,9 +400,7 @@ class Gateway(pb_grpc.GRPCInferenceServiceServicer):
             if stub is None:  # detached after acquire (a concurrent restart)
                 raise InferError(grpc.StatusCode.UNAVAILABLE, f"worker {rep.name} was detached")
             timeout = min(deadline - time.monotonic(), pool.stage_timeout_s)
-            fut = stub.ModelInfer.future(
-                req, timeout=max(timeout, 1e-3), metadata=self._worker_md
-            )
+            fut = stub.ModelInfer.future(req, timeout=max(timeout, 1e-3), metadata=self._worker_md)
         except Exception:
             pool.release(rep, ok=False)
             raise

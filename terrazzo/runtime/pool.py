@@ -157,9 +157,7 @@ class ReplicaPool:
             n = len(self.replicas)
             self._rr = (self._rr + 1) % n
             order = self.replicas[self._rr :] + self.replicas[: self._rr]  # round-robin among ties
-            candidates = [
-                r for r in order if r.healthy and r.stub is not None and r is not exclude
-            ]
+            candidates = [r for r in order if r.healthy and r.stub is not None and r is not exclude]
             if not candidates:
                 return None
             best = min(candidates, key=lambda r: r.outstanding)

@@ -46,7 +46,7 @@ def _owner_alive(owner: dict[str, object]) -> bool:
 def sweep_stale(base: str | os.PathLike[str] | None = None) -> list[str]:
     """Remove run directories under ``base`` (default: the temp dir) whose gateway is gone."""
     root = Path(base or tempfile.gettempdir())
-    removed = []
+    removed: list[str] = []
     try:
         candidates = [p for p in root.iterdir() if p.name.startswith(PREFIX) and p.is_dir()]
     except OSError:

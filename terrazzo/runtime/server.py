@@ -140,7 +140,9 @@ class ServeOptions:
             if not value > 0:
                 raise ServingError(f"serve option {name} must be > 0, got {value!r}")
         if self.stage_timeout_s is not None and not self.stage_timeout_s > 0:
-            raise ServingError(f"serve option stage_timeout_s must be > 0, got {self.stage_timeout_s!r}")
+            raise ServingError(
+                f"serve option stage_timeout_s must be > 0, got {self.stage_timeout_s!r}"
+            )
         if self.max_restarts < 0:
             raise ServingError(f"serve option max_restarts must be >= 0, got {self.max_restarts!r}")
 
@@ -365,7 +367,10 @@ class Server:
             self.gateway.maybe_trim()
 
     def _heartbeat(self, pool: ReplicaPool, rep: Replica) -> None:
-        if rep.pending_probe is None and time.monotonic() - rep.probe_sent < self.opts.health_period_s:
+        if (
+            rep.pending_probe is None
+            and time.monotonic() - rep.probe_sent < self.opts.health_period_s
+        ):
             return
         answered = rep.heartbeat(self.opts.heartbeat_timeout_s)
         if answered is None:

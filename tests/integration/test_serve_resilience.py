@@ -35,7 +35,9 @@ def _row(server, name):
 def _health(port: int) -> int:
     ch = grpc.insecure_channel(f"127.0.0.1:{port}")
     try:
-        return health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=2).status
+        return (
+            health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=2).status
+        )
     finally:
         ch.close()
 
@@ -357,9 +359,7 @@ def test_crash_loop_backs_off_and_gives_up_in_one_line(libs, tmp_path, caplog):
     shutil.copy(libs["double"], lib)
     plan = chain_plan(dict(libs, double=str(lib)))
     caplog.set_level(logging.WARNING, logger="terrazzo.runtime")
-    with serve(
-        plan, run_dir_base=str(tmp_path), max_restarts=3, restart_backoff_s=0.05
-    ) as server:
+    with serve(plan, run_dir_base=str(tmp_path), max_restarts=3, restart_backoff_s=0.05) as server:
         run_dir = server.run_dir.path
         assert len([p for p in run_dir.iterdir() if p.is_dir()]) == 2  # one per worker
         lib.unlink()  # every restart now fails while loading its stage
