@@ -65,8 +65,8 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--max-rpcs",
         type=int,
-        default=1024,
-        help="concurrent gRPC calls incl. open streams; beyond: RESOURCE_EXHAUSTED (default 1024)",
+        default=256,
+        help="concurrent gRPC calls incl. open streams; beyond: RESOURCE_EXHAUSTED (default 256)",
     )
     p.add_argument(
         "--stage-timeout",

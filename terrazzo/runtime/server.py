@@ -99,7 +99,7 @@ class ServeOptions:
     max_message_bytes: int = 256 << 20
     max_queue: int = 256
     max_inflight_bytes: int = 1 << 30
-    max_rpcs: int = 1024
+    max_rpcs: int = 256
     gateway_threads: int | None = None
     drain_timeout_s: float = 30.0
     health_period_s: float = 0.25
