@@ -56,8 +56,23 @@ def preload() -> None:
     import terrazzo.runtime.runners  # noqa: F401
 
 
-def _child(fds: list[int]) -> int:
+def _die_with_parent(parent: int) -> None:
+    """Linux: SIGKILL this worker when the fork server ends (it ends when the gateway does, even
+    by SIGKILL), so no worker outlives its gateway, not even a SIGSTOPped one."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the worker still exits when stdin closes
+        return
+    if os.getppid() != parent:  # the fork server ended before prctl took effect
+        os._exit(1)
+
+
+def _child(fds: list[int], parent: int) -> int:
     """In the forked child: adopt the two pipe ends as stdin/stdout and run the worker."""
+    _die_with_parent(parent)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     os.dup2(fds[0], 0)
     os.dup2(fds[1], 1)
@@ -97,12 +112,13 @@ def main() -> None:
                 json.dumps({"error": f"expected 2 file descriptors, got {len(fds)}"}).encode()
             )
             continue
+        me = os.getpid()
         pid = os.fork()
         if pid == 0:
             code = 1
             try:
                 sock.close()
-                code = _child(fds)
+                code = _child(fds, me)
             except BaseException:  # the worker's error goes to stderr, as a spawned worker's would
                 traceback.print_exc()
             finally:
