@@ -73,7 +73,7 @@ def register(subparsers: Any) -> None:
         type=float,
         default=None,
         help="server-side deadline of one stage call, s (default: 10x the bundle's SLA "
-        "latency within [1, 10] s; 10 s without an SLA)",
+        "latency within [1, 30] s; 30 s without an SLA)",
     )
     p.add_argument(
         "--max-restarts",

@@ -173,7 +173,7 @@ class ServingPlan:
             outputs=tuple(_tensor_spec(t) for t in bundle.outputs),
             stages=tuple(stages),
             bundle_path=str(Path(path).resolve()),
-            sla_latency_s=_sla_latency(bundle.manifest),
+            sla_latency_s=sla_latency(bundle.manifest.get("sla")),
         )
         if hasattr(bundle, "close"):
             bundle.close()  # workers open (and verify) the bundle themselves
@@ -181,8 +181,8 @@ class ServingPlan:
         return plan
 
 
-def _sla_latency(manifest: Any) -> float | None:
-    sla = manifest.get("sla") if isinstance(manifest, Mapping) else None
+def sla_latency(sla: Any) -> float | None:
+    """The end-to-end latency bound of a manifest's ``sla`` section, or None."""
     value = sla.get("latency_s") if isinstance(sla, Mapping) else None
     if isinstance(value, int | float) and 0 < value < float("inf"):
         return float(value)

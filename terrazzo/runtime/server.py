@@ -107,7 +107,7 @@ class ServeOptions:
     heartbeat_misses: int = 3
     stage_timeout_s: float | None = None
     stage_timeout_floor_s: float = 1.0
-    stage_timeout_ceiling_s: float = 10.0
+    stage_timeout_ceiling_s: float = 30.0
     stage_timeout_sla_factor: float = 10.0
     deadline_misses: int = 3
     restart_workers: bool = True

@@ -21,7 +21,7 @@ def _plan(sla_s: float | None) -> ServingPlan:
 
 @pytest.mark.parametrize(
     ("sla_s", "expected_s"),
-    [(0.05, 1.0), (0.3, 3.0), (5.0, 10.0), (None, 10.0)],
+    [(0.05, 1.0), (0.3, 3.0), (5.0, 30.0), (None, 30.0)],
 )
 def test_stage_deadline_is_ten_times_the_sla_within_floor_and_ceiling(sla_s, expected_s):
     assert ServeOptions().stage_timeout(_plan(sla_s)) == pytest.approx(expected_s)
