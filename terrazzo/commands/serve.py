@@ -54,7 +54,40 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--max-message-mib", type=int, default=256, help="max gRPC message size, MiB")
     p.add_argument(
-        "--max-queue", type=int, default=128, help="requests in flight before RESOURCE_EXHAUSTED"
+        "--max-queue",
+        type=int,
+        default=256,
+        help="requests in flight per model before RESOURCE_EXHAUSTED (default 256)",
+    )
+    p.add_argument(
+        "--max-inflight-mib",
+        type=int,
+        default=1024,
+        help="request bytes in flight per model before RESOURCE_EXHAUSTED, MiB (default 1024)",
+    )
+    p.add_argument(
+        "--max-rpcs",
+        type=int,
+        default=256,
+        help="concurrent gRPC calls incl. open streams; beyond: RESOURCE_EXHAUSTED (default 256)",
+    )
+    p.add_argument(
+        "--stage-timeout",
+        type=float,
+        default=None,
+        help="server-side deadline of one stage call, s (default: 10x the bundle's SLA "
+        "latency within [1, 30] s; 30 s without an SLA)",
+    )
+    p.add_argument(
+        "--max-restarts",
+        type=int,
+        default=5,
+        help="failed worker restarts in a row before giving up on it (default 5)",
+    )
+    p.add_argument(
+        "--internal-tls",
+        action="store_true",
+        help="mTLS between gateway and local workers (always on with --ray)",
     )
     from terrazzo.commands._common import add_trust_arguments
 
@@ -100,6 +133,10 @@ def run(args: argparse.Namespace) -> int:
     access.addHandler(handler)
     access.setLevel(logging.INFO)
     access.propagate = False
+    runtime_log = logging.getLogger("terrazzo.runtime")  # restarts, give-ups, swept temp dirs
+    runtime_log.addHandler(handler)
+    runtime_log.setLevel(logging.WARNING)
+    runtime_log.propagate = False
 
     tls = None
     if args.tls_cert or args.tls_key:
@@ -110,6 +147,16 @@ def run(args: argparse.Namespace) -> int:
         raise ServingError("--tls-ca needs --tls-cert and --tls-key")
     from terrazzo.bundle import check_bundle
     from terrazzo.commands._common import warn_unverified
+    from terrazzo.runtime.server import ServeOptions
+
+    limits = {
+        "max_queue": args.max_queue,
+        "max_inflight_bytes": args.max_inflight_mib << 20,
+        "max_rpcs": args.max_rpcs,
+        "stage_timeout_s": args.stage_timeout,
+        "max_restarts": args.max_restarts,
+    }
+    ServeOptions(**limits)  # a bad limit: one line, before the bundle is even opened
 
     # Signature and every hash, before anything is extracted or started; the workers then
     # trust exactly the key that verified here (or run unverified with --allow-unsigned).
@@ -146,6 +193,11 @@ def run(args: argparse.Namespace) -> int:
         default_timeout_s=args.timeout,
         max_message_bytes=args.max_message_mib << 20,
         max_queue=args.max_queue,
+        max_inflight_bytes=args.max_inflight_mib << 20,
+        max_rpcs=args.max_rpcs,
+        stage_timeout_s=args.stage_timeout,
+        max_restarts=args.max_restarts,
+        internal_tls=args.internal_tls,
         **static,
     )
     ready_s = time.perf_counter() - t0

@@ -34,7 +34,7 @@ from terrazzo.errors import ServingError
 from terrazzo.frontend.agent_schema import AgentNodeEntry, AgentPlanSection, parse_agent_section
 from terrazzo.frontend.kinds import find_kind, register_hooks
 from terrazzo.ir import TensorSpec
-from terrazzo.runtime.plan import RunnerSpec, ServingPlan, StageSpec
+from terrazzo.runtime.plan import RunnerSpec, ServingPlan, StageSpec, sla_latency
 from terrazzo.runtime.tensors import v2_datatype
 
 _R = "terrazzo.runtime.agent_runners:"
@@ -82,6 +82,7 @@ def agent_serving_plan(
         infos = {s.index: s for s in b.stages}
         in_specs = b.inputs
         out_specs = b.outputs
+        sla = b.manifest.get("sla")
     if agent is None:
         raise ServingError(f"{path} is not an agent bundle (plan.json has no 'agent' section)")
     store = str(store_dir or tempfile.mkdtemp(prefix="tz-agent-memory-"))
@@ -95,6 +96,7 @@ def agent_serving_plan(
         outputs=tuple(outputs),
         stages=stages,
         bundle_path=bundle_path,
+        sla_latency_s=sla_latency(sla),
     )
     plan.verify()
     return plan

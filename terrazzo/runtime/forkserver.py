@@ -9,8 +9,9 @@ launcher sends each request over a Unix ``SOCK_SEQPACKET`` socket together with 
 ends that become the child's stdin and stdout (``socket.send_fds``); the fork server answers
 the child's pid. The child then behaves exactly like a spawned worker: it reads its JSON
 config from stdin, prints ``TERRAZZO_WORKER_READY <port>`` and exits when stdin closes. The fork
-server reaps children as they exit (so a killed worker is seen dead at once) and exits when the
-launcher closes the socket.
+server reaps children as they exit (so a killed worker is seen dead at once), remembers their
+exit status (``status <pid>`` asks for it: the supervisor names it when it gives up on a
+crash-looping worker) and exits when the launcher closes the socket.
 """
 
 from __future__ import annotations
@@ -24,16 +25,21 @@ import traceback
 
 READY_MESSAGE = b"TERRAZZO_FORKSERVER_READY"
 _MAX_MESSAGE = 1 << 16
+_MAX_STATUSES = 4096
+_statuses: dict[int, int] = {}  # pid -> exit code (negative: killed by that signal)
 
 
 def _reap(*_: object) -> None:
     while True:
         try:
-            pid, _status = os.waitpid(-1, os.WNOHANG)
+            pid, status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
             return
         if pid == 0:
             return
+        if len(_statuses) >= _MAX_STATUSES:
+            _statuses.pop(next(iter(_statuses)))
+        _statuses[pid] = os.waitstatus_to_exitcode(status)
 
 
 def preload() -> None:
@@ -50,8 +56,23 @@ def preload() -> None:
     import terrazzo.runtime.runners  # noqa: F401
 
 
-def _child(fds: list[int]) -> int:
+def _die_with_parent(parent: int) -> None:
+    """Linux: SIGKILL this worker when the fork server ends (it ends when the gateway does, even
+    by SIGKILL), so no worker outlives its gateway, not even a SIGSTOPped one."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the worker still exits when stdin closes
+        return
+    if os.getppid() != parent:  # the fork server ended before prctl took effect
+        os._exit(1)
+
+
+def _child(fds: list[int], parent: int) -> int:
     """In the forked child: adopt the two pipe ends as stdin/stdout and run the worker."""
+    _die_with_parent(parent)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     os.dup2(fds[0], 0)
     os.dup2(fds[1], 1)
@@ -80,6 +101,10 @@ def main() -> None:
             break
         if not msg:
             break  # the launcher closed its end
+        if msg.startswith(b"status ") and not fds:
+            _reap()  # a SIGCHLD may still be pending
+            sock.send(json.dumps({"status": _statuses.get(int(msg.split()[1]))}).encode())
+            continue
         if len(fds) != 2:
             for fd in fds:
                 os.close(fd)
@@ -87,12 +112,13 @@ def main() -> None:
                 json.dumps({"error": f"expected 2 file descriptors, got {len(fds)}"}).encode()
             )
             continue
+        me = os.getpid()
         pid = os.fork()
         if pid == 0:
             code = 1
             try:
                 sock.close()
-                code = _child(fds)
+                code = _child(fds, me)
             except BaseException:  # the worker's error goes to stderr, as a spawned worker's would
                 traceback.print_exc()
             finally:

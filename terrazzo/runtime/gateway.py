@@ -5,10 +5,21 @@ naming the tensor), given a deadline (client deadline, ``timeout`` parameter and
 default, whichever is first), then dispatched stage by stage to the least busy healthy replica;
 a stage starts as soon as every value it reads exists, so independent stages run concurrently.
 Client cancellation cancels the worker calls in flight.
+
+Admission bounds both the requests in flight (``max_queue``) and their bytes
+(``max_inflight_bytes``, the serialized size of the requests being served); either answers
+RESOURCE_EXHAUSTED at once, before any worker is involved. Each stage call has its own
+server-side deadline (``ReplicaPool.stage_timeout_s``, derived from the SLA): a call that misses
+it, a worker that answers UNAVAILABLE, or a call cancelled because its replica was condemned is
+retried once on another healthy replica (stage calls are pure functions of their inputs) while
+the request's own deadline allows; otherwise the request fails with UNAVAILABLE naming the
+worker, well before the request deadline.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import hmac
 import queue
 import threading
@@ -46,13 +57,39 @@ class InferError(Exception):
         self.code = code
 
 
+class _Retryable(Exception):
+    """A stage call failed in a way another replica may not (worker gone, hung or condemned)."""
+
+    def __init__(self, message: str, miss: bool = False):
+        super().__init__(message)
+        self.miss = miss
+
+
 @dataclass(frozen=True, slots=True)
 class GatewayOptions:
-    """Limits of the gateway: default deadline, admission bound, worker token."""
+    """Limits of the gateway: default deadline, admission bounds, worker token, retries."""
 
     default_timeout_s: float = 30.0
-    max_queue: int = 128
+    max_queue: int = 256
+    max_inflight_bytes: int = 1 << 30
     worker_token: str = ""
+    stage_retries: int = 1
+
+
+_TRIM_AFTER_BYTES = 16 << 20
+
+
+def _malloc_trim() -> None:
+    """Give freed heap pages back to the OS (glibc keeps them after large requests otherwise)."""
+    global _libc
+    if _libc is None:
+        name = ctypes.util.find_library("c")
+        _libc = ctypes.CDLL(name) if name else False
+    if isinstance(_libc, ctypes.CDLL) and hasattr(_libc, "malloc_trim"):
+        _libc.malloc_trim(0)
+
+
+_libc: ctypes.CDLL | bool | None = None
 
 
 class Gateway(pb_grpc.GRPCInferenceServiceServicer):
@@ -73,9 +110,11 @@ class Gateway(pb_grpc.GRPCInferenceServiceServicer):
         self.output_specs = {t.name: t for t in plan.outputs}
         self.draining = threading.Event()
         self._inflight = 0
+        self._inflight_bytes = 0
+        self._big_since_trim = 0
         self._inflight_lock = threading.Lock()
         self._idle = threading.Condition(self._inflight_lock)
-        self._worker_md = ((TOKEN_HEADER, opts.worker_token),)
+        self._worker_md = ((TOKEN_HEADER, opts.worker_token),) if opts.worker_token else ()
 
     # -- readiness ---------------------------------------------------------------------
     def model_ready(self) -> bool:
@@ -88,6 +127,20 @@ class Gateway(pb_grpc.GRPCInferenceServiceServicer):
     def inflight(self) -> int:
         with self._inflight_lock:
             return self._inflight
+
+    def inflight_bytes(self) -> int:
+        with self._inflight_lock:
+            return self._inflight_bytes
+
+    def maybe_trim(self) -> bool:
+        """After large requests, once none is in flight, return freed heap to the OS (the
+        supervisor calls this periodically, after gRPC has dropped the request objects)."""
+        with self._inflight_lock:
+            if self._inflight or not self._big_since_trim:
+                return False
+            self._big_since_trim = 0
+        _malloc_trim()
+        return True
 
     def wait_idle(self, timeout_s: float) -> bool:
         """Block until no request is in flight (or the timeout passes); True when idle."""
@@ -167,18 +220,27 @@ class Gateway(pb_grpc.GRPCInferenceServiceServicer):
         if self.draining.is_set():
             self._count(model, "UNAVAILABLE", t0, request_id, workers)
             raise InferError(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
+        size = request.ByteSize()
+        refusal = ""
         with self._inflight_lock:
             if self._inflight >= self.opts.max_queue:
-                admitted = False
+                refusal = f"queue full ({self.opts.max_queue} requests in flight)"
+            elif size > self.opts.max_inflight_bytes:
+                refusal = (
+                    f"request of {size} bytes exceeds the {self.opts.max_inflight_bytes} bytes "
+                    "allowed in flight"
+                )
+            elif self._inflight_bytes + size > self.opts.max_inflight_bytes:
+                refusal = (
+                    f"{size} request bytes would exceed the {self.opts.max_inflight_bytes} bytes "
+                    f"allowed in flight ({self._inflight_bytes} in use); retry later"
+                )
             else:
-                admitted = True
                 self._inflight += 1
-        if not admitted:
+                self._inflight_bytes += size
+        if refusal:
             self._count(model, "RESOURCE_EXHAUSTED", t0, request_id, workers)
-            raise InferError(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"model {model!r}: queue full ({self.opts.max_queue} requests in flight)",
-            )
+            raise InferError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"model {model!r}: {refusal}")
         self.metrics.queue_depth.labels(model=model).inc()
         try:
             response = self._run(request, context, request_id, workers)
@@ -193,6 +255,8 @@ class Gateway(pb_grpc.GRPCInferenceServiceServicer):
             self.metrics.queue_depth.labels(model=model).dec()
             with self._idle:
                 self._inflight -= 1
+                self._inflight_bytes -= size
+                self._big_since_trim += size if size >= _TRIM_AFTER_BYTES else 0
                 self._idle.notify_all()
             self._count(model, status, t0, request_id, workers)
 
@@ -263,7 +327,7 @@ class Gateway(pb_grpc.GRPCInferenceServiceServicer):
         workers: list[str],
     ) -> None:
         pending = list(self.pools)
-        running: dict[int, tuple[grpc.Future, Replica, ReplicaPool, float]] = {}
+        running: dict[int, tuple[grpc.Future, Replica, ReplicaPool, float, int]] = {}
         done: queue.Queue[int | None] = queue.Queue()
         context.add_callback(lambda: done.put(None))  # fires when the client RPC ends
         try:
@@ -287,12 +351,21 @@ class Gateway(pb_grpc.GRPCInferenceServiceServicer):
                             grpc.StatusCode.CANCELLED, "request cancelled by the client"
                         )
                     continue
-                fut, rep, pool, t_start = running.pop(idx)
-                self._collect(fut, rep, pool, t_start, env)
+                if idx not in running or not running[idx][0].done():
+                    continue  # a stale wake-up from a call already replaced by its retry
+                fut, rep, pool, t_start, tries = running.pop(idx)
+                try:
+                    self._collect(fut, rep, pool, t_start, env, deadline)
+                except _Retryable as e:
+                    if tries >= self.opts.stage_retries or time.monotonic() >= deadline:
+                        raise InferError(grpc.StatusCode.UNAVAILABLE, str(e)) from None
+                    self._launch(
+                        pool, env, deadline, request_id, running, done, workers, rep, tries + 1, e
+                    )
         finally:
-            for fut, rep, pool, _ in running.values():
+            for fut, rep, pool, _, _ in running.values():
                 fut.cancel()
-                pool.release(rep, ok=False)
+                pool.release(rep, ok=False, call=fut)
 
     def _launch(
         self,
@@ -303,10 +376,15 @@ class Gateway(pb_grpc.GRPCInferenceServiceServicer):
         running: dict,
         done: queue.Queue,
         workers: list[str],
+        exclude: Replica | None = None,
+        tries: int = 0,
+        cause: Exception | None = None,
     ) -> None:
         stage = pool.stage
-        rep = pool.acquire()
+        rep = pool.acquire(exclude)
         if rep is None:
+            if cause is not None:  # no other replica to retry on: the first failure stands
+                raise InferError(grpc.StatusCode.UNAVAILABLE, str(cause))
             raise InferError(
                 grpc.StatusCode.UNAVAILABLE,
                 f"no healthy worker for stage {stage.index} (device {stage.device})",
@@ -321,13 +399,14 @@ class Gateway(pb_grpc.GRPCInferenceServiceServicer):
             stub = rep.stub
             if stub is None:  # detached after acquire (a concurrent restart)
                 raise InferError(grpc.StatusCode.UNAVAILABLE, f"worker {rep.name} was detached")
-            fut = stub.ModelInfer.future(
-                req, timeout=max(deadline - time.monotonic(), 1e-3), metadata=self._worker_md
-            )
+            timeout = min(deadline - time.monotonic(), pool.stage_timeout_s)
+            fut = stub.ModelInfer.future(req, timeout=max(timeout, 1e-3), metadata=self._worker_md)
         except Exception:
             pool.release(rep, ok=False)
             raise
-        running[stage.index] = (fut, rep, pool, time.perf_counter())
+        if not pool.track(rep, fut):  # condemned between acquire and now
+            fut.cancel()
+        running[stage.index] = (fut, rep, pool, time.perf_counter(), tries)
         fut.add_done_callback(lambda _f, i=stage.index: done.put(i))
 
     def _collect(
@@ -337,25 +416,43 @@ class Gateway(pb_grpc.GRPCInferenceServiceServicer):
         pool: ReplicaPool,
         t_start: float,
         env: dict[str, WireTensor],
+        deadline: float,
     ) -> None:
         stage = pool.stage
+        where = f"stage {stage.index} on worker {rep.name} ({stage.device})"
         try:
             resp = fut.result(timeout=0)
         except grpc.RpcError as e:
-            pool.release(rep, ok=False)
+            pool.release(rep, ok=False, call=fut)
             code = e.code()
             if code == grpc.StatusCode.UNAVAILABLE:
                 pool.set_healthy(rep, False)  # the supervisor re-probes or restarts it
-            msg = f"stage {stage.index} on worker {rep.name} ({stage.device}): {e.details()}"
+                raise _Retryable(f"{where}: {e.details()}") from None
+            took = time.perf_counter() - t_start
+            if (
+                code == grpc.StatusCode.DEADLINE_EXCEEDED
+                and took >= 0.9 * pool.stage_timeout_s
+                and time.monotonic() < deadline - 5e-3
+            ):
+                # the stage deadline, not the request's, expired: the worker is hung or slow
+                pool.missed_deadline(rep)
+                raise _Retryable(
+                    f"{where} did not answer within the stage deadline of "
+                    f"{pool.stage_timeout_s:g} s",
+                    miss=True,
+                ) from None
+            msg = f"{where}: {e.details()}"
             raise InferError(
                 code if code in _PASS_THROUGH else grpc.StatusCode.INTERNAL, msg
             ) from None
         except grpc.FutureCancelledError:
-            pool.release(rep, ok=False)
+            pool.release(rep, ok=False, call=fut)
+            if rep.condemned is not None:
+                raise _Retryable(f"{where} was taken out of service: {rep.condemned}") from None
             raise InferError(
                 grpc.StatusCode.CANCELLED, f"stage {stage.index} call cancelled"
             ) from None
-        pool.release(rep, ok=True)
+        pool.release(rep, ok=True, call=fut)
         self.metrics.stage_latency.labels(
             model=self.plan.model_name, stage=str(stage.index), device=stage.device
         ).observe(time.perf_counter() - t_start)

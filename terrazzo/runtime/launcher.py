@@ -9,9 +9,11 @@ fresh interpreters.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import selectors
+import shutil
 import signal
 import socket
 import subprocess
@@ -22,47 +24,76 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from terrazzo.errors import ServingError
+from terrazzo.runtime.internal_tls import Identity
 from terrazzo.runtime.plan import StageSpec
+from terrazzo.runtime.rundir import RunDir
 from terrazzo.runtime.worker import READY_PREFIX
 
 
 @dataclass(frozen=True, slots=True)
 class WorkerOptions:
-    """What every worker gets: the internal token, message limit, queue bound, start timeout."""
+    """What every worker gets: the internal token, message limit, queue bound, start timeout.
+
+    ``tls`` (the gateway's identity) turns on mTLS for the gateway -> worker hop: only its
+    certificate is sent to workers, and the token is then not sent at all. ``run_dir`` holds
+    one private temp directory per local worker (removed whatever way the worker ends).
+    """
 
     token: str
     max_message_bytes: int
     max_queue: int = 64
     start_timeout_s: float = 120.0
     fork_server: bool = True
+    tls: Identity | None = None
+    run_dir: RunDir | None = None
 
 
-def worker_config(stage: StageSpec, opts: WorkerOptions, host: str = "127.0.0.1") -> dict[str, Any]:
+def worker_config(
+    stage: StageSpec, opts: WorkerOptions, host: str = "127.0.0.1", tmpdir: str | None = None
+) -> dict[str, Any]:
     """The JSON config a worker reads (it carries the internal token, so it never goes in argv)."""
-    return {
+    config: dict[str, Any] = {
         "stage": {
             "index": stage.index,
             "inputs": list(stage.inputs),
             "outputs": list(stage.outputs),
             "runner": stage.runner.to_json(),
         },
-        "token": opts.token,
+        "token": "" if opts.tls else opts.token,  # with mTLS the client certificate authenticates
         "max_message_bytes": opts.max_message_bytes,
         "max_queue": opts.max_queue,
         "host": host,
     }
+    if opts.tls is not None:
+        config["tls"] = {"gateway_cert": opts.tls.cert_pem.decode()}
+    if tmpdir:
+        config["tmpdir"] = tmpdir
+    return config
+
+
+class WorkerExitedError(ServingError):
+    """A worker process ended before it was ready; ``exit_status`` is its exit code."""
+
+    def __init__(self, message: str, exit_status: int | None):
+        super().__init__(message)
+        self.exit_status = exit_status
 
 
 class WorkerHandle(Protocol):
-    """A started worker: where it listens, whether it still lives, how to end it."""
+    """A started worker: where it listens, whether it still lives, how to end it.
+
+    ``cert`` is the worker's own TLS certificate when the hop is mTLS (None: plaintext).
+    """
 
     name: str
     address: str
     where: str
+    cert: bytes | None
 
     def alive(self) -> bool: ...
     def kill(self) -> None: ...
     def stop(self) -> None: ...
+    def exit_status(self) -> int | None: ...
 
 
 class Launcher(Protocol):
@@ -86,11 +117,12 @@ class ForkedProcess:
     """A worker forked by the fork server: the parts of ``subprocess.Popen`` that ``LocalWorker`` uses.
 
     It is not this process's child (the fork server reaps it), so liveness is ``kill(pid, 0)``
-    and the exit code is unknown (-1).
+    and the exit code is asked of the fork server (-1 when it cannot tell).
     """
 
-    def __init__(self, pid: int, stdin_fd: int, stdout_fd: int):
+    def __init__(self, pid: int, stdin_fd: int, stdout_fd: int, server: ForkServer | None = None):
         self.pid = pid
+        self._server = server
         self.stdin = os.fdopen(stdin_fd, "w", encoding="utf-8")
         self.stdout = os.fdopen(stdout_fd, "r", encoding="utf-8")
         self.returncode: int | None = None
@@ -103,6 +135,9 @@ class ForkedProcess:
                 self.returncode = -1
             except PermissionError:  # the pid was reused by someone else's process
                 self.returncode = -1
+            if self.returncode is not None and self._server is not None:
+                code = self._server.status(self.pid)
+                self.returncode = -1 if code is None else code
         return self.returncode
 
     def kill(self) -> None:
@@ -117,7 +152,7 @@ class ForkedProcess:
             if end is not None and time.monotonic() >= end:
                 raise subprocess.TimeoutExpired(f"worker pid {self.pid}", timeout or 0.0)
             time.sleep(0.01)
-        return -1
+        return self.returncode if self.returncode is not None else -1
 
 
 class ForkServer:
@@ -169,7 +204,18 @@ class ForkServer:
             os.close(in_w)
             os.close(out_r)
             raise ServingError(f"the worker fork server refused: {reply.get('error', 'no answer')}")
-        return ForkedProcess(int(reply["pid"]), in_w, out_r)
+        return ForkedProcess(int(reply["pid"]), in_w, out_r, self)
+
+    def status(self, pid: int) -> int | None:
+        """Exit code of a forked worker that has ended (negative: its signal), None if unknown."""
+        try:
+            with self._lock:
+                self._sock.send(f"status {pid}".encode())
+                reply = json.loads(self._sock.recv(1 << 16) or b"{}")
+        except (OSError, ValueError):
+            return None
+        code = reply.get("status")
+        return int(code) if isinstance(code, int) else None
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -185,13 +231,25 @@ class ForkServer:
 
 
 class LocalWorker:
-    """A worker running as a child process on this machine."""
+    """A worker running as a child process on this machine; its temp dir goes when it does."""
 
-    def __init__(self, name: str, proc: subprocess.Popen[str] | ForkedProcess):
+    def __init__(
+        self, name: str, proc: subprocess.Popen[str] | ForkedProcess, tmpdir: str | None = None
+    ):
         self.name = name
         self.proc = proc
         self.address = ""
         self.where = f"pid {proc.pid}"
+        self.cert: bytes | None = None
+        self.tmpdir = tmpdir
+
+    def exit_status(self) -> int | None:
+        """Exit code once ended (negative: killed by that signal), None while it runs."""
+        return self.proc.poll()
+
+    def _cleanup(self) -> None:
+        if self.tmpdir:
+            shutil.rmtree(self.tmpdir, ignore_errors=True)
 
     @property
     def pid(self) -> int:
@@ -201,9 +259,11 @@ class LocalWorker:
         return self.proc.poll() is None
 
     def kill(self) -> None:
+        """SIGKILL (it also ends a SIGSTOPped process), wait for it, remove its temp dir."""
         if self.alive():
             self.proc.kill()
         self.proc.wait()
+        self._cleanup()
 
     def stop(self) -> None:
         """Close stdin (the worker drains and exits); kill it if it lingers."""
@@ -218,6 +278,7 @@ class LocalWorker:
             self.kill()
         if self.proc.stdout:
             self.proc.stdout.close()
+        self._cleanup()
 
 
 class LocalLauncher:
@@ -253,10 +314,12 @@ class LocalLauncher:
                 text=True,
                 env=env,
             )
+        name = f"stage{stage.index}/r{replica}"
+        tmpdir = self.opts.run_dir.worker_dir(name) if self.opts.run_dir else None
         assert proc.stdin is not None
-        proc.stdin.write(json.dumps(worker_config(stage, self.opts)) + "\n")
+        proc.stdin.write(json.dumps(worker_config(stage, self.opts, tmpdir=tmpdir)) + "\n")
         proc.stdin.flush()
-        return LocalWorker(f"stage{stage.index}/r{replica}", proc)
+        return LocalWorker(name, proc, tmpdir)
 
     def _await_ready(self, workers: list[LocalWorker]) -> None:
         deadline = time.monotonic() + self.opts.start_timeout_s
@@ -277,15 +340,20 @@ class LocalLauncher:
                     w = key.data
                     line = w.proc.stdout.readline()
                     if line.startswith(READY_PREFIX):
-                        w.address = f"127.0.0.1:{int(line.split()[1])}"
+                        parts = line.split()
+                        w.address = f"127.0.0.1:{int(parts[1])}"
+                        if len(parts) > 2:
+                            w.cert = base64.b64decode(parts[2])
                         sel.unregister(w.proc.stdout)
                         waiting.discard(w)
                     elif line == "":
                         sel.unregister(w.proc.stdout)
                         waiting.discard(w)
-                        raise ServingError(
-                            f"worker {w.name} exited with code {w.proc.wait()} before it was ready "
-                            "(its error is on stderr above)"
+                        code = w.proc.wait()
+                        raise WorkerExitedError(
+                            f"worker {w.name} exited with code {code} before it was ready "
+                            "(its error is on stderr above)",
+                            code,
                         )
         finally:
             sel.close()

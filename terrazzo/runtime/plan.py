@@ -82,6 +82,7 @@ class ServingPlan:
     version: str = "1"
     platform: str = "terrazzo"
     bundle_path: str | None = None
+    sla_latency_s: float | None = None  # end-to-end latency bound; stage deadlines derive from it
 
     def verify(self) -> None:
         """Check that the stage DAG is well-formed: every value a stage reads is produced earlier.
@@ -177,11 +178,20 @@ class ServingPlan:
             outputs=tuple(_tensor_spec(t) for t in bundle.outputs),
             stages=tuple(stages),
             bundle_path=str(Path(path).resolve()),
+            sla_latency_s=sla_latency(bundle.manifest.get("sla")),
         )
         if hasattr(bundle, "close"):
             bundle.close()  # workers open (and verify) the bundle themselves
         plan.verify()
         return plan
+
+
+def sla_latency(sla: Any) -> float | None:
+    """The end-to-end latency bound of a manifest's ``sla`` section, or None."""
+    value = sla.get("latency_s") if isinstance(sla, Mapping) else None
+    if isinstance(value, int | float) and 0 < value < float("inf"):
+        return float(value)
+    return None
 
 
 def _value_name(v: Any) -> str:

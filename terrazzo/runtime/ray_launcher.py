@@ -3,10 +3,16 @@
 The gateway is unchanged: every actor runs the same worker gRPC server and the gateway talks
 to it directly. Ray leaves an infeasible actor pending forever, so ``check`` compares the plan
 with ``ray.cluster_resources()`` first and fails naming the missing class.
+
+Workers on other hosts always get the mTLS hop (``internal_tls``): each actor makes its own key
+and certificate, only certificates cross Ray's channels, and the worker token is not sent. Each
+actor keeps its temp files in a private directory that ``stop`` removes before the actor ends.
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
 from collections import Counter
 from typing import Any
@@ -27,24 +33,34 @@ class _ActorBody:
         block_heavy_imports(
             str(config["stage"]["runner"]["factory"])
         )  # the actor process is ours alone
-        config = dict(config, host=ray.util.get_node_ip_address())
+        self._tmpdir = tempfile.mkdtemp(prefix="terrazzo-worker-")
+        config = dict(config, host=ray.util.get_node_ip_address(), tmpdir=self._tmpdir)
         self._server = WorkerServer(config)
         self._address = f"{config['host']}:{self._server.start()}"
 
-    def address(self) -> str:
-        return self._address
+    def address(self) -> tuple[str, bytes | None]:
+        return self._address, self._server.cert_pem
 
     def ping(self) -> bool:
+        return True
+
+    def close(self) -> bool:
+        """Stop serving and remove this actor's temp files (the actor is killed next)."""
+        self._server.stop(1.0)
+        shutil.rmtree(self._tmpdir, ignore_errors=True)
         return True
 
 
 class RayWorker:
     """Handle of a worker actor; liveness is a non-blocking ping polled at most once a second."""
 
-    def __init__(self, name: str, actor: Any, address: str, resource: str):
+    def __init__(
+        self, name: str, actor: Any, address: str, resource: str, cert: bytes | None = None
+    ):
         self.name = name
         self.actor = actor
         self.address = address
+        self.cert = cert
         self.where = f"ray actor ({resource})"
         self._dead = False
         self._ping: Any = None
@@ -79,7 +95,17 @@ class RayWorker:
         ray.kill(self.actor, no_restart=True)
 
     def stop(self) -> None:
+        import ray
+
+        if not self._dead:
+            try:
+                ray.get(self.actor.close.remote(), timeout=10)
+            except Exception:  # already gone or hung: the kill below ends it
+                pass
         self.kill()
+
+    def exit_status(self) -> int | None:
+        return None
 
 
 class RayLauncher:
@@ -88,6 +114,8 @@ class RayLauncher:
     def __init__(self, address: str, opts: WorkerOptions):
         import ray
 
+        if opts.tls is None:  # workers on other hosts: never a plaintext hop
+            raise ServingError("the Ray launcher needs the mTLS worker hop (WorkerOptions.tls)")
         self.opts = opts
         if not ray.is_initialized():
             try:
@@ -140,8 +168,8 @@ class RayLauncher:
                 ray.kill(a, no_restart=True)
             raise ServingError(f"Ray worker actors did not start: {e}") from e
         return [
-            RayWorker(f"stage{s.index}/r{r}", a, addr, s.resource_name)
-            for (s, r, a), addr in zip(actors, addresses, strict=True)
+            RayWorker(f"stage{s.index}/r{r}", a, addr, s.resource_name, cert)
+            for (s, r, a), (addr, cert) in zip(actors, addresses, strict=True)
         ]
 
     def close(self) -> None:

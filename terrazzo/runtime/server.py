@@ -4,10 +4,27 @@
 supervisor thread watches every worker: a dead one is marked down at once (its in-flight
 requests fail with UNAVAILABLE, new ones go to other replicas), restarted, health-probed and
 put back into rotation.
+
+Hung and slow workers: the supervisor sends each worker a ``grpc.health.v1`` heartbeat every
+``health_period_s``; ``heartbeat_misses`` unanswered in a row (each within
+``heartbeat_timeout_s``), or ``deadline_misses`` stage calls in a row past their stage deadline,
+condemn the worker: it leaves rotation at once (its calls in flight are cancelled and retried on
+another replica), is killed with SIGKILL (which also ends a SIGSTOPped process) and restarted.
+Readiness (ServerReady/ModelReady/grpc.health.v1) is false while a stage has no healthy replica.
+A worker that keeps failing (``max_restarts`` failures in a row, each within ``stable_s`` of its
+start) is restarted with exponential backoff and then given up on with one log line naming the
+stage and its last exit status.
+
+Temp files: each local worker gets a private directory under the server's run directory
+(``terrazzo.runtime.rundir``), removed when the worker ends, however it ends; the run directory
+goes with ``stop()``, and one left by a gateway killed with SIGKILL is swept by the next start.
 """
 
 from __future__ import annotations
 
+import atexit
+import dataclasses
+import logging
 import secrets
 import threading
 import time
@@ -21,13 +38,17 @@ import grpc
 
 from terrazzo.errors import ServingError
 from terrazzo.runtime.gateway import Gateway, GatewayOptions, HealthService, TokenAuthInterceptor
-from terrazzo.runtime.launcher import Launcher, LocalLauncher, WorkerOptions
+from terrazzo.runtime.internal_tls import GATEWAY_NAME, make_identity
+from terrazzo.runtime.launcher import Launcher, LocalLauncher, WorkerExitedError, WorkerOptions
 from terrazzo.runtime.metrics import RuntimeMetrics
 from terrazzo.runtime.plan import ServingPlan
 from terrazzo.runtime.pool import Replica, ReplicaPool
 from terrazzo.runtime.protos import grpc_service_pb2_grpc as pb_grpc
 from terrazzo.runtime.protos import health_pb2_grpc
+from terrazzo.runtime.rundir import RunDir
 from terrazzo.runtime.worker import grpc_options
+
+log = logging.getLogger("terrazzo.runtime")
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -56,7 +77,16 @@ class TLSOptions:
 
 @dataclass(frozen=True, slots=True)
 class ServeOptions:
-    """Knobs of a served model (all limits explicit; see DESIGN.md Runtime)."""
+    """Knobs of a served model (all limits explicit; see DESIGN.md Runtime and docs/serving.md).
+
+    Admission: ``max_message_bytes`` (gRPC's per-message cap, refused by gRPC before the
+    handler runs), ``max_queue`` requests and ``max_inflight_bytes`` request bytes in flight
+    per model (RESOURCE_EXHAUSTED beyond), ``max_rpcs`` concurrent RPCs including open
+    streams (gRPC's ``maximum_concurrent_rpcs``; each holds one of ``gateway_threads``,
+    which defaults to ``max_rpcs``). Stage deadline: ``stage_timeout_s`` if given, else
+    ``stage_timeout_sla_factor`` x the plan's SLA latency clamped to
+    [``stage_timeout_floor_s``, ``stage_timeout_ceiling_s``], else the ceiling.
+    """
 
     host: str = "127.0.0.1"
     port: int = 0
@@ -66,11 +96,26 @@ class ServeOptions:
     tls: TLSOptions | None = None
     default_timeout_s: float = 30.0
     max_message_bytes: int = 256 << 20
-    max_queue: int = 128
-    gateway_threads: int = 32
+    max_queue: int = 256
+    max_inflight_bytes: int = 1 << 30
+    max_rpcs: int = 256
+    gateway_threads: int | None = None
     drain_timeout_s: float = 30.0
-    health_period_s: float = 0.5
+    health_period_s: float = 0.25
+    heartbeat_timeout_s: float = 0.5
+    heartbeat_misses: int = 3
+    stage_timeout_s: float | None = None
+    stage_timeout_floor_s: float = 1.0
+    stage_timeout_ceiling_s: float = 30.0
+    stage_timeout_sla_factor: float = 10.0
+    deadline_misses: int = 3
     restart_workers: bool = True
+    max_restarts: int = 5
+    restart_backoff_s: float = 0.5
+    restart_backoff_max_s: float = 8.0
+    stable_s: float = 10.0
+    internal_tls: bool = False
+    run_dir_base: str | None = None
     ray_address: str | None = None
     trust_key: Any = None  # what terrazzo.bundle.resolve_trust reads
     # Workers started elsewhere (``terrazzo worker``, e.g. Kubernetes pods): stage -> addresses,
@@ -78,6 +123,42 @@ class ServeOptions:
     static_workers: Mapping[int, tuple[str, ...]] | None = None
     worker_token: str | None = None
     extra: dict[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in (
+            "default_timeout_s",
+            "max_message_bytes",
+            "max_queue",
+            "max_inflight_bytes",
+            "max_rpcs",
+            "health_period_s",
+            "heartbeat_timeout_s",
+            "heartbeat_misses",
+            "stage_timeout_floor_s",
+            "stage_timeout_ceiling_s",
+            "stage_timeout_sla_factor",
+            "deadline_misses",
+        ):
+            value = getattr(self, name)
+            if not value > 0:
+                raise ServingError(f"serve option {name} must be > 0, got {value!r}")
+        if self.stage_timeout_s is not None and not self.stage_timeout_s > 0:
+            raise ServingError(
+                f"serve option stage_timeout_s must be > 0, got {self.stage_timeout_s!r}"
+            )
+        if self.max_restarts < 0:
+            raise ServingError(f"serve option max_restarts must be >= 0, got {self.max_restarts!r}")
+
+    def stage_timeout(self, plan: ServingPlan) -> float:
+        """Server-side deadline of one stage call for ``plan`` (see the class docstring)."""
+        if self.stage_timeout_s is not None:
+            return self.stage_timeout_s
+        if plan.sla_latency_s:
+            return min(
+                self.stage_timeout_ceiling_s,
+                max(self.stage_timeout_floor_s, self.stage_timeout_sla_factor * plan.sla_latency_s),
+            )
+        return self.stage_timeout_ceiling_s
 
 
 class Server:
@@ -92,12 +173,21 @@ class Server:
         self.plan = plan
         self.opts = opts
         self.metrics = RuntimeMetrics()
+        self.run_dir = RunDir(opts.run_dir_base)
+        atexit.register(self.run_dir.remove)  # a safety net: stop() removes it first
+        tls_on = opts.internal_tls or bool(opts.ray_address)
+        self._tls = make_identity(GATEWAY_NAME) if tls_on else None
         self._worker_opts = WorkerOptions(
-            token=opts.worker_token or secrets.token_hex(16),
+            token=opts.worker_token or ("" if tls_on else secrets.token_hex(16)),
             max_message_bytes=opts.max_message_bytes,
+            tls=self._tls,
+            run_dir=self.run_dir,
         )
-        self._launcher = make_launcher(self._worker_opts)
-        self.pools = [ReplicaPool(s, self.metrics) for s in plan.stages]
+        self.stage_timeout_s = opts.stage_timeout(plan)
+        self.pools = [
+            ReplicaPool(s, self.metrics, self.stage_timeout_s, opts.deadline_misses)
+            for s in plan.stages
+        ]
         self.gateway = Gateway(
             plan,
             self.pools,
@@ -105,9 +195,12 @@ class Server:
             GatewayOptions(
                 default_timeout_s=opts.default_timeout_s,
                 max_queue=opts.max_queue,
+                max_inflight_bytes=opts.max_inflight_bytes,
                 worker_token=self._worker_opts.token,
             ),
         )
+        self._launcher: Launcher | None = None
+        self._make_launcher = make_launcher
         self._stop = threading.Event()
         self._stopped = False
         self._stop_lock = threading.Lock()
@@ -119,12 +212,13 @@ class Server:
 
     # -- lifecycle -----------------------------------------------------------------------
     def _start(self) -> None:
+        self._launcher = self._make_launcher(self._worker_opts)
         self._launcher.check(self.plan.stages)
         jobs = [(rep.stage, rep.index) for pool in self.pools for rep in pool.replicas]
         handles = self._launcher.start_many(jobs)
         reps = [rep for pool in self.pools for rep in pool.replicas]
         for rep, handle in zip(reps, handles, strict=True):
-            rep.attach(handle, self.opts.max_message_bytes)
+            rep.attach(handle, self.opts.max_message_bytes, self._tls)
         for pool in self.pools:
             for rep in pool.replicas:
                 if not rep.probe(timeout_s=30.0):
@@ -132,6 +226,7 @@ class Server:
                         f"worker {rep.name} started but does not answer health checks"
                     )
                 pool.set_healthy(rep, True)
+                rep.healthy_since = time.monotonic()
         self._start_grpc()
         if self.opts.metrics_port is not None:
             from prometheus_client import start_http_server
@@ -153,12 +248,13 @@ class Server:
     def _start_grpc(self) -> None:
         interceptors = [TokenAuthInterceptor(self.opts.token)] if self.opts.token else []
         server = grpc.server(
-            futures.ThreadPoolExecutor(
-                max_workers=self.opts.gateway_threads, thread_name_prefix="tz-gateway"
+            futures.ThreadPoolExecutor(  # every active RPC (a stream too) holds one thread
+                max_workers=self.opts.gateway_threads or self.opts.max_rpcs,
+                thread_name_prefix="tz-gateway",
             ),
             options=grpc_options(self.opts.max_message_bytes),
             interceptors=interceptors,
-            maximum_concurrent_rpcs=self.opts.max_queue + self.opts.gateway_threads,
+            maximum_concurrent_rpcs=self.opts.max_rpcs,
         )
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(self.gateway, server)
         health_pb2_grpc.add_HealthServicer_to_server(HealthService(self.gateway), server)
@@ -211,7 +307,10 @@ class Server:
         if handles:  # each drains for up to its grace period: stop them side by side
             with futures.ThreadPoolExecutor(max_workers=len(handles)) as ex:
                 list(ex.map(lambda h: h.stop(), handles))
-        self._launcher.close()
+        if self._launcher is not None:
+            self._launcher.close()
+        self.run_dir.remove()
+        atexit.unregister(self.run_dir.remove)
 
     def __enter__(self) -> Server:
         return self
@@ -243,6 +342,7 @@ class Server:
                         "where": h.where if h else None,
                         "healthy": rep.healthy,
                         "restarts": rep.restarts,
+                        "gave_up": rep.gave_up,
                         "handle": h,
                     }
                 )
@@ -250,48 +350,106 @@ class Server:
 
     # -- supervision ---------------------------------------------------------------------
     def _supervise(self) -> None:
-        last_probe = 0.0
         while not self._stop.wait(0.05):
-            probe_now = time.monotonic() - last_probe >= self.opts.health_period_s
-            if probe_now:
-                last_probe = time.monotonic()
             for pool in self.pools:
                 for rep in pool.replicas:
-                    if rep.restarting or rep.handle is None:
+                    if rep.restarting or rep.gave_up or rep.handle is None:
                         continue
-                    if not rep.handle.alive():
+                    if rep.condemned is None and not rep.handle.alive():
+                        status = rep.handle.exit_status()
+                        pool.condemn(rep, f"worker exited with status {status}")
+                    if rep.condemned is not None:
                         pool.set_healthy(rep, False)
                         if self.opts.restart_workers:
                             rep.restarting = True
                             threading.Thread(
                                 target=self._restart, args=(pool, rep), daemon=True
                             ).start()
-                    elif probe_now and (not rep.healthy or rep.outstanding == 0):
-                        pool.set_healthy(rep, rep.probe(timeout_s=1.0))
+                        continue
+                    self._heartbeat(pool, rep)
+            self.gateway.maybe_trim()
+
+    def _heartbeat(self, pool: ReplicaPool, rep: Replica) -> None:
+        if (
+            rep.pending_probe is None
+            and time.monotonic() - rep.probe_sent < self.opts.health_period_s
+        ):
+            return
+        answered = rep.heartbeat(self.opts.heartbeat_timeout_s)
+        if answered is None:
+            return
+        if answered:
+            rep.heartbeat_misses = 0
+            if not rep.healthy:
+                pool.set_healthy(rep, True)
+            return
+        rep.heartbeat_misses += 1
+        if rep.heartbeat_misses >= self.opts.heartbeat_misses:
+            pool.condemn(
+                rep,
+                f"missed {rep.heartbeat_misses} heartbeats of {self.opts.heartbeat_timeout_s:g} s",
+            )
+
+    def _backoff(self, streak: int) -> float:
+        if streak <= 1:
+            return 0.0
+        return min(self.opts.restart_backoff_max_s, self.opts.restart_backoff_s * 2 ** (streak - 2))
 
     def _restart(self, pool: ReplicaPool, rep: Replica) -> None:
+        stage = pool.stage
         try:
             old = rep.handle
+            reason = rep.condemned or "unhealthy"
             rep.detach()
+            status = None
             if old is not None:
-                old.kill()
+                status = old.exit_status()
+                old.kill()  # SIGKILL: ends a SIGSTOPped worker too; removes its temp dir
+                if status is None:
+                    status = old.exit_status()
+            if time.monotonic() - rep.healthy_since >= self.opts.stable_s:
+                rep.crash_streak = 0
+            log.warning("worker %s (stage %d) is restarted: %s", rep.name, stage.index, reason)
             while not self._stop.is_set():
+                rep.crash_streak += 1
+                if rep.crash_streak > self.opts.max_restarts:
+                    rep.gave_up = True
+                    pool.condemn(rep, "given up")
+                    log.error(
+                        "worker %s (stage %d, device %s) gave up after %d failed restarts in a "
+                        "row; last exit status %s",
+                        rep.name,
+                        stage.index,
+                        stage.device,
+                        self.opts.max_restarts,
+                        status,
+                    )
+                    return
+                if self._stop.wait(self._backoff(rep.crash_streak)):
+                    return
                 try:
-                    (handle,) = self._launcher.start_many([(pool.stage, rep.index)])
+                    assert self._launcher is not None
+                    (handle,) = self._launcher.start_many([(stage, rep.index)])
+                except WorkerExitedError as e:
+                    status = e.exit_status
+                    continue
                 except ServingError:
-                    self._stop.wait(1.0)
                     continue
                 if self._stop.is_set():
                     handle.stop()
                     return
-                rep.attach(handle, self.opts.max_message_bytes)
+                rep.attach(handle, self.opts.max_message_bytes, self._tls)
                 rep.restarts += 1
                 self.metrics.worker_restarts.labels(
-                    stage=str(pool.stage.index), device=pool.stage.device
+                    stage=str(stage.index), device=stage.device
                 ).inc()
                 if rep.probe(timeout_s=30.0):
+                    rep.healthy_since = time.monotonic()
                     pool.set_healthy(rep, True)
                     return
+                rep.detach()
+                status = handle.exit_status()
+                handle.kill()
         finally:
             rep.restarting = False
 
@@ -358,7 +516,15 @@ def serve(
                 for s in plan.stages
             ),
         )
+        if opts.internal_tls:
+            raise ServingError(
+                "--internal-tls covers workers this gateway starts; for --worker, protect the "
+                "hop with the network (a NetworkPolicy or a service mesh's mTLS)"
+            )
         StaticLauncher(workers).check(plan.stages)
+        # Their own supervisor (Kubernetes) restarts them, however long it takes: never give up
+        # on a replica; a restart here is a handshake with whatever answers at the address.
+        opts = dataclasses.replace(opts, max_restarts=1 << 30)
 
         def make_launcher(wopts: WorkerOptions) -> Launcher:
             return StaticLauncher(workers, wopts.token)
@@ -369,6 +535,8 @@ def serve(
         def make_launcher(wopts: WorkerOptions) -> Launcher:
             return RayLauncher(ray_address, wopts)
 
+    if ray_address:  # workers on other hosts: the hop is mTLS, and that is not optional
+        opts = dataclasses.replace(opts, internal_tls=True)
     server = Server(plan, opts, make_launcher)
     try:
         server._start()

@@ -44,9 +44,13 @@ class RemoteWorker:
         self.name = name
         self.address = address
         self.where = "remote"
+        self.cert: bytes | None = None  # the hop is plaintext (see serve's --internal-tls)
 
     def alive(self) -> bool:
         return True
+
+    def exit_status(self) -> int | None:
+        return None  # never exits as far as this process can tell
 
     def kill(self) -> None:
         """Nothing to kill: its own supervisor (e.g. Kubernetes) owns the process."""

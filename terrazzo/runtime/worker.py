@@ -4,15 +4,24 @@ The gateway calls a worker with the KServe v2 ``ModelInfer`` RPC (model name ``s
 tensors as raw bytes). A worker runs one request at a time on its device, skips requests whose
 caller has gone (deadline or cancel) while they wait, and reports compute seconds back in the
 response parameters. ``python -m terrazzo.runtime.worker`` reads its JSON config from stdin,
-prints ``TERRAZZO_WORKER_READY <port>`` once it serves, and exits when stdin closes or on SIGTERM.
+prints ``TERRAZZO_WORKER_READY <port> [<certificate, base64>]`` once it serves, and exits when
+stdin closes or on SIGTERM.
+
+Two config keys make a worker safe to lose: ``tmpdir`` (a directory the parent owns and removes
+whatever way the worker ends: everything the worker writes through ``tempfile`` goes there,
+including its extracted bundle) and ``tls`` (``{"gateway_cert": PEM}``: serve mTLS with a fresh
+identity of its own, accept only the gateway's certificate; see ``internal_tls``).
 """
 
 from __future__ import annotations
 
+import base64
 import hmac
 import json
+import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 from concurrent import futures
@@ -172,6 +181,10 @@ class WorkerServer:
 
     def __init__(self, config: dict[str, Any]):
         max_bytes = int(config.get("max_message_bytes", 256 << 20))
+        tmpdir = config.get("tmpdir")
+        if tmpdir:  # the parent owns and removes it, however this process ends
+            tempfile.tempdir = str(tmpdir)
+            os.environ["TMPDIR"] = str(tmpdir)
         self.servicer = _WorkerServicer(config)
         self._server = grpc.server(
             futures.ThreadPoolExecutor(
@@ -183,7 +196,21 @@ class WorkerServer:
         health_pb2_grpc.add_HealthServicer_to_server(_HealthServicer(), self._server)
         host = str(config.get("host", "127.0.0.1"))
         want = int(config.get("port", 0))
-        self.port = self._server.add_insecure_port(f"{host}:{want}")
+        self.cert_pem: bytes | None = None
+        tls = config.get("tls")
+        if tls:
+            from terrazzo.runtime.internal_tls import (
+                WORKER_NAME,
+                make_identity,
+                worker_server_credentials,
+            )
+
+            me = make_identity(WORKER_NAME)
+            self.cert_pem = me.cert_pem
+            creds = worker_server_credentials(me, str(tls["gateway_cert"]).encode())
+            self.port = self._server.add_secure_port(f"{host}:{want}", creds)
+        else:
+            self.port = self._server.add_insecure_port(f"{host}:{want}")
         if self.port == 0:
             raise RuntimeError(f"worker could not bind port {want} on {host}")
 
@@ -214,7 +241,8 @@ def main() -> int:
         done.set()
 
     threading.Thread(target=_watch_stdin, daemon=True).start()
-    print(f"{READY_PREFIX} {port}", flush=True)
+    cert = f" {base64.b64encode(server.cert_pem).decode()}" if server.cert_pem else ""
+    print(f"{READY_PREFIX} {port}{cert}", flush=True)
     done.wait()
     server.stop(float(config.get("grace_s", 5.0)))
     return 0

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import time
 
+import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as tc
 
 from terrazzo.errors import ServingError
 from terrazzo.runtime import serve
+from terrazzo.runtime.protos import grpc_service_pb2 as pb
+from terrazzo.runtime.protos import grpc_service_pb2_grpc as pb_grpc
 from tests.integration.serving_helpers import _infer, chain_plan
 
 pytestmark = pytest.mark.integration
@@ -40,6 +43,18 @@ def test_serve_through_ray_actors(ray_cluster, libs):
         x = np.arange(6, dtype=np.float32)
         np.testing.assert_array_equal(_infer(c, x).as_numpy("z"), 2 * x + 1)
         c.close()
+        # the gateway -> actor hop is mTLS: no token is sent, plaintext gets no answer
+        assert server._worker_opts.token == ""  # noqa: SLF001
+        for row in server.workers():
+            assert row["handle"].cert and b"BEGIN CERTIFICATE" in row["handle"].cert
+            ch = grpc.insecure_channel(row["address"])
+            req = pb.ModelInferRequest(model_name=f"stage{row['stage']}")
+            req.inputs.add(name="x", datatype="FP32", shape=[1])
+            req.raw_input_contents.append(np.ones(1, np.float32).tobytes())
+            with pytest.raises(grpc.RpcError) as e:
+                pb_grpc.GRPCInferenceServiceStub(ch).ModelInfer(req, timeout=3)
+            assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+            ch.close()
 
 
 def test_missing_device_class_fails_fast(ray_cluster, libs):
