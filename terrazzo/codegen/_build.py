@@ -66,6 +66,19 @@ def _apply_tuning_pass(target: Any, db: Any) -> Any:
     return _apply
 
 
+def _default_schedules_pass(target: Any) -> Any:
+    """Module pass giving every CPU kernel without a tuning record its default schedule."""
+    import tvm
+
+    from terrazzo.codegen.tuning.defaults import apply_default_schedules
+
+    @tvm.transform.module_pass(opt_level=0, name="TerrazzoDefaultSchedules")
+    def _apply(mod: Any, _ctx: Any) -> Any:
+        return apply_default_schedules(mod, target)
+
+    return _apply
+
+
 def _pipeline(target: Any, tuning_dir: str | None, tuning_records: Any = None) -> Any:
     """The Relax → VM pipeline for ``target``: default passes, tuned schedules, dlight on GPUs."""
     import tvm
@@ -84,6 +97,8 @@ def _pipeline(target: Any, tuning_dir: str | None, tuning_records: Any = None) -
         legalize.append(_apply_tuning_pass(target, tuning_records))
     if tuning_dir is not None:
         legalize.append(relax.transform.MetaScheduleApplyDatabase(work_dir=tuning_dir))
+    if not gpu:
+        legalize.append(_default_schedules_pass(target))
     if gpu:
         legalize.append(
             dl.ApplyDefaultSchedule(
