@@ -34,8 +34,12 @@ from terrazzo.codegen.tuning.program import ScheduleProgram, ScheduleProgramErro
 #: Environment switch: ``0`` builds kernels without records as plain loop nests.
 DEFAULT_SCHEDULES_ENV = "TERRAZZO_DEFAULT_SCHEDULES"
 
-#: Kernels below this many FLOPs (or, for data movement, elements × 4) run on one thread.
-SERIAL_FLOPS = 2e5
+#: Kernels below this many FLOPs (or, for data movement, elements × 4) run on one thread: a
+#: fork-join of TVM's thread pool costs 5-20 µs on an idle machine, and on a loaded one a
+#: descheduled worker stalls the barrier for a time slice (the 1×3×32×32 convnet took 36 ms at
+#: 2 threads under load 11 with a 2e5 threshold, vs 0.05 ms serial). The offline proposer
+#: also starts kernels under 4e6 FLOPs single-threaded.
+SERIAL_FLOPS = 4e6
 
 #: How many seeds are tried (in order) before a kernel is left unscheduled.
 _MAX_SEEDS = 6
