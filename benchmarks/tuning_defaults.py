@@ -91,10 +91,10 @@ def _tvm_fn(ex: Any, inputs: list[Any], threads: int) -> Callable[[], Any]:
 
 
 def bench_model(name: str, threads: list[int], rounds: int, onnx_dir: Path) -> list[dict[str, Any]]:
+    import _heldout
     import numpy as np
     import onnxruntime as ort
 
-    import _heldout
     from terrazzo.pipeline import load_model
 
     path, feeds = _heldout.export(name, onnx_dir)

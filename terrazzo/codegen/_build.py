@@ -314,8 +314,7 @@ def compile_module(
             # once and build the plain loop nests (what every build did before defaults).
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             warnings.warn(
-                f"build with default CPU schedules failed ({first[:200]}); "
-                "building without them",
+                f"build with default CPU schedules failed ({first[:200]}); building without them",
                 stacklevel=2,
             )
             return build(defaults=False)

@@ -207,6 +207,8 @@ def _retime_finalists(
     default = default_program(ev.kernel, vector_lanes(ev.target))
     candidates: list[tuple[Trial | None, Any]] = []
     for t in picked:
+        if t.program is None:
+            continue
         try:
             candidates.append((t, build(apply_program(ev.kernel.func, t.program), ev.target)))
         except Exception:  # it built during the search; a failure now only drops it
