@@ -98,7 +98,7 @@ def _cases() -> dict[str, tuple[list[tuple[int, ...]], Callable[..., Any], Calla
             lambda bb, x, g, b: nn.layer_norm(x, g, b, axes=[-1]),
             lambda x, g, b: tf.layer_norm(x, (64,), g, b),
         ),
-        "sum_reduction": ([(256, 1024)], lambda bb, x: op.sum(x, axis=[1]), lambda x: x.sum(1)),
+        "sum_reduction": ([(1024, 4096)], lambda bb, x: op.sum(x, axis=[1]), lambda x: x.sum(1)),
         "elementwise": (
             [(7, 33), (7, 33)],
             lambda bb, x, y: op.add(op.tanh(x), op.multiply(op.exp(y), op.erf(x))),
