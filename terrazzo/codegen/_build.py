@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,8 +67,26 @@ def _apply_tuning_pass(target: Any, db: Any) -> Any:
     return _apply
 
 
-def _pipeline(target: Any, tuning_dir: str | None, tuning_records: Any = None) -> Any:
-    """The Relax → VM pipeline for ``target``: default passes, tuned schedules, dlight on GPUs."""
+def _default_schedules_pass(target: Any) -> Any:
+    """Module pass giving every CPU kernel without a tuning record its default schedule, then
+    replacing scalar libm ``erf`` calls with vectorizable polynomials (``vector_math``)."""
+    import tvm
+
+    from terrazzo.codegen.tuning.defaults import apply_default_schedules
+    from terrazzo.codegen.tuning.vector_math import apply_vector_math
+
+    @tvm.transform.module_pass(opt_level=0, name="TerrazzoDefaultSchedules")
+    def _apply(mod: Any, _ctx: Any) -> Any:
+        return apply_vector_math(apply_default_schedules(mod, target))
+
+    return _apply
+
+
+def _pipeline(
+    target: Any, tuning_dir: str | None, tuning_records: Any = None, defaults: bool = True
+) -> Any:
+    """The Relax → VM pipeline for ``target``: default passes, tuned schedules, then default
+    schedules for the rest (``tuning.defaults`` on CPUs, dlight on GPUs)."""
     import tvm
     from tvm import relax
     from tvm.s_tir import dlight as dl
@@ -86,6 +105,8 @@ def _pipeline(target: Any, tuning_dir: str | None, tuning_records: Any = None) -
         legalize.append(_apply_tuning_pass(target, tuning_records))
     if tuning_dir is not None:
         legalize.append(relax.transform.MetaScheduleApplyDatabase(work_dir=tuning_dir))
+    if not gpu and defaults:
+        legalize.append(_default_schedules_pass(target))
     if gpu:
         legalize.append(
             dl.ApplyDefaultSchedule(
@@ -276,14 +297,40 @@ def compile_module(
     tuning_dir = str(db) if isinstance(db, Path) else None
     records = db if db is not None and hasattr(db, "to_jsonl") else None
     mod = prepare_build_module(mod, tgt, lift_weights=lift_weights)
-    try:
+
+    def build(defaults: bool) -> Any:
         if db is not None and tuning_dir is None and records is None:
             with db:
-                return tvm.compile(mod, target=tgt, relax_pipeline=_pipeline(tgt, None))
-        return tvm.compile(mod, target=tgt, relax_pipeline=_pipeline(tgt, tuning_dir, records))
+                return tvm.compile(
+                    mod, target=tgt, relax_pipeline=_pipeline(tgt, None, defaults=defaults)
+                )
+        return tvm.compile(
+            mod, target=tgt, relax_pipeline=_pipeline(tgt, tuning_dir, records, defaults)
+        )
+
+    try:
+        try:
+            return build(defaults=True)
+        except Exception as e:
+            if "gpu" in tgt.keys or not _defaults_enabled():
+                raise
+            # A default schedule LLVM cannot build must not cost the user the build: say so
+            # once and build the plain loop nests (what every build did before defaults).
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            warnings.warn(
+                f"build with default CPU schedules failed ({first[:200]}); building without them",
+                stacklevel=2,
+            )
+            return build(defaults=False)
     except Exception as e:  # TVM raises its own error types; keep the first line
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CodegenError(f"TVM could not build for {t}: {first}") from e
+
+
+def _defaults_enabled() -> bool:
+    from terrazzo.codegen.tuning.defaults import enabled
+
+    return enabled()
 
 
 def cuda_source(executable: Any) -> str | None:

@@ -33,7 +33,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--trials", type=int, default=32, help="trials per kernel (default 32)")
     p.add_argument("--batch", type=int, default=4, help="candidates per round (default 4)")
     p.add_argument(
-        "--kernels", type=int, default=8, help="tune at most K hottest kernels per stage"
+        "--kernels",
+        type=int,
+        default=None,
+        help="tune at most K hottest kernels per stage (default: every kernel above 1%% of "
+        "the stage's predicted time)",
     )
     p.add_argument("--proposer", choices=("offline", "llm", "metaschedule"), default="offline")
     p.add_argument("--llm-url", help="OpenAI-compatible base URL (env TERRAZZO_LLM_URL)")
@@ -86,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     )
     from terrazzo.pipeline import load_model
 
-    if args.trials < 1 or args.kernels < 1 or args.batch < 1:
+    if args.trials < 1 or (args.kernels is not None and args.kernels < 1) or args.batch < 1:
         raise TerrazzoError("--trials, --batch and --kernels must be at least 1")
     from terrazzo.commands._common import shapes_from_args
 
@@ -219,7 +223,7 @@ def _run_metaschedule(
             target = tvm.target.Target(t)
             prepared = prepare_module(mod, target)
             kernels = extract_kernels(prepared, target)
-            for kernel, share in rank_kernels(kernels)[: args.kernels]:
+            for kernel, share in rank_kernels(kernels)[: args.kernels or 8]:
                 print(
                     f"{label}: {kernel.name} ({share:.0%}) with MetaSchedule, {args.trials} trials"
                 )

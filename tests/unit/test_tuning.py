@@ -452,3 +452,58 @@ def test_matmul_micro_kernel_variants_are_correct_with_and_without_epilogue() ->
     # The first round of a matmul mixes micro-kernel seeds with the generic tiled ones.
     notes = [p.note for p in OfflineProposer().propose(plain, TARGET, (), 4, hw)]
     assert sum("mk=1" in n for n in notes) == 2
+
+
+def test_cpu_records_are_keyed_by_the_measuring_cpu() -> None:
+    """A CPU record names the CPU model and ISA flags it was measured on; a database from a
+    different CPU (same target string) finds nothing here, so that machine retunes."""
+    import json
+
+    from terrazzo.codegen.tuning.database import cpu_fingerprint
+
+    key = json.loads(target_key(TARGET))
+    assert key["host_cpu"] == cpu_fingerprint()
+    model, _, isa = cpu_fingerprint().partition("|")
+    assert model and len(isa) == 12
+    other = json.dumps({**key, "host_cpu": "AMD EPYC 7763|0123456789ab"}, sort_keys=True,
+                       separators=(",", ":"))  # fmt: skip
+    db = TuningDatabase()
+    db.add(TuningRecord("h", other, '{"steps":[]}', 1e-3))
+    assert db.lookup("h", TARGET) is None
+    assert db.lookup("h", other) is not None
+
+
+def test_tuned_record_is_retimed_interleaved_and_carries_the_load(tmp_path) -> None:
+    kernel = analyse("mm", W.matmul(64, 64, 64))
+    db = TuningDatabase(tmp_path / "records.jsonl")
+    res = tune_kernel(
+        kernel,
+        TARGET,
+        OfflineProposer(),
+        TuneOptions(trials=5, batch=5, measure=FAST, finalists=3, retime_rounds=2),
+        db=db,
+    )
+    rec = res.record
+    assert rec is not None and rec.load_avg_1m is not None and rec.load_avg_1m >= 0
+    assert 1 <= len(rec.finalists_s) <= 3
+    assert list(rec.finalists_s) == sorted(rec.finalists_s)
+    # the record's figure is the re-timed median of the winner, not its search-time timing
+    assert rec.latency_s == rec.finalists_s[0] == res.best_latency_s
+    again = TuningDatabase.from_jsonl(db.to_jsonl())
+    assert again.lookup(kernel.workload_hash, TARGET) == rec
+
+
+def test_default_budget_tunes_every_kernel_above_one_percent() -> None:
+    mod = W.mlp_module(8, 64, 128, 10)
+    kernels = extract_kernels(mod, TARGET)
+    ranked = rank_kernels(kernels)
+    hot = [k.workload_hash for k, share in ranked if share >= 0.01]
+    seen: list[str] = []
+    tune_module(
+        mod,
+        TARGET,
+        OfflineProposer,
+        TuneOptions(trials=1, batch=1, measure=FAST, finalists=0),
+        on_kernel=lambda k, share: seen.append(k.workload_hash),
+    )
+    assert seen == hot and len(hot) >= 2

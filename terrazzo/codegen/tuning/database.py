@@ -8,6 +8,8 @@ bundle can be applied without executing anything.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
 import tempfile
@@ -25,8 +27,45 @@ FORMAT_VERSION = 1
 _TARGET_KEY_ATTRS = ("mcpu", "mtriple", "mattr", "arch", "mabi")
 
 
+#: ``/proc/cpuinfo`` flags that change what a CPU kernel compiles to or how fast it runs.
+_ISA_FLAG_PREFIXES = ("avx", "sse", "ssse", "fma", "f16c", "amx", "bmi", "popcnt", "vnni")
+
+
+@functools.cache
+def cpu_fingerprint() -> str:
+    """This machine's CPU identity for tuning records: ``"<model name>|<isa hash>"``.
+
+    The model name and a hash of the ISA flags (AVX*, SSE*, FMA, AMX, ...) in
+    ``/proc/cpuinfo``. Part of every CPU record's key (:func:`target_key`), because a record
+    is a measurement on the CPU it ran on: the build target's ``-mcpu`` alone does not name
+    the machine (two hosts differing in AVX-512 or cache sizes can share a target string,
+    and one machine's ``-mcpu`` is another's illegal instruction), so a different CPU finds
+    no records and retunes. ``"unknown"`` where ``/proc/cpuinfo`` cannot be read.
+    """
+    model, flags = "", ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name" and not model:
+                    model = value.strip()
+                elif key in ("flags", "Features") and not flags:
+                    flags = value
+                if model and flags:
+                    break
+    except OSError:
+        return "unknown"
+    isa = sorted(f for f in flags.split() if f.startswith(_ISA_FLAG_PREFIXES))
+    digest = hashlib.sha256(" ".join(isa).encode()).hexdigest()[:12]
+    return f"{model or 'unknown'}|{digest}"
+
+
 def target_key(target: Any) -> str:
-    """Canonical text naming a target for the database (kind + CPU/GPU identity)."""
+    """Canonical text naming a target for the database (kind + CPU/GPU identity).
+
+    CPU (``llvm``) keys also carry :func:`cpu_fingerprint` of the machine that measured.
+    """
     import tvm
 
     if isinstance(target, Mapping):
@@ -43,6 +82,8 @@ def target_key(target: Any) -> str:
                 if not isinstance(v, str) and hasattr(v, "__iter__")
                 else str(v)
             )
+    if parts["kind"] in ("llvm", "c"):
+        parts["host_cpu"] = cpu_fingerprint()
     return json.dumps(parts, sort_keys=True, separators=(",", ":"))
 
 
@@ -61,6 +102,10 @@ class TuningRecord:
     trials: int = 0
     created_unix_s: float = field(default_factory=time.time)
     version: int = FORMAT_VERSION
+    #: 1-minute load average when the record was measured (None: not recorded)
+    load_avg_1m: float | None = None
+    #: the median latencies of the finalists re-timed interleaved, fastest first (seconds)
+    finalists_s: tuple[float, ...] = ()
 
     def to_json(self) -> str:
         """One JSON line (stable key order)."""
@@ -80,6 +125,8 @@ class TuningRecord:
         if not isinstance(data, dict):
             raise TuningError("tuning record must be a JSON object")
         try:
+            if isinstance(data.get("finalists_s"), list):
+                data["finalists_s"] = tuple(data["finalists_s"])
             rec = TuningRecord(**data)
         except TypeError as e:
             raise TuningError(f"tuning record has wrong fields: {e}") from None
@@ -219,6 +266,7 @@ __all__ = [
     "TuningDatabase",
     "TuningRecord",
     "apply_tuning",
+    "cpu_fingerprint",
     "default_database_path",
     "target_key",
 ]
