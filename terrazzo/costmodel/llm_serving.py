@@ -257,8 +257,8 @@ class _Replica:
         weights = self.cfg.weight_bytes(self.precision) / self.n / bw
         return max(compute, weights) + self._comm(prompts * isl) + self._p2p()
 
-    def max_batch_memory(self, ctx: int) -> int:
-        free = self.dev.mem_bytes * llm.MEM_UTILISATION - self.weights_per_device()
+    def max_batch_memory(self, ctx: int, utilisation: float = llm.MEM_UTILISATION) -> int:
+        free = self.dev.mem_bytes * utilisation - self.weights_per_device()
         per_seq = llm.kv_cache_bytes(self.cfg, ctx, 1, self.precision) / self.n
         return max(0, int(free // per_seq)) if per_seq > 0 else MAX_BATCH
 
@@ -361,7 +361,9 @@ def estimate_serving(
                 continue
             hi = min(hi_mem, MAX_BATCH)
             if batch is not None:
-                if batch > hi_mem:
+                # A pinned batch is a configuration someone ran: hold it to the whole memory,
+                # not to the MEM_UTILISATION headroom the estimate leaves itself.
+                if batch > rep.max_batch_memory(isl + osl, 1.0):
                     misses.append(f"tp={t} pp={p}: batch {batch} needs more than the memory holds ({hi_mem})")
                     continue
                 b, binding = batch, "fixed"
