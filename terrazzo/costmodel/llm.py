@@ -16,6 +16,8 @@ from terrazzo.costmodel.catalog import DeviceSpec
 from terrazzo.costmodel.efficiency import (
     DEFAULT_LAUNCH_OVERHEAD_S,
     LINK_LATENCY_S,
+    ONESHOT_ALLREDUCE_LATENCY_S,
+    ONESHOT_ALLREDUCE_MIN_SCALEUP_BW,
     Efficiency,
     default_efficiency,
 )
@@ -167,8 +169,11 @@ def allreduce_latency_s(nbytes: float, tp: int, dev: DeviceSpec) -> float:
 
     Ring: 2(p−1)/p · n / bw + 2(p−1)·α (bandwidth-optimal, for large messages). Tree
     (NCCL's double binary tree): 2·n / bw + 2·⌈log2 p⌉·α (latency-optimal, for the small
-    per-token activations of decode). NCCL chooses the algorithm by message size; the
-    model takes the faster of the two. α is the scale-up link's latency.
+    per-token activations of decode). On NVIDIA GPUs with NVLink, LLM servers use a one-shot
+    custom all-reduce for small messages: every GPU reads its ``p−1`` peers' buffers and
+    reduces locally, ``(p−1)·n / bw + α₁`` with α₁ = ``ONESHOT_ALLREDUCE_LATENCY_S`` (measured,
+    see ``efficiency``). The model takes the fastest available algorithm, as the libraries do
+    by message size. α is the scale-up link's latency per ring/tree step.
     """
     if tp <= 1:
         return 0.0
@@ -176,7 +181,10 @@ def allreduce_latency_s(nbytes: float, tp: int, dev: DeviceSpec) -> float:
     alpha = LINK_LATENCY_S["scaleup"]
     ring = 2.0 * (tp - 1) / tp * nbytes / bw + 2.0 * (tp - 1) * alpha
     tree = 2.0 * nbytes / bw + 2.0 * math.ceil(math.log2(tp)) * alpha
-    return min(ring, tree)
+    best = min(ring, tree)
+    if dev.vendor == "nvidia" and dev.kind == "gpu" and bw >= ONESHOT_ALLREDUCE_MIN_SCALEUP_BW:
+        best = min(best, (tp - 1) * nbytes / bw + ONESHOT_ALLREDUCE_LATENCY_S)
+    return best
 
 
 def _tp_comm_s(

@@ -240,22 +240,33 @@ class _Replica:
         return (self.pp - 1) * LINK_LATENCY_S["scaleup"]
 
     def decode_s(self, batch: int, ctx: int) -> float:
+        """Time between two tokens of a sequence at ``batch`` concurrent sequences.
+
+        With ``pp`` stages the batch runs as ``pp`` micro-batches; each stage streams its share of
+        the weights once per micro-batch, and a token crosses every stage: the latency is ``pp``
+        stage times (so PP divides memory, not the per-token weight traffic).
+        """
+        mb = math.ceil(batch / self.pp)
         peak = self.dev.peak_flops_per_s(self.precision) * self.eff.compute
         bw = self.dev.mem_bw_bytes_per_s * self.eff.memory
-        gemm = 2.0 * self.cfg.params * batch / self.n / peak
+        gemm = 2.0 * self.cfg.params * mb / self.n / peak
         weights = self.cfg.weight_bytes(self.precision) / self.n / bw
-        attn_flops = 4.0 * self.cfg.layers * ctx * self.cfg.d_model * batch / self.n / peak
-        kv = llm.kv_cache_bytes(self.cfg, ctx, batch, self.precision) / self.n / bw
-        return max(gemm, weights) + max(kv, attn_flops) + self._comm(batch) + self._p2p()
+        attn_flops = 4.0 * self.cfg.layers * ctx * self.cfg.d_model * mb / self.n / peak
+        kv = llm.kv_cache_bytes(self.cfg, ctx, mb, self.precision) / self.n / bw
+        stage = max(gemm, weights) + max(kv, attn_flops) + self._comm(mb) / self.pp
+        return self.pp * stage + self._p2p()
 
-    def prefill_s(self, prompts: int, isl: int) -> float:
+    def prefill_s(self, prompts: int, isl: int, *, latency: bool = False) -> float:
+        """Prefill of ``prompts`` prompts: pipelined over the stages for throughput; for one
+        prompt's latency (``latency=True``) the stages run one after the other."""
         if prompts <= 0:
             return 0.0
         peak = self.dev.peak_flops_per_s(self.precision) * self.eff.compute
         bw = self.dev.mem_bw_bytes_per_s * self.eff.memory
         compute = llm.prefill_flops(self.cfg, isl, prompts) / self.n / peak
         weights = self.cfg.weight_bytes(self.precision) / self.n / bw
-        return max(compute, weights) + self._comm(prompts * isl) + self._p2p()
+        stages = self.pp if latency else 1
+        return stages * max(compute, weights) + self._comm(prompts * isl) / (1 if latency else self.pp) + self._p2p()
 
     def max_batch_memory(self, ctx: int, utilisation: float = llm.MEM_UTILISATION) -> int:
         free = self.dev.mem_bytes * utilisation - self.weights_per_device()
@@ -270,7 +281,7 @@ class _Replica:
         step = self.decode_s(batch, isl + osl // 2)
         cycle = self.prefill_s(batch, isl) + osl * step
         tbt = cycle / osl
-        ttft = self.prefill_s(1, isl) + step
+        ttft = self.prefill_s(1, isl, latency=True) + step
         return batch * osl / cycle, ttft, tbt
 
 
