@@ -34,9 +34,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write_result  # noqa: E402
-
 import yaml  # noqa: E402
+from _common import write_result  # noqa: E402
 
 from terrazzo.costmodel import llm  # noqa: E402
 from terrazzo.costmodel.catalog import DeviceSpec, load_catalog  # noqa: E402
@@ -49,7 +48,13 @@ from terrazzo.costmodel.llm_serving import (  # noqa: E402
 from terrazzo.errors import CostModelError  # noqa: E402
 
 DATA = Path(__file__).resolve().parent / "data" / "llm_public_results.csv"
-EFF_FILE = Path(__file__).resolve().parent.parent / "terrazzo" / "costmodel" / "data" / "llm_efficiency.yaml"
+EFF_FILE = (
+    Path(__file__).resolve().parent.parent
+    / "terrazzo"
+    / "costmodel"
+    / "data"
+    / "llm_efficiency.yaml"
+)
 TARGET = 0.25
 # Physically plausible ranges the fit may not leave: serving GEMMs reach 15-90 % of dense tensor
 # peak; decode's weight and KV streams reach 50-95 % of HBM bandwidth (STREAM-like kernels; Azure
@@ -169,10 +174,14 @@ def ranking(rows: list[Row]) -> dict[str, Any]:
     for r in rows:
         groups[(r["kind"], r["model"], r["scenario"], r["isl"], r["osl"])].append(r)
     pairs, right, wrong = 0, 0, []
-    for key, rs in groups.items():
+    for rs in groups.values():
         for i, a in enumerate(rs):
             for b in rs[i + 1 :]:
-                if a["accelerator"] == b["accelerator"] or math.isnan(a["error"]) or math.isnan(b["error"]):
+                if (
+                    a["accelerator"] == b["accelerator"]
+                    or math.isnan(a["error"])
+                    or math.isnan(b["error"])
+                ):
                     continue
                 ma, mb = a["tokens_per_s"] / a["count"], b["tokens_per_s"] / b["count"]
                 pa, pb = a["predicted"] / a["count"], b["predicted"] / b["count"]
@@ -181,7 +190,12 @@ def ranking(rows: list[Row]) -> dict[str, Any]:
                     right += 1
                 else:
                     wrong.append(f"{a['id']} vs {b['id']}")
-    return {"pairs": pairs, "right": right, "all_right": pairs > 0 and right == pairs, "wrong": wrong}
+    return {
+        "pairs": pairs,
+        "right": right,
+        "all_right": pairs > 0 and right == pairs,
+        "wrong": wrong,
+    }
 
 
 def write_efficiency(table: Mapping[str, ServingEfficiency], rows: list[Row]) -> None:
@@ -191,14 +205,17 @@ def write_efficiency(table: Mapping[str, ServingEfficiency], rows: list[Row]) ->
     for r in rows:
         counts[r["accelerator"]] += 1
     raw["classes"] = {
-        n: {"compute": e.compute, "memory": e.memory, "rows": counts[n]} for n, e in sorted(table.items())
+        n: {"compute": e.compute, "memory": e.memory, "rows": counts[n]}
+        for n, e in sorted(table.items())
     }
     EFF_FILE.write_text("\n".join(header) + "\n" + yaml.safe_dump(raw, sort_keys=False))
 
 
 def _print(title: str, rows: list[Row]) -> None:
     print(f"\n{title}")
-    print(f"{'id':<34} {'acc':>7} {'n':>2} {'prec':>4} {'scen':>7} {'isl/osl':>10} {'measured':>9} {'predicted':>9} {'err':>7}")
+    print(
+        f"{'id':<34} {'acc':>7} {'n':>2} {'prec':>4} {'scen':>7} {'isl/osl':>10} {'measured':>9} {'predicted':>9} {'err':>7}"
+    )
     for r in rows:
         err = "  n/a" if math.isnan(r["error"]) else f"{r['error']:+7.1%}"
         print(f"{r['id']:<34} {r['accelerator']:>7} {r['count']:>2} {r['precision']:>4} {r['scenario']:>7} "
@@ -211,8 +228,12 @@ def _fmt_med(m: dict[str, Any]) -> str:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--write-efficiency", action="store_true", help="store the all-rows fit in the package data")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--write-efficiency", action="store_true", help="store the all-rows fit in the package data"
+    )
     args = ap.parse_args()
     t0 = time.perf_counter()
     rows = load_rows()
@@ -248,17 +269,28 @@ def main() -> int:
         "fitted_llama2_only": {n: {"compute": e.compute, "memory": e.memory} for n, e in fit_l2.items()},
         "rows": len(rows), "seconds": time.perf_counter() - t0,
     }  # fmt: skip
-    print("\nFitted efficiencies (compute = fraction of peak FLOP/s, memory = fraction of HBM bandwidth):")
+    print(
+        "\nFitted efficiencies (compute = fraction of peak FLOP/s, memory = fraction of HBM bandwidth):"
+    )
     for n, e in fitted.items():
         print(f"  {n:<8} compute {e.compute:.2f}  memory {e.memory:.2f}")
-    for label, key in (("in-sample", "in_sample"), ("held-out by model", "by_model"), ("leave-one-out", "leave_one_out")):
+    for label, key in (
+        ("in-sample", "in_sample"),
+        ("held-out by model", "by_model"),
+        ("leave-one-out", "leave_one_out"),
+    ):
         print(f"median |error| {label}: {_fmt_med(summary[key])}")
-        print(f"    per accelerator: " + ", ".join(f"{a} {v:.1%}" for a, v in summary[key]["per_accelerator"].items() if v is not None))  # fmt: skip
+        print("    per accelerator: " + ", ".join(f"{a} {v:.1%}" for a, v in summary[key]["per_accelerator"].items() if v is not None))  # fmt: skip
     for key in ("ranking_in_sample", "ranking_leave_one_out"):
         rk = summary[key]
-        print(f"{key}: {rk['right']}/{rk['pairs']} pairs ordered right" + (f"; wrong: {rk['wrong']}" if rk["wrong"] else ""))
+        print(
+            f"{key}: {rk['right']}/{rk['pairs']} pairs ordered right"
+            + (f"; wrong: {rk['wrong']}" if rk["wrong"] else "")
+        )
     ok = (summary["in_sample"]["fp8_offline_and_server"] or 1.0) <= TARGET
-    print(f"target (median |error| <= {TARGET:.0%}, FP8 offline+server, in-sample): {'met' if ok else 'NOT met'}")
+    print(
+        f"target (median |error| <= {TARGET:.0%}, FP8 offline+server, in-sample): {'met' if ok else 'NOT met'}"
+    )
     if args.write_efficiency:
         write_efficiency(fitted, rows)
         print(f"wrote {EFF_FILE}")

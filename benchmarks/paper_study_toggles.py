@@ -60,7 +60,9 @@ def patched(obj: Any, **attrs: Any) -> Iterator[None]:
             setattr(obj, k, v)
 
 
-def _with_efficiency(table: dict[str, tuple[float, float]]) -> tuple[Callable[..., float], Callable[..., float]]:
+def _with_efficiency(
+    table: dict[str, tuple[float, float]],
+) -> tuple[Callable[..., float], Callable[..., float]]:
     pre, dec = llm.prefill_latency_s, llm.decode_step_latency_s
 
     def prefill(cfg: Any, dev: DeviceSpec, *a: Any, **k: Any) -> float:
@@ -126,7 +128,9 @@ def summarise(res: Any) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def tbt_breakdown(profile: str = "paper-2025", ar: Callable[..., float] | None = None) -> list[dict[str, Any]]:
+def tbt_breakdown(
+    profile: str = "paper-2025", ar: Callable[..., float] | None = None
+) -> list[dict[str, Any]]:
     """Where the 20 ms of the headline cell's TBT go, for a Gaudi3 and a B200 decode at TP8."""
     cat = load_catalog(profile)
     cfg = llm.PRESETS["llama3-70b"]
@@ -137,7 +141,11 @@ def tbt_breakdown(profile: str = "paper-2025", ar: Callable[..., float] | None =
             tp, ctx = 8, 512 + 4096
             eff = default_efficiency(dev.kind, "llm_decode")
             weights = cfg.weight_bytes("fp16") / tp / (dev.mem_bw_bytes_per_s * eff.memory)
-            kv = llm.kv_cache_bytes(cfg, ctx, batch, "fp16") / tp / (dev.mem_bw_bytes_per_s * eff.memory)
+            kv = (
+                llm.kv_cache_bytes(cfg, ctx, batch, "fp16")
+                / tp
+                / (dev.mem_bw_bytes_per_s * eff.memory)
+            )
             act = batch * cfg.d_model * 2
             comm = 2 * cfg.layers * (ar or llm.allreduce_latency_s)(act, tp, dev)
             launch = cfg.layers * llm.DEFAULT_LAUNCH_OVERHEAD_S[dev.kind]
@@ -149,7 +157,11 @@ def tbt_breakdown(profile: str = "paper-2025", ar: Callable[..., float] | None =
 
 def variants() -> list[tuple[str, str, Callable[[], Any]]]:
     """(name, what changes, context manager factory + catalog) for every variant."""
-    fitted = {n: (e.compute, e.memory) for n, e in load_efficiencies().items() if n in ("h100", "b200", "gaudi3")}
+    fitted = {
+        n: (e.compute, e.memory)
+        for n, e in load_efficiencies().items()
+        if n in ("h100", "b200", "gaudi3")
+    }
     pre, dec = _with_efficiency(fitted)
     pre2, dec2 = _with_efficiency({k: v for k, v in fitted.items() if k != "h100"})
     no_launch = MappingProxyType({"cpu": 0.0, "gpu": 0.0, "accelerator": 0.0})
@@ -190,7 +202,9 @@ def run_variant(factory: Callable[[], Any]) -> dict[str, Any]:
         ds = _catalog("datasheet", gaudi3={"peak_tflops": {"fp8": 3670.0}})
     cat = load_catalog(cat_or_profile) if isinstance(cat_or_profile, str) else cat_or_profile
     with ctx:
-        res = run_study(cat, StudyOptions(devices=DEVICES, tbt_s=tbt), datasheet=ds, profile="paper-2025")
+        res = run_study(
+            cat, StudyOptions(devices=DEVICES, tbt_s=tbt), datasheet=ds, profile="paper-2025"
+        )
     return summarise(res)
 
 

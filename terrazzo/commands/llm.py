@@ -7,7 +7,9 @@ from typing import Any
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("llm", help="LLM serving estimates (tokens/s, TTFT, TBT) per device class")
+    p = subparsers.add_parser(
+        "llm", help="LLM serving estimates (tokens/s, TTFT, TBT) per device class"
+    )
     sub = p.add_subparsers(dest="llm_command", metavar="COMMAND")
     s = sub.add_parser(
         "estimate",
@@ -20,18 +22,28 @@ def register(subparsers: Any) -> None:
     )
     s.add_argument("--model", required=True, help="preset (llama2-70b, llama3.1-8b, llama3.1-70b, "
                    "llama3.1-405b, llama3-8b, llama3-70b) or a Hugging Face model directory")  # fmt: skip
-    s.add_argument("--device", required=True, help="device class of the catalog (h100, h200, b200, mi300x, ...)")
-    s.add_argument("--count", type=int, default=8, help="devices in the node serving together (default 8)")
+    s.add_argument(
+        "--device",
+        required=True,
+        help="device class of the catalog (h100, h200, b200, mi300x, ...)",
+    )
+    s.add_argument(
+        "--count", type=int, default=8, help="devices in the node serving together (default 8)"
+    )
     s.add_argument("--precision", default="fp8", choices=["fp16", "bf16", "fp8", "fp4"])
     s.add_argument("--isl", type=int, required=True, help="input (prompt) tokens per request")
     s.add_argument("--osl", type=int, required=True, help="output tokens per request")
     s.add_argument("--scenario", default="offline", choices=["offline", "server", "interactive"])
     s.add_argument("--ttft-ms", type=float, help="p99 TTFT bound in ms (server/interactive)")
-    s.add_argument("--tbt-ms", type=float, help="p99 time between tokens bound in ms (server/interactive)")
+    s.add_argument(
+        "--tbt-ms", type=float, help="p99 time between tokens bound in ms (server/interactive)"
+    )
     s.add_argument("--tp", type=int, help="pin the tensor-parallel degree")
     s.add_argument("--pp", type=int, help="pin the pipeline-parallel degree")
     s.add_argument("--batch", type=int, help="pin the concurrent sequences per replica")
-    s.add_argument("--profile", default="datasheet", help="catalog profile or YAML (default datasheet)")
+    s.add_argument(
+        "--profile", default="datasheet", help="catalog profile or YAML (default datasheet)"
+    )
     s.add_argument("--json", action="store_true", help="print the estimate as JSON")
     s.set_defaults(func=run)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
@@ -44,7 +56,9 @@ def run(args: argparse.Namespace) -> int:
     from terrazzo.errors import CostModelError
 
     if args.scenario == "offline" and (args.ttft_ms is not None or args.tbt_ms is not None):
-        raise CostModelError("--ttft-ms/--tbt-ms bound server and interactive scenarios; offline has none")
+        raise CostModelError(
+            "--ttft-ms/--tbt-ms bound server and interactive scenarios; offline has none"
+        )
     cfg = resolve_model(args.model)
     dev = load_catalog(args.profile)[args.device]
     est = estimate_serving(

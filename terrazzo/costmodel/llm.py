@@ -97,9 +97,7 @@ PRESETS: Mapping[str, LLMConfig] = MappingProxyType(
         "llama3-70b": LLMConfig("llama3-70b", 80, 8192, 64, 8, 28672, 128256, 70_553_706_496),
         # Same shapes as Llama 3 (hf meta-llama/Llama-3.1-8B, -70B config.json).
         "llama3.1-8b": LLMConfig("llama3.1-8b", 32, 4096, 32, 8, 14336, 128256, 8_030_261_248),
-        "llama3.1-70b": LLMConfig(
-            "llama3.1-70b", 80, 8192, 64, 8, 28672, 128256, 70_553_706_496
-        ),
+        "llama3.1-70b": LLMConfig("llama3.1-70b", 80, 8192, 64, 8, 28672, 128256, 70_553_706_496),
         # hf meta-llama/Llama-3.1-405B config.json: 126 layers, d 16384, 128 heads, 8 KV heads.
         "llama3.1-405b": LLMConfig.llama("llama3.1-405b", 126, 16384, 128, 8, 53248, 128256),
         # hf meta-llama/Llama-2-70b-hf config.json (the MLPerf Inference LLM since v4.0).

@@ -266,7 +266,11 @@ class _Replica:
         compute = llm.prefill_flops(self.cfg, isl, prompts) / self.n / peak
         weights = self.cfg.weight_bytes(self.precision) / self.n / bw
         stages = self.pp if latency else 1
-        return stages * max(compute, weights) + self._comm(prompts * isl) / (1 if latency else self.pp) + self._p2p()
+        return (
+            stages * max(compute, weights)
+            + self._comm(prompts * isl) / (1 if latency else self.pp)
+            + self._p2p()
+        )
 
     def max_batch_memory(self, ctx: int, utilisation: float = llm.MEM_UTILISATION) -> int:
         free = self.dev.mem_bytes * utilisation - self.weights_per_device()
@@ -338,9 +342,13 @@ def estimate_serving(
             (the message names the closest miss).
     """
     if scenario not in SCENARIOS:
-        raise CostModelError(f"unknown scenario {scenario!r}; expected one of {', '.join(SCENARIOS)}")
+        raise CostModelError(
+            f"unknown scenario {scenario!r}; expected one of {', '.join(SCENARIOS)}"
+        )
     if precision not in PRECISIONS:
-        raise CostModelError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
+        raise CostModelError(
+            f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}"
+        )
     for label, v in (("count", count), ("isl", isl), ("osl", osl)):
         if not isinstance(v, int) or v < 1:
             raise CostModelError(f"{label} must be a positive integer, found {v!r}")
@@ -360,7 +368,9 @@ def estimate_serving(
     misses: list[str] = []
     for t in tps:
         if t < 1 or t > dev.chassis_size or t > count:
-            raise CostModelError(f"tp={t} must be in [1, min(count={count}, chassis={dev.chassis_size})]")
+            raise CostModelError(
+                f"tp={t} must be in [1, min(count={count}, chassis={dev.chassis_size})]"
+            )
         pps = [pp] if pp is not None else [p for p in _pow2_upto(count // t)]
         for p in pps:
             if p < 1 or t * p > count:
@@ -375,7 +385,9 @@ def estimate_serving(
                 # A pinned batch is a configuration someone ran: hold it to the whole memory,
                 # not to the MEM_UTILISATION headroom the estimate leaves itself.
                 if batch > rep.max_batch_memory(isl + osl, 1.0):
-                    misses.append(f"tp={t} pp={p}: batch {batch} needs more than the memory holds ({hi_mem})")
+                    misses.append(
+                        f"tp={t} pp={p}: batch {batch} needs more than the memory holds ({hi_mem})"
+                    )
                     continue
                 b, binding = batch, "fixed"
             else:
@@ -387,7 +399,9 @@ def estimate_serving(
                 b = _largest(ok, hi)
                 if b < 1:
                     _, ttft1, tbt1 = rep.figures(1, isl, osl)
-                    misses.append(f"tp={t} pp={p}: batch 1 gives TTFT {ttft1 * 1e3:.1f} ms, TBT {tbt1 * 1e3:.1f} ms")
+                    misses.append(
+                        f"tp={t} pp={p}: batch 1 gives TTFT {ttft1 * 1e3:.1f} ms, TBT {tbt1 * 1e3:.1f} ms"
+                    )
                     continue
                 binding = (
                     "memory" if b == hi_mem else "max_batch" if b == MAX_BATCH
@@ -419,7 +433,11 @@ def estimate_serving(
                 f"sequence does not fit {count} x {dev.name} ({dev.mem_bytes / 1e9:.0f} GB, "
                 f"{llm.MEM_UTILISATION:.0%} usable) in any TP/PP split"
             )
-        bounds = f"TTFT <= {ttft_s * 1e3:.0f} ms, TBT <= {tbt_s * 1e3:.1f} ms" if ttft_s and tbt_s else "the bounds"
+        bounds = (
+            f"TTFT <= {ttft_s * 1e3:.0f} ms, TBT <= {tbt_s * 1e3:.1f} ms"
+            if ttft_s and tbt_s
+            else "the bounds"
+        )
         raise CostModelError(
             f"no TP/PP split of {count} x {dev.name} meets {bounds} for {cfg.name} {precision}; "
             f"at the widest split tried: {misses[-1] if misses else 'none'}"

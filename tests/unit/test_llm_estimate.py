@@ -43,14 +43,19 @@ def test_cli_json_keys_and_consistency(capsys: pytest.CaptureFixture[str]) -> No
 
 def test_more_devices_more_tokens() -> None:
     cfg = llm.PRESETS["llama3.1-70b"]
-    tok = [estimate_serving(cfg, CAT["h100"], n, "fp8", 512, 512, "server").tokens_per_s for n in (1, 2, 4, 8)]
+    tok = [
+        estimate_serving(cfg, CAT["h100"], n, "fp8", 512, 512, "server").tokens_per_s
+        for n in (1, 2, 4, 8)
+    ]
     assert all(b > a for a, b in zip(tok, tok[1:], strict=False)), tok
 
 
 def test_tighter_tbt_smaller_batch() -> None:
     cfg = llm.PRESETS["llama3.1-8b"]
     batches = [
-        estimate_serving(cfg, CAT["h100"], 1, "fp8", 512, 512, "interactive", ttft_s=2.0, tbt_s=t).batch
+        estimate_serving(
+            cfg, CAT["h100"], 1, "fp8", 512, 512, "interactive", ttft_s=2.0, tbt_s=t
+        ).batch
         for t in (0.100, 0.050, 0.030, 0.020)
     ]
     assert all(b <= a for a, b in zip(batches, batches[1:], strict=False)), batches
@@ -61,7 +66,10 @@ def test_offline_batch_is_memory_bound() -> None:
     e = estimate_serving(llm.PRESETS["llama3.1-8b"], CAT["l40s"], 1, "fp16", 2048, 2048, "offline")
     assert e.binding == "memory"
     kv = llm.kv_cache_bytes(llm.PRESETS["llama3.1-8b"], 4096, e.batch + 1, "fp16")
-    assert llm.PRESETS["llama3.1-8b"].weight_bytes("fp16") + kv > CAT["l40s"].mem_bytes * llm.MEM_UTILISATION
+    assert (
+        llm.PRESETS["llama3.1-8b"].weight_bytes("fp16") + kv
+        > CAT["l40s"].mem_bytes * llm.MEM_UTILISATION
+    )
 
 
 def test_fp4_halves_weights_and_needs_hardware() -> None:
@@ -86,7 +94,9 @@ def test_fp4_halves_weights_and_needs_hardware() -> None:
         (["--model", "llama2-70b", "--device", "h100", "--isl", "0", "--osl", "8"], "isl must be"),
     ],
 )  # fmt: skip
-def test_bad_input_one_line_exit_2(argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_input_one_line_exit_2(
+    argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["llm", "estimate", *argv]) == 2
     cap = capsys.readouterr()
     assert cap.out == ""
@@ -104,8 +114,32 @@ def test_hf_config_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     cfg = config_from_hf(tmp_path)
     # Same shapes as Llama 3 8B: the derived parameter count is the published one.
     assert cfg.params == llm.PRESETS["llama3-8b"].params
-    out = _json(capsys, "--model", str(tmp_path), "--device", "h100", "--count", "1", "--isl", "512", "--osl", "512")
-    ref = _json(capsys, "--model", "llama3-8b", "--device", "h100", "--count", "1", "--isl", "512", "--osl", "512")
+    out = _json(
+        capsys,
+        "--model",
+        str(tmp_path),
+        "--device",
+        "h100",
+        "--count",
+        "1",
+        "--isl",
+        "512",
+        "--osl",
+        "512",
+    )
+    ref = _json(
+        capsys,
+        "--model",
+        "llama3-8b",
+        "--device",
+        "h100",
+        "--count",
+        "1",
+        "--isl",
+        "512",
+        "--osl",
+        "512",
+    )
     assert out["tokens_per_s"] == pytest.approx(ref["tokens_per_s"])
 
 
