@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from terrazzo.errors import CostModelError
 
-DTYPES = ("fp32", "tf32", "fp16", "bf16", "fp8", "int8")
+DTYPES = ("fp32", "tf32", "fp16", "bf16", "fp8", "fp4", "int8")
 PROFILES = ("datasheet", "paper-2025")
 
 # Where a dtype has no native rate, the next entries are tried in order.
@@ -31,6 +31,7 @@ _DTYPE_FALLBACK = {
     "fp16": ("fp16", "bf16", "fp32"),
     "bf16": ("bf16", "fp16", "fp32"),
     "fp8": ("fp8", "int8", "fp16", "bf16"),
+    "fp4": ("fp4", "fp8", "int8", "fp16", "bf16"),
     "int8": ("int8", "fp8", "fp16", "bf16"),
 }
 # ir dtype names → catalog dtype keys.
@@ -172,6 +173,7 @@ class PeakTflops(_Strict):
     fp16: float = Field(ge=0, description="dense FP16 tensor TFLOPs")
     bf16: float = Field(ge=0, description="dense BF16 tensor TFLOPs")
     fp8: float = Field(ge=0, description="dense FP8 tensor TFLOPs")
+    fp4: float = Field(default=0.0, ge=0, description="dense FP4 tensor TFLOPs (0 = none)")
     int8: float = Field(ge=0, description="dense INT8 tensor TOPs")
 
 

@@ -100,6 +100,16 @@ LINK_LATENCY_S: Mapping[str, float] = MappingProxyType(
 )
 
 
+# Fixed cost of a latency-optimised one-shot all-reduce (each GPU reads its peers' buffers over
+# NVLink and reduces locally: TensorRT-LLM / vLLM / SGLang "custom all-reduce", used for decode
+# activations up to a few MB). Measured on 8x H100 NVSwitch (sglang PR #2904, 2025-01): 5.7-5.9 us
+# for <= 4 KB and 7.8 us for 32 KB at TP8 (vLLM's variant 9-12 us); ai-dynamo/aiconfigurator
+# PR #1062 found a 15 us floor too high for the same kernels. Only NVLink GPUs: no published
+# small-message figures were found for RCCL/HCCL, which keep NCCL-style ring/tree.
+ONESHOT_ALLREDUCE_LATENCY_S = 6e-6
+ONESHOT_ALLREDUCE_MIN_SCALEUP_BW = 100e9  # NVLink-class peer links (not PCIe)
+
+
 def default_efficiency(kind: str, op_class: str) -> Efficiency:
     """The prior efficiency for a device kind and op class (``other`` when the class is unlisted)."""
     table = DEFAULT_EFFICIENCY.get(kind)

@@ -16,6 +16,8 @@ from terrazzo.costmodel.catalog import DeviceSpec
 from terrazzo.costmodel.efficiency import (
     DEFAULT_LAUNCH_OVERHEAD_S,
     LINK_LATENCY_S,
+    ONESHOT_ALLREDUCE_LATENCY_S,
+    ONESHOT_ALLREDUCE_MIN_SCALEUP_BW,
     Efficiency,
     default_efficiency,
 )
@@ -23,6 +25,10 @@ from terrazzo.costmodel.transfer import link_between
 from terrazzo.errors import CostModelError
 
 DTYPE_BYTES: Mapping[str, int] = MappingProxyType({"fp32": 4, "fp16": 2, "bf16": 2, "fp8": 1})
+# FP4 (NVFP4 / MXFP4) stores weights in half a byte; the KV cache and the activations that
+# cross the TP all-reduce stay FP8, as in the MLPerf FP4 submissions (weights-only FP4).
+WEIGHT_BYTES: Mapping[str, float] = MappingProxyType({**DTYPE_BYTES, "fp4": 0.5})
+_KV_DTYPE: Mapping[str, str] = MappingProxyType({"fp4": "fp8"})
 # Fraction of device memory usable for weights + KV cache (the rest: activations, workspace).
 MEM_UTILISATION = 0.90
 
@@ -74,7 +80,9 @@ class LLMConfig:
         return self.d_model // self.heads
 
     def weight_bytes(self, dtype: str = "fp16") -> int:
-        """Bytes of all weights at ``dtype``."""
+        """Bytes of all weights at ``dtype`` (fp4: half a byte per parameter)."""
+        if dtype in WEIGHT_BYTES and dtype not in DTYPE_BYTES:
+            return math.ceil(self.params * WEIGHT_BYTES[dtype])
         return self.params * dtype_bytes(dtype)
 
     def kv_bytes_per_token(self, dtype: str = "fp16") -> int:
@@ -87,6 +95,14 @@ PRESETS: Mapping[str, LLMConfig] = MappingProxyType(
         # Meta Llama 3 model card / config.json (hf meta-llama/Meta-Llama-3-8B, -70B).
         "llama3-8b": LLMConfig("llama3-8b", 32, 4096, 32, 8, 14336, 128256, 8_030_261_248),
         "llama3-70b": LLMConfig("llama3-70b", 80, 8192, 64, 8, 28672, 128256, 70_553_706_496),
+        # Same shapes as Llama 3 (hf meta-llama/Llama-3.1-8B, -70B config.json).
+        "llama3.1-8b": LLMConfig("llama3.1-8b", 32, 4096, 32, 8, 14336, 128256, 8_030_261_248),
+        "llama3.1-70b": LLMConfig("llama3.1-70b", 80, 8192, 64, 8, 28672, 128256, 70_553_706_496),
+        # hf meta-llama/Llama-3.1-405B config.json: 126 layers, d 16384, 128 heads, 8 KV heads.
+        "llama3.1-405b": LLMConfig.llama("llama3.1-405b", 126, 16384, 128, 8, 53248, 128256),
+        # hf meta-llama/Llama-2-70b-hf config.json (the MLPerf Inference LLM since v4.0).
+        "llama2-70b": LLMConfig.llama("llama2-70b", 80, 8192, 64, 8, 28672, 32000),
+        "llama2-7b": LLMConfig.llama("llama2-7b", 32, 4096, 32, 32, 11008, 32000),
     }
 )
 
@@ -100,11 +116,12 @@ def get_preset(name: str) -> LLMConfig:
 
 
 def dtype_bytes(dtype: str) -> int:
+    """Bytes per element of the KV cache and activations at ``dtype`` (fp4 keeps them in fp8)."""
     try:
-        return DTYPE_BYTES[dtype]
+        return DTYPE_BYTES[_KV_DTYPE.get(dtype, dtype)]
     except KeyError:
         raise CostModelError(
-            f"unknown LLM dtype {dtype!r}; expected one of {', '.join(DTYPE_BYTES)}"
+            f"unknown LLM dtype {dtype!r}; expected one of {', '.join(WEIGHT_BYTES)}"
         ) from None
 
 
@@ -150,8 +167,11 @@ def allreduce_latency_s(nbytes: float, tp: int, dev: DeviceSpec) -> float:
 
     Ring: 2(p−1)/p · n / bw + 2(p−1)·α (bandwidth-optimal, for large messages). Tree
     (NCCL's double binary tree): 2·n / bw + 2·⌈log2 p⌉·α (latency-optimal, for the small
-    per-token activations of decode). NCCL chooses the algorithm by message size; the
-    model takes the faster of the two. α is the scale-up link's latency.
+    per-token activations of decode). On NVIDIA GPUs with NVLink, LLM servers use a one-shot
+    custom all-reduce for small messages: every GPU reads its ``p−1`` peers' buffers and
+    reduces locally, ``(p−1)·n / bw + α₁`` with α₁ = ``ONESHOT_ALLREDUCE_LATENCY_S`` (measured,
+    see ``efficiency``). The model takes the fastest available algorithm, as the libraries do
+    by message size. α is the scale-up link's latency per ring/tree step.
     """
     if tp <= 1:
         return 0.0
@@ -159,7 +179,10 @@ def allreduce_latency_s(nbytes: float, tp: int, dev: DeviceSpec) -> float:
     alpha = LINK_LATENCY_S["scaleup"]
     ring = 2.0 * (tp - 1) / tp * nbytes / bw + 2.0 * (tp - 1) * alpha
     tree = 2.0 * nbytes / bw + 2.0 * math.ceil(math.log2(tp)) * alpha
-    return min(ring, tree)
+    best = min(ring, tree)
+    if dev.vendor == "nvidia" and dev.kind == "gpu" and bw >= ONESHOT_ALLREDUCE_MIN_SCALEUP_BW:
+        best = min(best, (tp - 1) * nbytes / bw + ONESHOT_ALLREDUCE_LATENCY_S)
+    return best
 
 
 def _tp_comm_s(

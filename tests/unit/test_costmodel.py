@@ -26,7 +26,7 @@ from terrazzo.errors import CostModelError
 from terrazzo.ir.graph import Graph, Op, TensorType
 
 CANONICAL = (
-    "cpu cpu-epyc t4 v100 a10g l4 a40 a100-40g a100-80g l40s h100 h200 b200 mi300x "
+    "cpu cpu-epyc t4 v100 a10g l4 a40 a100-40g a100-80g l40s h100 h200 b200 mi300x mi325x "
     "gaudi2 gaudi3 inferentia2 tpu-v5e"
 ).split()
 
@@ -45,7 +45,7 @@ def test_catalog_has_every_canonical_device_with_sources(cat):
         assert d.sources, name
         for key in ("peak_tflops", "mem", "tdp_w", "capex_usd", "cloud_usd_per_hour", "links"):
             assert key in d.sources, (name, key)
-        assert set(d.peak_tflops) == {"fp32", "tf32", "fp16", "bf16", "fp8", "int8"}
+        assert set(d.peak_tflops) == {"fp32", "tf32", "fp16", "bf16", "fp8", "fp4", "int8"}
         assert d.mem_bytes > 0 and d.mem_bw_bytes_per_s > 0
         assert d.fallback_target["kind"] == "llvm"
 
