@@ -33,7 +33,9 @@ def register_simulate(sub: Any) -> None:
         default="synthetic:azure-conv-2023",
         help="synthetic:azure-conv-2023 | synthetic:azure-code-2023 | fixed:ISL/OSL | a CSV/JSONL file",
     )
-    s.add_argument("--rate", type=float, default=1.0, help="synthetic arrivals per second (default 1)")
+    s.add_argument(
+        "--rate", type=float, default=1.0, help="synthetic arrivals per second (default 1)"
+    )
     s.add_argument("--duration", type=float, default=600.0, help="synthetic trace length in seconds (default 600)")  # fmt: skip
     s.add_argument("--arrival", default="poisson", help="poisson | uniform | gamma:CV (default poisson)")  # fmt: skip
     s.add_argument("--seed", type=int, default=0)
@@ -122,8 +124,17 @@ def _run_one(args: argparse.Namespace, catalog: Any, datasheet: Any, tco: Any) -
     fleet = FleetSpec(
         cfg,
         args.precision,
-        pool(args.prefill, "--prefill", args.prefill_tp, args.prefill_batch, args.prefill_tokens, longest_prompt),  # fmt: skip
-        pool(args.decode, "--decode", args.decode_tp, args.decode_batch, args.prefill_tokens, longest),  # fmt: skip
+        pool(
+            args.prefill,
+            "--prefill",
+            args.prefill_tp,
+            args.prefill_batch,
+            args.prefill_tokens,
+            longest_prompt,
+        ),  # fmt: skip
+        pool(
+            args.decode, "--decode", args.decode_tp, args.decode_batch, args.prefill_tokens, longest
+        ),  # fmt: skip
     )
     opts = SimOptions(
         ttft_s=parse_duration_s(args.ttft) if args.ttft else None,
@@ -133,8 +144,16 @@ def _run_one(args: argparse.Namespace, catalog: Any, datasheet: Any, tco: Any) -
     fleet_json = {
         "model": cfg.name,
         "precision": args.precision,
-        "prefill": {"device": fleet.prefill.device.name, "instances": fleet.prefill.instances, "tp": fleet.prefill.tp},  # fmt: skip
-        "decode": {"device": fleet.decode.device.name, "instances": fleet.decode.instances, "tp": fleet.decode.tp},  # fmt: skip
+        "prefill": {
+            "device": fleet.prefill.device.name,
+            "instances": fleet.prefill.instances,
+            "tp": fleet.prefill.tp,
+        },  # fmt: skip
+        "decode": {
+            "device": fleet.decode.device.name,
+            "instances": fleet.decode.instances,
+            "tp": fleet.decode.tp,
+        },  # fmt: skip
         "trace": args.trace,
         "profile": str(args.profile),
         "pricing": args.pricing,
@@ -163,7 +182,9 @@ def _print_one(fleet: dict[str, Any], res: Any, opts: Any) -> None:
     print(f"  TBT  p50 / p99  {_ms(res.tbt_p50_s)} / {_ms(res.tbt_p99_s)} (per-token gap p99 {_ms(res.itl_p99_s)})")  # fmt: skip
     if res.sla_attainment is not None:
         bounds = ", ".join(
-            f"{k} ≤ {_ms(v)}" for k, v in (("TTFT", opts.ttft_s), ("TBT", opts.tbt_s)) if v is not None
+            f"{k} ≤ {_ms(v)}"
+            for k, v in (("TTFT", opts.ttft_s), ("TBT", opts.tbt_s))
+            if v is not None
         )
         print(f"  SLA attainment  {res.sla_attainment:.1%} ({bounds})")
     print(f"  decode batch    mean {res.mean_decode_batch:.1f}, max {res.max_decode_batch}; prefill batch max {res.max_prefill_batch}")  # fmt: skip
@@ -201,19 +222,20 @@ def print_checks(checks: Any) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title="Study plans: analytical vs simulated (capacity at 1.5x load; TTFT/SLA at the stated load)")  # fmt: skip
-    for h in ("cell", "pair", "P x D", "tok/s model", "tok/s sim", "err", "TBT model", "TBT sim", "err",
-              "TTFT model", "TTFT p50/p99 sim", "SLA", "ok"):  # fmt: skip
+    t = Table(title="Study plans: analytical (model) vs simulated (sim); capacities per instance")
+    for h in ("cell", "pair", "prefill tok/s model", "sim", "err", "decode tok/s model", "sim", "err",
+              "TBT model", "sim", "err", "TTFT model", "sim p50/p99", "SLA", "ok"):  # fmt: skip
         t.add_column(h, justify="left" if h in ("cell", "pair") else "right", no_wrap=True)
     for c in checks:
         t.add_row(
-            c.cell, c.pair, f"{c.prefill_instances}x{c.decode_instances}",
+            c.cell, c.pair,
             f"{c.analytical_tokens_per_s:,.0f}", f"{c.sim_tokens_per_s:,.0f}", f"{c.throughput_rel_error:+.1%}",
+            f"{c.analytical_decode_tokens_per_s:,.0f}", f"{c.sim_decode_tokens_per_s:,.0f}", f"{c.decode_rel_error:+.1%}",
             _ms(c.analytical_tbt_s), _ms(c.sim_tbt_p50_s), f"{c.tbt_rel_error:+.1%}",
             f"{c.analytical_ttft_s * 1e3:.0f} ms", f"{c.sim_ttft_p50_s * 1e3:.0f}/{c.sim_ttft_p99_s * 1e3:.0f} ms",
             "-" if c.sla_attainment is None else f"{c.sla_attainment:.0%}", "yes" if c.within_target else "no",
         )  # fmt: skip
-    Console(width=200).print(t)
+    Console(width=220).print(t)
     for c in checks:
         if c.explanation:
             print(f"{c.cell} {c.pair}: {c.explanation}")

@@ -97,7 +97,9 @@ class FleetSpec:
 
     def kv_capacity_tokens(self, pool: PhasePool) -> int:
         """Tokens of KV one instance of ``pool`` holds beside the weights (0 if weights do not fit)."""
-        free = pool.tp * pool.device.mem_bytes * llm.MEM_UTILISATION - self.model.weight_bytes(self.dtype)
+        free = pool.tp * pool.device.mem_bytes * llm.MEM_UTILISATION - self.model.weight_bytes(
+            self.dtype
+        )
         per_token = self.model.kv_bytes_per_token(self.dtype)
         return max(0, int(free // per_token))
 
@@ -105,9 +107,7 @@ class FleetSpec:
     def kv_link_bw_bytes_per_s(self) -> float:
         """KV transfer bandwidth between a prefill and a decode instance (network, per side's NICs)."""
         p, d = self.prefill, self.decode
-        return min(
-            p.tp * p.device.scaleout_bw_bytes_per_s, d.tp * d.device.scaleout_bw_bytes_per_s
-        )
+        return min(p.tp * p.device.scaleout_bw_bytes_per_s, d.tp * d.device.scaleout_bw_bytes_per_s)
 
     @property
     def usd_per_hour(self) -> float:
@@ -124,7 +124,9 @@ class SimOptions:
 
     def __post_init__(self) -> None:
         if not (0.0 <= self.warmup_fraction < 1.0):
-            raise CostModelError(f"warmup_fraction must be in [0, 1), found {self.warmup_fraction!r}")
+            raise CostModelError(
+                f"warmup_fraction must be in [0, 1), found {self.warmup_fraction!r}"
+            )
         for name in ("ttft_s", "tbt_s"):
             v = getattr(self, name)
             if v is not None and not (v > 0):
@@ -159,7 +161,8 @@ class SimResult:
     window_arrival_rate_per_s: float  # λ over the window
     window_e2e_mean_s: float  # W of requests arriving in the window
     max_decode_batch: int
-    mean_decode_batch: float
+    mean_decode_batch: float  # over the stepping time of the whole run
+    window_mean_decode_batch: float  # over the stepping time inside the window
     max_prefill_batch: int
     prefill_utilisation: float
     decode_utilisation: float
@@ -234,7 +237,7 @@ class _Decode:
         self.batch_time = 0.0  # ∫ batch size dt
 
 
-_ARRIVE, _PREFILL_DONE, _KV_ARRIVED, _CHUNK_END = 0, 1, 2, 3
+_ARRIVE, _PREFILL_DONE, _KV_ARRIVED, _CHUNK_END, _KICK_PREFILL, _KICK_DECODE = range(6)
 
 
 def simulate(
@@ -272,7 +275,9 @@ def simulate(
     reqs = [_Req(i, r) for i, r in enumerate(sorted(trace, key=lambda r: r.arrival_s))]
     for r in reqs:
         if r.out < 1 or r.inp < 1:
-            raise CostModelError(f"request {r.i}: input and output tokens must be ≥ 1 (found {r.inp}, {r.out})")
+            raise CostModelError(
+                f"request {r.i}: input and output tokens must be ≥ 1 (found {r.inp}, {r.out})"
+            )
         if r.inp > cap_p:
             raise CostModelError(
                 f"request {r.i} has a {r.inp}-token prompt; a prefill instance ({P.tp}x{P.device.name}) holds "
@@ -323,6 +328,8 @@ def simulate(
     max_dec_batch = 0
     max_pre_batch = 0
     n_events = 0
+    win_busy = 0.0  # decode-instance seconds of stepping inside the window
+    win_batch_time = 0.0  # ∫ batch dt over them
 
     def advance_clock(now: float) -> None:
         nonlocal last_t, area_in_system
@@ -375,11 +382,16 @@ def simulate(
             best.reserved_tokens += need
             best.reserved_seqs += 1
             r.dec = best.idx
+            # Egress and ingress are separate FIFO queues: the prefill's NIC sends in order,
+            # the decode's NIC receives in order, and a busy receiver delays this transfer
+            # without holding the sender's NIC (which would chain every NIC into one queue).
             p = pre[p_idx]
-            start = max(now, p.nic_free, best.nic_free)
             wire = r.inp * kv_per_token / link_bw
-            p.nic_free = best.nic_free = start + wire
-            push(start + wire + link_lat, _KV_ARRIVED, r)
+            sent = max(now, p.nic_free) + wire
+            p.nic_free = sent
+            received = max(sent, best.nic_free + wire)
+            best.nic_free = received
+            push(received + link_lat, _KV_ARRIVED, r)
 
     def start_chunk(d: _Decode, now: float) -> None:
         nonlocal max_dec_batch
@@ -439,7 +451,8 @@ def simulate(
             p = min(pre, key=lambda x: (x.queued_tokens + (1 if x.busy else 0), x.idx))
             p.queue.append(r)
             p.queued_tokens += r.inp
-            start_prefill(p, now)
+            if not p.busy:  # start after every arrival at this instant has queued (one batch)
+                push(now, _KICK_PREFILL, p)
         elif kind == _PREFILL_DONE:
             p, batch = payload
             p.busy = False
@@ -458,10 +471,15 @@ def simulate(
             count_tokens(now, 1)
             d = dec[r.dec]
             d.pending.append(r)
-            if not d.busy:
-                start_chunk(d, now)
+            if not d.busy:  # as for prefill: simultaneous arrivals join the same first step
+                push(now, _KICK_DECODE, d)
             else:
                 truncate_chunk(d, now)
+        elif kind == _KICK_PREFILL:
+            start_prefill(payload, now)
+        elif kind == _KICK_DECODE:
+            if not payload.busy:
+                start_chunk(payload, now)
         else:  # _CHUNK_END
             d = payload
             if version != d.version:
@@ -469,6 +487,10 @@ def simulate(
             k, s = d.chunk_k, d.chunk_step_s
             d.busy_s += k * s
             d.batch_time += k * s * d.active
+            overlap = min(now, w1) - max(now - k * s, w0)
+            if overlap > 0:
+                win_busy += overlap
+                win_batch_time += overlap * d.active
             d.step += k
             itl_s.append(s)
             itl_w.append(k * d.active)
@@ -488,7 +510,7 @@ def simulate(
 
     return _summarise(fleet, opts, reqs, w0, w1, tokens_in_window, in_tokens_in_window,
                       area_in_system, itl_s, itl_w, max_dec_batch, max_pre_batch, pre, dec,
-                      n_events, keep_requests)  # fmt: skip
+                      n_events, keep_requests, win_batch_time / win_busy if win_busy > 0 else 0.0)  # fmt: skip
 
 
 def _pct(x: np.ndarray, q: float) -> float:
@@ -511,7 +533,7 @@ def _weighted_pct(values: list[float], weights: list[int], q: float) -> float:
 def _summarise(fleet: FleetSpec, opts: SimOptions, reqs: list[_Req], w0: float, w1: float,
                tokens_in_window: int, in_tokens_in_window: int, area: float, itl_s: list[float],
                itl_w: list[int], max_dec: int, max_pre: int, pre: list[_Prefill],
-               dec: list[_Decode], n_events: int, keep: bool) -> SimResult:  # fmt: skip
+               dec: list[_Decode], n_events: int, keep: bool, win_batch: float) -> SimResult:  # fmt: skip
     arrival = np.array([r.arrival for r in reqs])
     first = np.array([r.first_token for r in reqs])
     fin = np.array([r.finish for r in reqs])
@@ -570,9 +592,12 @@ def _summarise(fleet: FleetSpec, opts: SimOptions, reqs: list[_Req], w0: float, 
         window_e2e_mean_s=float(e2e[in_win].mean()) if n_win else math.nan,
         max_decode_batch=max_dec,
         mean_decode_batch=total_batch_time / total_dec_busy if total_dec_busy > 0 else 0.0,
+        window_mean_decode_batch=win_batch,
         max_prefill_batch=max_pre,
         prefill_utilisation=sum(p.busy_s for p in pre) / (len(pre) * end) if end > 0 else 0.0,
         decode_utilisation=total_dec_busy / (len(dec) * end) if end > 0 else 0.0,
         events=n_events,
-        per_request=tuple(zip(ttft.tolist(), tbt.tolist(), e2e.tolist(), strict=True)) if keep else (),
+        per_request=tuple(zip(ttft.tolist(), tbt.tolist(), e2e.tolist(), strict=True))
+        if keep
+        else (),
     )

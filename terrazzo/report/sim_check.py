@@ -1,17 +1,19 @@
 """The fleet study's analytical plans checked against the trace-driven simulator.
 
-For a study row (one P::D pair in one cell) this builds the fleet the plan describes — its TP
-degrees and batch caps, ``n_p`` prefill and ``n_d`` decode instances in the planned ratio
-(rounded to whole instances) — and runs ``costmodel.llm_sim`` on the cell's fixed ISL/OSL:
+For a study row (one P::D pair in one cell) this builds fleets from the plan — its devices, TP
+degrees and batch caps, whole numbers of prefill and decode instances — and runs
+``costmodel.llm_sim`` on the cell's fixed ISL/OSL with Poisson arrivals:
 
-* **capacity**: Poisson arrivals at 1.5× the analytical capacity (overload), the throughput
-  measured in the steady-state window vs. the plan's tokens/s for the same whole fleet;
-* **operating point**: Poisson arrivals at ``utilisation`` × capacity (default 0.8): TTFT,
-  TBT (per-request mean) and ITL (per-token gap, p99) vs. the plan's TTFT and TBT, and the
-  fraction of requests meeting both bounds.
+* **decode capacity**: decode instances at half the planned share (so prefill supplies twice
+  what they can take): tokens/s per decode instance and TBT at the planned batch;
+* **prefill capacity**: decode instances at twice the planned share: requests/s per prefill
+  instance (the plan's tokens/s);
+* **operating point**: the planned ratio, arrivals at ``utilisation`` × the plan's capacity
+  (default 0.8): TTFT p50/p99 and the fraction of requests meeting the TTFT and TBT bounds.
 
-The analytical model prices a prefill at a full batch and ignores the wait for the batch in
-progress and for the queue; the simulator shows what that leaves out (see ``explain``).
+The two capacity runs check the phase model's throughput and TBT; the operating point shows
+what the plan leaves out: it prices one full prefill batch, so TTFT excludes the wait for the
+batch in progress and the queue, and a fleet sized at 100% utilisation has no headroom.
 """
 
 from __future__ import annotations
@@ -30,39 +32,45 @@ from terrazzo.report import phases
 from terrazzo.report.study import MAX_PREFILL_TOKENS, StudyResult, StudyRow, arch_of
 
 TARGET_REL_ERROR = 0.15
-MAX_INSTANCES = 40
+MAX_INSTANCES = 48
 
 
 @dataclass(frozen=True, slots=True)
 class SimCheck:
-    """Analytical vs simulated figures of one study row's fleet."""
+    """Analytical vs simulated figures of one study row (rates per instance, times in s)."""
 
     cell: str
     pair: str
     sla: str
-    prefill_instances: int
-    decode_instances: int
     prefill_tp: int
     decode_tp: int
     prefill_batch: int
     decode_batch: int
     requests: int
-    # capacity: overload run (decode-bound fleet, batches full)
-    analytical_tokens_per_s: float
-    sim_tokens_per_s: float
-    throughput_rel_error: float
+    # decode capacity run
+    decode_run_instances: tuple[int, int]
+    analytical_decode_tokens_per_s: float  # per decode instance
+    sim_decode_tokens_per_s: float
+    decode_rel_error: float
     sim_mean_decode_batch: float
     analytical_tbt_s: float  # decode step at the planned batch and the mean context
-    analytical_tbt_max_s: float  # the plan's TBT: step at the longest context
+    analytical_tbt_max_s: float  # the plan's TBT: the step at the longest context
     sim_tbt_p50_s: float
     sim_itl_p99_s: float
     tbt_rel_error: float
-    # operating point: Poisson arrivals at ``utilisation`` × capacity
+    # prefill capacity run
+    prefill_run_instances: tuple[int, int]
+    analytical_tokens_per_s: float  # per prefill instance: the plan's tokens/s
+    sim_tokens_per_s: float
+    throughput_rel_error: float
+    # operating point
+    plan_instances: tuple[int, int]
     utilisation: float
+    offered_requests_per_s: float
     analytical_ttft_s: float
     sim_ttft_p50_s: float
     sim_ttft_p99_s: float
-    sim_tbt_p99_at_utilisation_s: float
+    sim_tbt_p99_s: float
     sla_attainment: float | None
     sim_usd_per_million_tokens: float | None
     analytical_usd_per_million_tokens: float
@@ -73,29 +81,30 @@ class SimCheck:
         return asdict(self)
 
 
-def instance_counts(ratio: float, max_instances: int = MAX_INSTANCES) -> tuple[int, int]:
-    """Whole (prefill, decode) instance counts with d/p ≤ ``ratio`` and as close to it as possible.
+def instance_counts(
+    ratio: float, round_down: bool = True, max_instances: int = MAX_INSTANCES
+) -> tuple[int, int]:
+    """Whole (prefill, decode) instance counts whose ratio d/p is as close to ``ratio`` as possible.
 
-    Rounding the decode side down makes decode the (slight) bottleneck, so in an overload run
-    decode instances hold their planned batch and the measured TBT is the planned one.
+    ``round_down``: d/p ≤ ratio (decode the bottleneck), else d/p ≥ ratio (prefill the bottleneck).
     """
     if not (ratio > 0 and math.isfinite(ratio)):
         raise TerrazzoError(f"decode instances per prefill must be > 0, found {ratio!r}")
     best: tuple[int, int] | None = None
     best_err = math.inf
     for n_p in range(1, max_instances):
-        n_d = math.floor(n_p * ratio + 1e-9)
+        n_d = math.floor(n_p * ratio + 1e-9) if round_down else math.ceil(n_p * ratio - 1e-9)
         if n_d < 1:
             continue
         if n_p + n_d > max_instances:
             break
-        err = (n_p * ratio - n_d) / (n_p * ratio)
+        err = abs(n_p * ratio - n_d) / (n_p * ratio)
         if err < best_err - 1e-12:
             best, best_err = (n_p, n_d), err
         if err < 0.02:
             break
-    if best is None:  # ratio so large that one prefill needs more decodes than the budget
-        return (1, max(1, math.floor(ratio)))
+    if best is None:  # one prefill needs more decodes than the budget allows
+        return (1, max(1, math.floor(ratio) if round_down else math.ceil(ratio)))
     return best
 
 
@@ -125,11 +134,18 @@ def fleet_of(
     )  # fmt: skip
 
 
-def analytical_capacity_tokens_per_s(row: StudyRow, n_p: int, n_d: int) -> float:
-    """The plan's tokens/s for ``n_p`` prefill and ``n_d`` decode instances (the slower side)."""
-    pre_rps = row.tokens_per_s / row.osl  # one prefill instance
-    dec_rps = pre_rps / row.decode_instances_per_prefill  # one decode instance
-    return min(n_p * pre_rps, n_d * dec_rps) * row.osl
+def _run(
+    row: StudyRow,
+    fleet: FleetSpec,
+    rate_per_s: float,
+    span_s: float,
+    opts: SimOptions,
+    max_requests: int,
+    seed: int,
+) -> SimResult:
+    n = int(min(max_requests, max(400, rate_per_s * span_s)))
+    trace = synthetic_trace(f"fixed:{row.isl}/{row.osl}", n, rate_per_s, "poisson", seed)
+    return simulate(fleet, trace, opts)
 
 
 def check_row(
@@ -142,79 +158,95 @@ def check_row(
     max_requests: int = 150_000,
     seed: int = 0,
 ) -> SimCheck:
-    """Simulate one feasible study row at overload (capacity, TBT) and at ``utilisation`` × capacity (TTFT, SLA)."""
+    """Run the decode-capacity, prefill-capacity and operating-point simulations of one feasible row."""
     if not (0 < utilisation < 1.5):
         raise TerrazzoError(f"utilisation must be in (0, 1.5), found {utilisation!r}")
-    n_p, n_d = instance_counts(row.decode_instances_per_prefill)
-    fleet = fleet_of(row, catalog, result.device_usd_per_hour, datasheet, (n_p, n_d))
-    cap_tok = analytical_capacity_tokens_per_s(row, n_p, n_d)
-    cap_rps = cap_tok / row.osl
-    cfg, dev_d = fleet.model, fleet.decode.device
+    ratio = row.decode_instances_per_prefill
+    pre_rps = row.tokens_per_s / row.osl  # one prefill instance, as planned
+    dec_rps = pre_rps / ratio  # one decode instance
+    prices = result.device_usd_per_hour
+    plan = fleet_of(row, catalog, prices, datasheet, instance_counts(ratio))
+    cfg, dev_d = plan.model, plan.decode.device
     mean_step = llm.decode_step_latency_s(
         cfg, dev_d, row.isl + row.osl // 2, row.decode_batch, row.precision, row.decode_tp
     )
-    # Arrivals span ~4 request lifetimes so the decode population (n_d · batch sequences, each
-    # osl steps) fills and turns over inside the window (warm-up 30%); capped for run time.
-    w_est = row.ttft_s + row.osl * mean_step
-    n_over = int(min(max_requests, max(400, 1.5 * cap_rps * 4 * w_est, 3 * n_d * row.decode_batch)))
-    n_at = int(min(max_requests, max(400, utilisation * cap_rps * 4 * w_est)))
-    lengths = f"fixed:{row.isl}/{row.osl}"
+    # A request lives ~ TTFT + osl steps; arrivals span several lifetimes so the decode
+    # population fills and turns over inside the window (the first 30% is warm-up).
+    life_s = row.ttft_s + row.osl * mean_step
     interactive = row.sla == "interactive"
     opts = SimOptions(
         ttft_s=result.options.ttft_s if interactive else None,
         tbt_s=result.options.tbt_s if interactive else None,
         warmup_fraction=0.3,
     )
-    over = simulate(fleet, synthetic_trace(lengths, n_over, 1.5 * cap_rps, "poisson", seed), opts)
-    at = simulate(fleet, synthetic_trace(lengths, n_at, utilisation * cap_rps, "poisson", seed), opts)  # fmt: skip
-    thr_err = over.throughput_tokens_per_s / cap_tok - 1.0
-    tbt_err = over.tbt_p50_s / mean_step - 1.0
-    ok = abs(thr_err) <= TARGET_REL_ERROR and abs(tbt_err) <= TARGET_REL_ERROR
-    usd_h = fleet.usd_per_hour
+    # Decode capacity: prefill supplies ~2x what the decode instances take.
+    dec_fleet = fleet_of(row, catalog, prices, datasheet, instance_counts(ratio / 2))
+    n_p, n_d = dec_fleet.prefill.instances, dec_fleet.decode.instances
+    dec = _run(row, dec_fleet, 1.2 * min(n_p * pre_rps, 2 * n_d * dec_rps), 5 * life_s, opts, max_requests, seed)  # fmt: skip
+    sim_dec = dec.throughput_tokens_per_s / n_d
+    dec_err = sim_dec / (dec_rps * row.osl) - 1.0
+    tbt_err = dec.tbt_p50_s / mean_step - 1.0
+    # Prefill capacity: decode instances can take ~2x what prefill supplies.
+    pre_fleet = fleet_of(row, catalog, prices, datasheet, instance_counts(2 * ratio, round_down=False))  # fmt: skip
+    n_p2 = pre_fleet.prefill.instances
+    pre = _run(row, pre_fleet, 1.5 * n_p2 * pre_rps, 4 * life_s, opts, max_requests, seed)
+    sim_pre = pre.throughput_tokens_per_s / n_p2
+    thr_err = sim_pre / row.tokens_per_s - 1.0
+    # Operating point: the planned ratio at ``utilisation`` of its capacity.
+    n_p3, n_d3 = plan.prefill.instances, plan.decode.instances
+    cap_rps = min(n_p3 * pre_rps, n_d3 * dec_rps)
+    at = _run(row, plan, utilisation * cap_rps, 4 * life_s, opts, max_requests, seed)
+    ok = max(abs(dec_err), abs(tbt_err), abs(thr_err)) <= TARGET_REL_ERROR
+    usd_plan = plan.usd_per_hour / (cap_rps * row.osl)
     return SimCheck(
         cell=f"{row.model} {row.precision} {row.isl}/{row.osl} {row.sla}",
         pair=row.pair,
         sla=row.sla,
-        prefill_instances=n_p,
-        decode_instances=n_d,
         prefill_tp=row.prefill_tp,
         decode_tp=row.decode_tp,
         prefill_batch=row.prefill_batch,
         decode_batch=row.decode_batch,
-        requests=n_over + n_at,
-        analytical_tokens_per_s=cap_tok,
-        sim_tokens_per_s=over.throughput_tokens_per_s,
-        throughput_rel_error=thr_err,
-        sim_mean_decode_batch=over.mean_decode_batch,
+        requests=dec.requests + pre.requests + at.requests,
+        decode_run_instances=(n_p, n_d),
+        analytical_decode_tokens_per_s=dec_rps * row.osl,
+        sim_decode_tokens_per_s=sim_dec,
+        decode_rel_error=dec_err,
+        sim_mean_decode_batch=dec.window_mean_decode_batch,
         analytical_tbt_s=mean_step,
         analytical_tbt_max_s=row.tbt_s,
-        sim_tbt_p50_s=over.tbt_p50_s,
-        sim_itl_p99_s=over.itl_p99_s,
+        sim_tbt_p50_s=dec.tbt_p50_s,
+        sim_itl_p99_s=dec.itl_p99_s,
         tbt_rel_error=tbt_err,
+        prefill_run_instances=(n_p2, pre_fleet.decode.instances),
+        analytical_tokens_per_s=row.tokens_per_s,
+        sim_tokens_per_s=sim_pre,
+        throughput_rel_error=thr_err,
+        plan_instances=(n_p3, n_d3),
         utilisation=utilisation,
+        offered_requests_per_s=at.offered_requests_per_s,
         analytical_ttft_s=row.ttft_s,
         sim_ttft_p50_s=at.ttft_p50_s,
         sim_ttft_p99_s=at.ttft_p99_s,
-        sim_tbt_p99_at_utilisation_s=at.tbt_p99_s,
+        sim_tbt_p99_s=at.tbt_p99_s,
         sla_attainment=at.sla_attainment,
-        sim_usd_per_million_tokens=over.usd_per_million_tokens,
-        analytical_usd_per_million_tokens=usd_h / 3600.0 / cap_tok * 1e6 if cap_tok > 0 else math.nan,
+        sim_usd_per_million_tokens=at.usd_per_million_tokens,
+        analytical_usd_per_million_tokens=usd_plan / 3600.0 * 1e6,
         within_target=ok,
-        explanation=explain(row, over, at, thr_err, tbt_err, utilisation),
+        explanation=explain(row, dec, pre, at, dec_err, tbt_err, thr_err, utilisation),
     )
 
 
-def explain(
-    row: StudyRow, over: SimResult, at: SimResult, thr_err: float, tbt_err: float, utilisation: float
-) -> str:
+def explain(row: StudyRow, dec: SimResult, pre: SimResult, at: SimResult, dec_err: float,
+            tbt_err: float, thr_err: float, utilisation: float) -> str:  # fmt: skip
     """Which analytical assumption the simulation contradicts, in one line (empty if none)."""
     why: list[str] = []
-    if abs(thr_err) > TARGET_REL_ERROR or abs(tbt_err) > TARGET_REL_ERROR:
+    if abs(dec_err) > TARGET_REL_ERROR or abs(tbt_err) > TARGET_REL_ERROR:
         why.append(
-            f"throughput {thr_err:+.0%}, TBT {tbt_err:+.0%}: decode batches average "
-            f"{over.mean_decode_batch:.0f} of the planned {row.decode_batch}, prefill busy "
-            f"{over.prefill_utilisation:.0%}"
+            f"decode {dec_err:+.0%}, TBT {tbt_err:+.0%}: decode batches average "
+            f"{dec.window_mean_decode_batch:.0f} of the planned {row.decode_batch}"
         )
+    if abs(thr_err) > TARGET_REL_ERROR:
+        why.append(f"prefill throughput {thr_err:+.0%} (batches of up to {pre.max_prefill_batch})")
     if at.ttft_p99_s > (1.0 + TARGET_REL_ERROR) * row.ttft_s:
         why.append(
             f"TTFT p99 {at.ttft_p99_s * 1e3:.0f} ms > planned {row.ttft_s * 1e3:.0f} ms at "
@@ -223,8 +255,8 @@ def explain(
         )
     elif at.ttft_p50_s < 0.5 * row.ttft_s:
         why.append(
-            f"TTFT p50 {at.ttft_p50_s * 1e3:.0f} ms ≪ planned {row.ttft_s * 1e3:.0f} ms: below capacity "
-            "prefill batches are smaller than the planned full batch"
+            f"TTFT p50 {at.ttft_p50_s * 1e3:.0f} ms < half the planned {row.ttft_s * 1e3:.0f} ms: "
+            "below capacity prefill batches are smaller than the planned full batch"
         )
     return "; ".join(why)
 
