@@ -52,6 +52,7 @@ def register_simulate(sub: Any) -> None:
     s.add_argument("--pairs", help="--study: extra P::D pairs to check, comma-separated")
     s.add_argument("--utilisation", type=float, default=0.8, help="--study: load of the latency run (default 0.8)")  # fmt: skip
     s.add_argument("--max-requests", type=int, default=150_000, help="--study: requests per run (cap)")  # fmt: skip
+    s.add_argument("--headroom", action="store_true", help="--study: bisect the load at which 99%% meet the SLA")  # fmt: skip
     s.add_argument("--json", action="store_true", help="print JSON")
     s.set_defaults(func=run_simulate)
 
@@ -208,7 +209,8 @@ def _run_study(args: argparse.Namespace, catalog: Any, datasheet: Any, tco: Any)
     result = run_study(catalog, opts, datasheet=datasheet, profile=str(args.profile))
     pairs = tuple(p.strip() for p in args.pairs.split(",")) if args.pairs else None
     checks = check_study(
-        result, catalog, datasheet, pairs=pairs, utilisation=args.utilisation, max_requests=args.max_requests
+        result, catalog, datasheet, pairs=pairs, utilisation=args.utilisation,
+        max_requests=args.max_requests, headroom=args.headroom,
     )  # fmt: skip
     if args.json:
         print_json([c.to_json() for c in checks])
@@ -224,7 +226,7 @@ def print_checks(checks: Any) -> None:
 
     t = Table(title="Study plans: analytical (model) vs simulated (sim); capacities per instance")
     for h in ("cell", "pair", "prefill tok/s model", "sim", "err", "decode tok/s model", "sim", "err",
-              "TBT model", "sim", "err", "TTFT model", "sim p50/p99", "SLA", "ok"):  # fmt: skip
+              "TBT model", "sim", "err", "TTFT model", "sim p50/p99", "SLA", "99% SLA up to", "ok"):  # fmt: skip
         t.add_column(h, justify="left" if h in ("cell", "pair") else "right", no_wrap=True)
     for c in checks:
         t.add_row(
@@ -233,7 +235,9 @@ def print_checks(checks: Any) -> None:
             f"{c.analytical_decode_tokens_per_s:,.0f}", f"{c.sim_decode_tokens_per_s:,.0f}", f"{c.decode_rel_error:+.1%}",
             _ms(c.analytical_tbt_s), _ms(c.sim_tbt_p50_s), f"{c.tbt_rel_error:+.1%}",
             f"{c.analytical_ttft_s * 1e3:.0f} ms", f"{c.sim_ttft_p50_s * 1e3:.0f}/{c.sim_ttft_p99_s * 1e3:.0f} ms",
-            "-" if c.sla_attainment is None else f"{c.sla_attainment:.0%}", "yes" if c.within_target else "no",
+            "-" if c.sla_attainment is None else f"{c.sla_attainment:.0%}",
+            "-" if c.sla_headroom_utilisation is None else f"{c.sla_headroom_utilisation:.0%} load",
+            "yes" if c.within_target else "no",
         )  # fmt: skip
     Console(width=220).print(t)
     for c in checks:
