@@ -22,12 +22,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_result  # noqa: E402
 
-from terrazzo.commands._tco_simulate import print_checks
 from terrazzo.costmodel import llm
 from terrazzo.costmodel.catalog import load_catalog
 from terrazzo.costmodel.llm_sim import FleetSpec, PhasePool, SimOptions, simulate
 from terrazzo.costmodel.traces import synthetic_trace
-from terrazzo.report.sim_check import check_study
+from terrazzo.report.sim_check import check_study, print_checks
 from terrazzo.report.study import StudyOptions, run_study
 
 

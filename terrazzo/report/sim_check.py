@@ -319,3 +319,29 @@ def check_study(
         )  # fmt: skip
         for r in chosen.values()
     ]
+
+
+def print_checks(checks: Any) -> None:
+    """The analytical-vs-simulated table on the terminal."""
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="Study plans: analytical (model) vs simulated (sim); capacities per instance")
+    for h in ("cell", "pair", "prefill tok/s model", "sim", "err", "decode tok/s model", "sim", "err",
+              "TBT model", "sim", "err", "TTFT model", "sim p50/p99", "SLA", "99% SLA up to", "ok"):  # fmt: skip
+        t.add_column(h, justify="left" if h in ("cell", "pair") else "right", no_wrap=True)
+    for c in checks:
+        t.add_row(
+            c.cell, c.pair,
+            f"{c.analytical_tokens_per_s:,.0f}", f"{c.sim_tokens_per_s:,.0f}", f"{c.throughput_rel_error:+.1%}",
+            f"{c.analytical_decode_tokens_per_s:,.0f}", f"{c.sim_decode_tokens_per_s:,.0f}", f"{c.decode_rel_error:+.1%}",
+            f"{c.analytical_tbt_s * 1e3:.1f} ms", f"{c.sim_tbt_p50_s * 1e3:.1f} ms", f"{c.tbt_rel_error:+.1%}",
+            f"{c.analytical_ttft_s * 1e3:.0f} ms", f"{c.sim_ttft_p50_s * 1e3:.0f}/{c.sim_ttft_p99_s * 1e3:.0f} ms",
+            "-" if c.sla_attainment is None else f"{c.sla_attainment:.0%}",
+            "-" if c.sla_headroom_utilisation is None else f"{c.sla_headroom_utilisation:.0%} load",
+            "yes" if c.within_target else "no",
+        )  # fmt: skip
+    Console(width=220).print(t)
+    for c in checks:
+        if c.explanation:
+            print(f"{c.cell} {c.pair}: {c.explanation}")
