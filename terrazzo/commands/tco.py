@@ -35,6 +35,9 @@ def register(subparsers: Any) -> None:
     s.add_argument("--json", action="store_true", help="print the rows as JSON")
     s.add_argument("-o", "--output", help="write a self-contained HTML report here")
     s.set_defaults(func=run)
+    from terrazzo.commands._tco_simulate import register_simulate
+
+    register_simulate(sub)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 
