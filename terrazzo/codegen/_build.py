@@ -118,7 +118,7 @@ def _pipeline(
             )
         )
     # After tuning and dlight (tuning records match the kernels before this rewrite).
-    legalize.append(NanPropagatingMinMax())
+    legalize.append(NanPropagatingMinMax(gpu=gpu))
     lower = [
         relax.transform.RewriteDataflowReshape(),
         relax.transform.ToNonDataflow(),

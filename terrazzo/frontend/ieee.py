@@ -8,6 +8,13 @@ This pass rewrites every float ``Max``/``Min`` of a lowered (TIR) function into
 ``isnan(a) ? a : isnan(b) ? b : max(a, b)``, which LLVM and nvcc keep exactly (no fast-math
 flags are set on either target).
 
+On GPU targets the combiner of a reduction block (``C[i] = max(C[i], A[i, k])``) is kept as
+it is: TVM's cross-thread reduction and rfactor only recognise the plain ``max``/``min``
+combiner (with a guard, the CUDA build fails with "No matched reducer"). Everything inside the
+combiner's operands and every elementwise max/min is still guarded, so ``relu``, ``clip`` and
+softmax (``exp(x - max)`` is NaN for a NaN ``x``) propagate NaN on GPUs; a bare max/min
+*reduction* (``ReduceMax``, max pooling) may drop a NaN there, as ``fmaxf`` does.
+
 Where onnxruntime itself is order-dependent (its ``MaxPool`` keeps a NaN only when it is the
 first element of a window), Terrazzo follows torch: any NaN in the window gives NaN.
 """
@@ -52,16 +59,63 @@ def _nan_propagating(e: Any) -> Any:
     return out
 
 
-def nan_propagating_function(func: Any) -> Any:
-    """``func`` (a TIR PrimFunc) with every float Max/Min propagating NaN."""
+#: Marks a reduction combiner kept unguarded while the rest of the function is rewritten.
+_KEEP = {"max": "__tz_keep_max", "min": "__tz_keep_min"}
+
+
+def _keep_combiners(func: Any) -> Any:
+    """Reduction blocks' top-level max/min combiners replaced by marker calls."""
     import tvm_ffi
+    from tvm import s_tir, tirx
     from tvm.ir.prim import expr as E
 
-    return tvm_ffi.structural_map(func, ((E.Max, E.Min), _nan_propagating))
+    def store(st: Any) -> Any:
+        v = st.value
+        if isinstance(v, E.Max | E.Min) and _is_float(str(v.ty.dtype)):
+            name = _KEEP["max" if isinstance(v, E.Max) else "min"]
+            call = tirx.call_pure_extern(str(v.ty.dtype), name, v.a, v.b)
+            return tirx.BufferStore(st.buffer, call, st.indices)
+        return st
+
+    def block(b: Any) -> Any:
+        if any(int(iv.iter_type) == tirx.IterVar.CommReduce for iv in b.iter_vars):
+            return tvm_ffi.structural_map(b, (tirx.BufferStore, store))
+        return b
+
+    return tvm_ffi.structural_map(func, (s_tir.SBlock, block))
 
 
-def NanPropagatingMinMax() -> Any:  # noqa: N802 - named like the TVM passes it sits among
-    """A module pass applying ``nan_propagating_function`` to every PrimFunc of a module.
+def _restore_combiner(call: Any) -> Any:
+    from tvm import tirx
+
+    args = list(call.args)
+    if len(args) == 3 and getattr(args[0], "value", None) in _KEEP.values():
+        op = tirx.max if args[0].value == _KEEP["max"] else tirx.min
+        return op(args[1], args[2])
+    return call
+
+
+def nan_propagating_function(func: Any, keep_reduction_combiners: bool = False) -> Any:
+    """``func`` (a TIR PrimFunc) with every float Max/Min propagating NaN.
+
+    ``keep_reduction_combiners`` (GPU targets) leaves reduction blocks' top-level max/min
+    combiners plain, so cross-thread reductions still lower (see the module docstring).
+    """
+    import tvm_ffi
+    from tvm import ir
+    from tvm.ir.prim import expr as E
+
+    if not keep_reduction_combiners:
+        return tvm_ffi.structural_map(func, ((E.Max, E.Min), _nan_propagating))
+    return tvm_ffi.structural_map(
+        _keep_combiners(func),
+        [((E.Max, E.Min), _nan_propagating), (ir.Call, _restore_combiner)],
+    )
+
+
+def NanPropagatingMinMax(gpu: bool = False) -> Any:  # noqa: N802 - named like TVM's passes
+    """A module pass applying ``nan_propagating_function`` to every PrimFunc of a module
+    (``gpu``: keeping reduction combiners plain).
 
     Run it after legalization and scheduling (it changes the functions' structural hash, so
     tuning records are looked up before it runs).
@@ -74,7 +128,7 @@ def NanPropagatingMinMax() -> Any:  # noqa: N802 - named like the TVM passes it 
         out = mod.clone() if hasattr(mod, "clone") else mod
         for gv, f in mod.functions.items():
             if isinstance(f, tirx.PrimFunc):
-                out[gv] = nan_propagating_function(f)
+                out[gv] = nan_propagating_function(f, keep_reduction_combiners=gpu)
         return out
 
     return _pass

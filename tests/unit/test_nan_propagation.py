@@ -183,3 +183,25 @@ def test_empty_tensors_compile_and_run_like_onnxruntime(tmp_path: Path) -> None:
     # A 0 in an ONNX shape reads as "unknown" to the importer today; shapes= states it.
     got = build_cpu(from_onnx(path, shapes={"x": (0, 3)}))({"x": x})
     assert got["r"].shape == (0, 3) and np.array_equal(got["s"], want[1])
+
+
+def test_cuda_build_keeps_reduction_combiners_and_guards_elementwise_max() -> None:
+    """The CUDA build (cross-compiled here, no GPU needed) of softmax + relu + max reduction +
+    max pooling lowers: cross-thread reductions need the plain ``max`` combiner, which a guard
+    used to break ("No matched reducer"), while relu's max still carries its NaN guard."""
+    import torch
+    from tvm.relax.frontend.torch import from_exported_program
+
+    from terrazzo.codegen._build import compile_module, cuda_source
+
+    class M(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = torch.softmax(x, -1) + torch.relu(x)
+            return y.max(-1).values + torch.nn.functional.max_pool1d(x, 2).sum(-1)
+
+    mod = from_exported_program(torch.export.export(M(), (torch.randn(4, 64),)))
+    target = {"kind": "cuda", "arch": "sm_80", "host": {"kind": "llvm"}}
+    src = cuda_source(compile_module(mod, target, None))
+    assert src is not None and "red_buf0" in src  # a cross-thread reduction was lowered
+    relu = src[src.index("condval = max(") - 400 : src.index("condval = max(")]
+    assert "!=" in relu  # isnan(x) is printed as x != x

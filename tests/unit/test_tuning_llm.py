@@ -173,7 +173,10 @@ def test_loop_rejects_each_bad_reply_with_its_reason_and_keeps_the_valid_one(ker
     assert "unknown primitive 'exec_python'" in reasons[4]
     assert "timed out" in reasons[5]
     assert res.best_program is not None and res.best_program.to_data() == parse_good()
-    assert res.best_latency_s == res.trials[0].latency_s
+    # The only valid trial wins; its figure is the interleaved re-timing of the finalists
+    # (tuning.loop._retime_finalists), not its first measurement.
+    assert res.best_program.to_data() == res.trials[0].program.to_data()
+    assert res.best_latency_s is not None and res.best_latency_s > 0
     # History reached the model: the 4th prompt names the earlier rejection.
     assert "rejected at apply" in script.requests[3]["messages"][1]["content"]
     assert script.headers[0].get("Authorization") == "Bearer sk-test"
