@@ -51,8 +51,7 @@ def preload() -> None:
     import tvm  # noqa: F401  the expensive import this process exists to share
     import tvm.runtime.vm  # noqa: F401  the Relax VM lives in the runtime (no compiler needed)
 
-    import terrazzo.bundle  # noqa: F401
-    import terrazzo.bundle._runner  # noqa: F401
+    import terrazzo.bundle  # noqa: F401  (its __init__ loads the stage runner)
     import terrazzo.runtime.runners  # noqa: F401
 
 
