@@ -31,8 +31,8 @@ test-fast: $(STAMP)
 # A quick check (well under 60 s on 2 cores): the CLI starts, a tiny model compiles and its
 # bundle verifies, and a handful of fast unit tests (IR, dialect, cost model, placement,
 # CLI, import contracts) pass.
-SMOKE_TESTS := tests/unit/test_graph.py tests/unit/test_dialect.py tests/unit/test_costmodel.py \
-	tests/unit/test_placement.py tests/unit/test_cli.py tests/unit/test_import_contracts.py
+SMOKE_TESTS := tests/unit/ir/test_graph.py tests/unit/ir/test_dialect.py tests/unit/costmodel/test_costmodel.py \
+	tests/unit/placement/test_placement.py tests/unit/commands/test_cli.py tests/unit/test_import_contracts.py
 SMOKE_DIR ?= out/smoke
 
 smoke: $(STAMP)

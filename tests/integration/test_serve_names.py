@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as tc
 
-from tests.unit.test_stages_names import (
+from tests.unit.pipeline.test_stages_names import (
     FLEET,
     MULTI_INPUTS,
     MULTI_OUTPUTS,

@@ -17,7 +17,7 @@ import pytest
 import tritonclient.grpc as tc
 from tritonclient.utils import InferenceServerException
 
-from tests.unit.test_bundle import _onnx_model, forced_plan
+from tests.unit.bundle.test_bundle import _onnx_model, forced_plan
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ TVM's own ``topi.fast_erf`` (Eigen's rational approximation) was measured here a
 6.5 ulp and answers ±1 for NaN (its clamp swallows NaN), so it is not used. Here a
 NaN input is passed through (``select(x != x, x, ...)``), ±inf gives ±1 (as ``erff`` does),
 and ``-0.0`` stays ``-0.0``. Accuracy, measured against the float64 ``erf`` over a dense sweep
-of fp32 inputs (``tests/unit/test_default_schedules.py`` checks the bound): at most
+of fp32 inputs (``tests/unit/codegen/test_default_schedules.py`` checks the bound): at most
 :data:`ERF_MAX_ULP` units in the last place and :data:`ERF_MAX_ABS` absolute error; libm
 ``erff`` is within 1 ulp. ``TERRAZZO_VECTOR_MATH=0`` keeps the libm calls.
 """

@@ -10,7 +10,7 @@ import pytest
 
 from terrazzo.costmodel import CostModel, load_catalog, measured_calibration
 
-RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "gpu_timing.json"
+RESULTS = Path(__file__).resolve().parents[3] / "benchmarks" / "results" / "gpu_timing.json"
 
 
 def test_profile_says_when_and_how_it_was_measured():

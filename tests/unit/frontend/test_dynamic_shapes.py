@@ -113,7 +113,7 @@ def three_stage(tmp_path_factory):
     from terrazzo.frontend import from_onnx
     from terrazzo.pipeline import compile_model
     from terrazzo.placement import SLA, Fleet
-    from tests.unit.test_bundle import forced_plan
+    from tests.unit.bundle.test_bundle import forced_plan
 
     d = tmp_path_factory.mktemp("dyn")
     path = _tiny(d / "tiny.onnx")

@@ -17,7 +17,7 @@ from terrazzo.placement.api import lower_bound
 from terrazzo.placement.heuristic import class_subsets, shed_devices
 from terrazzo.placement.milp import lp_lower_bound
 
-_SYN = Path(__file__).parent.parent.parent / "benchmarks" / "placement_synthetic.py"
+_SYN = Path(__file__).parents[3] / "benchmarks" / "placement_synthetic.py"
 
 
 def _synthetic():  # the benchmarks' seeded generator, loaded without making benchmarks a package

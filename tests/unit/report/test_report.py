@@ -17,7 +17,7 @@ from terrazzo.report.plan_report import (
     utilisation,
 )
 
-TASKS = Path(__file__).resolve().parents[1] / "data" / "tasks" / "issue_example.yaml"
+TASKS = Path(__file__).resolve().parents[2] / "data" / "tasks" / "issue_example.yaml"
 
 
 @pytest.fixture(scope="module")

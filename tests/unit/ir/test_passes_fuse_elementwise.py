@@ -12,9 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from terrazzo.ir.dialect import parse_graph, print_graph
 from terrazzo.ir.graph import Graph, Op, TensorType, make_attrs
 from terrazzo.ir.passes import fuse_elementwise
-from tests.unit.test_dialect import graphs
+from tests.unit.ir.test_dialect import graphs
 
-GOLDEN = Path(__file__).parents[1] / "data" / "golden"
+GOLDEN = Path(__file__).parents[2] / "data" / "golden"
 SEPARATOR = "// -----\n"
 
 

@@ -25,7 +25,7 @@ from terrazzo.placement import (
     read_placed,
 )
 
-GOLDEN = Path(__file__).parents[1] / "data" / "golden"
+GOLDEN = Path(__file__).parents[2] / "data" / "golden"
 SEPARATOR = "// -----\n"
 FLEET = {"devices": {"cpu": {"count": 4}, "t4": {"count": 2}}, "pricing": {"mode": "cloud"}}
 

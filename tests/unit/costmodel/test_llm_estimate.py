@@ -17,7 +17,7 @@ from terrazzo.costmodel.catalog import load_catalog
 from terrazzo.costmodel.llm_serving import config_from_hf, estimate_serving, load_efficiencies
 from terrazzo.errors import CostModelError
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 DATA = ROOT / "benchmarks" / "data" / "llm_public_results.csv"
 CAT = load_catalog("datasheet")
 

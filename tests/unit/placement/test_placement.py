@@ -25,7 +25,7 @@ from terrazzo.placement import (
     task_graph_to_ir,
 )
 
-DATA = Path(__file__).parent.parent / "data"
+DATA = Path(__file__).parents[2] / "data"
 ISSUE = DATA / "tasks" / "issue_example.yaml"
 
 

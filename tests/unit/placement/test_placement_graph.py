@@ -12,7 +12,7 @@ from terrazzo.errors import CostModelError
 from terrazzo.ir import Graph, Op, TensorType
 from terrazzo.placement import SLA, Fleet, plan, plan_to_mlir
 
-DATA = Path(__file__).parent.parent / "data"
+DATA = Path(__file__).parents[2] / "data"
 
 
 def mlp_graph() -> Graph:

@@ -86,7 +86,7 @@ def test_ir_fuse_and_json(
 
 
 def test_ir_mlir_input_with_fuse(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    golden = Path(__file__).parents[1] / "data" / "golden" / "fuse_elementwise_chain.mlir"
+    golden = Path(__file__).parents[2] / "data" / "golden" / "fuse_elementwise_chain.mlir"
     before, after = golden.read_text(encoding="utf-8").split("// -----\n")
     src = tmp_path / "chain.mlir"
     src.write_text(before, encoding="utf-8")
@@ -192,7 +192,7 @@ def test_ir_round_trips_on_every_zoo_model(
 def test_ir_agent_yaml_prints_fig7_ops_and_round_trips(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    spec = Path(__file__).parents[2] / "examples" / "agents" / "voice_agent.yaml"
+    spec = Path(__file__).parents[3] / "examples" / "agents" / "voice_agent.yaml"
     out = tmp_path / "agent.mlir"
     assert main(["ir", str(spec), "-o", str(out)]) == 0
     text = out.read_text(encoding="utf-8")
@@ -218,7 +218,7 @@ def test_ir_bad_agent_yaml_is_one_line(tmp_path: Path, capsys: pytest.CaptureFix
 def test_ir_decompose_splits_llm_call_into_phases(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    spec = Path(__file__).parents[2] / "examples" / "agents" / "voice_agent.yaml"
+    spec = Path(__file__).parents[3] / "examples" / "agents" / "voice_agent.yaml"
     out = tmp_path / "decomposed.mlir"
     assert main(["ir", str(spec), "--decompose", "-o", str(out)]) == 0
     text = out.read_text(encoding="utf-8")

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from terrazzo.errors import CodegenError, ServingError
 from terrazzo.runtime import agent_runners as ar
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 SPEC = ROOT / "examples" / "agents" / "voice_agent.yaml"
 FLEET = {
     "devices": {"cpu": {"count": 8}, "h100": {"count": 2}, "a100-80g": {"count": 2}},

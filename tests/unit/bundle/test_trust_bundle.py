@@ -24,7 +24,7 @@ import pytest
 from terrazzo.errors import BundleError
 
 CLI = "import sys; from terrazzo.cli import main; sys.exit(main())"
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 _MARKER_C = r"""
 #include <stdio.h>

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.unit.test_stages_names import FLEET, cli, cut_every_op, ort_run
+from tests.unit.pipeline.test_stages_names import FLEET, cli, cut_every_op, ort_run
 
 
 def _attention_block() -> Any:

@@ -16,11 +16,11 @@ import pytest
 import yaml
 
 from terrazzo.cli import main
-from tests.unit.test_bundle import _onnx_model, forced_plan
+from tests.unit.bundle.test_bundle import _onnx_model, forced_plan
 
 kv = pytest.importorskip("kubernetes_validate")
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 K8S_VERSION = "1.33.0"
 
 

@@ -18,7 +18,7 @@ from terrazzo.frontend.agent import (
 )
 from terrazzo.frontend.agent_spec import LLM_PRESETS
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "agents" / "voice_agent.yaml"
+EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "agents" / "voice_agent.yaml"
 
 SIMPLE = """
 name: qa
