@@ -9,9 +9,15 @@ time, request by request:
 - ``2 hops``: the stock ``tritonclient.grpc`` client through the gateway (client -> gateway ->
   worker), i.e. how a user calls ``terrazzo serve``.
 
+- ``bare``: a bare grpcio unary call to an echo server in its own process moving the same
+  bytes both ways (raw ``bytes`` messages, no protobuf, no Terrazzo): the floor a hop is
+  judged against (issue 14: a hop should cost ≤ 1.1× this).
+
 ``per hop`` is (2 hops - direct) / 2 at p50 and p99: the latency one loopback hop adds,
-including (de)serialisation and copies of the tensor on both sides. Runs are closed-loop, one
-request at a time, after warm-up.
+including (de)serialisation and copies of the tensor on both sides; ``1hop/bare`` and
+``hop/bare`` compare the worker hop and the mean gateway-path hop with the bare call. Runs are
+closed-loop, one request at a time, after warm-up; the calls of each size are interleaved
+(bare, 1 hop, 2 hops in turn) so load drifts hit all alike.
 
 Run: ``OMP_NUM_THREADS=2 .venv/bin/python benchmarks/serving_overhead.py [--quick]``.
 """
@@ -48,6 +54,48 @@ def _time(fn, n: int, warmup: int = 3) -> list[float]:
     return out
 
 
+_ECHO_SERVER = """
+import sys, grpc
+from concurrent import futures
+opts = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
+srv = grpc.server(futures.ThreadPoolExecutor(4), options=opts)
+echo = grpc.unary_unary_rpc_method_handler(lambda req, ctx: req)
+srv.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("bare.Echo", {"Echo": echo}),))
+port = srv.add_insecure_port("127.0.0.1:0")
+srv.start()
+print(port, flush=True)
+sys.stdin.read()
+srv.stop(0)
+"""
+
+
+def _bare_echo() -> tuple[object, int]:
+    """A bare grpcio echo server in a fresh process; returns (process, port)."""
+    import subprocess
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _ECHO_SERVER],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    return proc, int(proc.stdout.readline())
+
+
+def _interleaved(fns: dict[str, object], n: int, warmup: int = 3) -> dict[str, list[float]]:
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()  # type: ignore[operator]
+    out: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(n):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()  # type: ignore[operator]
+            out[k].append(time.perf_counter() - t0)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="a quarter of the requests per size")
@@ -74,6 +122,9 @@ def main() -> None:
         ),
     )
     direct_runner = identity(["x"], ["y"])
+    echo_proc, echo_port = _bare_echo()
+    echo_channel = grpc.insecure_channel(f"127.0.0.1:{echo_port}", options=grpc_options(64 << 20))
+    bare_echo = echo_channel.unary_unary("/bare.Echo/Echo")
     rows = []
     t_start = time.perf_counter()
     with serve(plan, max_message_bytes=64 << 20) as server:
@@ -91,6 +142,9 @@ def main() -> None:
                 # what a single process does with the request: run the stage and own the output bytes
                 return direct_runner({"x": x})["y"].tobytes()
 
+            def call_bare(x=x):
+                return np.frombuffer(bare_echo(x.tobytes(), timeout=30), np.float32)
+
             def call_worker(x=x):
                 req = pb.ModelInferRequest(model_name="stage0")
                 req.inputs.add(name="x", datatype="FP32", shape=[x.size])
@@ -105,29 +159,36 @@ def main() -> None:
                 return client.infer("identity", [inp], client_timeout=30).as_numpy("y")
 
             assert np.array_equal(call_worker(), x) and np.array_equal(call_gateway(), x)
+            assert np.array_equal(call_bare(), x)
             direct = _time(call_direct, n)
-            one_hop = _time(call_worker, n)
-            two_hops = _time(call_gateway, n)
+            t = _interleaved({"bare": call_bare, "1hop": call_worker, "2hop": call_gateway}, n)
             row = {"tensor": label, "requests": n}
-            for name, s in (("direct", direct), ("1hop", one_hop), ("2hop", two_hops)):
+            for name, s in (("direct", direct), *t.items()):
                 row[f"{name}_p50_ms"] = _pct(s, 50) * 1e3
                 row[f"{name}_p99_ms"] = _pct(s, 99) * 1e3
+            row["1hop/bare"] = row["1hop_p50_ms"] / row["bare_p50_ms"]
             row["per_hop_p50_ms"] = (row["2hop_p50_ms"] - row["direct_p50_ms"]) / 2
+            row["hop/bare"] = row["per_hop_p50_ms"] / row["bare_p50_ms"]
             row["per_hop_p99_ms"] = (row["2hop_p99_ms"] - row["direct_p99_ms"]) / 2
             row["per_hop_p50_GBps"] = nbytes * 2 / 1e9 / max(row["per_hop_p50_ms"] / 1e3, 1e-9)
             rows.append(row)
         channel.close()
         client.close()
+    echo_channel.close()
+    echo_proc.communicate("")
     cols = [
         "tensor",
         "requests",
         "direct_p50_ms",
+        "bare_p50_ms",
         "1hop_p50_ms",
         "1hop_p99_ms",
         "2hop_p50_ms",
         "2hop_p99_ms",
         "per_hop_p50_ms",
         "per_hop_p99_ms",
+        "1hop/bare",
+        "hop/bare",
         "per_hop_p50_GBps",
     ]
     print_table(rows, cols, title="Per-hop serving overhead on loopback (identity stage, 1 worker)")
