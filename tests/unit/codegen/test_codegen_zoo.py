@@ -26,7 +26,8 @@ def _stage_runner(stage, weights):
 
     def run(env):
         out = vm["main"](*[tvm.runtime.tensor(env[i]) for i in stage.inputs], *ws)
-        return dict(zip(stage.outputs, [o.numpy() for o in out], strict=True))
+        outs = [out] if hasattr(out, "numpy") else list(out)  # one output: the tensor itself
+        return dict(zip(stage.outputs, [o.numpy() for o in outs], strict=True))
 
     return run
 
