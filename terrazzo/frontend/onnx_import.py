@@ -9,8 +9,12 @@ from typing import Any
 
 from terrazzo.errors import FrontendError
 from terrazzo.frontend.onnx_checks import check_supported_ops, load_model_safely
-from terrazzo.frontend.onnx_fixups import fold_constant_of_shape, normalise_constants
-from terrazzo.frontend.onnx_rnn import register as register_rnn_converters
+from terrazzo.frontend.onnx_fixups import (
+    cast_shape_values,
+    fold_constant_of_shape,
+    normalise_constants,
+)
+from terrazzo.frontend.onnx_ops import current_op, install, reset_current_op
 from terrazzo.frontend.relax_graph import to_graph, to_graph_symbolic, uniquify_names
 from terrazzo.frontend.signature import keep_signature_names
 from terrazzo.frontend.symbolic import resolve_shape_symbols
@@ -179,14 +183,18 @@ def from_onnx(path: str | os.PathLike[str], shapes: Any = None, plan_shapes: Any
 
     p = Path(path)
     model = load_model_safely(p)
-    register_rnn_converters()
+    install()
     check_supported_ops(model, where=p.name)
     shape_dict, dtype_dict, ranges, dim_names = _input_specs(model, shapes, p.name)
     sizes = plan_sizes_for(plan_shapes, dim_names, ranges, p.name)
     normalise_constants(model)
     fold_constant_of_shape(model)
+    cast_shape_values(model)
+    reset_current_op()
+    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
     try:
         mod = tvm_from_onnx(model, shape_dict=shape_dict, dtype_dict=dtype_dict)
+        reset_current_op()  # what follows is no longer one node's conversion
         if ranges:  # sizes computed from Shape at run time → expressions of the input symbols
             mod = resolve_shape_symbols(mod, ranges)
         mod = relax.transform.DecomposeOpsForInference()(mod)
@@ -197,7 +205,9 @@ def from_onnx(path: str | os.PathLike[str], shapes: Any = None, plan_shapes: Any
         raise
     except Exception as e:  # TVM raises many types; report one line
         first = (str(e).strip().splitlines() or [type(e).__name__])[-1]
-        raise FrontendError(f"{p.name}: TVM's ONNX importer failed: {first[:300]}") from None
+        op = current_op()
+        at = f" at op {op} (opset {opset})" if op else ""
+        raise FrontendError(f"{p.name}: TVM's ONNX importer failed{at}: {first[:300]}") from None
     mod = uniquify_names(mod)
     mod = keep_signature_names(
         mod, [i.name for i in _graph_inputs(model)], [o.name for o in model.graph.output]

@@ -1,0 +1,107 @@
+"""Terrazzo's own ONNX converters (frontend/onnx_ops.py) against onnxruntime."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from onnx import TensorProto, helper  # noqa: E402
+
+from terrazzo.errors import FrontendError  # noqa: E402
+from terrazzo.frontend import build_cpu, from_onnx  # noqa: E402
+
+
+def _attention_model(path: Path, q_shape, kv_shape, mask_shape=None, opset=23, **attrs):  # type: ignore[no-untyped-def]
+    ins = [
+        helper.make_tensor_value_info("Q", TensorProto.FLOAT, q_shape),
+        helper.make_tensor_value_info("K", TensorProto.FLOAT, kv_shape),
+        helper.make_tensor_value_info("V", TensorProto.FLOAT, kv_shape),
+    ]
+    names = ["Q", "K", "V"]
+    if mask_shape is not None:
+        ins.append(helper.make_tensor_value_info("M", TensorProto.BOOL, mask_shape))
+        names.append("M")
+    node = helper.make_node("Attention", names, ["Y"], **attrs)
+    out = helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)
+    graph = helper.make_graph([node], "attn", ins, [out])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 10  # the newest onnxruntime 1.2x reads
+    onnx.save(model, str(path))
+
+
+def _compare(path: Path, feeds: dict[str, np.ndarray]) -> None:
+    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)
+    graph = from_onnx(path)
+    got = list(
+        build_cpu(graph)({g: feeds[n] for g, n in zip(graph.inputs, feeds, strict=True)}).values()
+    )
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-4, atol=1e-5, equal_nan=True)
+
+
+@pytest.mark.parametrize("causal", [0, 1])
+def test_attention_4d_gqa_matches_onnxruntime(tmp_path: Path, causal: int) -> None:
+    p = tmp_path / "a.onnx"
+    _attention_model(p, [1, 4, 3, 8], [1, 2, 5, 8], is_causal=causal)
+    rng = np.random.default_rng(0)
+    feeds = {
+        "Q": rng.standard_normal((1, 4, 3, 8), dtype=np.float32),
+        "K": rng.standard_normal((1, 2, 5, 8), dtype=np.float32),
+        "V": rng.standard_normal((1, 2, 5, 8), dtype=np.float32),
+    }
+    _compare(p, feeds)
+
+
+def test_attention_3d_bool_mask_nan_propagates(tmp_path: Path) -> None:
+    p = tmp_path / "a.onnx"
+    _attention_model(p, [2, 3, 8], [2, 4, 8], mask_shape=[3, 4], q_num_heads=2, kv_num_heads=2)
+    rng = np.random.default_rng(1)
+    q = rng.standard_normal((2, 3, 8), dtype=np.float32)
+    q[0, 1, 0] = np.nan  # a NaN query row stays NaN, as in onnxruntime
+    feeds = {
+        "Q": q,
+        "K": rng.standard_normal((2, 4, 8), dtype=np.float32),
+        "V": rng.standard_normal((2, 4, 8), dtype=np.float32),
+        "M": np.array([[1, 1, 0, 0], [1, 0, 1, 1], [0, 1, 1, 1]], dtype=bool),
+    }
+    _compare(p, feeds)
+
+
+def test_attention_refuses_sliding_window_with_one_line(tmp_path: Path) -> None:
+    p = tmp_path / "a.onnx"
+    _attention_model(p, [1, 2, 3, 4], [1, 2, 3, 4], opset=24, left_window_size=1)
+    with pytest.raises(FrontendError, match="left_window_size"):
+        from_onnx(p)
+
+
+def test_shape_value_feeding_div_is_cast(tmp_path: Path) -> None:
+    """Shape → Div (what the expanded Attention functions do) imports and runs."""
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node(
+            "Constant", [], ["two"], value=helper.make_tensor("t", TensorProto.INT64, [], [2])
+        ),
+        helper.make_node("Div", ["s", "two"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.INT64, [2])],
+    )
+    p = tmp_path / "s.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(p))
+    g = from_onnx(p)
+    got = list(build_cpu(g)({g.inputs[0]: np.zeros((4, 6), np.float32)}).values())[0]
+    np.testing.assert_array_equal(got, [2, 3])
+
+
+def test_import_failure_names_the_failing_op(tmp_path: Path) -> None:
+    p = tmp_path / "a.onnx"
+    _attention_model(p, [1, 2, 3, 4], [1, 2, 3, 4], opset=23, qk_matmul_output_mode=7)
+    with pytest.raises(FrontendError, match="Attention"):
+        from_onnx(p)
