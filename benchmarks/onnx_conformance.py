@@ -64,7 +64,9 @@ def _generate(cache: Path) -> Path:
             for i, a in enumerate(arrays):
                 if isinstance(a, np.generic):  # numpy scalars are rank-0 tensors
                     a = np.asarray(a)
-                if isinstance(a, np.ndarray):
+                if isinstance(a, onnx.TensorProto):  # bfloat16/float8/int4 data comes as protos
+                    (ds / f"{kind}_{i}.pb").write_bytes(a.SerializeToString())
+                elif isinstance(a, np.ndarray):
                     (ds / f"{kind}_{i}.pb").write_bytes(
                         numpy_helper.from_array(a).SerializeToString()
                     )
@@ -174,6 +176,9 @@ def _run_ort(d: Path, ins: list[Any], outs: list[Any]) -> str:
     except Exception as e:  # noqa: BLE001 - any load failure is the reason
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         msg = re.sub(r"^.*?Load model from \S+ failed:", "", msg).strip()
+        opset = re.search(r"Opset (\d+) is", msg)
+        if opset:
+            return f"onnxruntime does not support opset {opset.group(1)} yet"
         if "NOT_IMPLEMENTED" in msg or "Could not find an implementation" in msg:
             return "onnxruntime has no kernel: " + msg.split("Could not find")[-1][:160]
         return "onnxruntime cannot load it: " + msg[:160]
@@ -316,7 +321,7 @@ def main() -> int:
     ap.add_argument("--timeout-s", type=float, default=60.0, help="time limit per test")
     ap.add_argument(
         "--cache",
-        default=os.path.join(tempfile.gettempdir(), "terrazzo-onnx-node-tests-v3"),
+        default=os.path.join(tempfile.gettempdir(), "terrazzo-onnx-node-tests-v4"),
         help="where generated test cases are kept",
     )
     ap.add_argument("--name", default="onnx_conformance", help="result file stem")

@@ -118,7 +118,8 @@ def cast_shape_values(model: Any) -> int:
     outside a short list ("Node cannot handle ShapeExpr inputs"), e.g. ``Div`` in the
     expanded Attention functions; its ``Cast`` turns a ShapeExpr into an int64 tensor, and is
     a no-op on a tensor that already is one (the over-approximation below is harmless).
-    A ``Concat`` of shape values and tensors fails too: its shape inputs are cast as well.
+    A ``Concat`` of shape values and tensors fails too: its shape inputs are cast as well, and
+    so is a shape value that is a graph output.
 
     Returns:
         The number of Cast nodes inserted.
@@ -147,4 +148,16 @@ def cast_shape_values(model: Any) -> int:
             model.graph.node.insert(pos, cast)
             n.input[k] = cast_out
             inserted += 1
+    # A graph output must be a tensor too: the producer writes a renamed value, a Cast
+    # writes the output's name.
+    outputs = {o.name for o in model.graph.output}
+    for n in list(model.graph.node):
+        for k, name in enumerate(list(n.output)):
+            if name in outputs and name in shape_like:
+                inner = f"{name}__terrazzo_shape"
+                n.output[k] = inner
+                pos = list(model.graph.node).index(n) + 1
+                cast = helper.make_node("Cast", [inner], [name], to=TensorProto.INT64)
+                model.graph.node.insert(pos, cast)
+                inserted += 1
     return inserted

@@ -197,3 +197,119 @@ class Attention(_onnx_converter_base()):  # type: ignore[misc]
         if out_dtype != dtype:
             y, qk_out = bb.emit(op.astype(y, out_dtype)), bb.emit(op.astype(qk_out, out_dtype))
         return relax.Tuple([y, present_k, present_v, qk_out])
+
+
+def _nll(bb: Any, logp: Any, target: Any, weight: Any, attr: dict[str, Any], op_name: str) -> Any:
+    """Negative log-likelihood of ``logp`` [N, C, d...] at int ``target`` [N, d...] (spec)."""
+    import numpy as np
+    from tvm import relax
+
+    from terrazzo.errors import FrontendError
+
+    op = relax.op
+    shape = _static(logp, op_name)
+    dtype = str(logp.ty.dtype)
+    classes = shape[1]
+    reduction = attr.get("reduction", b"mean")
+    reduction = reduction.decode() if isinstance(reduction, bytes) else str(reduction)
+    if reduction not in ("none", "sum", "mean"):
+        raise FrontendError(f"ONNX {op_name}: reduction={reduction!r} is not supported")
+    tgt = bb.emit(op.expand_dims(op.astype(target, "int64"), 1))  # [N, 1, d...]
+    cls = np.arange(classes, dtype=np.int64).reshape([1, classes] + [1] * (len(shape) - 2))
+    onehot = bb.emit(op.equal(tgt, relax.const(cls)))  # [N, C, d...]
+    zero = relax.const(0.0, dtype)
+    # where, not a product: a NaN in a class other than the target must not leak in.
+    picked = bb.emit(op.sum(op.where(onehot, logp, zero), axis=[1]))
+    w = weight if weight is not None else relax.const(np.ones([classes], dtype))
+    w_full = op.reshape(w, cls.shape)
+    w_t = bb.emit(op.sum(op.where(onehot, op.broadcast_to(w_full, shape), zero), axis=[1]))
+    if "ignore_index" in attr:
+        keep = op.not_equal(op.squeeze(tgt, [1]), relax.const(int(attr["ignore_index"]), "int64"))
+        w_t = bb.emit(op.where(keep, w_t, zero))
+    loss = bb.emit(op.negative(op.multiply(picked, w_t)))
+    if reduction == "none":
+        return loss
+    total = bb.emit(op.sum(loss))
+    if reduction == "sum":
+        return total
+    return bb.emit(op.divide(total, op.sum(w_t)))
+
+
+@register("NegativeLogLikelihoodLoss")
+class NegativeLogLikelihoodLoss(_onnx_converter_base()):  # type: ignore[misc]
+    """ONNX NegativeLogLikelihoodLoss (opsets 12, 13, 22): optional ``weight``,
+    ``ignore_index``, reductions none/sum/mean; NaN in other classes does not leak in."""
+
+    @classmethod
+    def _impl_v12(cls, bb: Any, inputs: Any, attr: dict[str, Any], params: Any) -> Any:
+        weight = inputs[2] if len(inputs) > 2 else None
+        return _nll(bb, inputs[0], inputs[1], weight, attr, "NegativeLogLikelihoodLoss")
+
+
+@register("SoftmaxCrossEntropyLoss")
+class SoftmaxCrossEntropyLoss(_onnx_converter_base()):  # type: ignore[misc]
+    """ONNX SoftmaxCrossEntropyLoss (opsets 12, 13): log_softmax over axis 1, then the
+    NLL above; the optional second output is the log-probabilities."""
+
+    @classmethod
+    def _impl_v12(cls, bb: Any, inputs: Any, attr: dict[str, Any], params: Any) -> Any:
+        from tvm import relax
+
+        logp = bb.emit(relax.op.nn.log_softmax(inputs[0], axis=1))
+        weight = inputs[2] if len(inputs) > 2 else None
+        loss = _nll(bb, logp, inputs[1], weight, attr, "SoftmaxCrossEntropyLoss")
+        if attr["tvm_custom"]["num_outputs"] > 1:
+            return relax.Tuple([loss, logp])
+        return loss
+
+
+@register("NonMaxSuppression")
+class NonMaxSuppression(_onnx_converter_base()):  # type: ignore[misc]
+    """Refused with one line: its output size depends on the data (TVM 0.27's converter
+    returns an empty result for static shapes, a silent wrong answer)."""
+
+    @classmethod
+    def _impl_v10(cls, bb: Any, inputs: Any, attr: dict[str, Any], params: Any) -> Any:
+        from terrazzo.errors import FrontendError
+
+        raise FrontendError(
+            "ONNX NonMaxSuppression: the number of selected boxes depends on the data; "
+            "Terrazzo compiles static shapes only"
+        )
+
+
+@register("LayerNormalization")
+class LayerNormalization(_onnx_converter_base()):  # type: ignore[misc]
+    """ONNX LayerNormalization (opset 17): normalises over ``axis``..last; the optional
+    ``Mean`` and ``InvStdDev`` outputs keep the reduced axes as size 1 (the spec);
+    computed in fp32 for half-precision inputs (``stash_type`` 1, the default)."""
+
+    @classmethod
+    def _impl_v17(cls, bb: Any, inputs: Any, attr: dict[str, Any], params: Any) -> Any:
+        from tvm import relax
+
+        op = relax.op
+        x, scale = inputs[0], inputs[1]
+        bias = inputs[2] if len(inputs) > 2 else None
+        rank = len(_static(x, "LayerNormalization"))
+        axis = int(attr.get("axis", -1))
+        axis = axis + rank if axis < 0 else axis
+        axes = list(range(axis, rank))
+        dtype = str(x.ty.dtype)
+        work = "float32" if dtype in ("float16", "bfloat16") else dtype
+        xw = bb.emit(op.astype(x, work)) if work != dtype else x
+        mean = bb.emit(op.mean(xw, axis=axes, keepdims=True))
+        centred = bb.emit(op.subtract(xw, mean))
+        var = bb.emit(op.mean(op.multiply(centred, centred), axis=axes, keepdims=True))
+        eps = relax.const(float(attr.get("epsilon", 1e-5)), work)
+        inv = bb.emit(op.divide(relax.const(1.0, work), op.sqrt(op.add(var, eps))))
+        y = bb.emit(op.multiply(centred, inv))
+        if work != dtype:
+            y = bb.emit(op.astype(y, dtype))
+        y = bb.emit(op.multiply(y, scale))
+        if bias is not None:
+            y = bb.emit(op.add(y, bias))
+        n = attr["tvm_custom"]["num_outputs"]
+        if n == 1:
+            return y
+        return relax.Tuple([y, mean, inv][:n])
