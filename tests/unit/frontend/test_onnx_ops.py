@@ -105,3 +105,128 @@ def test_import_failure_names_the_failing_op(tmp_path: Path) -> None:
     _attention_model(p, [1, 2, 3, 4], [1, 2, 3, 4], opset=23, qk_matmul_output_mode=7)
     with pytest.raises(FrontendError, match="Attention"):
         from_onnx(p)
+
+
+def _single_node_model(path: Path, node, ins, outs, opset: int) -> None:  # type: ignore[no-untyped-def]
+    graph = helper.make_graph([node], "g", ins, outs)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 10
+    onnx.save(model, str(path))
+
+
+def _compare_all(path: Path, feeds: dict[str, np.ndarray]) -> None:
+    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)
+    graph = from_onnx(path)
+    got = build_cpu(graph)({g: feeds[n] for g, n in zip(graph.inputs, feeds, strict=True)})
+    assert len(got) == len(want)
+    for g, w in zip(got.values(), want, strict=True):
+        assert g.shape == w.shape
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5, equal_nan=True)
+
+
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
+def test_nll_loss_with_weight_and_ignore_index(tmp_path: Path, reduction: str) -> None:
+    p = tmp_path / "nll.onnx"
+    node = helper.make_node(
+        "NegativeLogLikelihoodLoss", ["x", "t", "w"], ["y"], reduction=reduction, ignore_index=1
+    )
+    ins = [
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 4, 2]),
+        helper.make_tensor_value_info("t", TensorProto.INT64, [3, 2]),
+        helper.make_tensor_value_info("w", TensorProto.FLOAT, [4]),
+    ]
+    _single_node_model(
+        p, node, ins, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], 22
+    )
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((3, 4, 2), dtype=np.float32)
+    x[0, 3, 0] = np.nan  # not the target class there: must not leak into the loss
+    feeds = {
+        "x": x,
+        "t": np.array([[0, 1], [2, 3], [1, 0]], np.int64),
+        "w": rng.random(4, dtype=np.float32),
+    }
+    _compare_all(p, feeds)
+
+
+def test_softmax_cross_entropy_with_log_prob_and_inf(tmp_path: Path) -> None:
+    p = tmp_path / "sce.onnx"
+    node = helper.make_node("SoftmaxCrossEntropyLoss", ["x", "t"], ["y", "lp"], reduction="mean")
+    ins = [
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3]),
+        helper.make_tensor_value_info("t", TensorProto.INT64, [2]),
+    ]
+    outs = [
+        helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
+        helper.make_tensor_value_info("lp", TensorProto.FLOAT, None),
+    ]
+    _single_node_model(p, node, ins, outs, 13)
+    x = np.array([[1.0, 2.0, -np.inf], [0.5, np.inf, 0.0]], np.float32)
+    _compare_all(p, {"x": x, "t": np.array([0, 2], np.int64)})
+
+
+@pytest.mark.parametrize("axis", [-1, 1])
+def test_layer_normalization_three_outputs(tmp_path: Path, axis: int) -> None:
+    p = tmp_path / "ln.onnx"
+    node = helper.make_node(
+        "LayerNormalization", ["x", "s", "b"], ["y", "m", "r"], axis=axis, epsilon=1e-3
+    )
+    ins = [
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4]),
+        helper.make_tensor_value_info(
+            "s", TensorProto.FLOAT, [3, 4][axis:] if axis == -1 else [3, 4]
+        ),
+        helper.make_tensor_value_info(
+            "b", TensorProto.FLOAT, [3, 4][axis:] if axis == -1 else [3, 4]
+        ),
+    ]
+    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("y", "m", "r")]
+    _single_node_model(p, node, ins, outs, 17)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 3, 4), dtype=np.float32)
+    x[1, 0, 0] = np.nan
+    pshape = (4,) if axis == -1 else (3, 4)
+    _compare_all(
+        p,
+        {
+            "x": x,
+            "s": rng.standard_normal(pshape, dtype=np.float32),
+            "b": rng.standard_normal(pshape, dtype=np.float32),
+        },
+    )
+
+
+def test_non_max_suppression_is_refused_with_one_line(tmp_path: Path) -> None:
+    p = tmp_path / "nms.onnx"
+    node = helper.make_node("NonMaxSuppression", ["b", "s"], ["i"])
+    ins = [
+        helper.make_tensor_value_info("b", TensorProto.FLOAT, [1, 2, 4]),
+        helper.make_tensor_value_info("s", TensorProto.FLOAT, [1, 1, 2]),
+    ]
+    _single_node_model(
+        p, node, ins, [helper.make_tensor_value_info("i", TensorProto.INT64, None)], 11
+    )
+    with pytest.raises(FrontendError, match="NonMaxSuppression"):
+        from_onnx(p)
+
+
+def test_shape_graph_output_rank0_input(tmp_path: Path) -> None:
+    """Shape as a graph output (a constant for static shapes), of a rank-0 input too."""
+    p = tmp_path / "shape.onnx"
+    nodes = [helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Shape", ["z"], ["sz"])]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 1, 2]),
+            helper.make_tensor_value_info("z", TensorProto.FLOAT, []),
+        ],
+        [
+            helper.make_tensor_value_info("s", TensorProto.INT64, None),
+            helper.make_tensor_value_info("sz", TensorProto.INT64, None),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 10
+    onnx.save(model, str(p))
+    _compare_all(p, {"x": np.zeros((3, 1, 2), np.float32), "z": np.array(1.0, np.float32)})
