@@ -161,7 +161,36 @@ def plan_sizes_for(
     return sizes
 
 
-def from_onnx(path: str | os.PathLike[str], shapes: Any = None, plan_shapes: Any = None) -> Graph:
+def _freeze_inputs(model: Any, values: Any, where: str) -> None:
+    """Turn the named graph inputs into initializers holding ``values`` (in place)."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    by_name = {i.name: i for i in _graph_inputs(model)}
+    for name, value in dict(values).items():
+        vi = by_name.get(name)
+        if vi is None:
+            raise FrontendError(
+                f"{where}: constant_inputs names {name!r}, but the model's inputs are "
+                f"{', '.join(repr(n) for n in by_name)}"
+            )
+        want = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type))
+        arr = np.asarray(value)
+        if arr.dtype != want:
+            raise FrontendError(
+                f"{where}: constant_inputs[{name!r}] has dtype {arr.dtype}, the input is {want}"
+            )
+        model.graph.input.remove(vi)
+        model.graph.initializer.append(numpy_helper.from_array(arr, name))
+
+
+def from_onnx(
+    path: str | os.PathLike[str],
+    shapes: Any = None,
+    plan_shapes: Any = None,
+    constant_inputs: Any = None,
+) -> Graph:
     """Import an ONNX model as an ir.Graph (with its Relax module in ``relax_mod``).
 
     Args:
@@ -170,6 +199,9 @@ def from_onnx(path: str | os.PathLike[str], shapes: Any = None, plan_shapes: Any
             size fixes a dimension, a ``(lo, hi)`` range keeps it symbolic; open dimensions
             not declared stay symbolic with the default range.
         plan_shapes: input name → the shape to plan for (default: each range's upper bound).
+        constant_inputs: input name → the value it always has: the input becomes a constant
+            (a specialisation: an input that gives a shape, axes or sizes must be one, as
+            Terrazzo compiles static shapes).
 
     Returns:
         A verified model graph.
@@ -183,6 +215,8 @@ def from_onnx(path: str | os.PathLike[str], shapes: Any = None, plan_shapes: Any
 
     p = Path(path)
     model = load_model_safely(p)
+    if constant_inputs:
+        _freeze_inputs(model, constant_inputs, p.name)
     install()
     check_supported_ops(model, where=p.name)
     shape_dict, dtype_dict, ranges, dim_names = _input_specs(model, shapes, p.name)

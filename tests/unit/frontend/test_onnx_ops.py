@@ -230,3 +230,35 @@ def test_shape_graph_output_rank0_input(tmp_path: Path) -> None:
     model.ir_version = 10
     onnx.save(model, str(p))
     _compare_all(p, {"x": np.zeros((3, 1, 2), np.float32), "z": np.array(1.0, np.float32)})
+
+
+def _reduce_sum_model(path: Path) -> None:
+    node = helper.make_node("ReduceSum", ["x", "axes"], ["y"], keepdims=0)
+    ins = [
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3]),
+        helper.make_tensor_value_info("axes", TensorProto.INT64, [1]),
+    ]
+    _single_node_model(
+        path, node, ins, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], 18
+    )
+
+
+def test_axes_input_given_as_constant_imports(tmp_path: Path) -> None:
+    p = tmp_path / "rs.onnx"
+    _reduce_sum_model(p)
+    with pytest.raises(FrontendError, match="ReduceSum"):  # names the op that failed
+        from_onnx(p)
+    g = from_onnx(p, constant_inputs={"axes": np.array([1], np.int64)})
+    assert g.inputs == ("x",)
+    x = np.array([[1.0, np.nan, 2.0], [np.inf, 1.0, 0.0]], np.float32)
+    got = list(build_cpu(g)({"x": x}).values())[0]
+    np.testing.assert_array_equal(got, [np.nan, np.inf])
+
+
+def test_constant_inputs_wrong_dtype_or_name_is_one_line(tmp_path: Path) -> None:
+    p = tmp_path / "rs.onnx"
+    _reduce_sum_model(p)
+    with pytest.raises(FrontendError, match="dtype int32"):
+        from_onnx(p, constant_inputs={"axes": np.array([1], np.int32)})
+    with pytest.raises(FrontendError, match="'nope'"):
+        from_onnx(p, constant_inputs={"nope": np.array([1], np.int64)})
