@@ -313,3 +313,33 @@ class LayerNormalization(_onnx_converter_base()):  # type: ignore[misc]
         if n == 1:
             return y
         return relax.Tuple([y, mean, inv][:n])
+
+
+@register("CumProd")
+class CumProd(_onnx_converter_base()):  # type: ignore[misc]
+    """ONNX CumProd (opset 26): ``exclusive`` and ``reverse``; the axis must be a constant
+    (``from_onnx(constant_inputs=...)`` makes an axis input one)."""
+
+    @classmethod
+    def _impl_v26(cls, bb: Any, inputs: Any, attr: dict[str, Any], params: Any) -> Any:
+        import numpy as np
+        import tvm
+        from tvm import relax
+
+        from terrazzo.errors import FrontendError
+
+        x, axis_in = inputs[0], inputs[1]
+        if not isinstance(axis_in, tvm.ir.GenericConst):
+            raise FrontendError(
+                "ONNX CumProd: the axis input must be a constant (give it with constant_inputs=)"
+            )
+        rank = len(_static(x, "CumProd"))
+        axis = int(np.asarray(axis_in.value.numpy()).reshape(-1)[0])
+        axis = axis + rank if axis < 0 else axis
+        op = relax.op
+        if int(attr.get("reverse", 0)):
+            x = bb.emit(op.flip(x, axis))
+        y = bb.emit(op.cumprod(x, axis=axis, exclusive=bool(int(attr.get("exclusive", 0)))))
+        if int(attr.get("reverse", 0)):
+            y = bb.emit(op.flip(y, axis))
+        return y

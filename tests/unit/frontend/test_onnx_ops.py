@@ -262,3 +262,28 @@ def test_constant_inputs_wrong_dtype_or_name_is_one_line(tmp_path: Path) -> None
         from_onnx(p, constant_inputs={"axes": np.array([1], np.int32)})
     with pytest.raises(FrontendError, match="'nope'"):
         from_onnx(p, constant_inputs={"nope": np.array([1], np.int64)})
+
+
+@pytest.mark.parametrize(("exclusive", "reverse"), [(0, 0), (1, 0), (0, 1), (1, 1)])
+def test_cumprod_matches_onnxruntime(tmp_path: Path, exclusive: int, reverse: int) -> None:
+    p = tmp_path / "cp.onnx"
+    node = helper.make_node("CumProd", ["x", "axis"], ["y"], exclusive=exclusive, reverse=reverse)
+    ins = [
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3]),
+        helper.make_tensor_value_info("axis", TensorProto.INT64, []),
+    ]
+    _single_node_model(
+        p, node, ins, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], 26
+    )
+    x = np.array([[1.0, np.nan, 2.0], [np.inf, -1.0, 0.0]], np.float32)
+    axis = np.array(1, np.int64)  # rank 0
+    with pytest.raises(FrontendError, match="CumProd: the axis input must be a constant"):
+        from_onnx(p)
+    g = from_onnx(p, constant_inputs={"axis": axis})
+    got = list(build_cpu(g)({"x": x}).values())[0]
+    xs = np.flip(x, 1) if reverse else x
+    want = np.cumprod(xs, axis=1)
+    if exclusive:
+        want = np.concatenate([np.ones((2, 1), np.float32), want[:, :-1]], axis=1)
+    want = np.flip(want, 1) if reverse else want
+    np.testing.assert_array_equal(got, want)
