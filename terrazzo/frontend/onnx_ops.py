@@ -48,6 +48,7 @@ def install() -> None:
     from terrazzo.frontend.onnx_rnn import register as register_rnn
 
     register_rnn()
+    _register_refusals()
     current = onnx_frontend._get_convert_map
     if not getattr(current, "_terrazzo_ops", False):
 
@@ -343,3 +344,93 @@ class CumProd(_onnx_converter_base()):  # type: ignore[misc]
         if int(attr.get("reverse", 0)):
             y = bb.emit(op.flip(y, axis))
         return y
+
+
+@register("IsInf")
+class IsInf(_onnx_converter_base()):  # type: ignore[misc]
+    """ONNX IsInf (opsets 10, 20): ``detect_negative``/``detect_positive`` (TVM 0.27's
+    converter ignores them and reports both signs)."""
+
+    @classmethod
+    def _impl_v10(cls, bb: Any, inputs: Any, attr: dict[str, Any], params: Any) -> Any:
+        from tvm import relax
+
+        op = relax.op
+        x = inputs[0]
+        inf = bb.emit(op.isinf(x))
+        neg, pos = int(attr.get("detect_negative", 1)), int(attr.get("detect_positive", 1))
+        if neg and pos:
+            return inf
+        zero = relax.const(0, str(x.ty.dtype))
+        if not neg and not pos:
+            return op.logical_and(inf, op.not_equal(x, x))  # all false (x == x is not NaN)
+        sign = op.greater(x, zero) if pos else op.less(x, zero)
+        return op.logical_and(inf, sign)
+
+
+def _refuse_attr(base_op: str, attr_name: str, bad: Callable[[Any], bool], why: str) -> Any:
+    """A converter that refuses ``attr_name`` when ``bad(value)`` and else is TVM's own."""
+    from tvm.relax.frontend.onnx import onnx_frontend
+
+    tvm_cls = getattr(onnx_frontend, base_op)
+
+    class Checked(tvm_cls):  # type: ignore[misc,valid-type]
+        @classmethod
+        def get_converter(cls, opset: int) -> Any:
+            impl = tvm_cls.get_converter(opset)
+
+            def convert(bb: Any, inputs: Any, attr: dict[str, Any], params: Any) -> Any:
+                from terrazzo.errors import FrontendError
+
+                if attr_name in attr and bad(attr[attr_name]):
+                    raise FrontendError(f"ONNX {base_op}: attribute {attr_name!r} {why}")
+                return impl(bb, inputs, attr, params)
+
+            return convert
+
+    Checked.__name__ = base_op
+    return Checked
+
+
+def _register_refusals() -> None:
+    """TVM converters that give a silent wrong answer for one attribute: refuse it instead."""
+    if "BatchNormalization" in CONVERTERS:
+        return
+    CONVERTERS["BatchNormalization"] = _refuse_attr(
+        "BatchNormalization",
+        "training_mode",
+        lambda v: int(v) != 0,
+        "= 1 (batch statistics) is not supported; export the model in eval mode",
+    )
+    CONVERTERS["ConvTranspose"] = ConvTranspose
+
+
+def _tvm_conv_transpose() -> Any:
+    from tvm.relax.frontend.onnx import onnx_frontend
+
+    return onnx_frontend.ConvTranspose
+
+
+class ConvTranspose(_tvm_conv_transpose()):  # type: ignore[misc]
+    """TVM's ConvTranspose, refused with one line when ``output_shape`` is given and TVM's
+    result does not have it (TVM 0.27 ignores the attribute's implied padding)."""
+
+    @classmethod
+    def get_converter(cls, opset: int) -> Any:
+        impl = _tvm_conv_transpose().get_converter(opset)
+
+        def convert(bb: Any, inputs: Any, attr: dict[str, Any], params: Any) -> Any:
+            from terrazzo.errors import FrontendError
+
+            out = impl(bb, inputs, attr, params)
+            want = [int(v) for v in attr.get("output_shape", [])]
+            if want:
+                got = _static(bb.normalize(out), "ConvTranspose")[2:]
+                if got != want[-len(got) :]:
+                    raise FrontendError(
+                        f"ONNX ConvTranspose: attribute 'output_shape' {want} is not "
+                        f"supported (the converter gives {got}); give 'pads' instead"
+                    )
+            return out
+
+        return convert

@@ -287,3 +287,43 @@ def test_cumprod_matches_onnxruntime(tmp_path: Path, exclusive: int, reverse: in
         want = np.concatenate([np.ones((2, 1), np.float32), want[:, :-1]], axis=1)
     want = np.flip(want, 1) if reverse else want
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize(("neg", "pos"), [(1, 0), (0, 1), (0, 0), (1, 1)])
+def test_isinf_detect_sign(tmp_path: Path, neg: int, pos: int) -> None:
+    p = tmp_path / "isinf.onnx"
+    node = helper.make_node("IsInf", ["x"], ["y"], detect_negative=neg, detect_positive=pos)
+    ins = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [5])]
+    _single_node_model(
+        p, node, ins, [helper.make_tensor_value_info("y", TensorProto.BOOL, None)], 20
+    )
+    _compare_all(p, {"x": np.array([-np.inf, np.inf, np.nan, 0.0, -1.0], np.float32)})
+
+
+def test_batchnorm_training_mode_is_refused(tmp_path: Path) -> None:
+    p = tmp_path / "bn.onnx"
+    node = helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y"], training_mode=1)
+    ins = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4])] + [
+        helper.make_tensor_value_info(n, TensorProto.FLOAT, [3]) for n in "sbmv"
+    ]
+    _single_node_model(
+        p, node, ins, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], 15
+    )
+    with pytest.raises(FrontendError, match="BatchNormalization: attribute 'training_mode'"):
+        from_onnx(p)
+
+
+def test_convtranspose_output_shape_wrong_is_refused(tmp_path: Path) -> None:
+    p = tmp_path / "ct.onnx"
+    node = helper.make_node(
+        "ConvTranspose", ["x", "w"], ["y"], strides=[3, 2], output_shape=[10, 8]
+    )
+    ins = [
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 3, 3]),
+        helper.make_tensor_value_info("w", TensorProto.FLOAT, [1, 2, 3, 3]),
+    ]
+    _single_node_model(
+        p, node, ins, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], 11
+    )
+    with pytest.raises(FrontendError, match="ConvTranspose: attribute 'output_shape'"):
+        from_onnx(p)
