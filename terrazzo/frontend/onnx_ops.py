@@ -281,18 +281,23 @@ class NonMaxSuppression(_onnx_converter_base()):  # type: ignore[misc]
 
 @register("LayerNormalization")
 class LayerNormalization(_onnx_converter_base()):  # type: ignore[misc]
-    """ONNX LayerNormalization (opset 17): normalises over ``axis``..last; the optional
+    """ONNX LayerNormalization (opset 17) with its optional outputs (one output: TVM's own
+    converter): normalises over ``axis``..last; the optional
     ``Mean`` and ``InvStdDev`` outputs keep the reduced axes as size 1 (the spec);
     computed in fp32 for half-precision inputs (``stash_type`` 1, the default)."""
 
     @classmethod
     def _impl_v17(cls, bb: Any, inputs: Any, attr: dict[str, Any], params: Any) -> Any:
         from tvm import relax
+        from tvm.relax.frontend.onnx import onnx_frontend
 
+        n = attr["tvm_custom"]["num_outputs"]
+        if n == 1:  # TVM's own (one fused layer_norm op, symbolic shapes welcome)
+            return onnx_frontend.LayerNormalization.get_converter(17)(bb, inputs, attr, params)
         op = relax.op
         x, scale = inputs[0], inputs[1]
         bias = inputs[2] if len(inputs) > 2 else None
-        rank = len(_static(x, "LayerNormalization"))
+        rank = int(x.ty.ndim)
         axis = int(attr.get("axis", -1))
         axis = axis + rank if axis < 0 else axis
         axes = list(range(axis, rank))
@@ -310,9 +315,6 @@ class LayerNormalization(_onnx_converter_base()):  # type: ignore[misc]
         y = bb.emit(op.multiply(y, scale))
         if bias is not None:
             y = bb.emit(op.add(y, bias))
-        n = attr["tvm_custom"]["num_outputs"]
-        if n == 1:
-            return y
         return relax.Tuple([y, mean, inv][:n])
 
 
