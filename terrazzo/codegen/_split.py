@@ -219,29 +219,48 @@ def _collect_constants(func: Any) -> dict[Any, str]:
 
 
 def _flatten_return(
-    expr: Any, where: str, tuples: Mapping[str, Any], resolved: set[str]
+    expr: Any,
+    where: str,
+    tuples: Mapping[str, Any],
+    resolved: set[str],
+    owner: tuple[str, tuple[int, ...]] | None = None,
 ) -> list[tuple[str, str, tuple[int, ...], Any]]:
     """Graph output leaves of the return expression: (leaf name, var name, path, type).
 
     A returned var bound to a tuple literal (``gv = (lv7, lv3)``) resolves to its fields, so
-    graph outputs are named like the frontend's ``Graph.outputs``.
+    graph outputs are named like the frontend's ``Graph.outputs``. A constant field
+    (``gv = (lv7, metadata[0])``: a graph output that is a constant) has no var of its own:
+    it stays a field of its tuple var (``gv.1``), which is then kept (not resolved away) so
+    the stage that binds it exports the constant.
     """
     from tvm import ir, relax
 
+    def has_constant_field(value: Any) -> bool:
+        if isinstance(value, ir.GenericConst):
+            return True
+        return isinstance(value, relax.Tuple) and any(has_constant_field(f) for f in value.fields)
+
     if isinstance(expr, relax.Tuple):
         out = []
-        for f in expr.fields:
-            out.extend(_flatten_return(f, where, tuples, resolved))
+        for i, f in enumerate(expr.fields):
+            sub = None if owner is None else (owner[0], (*owner[1], i))
+            out.extend(_flatten_return(f, where, tuples, resolved, sub))
         return out
     if isinstance(expr, ir.expr.Var) and expr.name in tuples:
-        resolved.add(expr.name)
-        return _flatten_return(tuples[expr.name], where, tuples, resolved)
+        value = tuples[expr.name]
+        if not has_constant_field(value):
+            resolved.add(expr.name)
+        return _flatten_return(value, where, tuples, resolved, (expr.name, ()))
     if isinstance(expr, ir.expr.Var):
         return [(n, expr.name, p, t) for n, p, t in _leaves(expr.name, expr.ty)]
     if isinstance(expr, relax.TupleGetItem) and isinstance(expr.tuple_value, ir.expr.Var):
         base = expr.tuple_value
         name = f"{base.name}.{int(expr.index)}"
         return [(n, base.name, (int(expr.index), *p), t) for n, p, t in _leaves(name, expr.ty)]
+    if isinstance(expr, ir.GenericConst) and owner is not None:
+        var, path = owner
+        name = ".".join([var, *(str(i) for i in path)])
+        return [(n, var, (*path, *p), t) for n, p, t in _leaves(name, expr.ty)]
     raise CodegenError(f"{where}: unsupported graph output expression {type(expr).__name__}")
 
 

@@ -100,3 +100,64 @@ def normalise_constants(model: Any) -> int:
         model.graph.node.insert(i, node)
         count += 1
     return count
+
+
+# Ops TVM 0.27's importer accepts a shape value (a Relax ShapeExpr, what ``Shape`` gives) for.
+_SHAPE_OK = {
+    "Reshape", "Resize", "ConstantOfShape", "Gather", "Slice", "Shape", "Expand", "Concat",
+    "Equal", "Where", "Cast", "CastLike", "Squeeze",
+}  # fmt: skip
+# Of those, the ones whose output is again a shape value when an input is.
+_SHAPE_PASSES = {"Gather", "Slice", "Concat", "Squeeze"}
+
+
+def cast_shape_values(model: Any) -> int:
+    """Insert ``Cast(to=int64)`` where a ``Shape`` result feeds an op that needs a tensor.
+
+    TVM 0.27 keeps ``Shape``'s result as a ShapeExpr and refuses it as the input of any op
+    outside a short list ("Node cannot handle ShapeExpr inputs"), e.g. ``Div`` in the
+    expanded Attention functions; its ``Cast`` turns a ShapeExpr into an int64 tensor, and is
+    a no-op on a tensor that already is one (the over-approximation below is harmless).
+    A ``Concat`` of shape values and tensors fails too: its shape inputs are cast as well, and
+    so is a shape value that is a graph output.
+
+    Returns:
+        The number of Cast nodes inserted.
+    """
+    from onnx import TensorProto, helper
+
+    shape_like: set[str] = set()
+    inserted = 0
+    for n in list(model.graph.node):
+        if n.domain not in ("", "ai.onnx"):
+            continue
+        if n.op_type == "Shape":
+            shape_like.update(n.output)
+            continue
+        mixed = n.op_type == "Concat" and not all(i in shape_like for i in n.input)
+        if n.op_type in _SHAPE_OK and not mixed:
+            if n.op_type in _SHAPE_PASSES and any(i in shape_like for i in n.input):
+                shape_like.update(n.output)
+            continue
+        for k, name in enumerate(list(n.input)):
+            if name not in shape_like:
+                continue
+            cast_out = f"{name}__terrazzo_i64_{inserted}"
+            cast = helper.make_node("Cast", [name], [cast_out], to=TensorProto.INT64)
+            pos = list(model.graph.node).index(n)
+            model.graph.node.insert(pos, cast)
+            n.input[k] = cast_out
+            inserted += 1
+    # A graph output must be a tensor too: the producer writes a renamed value, a Cast
+    # writes the output's name.
+    outputs = {o.name for o in model.graph.output}
+    for n in list(model.graph.node):
+        for k, name in enumerate(list(n.output)):
+            if name in outputs and name in shape_like:
+                inner = f"{name}__terrazzo_shape"
+                n.output[k] = inner
+                pos = list(model.graph.node).index(n) + 1
+                cast = helper.make_node("Cast", [inner], [name], to=TensorProto.INT64)
+                model.graph.node.insert(pos, cast)
+                inserted += 1
+    return inserted

@@ -9,8 +9,12 @@ from typing import Any
 
 from terrazzo.errors import FrontendError
 from terrazzo.frontend.onnx_checks import check_supported_ops, load_model_safely
-from terrazzo.frontend.onnx_fixups import fold_constant_of_shape, normalise_constants
-from terrazzo.frontend.onnx_rnn import register as register_rnn_converters
+from terrazzo.frontend.onnx_fixups import (
+    cast_shape_values,
+    fold_constant_of_shape,
+    normalise_constants,
+)
+from terrazzo.frontend.onnx_ops import current_op, install, reset_current_op
 from terrazzo.frontend.relax_graph import to_graph, to_graph_symbolic, uniquify_names
 from terrazzo.frontend.signature import keep_signature_names
 from terrazzo.frontend.symbolic import resolve_shape_symbols
@@ -157,7 +161,36 @@ def plan_sizes_for(
     return sizes
 
 
-def from_onnx(path: str | os.PathLike[str], shapes: Any = None, plan_shapes: Any = None) -> Graph:
+def _freeze_inputs(model: Any, values: Any, where: str) -> None:
+    """Turn the named graph inputs into initializers holding ``values`` (in place)."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    by_name = {i.name: i for i in _graph_inputs(model)}
+    for name, value in dict(values).items():
+        vi = by_name.get(name)
+        if vi is None:
+            raise FrontendError(
+                f"{where}: constant_inputs names {name!r}, but the model's inputs are "
+                f"{', '.join(repr(n) for n in by_name)}"
+            )
+        want = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type))
+        arr = np.asarray(value)
+        if arr.dtype != want:
+            raise FrontendError(
+                f"{where}: constant_inputs[{name!r}] has dtype {arr.dtype}, the input is {want}"
+            )
+        model.graph.input.remove(vi)
+        model.graph.initializer.append(numpy_helper.from_array(arr, name))
+
+
+def from_onnx(
+    path: str | os.PathLike[str],
+    shapes: Any = None,
+    plan_shapes: Any = None,
+    constant_inputs: Any = None,
+) -> Graph:
     """Import an ONNX model as an ir.Graph (with its Relax module in ``relax_mod``).
 
     Args:
@@ -166,6 +199,9 @@ def from_onnx(path: str | os.PathLike[str], shapes: Any = None, plan_shapes: Any
             size fixes a dimension, a ``(lo, hi)`` range keeps it symbolic; open dimensions
             not declared stay symbolic with the default range.
         plan_shapes: input name → the shape to plan for (default: each range's upper bound).
+        constant_inputs: input name → the value it always has: the input becomes a constant
+            (a specialisation: an input that gives a shape, axes or sizes must be one, as
+            Terrazzo compiles static shapes).
 
     Returns:
         A verified model graph.
@@ -179,14 +215,20 @@ def from_onnx(path: str | os.PathLike[str], shapes: Any = None, plan_shapes: Any
 
     p = Path(path)
     model = load_model_safely(p)
-    register_rnn_converters()
+    if constant_inputs:
+        _freeze_inputs(model, constant_inputs, p.name)
+    install()
     check_supported_ops(model, where=p.name)
     shape_dict, dtype_dict, ranges, dim_names = _input_specs(model, shapes, p.name)
     sizes = plan_sizes_for(plan_shapes, dim_names, ranges, p.name)
     normalise_constants(model)
     fold_constant_of_shape(model)
+    cast_shape_values(model)
+    reset_current_op()
+    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
     try:
         mod = tvm_from_onnx(model, shape_dict=shape_dict, dtype_dict=dtype_dict)
+        reset_current_op()  # what follows is no longer one node's conversion
         if ranges:  # sizes computed from Shape at run time → expressions of the input symbols
             mod = resolve_shape_symbols(mod, ranges)
         mod = relax.transform.DecomposeOpsForInference()(mod)
@@ -197,7 +239,9 @@ def from_onnx(path: str | os.PathLike[str], shapes: Any = None, plan_shapes: Any
         raise
     except Exception as e:  # TVM raises many types; report one line
         first = (str(e).strip().splitlines() or [type(e).__name__])[-1]
-        raise FrontendError(f"{p.name}: TVM's ONNX importer failed: {first[:300]}") from None
+        op = current_op()
+        at = f" at op {op} (opset {opset})" if op else ""
+        raise FrontendError(f"{p.name}: TVM's ONNX importer failed{at}: {first[:300]}") from None
     mod = uniquify_names(mod)
     mod = keep_signature_names(
         mod, [i.name for i in _graph_inputs(model)], [o.name for o in model.graph.output]

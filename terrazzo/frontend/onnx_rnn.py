@@ -74,7 +74,7 @@ def _seq_mask(bb: Any, seq_lens: Any, seq: int, batch: int) -> Any:
     if seq_lens is None:
         return None
     if isinstance(seq_lens, tvm.ir.GenericConst):
-        vals = np.asarray(seq_lens.data.numpy()).reshape(-1)
+        vals = np.asarray(seq_lens.value.numpy()).reshape(-1)
         if np.all(vals == seq):
             return None
     lens = relax.op.astype(seq_lens, "int64")
