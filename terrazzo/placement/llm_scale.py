@@ -19,7 +19,8 @@ Method (docs/llm-estimate.md, "Planner at LLM scale"):
 * **Stages do not ping-pong.** Stages are contiguous layer ranges (one class per range, so
   A→B→A can only occur with ≥ ``min_layers_per_stage`` layers in B); each boundary costs a
   transfer hop (latency of the activations over the link) inside the SLA, and
-  ``stage_penalty_usd_per_hour`` adds a fixed price per stage.
+  every stage pays a fixed ``stage_penalty_usd_per_hour`` (default 0.5% of the phase's best
+  whole-model cost), so a split must pay for itself.
 """
 
 from __future__ import annotations
@@ -449,7 +450,10 @@ class LLMPlannerOptions:
     """Knobs of the LLM-scale planner (defaults are the documented ones)."""
 
     min_layers_per_stage: int = 4
-    stage_penalty_usd_per_hour: float = 0.0
+    #: fixed USD/hour charged per stage (its hop, NICs, scheduler); None: ``stage_penalty_frac``
+    #: of the phase's best whole-model single-stage cost, so a split must pay for itself
+    stage_penalty_usd_per_hour: float | None = None
+    stage_penalty_frac: float = 0.005
     tau_intervals: int = 8
     tau_min_frac: float = 0.2
     gap_target: float = 0.01
@@ -519,6 +523,12 @@ def _phase_plan(graphs: LLMGraphs, traffic: LLMTraffic, fleet: Sequence[DeviceSp
         c1, k1, t1 = _single_stage(opts[b], L, b, rate, traffic.utilisation, kv_seq, budget)
         if c1 < seed[0]:
             seed = (c1, b, k1, t1)
+    if opt.stage_penalty_usd_per_hour is not None:
+        penalty = opt.stage_penalty_usd_per_hour
+    else:
+        ref = seed[0] if math.isfinite(seed[0]) else min(x[0] for x in specs) if specs else 0.0
+        penalty = opt.stage_penalty_frac * ref
+    seed = (seed[0] + penalty, *seed[1:])
     base: dict[int, tuple[np.ndarray, ...]] = {}
     hops: dict[int, tuple[float, float]] = {}
     best: tuple[float, _Cell | None, list[tuple[int, int, int]] | None] = (math.inf, None, None)
@@ -549,7 +559,7 @@ def _phase_plan(graphs: LLMGraphs, traffic: LLMTraffic, fleet: Sequence[DeviceSp
         o = opts[b]
         if b not in base:
             base[b] = _base_tables(o, L, b, rate, traffic.utilisation, min_layers,
-                                   opt.stage_penalty_usd_per_hour)  # fmt: skip
+                                   penalty)  # fmt: skip
         t = base[b][0]
         cost = _with_memory(base[b], o, b, kv_seq, hi_tau or None)
         cost_lb = cost if lo_tau == hi_tau else _with_memory(base[b], o, b, kv_seq, lo_tau or None)
