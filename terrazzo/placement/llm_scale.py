@@ -26,6 +26,7 @@ Method (docs/llm-estimate.md, "Planner at LLM scale"):
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -37,14 +38,19 @@ from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse.csgraph import csgraph_from_dense, dijkstra
 
 from terrazzo.costmodel.catalog import Catalog, DeviceSpec, load_catalog
-from terrazzo.costmodel.efficiency import DEFAULT_LAUNCH_OVERHEAD_S, default_efficiency
+from terrazzo.costmodel.efficiency import (
+    DEFAULT_LAUNCH_OVERHEAD_S,
+    LINK_LATENCY_S,
+    default_efficiency,
+)
 from terrazzo.costmodel.llm import MEM_UTILISATION, allreduce_latency_s, dtype_bytes
-from terrazzo.costmodel.transfer import link_between
+from terrazzo.costmodel.transfer import Link, link_between
 from terrazzo.errors import PlacementError
 from terrazzo.ir.graph import Graph, Op
 from terrazzo.placement.llm_graph import TP_ALLREDUCE_OPS, LLMGraphs
 
 TP_DEGREES = (1, 2, 4, 8)
+_NET_LATENCY_S = LINK_LATENCY_S["network"]
 DECODE_BATCHES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
 PREFILL_BATCHES = (1, 2, 4, 8, 16)
 _DTYPE_KEY = {"fp16": "fp16", "bf16": "bf16", "fp8": "fp8", "fp4": "fp4"}
@@ -262,6 +268,7 @@ class _Cell:
     hop_s: float
     hop_lb_s: float
     opts: _Options
+    hop_pair: np.ndarray  # exact hop latency [previous option, next option]
 
 
 def _base_tables(o: _Options, layers: int, batch: int, rate: float, util: float,
@@ -321,14 +328,16 @@ def _dp(cell_cost: np.ndarray, time_s: np.ndarray, mu: float, hop_s: float
     return float(f[-1]), cost, t, path
 
 
-def _exact_chain(cost: np.ndarray, time_s: np.ndarray, hop_s: float, budget: float,
+def _exact_chain(cost: np.ndarray, time_s: np.ndarray, hop_pair: np.ndarray, budget: float,
                  ub: float) -> tuple[float, list[tuple[int, int, int]] | None]:  # fmt: skip
-    """Exact resource-constrained shortest path by Pareto labels (cost, time) per boundary.
+    """Exact resource-constrained shortest path by Pareto labels (cost, time) per boundary and
+    last option; the hop between two stages is the exact link of their two (class, TP) options.
 
     Returns (min cost, path) among chains with time ≤ ``budget`` and cost < ``ub``, or
     (``ub``, None) when there is none (then ``ub`` is a valid bound of the cell).
     """
     n = cost.shape[1]
+    hop_s = float(hop_pair.min())
     fin = np.isfinite(cost)
     # cheapest cost-to-go and fastest time-to-go (μ = 0 DPs on the reversed chain)
     h = np.full(n, np.inf)
@@ -340,57 +349,55 @@ def _exact_chain(cost: np.ndarray, time_s: np.ndarray, hop_s: float, budget: flo
         h[i] = np.min(cmin[i, i + 1 :] + h[i + 1 :])
         hop = hop_s * (np.arange(i + 1, n) < n - 1)
         tg[i] = np.min(tmin[i, i + 1 :] + tg[i + 1 :] + hop)
-    labels: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = [
-        (np.zeros(1), np.zeros(1), np.full(1, -1), np.full(1, -1), np.full(1, -1))
-    ]
+    # all labels so far, flat: node, cost, time, parent label, option
+    node = np.zeros(1, dtype=np.int64)
+    lc = np.zeros(1)
+    lt = np.zeros(1)
+    par = np.full(1, -1)
+    lop = np.full(1, -1)
+    n_opts = cost.shape[0]
     for j in range(1, n):
-        cs, ts, pi, pl, po = [], [], [], [], []
-        for i in range(j):
-            lc, lt = labels[i][0], labels[i][1]
-            if not lc.size:
-                continue
-            ok = fin[:, i, j]
-            if not ok.any():
-                continue
-            oi = np.nonzero(ok)[0]
-            c = lc[:, None] + cost[oi, i, j][None, :]
-            t = lt[:, None] + time_s[oi, i, j][None, :] + (hop_s if i > 0 else 0.0)
-            keep = (c + h[j] < ub) & (t + tg[j] <= budget)
-            if not keep.any():
-                continue
-            li, ko = np.nonzero(keep)
-            cs.append(c[li, ko])
-            ts.append(t[li, ko])
-            pi.append(np.full(li.size, i))
-            pl.append(li)
-            po.append(oi[ko])
-        if not cs:
-            labels.append((np.zeros(0), np.zeros(0), np.zeros(0, int), np.zeros(0, int),
-                           np.zeros(0, int)))  # fmt: skip
+        src = np.nonzero(node < j)[0]
+        if not src.size:
             continue
-        c, t = np.concatenate(cs), np.concatenate(ts)
-        order = np.lexsort((t, c))
-        c, t = c[order], t[order]
-        pareto = t < np.minimum.accumulate(np.concatenate([[np.inf], t[:-1]]))
+        c = lc[src][:, None] + cost[:, node[src], j].T
+        prev = lop[src]
+        hop = np.where(prev[:, None] >= 0, hop_pair[np.maximum(prev, 0)], 0.0)
+        t = lt[src][:, None] + time_s[:, node[src], j].T + hop
+        keep = (c + h[j] < ub) & (t + tg[j] <= budget)
+        if not keep.any():
+            continue
+        li, ko = np.nonzero(keep)
+        c, t = c[li, ko], t[li, ko]
+        # Pareto per last option (the next hop depends on it)
+        order = np.lexsort((t, c, ko))
+        ko_s, t_s = ko[order], t[order]
+        pareto = np.zeros(order.size, dtype=bool)
+        for grp in np.unique(ko_s):
+            idx = np.nonzero(ko_s == grp)[0]
+            tt = t_s[idx]
+            pareto[idx] = tt < np.minimum.accumulate(np.concatenate([[np.inf], tt[:-1]]))
         sel = order[pareto]
-        labels.append((c[pareto], t[pareto], np.concatenate(pi)[sel], np.concatenate(pl)[sel],
-                       np.concatenate(po)[sel]))  # fmt: skip
-    last = labels[-1]
-    if not last[0].size:
+        node = np.concatenate([node, np.full(sel.size, j)])
+        lc = np.concatenate([lc, c[sel]])
+        lt = np.concatenate([lt, t[sel]])
+        par = np.concatenate([par, src[li[sel]]])
+        lop = np.concatenate([lop, ko[sel]])
+    del n_opts
+    at_end = np.nonzero(node == n - 1)[0]
+    if not at_end.size:
         return ub, None
-    k = int(np.argmin(last[0]))
-    best = float(last[0][k])
+    k = int(at_end[np.argmin(lc[at_end])])
+    best = float(lc[k])
     path: list[tuple[int, int, int]] = []
-    j = n - 1
-    while j > 0:
-        i, kk, o = int(labels[j][2][k]), int(labels[j][3][k]), int(labels[j][4][k])
-        path.append((o, i, j))
-        j, k = i, kk
+    while par[k] >= 0:
+        path.append((int(lop[k]), int(node[par[k]]), int(node[k])))
+        k = int(par[k])
     path.reverse()
     return best, path
 
 
-def _solve_cell(c: _Cell, target: float, gap: float, mu_iters: int = 40
+def _solve_cell(c: _Cell, target: float, gap: float, mu_iters: int = 10
                 ) -> tuple[float, float, list[tuple[int, int, int]] | None]:  # fmt: skip
     """(lower bound, best feasible cost, its path) of one cell; stops once bound ≥ target."""
     v0, _, _, _ = _dp(c.cost_lb, c.time_s, 0.0, c.hop_lb_s)
@@ -425,9 +432,9 @@ def _solve_cell(c: _Cell, target: float, gap: float, mu_iters: int = 40
     if lb < target and lb < best_cost * (1 - gap / 2):
         # the Lagrangian left a duality gap: close it with the exact label search
         ub = min(target, best_cost)
-        lb_exact, _ = _exact_chain(c.cost_lb, c.time_s, c.hop_lb_s, c.budget_s, ub)
+        lb_exact, _ = _exact_chain(c.cost_lb, c.time_s, c.hop_pair, c.budget_s, ub)
         lb = max(lb, lb_exact)
-        cost_exact, path_exact = _exact_chain(c.cost, c.time_s, c.hop_s, c.budget_s, best_cost)
+        cost_exact, path_exact = _exact_chain(c.cost, c.time_s, c.hop_pair, c.budget_s, best_cost)
         if path_exact is not None and cost_exact < best_cost:
             best_cost, best_path = cost_exact, path_exact
     return lb, best_cost, best_path
@@ -439,6 +446,24 @@ def _hop_s(fleet: Sequence[DeviceSpec], nbytes: float) -> tuple[float, float]:
            else link_between(a, b, same_chassis=True).transfer_latency_s(nbytes)
            for a in fleet for b in fleet]  # fmt: skip
     return max(lat), min(lat)
+
+
+def _hop_pairs(o: _Options, fleet: Sequence[DeviceSpec], nbytes: float) -> np.ndarray:
+    """Latency of ``nbytes`` from each option's group to each other's: the scale-up link when
+    both groups fit in one chassis of one class, else PCIe (CPU↔accelerator) or the network."""
+    by = {d.name: d for d in fleet}
+    n = len(o.dev)
+    out = np.zeros((n, n))
+    for a in range(n):
+        for b in range(n):
+            da, db = by[o.dev[a]], by[o.dev[b]]
+            same = da.name == db.name and int(o.tp[a] + o.tp[b]) <= da.chassis_size
+            if same or da.name != db.name:
+                link = link_between(da, db, same_chassis=same)
+            else:  # two groups of one class that do not share a chassis
+                link = Link("network", da.scaleout_bw_bytes_per_s, _NET_LATENCY_S)
+            out[a, b] = link.transfer_latency_s(nbytes)
+    return out
 
 
 def _priced(fleet: Iterable[DeviceSpec]) -> list[DeviceSpec]:
@@ -531,6 +556,7 @@ def _phase_plan(graphs: LLMGraphs, traffic: LLMTraffic, fleet: Sequence[DeviceSp
     seed = (seed[0] + penalty, *seed[1:])
     base: dict[int, tuple[np.ndarray, ...]] = {}
     hops: dict[int, tuple[float, float]] = {}
+    pairs: dict[int, np.ndarray] = {}
     best: tuple[float, _Cell | None, list[tuple[int, int, int]] | None] = (math.inf, None, None)
     if math.isfinite(seed[0]):
         best = (seed[0], None, None)
@@ -565,7 +591,9 @@ def _phase_plan(graphs: LLMGraphs, traffic: LLMTraffic, fleet: Sequence[DeviceSp
         cost_lb = cost if lo_tau == hi_tau else _with_memory(base[b], o, b, kv_seq, lo_tau or None)
         nbytes = b * cfg.d_model * eb * (graphs.isl if prefill else 1)
         hop_hi, hop_lo = hops.setdefault(b, _hop_s(fleet, nbytes))
-        cell = _Cell(phase, b, hi_tau, t, cost, cost_lb, budget, hop_hi, hop_lo, o)
+        if b not in pairs:
+            pairs[b] = _hop_pairs(o, fleet, nbytes)
+        cell = _Cell(phase, b, hi_tau, t, cost, cost_lb, budget, hop_hi, hop_lo, o, pairs[b])
         # a cell whose fastest chain misses the budget holds no plan at all
         t_min = _dp(np.where(np.isfinite(cost_lb), t, np.inf), t, 0.0, hop_lo)[0]
         if t_min > budget:
@@ -596,7 +624,7 @@ def _phase_plan(graphs: LLMGraphs, traffic: LLMTraffic, fleet: Sequence[DeviceSp
         )
     stages: list[LLMStage] = []
     o = cell_best.opts
-    lat = cell_best.hop_s * (len(path_best) - 1)
+    lat = sum(float(cell_best.hop_pair[a[0], b[0]]) for a, b in itertools.pairwise(path_best))
     for opt_i, i, j in path_best:
         ts = float(cell_best.time_s[opt_i, i, j])
         lat += ts

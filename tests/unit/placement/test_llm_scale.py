@@ -111,7 +111,9 @@ def test_bound_against_brute_force() -> None:
     tr = LLMTraffic(rps=40, isl=256, osl=64, ttft_s=0.2, tbt_s=0.004)
     cat = load_catalog()
     fleet = [cat[d] for d in ("cpu", "l4", "a10g")]
-    opt = LLMPlannerOptions(min_layers_per_stage=2, time_budget_s=30.0, gap_target=1e-6)
+    opt = LLMPlannerOptions(
+        min_layers_per_stage=2, stage_penalty_usd_per_hour=0.0, time_budget_s=30.0, gap_target=1e-6
+    )
     plan = plan_llm(g, tr, fleet, opt)
     # brute force over the decode phase: chains with parts ≥ 2, any option, any batch
     L, rate = cfg.layers, tr.decode_tokens_per_s
@@ -121,13 +123,13 @@ def test_bound_against_brute_force() -> None:
     best = math.inf
     for b in llm_scale.DECODE_BATCHES:
         o = llm_scale._options(g, "decode", b, fleet, prune=False)
-        _, hop_lo = llm_scale._hop_s(fleet, b * cfg.d_model * 2)
+        pairs = llm_scale._hop_pairs(o, fleet, b * cfg.d_model * 2)
         for p in parts:
             for ch in itertools.product(range(len(o.dev)), repeat=len(p)):
                 starts = [sum(p[:k]) for k in range(len(p))]
                 ts = [p[k] * o.layer_s[c] + (starts[k] == 0) * o.embed_s[c]
                       + (starts[k] + p[k] == L) * o.head_s[c] for k, c in enumerate(ch)]  # fmt: skip
-                tau = sum(ts) + hop_lo * (len(p) - 1)
+                tau = sum(ts) + sum(pairs[x, y] for x, y in itertools.pairwise(ch))
                 if tau > tr.tbt_s:
                     continue
                 ok, cost = True, 0.0
