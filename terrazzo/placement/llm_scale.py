@@ -1,6 +1,6 @@
 """LLM-scale placement: operator-level prefill/decode graphs → a P::D pipeline plan with a certified gap.
 
-Method (docs/llm-estimate.md, "Planner at LLM scale"):
+Method (docs/llm-planner.md):
 
 * **Symmetry.** Every decoder layer has the same ops, so each (device class, TP degree, batch)
   option is costed once per layer by summing the op-level rooflines of one layer; embedding
