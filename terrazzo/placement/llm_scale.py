@@ -349,6 +349,9 @@ def _exact_chain(cost: np.ndarray, time_s: np.ndarray, hop_pair: np.ndarray, bud
         h[i] = np.min(cmin[i, i + 1 :] + h[i + 1 :])
         hop = hop_s * (np.arange(i + 1, n) < n - 1)
         tg[i] = np.min(tmin[i, i + 1 :] + tg[i + 1 :] + hop)
+    # [end, start, option], contiguous: one gather per end boundary
+    cost_t = np.ascontiguousarray(cost.transpose(2, 1, 0))
+    time_t = np.ascontiguousarray(time_s.transpose(2, 1, 0))
     # all labels so far, flat: node, cost, time, parent label, option
     node = np.zeros(1, dtype=np.int64)
     lc = np.zeros(1)
@@ -360,10 +363,11 @@ def _exact_chain(cost: np.ndarray, time_s: np.ndarray, hop_pair: np.ndarray, bud
         src = np.nonzero(node < j)[0]
         if not src.size:
             continue
-        c = lc[src][:, None] + cost[:, node[src], j].T
+        ns = node[src]
+        c = lc[src][:, None] + cost_t[j][ns]
         prev = lop[src]
         hop = np.where(prev[:, None] >= 0, hop_pair[np.maximum(prev, 0)], 0.0)
-        t = lt[src][:, None] + time_s[:, node[src], j].T + hop
+        t = lt[src][:, None] + time_t[j][ns] + hop
         keep = (c + h[j] < ub) & (t + tg[j] <= budget)
         if not keep.any():
             continue
@@ -371,12 +375,11 @@ def _exact_chain(cost: np.ndarray, time_s: np.ndarray, hop_pair: np.ndarray, bud
         c, t = c[li, ko], t[li, ko]
         # Pareto per last option (the next hop depends on it)
         order = np.lexsort((t, c, ko))
-        ko_s, t_s = ko[order], t[order]
-        pareto = np.zeros(order.size, dtype=bool)
-        for grp in np.unique(ko_s):
-            idx = np.nonzero(ko_s == grp)[0]
-            tt = t_s[idx]
-            pareto[idx] = tt < np.minimum.accumulate(np.concatenate([[np.inf], tt[:-1]]))
+        # segmented running minimum in one pass: shift each option's times below all earlier
+        # options' (sorted ascending by option), so earlier groups never dominate later ones
+        big = 2.0 * (float(t.max()) + 1.0)
+        v = t[order] - ko[order] * big
+        pareto = v < np.minimum.accumulate(np.concatenate([[np.inf], v[:-1]]))
         sel = order[pareto]
         node = np.concatenate([node, np.full(sel.size, j)])
         lc = np.concatenate([lc, c[sel]])
@@ -397,7 +400,7 @@ def _exact_chain(cost: np.ndarray, time_s: np.ndarray, hop_pair: np.ndarray, bud
     return best, path
 
 
-def _solve_cell(c: _Cell, target: float, gap: float, mu_iters: int = 10
+def _solve_cell(c: _Cell, target: float, gap: float, incumbent: float = math.inf, mu_iters: int = 5
                 ) -> tuple[float, float, list[tuple[int, int, int]] | None]:  # fmt: skip
     """(lower bound, best feasible cost, its path) of one cell; stops once bound ≥ target."""
     v0, _, _, _ = _dp(c.cost_lb, c.time_s, 0.0, c.hop_lb_s)
@@ -434,7 +437,9 @@ def _solve_cell(c: _Cell, target: float, gap: float, mu_iters: int = 10
         ub = min(target, best_cost)
         lb_exact, _ = _exact_chain(c.cost_lb, c.time_s, c.hop_pair, c.budget_s, ub)
         lb = max(lb, lb_exact)
-        cost_exact, path_exact = _exact_chain(c.cost, c.time_s, c.hop_pair, c.budget_s, best_cost)
+        cost_exact, path_exact = _exact_chain(
+            c.cost, c.time_s, c.hop_pair, c.budget_s, min(best_cost, incumbent)
+        )
         if path_exact is not None and cost_exact < best_cost:
             best_cost, best_path = cost_exact, path_exact
     return lb, best_cost, best_path
@@ -602,7 +607,7 @@ def _phase_plan(graphs: LLMGraphs, traffic: LLMTraffic, fleet: Sequence[DeviceSp
             v0 = _dp(cost_lb, t, 0.0, hop_lo)[0]
             heapq.heappush(heap, (max(v0, lb0), b, lo_tau, hi_tau, budget, 1))
             continue
-        lb, c, path = _solve_cell(cell, target, opt.gap_target)
+        lb, c, path = _solve_cell(cell, target, opt.gap_target, best[0])
         if path is not None and c < best[0] - 1e-9:
             best = (c, cell, path)
         if math.isfinite(lb):
