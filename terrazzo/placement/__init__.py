@@ -20,6 +20,17 @@ from terrazzo.placement.greedy import solve_greedy
 from terrazzo.placement.heft import solve_heft
 from terrazzo.placement.heuristic import solve_heuristic
 from terrazzo.placement.homogeneous import solve_homogeneous
+from terrazzo.placement.llm_graph import LLMGraphs, build_llm_graphs
+from terrazzo.placement.llm_scale import (
+    LLMPlan,
+    LLMPlannerOptions,
+    LLMStage,
+    LLMTraffic,
+    llm_fleet_default,
+    plan_llm,
+    plan_llm_melange,
+    plan_llm_single_class,
+)
 from terrazzo.placement.melange import solve_melange
 from terrazzo.placement.milp import MILPResult, lp_lower_bound, solve_milp
 from terrazzo.placement.mlir import PLACED_ATTRS, ModelSource, placed_graph, plan_to_mlir
@@ -42,6 +53,11 @@ __all__ = [
     "SOLVERS",
     "Evaluation",
     "Fleet",
+    "LLMGraphs",
+    "LLMPlan",
+    "LLMPlannerOptions",
+    "LLMStage",
+    "LLMTraffic",
     "MILPResult",
     "ModelSource",
     "Plan",
@@ -50,11 +66,13 @@ __all__ = [
     "Stage",
     "TaskGraph",
     "Transfer",
+    "build_llm_graphs",
     "build_plan",
     "check_placed",
     "compute_stages",
     "diagnose",
     "is_task_graph_file",
+    "llm_fleet_default",
     "load_task_graph",
     "lower_bound",
     "lp_lower_bound",
@@ -66,6 +84,9 @@ __all__ = [
     "placed_sla",
     "placed_source",
     "plan",
+    "plan_llm",
+    "plan_llm_melange",
+    "plan_llm_single_class",
     "plan_from_placed",
     "plan_to_mlir",
     "problem_from_graph",
