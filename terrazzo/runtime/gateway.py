@@ -530,6 +530,10 @@ class Gateway(ProtocolMixin, pb_grpc.GRPCInferenceServiceServicer):
         self.RepositoryModelLoad(request, context)
 
     # -- inference ---------------------------------------------------------------------
+    def infer(self, request, context):
+        """Serve one ModelInferRequest in-process; raises InferError (code + message)."""
+        return self._infer(request, context)
+
     def ModelInfer(self, request, context):
         try:
             return self._infer(request, context)
