@@ -279,6 +279,7 @@ def _run_repository(args: argparse.Namespace, tls: Any) -> int:
     opts = ServeOptions(
         host=args.host,
         port=args.port,
+        metrics_port=args.metrics_port,
         replicas=args.replicas,
         token=args.token,
         tls=tls,
@@ -310,6 +311,8 @@ def _run_repository(args: argparse.Namespace, tls: Any) -> int:
         + (", ".join(f"{n} v{','.join(map(str, v))}" for n, v in loaded.items()) or "no model")
         + f"; ready in {time.perf_counter() - t0:.1f} s"
     )
+    if repo.metrics_port is not None:
+        print(f"metrics on http://{args.host}:{repo.metrics_port}/metrics")
     stopping = threading.Event()
 
     def _on_signal(signum: int, _frame: Any) -> None:

@@ -30,8 +30,10 @@ workers are up; an unloaded one leaves the dispatch table first, then drains.
 Bad input: an unknown model or version answers NOT_FOUND; a bundle that fails verification
 fails its load with the verifier's one line (FAILED_PRECONDITION from RepositoryModelLoad, a log
 line at start and while polling) and every other model keeps serving; a malformed config.json
-answers INVALID_ARGUMENT naming the field. In repository mode there is no /metrics endpoint
-yet (each model keeps its own registry).
+answers INVALID_ARGUMENT naming the field.
+
+Metrics: each loaded version keeps its own registry; ``opts.metrics_port`` serves their union
+(families merged by name, every sample labelled with its ``model`` and ``version``).
 """
 
 from __future__ import annotations
@@ -233,6 +235,7 @@ class ModelRepository(ProtocolMixin, pb_grpc.GRPCInferenceServiceServicer):
         self._stopped = False
         self._grpc: grpc.Server | None = None
         self._poller: threading.Thread | None = None
+        self._metrics_http: Any = None
         self.port = 0
         self.metrics_port: int | None = None
 
@@ -253,6 +256,20 @@ class ModelRepository(ProtocolMixin, pb_grpc.GRPCInferenceServiceServicer):
             except (InferError, ServingError) as e:
                 log.error("model %s not loaded: %s", name, e)
         self._grpc, self.port = start_grpc(self, HealthService(self), self.opts)  # type: ignore[arg-type]
+        if self.opts.metrics_port is not None:
+            from prometheus_client import CollectorRegistry, start_http_server
+
+            registry = CollectorRegistry(auto_describe=False)
+            registry.register(_MergedMetrics(self))  # type: ignore[arg-type]
+            try:
+                self._metrics_http, _ = start_http_server(
+                    self.opts.metrics_port, addr=self.opts.host, registry=registry
+                )
+            except OSError as e:
+                raise ServingError(
+                    f"cannot serve /metrics on port {self.opts.metrics_port}: {e}"
+                ) from e
+            self.metrics_port = self._metrics_http.server_port
         if self.control_mode == "poll":
             self._poller = threading.Thread(target=self._poll, name="tz-repo-poll", daemon=True)
             self._poller.start()
@@ -277,6 +294,9 @@ class ModelRepository(ProtocolMixin, pb_grpc.GRPCInferenceServiceServicer):
             self._grpc.stop(1.0).wait()
         if self._poller is not None:
             self._poller.join(timeout=5)
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
+            self._metrics_http.server_close()
         self.shm.close()
 
     def __enter__(self) -> ModelRepository:
@@ -293,6 +313,15 @@ class ModelRepository(ProtocolMixin, pb_grpc.GRPCInferenceServiceServicer):
     def _model_lock(self, name: str) -> threading.Lock:
         with self._lock:
             return self._model_locks.setdefault(name, threading.Lock())
+
+    def servers(self) -> list[tuple[str, int, Server]]:
+        """(model, version, Server) of every loaded version."""
+        with self._lock:
+            return [
+                (n, v, m.server)
+                for n, vs in sorted(self._models.items())
+                for v, m in sorted(vs.items())
+            ]
 
     def loaded(self) -> dict[str, list[int]]:
         with self._lock:
@@ -550,6 +579,29 @@ class ModelRepository(ProtocolMixin, pb_grpc.GRPCInferenceServiceServicer):
         except InferError as e:
             context.abort(e.code, str(e))
         return pb.RepositoryModelUnloadResponse()  # type: ignore[attr-defined]
+
+
+class _MergedMetrics:
+    """A prometheus collector over every loaded model's registry (see the module docstring)."""
+
+    def __init__(self, repo: ModelRepository):
+        self.repo = repo
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.metrics_core import Metric
+
+        families: dict[str, Any] = {}
+        for name, version, server in self.repo.servers():
+            for fam in server.metrics.registry.collect():
+                merged = families.get(fam.name)
+                if merged is None:
+                    merged = families[fam.name] = Metric(
+                        fam.name, fam.documentation, fam.type, fam.unit
+                    )
+                for sample in fam.samples:
+                    labels = {"model": name, **sample.labels, "version": str(version)}
+                    merged.samples.append(sample._replace(labels=labels))
+        yield from families.values()
 
 
 def serve_repository(root: str | Path, opts: ServeOptions, **kwargs: Any) -> ModelRepository:

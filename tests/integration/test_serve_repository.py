@@ -14,6 +14,7 @@ import sys
 import tarfile
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -63,7 +64,7 @@ def _layout(root: Path, bundles: dict[str, Any]) -> Path:
 def repo(tmp_path: Path, bundles: dict[str, Any]) -> Iterator[ModelRepository]:
     with serve_repository(
         _layout(tmp_path / "models", bundles),
-        ServeOptions(),
+        ServeOptions(metrics_port=0),
         control_mode="explicit",
         load_models=("*",),
     ) as r:
@@ -106,6 +107,12 @@ def test_two_bundles_one_endpoint_config_index_and_versions(
     stats = c.get_inference_statistics().model_stats
     assert {(s.name, s.version) for s in stats} == {("alpha", "1"), ("beta", "2")}
     assert all(s.inference_count >= 1 for s in stats)
+    assert repo.metrics_port is not None
+    with urllib.request.urlopen(f"http://127.0.0.1:{repo.metrics_port}/metrics") as page:
+        text = page.read().decode()
+    for model, version in (("alpha", "1"), ("beta", "2")):
+        pattern = rf'terrazzo_requests_total{{[^}}]*model="{model}"[^}}]*version="{version}"'
+        assert re.search(pattern, text), text[:2000]
     for call in (
         lambda: _infer(c, "gamma", xa),
         lambda: _infer(c, "beta", xb, version="1"),
