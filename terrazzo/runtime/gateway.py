@@ -268,6 +268,15 @@ class ModelStats:
 
 _TYPE_OF = {"BYTES": "TYPE_STRING"}
 
+# Triton protocol extensions a Gateway answers (a repository adds "model_repository").
+EXTENSIONS = (
+    "model_configuration",
+    "system_shared_memory",
+    "statistics",
+    "trace",
+    "logging",
+)
+
 
 def model_config(plan: ServingPlan, max_batch_size: int = 0):
     """Triton ModelConfig of a plan: names, dtypes and dims as compiled (-1: symbolic)."""
@@ -469,7 +478,9 @@ class Gateway(ProtocolMixin, pb_grpc.GRPCInferenceServiceServicer):
         return pb.ModelReadyResponse(ready=ok and self.server_ready())
 
     def ServerMetadata(self, request, context):
-        return pb.ServerMetadataResponse(name="terrazzo", version=__version__, extensions=[])
+        return pb.ServerMetadataResponse(
+            name="terrazzo", version=__version__, extensions=list(EXTENSIONS)
+        )
 
     def ModelMetadata(self, request, context):
         if not self._known(request.name, request.version):

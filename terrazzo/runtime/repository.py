@@ -52,6 +52,7 @@ import grpc
 from terrazzo import __version__
 from terrazzo.errors import ServingError
 from terrazzo.runtime.gateway import (
+    EXTENSIONS,
     Gateway,
     HealthService,
     InferError,
@@ -471,16 +472,7 @@ class ModelRepository(ProtocolMixin, pb_grpc.GRPCInferenceServiceServicer):
         return pb.ServerMetadataResponse(  # type: ignore[attr-defined]
             name="terrazzo",
             version=__version__,
-            extensions=[
-                "model_repository",
-                "model_repository(unload_dependents)",
-                "schedule_policy",
-                "model_configuration",
-                "system_shared_memory",
-                "statistics",
-                "trace",
-                "logging",
-            ],
+            extensions=["model_repository", "model_repository(unload_dependents)", *EXTENSIONS],
         )
 
     def ModelReady(self, request, context):

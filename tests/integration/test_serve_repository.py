@@ -88,6 +88,7 @@ def test_two_bundles_one_endpoint_config_index_and_versions(
     np.testing.assert_allclose(_infer(c, "alpha", xa), ya, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(_infer(c, "beta", xb), yb, rtol=1e-4, atol=1e-5)
     assert c.is_server_ready() and c.is_model_ready("alpha") and c.is_model_ready("beta", "2")
+    assert "model_repository" in c.get_server_metadata().extensions
     # latest:1 by default: beta v1 is on disk but not served
     assert not c.is_model_ready("beta", "1")
     index = [(m.name, m.version, m.state) for m in c.get_model_repository_index().models]

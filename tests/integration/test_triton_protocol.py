@@ -58,6 +58,7 @@ def test_health_and_metadata(client: tc.InferenceServerClient) -> None:
     assert client.is_model_ready("toy") and not client.is_model_ready("nope")
     meta = client.get_server_metadata()
     assert meta.name == "terrazzo" and meta.version
+    assert {"statistics", "system_shared_memory", "model_configuration"} <= set(meta.extensions)
     assert [t.name for t in client.get_model_metadata("toy").inputs] == ["x"]
 
 
