@@ -173,7 +173,7 @@ def read_policy(root: Path, name: str, default: VersionPolicy) -> VersionPolicy:
         raise ConfigError(f"{where}: not valid JSON ({e})") from None
     if not isinstance(obj, dict):
         raise ConfigError(f"{where}: must be a JSON object")
-    unknown = sorted(set(obj) - {"name", "version_policy", "max_batch_size"})
+    unknown = sorted(set(obj) - {"name", "version_policy"})
     if unknown:
         raise ConfigError(f"{where}: unknown field {unknown[0]!r}")
     if "name" in obj and obj["name"] != name:

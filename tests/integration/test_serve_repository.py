@@ -105,6 +105,16 @@ def test_two_bundles_one_endpoint_config_index_and_versions(
     assert list(cfg.input[0].dims)[-1] == 6 and list(cfg.output[0].dims)[-1] == 2
     assert len(cfg.instance_group) >= 1 and all(g.count >= 1 for g in cfg.instance_group)
     assert meta.versions == ["2"]
+    streamed: list[Any] = []
+    done = threading.Event()
+    c.start_stream(callback=lambda result, error: (streamed.append((result, error)), done.set()))
+    inp = tc.InferInput(meta.inputs[0].name, list(xb.shape), "FP32")
+    inp.set_data_from_numpy(xb)
+    c.async_stream_infer("beta", [inp])
+    assert done.wait(30)
+    c.stop_stream()
+    result, error = streamed[0]
+    assert error is None and result.get_response().model_version == "2"
     stats = c.get_inference_statistics().model_stats
     assert {(s.name, s.version) for s in stats} == {("alpha", "1"), ("beta", "2")}
     assert all(s.inference_count >= 1 for s in stats)
@@ -159,13 +169,17 @@ def test_unload_and_load_one_model_while_the_other_serves(
     try:
         time.sleep(0.3)
         before = counts["ok"]
+        t0 = time.perf_counter()
         c.unload_model("alpha")
+        unload_s = time.perf_counter() - t0
         assert not c.is_model_ready("alpha")
         with pytest.raises(InferenceServerException) as e:
             _infer(c, "alpha", xa)
         assert e.value.status() == "StatusCode.NOT_FOUND"
         assert repo.loaded() == {"beta": [2]}
+        t0 = time.perf_counter()
         c.load_model("alpha")
+        load_s = time.perf_counter() - t0
         np.testing.assert_allclose(_infer(c, "alpha", xa), ya, rtol=1e-4, atol=1e-5)
         during = counts["ok"] - before
         time.sleep(0.2)
@@ -174,7 +188,10 @@ def test_unload_and_load_one_model_while_the_other_serves(
         t.join(timeout=30)
     assert counts["failed"] == 0, errors[:3]
     assert during > 0, "no traffic reached beta during the unload/load"
-    print(f"beta served {counts['ok']} requests, {during} during alpha's unload+load, 0 failed")
+    print(
+        f"beta served {counts['ok']} requests, {during} during alpha's unload "
+        f"({unload_s:.2f} s) + load ({load_s:.2f} s), 0 failed"
+    )
     c.close()
 
 
@@ -212,6 +229,9 @@ def test_bad_bundle_and_bad_config_fail_alone(
     assert c.is_model_ready("alpha")  # the old load keeps serving
     (repo.root / "alpha" / "config.json").write_text("{not json")
     with pytest.raises(InferenceServerException, match="alpha/config.json: not valid JSON"):
+        c.load_model("alpha")
+    (repo.root / "alpha" / "config.json").write_text(json.dumps({"max_batch": 4}))
+    with pytest.raises(InferenceServerException, match="unknown field 'max_batch'"):
         c.load_model("alpha")
     c.close()
 
