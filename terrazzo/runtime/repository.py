@@ -163,13 +163,22 @@ def scan(root: Path) -> dict[str, dict[int, Path]]:
 
 
 def read_policy(root: Path, name: str, default: VersionPolicy) -> VersionPolicy:
+    """The version policy of ``name``: its config.json's, else ``default``."""
     cfg = root / name / "config.json"
     if not cfg.is_file():
         return default
-    where = f"{name}/config.json"
     try:
-        obj = json.loads(cfg.read_text())
-    except (OSError, ValueError) as e:
+        text = cfg.read_text()
+    except OSError as e:
+        raise ConfigError(f"{name}/config.json: cannot read ({e.strerror})") from None
+    return parse_config(text, name, f"{name}/config.json", default)
+
+
+def parse_config(text: str, name: str, where: str, default: VersionPolicy) -> VersionPolicy:
+    """A model config in JSON (config.json, or the ``config`` of a load request)."""
+    try:
+        obj = json.loads(text)
+    except ValueError as e:
         raise ConfigError(f"{where}: not valid JSON ({e})") from None
     if not isinstance(obj, dict):
         raise ConfigError(f"{where}: must be a JSON object")
@@ -177,7 +186,7 @@ def read_policy(root: Path, name: str, default: VersionPolicy) -> VersionPolicy:
     if unknown:
         raise ConfigError(f"{where}: unknown field {unknown[0]!r}")
     if "name" in obj and obj["name"] != name:
-        raise ConfigError(f"{where}: name {obj['name']!r} differs from the directory {name!r}")
+        raise ConfigError(f"{where}: name {obj['name']!r} differs from the model's {name!r}")
     if "version_policy" not in obj:
         return default
     return VersionPolicy.from_json(obj["version_policy"], where)
@@ -328,8 +337,9 @@ class ModelRepository(ProtocolMixin, pb_grpc.GRPCInferenceServiceServicer):
         with self._lock:
             return {n: sorted(v) for n, v in self._models.items() if v}
 
-    def load(self, name: str) -> list[int]:
-        """(Re)load ``name`` by its version policy; returns the versions now served.
+    def load(self, name: str, config: str | None = None) -> list[int]:
+        """(Re)load ``name`` by its version policy (``config``: a JSON model config that
+        overrides config.json for this load); returns the versions now served.
 
         New versions start before the table changes; versions the policy drops leave the
         table, then drain. Raises InferError (NOT_FOUND, INVALID_ARGUMENT, FAILED_PRECONDITION).
@@ -341,7 +351,11 @@ class ModelRepository(ProtocolMixin, pb_grpc.GRPCInferenceServiceServicer):
                     grpc.StatusCode.NOT_FOUND, f"no model named {name!r} in {self.root}"
                 )
             try:
-                policy = read_policy(self.root, name, self.default_policy)
+                policy = (
+                    read_policy(self.root, name, self.default_policy)
+                    if config is None
+                    else parse_config(config, name, "load config", self.default_policy)
+                )
             except ConfigError as e:
                 self._reasons[name] = str(e)
                 raise InferError(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
@@ -552,8 +566,10 @@ class ModelRepository(ProtocolMixin, pb_grpc.GRPCInferenceServiceServicer):
     def RepositoryModelLoad(self, request, context):
         self._control(context, "load")
         t0 = time.monotonic()
+        p = request.parameters.get("config")
+        config = p.string_param if p is not None and p.HasField("string_param") else None
         try:
-            versions = self.load(request.model_name)
+            versions = self.load(request.model_name, config)
         except InferError as e:
             context.abort(e.code, str(e))
         log.warning(

@@ -140,6 +140,11 @@ def test_two_bundles_one_endpoint_config_index_and_versions(
     c.load_model("beta")
     assert c.is_model_ready("beta", "1") and c.is_model_ready("beta", "2")
     np.testing.assert_allclose(_infer(c, "beta", xb, version="1"), yb, rtol=1e-4, atol=1e-5)
+    # a config given with the load request wins over config.json (Triton's load override)
+    c.load_model("beta", config=json.dumps({"version_policy": {"specific": {"versions": [1]}}}))
+    assert repo.loaded()["beta"] == [1] and not c.is_model_ready("beta", "2")
+    with pytest.raises(InferenceServerException, match="load config: version_policy.specific"):
+        c.load_model("beta", config=json.dumps({"version_policy": {"specific": {}}}))
     c.close()
 
 
