@@ -419,6 +419,7 @@ class Gateway(ProtocolMixin, pb_grpc.GRPCInferenceServiceServicer):
         self.input_specs = {t.name: t for t in plan.inputs}
         self.output_specs = {t.name: t for t in plan.outputs}
         self.draining = threading.Event()
+        self.drain_reason = "server is shutting down"  # the UNAVAILABLE message while draining
         self._inflight = 0
         self._inflight_bytes = 0
         self._big_since_trim = 0
@@ -578,7 +579,7 @@ class Gateway(ProtocolMixin, pb_grpc.GRPCInferenceServiceServicer):
             )
         if self.draining.is_set():
             self._count(model, "UNAVAILABLE", t0, request_id, workers)
-            raise InferError(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
+            raise InferError(grpc.StatusCode.UNAVAILABLE, self.drain_reason)
         size = request.ByteSize()
         refusal = ""
         with self._inflight_lock:

@@ -387,6 +387,7 @@ class ModelRepository(ProtocolMixin, pb_grpc.GRPCInferenceServiceServicer):
                 self._reasons.pop(name, None)
             for v, m in current.items():
                 if v not in keep:
+                    m.server.gateway.drain_reason = f"model {name!r} version {v} was replaced"
                     m.server.stop()
             return sorted(wanted)
 
@@ -432,7 +433,8 @@ class ModelRepository(ProtocolMixin, pb_grpc.GRPCInferenceServiceServicer):
                 gone = self._models.pop(name, None)
             if not gone:
                 raise InferError(grpc.StatusCode.NOT_FOUND, f"model {name!r} is not loaded")
-            for m in gone.values():
+            for v, m in gone.items():
+                m.server.gateway.drain_reason = f"model {name!r} version {v} is being unloaded"
                 m.server.stop()
 
     def _poll(self) -> None:
