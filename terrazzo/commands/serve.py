@@ -1,4 +1,5 @@
-"""``terrazzo serve``: serve a .tzb bundle over KServe v2 gRPC with one worker process per stage replica."""
+"""``terrazzo serve``: serve a .tzb bundle (or a model repository directory of them) over KServe v2
+gRPC with one worker process per stage replica."""
 
 from __future__ import annotations
 
@@ -25,7 +26,35 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument(
         "bundle",
-        help="path of the .tzb bundle (signature and hashes verified before any worker loads it)",
+        help="path of the .tzb bundle (signature and hashes verified before any worker loads it), "
+        "or a model repository directory: DIR/<model>/<version>/model.tzb (or DIR/<model>.tzb)",
+    )
+    p.add_argument(
+        "--model-control-mode",
+        choices=("none", "explicit", "poll"),
+        default="none",
+        help="repository only: none (load all at start), explicit (--load-model and the "
+        "load/unload RPCs), poll (rescan every --repository-poll-secs)",
+    )
+    p.add_argument(
+        "--load-model",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="repository, explicit mode: load this model at start (repeatable; '*': all)",
+    )
+    p.add_argument(
+        "--repository-poll-secs",
+        type=float,
+        default=15.0,
+        help="repository, poll mode: seconds between rescans (default 15)",
+    )
+    p.add_argument(
+        "--version-policy",
+        default="latest:1",
+        metavar="latest[:N]|all|specific:V1,V2",
+        help="repository: versions served of a model without its own config.json "
+        "(default latest:1)",
     )
     p.add_argument("--port", type=int, default=8001, help="gRPC port of the gateway (default 8001)")
     p.add_argument(
@@ -145,9 +174,14 @@ def run(args: argparse.Namespace) -> int:
         tls = TLSOptions.from_files(args.tls_cert, args.tls_key, args.tls_ca)
     elif args.tls_ca:
         raise ServingError("--tls-ca needs --tls-cert and --tls-key")
+    from pathlib import Path
+
     from terrazzo.bundle import check_bundle
     from terrazzo.commands._common import warn_unverified
     from terrazzo.runtime.server import ServeOptions
+
+    if Path(args.bundle).is_dir():
+        return _run_repository(args, tls)
 
     limits = {
         "max_queue": args.max_queue,
@@ -229,4 +263,68 @@ def run(args: argparse.Namespace) -> int:
     server.wait()
     server.stop()  # waits for the draining stop started by the signal handler
     print(json.dumps({"event": "stopped", "model": server.plan.model_name}), flush=True)
+    return 0
+
+
+def _run_repository(args: argparse.Namespace, tls: Any) -> int:
+    """Serve every bundle of a model repository directory behind one gRPC endpoint."""
+    from terrazzo.runtime.repository import VersionPolicy, serve_repository
+    from terrazzo.runtime.server import ServeOptions
+
+    if args.worker:
+        raise ServingError("--worker serves one bundle; it does not apply to a repository")
+    policy = VersionPolicy.parse_cli(args.version_policy)
+    if args.load_model and args.model_control_mode != "explicit":
+        raise ServingError("--load-model needs --model-control-mode explicit")
+    opts = ServeOptions(
+        host=args.host,
+        port=args.port,
+        metrics_port=args.metrics_port,
+        replicas=args.replicas,
+        token=args.token,
+        tls=tls,
+        ray_address=args.ray,
+        default_timeout_s=args.timeout,
+        max_message_bytes=args.max_message_mib << 20,
+        max_queue=args.max_queue,
+        max_inflight_bytes=args.max_inflight_mib << 20,
+        max_rpcs=args.max_rpcs,
+        stage_timeout_s=args.stage_timeout,
+        max_restarts=args.max_restarts,
+        internal_tls=args.internal_tls or bool(args.ray),
+    )
+    t0 = time.perf_counter()
+    repo = serve_repository(
+        args.bundle,
+        opts,
+        control_mode=args.model_control_mode,
+        load_models=tuple(args.load_model),
+        poll_secs=args.repository_poll_secs,
+        default_policy=policy,
+        trust_key=args.trust,
+        allow_unsigned=args.allow_unsigned,
+    )
+    loaded = repo.loaded()
+    print(
+        f"serving repository {args.bundle} ({args.model_control_mode} model control) on "
+        f"{args.host}:{repo.port}: "
+        + (", ".join(f"{n} v{','.join(map(str, v))}" for n, v in loaded.items()) or "no model")
+        + f"; ready in {time.perf_counter() - t0:.1f} s"
+    )
+    if repo.metrics_port is not None:
+        print(f"metrics on http://{args.host}:{repo.metrics_port}/metrics")
+    stopping = threading.Event()
+
+    def _on_signal(signum: int, _frame: Any) -> None:
+        if not stopping.is_set():
+            stopping.set()
+            print(f"received {signal.Signals(signum).name}: draining", flush=True)
+            threading.Thread(target=repo.stop, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    print("ready (Ctrl-C or SIGTERM drains in-flight requests and stops)", flush=True)
+    repo.wait()
+    repo.stop()
+    print(json.dumps({"event": "stopped", "repository": args.bundle}), flush=True)
     return 0

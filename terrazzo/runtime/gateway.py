@@ -14,6 +14,20 @@ it, a worker that answers UNAVAILABLE, or a call cancelled because its replica w
 retried once on another healthy replica (stage calls are pure functions of their inputs) while
 the request's own deadline allows; otherwise the request fails with UNAVAILABLE naming the
 worker, well before the request deadline.
+
+The protocol is Triton's own ``GRPCInferenceService`` (grpc_service.proto and
+model_config.proto vendored verbatim from triton-inference-server/common and generated with
+grpcio-tools into ``terrazzo.runtime.protos``). They are vendored rather than imported from
+``tritonclient.grpc`` because the serving image must carry neither the compiler nor the client
+(tritonclient is a dev extra), and because our stubs live in a private descriptor pool so
+server and stock client load side by side. Besides inference and metadata, a Gateway answers
+ModelConfig, ModelStatistics (Triton's definitions: ``queue`` from arrival to the first stage
+call, ``compute_input`` decoding inputs, ``compute_infer`` the stage DAG, ``compute_output``
+building the response; ``success`` the whole request; no batching here, so inference_count ==
+execution_count), RepositoryIndex (its one model), system shared memory (inputs are read from
+and outputs written to the client's registered region: same-host clients skip the copy on the
+wire), trace/log settings (accepted and echoed). CUDA shared memory answers UNIMPLEMENTED.
+Model load/unload belong to ``terrazzo.runtime.repository``; a lone Gateway refuses them.
 """
 
 from __future__ import annotations
@@ -21,6 +35,8 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import hmac
+import mmap
+import os
 import queue
 import threading
 import time
@@ -37,6 +53,7 @@ from terrazzo.runtime.pool import Replica, ReplicaPool
 from terrazzo.runtime.protos import grpc_service_pb2 as pb
 from terrazzo.runtime.protos import grpc_service_pb2_grpc as pb_grpc
 from terrazzo.runtime.protos import health_pb2, health_pb2_grpc
+from terrazzo.runtime.protos import model_config_pb2 as mc
 from terrazzo.runtime.tensors import TensorError, WireTensor, decode_inputs
 from terrazzo.runtime.worker import TOKEN_HEADER
 
@@ -92,7 +109,295 @@ def _malloc_trim() -> None:
 _libc: ctypes.CDLL | bool | None = None
 
 
-class Gateway(pb_grpc.GRPCInferenceServiceServicer):
+class SharedMemoryRegistry:
+    """System shared-memory regions registered by same-host clients (Triton's shm extension).
+
+    A region is the POSIX shared-memory object ``key`` (``/dev/shm/<key>``), mapped from
+    ``offset`` for ``byte_size`` bytes; inputs are read from it and outputs written to it.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._regions: dict[str, tuple[str, int, int, mmap.mmap]] = {}
+
+    def register(self, name: str, key: str, offset: int, byte_size: int) -> None:
+        if not name:
+            raise InferError(grpc.StatusCode.INVALID_ARGUMENT, "shared memory region needs a name")
+        if offset < 0 or byte_size <= 0:
+            raise InferError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"shared memory region {name!r}: offset {offset} / byte_size {byte_size} invalid",
+            )
+        path = "/dev/shm/" + key.lstrip("/")
+        with self._lock:
+            if name in self._regions:
+                raise InferError(
+                    grpc.StatusCode.ALREADY_EXISTS,
+                    f"shared memory region {name!r} is already registered",
+                )
+            try:
+                fd = os.open(path, os.O_RDWR)
+            except OSError as e:
+                raise InferError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"cannot open shared memory key {key!r}: {e.strerror}",
+                ) from None
+            try:
+                size = os.fstat(fd).st_size
+                if offset + byte_size > size:
+                    raise InferError(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        f"shared memory region {name!r}: offset {offset} + byte_size "
+                        f"{byte_size} exceeds the {size} bytes of key {key!r}",
+                    )
+                mem = mmap.mmap(fd, offset + byte_size)
+            finally:
+                os.close(fd)
+            self._regions[name] = (key, offset, byte_size, mem)
+
+    def status(self, name: str = "") -> dict[str, tuple[str, int, int]]:
+        with self._lock:
+            if name and name not in self._regions:
+                raise InferError(
+                    grpc.StatusCode.NOT_FOUND, f"no shared memory region named {name!r}"
+                )
+            return {n: r[:3] for n, r in self._regions.items() if not name or n == name}
+
+    def unregister(self, name: str = "") -> None:
+        with self._lock:
+            names = [name] if name else list(self._regions)
+            for n in names:
+                region = self._regions.pop(n, None)
+                if region is not None:
+                    region[3].close()
+
+    def _region(self, name: str, offset: int, size: int) -> tuple[mmap.mmap, int]:
+        with self._lock:
+            region = self._regions.get(name)
+        if region is None:
+            raise InferError(
+                grpc.StatusCode.INVALID_ARGUMENT, f"no shared memory region named {name!r}"
+            )
+        _, base, byte_size, mem = region
+        if offset < 0 or offset + size > byte_size:
+            raise InferError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"shared memory region {name!r}: {size} bytes at offset {offset} exceed its "
+                f"{byte_size} bytes",
+            )
+        return mem, base + offset
+
+    def read(self, name: str, offset: int, size: int) -> bytes:
+        mem, at = self._region(name, offset, size)
+        return mem[at : at + size]
+
+    def write(self, name: str, offset: int, data: bytes) -> None:
+        mem, at = self._region(name, offset, len(data))
+        mem[at : at + len(data)] = data
+
+    def close(self) -> None:
+        self.unregister()
+
+
+@dataclass(slots=True)
+class ServerSettings:
+    """Trace and log settings: accepted and echoed (Terrazzo logs requests as JSON lines)."""
+
+    trace: dict[str, list[str]]
+    log: dict[str, object]
+
+    @staticmethod
+    def defaults() -> ServerSettings:
+        return ServerSettings(
+            trace={
+                "trace_level": ["OFF"],
+                "trace_rate": ["1000"],
+                "trace_count": ["-1"],
+                "log_frequency": ["0"],
+                "trace_file": [""],
+                "trace_mode": ["triton"],
+            },
+            log={
+                "log_file": "",
+                "log_info": True,
+                "log_warning": True,
+                "log_error": True,
+                "log_verbose_level": 0,
+                "log_format": "default",
+            },
+        )
+
+
+class ModelStats:
+    """Triton's per-model statistics (durations in ns)."""
+
+    _KINDS = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.inference_count = 0
+        self.execution_count = 0
+        self.last_inference_ms = 0
+        self.count = dict.fromkeys(self._KINDS, 0)
+        self.ns = dict.fromkeys(self._KINDS, 0)
+
+    def record(self, ok: bool, total_s: float, phases: dict[str, float]) -> None:
+        with self.lock:
+            self.last_inference_ms = int(time.time() * 1000)
+            kind = "success" if ok else "fail"
+            self.count[kind] += 1
+            self.ns[kind] += int(total_s * 1e9)
+            if not ok:
+                return
+            self.inference_count += 1
+            self.execution_count += 1
+            for k, v in phases.items():
+                self.count[k] += 1
+                self.ns[k] += int(v * 1e9)
+
+    def fill(self, out) -> None:
+        with self.lock:
+            out.inference_count = self.inference_count
+            out.execution_count = self.execution_count
+            out.last_inference = self.last_inference_ms
+            for k in self._KINDS:
+                d = getattr(out.inference_stats, k)
+                d.count = self.count[k]
+                d.ns = self.ns[k]
+
+
+_TYPE_OF = {"BYTES": "TYPE_STRING"}
+
+# Triton protocol extensions a Gateway answers (a repository adds "model_repository").
+EXTENSIONS = (
+    "model_configuration",
+    "system_shared_memory",
+    "statistics",
+    "trace",
+    "logging",
+)
+
+
+def model_config(plan: ServingPlan, max_batch_size: int = 0):
+    """Triton ModelConfig of a plan: names, dtypes and dims as compiled (-1: symbolic)."""
+    cfg = mc.ModelConfig(  # type: ignore[attr-defined]
+        name=plan.model_name,
+        platform=plan.platform,
+        backend="terrazzo",
+        max_batch_size=max_batch_size,
+    )
+    dims = (lambda shape: shape[1:]) if max_batch_size > 0 else (lambda shape: shape)
+    for t in plan.inputs:
+        cfg.input.add(
+            name=t.name,
+            data_type=mc.DataType.Value(_TYPE_OF.get(t.datatype, "TYPE_" + t.datatype)),  # type: ignore[attr-defined]
+            dims=list(dims(t.shape)),
+        )
+    for t in plan.outputs:
+        cfg.output.add(
+            name=t.name,
+            data_type=mc.DataType.Value(_TYPE_OF.get(t.datatype, "TYPE_" + t.datatype)),  # type: ignore[attr-defined]
+            dims=list(dims(t.shape)),
+        )
+    for st in plan.stages:
+        gpu = not st.device.lower().startswith("cpu") and st.fallback_reason is None
+        g = cfg.instance_group.add(
+            name=f"stage{st.index}:{st.device}",
+            count=st.replicas,
+            kind=mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU,  # type: ignore[attr-defined]
+        )
+        g.profile.append(st.device)
+    cfg.parameters["stages"].string_value = str(len(plan.stages))
+    return cfg
+
+
+def _settings_response(values: dict[str, list[str]]):
+    resp = pb.TraceSettingResponse()  # type: ignore[attr-defined]
+    for k, v in values.items():
+        resp.settings[k].value.extend(v)
+    return resp
+
+
+def _log_response(values: dict[str, object]):
+    resp = pb.LogSettingsResponse()  # type: ignore[attr-defined]
+    for k, v in values.items():
+        if isinstance(v, bool):
+            resp.settings[k].bool_param = v
+        elif isinstance(v, int):
+            resp.settings[k].uint32_param = v
+        else:
+            resp.settings[k].string_param = str(v)
+    return resp
+
+
+class ProtocolMixin:
+    """The model-independent RPCs (shared memory, trace/log settings), over ``self.shm`` and
+    ``self.settings``; shared by a lone Gateway and the repository front."""
+
+    shm: SharedMemoryRegistry
+    settings: ServerSettings
+
+    def SystemSharedMemoryRegister(self, request, context):
+        try:
+            self.shm.register(request.name, request.key, request.offset, request.byte_size)
+        except InferError as e:
+            context.abort(e.code, str(e))
+        return pb.SystemSharedMemoryRegisterResponse()  # type: ignore[attr-defined]
+
+    def SystemSharedMemoryStatus(self, request, context):
+        try:
+            regions = self.shm.status(request.name)
+        except InferError as e:
+            context.abort(e.code, str(e))
+        resp = pb.SystemSharedMemoryStatusResponse()  # type: ignore[attr-defined]
+        for name, (key, offset, size) in regions.items():
+            r = resp.regions[name]
+            r.name, r.key, r.offset, r.byte_size = name, key, offset, size
+        return resp
+
+    def SystemSharedMemoryUnregister(self, request, context):
+        self.shm.unregister(request.name)
+        return pb.SystemSharedMemoryUnregisterResponse()  # type: ignore[attr-defined]
+
+    def _no_cuda(self, context):
+        context.abort(
+            grpc.StatusCode.UNIMPLEMENTED,
+            "CUDA shared memory is not supported by terrazzo: register system shared memory "
+            "instead (tritonclient.utils.shared_memory)",
+        )
+
+    def CudaSharedMemoryRegister(self, request, context):
+        self._no_cuda(context)
+
+    def CudaSharedMemoryStatus(self, request, context):
+        self._no_cuda(context)
+
+    def CudaSharedMemoryUnregister(self, request, context):
+        self._no_cuda(context)
+
+    def TraceSetting(self, request, context):
+        for k, v in request.settings.items():
+            if list(v.value):
+                self.settings.trace[k] = list(v.value)
+        return _settings_response(self.settings.trace)
+
+    def LogSettings(self, request, context):
+        for k, v in request.settings.items():
+            kind = v.WhichOneof("parameter_choice")
+            if kind is not None:
+                self.settings.log[k] = getattr(v, kind)
+        return _log_response(self.settings.log)
+
+
+def shm_param(params, name: str) -> object:
+    p = params.get(name)
+    if p is None:
+        return None
+    kind = p.WhichOneof("parameter_choice")
+    return getattr(p, kind) if kind else None
+
+
+class Gateway(ProtocolMixin, pb_grpc.GRPCInferenceServiceServicer):
     """KServe v2 servicer over one served model."""
 
     def __init__(
@@ -101,14 +406,20 @@ class Gateway(pb_grpc.GRPCInferenceServiceServicer):
         pools: list[ReplicaPool],
         metrics: RuntimeMetrics,
         opts: GatewayOptions,
+        shm: SharedMemoryRegistry | None = None,
+        settings: ServerSettings | None = None,
     ):
         self.plan = plan
+        self.shm = shm if shm is not None else SharedMemoryRegistry()
+        self.settings = settings if settings is not None else ServerSettings.defaults()
+        self.stats = ModelStats()
         self.pools = pools
         self.metrics = metrics
         self.opts = opts
         self.input_specs = {t.name: t for t in plan.inputs}
         self.output_specs = {t.name: t for t in plan.outputs}
         self.draining = threading.Event()
+        self.drain_reason = "server is shutting down"  # the UNAVAILABLE message while draining
         self._inflight = 0
         self._inflight_bytes = 0
         self._big_since_trim = 0
@@ -168,7 +479,9 @@ class Gateway(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ModelReadyResponse(ready=ok and self.server_ready())
 
     def ServerMetadata(self, request, context):
-        return pb.ServerMetadataResponse(name="terrazzo", version=__version__, extensions=[])
+        return pb.ServerMetadataResponse(
+            name="terrazzo", version=__version__, extensions=list(EXTENSIONS)
+        )
 
     def ModelMetadata(self, request, context):
         if not self._known(request.name, request.version):
@@ -185,7 +498,54 @@ class Gateway(pb_grpc.GRPCInferenceServiceServicer):
             resp.outputs.add(name=t.name, datatype=t.datatype, shape=t.shape)
         return resp
 
+    def ModelConfig(self, request, context):
+        if not self._known(request.name, request.version):
+            context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"unknown model {request.name!r} version {request.version!r}",
+            )
+        return pb.ModelConfigResponse(config=model_config(self.plan))  # type: ignore[attr-defined]
+
+    def model_statistics(self, out) -> None:
+        """Fill one ModelStatistics message."""
+        out.name = self.plan.model_name
+        out.version = self.plan.version
+        self.stats.fill(out)
+
+    def ModelStatistics(self, request, context):
+        resp = pb.ModelStatisticsResponse()  # type: ignore[attr-defined]
+        if request.name and not self._known(request.name, request.version):
+            context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"unknown model {request.name!r} version {request.version!r}",
+            )
+        self.model_statistics(resp.model_stats.add())
+        return resp
+
+    def RepositoryIndex(self, request, context):
+        resp = pb.RepositoryIndexResponse()  # type: ignore[attr-defined]
+        resp.models.add(
+            name=self.plan.model_name,
+            version=self.plan.version,
+            state="READY" if self.model_ready() else "UNAVAILABLE",
+        )
+        return resp
+
+    def RepositoryModelLoad(self, request, context):
+        context.abort(
+            grpc.StatusCode.UNAVAILABLE,
+            "explicit model load/unload not allowed: serve a model repository directory "
+            "with --model-control-mode explicit",
+        )
+
+    def RepositoryModelUnload(self, request, context):
+        self.RepositoryModelLoad(request, context)
+
     # -- inference ---------------------------------------------------------------------
+    def infer(self, request, context):
+        """Serve one ModelInferRequest in-process; raises InferError (code + message)."""
+        return self._infer(request, context)
+
     def ModelInfer(self, request, context):
         try:
             return self._infer(request, context)
@@ -219,7 +579,7 @@ class Gateway(pb_grpc.GRPCInferenceServiceServicer):
             )
         if self.draining.is_set():
             self._count(model, "UNAVAILABLE", t0, request_id, workers)
-            raise InferError(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
+            raise InferError(grpc.StatusCode.UNAVAILABLE, self.drain_reason)
         size = request.ByteSize()
         refusal = ""
         with self._inflight_lock:
@@ -242,8 +602,9 @@ class Gateway(pb_grpc.GRPCInferenceServiceServicer):
             self._count(model, "RESOURCE_EXHAUSTED", t0, request_id, workers)
             raise InferError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"model {model!r}: {refusal}")
         self.metrics.queue_depth.labels(model=model).inc()
+        phases: dict[str, float] = {"queue": time.perf_counter() - t0}
         try:
-            response = self._run(request, context, request_id, workers)
+            response = self._run(request, context, request_id, workers, phases)
             return response
         except InferError as e:
             status = e.code.name
@@ -259,6 +620,7 @@ class Gateway(pb_grpc.GRPCInferenceServiceServicer):
                 self._big_since_trim += size if size >= _TRIM_AFTER_BYTES else 0
                 self._idle.notify_all()
             self._count(model, status, t0, request_id, workers)
+            self.stats.record(status == "OK", time.perf_counter() - t0, phases)
 
     def _count(
         self, model: str, status: str, t0: float, request_id: str, workers: list[str]
@@ -299,8 +661,38 @@ class Gateway(pb_grpc.GRPCInferenceServiceServicer):
             raise InferError(grpc.StatusCode.INVALID_ARGUMENT, "an output is requested twice")
         return names or [t.name for t in self.plan.outputs]
 
-    def _run(self, request, context, request_id: str, workers: list[str]) -> pb.ModelInferResponse:  # type: ignore[name-defined]
+    def _from_shm(self, request):
+        """A copy of ``request`` with inputs held in shared memory read into raw contents."""
+        if not any("shared_memory_region" in i.parameters for i in request.inputs):
+            return request
+        out = pb.ModelInferRequest()  # type: ignore[attr-defined]
+        out.CopyFrom(request)
+        del out.raw_input_contents[:]
+        raw = iter(request.raw_input_contents)
+        for inp in out.inputs:
+            region = shm_param(inp.parameters, "shared_memory_region")
+            if region is None:
+                out.raw_input_contents.append(next(raw, b""))
+                continue
+            size = shm_param(inp.parameters, "shared_memory_byte_size")
+            offset = shm_param(inp.parameters, "shared_memory_offset") or 0
+            if not isinstance(size, int) or not isinstance(offset, int):
+                raise InferError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"input {inp.name!r}: shared_memory_byte_size must be an integer",
+                )
+            out.raw_input_contents.append(self.shm.read(str(region), offset, size))
+            for k in ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset"):
+                if k in inp.parameters:
+                    del inp.parameters[k]
+        return out
+
+    def _run(
+        self, request, context, request_id: str, workers: list[str], phases: dict[str, float]
+    ) -> pb.ModelInferResponse:  # type: ignore[name-defined]
         deadline = self._deadline(request, context)
+        t_in = time.perf_counter()
+        request = self._from_shm(request)
         try:
             env: dict[str, WireTensor] = decode_inputs(
                 request, self.input_specs, self.plan.model_name
@@ -308,14 +700,40 @@ class Gateway(pb_grpc.GRPCInferenceServiceServicer):
         except TensorError as e:
             raise InferError(e.code, str(e)) from e
         wanted = self._requested_outputs(request)
+        t_run = time.perf_counter()
+        phases["compute_input"] = t_run - t_in
         self._execute(env, deadline, context, request_id, workers)
+        t_out = time.perf_counter()
+        phases["compute_infer"] = t_out - t_run
         resp = pb.ModelInferResponse(
             model_name=self.plan.model_name, model_version=self.plan.version, id=request.id
         )  # type: ignore[attr-defined]
+        to_shm = {
+            o.name: o.parameters for o in request.outputs if "shared_memory_region" in o.parameters
+        }
         for name in wanted:
             t = env[name]
-            resp.outputs.add(name=name, datatype=t.datatype, shape=t.shape)
-            resp.raw_output_contents.append(t.raw)
+            out = resp.outputs.add(name=name, datatype=t.datatype, shape=t.shape)
+            params = to_shm.get(name)
+            if params is None:
+                resp.raw_output_contents.append(t.raw)
+                continue
+            region = str(shm_param(params, "shared_memory_region"))
+            size = shm_param(params, "shared_memory_byte_size")
+            offset = shm_param(params, "shared_memory_offset") or 0
+            if not isinstance(size, int) or not isinstance(offset, int) or len(t.raw) > size:
+                raise InferError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"output {name!r} needs {len(t.raw)} bytes; shared memory region "
+                    f"{region!r} offers {size}",
+                )
+            self.shm.write(region, offset, t.raw)
+            out.parameters["shared_memory_region"].string_param = region
+            out.parameters["shared_memory_byte_size"].int64_param = len(t.raw)
+            if offset:
+                out.parameters["shared_memory_offset"].int64_param = offset
+            resp.raw_output_contents.append(b"")
+        phases["compute_output"] = time.perf_counter() - t_out
         return resp
 
     def _execute(

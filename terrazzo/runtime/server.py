@@ -37,7 +37,14 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from terrazzo.errors import ServingError
-from terrazzo.runtime.gateway import Gateway, GatewayOptions, HealthService, TokenAuthInterceptor
+from terrazzo.runtime.gateway import (
+    Gateway,
+    GatewayOptions,
+    HealthService,
+    ServerSettings,
+    SharedMemoryRegistry,
+    TokenAuthInterceptor,
+)
 from terrazzo.runtime.internal_tls import GATEWAY_NAME, make_identity
 from terrazzo.runtime.launcher import Launcher, LocalLauncher, WorkerExitedError, WorkerOptions
 from terrazzo.runtime.metrics import RuntimeMetrics
@@ -122,6 +129,8 @@ class ServeOptions:
     # and the internal token they were given (default: a fresh random one for local workers).
     static_workers: Mapping[int, tuple[str, ...]] | None = None
     worker_token: str | None = None
+    # False: no gRPC port of its own (a model of a repository, served by its one endpoint)
+    listen: bool = True
     extra: dict[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -169,6 +178,8 @@ class Server:
         plan: ServingPlan,
         opts: ServeOptions,
         make_launcher: Callable[[WorkerOptions], Launcher],
+        shm: SharedMemoryRegistry | None = None,
+        settings: ServerSettings | None = None,
     ):
         self.plan = plan
         self.opts = opts
@@ -198,6 +209,8 @@ class Server:
                 max_inflight_bytes=opts.max_inflight_bytes,
                 worker_token=self._worker_opts.token,
             ),
+            shm,
+            settings,
         )
         self._launcher: Launcher | None = None
         self._make_launcher = make_launcher
@@ -227,7 +240,8 @@ class Server:
                     )
                 pool.set_healthy(rep, True)
                 rep.healthy_since = time.monotonic()
-        self._start_grpc()
+        if self.opts.listen:
+            self._start_grpc()
         if self.opts.metrics_port is not None:
             from prometheus_client import start_http_server
 
@@ -246,37 +260,7 @@ class Server:
         self._supervisor.start()
 
     def _start_grpc(self) -> None:
-        interceptors = [TokenAuthInterceptor(self.opts.token)] if self.opts.token else []
-        server = grpc.server(
-            futures.ThreadPoolExecutor(  # every active RPC (a stream too) holds one thread
-                max_workers=self.opts.gateway_threads or self.opts.max_rpcs,
-                thread_name_prefix="tz-gateway",
-            ),
-            options=grpc_options(self.opts.max_message_bytes),
-            interceptors=interceptors,
-            maximum_concurrent_rpcs=self.opts.max_rpcs,
-        )
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(self.gateway, server)
-        health_pb2_grpc.add_HealthServicer_to_server(HealthService(self.gateway), server)
-        address = f"{self.opts.host}:{self.opts.port}"
-        try:
-            if self.opts.tls is not None:
-                tls = self.opts.tls
-                creds = grpc.ssl_server_credentials(
-                    [(tls.private_key, tls.cert_chain)],
-                    root_certificates=tls.client_ca,
-                    require_client_auth=tls.client_ca is not None,
-                )
-                port = server.add_secure_port(address, creds)
-            else:
-                port = server.add_insecure_port(address)
-        except RuntimeError as e:
-            raise ServingError(f"cannot listen on {address}: {e}") from e
-        if port == 0:
-            raise ServingError(f"cannot listen on {address} (port in use?)")
-        server.start()
-        self._grpc = server
-        self.port = port
+        self._grpc, self.port = start_grpc(self.gateway, HealthService(self.gateway), self.opts)
 
     def stop(self, drain_timeout_s: float | None = None) -> None:
         """Refuse new requests, let in-flight ones finish (up to the drain timeout), stop workers."""
@@ -454,6 +438,40 @@ class Server:
             rep.restarting = False
 
 
+def start_grpc(servicer: Any, health: Any, opts: ServeOptions) -> tuple[grpc.Server, int]:
+    """Start the gRPC endpoint (KServe v2 ``servicer`` + ``grpc.health.v1``); return it and its port."""
+    interceptors = [TokenAuthInterceptor(opts.token)] if opts.token else []
+    server = grpc.server(
+        futures.ThreadPoolExecutor(  # every active RPC (a stream too) holds one thread
+            max_workers=opts.gateway_threads or opts.max_rpcs,
+            thread_name_prefix="tz-gateway",
+        ),
+        options=grpc_options(opts.max_message_bytes),
+        interceptors=interceptors,
+        maximum_concurrent_rpcs=opts.max_rpcs,
+    )
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    address = f"{opts.host}:{opts.port}"
+    try:
+        if opts.tls is not None:
+            tls = opts.tls
+            creds = grpc.ssl_server_credentials(
+                [(tls.private_key, tls.cert_chain)],
+                root_certificates=tls.client_ca,
+                require_client_auth=tls.client_ca is not None,
+            )
+            port = server.add_secure_port(address, creds)
+        else:
+            port = server.add_insecure_port(address)
+    except RuntimeError as e:
+        raise ServingError(f"cannot listen on {address}: {e}") from e
+    if port == 0:
+        raise ServingError(f"cannot listen on {address} (port in use?)")
+    server.start()
+    return server, port
+
+
 def serve(
     model: str | Path | ServingPlan,
     port: int = 0,
@@ -465,6 +483,8 @@ def serve(
     ray_address: str | None = None,
     trust_key: Any = None,
     allow_unsigned: bool = False,
+    shm_registry: SharedMemoryRegistry | None = None,
+    server_settings: ServerSettings | None = None,
     **options: object,
 ) -> Server:
     """Serve a .tzb bundle (or a ServingPlan) over KServe v2 gRPC and return the running Server.
@@ -480,6 +500,7 @@ def serve(
         trust_key: public key(s) the bundle's signature must verify against (default: the
             local trust, ``terrazzo.bundle.resolve_trust``).
         allow_unsigned: serve a bundle that is unsigned or not signed by a trusted key.
+        shm_registry, server_settings: shared with other models (a repository's endpoint).
         **options: other ``ServeOptions`` fields (default_timeout_s, max_message_bytes, ...).
 
     Raises:
@@ -537,7 +558,7 @@ def serve(
 
     if ray_address:  # workers on other hosts: the hop is mTLS, and that is not optional
         opts = dataclasses.replace(opts, internal_tls=True)
-    server = Server(plan, opts, make_launcher)
+    server = Server(plan, opts, make_launcher, shm_registry, server_settings)
     try:
         server._start()
     except BaseException:

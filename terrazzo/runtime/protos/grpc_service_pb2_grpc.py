@@ -26,7 +26,12 @@ if _version_not_supported:
 
 
 class GRPCInferenceServiceStub(object):
-    """Missing associated documentation comment in .proto file."""
+    """@@
+    @@.. cpp:var:: service InferenceService
+    @@
+    @@   Inference Server GRPC endpoints.
+    @@
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -69,49 +74,304 @@ class GRPCInferenceServiceStub(object):
                 request_serializer=terrazzo_dot_runtime_dot_protos_dot_grpc__service__pb2.ModelInferRequest.SerializeToString,
                 response_deserializer=terrazzo_dot_runtime_dot_protos_dot_grpc__service__pb2.ModelStreamInferResponse.FromString,
                 _registered_method=True)
+        self.ModelConfig = channel.unary_unary(
+                '/inference.GRPCInferenceService/ModelConfig',
+                request_serializer=terrazzo_dot_runtime_dot_protos_dot_grpc__service__pb2.ModelConfigRequest.SerializeToString,
+                response_deserializer=terrazzo_dot_runtime_dot_protos_dot_grpc__service__pb2.ModelConfigResponse.FromString,
+                _registered_method=True)
+        self.ModelStatistics = channel.unary_unary(
+                '/inference.GRPCInferenceService/ModelStatistics',
+                request_serializer=terrazzo_dot_runtime_dot_protos_dot_grpc__service__pb2.ModelStatisticsRequest.SerializeToString,
+                response_deserializer=terrazzo_dot_runtime_dot_protos_dot_grpc__service__pb2.ModelStatisticsResponse.FromString,
+                _registered_method=True)
+        self.RepositoryIndex = channel.unary_unary(
+                '/inference.GRPCInferenceService/RepositoryIndex',
+                request_serializer=terrazzo_dot_runtime_dot_protos_dot_grpc__service__pb2.RepositoryIndexRequest.SerializeToString,
+                response_deserializer=terrazzo_dot_runtime_dot_protos_dot_grpc__service__pb2.RepositoryIndexResponse.FromString,
+                _registered_method=True)
+        self.RepositoryModelLoad = channel.unary_unary(
+                '/inference.GRPCInferenceService/RepositoryModelLoad',
+                request_serializer=terrazzo_dot_runtime_dot_protos_dot_grpc__service__pb2.RepositoryModelLoadRequest.SerializeToString,
+                response_deserializer=terrazzo_dot_runtime_dot_protos_dot_grpc__service__pb2.RepositoryModelLoadResponse.FromString,
+                _registered_method=True)
+        self.RepositoryModelUnload = channel.unary_unary(
+                '/inference.GRPCInferenceService/RepositoryModelUnload',
+                request_serializer=terrazzo_dot_runtime_dot_protos_dot_grpc__service__pb2.RepositoryModelUnloadRequest.SerializeToString,
+                response_deserializer=terrazzo_dot_runtime_dot_protos_dot_grpc__service__pb2.RepositoryModelUnloadResponse.FromString,
+                _registered_method=True)
+        self.SystemSharedMemoryStatus = channel.unary_unary(
+                '/inference.GRPCInferenceService/SystemSharedMemoryStatus',
+                request_serializer=terrazzo_dot_runtime_dot_protos_dot_grpc__service__pb2.SystemSharedMemoryStatusRequest.SerializeToString,
+                response_deserializer=terrazzo_dot_runtime_dot_protos_dot_grpc__service__pb2.SystemSharedMemoryStatusResponse.FromString,
+                _registered_method=True)
+        self.SystemSharedMemoryRegister = channel.unary_unary(
+                '/inference.GRPCInferenceService/SystemSharedMemoryRegister',
+                request_serializer=terrazzo_dot_runtime_dot_protos_dot_grpc__service__pb2.SystemSharedMemoryRegisterRequest.SerializeToString,
+                response_deserializer=terrazzo_dot_runtime_dot_protos_dot_grpc__service__pb2.SystemSharedMemoryRegisterResponse.FromString,
+                _registered_method=True)
+        self.SystemSharedMemoryUnregister = channel.unary_unary(
+                '/inference.GRPCInferenceService/SystemSharedMemoryUnregister',
+                request_serializer=terrazzo_dot_runtime_dot_protos_dot_grpc__service__pb2.SystemSharedMemoryUnregisterRequest.SerializeToString,
+                response_deserializer=terrazzo_dot_runtime_dot_protos_dot_grpc__service__pb2.SystemSharedMemoryUnregisterResponse.FromString,
+                _registered_method=True)
+        self.CudaSharedMemoryStatus = channel.unary_unary(
+                '/inference.GRPCInferenceService/CudaSharedMemoryStatus',
+                request_serializer=terrazzo_dot_runtime_dot_protos_dot_grpc__service__pb2.CudaSharedMemoryStatusRequest.SerializeToString,
+                response_deserializer=terrazzo_dot_runtime_dot_protos_dot_grpc__service__pb2.CudaSharedMemoryStatusResponse.FromString,
+                _registered_method=True)
+        self.CudaSharedMemoryRegister = channel.unary_unary(
+                '/inference.GRPCInferenceService/CudaSharedMemoryRegister',
+                request_serializer=terrazzo_dot_runtime_dot_protos_dot_grpc__service__pb2.CudaSharedMemoryRegisterRequest.SerializeToString,
+                response_deserializer=terrazzo_dot_runtime_dot_protos_dot_grpc__service__pb2.CudaSharedMemoryRegisterResponse.FromString,
+                _registered_method=True)
+        self.CudaSharedMemoryUnregister = channel.unary_unary(
+                '/inference.GRPCInferenceService/CudaSharedMemoryUnregister',
+                request_serializer=terrazzo_dot_runtime_dot_protos_dot_grpc__service__pb2.CudaSharedMemoryUnregisterRequest.SerializeToString,
+                response_deserializer=terrazzo_dot_runtime_dot_protos_dot_grpc__service__pb2.CudaSharedMemoryUnregisterResponse.FromString,
+                _registered_method=True)
+        self.TraceSetting = channel.unary_unary(
+                '/inference.GRPCInferenceService/TraceSetting',
+                request_serializer=terrazzo_dot_runtime_dot_protos_dot_grpc__service__pb2.TraceSettingRequest.SerializeToString,
+                response_deserializer=terrazzo_dot_runtime_dot_protos_dot_grpc__service__pb2.TraceSettingResponse.FromString,
+                _registered_method=True)
+        self.LogSettings = channel.unary_unary(
+                '/inference.GRPCInferenceService/LogSettings',
+                request_serializer=terrazzo_dot_runtime_dot_protos_dot_grpc__service__pb2.LogSettingsRequest.SerializeToString,
+                response_deserializer=terrazzo_dot_runtime_dot_protos_dot_grpc__service__pb2.LogSettingsResponse.FromString,
+                _registered_method=True)
 
 
 class GRPCInferenceServiceServicer(object):
-    """Missing associated documentation comment in .proto file."""
+    """@@
+    @@.. cpp:var:: service InferenceService
+    @@
+    @@   Inference Server GRPC endpoints.
+    @@
+    """
 
     def ServerLive(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """@@  .. cpp:var:: rpc ServerLive(ServerLiveRequest) returns
+        @@       (ServerLiveResponse)
+        @@
+        @@     Check liveness of the inference server.
+        @@
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ServerReady(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """@@  .. cpp:var:: rpc ServerReady(ServerReadyRequest) returns
+        @@       (ServerReadyResponse)
+        @@
+        @@     Check readiness of the inference server.
+        @@
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ModelReady(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """@@  .. cpp:var:: rpc ModelReady(ModelReadyRequest) returns
+        @@       (ModelReadyResponse)
+        @@
+        @@     Check readiness of a model in the inference server.
+        @@
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ServerMetadata(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """@@  .. cpp:var:: rpc ServerMetadata(ServerMetadataRequest) returns
+        @@       (ServerMetadataResponse)
+        @@
+        @@     Get server metadata.
+        @@
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ModelMetadata(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """@@  .. cpp:var:: rpc ModelMetadata(ModelMetadataRequest) returns
+        @@       (ModelMetadataResponse)
+        @@
+        @@     Get model metadata.
+        @@
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ModelInfer(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """@@  .. cpp:var:: rpc ModelInfer(ModelInferRequest) returns
+        @@       (ModelInferResponse)
+        @@
+        @@     Perform inference using a specific model.
+        @@
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ModelStreamInfer(self, request_iterator, context):
-        """Missing associated documentation comment in .proto file."""
+        """@@  .. cpp:var:: rpc ModelStreamInfer(stream ModelInferRequest) returns
+        @@       (stream ModelStreamInferResponse)
+        @@
+        @@     Perform streaming inference.
+        @@
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ModelConfig(self, request, context):
+        """@@  .. cpp:var:: rpc ModelConfig(ModelConfigRequest) returns
+        @@       (ModelConfigResponse)
+        @@
+        @@     Get model configuration.
+        @@
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ModelStatistics(self, request, context):
+        """@@  .. cpp:var:: rpc ModelStatistics(
+        @@                     ModelStatisticsRequest)
+        @@                   returns (ModelStatisticsResponse)
+        @@
+        @@     Get the cumulative inference statistics for a model.
+        @@
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RepositoryIndex(self, request, context):
+        """@@  .. cpp:var:: rpc RepositoryIndex(RepositoryIndexRequest) returns
+        @@       (RepositoryIndexResponse)
+        @@
+        @@     Get the index of model repository contents.
+        @@
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RepositoryModelLoad(self, request, context):
+        """@@  .. cpp:var:: rpc RepositoryModelLoad(RepositoryModelLoadRequest) returns
+        @@       (RepositoryModelLoadResponse)
+        @@
+        @@     Load or reload a model from a repository.
+        @@
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RepositoryModelUnload(self, request, context):
+        """@@  .. cpp:var:: rpc RepositoryModelUnload(RepositoryModelUnloadRequest)
+        @@       returns (RepositoryModelUnloadResponse)
+        @@
+        @@     Unload a model.
+        @@
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SystemSharedMemoryStatus(self, request, context):
+        """@@  .. cpp:var:: rpc SystemSharedMemoryStatus(
+        @@                     SystemSharedMemoryStatusRequest)
+        @@                   returns (SystemSharedMemoryStatusRespose)
+        @@
+        @@     Get the status of all registered system-shared-memory regions.
+        @@
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SystemSharedMemoryRegister(self, request, context):
+        """@@  .. cpp:var:: rpc SystemSharedMemoryRegister(
+        @@                     SystemSharedMemoryRegisterRequest)
+        @@                   returns (SystemSharedMemoryRegisterResponse)
+        @@
+        @@     Register a system-shared-memory region.
+        @@
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SystemSharedMemoryUnregister(self, request, context):
+        """@@  .. cpp:var:: rpc SystemSharedMemoryUnregister(
+        @@                     SystemSharedMemoryUnregisterRequest)
+        @@                   returns (SystemSharedMemoryUnregisterResponse)
+        @@
+        @@     Unregister a system-shared-memory region.
+        @@
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CudaSharedMemoryStatus(self, request, context):
+        """@@  .. cpp:var:: rpc CudaSharedMemoryStatus(
+        @@                     CudaSharedMemoryStatusRequest)
+        @@                   returns (CudaSharedMemoryStatusRespose)
+        @@
+        @@     Get the status of all registered CUDA-shared-memory regions.
+        @@
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CudaSharedMemoryRegister(self, request, context):
+        """@@  .. cpp:var:: rpc CudaSharedMemoryRegister(
+        @@                     CudaSharedMemoryRegisterRequest)
+        @@                   returns (CudaSharedMemoryRegisterResponse)
+        @@
+        @@     Register a CUDA-shared-memory region.
+        @@
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CudaSharedMemoryUnregister(self, request, context):
+        """@@  .. cpp:var:: rpc CudaSharedMemoryUnregister(
+        @@                     CudaSharedMemoryUnregisterRequest)
+        @@                   returns (CudaSharedMemoryUnregisterResponse)
+        @@
+        @@     Unregister a CUDA-shared-memory region.
+        @@
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TraceSetting(self, request, context):
+        """@@  .. cpp:var:: rpc TraceSetting(TraceSettingRequest)
+        @@                   returns (TraceSettingResponse)
+        @@
+        @@     Update and get the trace setting of the Triton server.
+        @@
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LogSettings(self, request, context):
+        """@@  .. cpp:var:: rpc LogSettings(LogSettingsRequest)
+        @@                   returns (LogSettingsResponse)
+        @@
+        @@     Update and get the log settings of the Triton server.
+        @@
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -154,6 +414,71 @@ def add_GRPCInferenceServiceServicer_to_server(servicer, server):
                     request_deserializer=terrazzo_dot_runtime_dot_protos_dot_grpc__service__pb2.ModelInferRequest.FromString,
                     response_serializer=terrazzo_dot_runtime_dot_protos_dot_grpc__service__pb2.ModelStreamInferResponse.SerializeToString,
             ),
+            'ModelConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.ModelConfig,
+                    request_deserializer=terrazzo_dot_runtime_dot_protos_dot_grpc__service__pb2.ModelConfigRequest.FromString,
+                    response_serializer=terrazzo_dot_runtime_dot_protos_dot_grpc__service__pb2.ModelConfigResponse.SerializeToString,
+            ),
+            'ModelStatistics': grpc.unary_unary_rpc_method_handler(
+                    servicer.ModelStatistics,
+                    request_deserializer=terrazzo_dot_runtime_dot_protos_dot_grpc__service__pb2.ModelStatisticsRequest.FromString,
+                    response_serializer=terrazzo_dot_runtime_dot_protos_dot_grpc__service__pb2.ModelStatisticsResponse.SerializeToString,
+            ),
+            'RepositoryIndex': grpc.unary_unary_rpc_method_handler(
+                    servicer.RepositoryIndex,
+                    request_deserializer=terrazzo_dot_runtime_dot_protos_dot_grpc__service__pb2.RepositoryIndexRequest.FromString,
+                    response_serializer=terrazzo_dot_runtime_dot_protos_dot_grpc__service__pb2.RepositoryIndexResponse.SerializeToString,
+            ),
+            'RepositoryModelLoad': grpc.unary_unary_rpc_method_handler(
+                    servicer.RepositoryModelLoad,
+                    request_deserializer=terrazzo_dot_runtime_dot_protos_dot_grpc__service__pb2.RepositoryModelLoadRequest.FromString,
+                    response_serializer=terrazzo_dot_runtime_dot_protos_dot_grpc__service__pb2.RepositoryModelLoadResponse.SerializeToString,
+            ),
+            'RepositoryModelUnload': grpc.unary_unary_rpc_method_handler(
+                    servicer.RepositoryModelUnload,
+                    request_deserializer=terrazzo_dot_runtime_dot_protos_dot_grpc__service__pb2.RepositoryModelUnloadRequest.FromString,
+                    response_serializer=terrazzo_dot_runtime_dot_protos_dot_grpc__service__pb2.RepositoryModelUnloadResponse.SerializeToString,
+            ),
+            'SystemSharedMemoryStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.SystemSharedMemoryStatus,
+                    request_deserializer=terrazzo_dot_runtime_dot_protos_dot_grpc__service__pb2.SystemSharedMemoryStatusRequest.FromString,
+                    response_serializer=terrazzo_dot_runtime_dot_protos_dot_grpc__service__pb2.SystemSharedMemoryStatusResponse.SerializeToString,
+            ),
+            'SystemSharedMemoryRegister': grpc.unary_unary_rpc_method_handler(
+                    servicer.SystemSharedMemoryRegister,
+                    request_deserializer=terrazzo_dot_runtime_dot_protos_dot_grpc__service__pb2.SystemSharedMemoryRegisterRequest.FromString,
+                    response_serializer=terrazzo_dot_runtime_dot_protos_dot_grpc__service__pb2.SystemSharedMemoryRegisterResponse.SerializeToString,
+            ),
+            'SystemSharedMemoryUnregister': grpc.unary_unary_rpc_method_handler(
+                    servicer.SystemSharedMemoryUnregister,
+                    request_deserializer=terrazzo_dot_runtime_dot_protos_dot_grpc__service__pb2.SystemSharedMemoryUnregisterRequest.FromString,
+                    response_serializer=terrazzo_dot_runtime_dot_protos_dot_grpc__service__pb2.SystemSharedMemoryUnregisterResponse.SerializeToString,
+            ),
+            'CudaSharedMemoryStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.CudaSharedMemoryStatus,
+                    request_deserializer=terrazzo_dot_runtime_dot_protos_dot_grpc__service__pb2.CudaSharedMemoryStatusRequest.FromString,
+                    response_serializer=terrazzo_dot_runtime_dot_protos_dot_grpc__service__pb2.CudaSharedMemoryStatusResponse.SerializeToString,
+            ),
+            'CudaSharedMemoryRegister': grpc.unary_unary_rpc_method_handler(
+                    servicer.CudaSharedMemoryRegister,
+                    request_deserializer=terrazzo_dot_runtime_dot_protos_dot_grpc__service__pb2.CudaSharedMemoryRegisterRequest.FromString,
+                    response_serializer=terrazzo_dot_runtime_dot_protos_dot_grpc__service__pb2.CudaSharedMemoryRegisterResponse.SerializeToString,
+            ),
+            'CudaSharedMemoryUnregister': grpc.unary_unary_rpc_method_handler(
+                    servicer.CudaSharedMemoryUnregister,
+                    request_deserializer=terrazzo_dot_runtime_dot_protos_dot_grpc__service__pb2.CudaSharedMemoryUnregisterRequest.FromString,
+                    response_serializer=terrazzo_dot_runtime_dot_protos_dot_grpc__service__pb2.CudaSharedMemoryUnregisterResponse.SerializeToString,
+            ),
+            'TraceSetting': grpc.unary_unary_rpc_method_handler(
+                    servicer.TraceSetting,
+                    request_deserializer=terrazzo_dot_runtime_dot_protos_dot_grpc__service__pb2.TraceSettingRequest.FromString,
+                    response_serializer=terrazzo_dot_runtime_dot_protos_dot_grpc__service__pb2.TraceSettingResponse.SerializeToString,
+            ),
+            'LogSettings': grpc.unary_unary_rpc_method_handler(
+                    servicer.LogSettings,
+                    request_deserializer=terrazzo_dot_runtime_dot_protos_dot_grpc__service__pb2.LogSettingsRequest.FromString,
+                    response_serializer=terrazzo_dot_runtime_dot_protos_dot_grpc__service__pb2.LogSettingsResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'inference.GRPCInferenceService', rpc_method_handlers)
@@ -163,7 +488,12 @@ def add_GRPCInferenceServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class GRPCInferenceService(object):
-    """Missing associated documentation comment in .proto file."""
+    """@@
+    @@.. cpp:var:: service InferenceService
+    @@
+    @@   Inference Server GRPC endpoints.
+    @@
+    """
 
     @staticmethod
     def ServerLive(request,
@@ -344,6 +674,357 @@ class GRPCInferenceService(object):
             '/inference.GRPCInferenceService/ModelStreamInfer',
             terrazzo_dot_runtime_dot_protos_dot_grpc__service__pb2.ModelInferRequest.SerializeToString,
             terrazzo_dot_runtime_dot_protos_dot_grpc__service__pb2.ModelStreamInferResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ModelConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inference.GRPCInferenceService/ModelConfig',
+            terrazzo_dot_runtime_dot_protos_dot_grpc__service__pb2.ModelConfigRequest.SerializeToString,
+            terrazzo_dot_runtime_dot_protos_dot_grpc__service__pb2.ModelConfigResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ModelStatistics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inference.GRPCInferenceService/ModelStatistics',
+            terrazzo_dot_runtime_dot_protos_dot_grpc__service__pb2.ModelStatisticsRequest.SerializeToString,
+            terrazzo_dot_runtime_dot_protos_dot_grpc__service__pb2.ModelStatisticsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RepositoryIndex(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inference.GRPCInferenceService/RepositoryIndex',
+            terrazzo_dot_runtime_dot_protos_dot_grpc__service__pb2.RepositoryIndexRequest.SerializeToString,
+            terrazzo_dot_runtime_dot_protos_dot_grpc__service__pb2.RepositoryIndexResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RepositoryModelLoad(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inference.GRPCInferenceService/RepositoryModelLoad',
+            terrazzo_dot_runtime_dot_protos_dot_grpc__service__pb2.RepositoryModelLoadRequest.SerializeToString,
+            terrazzo_dot_runtime_dot_protos_dot_grpc__service__pb2.RepositoryModelLoadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RepositoryModelUnload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inference.GRPCInferenceService/RepositoryModelUnload',
+            terrazzo_dot_runtime_dot_protos_dot_grpc__service__pb2.RepositoryModelUnloadRequest.SerializeToString,
+            terrazzo_dot_runtime_dot_protos_dot_grpc__service__pb2.RepositoryModelUnloadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SystemSharedMemoryStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inference.GRPCInferenceService/SystemSharedMemoryStatus',
+            terrazzo_dot_runtime_dot_protos_dot_grpc__service__pb2.SystemSharedMemoryStatusRequest.SerializeToString,
+            terrazzo_dot_runtime_dot_protos_dot_grpc__service__pb2.SystemSharedMemoryStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SystemSharedMemoryRegister(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inference.GRPCInferenceService/SystemSharedMemoryRegister',
+            terrazzo_dot_runtime_dot_protos_dot_grpc__service__pb2.SystemSharedMemoryRegisterRequest.SerializeToString,
+            terrazzo_dot_runtime_dot_protos_dot_grpc__service__pb2.SystemSharedMemoryRegisterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SystemSharedMemoryUnregister(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inference.GRPCInferenceService/SystemSharedMemoryUnregister',
+            terrazzo_dot_runtime_dot_protos_dot_grpc__service__pb2.SystemSharedMemoryUnregisterRequest.SerializeToString,
+            terrazzo_dot_runtime_dot_protos_dot_grpc__service__pb2.SystemSharedMemoryUnregisterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CudaSharedMemoryStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inference.GRPCInferenceService/CudaSharedMemoryStatus',
+            terrazzo_dot_runtime_dot_protos_dot_grpc__service__pb2.CudaSharedMemoryStatusRequest.SerializeToString,
+            terrazzo_dot_runtime_dot_protos_dot_grpc__service__pb2.CudaSharedMemoryStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CudaSharedMemoryRegister(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inference.GRPCInferenceService/CudaSharedMemoryRegister',
+            terrazzo_dot_runtime_dot_protos_dot_grpc__service__pb2.CudaSharedMemoryRegisterRequest.SerializeToString,
+            terrazzo_dot_runtime_dot_protos_dot_grpc__service__pb2.CudaSharedMemoryRegisterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CudaSharedMemoryUnregister(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inference.GRPCInferenceService/CudaSharedMemoryUnregister',
+            terrazzo_dot_runtime_dot_protos_dot_grpc__service__pb2.CudaSharedMemoryUnregisterRequest.SerializeToString,
+            terrazzo_dot_runtime_dot_protos_dot_grpc__service__pb2.CudaSharedMemoryUnregisterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TraceSetting(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inference.GRPCInferenceService/TraceSetting',
+            terrazzo_dot_runtime_dot_protos_dot_grpc__service__pb2.TraceSettingRequest.SerializeToString,
+            terrazzo_dot_runtime_dot_protos_dot_grpc__service__pb2.TraceSettingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LogSettings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inference.GRPCInferenceService/LogSettings',
+            terrazzo_dot_runtime_dot_protos_dot_grpc__service__pb2.LogSettingsRequest.SerializeToString,
+            terrazzo_dot_runtime_dot_protos_dot_grpc__service__pb2.LogSettingsResponse.FromString,
             options,
             channel_credentials,
             insecure,
