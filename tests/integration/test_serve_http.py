@@ -1,0 +1,270 @@
+"""KServe v2 HTTP/REST beside gRPC: stock tritonclient.http, raw JSON over urllib, error statuses,
+exact health paths, and the metrics port answering /metrics only."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+import tritonclient.grpc as tcg
+import tritonclient.http as tch
+from tritonclient.utils import InferenceServerException
+
+from terrazzo.runtime import serve
+from terrazzo.runtime.http_front import build_request, encode_response
+from terrazzo.runtime.protos import grpc_service_pb2 as pb
+
+from .serving_helpers import chain_plan
+
+pytestmark = pytest.mark.timeout(120)
+
+TOKEN = "http-s3cret"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}  # tritonclient.http adds to a headers dict: pass copies
+MAX_BODY = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def server(libs):
+    with serve(
+        chain_plan(libs), metrics_port=0, http_port=0, token=TOKEN, max_message_bytes=MAX_BODY
+    ) as s:
+        yield s
+
+
+@pytest.fixture()
+def hclient(server):
+    c = tch.InferenceServerClient(f"127.0.0.1:{server.http_port}", concurrency=4)
+    yield c
+    c.close()
+
+
+def _http(server, method: str, path: str, body: bytes | None = None, headers=None, port=None):
+    """(status, parsed JSON or raw bytes) of one plain HTTP request."""
+    url = f"http://127.0.0.1:{port or server.http_port}{path}"
+    req = urllib.request.Request(url, data=body, method=method, headers={**AUTH, **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            status, data, ctype = r.status, r.read(), r.headers.get("Content-Type", "")
+    except urllib.error.HTTPError as e:
+        status, data, ctype = e.code, e.read(), e.headers.get("Content-Type", "")
+    return status, (json.loads(data) if "json" in ctype else data)
+
+
+def _post_json(server, path: str, obj) -> tuple[int, object]:
+    return _http(
+        server, "POST", path, json.dumps(obj).encode(), {"Content-Type": "application/json"}
+    )
+
+
+def test_stock_http_client_health_and_metadata(server, hclient):
+    assert hclient.is_server_live(headers=dict(AUTH))
+    assert hclient.is_server_ready(headers=dict(AUTH))
+    assert hclient.is_model_ready("toy", headers=dict(AUTH))
+    assert not hclient.is_model_ready("nope", headers=dict(AUTH))
+    md = hclient.get_server_metadata(headers=dict(AUTH))
+    assert md["name"] == "terrazzo"
+    mmd = hclient.get_model_metadata("toy", headers=dict(AUTH))
+    assert [t["name"] for t in mmd["inputs"]] == ["x"]
+    assert {t["name"]: t["datatype"] for t in mmd["outputs"]} == {"z": "FP32", "y": "FP32"}
+    assert mmd["inputs"][0]["shape"] == [-1]
+    with pytest.raises(InferenceServerException, match="unknown model"):
+        hclient.get_model_metadata("nope", headers=dict(AUTH))
+
+
+def _http_infer(hclient, x: np.ndarray, binary: bool, **kw):
+    inp = tch.InferInput("x", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x, binary_data=binary)
+    outs = [tch.InferRequestedOutput(n, binary_data=binary) for n in ("z", "y")]
+    return inp, outs
+
+
+def test_infer_json_binary_async_match_grpc_bit_for_bit(server, hclient):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(1024).astype(np.float32)  # 4 KiB
+    g = tcg.InferenceServerClient(f"127.0.0.1:{server.port}")
+    ginp = tcg.InferInput("x", [1024], "FP32")
+    ginp.set_data_from_numpy(x)
+    gres = g.infer("toy", [ginp], headers={"authorization": f"Bearer {TOKEN}"})
+    g.close()
+    want = {n: gres.as_numpy(n) for n in ("z", "y")}
+    np.testing.assert_allclose(want["z"], 2 * x + 1, rtol=1e-6)
+    for binary in (False, True):
+        inp, outs = _http_infer(hclient, x, binary)
+        res = hclient.infer("toy", [inp], outputs=outs, headers=dict(AUTH), request_id="r1")
+        assert res.get_response()["id"] == "r1"
+        for n in ("z", "y"):
+            got = res.as_numpy(n)
+            assert got.dtype == np.float32 and got.shape == (1024,)
+            assert got.tobytes() == want[n].tobytes(), (binary, n)
+        out = res.get_output("z")
+        assert ("parameters" in out) == binary  # binary_data_size only on binary outputs
+    inp, outs = _http_infer(hclient, x, True)
+    pending = [
+        hclient.async_infer("toy", [inp], outputs=outs, headers=dict(AUTH)) for _ in range(4)
+    ]
+    for p in pending:
+        assert p.get_result().as_numpy("z").tobytes() == want["z"].tobytes()
+    inp = tch.InferInput("x", [1024], "FP32")  # no outputs named: all, binary (Triton's default)
+    inp.set_data_from_numpy(x)
+    assert (
+        hclient.infer("toy", [inp], headers=dict(AUTH)).as_numpy("y").tobytes()
+        == want["y"].tobytes()
+    )
+
+
+def test_raw_json_nested_data_and_requested_outputs(server):
+    status, body = _post_json(
+        server,
+        "/v2/models/toy/versions/1/infer",
+        {
+            "inputs": [{"name": "x", "shape": [4], "datatype": "FP32", "data": [[1, 2], [3, 4]]}],
+            "outputs": [{"name": "z"}],
+        },  # fmt: skip
+    )
+    assert status == 200, body
+    assert body["model_name"] == "toy"
+    assert [o["name"] for o in body["outputs"]] == ["z"]
+    assert body["outputs"][0] == {
+        "name": "z",
+        "datatype": "FP32",
+        "shape": [4],
+        "data": [3, 5, 7, 9],
+    }
+
+
+def test_error_statuses_name_the_field(server):
+    path = "/v2/models/toy/infer"
+    good = {"inputs": [{"name": "x", "shape": [2], "datatype": "FP32", "data": [1, 2]}]}
+    status, body = _http(
+        server, "POST", path, b'{"inputs": [', {"Content-Type": "application/json"}
+    )
+    assert status == 400 and "malformed JSON" in body["error"]
+    status, body = _post_json(server, path, {"input": []})
+    assert status == 400 and "request.inputs: missing" in body["error"]
+    status, body = _post_json(
+        server, path, {"inputs": [{"name": "x", "datatype": "FP32", "data": [1]}]}
+    )
+    assert status == 400 and "inputs['x'].shape: missing" in body["error"]
+    status, body = _post_json(
+        server, path, {"inputs": [{"name": "x", "shape": [3], "datatype": "FP32", "data": [1, 2]}]}
+    )
+    assert status == 400 and "'x'" in body["error"] and "12 bytes" in body["error"], body
+    status, body = _post_json(
+        server,
+        path,
+        {"inputs": [{"name": "x", "shape": [2], "datatype": "FP32", "data": ["a", 1]}]},
+    )
+    assert status == 400 and "inputs['x'].data" in body["error"]
+    status, body = _post_json(
+        server, path, {"inputs": [{"name": "x", "shape": [2], "datatype": "INT32", "data": [1, 2]}]}
+    )
+    assert status == 400 and "must be FP32" in body["error"]
+    status, body = _post_json(server, path, {**good, "outputs": [{"name": "w"}]})
+    assert status == 400 and "'w'" in body["error"]
+    status, body = _post_json(server, "/v2/models/nope/infer", good)
+    assert status == 404 and "unknown model 'nope'" in body["error"]
+    status, body = _post_json(server, "/v2/models/toy/versions/999/infer", good)
+    assert status == 404 and "'999'" in body["error"]
+    status, _ = _http(server, "GET", "/v2/models/nope")
+    assert status == 404
+    status, _ = _http(server, "GET", "/v2/models/nope/ready")
+    assert status == 404
+    status, _ = _http(server, "GET", path)
+    assert status == 405
+    status, body = _http(server, "POST", path, b"{" + b" " * MAX_BODY + b"}")
+    assert status == 413 and "exceeds" in body["error"]
+    status, body = _http(
+        server, "POST", path, json.dumps(good).encode(), {"Authorization": "Bearer x"}
+    )
+    assert status == 401 and "bearer token" in body["error"]
+    status, body = _http(server, "GET", "/v2", headers={"Authorization": ""})
+    assert status == 401
+    status, body = _post_json(server, path, good)  # the server still answers after all that
+    assert status == 200 and body["outputs"][0]["data"] == [3, 5]
+
+
+def test_binary_extension_raw(server):
+    x = np.arange(8, dtype=np.float32)
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "x",
+                    "shape": [8],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": x.nbytes},
+                }
+            ],
+            "outputs": [{"name": "y", "parameters": {"binary_data": True}}],
+        }  # fmt: skip
+    ).encode()
+    status, body = _http(
+        server, "POST", "/v2/models/toy/infer", header + x.tobytes(),
+        {"Inference-Header-Content-Length": str(len(header))},
+    )  # fmt: skip
+    assert status == 200
+    assert isinstance(body, bytes)
+    hlen = len(body) - x.nbytes
+    meta = json.loads(body[:hlen])
+    assert meta["outputs"][0]["parameters"] == {"binary_data_size": x.nbytes}
+    assert np.frombuffer(body[hlen:], np.float32).tolist() == (2 * x).tolist()
+    status, body = _http(
+        server, "POST", "/v2/models/toy/infer", header + x.tobytes()[:-4],
+        {"Inference-Header-Content-Length": str(len(header))},
+    )  # fmt: skip
+    assert status == 400 and "binary_data_size" in body["error"]
+
+
+def test_health_paths_exact_and_open_without_token(server):
+    for path, key in (("/v2/health/live", "live"), ("/v2/health/ready", "ready")):
+        status, body = _http(server, "GET", path, headers={"Authorization": ""})
+        assert status == 200 and body == {key: True}
+    for path in ("/v2/health/liveX", "/v2/health/ready/", "/v2/health", "/", "/metrics"):
+        status, _ = _http(server, "GET", path)
+        assert status == 404, path
+
+
+def test_metrics_port_serves_metrics_only(server, hclient):
+    status, body = _http(server, "GET", "/metrics", port=server.metrics_port)
+    assert status == 200 and b"terrazzo_requests_total" in body
+    assert b'model="toy",status="OK"' in body  # HTTP requests counted like gRPC ones
+    for path in ("/v2/health/ready", "/", "/metrics/x"):
+        status, _ = _http(server, "GET", path, port=server.metrics_port)
+        assert status == 404, path
+
+
+# -- the codec, for datatypes the served toy model does not have ---------------------------------
+def test_codec_bytes_bool_fp16_round_trip():
+    header = {
+        "parameters": {"timeout": 5_000_000, "binary_data_output": False},
+        "inputs": [
+            {"name": "s", "shape": [2, 1], "datatype": "BYTES", "data": [["héllo"], ["x"]]},
+            {"name": "b", "shape": [3], "datatype": "BOOL", "data": [True, False, True]},
+            {"name": "h", "shape": [2], "datatype": "FP16", "data": [0.5, -2.0]},
+        ],
+        "outputs": [{"name": "s"}, {"name": "h", "parameters": {"binary_data": True}}],
+    }
+    req, flags = build_request("m", "", header, memoryview(b""))
+    assert req.parameters["timeout"].int64_param == 5_000_000
+    assert flags == {"": False, "s": False, "h": True}
+    raws = dict(zip([t.name for t in req.inputs], req.raw_input_contents, strict=True))
+    assert raws["b"] == b"\x01\x00\x01"
+    assert np.frombuffer(raws["h"], np.float16).tolist() == [0.5, -2.0]
+    resp = pb.ModelInferResponse(model_name="m", model_version="1")
+    for t in req.inputs:
+        resp.outputs.add(name=t.name, datatype=t.datatype, shape=t.shape)
+    resp.raw_output_contents.extend(req.raw_input_contents)
+    body, hlen = encode_response(resp, flags)
+    assert hlen is not None
+    meta = json.loads(body[:hlen])
+    outs = {o["name"]: o for o in meta["outputs"]}
+    assert outs["s"]["data"] == ["héllo", "x"]
+    assert outs["b"]["data"] == [True, False, True]
+    assert outs["h"]["parameters"] == {"binary_data_size": 4}
+    assert body[hlen:] == raws["h"]
+    bad = {"inputs": [{"name": "b", "shape": [1], "datatype": "BOOL", "data": [1]}]}
+    with pytest.raises(Exception, match=r"inputs\['b'\].data"):
+        build_request("m", "", bad, memoryview(b""))
