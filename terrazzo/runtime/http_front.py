@@ -48,6 +48,11 @@ import numpy as np
 from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
 
 from terrazzo.errors import ServingError
+
+try:  # 4-10x faster JSON than the standard library (the HTTP JSON target depends on it)
+    import orjson
+except ImportError:  # pragma: no cover - a runtime install without it falls back to json
+    orjson = None  # type: ignore[assignment]
 from terrazzo.runtime.protos import grpc_service_pb2 as pb
 from terrazzo.runtime.tensors import numpy_dtype
 
@@ -253,27 +258,57 @@ def build_request(
     return req, flags
 
 
+# printf formats with just enough significant digits to round-trip each float type exactly:
+# 2-3x faster than json.dumps of the floats' shortest float64 repr, and shorter
+_FLOAT_FORMAT = {"FP16": "%.5g", "FP32": "%.9g", "FP64": "%.17g"}
+
+
+def _data_json(datatype: str, raw: bytes) -> str:
+    """The JSON text of an output's flat ``data`` array."""
+    fmt = _FLOAT_FORMAT.get(datatype)
+    if datatype != "BYTES":
+        arr = np.frombuffer(raw, dtype=numpy_dtype(datatype).newbyteorder("<"))
+        # NaN/Infinity: orjson would write null; json.dumps writes them as Python does
+        if fmt is None or np.isfinite(arr).all():
+            if orjson is not None:  # shortest round-trip digits of the array's own type
+                return orjson.dumps(arr, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+            if fmt is not None:
+                return ("[" + ",".join([fmt] * arr.size) + "]") % tuple(arr.tolist())
+    return json.dumps(_raw_to_json(datatype, raw), separators=(",", ":"))
+
+
+def _loads(text: bytes | memoryview) -> Any:
+    """Parse a JSON request header (orjson when present; json accepts NaN/Infinity too)."""
+    if orjson is not None:
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:
+            pass  # json parses what orjson refuses (NaN) or names the error
+    return json.loads(bytes(text))
+
+
 def encode_response(resp: Any, flags: dict[str, bool]) -> tuple[bytes, int | None]:
     """ModelInferResponse -> (body, JSON header length when binary outputs follow, else None)."""
     outputs = []
     tail: list[bytes] = []
+    dumps = json.dumps
     for i, t in enumerate(resp.outputs):
         raw = resp.raw_output_contents[i]
-        out: dict[str, Any] = {"name": t.name, "datatype": t.datatype, "shape": list(t.shape)}
+        head = f'{{"name":{dumps(t.name)},"datatype":{dumps(t.datatype)},"shape":{list(t.shape)}'
         if flags.get(t.name, flags[""]):
-            out["parameters"] = {"binary_data_size": len(raw)}
+            outputs.append(f'{head},"parameters":{{"binary_data_size":{len(raw)}}}}}')
             tail.append(raw)
         else:
-            out["data"] = _raw_to_json(t.datatype, raw)
-        outputs.append(out)
-    body: dict[str, Any] = {"model_name": resp.model_name, "model_version": resp.model_version}
-    if resp.id:
-        body["id"] = resp.id
-    body["outputs"] = outputs
-    head = json.dumps(body, separators=(",", ":")).encode()
+            outputs.append(f'{head},"data":{_data_json(t.datatype, raw)}}}')
+    rid = f',"id":{dumps(resp.id)}' if resp.id else ""
+    text = (
+        f'{{"model_name":{dumps(resp.model_name)},"model_version":{dumps(resp.model_version)}'
+        f'{rid},"outputs":[{",".join(outputs)}]}}'
+    )
+    body = text.encode()
     if not tail:
-        return head, None
-    return b"".join([head, *tail]), len(head)
+        return body, None
+    return b"".join([body, *tail]), len(body)
 
 
 # -- the server -----------------------------------------------------------------------------
@@ -377,7 +412,7 @@ class _Handler(BaseHTTPRequestHandler):
             hlen = len(body)
         view = memoryview(body)
         try:
-            header = json.loads(view[:hlen].tobytes() if hlen != len(body) else body)
+            header = _loads(view[:hlen] if hlen != len(body) else body)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise HTTPError(400, f"request body: malformed JSON: {e}") from None
         req, flags = build_request(model, version, header, view[hlen:])
