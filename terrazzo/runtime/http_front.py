@@ -522,6 +522,10 @@ class _FrontServer(ThreadingHTTPServer):
             sock = ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
         return sock, addr
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # a failed TLS handshake or a client gone mid-request: one debug line, no traceback
+        log.debug("HTTP connection from %s failed", client_address, exc_info=True)
+
 
 def _ssl_context(cert_chain: bytes, private_key: bytes, client_ca: bytes | None) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

@@ -4,6 +4,7 @@ exact health paths, and the metrics port answering /metrics only."""
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 
@@ -268,3 +269,73 @@ def test_codec_bytes_bool_fp16_round_trip():
     bad = {"inputs": [{"name": "b", "shape": [1], "datatype": "BOOL", "data": [1]}]}
     with pytest.raises(Exception, match=r"inputs\['b'\].data"):
         build_request("m", "", bad, memoryview(b""))
+
+
+# -- TLS, token, admission and deadlines on the HTTP port (one slow server for all) -------------
+@pytest.fixture(scope="module")
+def slow_tls(libs, tmp_path_factory):
+    from terrazzo.runtime import TLSOptions
+
+    from .test_serve import _make_certs
+
+    certs = _make_certs(tmp_path_factory.mktemp("http-certs"))
+    tls = TLSOptions.from_files(certs["server.pem"], certs["server.key"], certs["ca.pem"])
+    plan = chain_plan(libs, delay_s=0.5)
+    with serve(plan, http_port=0, tls=tls, token=TOKEN, max_queue=1) as s:
+        yield s, certs
+
+
+def _https(port: int, certs, body: dict | None, path: str, client_cert: bool = True, auth=True):
+    import ssl
+
+    ctx = ssl.create_default_context(cafile=str(certs["ca.pem"]))
+    if client_cert:
+        ctx.load_cert_chain(str(certs["client.pem"]), str(certs["client.key"]))
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(
+        f"https://localhost:{port}{path}", data=data, headers=dict(AUTH) if auth else {}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=30, context=ctx) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_tls_token_admission_and_deadline_statuses(slow_tls):
+    import threading
+
+    server, certs = slow_tls
+    port = server.http_port
+    good = {"inputs": [{"name": "x", "shape": [2], "datatype": "FP32", "data": [1, 2]}]}
+    path = "/v2/models/toy/infer"
+    assert _https(port, certs, None, "/v2/health/ready", auth=False) == (200, {"ready": True})
+    assert _https(port, certs, good, path, auth=False)[0] == 401
+    with pytest.raises(OSError):  # mTLS: no client certificate, no answer (URLError/SSLError)
+        _https(port, certs, None, "/v2/health/live", client_cert=False)
+    with pytest.raises(OSError):  # plaintext to a TLS port
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/live", timeout=10).read()
+    results: list[tuple[int, object]] = []
+    first = threading.Thread(target=lambda: results.append(_https(port, certs, good, path)))
+    first.start()
+    time.sleep(0.2)  # the first holds the only queue slot for >= 0.5 s
+    status, body = _https(port, certs, good, path)
+    first.join()
+    assert status == 429 and "queue full" in body["error"], body
+    assert results[0] == (200, results[0][1]) and results[0][1]["outputs"][0]["data"] == [3, 5]
+    status, body = _https(port, certs, {**good, "parameters": {"timeout": 100_000}}, path)
+    assert status == 504 and "deadline" in body["error"], body
+
+
+def test_cli_http_port_default_follows_triton():
+    import argparse
+
+    from terrazzo.commands.serve import _http_port
+
+    def ns(port, http_port=None):
+        return argparse.Namespace(port=port, http_port=http_port)
+
+    assert _http_port(ns(8001)) == 8000
+    assert _http_port(ns(0)) == 0
+    assert _http_port(ns(8001, -1)) is None
+    assert _http_port(ns(8001, 9000)) == 9000
