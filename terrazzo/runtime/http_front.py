@@ -321,6 +321,25 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib's name
         log.debug("%s %s", self.address_string(), format % args)
 
+    def handle(self) -> None:
+        slots = self.server.front.connection_slots
+        if not slots.acquire(blocking=False):  # like gRPC's maximum_concurrent_rpcs
+            self.close_connection = True
+            try:
+                if self.parse_request_line():
+                    self._json(503, {"error": "too many connections; retry later"})
+            except OSError:
+                pass
+            return
+        try:
+            super().handle()
+        finally:
+            slots.release()
+
+    def parse_request_line(self) -> bool:
+        self.raw_requestline = self.rfile.readline(65537)
+        return bool(self.raw_requestline) and self.parse_request()
+
     def do_GET(self) -> None:
         self._dispatch("GET")
 
@@ -555,10 +574,12 @@ class HTTPFront:
         token: str | None = None,
         tls: Any = None,
         max_body_bytes: int = 256 << 20,
+        max_connections: int = 256,
     ):
         self.gateway = gateway
         self.expected_auth = f"Bearer {token}".encode() if token else None
         self.max_body_bytes = max_body_bytes
+        self.connection_slots = threading.BoundedSemaphore(max_connections)
         self.ssl_context = (
             _ssl_context(tls.cert_chain, tls.private_key, tls.client_ca) if tls else None
         )

@@ -243,6 +243,7 @@ class Server:
                 token=self.opts.token,
                 tls=self.opts.tls,
                 max_body_bytes=self.opts.max_message_bytes,
+                max_connections=self.opts.max_rpcs,
             )
             self.http_port = self._http.port
         if self.opts.metrics_port is not None:

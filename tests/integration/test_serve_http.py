@@ -281,7 +281,7 @@ def slow_tls(libs, tmp_path_factory):
     certs = _make_certs(tmp_path_factory.mktemp("http-certs"))
     tls = TLSOptions.from_files(certs["server.pem"], certs["server.key"], certs["ca.pem"])
     plan = chain_plan(libs, delay_s=0.5)
-    with serve(plan, http_port=0, tls=tls, token=TOKEN, max_queue=1) as s:
+    with serve(plan, http_port=0, tls=tls, token=TOKEN, max_queue=1, max_rpcs=3) as s:
         yield s, certs
 
 
@@ -325,6 +325,36 @@ def test_tls_token_admission_and_deadline_statuses(slow_tls):
     assert results[0] == (200, results[0][1]) and results[0][1]["outputs"][0]["data"] == [3, 5]
     status, body = _https(port, certs, {**good, "parameters": {"timeout": 100_000}}, path)
     assert status == 504 and "deadline" in body["error"], body
+
+
+def test_connection_limit_and_draining(slow_tls):
+    import http.client
+    import ssl
+
+    server, certs = slow_tls
+    ctx = ssl.create_default_context(cafile=str(certs["ca.pem"]))
+    ctx.load_cert_chain(str(certs["client.pem"]), str(certs["client.key"]))
+    held = []
+    for _ in range(3):  # max_rpcs=3 keep-alive connections hold every slot
+        c = http.client.HTTPSConnection("localhost", server.http_port, context=ctx, timeout=10)
+        c.request("GET", "/v2/health/live")
+        assert c.getresponse().read() == b'{"live": true}'
+        held.append(c)
+    status, body = _https(server.http_port, certs, None, "/v2/health/live")
+    assert status == 503 and "too many connections" in body["error"]
+    for c in held:
+        c.close()
+    time.sleep(0.3)
+    assert _https(server.http_port, certs, None, "/v2/health/live")[0] == 200
+    server.gateway.draining.set()  # what stop() does first
+    try:
+        assert _https(server.http_port, certs, None, "/v2/health/ready")[0] == 503
+        assert _https(server.http_port, certs, None, "/v2/models/toy/ready")[0] == 503
+        good = {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}]}
+        status, body = _https(server.http_port, certs, good, "/v2/models/toy/infer")
+        assert status == 503 and "shutting down" in body["error"]
+    finally:
+        server.gateway.draining.clear()
 
 
 def test_cli_http_port_default_follows_triton():
