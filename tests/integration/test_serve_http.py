@@ -18,9 +18,11 @@ from terrazzo.runtime import serve
 from terrazzo.runtime.http_front import build_request, encode_response
 from terrazzo.runtime.protos import grpc_service_pb2 as pb
 
+from . import test_serve_cleanup as _cleanup
 from .serving_helpers import chain_plan
 
 pytestmark = pytest.mark.timeout(120)
+cli_bundle = _cleanup.bundle  # the fixture: a compiled MLP .tzb, its input and torch's output
 
 TOKEN = "http-s3cret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}  # tritonclient.http adds to a headers dict: pass copies
@@ -369,3 +371,30 @@ def test_cli_http_port_default_follows_triton():
     assert _http_port(ns(0)) == 0
     assert _http_port(ns(8001, -1)) is None
     assert _http_port(ns(8001, 9000)) == 9000
+
+
+# -- `terrazzo serve` end to end: the HTTP port next to gRPC --------------------------------------
+def test_cli_serve_answers_http_like_grpc(cli_bundle, tmp_path):
+    import re
+
+    path, x, want = cli_bundle
+    cli = _cleanup._Cli(path, tmp_path)
+    try:
+        m = re.search(r"KServe v2 HTTP on http://127\.0\.0\.1:(\d+)/v2", cli.out)
+        assert m, cli.out
+        h = tch.InferenceServerClient(f"127.0.0.1:{m.group(1)}")
+        md = h.get_model_metadata(cli.name)
+        (iname,) = [t["name"] for t in md["inputs"]]
+        (oname,) = [t["name"] for t in md["outputs"]]
+        inp = tch.InferInput(iname, list(x.shape), "FP32")
+        inp.set_data_from_numpy(x, binary_data=False)
+        got = h.infer(cli.name, [inp]).as_numpy(oname)
+        h.close()
+        g = tcg.InferenceServerClient(f"127.0.0.1:{cli.port}")
+        ginp = tcg.InferInput(iname, list(x.shape), "FP32")
+        ginp.set_data_from_numpy(x)
+        assert got.tobytes() == g.infer(cli.name, [ginp]).as_numpy(oname).tobytes()
+        g.close()
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    finally:
+        cli.stop()
