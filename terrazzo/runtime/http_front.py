@@ -149,7 +149,20 @@ def _json_to_raw(name: str, datatype: str, shape: list[int], data: Any) -> bytes
             flat = np.asarray(data, dtype=object).reshape(-1)
             if not all(isinstance(v, bool) for v in flat):
                 raise ValueError("BOOL elements must be true or false")
-        arr = np.asarray(data, dtype=dtype).reshape(-1)
+            arr = np.asarray(data, dtype=dtype).reshape(-1)
+        elif dtype.kind == "f":  # numbers only (a string such as "1.5" is refused)
+            probe = np.asarray(data).reshape(-1)
+            if probe.size and probe.dtype.kind not in "iuf":
+                raise ValueError("elements must be numbers")
+            arr = probe.astype(dtype)
+        else:  # integers only, in range (no truncated floats, no silent wrap-around)
+            items = np.asarray(data, dtype=object).reshape(-1).tolist()
+            if not all(type(v) is int for v in items):
+                raise ValueError("elements must be integers")
+            info = np.iinfo(dtype)
+            if items and (min(items) < info.min or max(items) > info.max):
+                raise ValueError(f"a value is outside [{info.min}, {info.max}]")
+            arr = np.array(items, dtype=dtype)
     except (ValueError, TypeError, OverflowError) as e:
         raise HTTPError(400, f"inputs[{name!r}].data: not {datatype} values: {e}") from None
     return arr.astype(dtype.newbyteorder("<"), copy=False).tobytes()
@@ -167,6 +180,8 @@ def _parameter(pmsg: Any, key: str, value: Any) -> None:
     if isinstance(value, bool):
         p.bool_param = value
     elif isinstance(value, int):
+        if not -(1 << 63) <= value < (1 << 63):
+            raise HTTPError(400, f"parameters[{key!r}]: {value} does not fit in int64")
         p.int64_param = value
     elif isinstance(value, float):
         p.double_param = value

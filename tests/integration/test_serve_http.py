@@ -15,7 +15,7 @@ import tritonclient.http as tch
 from tritonclient.utils import InferenceServerException
 
 from terrazzo.runtime import serve
-from terrazzo.runtime.http_front import build_request, encode_response
+from terrazzo.runtime.http_front import HTTPError, build_request, encode_response
 from terrazzo.runtime.protos import grpc_service_pb2 as pb
 
 from . import test_serve_cleanup as _cleanup
@@ -268,9 +268,21 @@ def test_codec_bytes_bool_fp16_round_trip():
     assert outs["b"]["data"] == [True, False, True]
     assert outs["h"]["parameters"] == {"binary_data_size": 4}
     assert body[hlen:] == raws["h"]
-    bad = {"inputs": [{"name": "b", "shape": [1], "datatype": "BOOL", "data": [1]}]}
-    with pytest.raises(Exception, match=r"inputs\['b'\].data"):
-        build_request("m", "", bad, memoryview(b""))
+    for datatype, data, why in (
+        ("BOOL", [1], "true or false"),
+        ("INT32", [1.5], "integers"),
+        ("INT8", [300], "outside"),
+        ("FP32", ["1.5"], "numbers"),
+        ("FP32", [[1, 2], [3]], "inhomogeneous"),
+        ("INT32", [[1, 2], [3]], "integers"),
+    ):
+        bad = {"inputs": [{"name": "b", "shape": [1], "datatype": datatype, "data": data}]}
+        with pytest.raises(HTTPError, match=rf"inputs\['b'\].data: .*{why}") as e:
+            build_request("m", "", bad, memoryview(b""))
+        assert e.value.status == 400
+    ok = {"inputs": [{"name": "u", "shape": [2], "datatype": "UINT64", "data": [2**64 - 1, 0]}]}
+    req, _ = build_request("m", "", ok, memoryview(b""))
+    assert np.frombuffer(req.raw_input_contents[0], "<u8").tolist() == [2**64 - 1, 0]
 
 
 # -- TLS, token, admission and deadlines on the HTTP port (one slow server for all) -------------
