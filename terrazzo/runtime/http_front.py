@@ -41,6 +41,7 @@ import time
 from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import grpc
@@ -407,7 +408,7 @@ class _Handler(BaseHTTPRequestHandler):
         if m is None:
             self._drain_body()
             raise HTTPError(404, f"no endpoint {path!r}")
-        model, version, action = m.group(1), m.group(2) or "", m.group(3)
+        model, version, action = unquote(m.group(1)), unquote(m.group(2) or ""), m.group(3)
         if action == "/infer":
             self._need(method, "POST")
             self._infer(model, version, ctx)
