@@ -58,6 +58,13 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--port", type=int, default=8001, help="gRPC port of the gateway (default 8001)")
     p.add_argument(
+        "--http-port",
+        type=int,
+        default=None,
+        help="KServe v2 HTTP/REST port (default 8000 as Triton, any free port when --port is 0; "
+        "-1: no HTTP endpoint)",
+    )
+    p.add_argument(
         "--metrics-port", type=int, default=8002, help="Prometheus /metrics port (default 8002)"
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
@@ -135,6 +142,13 @@ def register(subparsers: Any) -> None:
         "internal token comes from $TERRAZZO_INTERNAL_TOKEN",
     )
     p.set_defaults(func=run)
+
+
+def _http_port(args: argparse.Namespace) -> int | None:
+    """--http-port, defaulting to Triton's 8000 (a free port when the gRPC port is 0); -1: off."""
+    if args.http_port is None:
+        return 0 if args.port == 0 else 8000
+    return None if args.http_port < 0 else args.http_port
 
 
 def _describe(server: Any) -> str:
@@ -217,6 +231,7 @@ def run(args: argparse.Namespace) -> int:
         args.bundle,
         args.port,
         metrics_port=args.metrics_port,
+        http_port=_http_port(args),
         replicas=args.replicas,
         token=args.token,
         tls=tls,
@@ -240,6 +255,8 @@ def run(args: argparse.Namespace) -> int:
         f"({'TLS' if tls else 'plaintext'}{', mTLS' if tls and tls.client_ca else ''}"
         f"{', token auth' if args.token else ''}); ready in {ready_s:.1f} s"
     )
+    if server.http_port is not None:
+        print(f"KServe v2 HTTP on {'https' if tls else 'http'}://{args.host}:{server.http_port}/v2")
     if server.metrics_port is not None:
         print(f"metrics on http://{args.host}:{server.metrics_port}/metrics")
     print("workers:\n" + _describe(server))

@@ -60,6 +60,8 @@ log = logging.getLogger("terrazzo.runtime")
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
+    from terrazzo.runtime.http_front import HTTPFront
+
 
 @dataclass(frozen=True, slots=True)
 class TLSOptions:
@@ -98,6 +100,7 @@ class ServeOptions:
     host: str = "127.0.0.1"
     port: int = 0
     metrics_port: int | None = None
+    http_port: int | None = None  # KServe v2 HTTP/REST (terrazzo.runtime.http_front); None: off
     replicas: int | None = None
     token: str | None = None
     tls: TLSOptions | None = None
@@ -219,6 +222,8 @@ class Server:
         self._stop_lock = threading.Lock()
         self._grpc: grpc.Server | None = None
         self._metrics_http: WSGIServer | None = None
+        self._http: HTTPFront | None = None
+        self.http_port: int | None = None
         self._supervisor: threading.Thread | None = None
         self.port = 0
         self.metrics_port: int | None = None
@@ -242,12 +247,26 @@ class Server:
                 rep.healthy_since = time.monotonic()
         if self.opts.listen:
             self._start_grpc()
-        if self.opts.metrics_port is not None:
-            from prometheus_client import start_http_server
+        # same token and TLS as the gRPC port; a repository's models share its one endpoint
+        if self.opts.listen and self.opts.http_port is not None:
+            from terrazzo.runtime.http_front import HTTPFront
 
-            try:
-                self._metrics_http, _ = start_http_server(
-                    self.opts.metrics_port, addr=self.opts.host, registry=self.metrics.registry
+            self._http = HTTPFront(
+                self.gateway,
+                self.opts.host,
+                self.opts.http_port,
+                token=self.opts.token,
+                tls=self.opts.tls,
+                max_body_bytes=self.opts.max_message_bytes,
+                max_connections=self.opts.max_rpcs,
+            )
+            self.http_port = self._http.port
+        if self.opts.metrics_port is not None:
+            from terrazzo.runtime.http_front import start_metrics_http
+
+            try:  # /metrics only: 404 elsewhere (a probe of /v2/health/* there must not pass)
+                self._metrics_http = start_metrics_http(
+                    self.opts.host, self.opts.metrics_port, self.metrics.registry
                 )
             except OSError as e:
                 raise ServingError(
@@ -277,6 +296,8 @@ class Server:
         self._stop.set()
         if self._grpc is not None:
             self._grpc.stop(1.0).wait()
+        if self._http is not None:
+            self._http.stop()
         if self._supervisor is not None:
             self._supervisor.join(timeout=5)
         if self._metrics_http is not None:
@@ -493,6 +514,7 @@ def serve(
         model: path of a .tzb bundle (verified before any worker loads it) or a ServingPlan.
         port: gateway port (0 picks a free one; read ``Server.port``).
         metrics_port: port of the Prometheus /metrics endpoint (None: no endpoint; 0: any).
+        http_port (in ``options``): port of the KServe v2 HTTP/REST endpoint (None: off; 0: any).
         replicas: replicas per stage, overriding the plan.
         token: require ``authorization: Bearer <token>`` on every inference RPC.
         tls: serve TLS (mTLS when ``tls.client_ca`` is set).
