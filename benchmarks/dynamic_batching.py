@@ -146,8 +146,9 @@ def load(port: int, concurrency: int, duration_s: float) -> dict[str, Any]:
 
 def _run_load(port: int, concurrency: int, duration_s: float) -> dict[str, Any]:
     code = (
-        "import json, sys; sys.path.insert(0, %r); from benchmarks.dynamic_batching import load; "
-        "print(json.dumps(load(%d, %d, %f)))" % (str(ROOT), port, concurrency, duration_s)
+        f"import json, sys; sys.path.insert(0, {str(ROOT)!r}); "
+        "from benchmarks.dynamic_batching import load; "
+        f"print(json.dumps(load({port}, {concurrency}, {duration_s})))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=duration_s + 120
