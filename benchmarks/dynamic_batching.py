@@ -200,8 +200,7 @@ def main() -> None:
     duration = 2.0 if args.quick else args.duration_s
     concurrencies = (1, 32) if args.quick else (1, 8, 32)
 
-    from terrazzo.runtime import ServingPlan, serve
-    from terrazzo.runtime.batcher import BatchingOptions
+    from terrazzo.runtime import BatchingOptions, ServingPlan, serve
 
     rows: list[dict[str, Any]] = []
     extra: dict[str, Any] = {"model": CONFIG, "seq": SEQ, "sla_s": SLA_S, "duration_s": duration}

@@ -182,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
         "max_restarts": args.max_restarts,
     }
     ServeOptions(**limits)  # a bad limit: one line, before the bundle is even opened
-    from terrazzo.runtime.batcher import BatchingOptions
+    from terrazzo.runtime import BatchingOptions
 
     batching = BatchingOptions(  # dynamic batching; a bad value: one line, here
         max_batch_size=args.max_batch_size,

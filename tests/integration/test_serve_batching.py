@@ -74,8 +74,7 @@ def test_concurrent_mixed_batches_equal_unbatched_and_fewer_executions(bert_bund
     from dataclasses import replace
 
     from terrazzo.bundle import open_bundle
-    from terrazzo.runtime import ServingPlan, serve
-    from terrazzo.runtime.batcher import BatchingOptions
+    from terrazzo.runtime import BatchingOptions, ServingPlan, serve
 
     requests = [_feeds(rows, seed) for seed, rows in enumerate([1, 2, 3] * 8)]
     with open_bundle(bert_bundle, allow_unsigned=True) as b:  # unbatched: one run per request
