@@ -101,9 +101,12 @@ class _WorkerServicer(pb_grpc.GRPCInferenceServiceServicer):
         self.batcher: DynamicBatcher | None = None
         batching = options_for_stage(config.get("batching"), int(stage["index"]))
         if batching.enabled:
-            dim = batch_dimension(
-                tuple(getattr(self.runner, "inputs", ()) or ()),
-                tuple(getattr(self.runner, "outputs", ()) or ()),
+            ins = tuple(getattr(self.runner, "inputs", ()) or ())
+            outs = tuple(getattr(self.runner, "outputs", ()) or ())
+            dim = (
+                batch_dimension(ins, outs)
+                if hasattr(self.runner, "inputs") and all(hasattr(t, "dims") for t in ins + outs)
+                else "its runner declares no tensor signature (dims) to prove a batch dimension"
             )
             if isinstance(dim, str):
                 log.warning("%s: dynamic batching stays off: %s", self.model_name, dim)

@@ -7,6 +7,8 @@ fewer executions than requests.
 
 from __future__ import annotations
 
+import re
+import signal
 import subprocess
 import sys
 import threading
@@ -56,7 +58,7 @@ def _feeds(rows: int, seed: int) -> dict[str, np.ndarray]:
     return {"input_ids": rng.integers(0, 100, (rows, SEQ)).astype(np.int64), "attention_mask": mask}
 
 
-def _infer(port: int, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def _infer(port: int, feeds: dict[str, np.ndarray], model: str = "bert") -> dict[str, np.ndarray]:
     client = tc.InferenceServerClient(f"127.0.0.1:{port}")
     try:
         inputs = []
@@ -64,7 +66,7 @@ def _infer(port: int, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             t = tc.InferInput(name, list(a.shape), "INT64")
             t.set_data_from_numpy(a)
             inputs.append(t)
-        r = client.infer("bert", inputs)
+        r = client.infer(model, inputs)
         return {n: r.as_numpy(n) for n in ("last_hidden_state", "pooler_output")}
     finally:
         client.close()
@@ -131,6 +133,49 @@ def _sample(page: str, name: str, label: str) -> float:
         if line.startswith(name + "{") and label in line:
             return float(line.rsplit(" ", 1)[1])
     raise AssertionError(f"{name} with {label} not in /metrics")
+
+
+def test_cli_flags_turn_batching_on_and_say_which_stages_stay_off(bert_bundle: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "terrazzo.cli", "serve", str(bert_bundle), "--port", "0",
+         "--metrics-port", "0", "--max-batch-size", "16", "--max-queue-delay-us", "50000",
+         "--preferred-batch-size", "16"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        out = ""
+        while not any(line.startswith("ready") for line in out.splitlines()):
+            got_line = proc.stdout.readline() if proc.stdout else ""
+            assert got_line, f"server exited: {proc.stderr.read() if proc.stderr else ''}"
+            out += got_line
+        port = int(re.search(r"on 127\.0\.0\.1:(\d+)", out).group(1))  # type: ignore[union-attr]
+        metrics = int(re.search(r"127\.0\.0\.1:(\d+)/metrics", out).group(1))  # type: ignore[union-attr]
+        name = re.search(r"serving model '([^']+)'", out).group(1)  # type: ignore[union-attr]
+        requests = [_feeds(rows, seed) for seed, rows in enumerate([1, 2, 3] * 4)]
+        barrier = threading.Barrier(len(requests))
+
+        def one(f: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            barrier.wait(30)
+            return _infer(port, f, name)
+
+        with ThreadPoolExecutor(len(requests)) as ex:
+            got = list(ex.map(one, requests))
+        assert [g["pooler_output"].shape[0] for g in got] == [1, 2, 3] * 4
+        page = urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=10).read()
+        page_text = page.decode()
+        executions = _sample(page_text, "terrazzo_stage_execution_count_total", 'stage="0"')
+        assert executions < _sample(page_text, "terrazzo_stage_request_success_total", 'stage="0"')
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    off = re.findall(r"(stage\d+): dynamic batching stays off: (.*)", err)
+    # the planner's empty shape-branch stages say so once each; the encoder stage batches
+    assert off and all(reason == "the stage has no inputs or no outputs" for _, reason in off)
+    stages = [s for s, _ in off]
+    assert len(stages) == len(set(stages)) and "stage0" not in stages
 
 
 def test_cli_refuses_bad_batching_flags_in_one_line(tmp_path: Path) -> None:

@@ -336,3 +336,31 @@ def test_off_runs_every_request_alone() -> None:
         b.close()
     assert model.calls == [2, 2, 2, 2]
     assert b.stats.snapshot()["execution_count"] == 4
+
+
+def test_worker_without_a_provable_batch_dimension_serves_unbatched_and_says_why(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from terrazzo.runtime.worker import WorkerServer
+
+    config = {
+        "stage": {
+            "index": 2,
+            "inputs": ["x"],
+            "outputs": ["x"],
+            "runner": {"factory": "terrazzo.runtime.runners:identity", "kwargs": {"names": ["x"]}},
+        },
+        "batching": {"*": BatchingOptions(max_batch_size=8).to_json()},
+    }
+    with caplog.at_level("WARNING", logger="terrazzo.runtime"):
+        server = WorkerServer(config)
+    try:
+        assert server.servicer.batcher is None
+        warnings = [r.getMessage() for r in caplog.records]
+        assert warnings == [
+            "stage2: dynamic batching stays off: its runner declares no tensor signature (dims) "
+            "to prove a batch dimension"
+        ]
+        assert server.servicer.stats.snapshot()["batching"] is False
+    finally:
+        server.stop(0)
