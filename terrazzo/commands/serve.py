@@ -141,6 +141,31 @@ def register(subparsers: Any) -> None:
         "replica of STAGE instead of starting local processes; repeat per replica. The shared "
         "internal token comes from $TERRAZZO_INTERNAL_TOKEN",
     )
+    # --- dynamic batching (terrazzo.runtime.batcher) ---
+    p.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=0,
+        help="merge queued requests into executions of up to N rows on every stage whose "
+        "dimension 0 is a symbolic batch dimension (default 0: off, as in Triton; turn it on "
+        "only for models whose batch rows are independent)",
+    )
+    p.add_argument(
+        "--max-queue-delay-us",
+        type=int,
+        default=0,
+        help="with --max-batch-size: how long a request may wait for a fuller batch, us "
+        "(default 0: run what is queued as soon as the stage is free)",
+    )
+    p.add_argument(
+        "--preferred-batch-size",
+        type=int,
+        action="append",
+        default=[],
+        metavar="K",
+        help="with --max-batch-size: execute at once when a batch of K rows can be formed "
+        "(repeatable)",
+    )
     p.set_defaults(func=run)
 
 
@@ -205,6 +230,13 @@ def run(args: argparse.Namespace) -> int:
         "max_restarts": args.max_restarts,
     }
     ServeOptions(**limits)  # a bad limit: one line, before the bundle is even opened
+    from terrazzo.runtime import BatchingOptions
+
+    batching = BatchingOptions(  # dynamic batching; a bad value: one line, here
+        max_batch_size=args.max_batch_size,
+        preferred_batch_sizes=tuple(args.preferred_batch_size),
+        max_queue_delay_us=args.max_queue_delay_us,
+    )
 
     # Signature and every hash, before anything is extracted or started; the workers then
     # trust exactly the key that verified here (or run unverified with --allow-unsigned).
@@ -247,6 +279,7 @@ def run(args: argparse.Namespace) -> int:
         stage_timeout_s=args.stage_timeout,
         max_restarts=args.max_restarts,
         internal_tls=args.internal_tls,
+        batching=batching,  # dynamic batching
         **static,
     )
     ready_s = time.perf_counter() - t0

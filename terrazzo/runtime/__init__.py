@@ -14,10 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from terrazzo.ir import TensorSpec
+    from terrazzo.runtime.batcher import BatchingOptions
     from terrazzo.runtime.plan import RunnerSpec, ServingPlan, StageSpec, devclass_resource
     from terrazzo.runtime.server import ServeOptions, Server, TLSOptions, serve
 
 __all__ = [
+    "BatchingOptions",
     "RunnerSpec",
     "ServeOptions",
     "Server",
@@ -30,6 +32,7 @@ __all__ = [
 ]
 
 _WHERE = {
+    "BatchingOptions": "batcher",
     "RunnerSpec": "plan",
     "ServingPlan": "plan",
     "StageSpec": "plan",

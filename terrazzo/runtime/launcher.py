@@ -46,6 +46,8 @@ class WorkerOptions:
     fork_server: bool = True
     tls: Identity | None = None
     run_dir: RunDir | None = None
+    # dynamic batching (terrazzo.runtime.batcher): {"*" or "<stage index>": options JSON}
+    batching: dict[str, Any] | None = None
 
 
 def worker_config(
@@ -68,6 +70,8 @@ def worker_config(
         config["tls"] = {"gateway_cert": opts.tls.cert_pem.decode()}
     if tmpdir:
         config["tmpdir"] = tmpdir
+    if opts.batching:
+        config["batching"] = opts.batching
     return config
 
 

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
 
 ACCESS_LOG = logging.getLogger("terrazzo.runtime.access")
 _LATENCY_BUCKETS_S = (
@@ -88,6 +91,119 @@ class RuntimeMetrics:
             ["stage", "device"],
             registry=r,
         )
+
+
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class WorkerStatsCollector(Collector):
+    """Per-stage counters read from every live worker at scrape time (``terrazzo.WorkerStats``).
+
+    The workers own the counts (they see every execution, batched or not); the gateway cannot
+    infer them from responses. Families (labels model, stage, replica, device):
+    ``terrazzo_stage_request_success_total`` / ``_failure_total`` (requests),
+    ``terrazzo_stage_inference_count_total`` (rows, as Triton's ``nv_inference_count``),
+    ``terrazzo_stage_execution_count_total`` (executions, ``nv_inference_exec_count``),
+    ``terrazzo_stage_queue_seconds_total``, ``terrazzo_stage_compute_infer_seconds_total`` and
+    the histogram ``terrazzo_stage_batch_size`` (rows per execution). A restarted worker starts
+    from zero, which Prometheus reads as a counter reset.
+
+    Args:
+        pools: the gateway's replica pools (``.stage``, ``.replicas`` with ``.channel``).
+        model: model label.
+        token: the internal worker token (empty when mTLS authenticates the hop).
+        timeout_s: how long one worker may take to answer.
+    """
+
+    def __init__(self, pools: Sequence[Any], model: str, token: str, timeout_s: float = 0.5):
+        self.pools = pools
+        self.model = model
+        self.token = token
+        self.timeout_s = timeout_s
+
+    def fetch(self) -> list[dict[str, Any]]:
+        """Every reachable worker's ``StageStats`` snapshot plus stage/replica/device keys."""
+        from terrazzo.runtime.worker import STATS_METHOD, TOKEN_HEADER
+
+        metadata = [(TOKEN_HEADER, self.token)] if self.token else []
+        calls = []
+        for pool in self.pools:
+            for rep in pool.replicas:
+                channel = rep.channel
+                if channel is None:
+                    continue
+                fut = channel.unary_unary(STATS_METHOD).future(
+                    b"", timeout=self.timeout_s, metadata=metadata
+                )
+                calls.append((pool.stage, rep, fut))
+        rows = []
+        for stage, rep, fut in calls:
+            try:
+                data = json.loads(fut.result())
+            except Exception:  # a worker down or restarting: no sample from it this scrape
+                continue
+            data.update(stage=stage.index, replica=rep.index, device=stage.device)
+            rows.append(data)
+        return rows
+
+    def describe(self) -> list[Any]:
+        return []  # no scrape at registration time
+
+    def collect(self) -> Iterator[Any]:
+        labels = ["model", "stage", "replica", "device"]
+        counters = {
+            "request_count": CounterMetricFamily(
+                "terrazzo_stage_request_success",
+                "Requests a stage worker answered successfully.",
+                labels=labels,
+            ),
+            "failure_count": CounterMetricFamily(
+                "terrazzo_stage_request_failure",
+                "Requests a stage worker failed or rejected.",
+                labels=labels,
+            ),
+            "inference_count": CounterMetricFamily(
+                "terrazzo_stage_inference_count",
+                "Inferences (batch rows) a stage worker computed.",
+                labels=labels,
+            ),
+            "execution_count": CounterMetricFamily(
+                "terrazzo_stage_execution_count",
+                "Stage executions (one per batch when requests are merged).",
+                labels=labels,
+            ),
+            "queue_s": CounterMetricFamily(
+                "terrazzo_stage_queue_seconds",
+                "Seconds requests waited in a stage worker before their execution.",
+                labels=labels,
+            ),
+            "compute_infer_s": CounterMetricFamily(
+                "terrazzo_stage_compute_infer_seconds",
+                "Seconds a stage worker spent executing.",
+                labels=labels,
+            ),
+        }
+        hist = HistogramMetricFamily(
+            "terrazzo_stage_batch_size",
+            "Rows per stage execution.",
+            labels=labels,
+        )
+        for row in self.fetch():
+            values = [self.model, str(row["stage"]), str(row["replica"]), str(row["device"])]
+            for key, family in counters.items():
+                extra = row.get("rejected_count", 0) if key == "failure_count" else 0
+                family.add_metric(values, float(row.get(key, 0)) + float(extra))
+            by_size = {int(b["batch_size"]): int(b["count"]) for b in row.get("batch_stats", [])}
+            buckets, seen = [], 0
+            for edge in _BATCH_BUCKETS:
+                seen = sum(n for size, n in by_size.items() if size <= edge)
+                buckets.append((str(float(edge)), float(seen)))
+            total = sum(by_size.values())
+            buckets.append(("+Inf", float(total)))
+            rows_sum = sum(size * n for size, n in by_size.items())
+            hist.add_metric(values, buckets, float(rows_sum))
+        yield from counters.values()
+        yield hist
 
 
 def log_request(**fields: Any) -> None:

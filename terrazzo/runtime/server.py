@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from terrazzo.errors import ServingError
+from terrazzo.runtime.batcher import BatchingOptions
 from terrazzo.runtime.gateway import (
     Gateway,
     GatewayOptions,
@@ -47,7 +48,7 @@ from terrazzo.runtime.gateway import (
 )
 from terrazzo.runtime.internal_tls import GATEWAY_NAME, make_identity
 from terrazzo.runtime.launcher import Launcher, LocalLauncher, WorkerExitedError, WorkerOptions
-from terrazzo.runtime.metrics import RuntimeMetrics
+from terrazzo.runtime.metrics import RuntimeMetrics, WorkerStatsCollector
 from terrazzo.runtime.plan import ServingPlan
 from terrazzo.runtime.pool import Replica, ReplicaPool
 from terrazzo.runtime.protos import grpc_service_pb2_grpc as pb_grpc
@@ -134,6 +135,10 @@ class ServeOptions:
     worker_token: str | None = None
     # False: no gRPC port of its own (a model of a repository, served by its one endpoint)
     listen: bool = True
+    # --- dynamic batching (terrazzo.runtime.batcher) ---
+    # One BatchingOptions for every stage, or stage index -> options; off by default (Triton's
+    # default too): merging is right only for stages whose batch rows are independent.
+    batching: BatchingOptions | Mapping[int, BatchingOptions] | None = None
     extra: dict[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -196,6 +201,7 @@ class Server:
             max_message_bytes=opts.max_message_bytes,
             tls=self._tls,
             run_dir=self.run_dir,
+            batching=_batching_json(opts.batching),  # dynamic batching: passed to each worker
         )
         self.stage_timeout_s = opts.stage_timeout(plan)
         self.pools = [
@@ -273,6 +279,11 @@ class Server:
                     f"cannot serve /metrics on port {self.opts.metrics_port}: {e}"
                 ) from e
             self.metrics_port = self._metrics_http.server_port
+        # dynamic batching: per-stage inference/execution counts, read from workers at scrape
+        self.worker_stats = WorkerStatsCollector(
+            self.pools, self.plan.model_name, self._worker_opts.token
+        )
+        self.metrics.registry.register(self.worker_stats)
         self._supervisor = threading.Thread(
             target=self._supervise, name="tz-supervisor", daemon=True
         )
@@ -491,6 +502,17 @@ def start_grpc(servicer: Any, health: Any, opts: ServeOptions) -> tuple[grpc.Ser
         raise ServingError(f"cannot listen on {address} (port in use?)")
     server.start()
     return server, port
+
+
+def _batching_json(
+    batching: BatchingOptions | Mapping[int, BatchingOptions] | None,
+) -> dict[str, Any] | None:
+    """ServeOptions.batching as the worker config's ``batching`` (dynamic batching)."""
+    if batching is None:
+        return None
+    if isinstance(batching, BatchingOptions):
+        return {"*": batching.to_json()} if batching.enabled else None
+    return {str(k): v.to_json() for k, v in batching.items() if v.enabled} or None
 
 
 def serve(

@@ -11,6 +11,12 @@ Two config keys make a worker safe to lose: ``tmpdir`` (a directory the parent o
 whatever way the worker ends: everything the worker writes through ``tempfile`` goes there,
 including its extracted bundle) and ``tls`` (``{"gateway_cert": PEM}``: serve mTLS with a fresh
 identity of its own, accept only the gateway's certificate; see ``internal_tls``).
+
+``batching`` (``{"*": BatchingOptions JSON, "<stage index>": ...}``) turns on dynamic batching
+(``terrazzo.runtime.batcher``) for this stage when its signature proves a batch dimension; then
+requests are merged by a ``DynamicBatcher`` instead of running one at a time. Either way the
+worker counts requests, rows and executions (``StageStats``) and answers them as JSON on the
+``terrazzo.WorkerStats/Get`` RPC (``STATS_METHOD``), which ``/metrics`` reads at scrape time.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import base64
 import hmac
 import json
+import logging
 import os
 import signal
 import sys
@@ -28,7 +35,15 @@ from concurrent import futures
 from typing import Any
 
 import grpc
+import numpy as np
 
+from terrazzo.runtime.batcher import (
+    BatchRejectedError,
+    DynamicBatcher,
+    StageStats,
+    batch_dimension,
+    options_for_stage,
+)
 from terrazzo.runtime.plan import RunnerSpec
 from terrazzo.runtime.protos import grpc_service_pb2 as pb
 from terrazzo.runtime.protos import grpc_service_pb2_grpc as pb_grpc
@@ -38,6 +53,7 @@ from terrazzo.runtime.tensors import TensorError, WireTensor, from_numpy, to_num
 
 __all__ = [
     "READY_PREFIX",
+    "STATS_METHOD",
     "TOKEN_HEADER",
     "WorkerServer",
     "block_heavy_imports",
@@ -48,6 +64,11 @@ __all__ = [
 READY_PREFIX = "TERRAZZO_WORKER_READY"
 TOKEN_HEADER = "x-terrazzo-worker-token"
 _POLL_S = 0.01
+# The stage's counters (``StageStats.snapshot`` as JSON bytes), a unary RPC beside KServe's:
+# request b"" (or any bytes), reply the JSON. Token-checked like ModelInfer.
+STATS_SERVICE = "terrazzo.WorkerStats"
+STATS_METHOD = f"/{STATS_SERVICE}/Get"
+log = logging.getLogger("terrazzo.runtime")
 
 
 def grpc_options(max_message_bytes: int) -> list[tuple[str, int]]:
@@ -76,6 +97,78 @@ class _WorkerServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._lock = threading.Lock()
         self._count_lock = threading.Lock()
         self._waiting = 0
+        self.stats = StageStats(self.model_name)
+        self.batcher: DynamicBatcher | None = None
+        batching = options_for_stage(config.get("batching"), int(stage["index"]))
+        if batching.enabled:
+            ins = tuple(getattr(self.runner, "inputs", ()) or ())
+            outs = tuple(getattr(self.runner, "outputs", ()) or ())
+            dim = (
+                batch_dimension(ins, outs)
+                if hasattr(self.runner, "inputs") and all(hasattr(t, "dims") for t in ins + outs)
+                else "its runner declares no tensor signature (dims) to prove a batch dimension"
+            )
+            if isinstance(dim, str):
+                log.warning("%s: dynamic batching stays off: %s", self.model_name, dim)
+            else:
+                self.batcher = DynamicBatcher(
+                    self._run_batch, self.inputs, self.outputs, batching, dim, self.model_name
+                )
+                self.stats = self.batcher.stats
+
+    def _run_batch(self, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.delay_s > 0:  # the test knob: a fixed cost per execution, as a device has
+            time.sleep(self.delay_s)
+        return self.runner(values)
+
+    def Stats(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        self._check_token(context)
+        return json.dumps(self.stats.snapshot()).encode()
+
+    def _infer_batched(self, request, context, values):
+        assert self.batcher is not None
+        p = request.parameters.get("priority")
+        priority = 0
+        if p is not None and p.WhichOneof("parameter_choice") in ("int64_param", "uint64_param"):
+            priority = int(getattr(p, p.WhichOneof("parameter_choice")))
+        with self._count_lock:
+            if self._waiting >= self.max_queue:
+                context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED, f"{self.model_name}: worker queue full"
+                )
+            self._waiting += 1
+        try:
+            got = self.batcher.submit(
+                {n: values[n] for n in self.inputs}, priority, is_active=context.is_active
+            )
+        except BatchRejectedError as e:
+            context.abort(getattr(grpc.StatusCode, e.code), f"{self.model_name}: {e}")
+        except Exception as e:  # a runner failure is reported, never crashes the worker
+            context.abort(
+                grpc.StatusCode.INTERNAL, f"{self.model_name} failed: {type(e).__name__}: {e}"
+            )
+        finally:
+            with self._count_lock:
+                self._waiting -= 1
+        response = self._response(request, context, got.outputs, got.compute_s, got.queue_s)
+        response.parameters["batch_size"].int64_param = got.batch_rows
+        return response
+
+    def _response(self, request, context, result, compute_s: float, queue_s: float):
+        response = pb.ModelInferResponse(model_name=self.model_name, id=request.id)
+        for name in self.outputs:
+            if name not in result:
+                context.abort(
+                    grpc.StatusCode.INTERNAL, f"{self.model_name} did not produce {name!r}"
+                )
+            wire = from_numpy(result[name])
+            response.outputs.add(name=name, datatype=wire.datatype, shape=wire.shape)
+            response.raw_output_contents.append(wire.raw)
+        # compute_s is this request's share of its execution (all shares of one execution add
+        # up to its compute time), so the gateway's device-busy seconds stay true when batching
+        response.parameters["compute_s"].double_param = compute_s
+        response.parameters["queue_s"].double_param = queue_s
+        return response
 
     def _check_token(self, context: grpc.ServicerContext) -> None:
         if not self.token:
@@ -116,6 +209,8 @@ class _WorkerServicer(pb_grpc.GRPCInferenceServiceServicer):
             context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, f"{self.model_name}: missing inputs {missing}"
             )
+        if self.batcher is not None:
+            return self._infer_batched(request, context, values)
         with self._count_lock:
             if self._waiting >= self.max_queue:
                 context.abort(
@@ -146,24 +241,15 @@ class _WorkerServicer(pb_grpc.GRPCInferenceServiceServicer):
             try:
                 result = self.runner({n: values[n] for n in self.inputs})
             except Exception as e:  # a runner failure is reported, never crashes the worker
+                self.stats.failed()
                 context.abort(
                     grpc.StatusCode.INTERNAL, f"{self.model_name} failed: {type(e).__name__}: {e}"
                 )
             compute_s = time.perf_counter() - t0
         finally:
             self._lock.release()
-        response = pb.ModelInferResponse(model_name=self.model_name, id=request.id)
-        for name in self.outputs:
-            if name not in result:
-                context.abort(
-                    grpc.StatusCode.INTERNAL, f"{self.model_name} did not produce {name!r}"
-                )
-            wire = from_numpy(result[name])
-            response.outputs.add(name=name, datatype=wire.datatype, shape=wire.shape)
-            response.raw_output_contents.append(wire.raw)
-        response.parameters["compute_s"].double_param = compute_s
-        response.parameters["queue_s"].double_param = queue_s
-        return response
+        self.stats.record([(1, queue_s)], 1, compute_s)
+        return self._response(request, context, result, compute_s, queue_s)
 
 
 class _HealthServicer(health_pb2_grpc.HealthServicer):
@@ -186,11 +272,20 @@ class WorkerServer:
             tempfile.tempdir = str(tmpdir)
             os.environ["TMPDIR"] = str(tmpdir)
         self.servicer = _WorkerServicer(config)
+        threads = int(config.get("threads", 16))
+        if self.servicer.batcher is not None:  # a request waiting for its batch holds a thread
+            threads = max(threads, int(config.get("max_queue", 64)) + 4)
         self._server = grpc.server(
-            futures.ThreadPoolExecutor(
-                max_workers=int(config.get("threads", 16)), thread_name_prefix="tz-worker"
-            ),
+            futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tz-worker"),
             options=grpc_options(max_bytes),
+        )
+        self._server.add_generic_rpc_handlers(
+            (
+                grpc.method_handlers_generic_handler(
+                    STATS_SERVICE,
+                    {"Get": grpc.unary_unary_rpc_method_handler(self.servicer.Stats)},
+                ),
+            )
         )
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(self.servicer, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(_HealthServicer(), self._server)
@@ -222,6 +317,8 @@ class WorkerServer:
     def stop(self, grace_s: float = 5.0) -> None:
         """Finish in-flight requests (up to ``grace_s``) and stop."""
         self._server.stop(grace_s).wait()
+        if self.servicer.batcher is not None:
+            self.servicer.batcher.close()
 
 
 def main() -> int:

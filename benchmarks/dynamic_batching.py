@@ -1,0 +1,284 @@
+"""Question: how much throughput does dynamic batching buy at concurrency 1/8/32, at what latency?
+
+A small BERT encoder (``transformers.BertModel``, random weights, a tiny config) is exported to
+ONNX with a dynamic batch dimension, compiled once (batch 1..64, every op on the CPU class, one
+stage) and served twice behind the gateway: without batching (one request = one execution)
+and with the stage worker's dynamic batcher (``--max-batch-size 32``, ``--max-queue-delay-us
+0``: whatever queued while the stage was busy runs as the next batch). A load process of
+closed-loop ``tritonclient.grpc`` clients (one per concurrency slot, batch-1 requests) measures
+throughput and p50/p99 latency; the stage worker's counters give executions per request.
+Outputs of the batched server are checked against the bundle run in-process, request by request.
+
+The planner splits this bundle into the encoder (stage 0) and six empty stages (dead shape
+branches without outputs); only stage 0 is served, so the rows measure the encoder.
+
+``simulated`` rows serve the same bundle with a fixed 20 ms added to every *execution* (the
+runner's ``execute_delay_s``, Triton's ``execute_delay_ms``): a device whose cost per execution
+does not grow with the batch, as a launch-bound accelerator. They isolate what the scheduler
+can gain; the ``cpu`` rows are what this host's CPU kernels gain.
+
+Run: ``.venv/bin/python benchmarks/dynamic_batching.py [--duration-s 6] [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks._common import print_table, write_result  # noqa: E402
+
+SEQ = 16
+MAX_BATCH = 64
+SLA_S = 0.5
+CONFIG = {
+    "vocab_size": 1000,
+    "hidden_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 512,
+    "max_position_embeddings": 128,
+}
+
+
+def build_bundle(d: Path) -> Path:
+    """Export the encoder to ONNX (dynamic batch) and compile it as one CPU stage."""
+    import torch
+    import transformers
+
+    from terrazzo.frontend import from_onnx
+    from terrazzo.pipeline import compile_model
+    from terrazzo.placement import SLA, Fleet, build_plan, to_problem
+
+    cfg = transformers.BertConfig(**CONFIG, attn_implementation="eager")
+    torch.manual_seed(0)
+
+    class Encoder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.m = transformers.BertModel(cfg)
+
+        def forward(self, input_ids, attention_mask):  # type: ignore[no-untyped-def]
+            return self.m(input_ids=input_ids, attention_mask=attention_mask, return_dict=False)
+
+    ids = torch.randint(0, CONFIG["vocab_size"], (2, SEQ))
+    onnx_path = d / "bert.onnx"
+    batch = {0: "batch"}
+    torch.onnx.export(Encoder().eval(), (ids, torch.ones_like(ids)), str(onnx_path),
+                      input_names=["input_ids", "attention_mask"],
+                      output_names=["last_hidden_state", "pooler_output"],
+                      dynamic_axes={"input_ids": batch, "attention_mask": batch,
+                                    "last_hidden_state": batch, "pooler_output": batch},
+                      dynamo=False, opset_version=17)  # fmt: skip
+    fleet = Fleet.from_dict({"devices": {"cpu": {"count": 1}}})
+    sla = SLA(latency_s=SLA_S)
+    shapes = {n: f"1..{MAX_BATCH}x{SEQ}" for n in ("input_ids", "attention_mask")}
+    prob = to_problem(from_onnx(onnx_path, shapes=shapes), fleet, sla, 1.0)
+    plan = build_plan(prob, np.zeros(len(prob.tasks), dtype=int), "all-cpu", 0.0)
+    res = compile_model(onnx_path, fleet, sla, out_path=d / "bert.tzb", plan=plan,
+                        shapes=shapes, include_reference=False)  # fmt: skip
+    return Path(res.path)
+
+
+def _feeds(seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        "input_ids": rng.integers(0, CONFIG["vocab_size"], (1, SEQ)).astype(np.int64),
+        "attention_mask": np.ones((1, SEQ), np.int64),
+    }
+
+
+def load(port: int, concurrency: int, duration_s: float) -> dict[str, Any]:
+    """Closed-loop clients (run in their own process): latencies of completed requests."""
+    import tritonclient.grpc as tc
+
+    stop_at = time.perf_counter() + duration_s
+    lat: list[float] = []
+    errors = [0]
+    lock = threading.Lock()
+    start = threading.Barrier(concurrency)
+
+    def client(slot: int) -> None:
+        c = tc.InferenceServerClient(f"127.0.0.1:{port}")
+        feeds = _feeds(slot)
+        inputs = []
+        for name, a in feeds.items():
+            t = tc.InferInput(name, list(a.shape), "INT64")
+            t.set_data_from_numpy(a)
+            inputs.append(t)
+        c.infer("bert", inputs, client_timeout=30)  # warm-up, not counted
+        start.wait(60)
+        mine = []
+        while time.perf_counter() < stop_at:
+            t0 = time.perf_counter()
+            try:
+                c.infer("bert", inputs, client_timeout=30)
+            except Exception:
+                with lock:
+                    errors[0] += 1
+                continue
+            mine.append(time.perf_counter() - t0)
+        with lock:
+            lat.extend(mine)
+        c.close()
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(concurrency)]
+    for t in threads:
+        t.start()
+    t_begin = time.perf_counter()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t_begin
+    return {"latencies_s": lat, "errors": errors[0], "wall_s": wall}
+
+
+def _run_load(port: int, concurrency: int, duration_s: float) -> dict[str, Any]:
+    code = (
+        f"import json, sys; sys.path.insert(0, {str(ROOT)!r}); "
+        "from benchmarks.dynamic_batching import load; "
+        f"print(json.dumps(load({port}, {concurrency}, {duration_s})))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=duration_s + 120
+    )
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr.strip().splitlines()[-1])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _stage0(server: Any) -> dict[str, Any]:
+    return next(r for r in server.worker_stats.fetch() if r["stage"] == 0)
+
+
+def _check_outputs(server: Any, bundle: Path) -> float:
+    """Max |batched - in-process| over concurrent requests (they merge: 8 at once)."""
+    import tritonclient.grpc as tc
+
+    from terrazzo.bundle import open_bundle
+
+    with open_bundle(bundle, allow_unsigned=True) as b:
+        runners = b.load_stages()
+        want = [b.run(_feeds(s), runners) for s in range(8)]
+
+    def one(s: int) -> dict[str, np.ndarray]:
+        c = tc.InferenceServerClient(f"127.0.0.1:{server.port}")
+        inputs = []
+        for name, a in _feeds(s).items():
+            t = tc.InferInput(name, list(a.shape), "INT64")
+            t.set_data_from_numpy(a)
+            inputs.append(t)
+        r = c.infer("bert", inputs)
+        c.close()
+        return {n: r.as_numpy(n) for n in ("last_hidden_state", "pooler_output")}
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(8) as ex:
+        got = list(ex.map(one, range(8)))
+    return max(
+        float(np.max(np.abs(g[n] - w[n]))) for g, w in zip(got, want, strict=True) for n in g
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--duration-s", type=float, default=6.0, help="seconds per measured row")
+    ap.add_argument("--quick", action="store_true", help="2 s per row, concurrency 1 and 32")
+    args = ap.parse_args()
+    duration = 2.0 if args.quick else args.duration_s
+    concurrencies = (1, 32) if args.quick else (1, 8, 32)
+
+    from terrazzo.runtime import BatchingOptions, ServingPlan, serve
+
+    rows: list[dict[str, Any]] = []
+    extra: dict[str, Any] = {"model": CONFIG, "seq": SEQ, "sla_s": SLA_S, "duration_s": duration}
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        bundle = build_bundle(Path(tmp))
+        extra["compile_s"] = time.perf_counter() - t0
+        base = replace(ServingPlan.from_bundle(bundle, allow_unsigned=True), model_name="bert")
+        # The planner emits the encoder as stage 0 plus empty stages for dead shape branches
+        # (no outputs: nothing reads them). Serving them would add a gRPC hop per request and
+        # stage each; they are left out so the rows measure the encoder.
+        kept = tuple(s for s in base.stages if s.outputs)
+        extra["stages_in_bundle"], extra["stages_served"] = len(base.stages), len(kept)
+        base = replace(base, stages=kept)
+        base.verify()
+        from terrazzo.bundle import open_bundle
+
+        with open_bundle(bundle, allow_unsigned=True) as b:  # in-process execution cost
+            runners = b.load_stages()
+            for rows_n in (1, 32):
+                f = {k: np.repeat(v, rows_n, axis=0) for k, v in _feeds(0).items()}
+                b.run(f, runners)
+                t1 = time.perf_counter()
+                for _ in range(5):
+                    b.run(f, runners)
+                extra[f"exec_ms_batch{rows_n}"] = (time.perf_counter() - t1) / 5 * 1e3
+        simulated = replace(
+            base,
+            stages=tuple(
+                replace(s, runner=replace(s.runner, execute_delay_s=0.02)) for s in base.stages
+            ),
+        )
+        batching = BatchingOptions(max_batch_size=32, max_queue_delay_us=0)
+        for device, plan in (("cpu", base), ("simulated", simulated)):
+            for mode, opts in (("unbatched", None), ("batched", batching)):
+                with serve(plan, 0, allow_unsigned=True, batching=opts) as server:
+                    if device == "cpu" and mode == "batched":
+                        extra["max_abs_diff_batched_vs_unbatched"] = _check_outputs(server, bundle)
+                    for conc in concurrencies:
+                        s0 = _stage0(server)
+                        res = _run_load(server.port, conc, duration)
+                        s1 = _stage0(server)
+                        lat = np.asarray(res["latencies_s"])
+                        reqs = s1["request_count"] - s0["request_count"]
+                        execs = s1["execution_count"] - s0["execution_count"]
+                        p99 = float(np.percentile(lat, 99)) if lat.size else float("nan")
+                        rows.append(
+                            {
+                                "device": device,
+                                "mode": mode,
+                                "concurrency": conc,
+                                "requests": int(lat.size),
+                                "errors": res["errors"],
+                                "throughput_rps": lat.size / res["wall_s"],
+                                "p50_ms": float(np.percentile(lat, 50)) * 1e3 if lat.size else None,
+                                "p99_ms": p99 * 1e3,
+                                "p99_within_sla": bool(p99 <= SLA_S),
+                                "rows_per_execution": reqs / execs if execs else None,
+                            }
+                        )
+                        print(json.dumps(rows[-1]), flush=True)
+    for r in rows:
+        if r["mode"] == "batched":
+            un = next(
+                u
+                for u in rows
+                if u["mode"] == "unbatched"
+                and u["device"] == r["device"]
+                and u["concurrency"] == r["concurrency"]
+            )
+            r["speedup"] = r["throughput_rps"] / un["throughput_rps"]
+    cols = ["device", "mode", "concurrency", "requests", "errors", "throughput_rps", "p50_ms",
+            "p99_ms", "p99_within_sla", "rows_per_execution", "speedup"]  # fmt: skip
+    print_table(rows, cols, title="Dynamic batching: tiny BERT encoder, batch-1 requests")
+    print(json.dumps({k: v for k, v in extra.items() if k != "model"}))
+    path = write_result("dynamic_batching", rows, extra)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
