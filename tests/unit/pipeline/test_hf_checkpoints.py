@@ -1,0 +1,201 @@
+"""Hugging Face checkpoints → LLM bundles → text (``terrazzo compile MODEL_DIR``, ``terrazzo run --prompt``).
+
+Checkpoints are made here: transformers configs with random weights saved with
+``save_pretrained(safe_serialization=True)`` (one sharded) and a BPE tokenizer trained with the
+``tokenizers`` library. The greedy ids through the bundle (prefill and decode as separate
+compiled stages) must equal transformers' ``generate(do_sample=False)``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[3]
+CLI = "import sys; from terrazzo.cli import main; sys.exit(main(sys.argv[1:]))"
+FLEET = "devices:\n  cpu: {count: 4}\n  l4: {count: 2}\npricing: {mode: cloud}\n"
+SENTENCES = [
+    "the quick brown fox jumps over the lazy dog",
+    "a compiler turns models into fast code for every device",
+    "prefill and decode run on different workers",
+    "hello world, hello terrazzo, hello tokens",
+] * 4
+CHAT = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{{ eos_token }}{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def make_tokenizer(d: Path, vocab: int = 300) -> None:
+    """A byte-level BPE tokenizer (BOS added) + tokenizer_config.json with a chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab - 8, special_tokens=["<unk>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )  # fmt: skip
+    tok.train_from_iterator(SENTENCES, trainer)
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    tok.save(str(d / "tokenizer.json"))
+    (d / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>",
+        "unk_token": "<unk>", "chat_template": CHAT,
+    }))  # fmt: skip
+
+
+def make_checkpoint(d: Path, family: str = "llama", shard: bool = False, **over) -> object:
+    """A tiny random-weight checkpoint of ``family`` saved as safetensors; returns the model."""
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    kw = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+              intermediate_size=128, vocab_size=300, max_position_embeddings=256,
+              bos_token_id=1, eos_token_id=2, initializer_range=0.2)  # fmt: skip
+    kw.update(over)
+    cls = {"llama": ("LlamaConfig", "LlamaForCausalLM"),
+           "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
+           "mistral": ("MistralConfig", "MistralForCausalLM")}[family]  # fmt: skip
+    config = getattr(transformers, cls[0])(**kw)
+    model = getattr(transformers, cls[1])(config).eval()
+    d.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(
+        d, safe_serialization=True, **({"max_shard_size": "60KB"} if shard else {})
+    )
+    make_tokenizer(d)
+    return model
+
+
+def hf_greedy(model, ids: list[int], n: int) -> list[int]:
+    import torch
+
+    with torch.no_grad():
+        out = model.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=n,
+                             eos_token_id=2, pad_token_id=0)  # fmt: skip
+    return [int(t) for t in out[0, len(ids) :]]
+
+
+def cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-c", CLI, *args], env=env, capture_output=True,
+                          text=True, timeout=timeout)  # fmt: skip
+
+
+def compile_dir(model_dir: Path, out: Path, *extra: str) -> Path:
+    fleet = out.parent / "fleet.yaml"
+    fleet.write_text(FLEET)
+    p = cli("compile", str(model_dir), "--fleet", str(fleet), "--sla", "ttft=500ms,tbt=50ms",
+            "-o", str(out), "--max-len", "64", "--prompt-len", "8", *extra)  # fmt: skip
+    assert p.returncode == 0, p.stderr[-3000:]
+    return out
+
+
+def run_prompt(bundle: Path, prompt: str, *extra: str) -> dict:
+    p = cli("run", str(bundle), "--prompt", prompt, "--json", *extra)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return json.loads(p.stdout)
+
+
+# -- fast: the directory checks --------------------------------------------------------------
+def refused(tmp_path: Path, model_dir: Path, match: str) -> None:
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text(FLEET)
+    p = cli("compile", str(model_dir), "--fleet", str(fleet), "--sla", "1s",
+            "-o", str(tmp_path / "x.tzb"))  # fmt: skip
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2, (p.returncode, p.stderr[-2000:])
+    assert len(lines) == 1 and match in lines[0], lines
+    assert not (tmp_path / "x.tzb").exists()
+
+
+def test_no_config_json(tmp_path: Path) -> None:
+    (tmp_path / "m").mkdir()
+    refused(tmp_path, tmp_path / "m", "no config.json")
+
+
+def test_unsupported_model_type(tmp_path: Path) -> None:
+    d = tmp_path / "m"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_embd": 64}))
+    refused(tmp_path, d, "config.json field 'model_type': 'gpt2' is not supported")
+
+
+def test_missing_weight_tensor(tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    d = tmp_path / "m"
+    make_checkpoint(d)
+    t = load_file(str(d / "model.safetensors"))
+    del t["model.layers.1.mlp.up_proj.weight"]
+    save_file(t, str(d / "model.safetensors"), metadata={"format": "pt"})
+    refused(tmp_path, d, "'model.layers.1.mlp.up_proj.weight' is missing")
+
+
+def test_tokenizer_vocab_mismatch(tmp_path: Path) -> None:
+    d = tmp_path / "m"
+    make_checkpoint(d, vocab_size=200)
+    refused(tmp_path, d, "tokenizer/vocab mismatch")
+
+
+def test_mistral_sliding_window_shorter_than_context(tmp_path: Path) -> None:
+    d = tmp_path / "m"
+    make_checkpoint(d, "mistral", sliding_window=32)
+    refused(tmp_path, d, "field 'sliding_window'")
+
+
+def test_chat_template_renders_like_transformers(tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from terrazzo.frontend.hf import read_hf_dir
+    from terrazzo.runtime.llm_text import TextGenerator
+
+    d = tmp_path / "m"
+    make_checkpoint(d)
+    ck = read_hf_dir(d)
+    llm = {"config": {"max_len": 64, "prompt_len": 8, "vocab_size": 300},
+           "tokenizer_json": ck.tokenizer_json, "tokenizer_config": ck.tokenizer_config}  # fmt: skip
+    gen = TextGenerator(llm, lambda _: {}, lambda _: {})
+    msgs = [{"role": "user", "content": "hello world"}]
+    ref = AutoTokenizer.from_pretrained(d)
+    want = ref.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
+    want = want["input_ids"] if isinstance(want, dict) or hasattr(want, "keys") else want
+    assert gen.encode_chat(msgs) == list(want)
+    assert gen.encode("hello world") == ref("hello world")["input_ids"]
+
+
+# -- slow: compile and generate --------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "family,shard",
+    [("llama", False), ("qwen2", True), ("llama-tied", False)],
+)
+def test_greedy_equals_transformers(tmp_path: Path, family: str, shard: bool) -> None:
+    over = {"tie_word_embeddings": True} if family == "llama-tied" else {}
+    if family == "llama":
+        over = {"rope_theta": 500.0}
+    d = tmp_path / family
+    model = make_checkpoint(d, family.removesuffix("-tied"), shard=shard, **over)
+    if shard:
+        assert (d / "model.safetensors.index.json").is_file()
+    bundle = compile_dir(d, tmp_path / "m.tzb")
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(d / "tokenizer.json"))
+    # short (inside the prefill chunk) and long (prefill chunk + decode steps) prompts
+    for prompt in (
+        "the quick brown fox",
+        "a compiler turns models into fast code for every device",
+    ):
+        ids = tok.encode(prompt).ids
+        want = hf_greedy(model, ids, 12)
+        got = run_prompt(bundle, prompt, "--max-tokens", "12")
+        assert got["token_ids"] == want, (prompt, got["token_ids"], want)
+        assert got["text"] == tok.decode(want, skip_special_tokens=True)
