@@ -105,6 +105,12 @@ def register(subparsers: Any) -> None:
         "replica of STAGE instead of starting local processes; repeat per replica. The shared "
         "internal token comes from $TERRAZZO_INTERNAL_TOKEN",
     )
+    # --- hfllm: OpenAI-compatible HTTP front for LLM bundles (terrazzo.runtime.openai_front)
+    p.add_argument(
+        "--openai-port", type=int, default=None, metavar="N",
+        help="LLM bundles: serve /v1/completions and /v1/chat/completions on this HTTP port",
+    )  # fmt: skip
+    # --- end hfllm
     p.set_defaults(func=run)
 
 
@@ -125,6 +131,12 @@ def _describe(server: Any) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "openai_port", None) is not None:  # hfllm: LLM bundles over OpenAI HTTP
+        from terrazzo.runtime.openai_front import run_until_signal
+
+        return run_until_signal(
+            args.bundle, args.openai_port, args.host, args.trust, args.allow_unsigned
+        )
     from terrazzo.runtime import TLSOptions, serve
 
     handler = logging.StreamHandler(sys.stderr)
