@@ -166,9 +166,13 @@ class TextGenerator:
         return int(rng.choice(probs.shape[0], p=probs))
 
     def stream_text(self, ids: Sequence[int], params: SamplingParams) -> Iterator[tuple[int, str]]:
-        """Yield ``(token id, text delta)``; stop strings end the stream (their text is cut)."""
+        """Yield ``(token id, text delta)``; stop strings end the stream (their text is cut).
+
+        A delta that would end inside a UTF-8 sequence waits for the next token; text still
+        held back when generation ends comes last as ``(-1, rest)``.
+        """
         out: list[int] = []
-        sent = ""
+        sent = text = ""
         for tok in self.stream_ids(ids, params):
             out.append(tok)
             text = self.decode_text(out)
@@ -182,13 +186,16 @@ class TextGenerator:
             yield tok, delta
             if cut >= 0:
                 return
+        if text != sent:
+            yield -1, text[len(sent) :]
 
     def generate(self, ids: Sequence[int], params: SamplingParams) -> tuple[list[int], str, str]:
         """All generated ids, the text and the finish reason (``stop`` or ``length``)."""
         toks: list[int] = []
         text = ""
         for tok, delta in self.stream_text(ids, params):
-            toks.append(tok)
+            if tok >= 0:
+                toks.append(tok)
             text += delta
         stopped = bool(toks) and (
             (toks[-1] in self.eos and not params.ignore_eos) or len(toks) < params.max_tokens

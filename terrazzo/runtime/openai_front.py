@@ -243,7 +243,8 @@ class _Handler(BaseHTTPRequestHandler):
         if chat:
             self.wfile.write(chunk("", None, first=True))
         for tok, delta in gen.stream_text(ids, p):
-            n, last = n + 1, tok
+            if tok >= 0:
+                n, last = n + 1, tok
             if delta:
                 self.wfile.write(chunk(delta, None))
                 self.wfile.flush()

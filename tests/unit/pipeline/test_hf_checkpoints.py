@@ -172,17 +172,37 @@ def test_chat_template_renders_like_transformers(tmp_path: Path) -> None:
 
 
 # -- slow: compile and generate --------------------------------------------------------------
+ROPE_LLAMA3 = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 4.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 16}  # fmt: skip
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "family,shard",
-    [("llama", False), ("qwen2", True), ("llama-tied", False)],
+    "family,shard,over",
+    [
+        ("llama", False, {"rope_theta": 500.0}),
+        ("qwen2", True, {}),
+        ("llama", False, {"tie_word_embeddings": True}),
+        ("mistral", False, {}),
+        ("llama", False, {"rope_parameters": ROPE_LLAMA3}),
+        (
+            "llama",
+            False,
+            {"rope_parameters": {"rope_type": "linear", "rope_theta": 1e4, "factor": 2.0}},
+        ),
+    ],
+    ids=[
+        "llama",
+        "qwen2-sharded",
+        "llama-tied",
+        "mistral",
+        "llama-rope-llama3",
+        "llama-rope-linear",
+    ],
 )
-def test_greedy_equals_transformers(tmp_path: Path, family: str, shard: bool) -> None:
-    over = {"tie_word_embeddings": True} if family == "llama-tied" else {}
-    if family == "llama":
-        over = {"rope_theta": 500.0}
+def test_greedy_equals_transformers(tmp_path: Path, family: str, shard: bool, over: dict) -> None:
     d = tmp_path / family
-    model = make_checkpoint(d, family.removesuffix("-tied"), shard=shard, **over)
+    model = make_checkpoint(d, family, shard=shard, **over)
     if shard:
         assert (d / "model.safetensors.index.json").is_file()
     bundle = compile_dir(d, tmp_path / "m.tzb")
@@ -272,3 +292,71 @@ def test_openai_bad_requests(served) -> None:
     a = c.completions.create(model="m", prompt="hello", max_tokens=8, temperature=1.0, seed=3)
     b = c.completions.create(model="m", prompt="hello", max_tokens=8, temperature=1.0, seed=3)
     assert a.choices[0].text == b.choices[0].text
+
+
+@pytest.mark.slow
+def test_run_cli_chat_stop_sampling_and_bad_prompt(served) -> None:
+    from transformers import AutoTokenizer
+
+    _, model, d = served
+    bundle = d.parent / "q.tzb"
+    ref = AutoTokenizer.from_pretrained(d)
+    msgs = [{"role": "user", "content": "hello world"}]
+    ids = ref.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
+    ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+    want = hf_greedy(model, ids, 6)
+    got = run_prompt(bundle, "hello world", "--chat", "--max-tokens", "6")
+    assert got["prompt_tokens"] == len(ids) and got["token_ids"] == want
+    # a stop string cuts the text where it first appears and ends generation
+    full = run_prompt(bundle, "hello", "--max-tokens", "12")
+    stop = next(c for c in full["text"][2:] if c.isascii() and c.isalnum())
+    cut = run_prompt(bundle, "hello", "--max-tokens", "12", "--stop", stop)
+    n = len(cut["token_ids"])
+    assert stop not in cut["text"] and 0 < n < len(full["token_ids"])
+    assert cut["token_ids"] == full["token_ids"][:n]
+    assert cut["finish_reason"] == "stop"
+    # seeded sampling: same seed, same tokens; the sampled run differs from greedy somewhere
+    s1 = run_prompt(bundle, "hello", "--max-tokens", "12", "--temperature", "2", "--seed", "5")
+    s2 = run_prompt(bundle, "hello", "--max-tokens", "12", "--temperature", "2", "--seed", "5")
+    s3 = run_prompt(bundle, "hello", "--max-tokens", "12", "--temperature", "2", "--seed", "6")
+    assert s1["token_ids"] == s2["token_ids"]
+    assert s1["token_ids"] != full["token_ids"] or s3["token_ids"] != full["token_ids"]
+    # a prompt longer than the context: one line, exit 2
+    p = cli("run", str(bundle), "--prompt", "hello world " * 60)
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and len(lines) == 1 and "max_len" in lines[0], p.stderr[-1000:]
+    # an LLM bundle needs --prompt
+    p = cli("run", str(bundle))
+    assert p.returncode == 2 and "--prompt" in p.stderr
+
+
+@pytest.mark.slow
+def test_serve_cli_openai_port(served, tmp_path: Path) -> None:
+    """`terrazzo serve BUNDLE --openai-port N` in its own process answers the openai client."""
+    import socket
+    import time
+
+    import openai
+
+    srv, _, d = served
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-c", CLI, "serve", str(d.parent / "q.tzb"),
+                             "--openai-port", str(port)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert f":{port}/v1" in line, (line, proc.stderr.read() if proc.poll() is not None else "")
+        c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
+        want = _client(srv).completions.create(model="m", prompt="hello", max_tokens=6)
+        got = c.completions.create(model="m", prompt="hello", max_tokens=6)
+        assert got.choices[0].text == want.choices[0].text
+        assert [m.id for m in c.models.list()] == ["qwen"]
+    finally:
+        proc.terminate()
+        t0 = time.monotonic()
+        proc.wait(timeout=30)
+        assert time.monotonic() - t0 < 30
