@@ -53,6 +53,7 @@ class TinyLlamaConfig:
     rms_eps: float = 1e-5
     qkv_bias: bool = False
     tie_embeddings: bool = False
+    fused_proj: bool = False  # Phi-3: qkv_proj and gate_up_proj in the checkpoint
     rope_type: str = "default"  # default | linear | llama3
     rope_factor: float = 1.0
     rope_low_freq_factor: float = 1.0
@@ -268,7 +269,8 @@ def _load_checkpoint(core: Any, cfg: TinyLlamaConfig) -> None:
     from terrazzo.frontend.hf import expected_weights, iter_tensors
 
     settings = {"n_layers": cfg.n_layers, "qkv_bias": cfg.qkv_bias,
-                "tie_embeddings": cfg.tie_embeddings}  # fmt: skip
+                "tie_embeddings": cfg.tie_embeddings, "fused_proj": cfg.fused_proj}  # fmt: skip
+    fused: dict[str, list[Any]] = {}
     targets: dict[str, Any] = {
         "model.embed_tokens.weight": core.embed.weight,
         "model.norm.weight": core.norm.weight,
@@ -284,6 +286,13 @@ def _load_checkpoint(core: Any, cfg: TinyLlamaConfig) -> None:
                 targets[p + f"self_attn.{x}_proj.bias"] = mod.bias
         for x, mod in (("gate", layer.gate), ("up", layer.up), ("down", layer.down)):
             targets[p + f"mlp.{x}_proj.weight"] = mod.weight
+        # fused (Phi-3): rows split in order q|k|v and gate|up
+        targets[p + "self_attn.qkv_proj.weight"] = torch.cat(
+            [layer.q.weight, layer.k.weight, layer.v.weight]
+        )
+        targets[p + "mlp.gate_up_proj.weight"] = torch.cat([layer.gate.weight, layer.up.weight])
+        fused[p + "self_attn.qkv_proj.weight"] = [layer.q.weight, layer.k.weight, layer.v.weight]
+        fused[p + "mlp.gate_up_proj.weight"] = [layer.gate.weight, layer.up.weight]
     names = expected_weights(settings)
     with torch.no_grad():
         for name, t in iter_tensors(cfg.checkpoint, names):
@@ -293,6 +302,12 @@ def _load_checkpoint(core: Any, cfg: TinyLlamaConfig) -> None:
                     f"{cfg.checkpoint}: weight tensor {name!r} has shape {list(t.shape)}; "
                     f"config.json implies {list(dst.shape)}"
                 )
+            if name in fused:
+                rows = 0
+                for part in fused[name]:
+                    part.copy_(t[rows : rows + part.shape[0]].to(torch.float32))
+                    rows += part.shape[0]
+                continue
             dst.copy_(t.to(torch.float32))
         if cfg.tie_embeddings:
             core.lm_head.weight.copy_(core.embed.weight)

@@ -8,8 +8,10 @@ sharded checkpoints) and the tokenizer files. Nothing is loaded here but JSON an
 headers; the weights are streamed tensor by tensor by the builder
 (``terrazzo.codegen.llm_phases``) with :func:`iter_tensors`.
 
-Supported families: Llama, Qwen2 (q/k/v biases) and Mistral (a sliding window is accepted
-only when the compiled context fits inside it, where it changes nothing). Every problem is one
+Supported families: Llama, Qwen2 (q/k/v biases), Mistral (a sliding window is accepted only
+when the compiled context fits inside it, where it changes nothing) and Phi-3 (fused
+``qkv_proj``/``gate_up_proj``, split on load; full rotary only). GPT-2 and Phi-1/2 (LayerNorm,
+GELU, learned or partial positions) are refused by ``model_type``. Every problem is one
 :class:`~terrazzo.errors.FrontendError` line naming the file and field.
 """
 
@@ -23,7 +25,7 @@ from typing import Any
 
 from terrazzo.errors import FrontendError
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "phi3", "qwen2")
 _ROPE_TYPES = ("default", "linear", "llama3")
 
 
@@ -78,6 +80,11 @@ def _rope_settings(cfg: Mapping[str, Any], cfg_path: Path) -> dict[str, Any]:
             f"{cfg_path} field '{where}.rope_type': {rtype!r} is not supported "
             f"(supported: {', '.join(_ROPE_TYPES)})"
         )
+    partial = float(src.get("partial_rotary_factor", cfg.get("partial_rotary_factor", 1.0)))
+    if partial != 1.0:
+        raise FrontendError(
+            f"{cfg_path} field 'partial_rotary_factor': {partial} is not supported (1.0 only)"
+        )
     out: dict[str, Any] = {"rope_theta": theta, "rope_type": rtype}
     if rtype in ("linear", "llama3"):
         out["rope_factor"] = float(src.get("factor", 1.0))
@@ -123,6 +130,10 @@ def expected_weights(settings: Mapping[str, Any]) -> list[str]:
     for i in range(int(settings["n_layers"])):
         p = f"model.layers.{i}."
         names += [p + "input_layernorm.weight", p + "post_attention_layernorm.weight"]
+        if settings.get("fused_proj"):  # Phi-3
+            names += [p + "self_attn.qkv_proj.weight", p + "self_attn.o_proj.weight"]
+            names += [p + "mlp.gate_up_proj.weight", p + "mlp.down_proj.weight"]
+            continue
         names += [p + f"self_attn.{x}_proj.weight" for x in "qkvo"]
         if settings.get("qkv_bias"):
             names += [p + f"self_attn.{x}_proj.bias" for x in "qkv"]
@@ -197,6 +208,7 @@ def read_hf_dir(path: str | Path, max_len: int | None = None) -> HFCheckpoint:
         "rms_eps": float(cfg.get("rms_norm_eps", 1e-6)),
         "qkv_bias": bias,
         "tie_embeddings": bool(cfg.get("tie_word_embeddings", False)),
+        "fused_proj": mt == "phi3",
         **_rope_settings(cfg, cfg_path),
     }
     weights = _weight_index(d)

@@ -59,11 +59,12 @@ def make_checkpoint(d: Path, family: str = "llama", shard: bool = False, **over)
     torch.manual_seed(0)
     kw = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
               intermediate_size=128, vocab_size=300, max_position_embeddings=256,
-              bos_token_id=1, eos_token_id=2, initializer_range=0.2)  # fmt: skip
+              bos_token_id=1, eos_token_id=2, pad_token_id=0, initializer_range=0.2)  # fmt: skip
     kw.update(over)
     cls = {"llama": ("LlamaConfig", "LlamaForCausalLM"),
            "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
-           "mistral": ("MistralConfig", "MistralForCausalLM")}[family]  # fmt: skip
+           "mistral": ("MistralConfig", "MistralForCausalLM"),
+           "phi3": ("Phi3Config", "Phi3ForCausalLM")}[family]  # fmt: skip
     config = getattr(transformers, cls[0])(**kw)
     model = getattr(transformers, cls[1])(config).eval()
     d.mkdir(parents=True, exist_ok=True)
@@ -184,6 +185,7 @@ ROPE_LLAMA3 = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 4.0, "low
         ("qwen2", True, {}),
         ("llama", False, {"tie_word_embeddings": True}),
         ("mistral", False, {}),
+        ("phi3", True, {}),
         ("llama", False, {"rope_parameters": ROPE_LLAMA3}),
         (
             "llama",
@@ -196,6 +198,7 @@ ROPE_LLAMA3 = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 4.0, "low
         "qwen2-sharded",
         "llama-tied",
         "mistral",
+        "phi3-sharded",
         "llama-rope-llama3",
         "llama-rope-linear",
     ],
