@@ -174,6 +174,11 @@ def run(args: argparse.Namespace) -> int:
     # trust exactly the key that verified here (or run unverified with --allow-unsigned).
     checked = check_bundle(args.bundle, args.trust, allow_unsigned=args.allow_unsigned)
     warn_unverified("serve", args.bundle, checked.signed, checked.signer is not None)
+    if (checked.manifest.get("plan") or {}).get("kind") == "llm":  # hfllm
+        raise ServingError(
+            f"{args.bundle} is an LLM bundle (from a Hugging Face directory): serve it with "
+            "--openai-port N"
+        )
     trust_key = (
         {"keys": [checked.signer.raw.hex()]}
         if checked.signer is not None

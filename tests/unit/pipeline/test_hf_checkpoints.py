@@ -363,3 +363,11 @@ def test_serve_cli_openai_port(served, tmp_path: Path) -> None:
         t0 = time.monotonic()
         proc.wait(timeout=30)
         assert time.monotonic() - t0 < 30
+
+
+@pytest.mark.slow
+def test_serve_kserve_refuses_llm_bundle(served) -> None:
+    _, _, d = served
+    p = cli("serve", str(d.parent / "q.tzb"), "--port", "0", timeout=120)
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and len(lines) == 1 and "--openai-port" in lines[0], p.stderr
