@@ -371,3 +371,43 @@ def test_serve_kserve_refuses_llm_bundle(served) -> None:
     p = cli("serve", str(d.parent / "q.tzb"), "--port", "0", timeout=120)
     lines = p.stderr.strip().splitlines()
     assert p.returncode == 2 and len(lines) == 1 and "--openai-port" in lines[0], p.stderr
+
+
+@pytest.mark.slow
+def test_agent_spec_llm_node_runs_a_checkpoint(tmp_path: Path) -> None:
+    """An agent spec's llm node may name a checkpoint directory: its weights run, its answer's
+    token ids equal transformers' greedy ones (prefill and decode as separate agent stages)."""
+    import numpy as np
+    import yaml
+
+    from terrazzo.pipeline import compile_agent
+    from terrazzo.runtime.agent_plan import LocalAgent, agent_serving_plan
+
+    model = make_checkpoint(tmp_path / "ck", "qwen2")
+    spec = tmp_path / "agent.yaml"
+    spec.write_text(yaml.safe_dump({
+        "name": "ckagent",
+        "nodes": [
+            {"name": "prompt", "type": "input", "shape": [1, 6], "dtype": "int64"},
+            {"name": "gen", "type": "llm", "checkpoint": "ck", "dtype": "fp32",
+             "max_new_tokens": 8, "input_tokens": 6},
+            {"name": "echo", "type": "model", "torch": "echo.py:Echo",
+             "example_inputs": {"tokens": {"shape": [1, 8], "dtype": "int64"}}},
+            {"name": "out", "type": "output"},
+        ],
+        "edges": ["prompt -> gen", "gen -> echo", "echo -> out"],
+    }))  # fmt: skip
+    (tmp_path / "echo.py").write_text(
+        "import torch\n\n\nclass Echo(torch.nn.Module):\n"
+        "    def forward(self, tokens):\n        return tokens + 0\n"
+    )
+    (tmp_path / "fleet.yaml").write_text(FLEET)
+    res = compile_agent(spec, tmp_path / "fleet.yaml", 5.0, tmp_path / "a.tzb")
+    assert res.devices["gen"]
+    ids = [1, 17, 40, 99, 123, 250]
+    want = hf_greedy(model, ids, 8)
+    env = LocalAgent(agent_serving_plan(res.path))({"prompt": np.array([ids], np.int64)})
+    got = [int(t) for t in np.asarray(env["gen"]).reshape(-1)]
+    assert got[: len(want)] == want
+    # the model node downstream gets the tokens through the agent glue (byte vocabulary: mod 256)
+    assert [int(t) for t in np.asarray(env["out"]).reshape(-1)][:5] == want[:5]
