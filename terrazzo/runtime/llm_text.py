@@ -213,3 +213,55 @@ def open_generator(bundle: Any) -> TextGenerator:
     return TextGenerator(
         llm, bundle.load_stage(int(stages["prefill"])), bundle.load_stage(int(stages["decode"]))
     )
+
+
+def decode_session(path: str, index: int, trust_key: Any = None, keep: int = 8) -> Any:
+    """Worker runner for the decode phase that keeps each request's KV cache between steps.
+
+    Inputs ``token``, ``pos``, ``k_cache``, ``v_cache`` and ``session`` (int64 ``[1]``): a
+    non-empty cache (the prefill's, handed over once) starts or replaces the session's cache;
+    an empty one continues from the cache the session left. Returns ``logits`` and empty
+    ``k_cache``/``v_cache`` (the cache stays here). The ``keep`` most recent sessions are kept.
+    """
+    from collections import OrderedDict
+
+    from terrazzo.bundle import open_bundle
+
+    if isinstance(trust_key, Mapping) and "hex" in trust_key:
+        trust_key = bytes.fromhex(trust_key["hex"])
+    stage = open_bundle(path, trust_key=trust_key).load_stage(int(index))
+    caches: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+    empty = np.zeros((0,), np.float32)
+
+    def run(values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        sid = int(np.asarray(values["session"]).reshape(-1)[0])
+        k, v = np.asarray(values["k_cache"]), np.asarray(values["v_cache"])
+        if k.size == 0:
+            if sid not in caches:
+                raise ServingError(f"decode session {sid} has no KV cache (hand it over first)")
+            k, v = caches[sid]
+        out = stage({"token": values["token"], "pos": values["pos"], "k_cache": k, "v_cache": v})
+        caches[sid] = (out["k_cache"], out["v_cache"])
+        caches.move_to_end(sid)
+        while len(caches) > keep:
+            caches.popitem(last=False)
+        return {"logits": out["logits"], "k_cache": empty, "v_cache": empty}
+
+    return run
+
+
+class SessionDecode:
+    """The decode phase over a ``decode_session`` worker: the KV cache crosses once per
+    request (with its first step) and stays on the decode worker afterwards."""
+
+    def __init__(self, remote: Phase) -> None:
+        self.remote = remote
+        self.session = 0
+        self._sent: int | None = None
+
+    def __call__(self, values: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+        k = np.asarray(values["k_cache"])
+        if k.size:  # a fresh prefill cache: a new session, handed over now
+            self.session += 1
+        out = self.remote({**values, "session": np.array([self.session], np.int64)})
+        return {"logits": out["logits"], "k_cache": out["k_cache"], "v_cache": out["v_cache"]}

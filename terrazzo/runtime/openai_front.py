@@ -4,9 +4,11 @@
 ``terrazzo serve BUNDLE --openai-port N`` on a bundle from ``terrazzo compile MODEL_DIR``
 starts the prefill stage and the decode stage as two separate worker processes (the normal
 ``terrazzo.runtime.worker`` over loopback gRPC, runner ``runners:bundle_stage``), and this
-front tokenises, calls the prefill worker, hands the KV cache to the decode worker for each
-step, and detokenises (``terrazzo.runtime.llm_text.TextGenerator``). Requests are served one at
-a time (no batching yet); each decode step sends the cache to the decode worker and back.
+front tokenises, calls the prefill worker, hands the prefill's KV cache to the decode worker
+once (with the first decode step; the decode worker's ``llm_text.decode_session`` runner keeps
+it per request), then sends only the token and position per step, and detokenises
+(``terrazzo.runtime.llm_text.TextGenerator``). Requests are served one at a time (no batching
+yet).
 
 Bad requests (prompt longer than the context, unknown fields' bad values) answer HTTP 400 with
 the OpenAI error body, which the ``openai`` client raises as ``BadRequestError``.
@@ -26,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from terrazzo.errors import ServingError
-from terrazzo.runtime.llm_text import SamplingParams, TextGenerator
+from terrazzo.runtime.llm_text import SamplingParams, SessionDecode, TextGenerator
 
 
 class RemotePhase:
@@ -85,10 +87,14 @@ class LLMService:
         jobs = []
         for phase in ("prefill", "decode"):
             st = infos[int(llm["stages"][phase])]
+            ins = tuple(t.name for t in st.inputs)
+            factory = "terrazzo.runtime.runners:bundle_stage"
+            if phase == "decode":  # the KV cache is handed over once and stays there
+                factory, ins = "terrazzo.runtime.llm_text:decode_session", (*ins, "session")
             spec = StageSpec(
                 index=int(st.index), device=str(st.device),
-                inputs=tuple(t.name for t in st.inputs), outputs=tuple(t.name for t in st.outputs),
-                runner=RunnerSpec("terrazzo.runtime.runners:bundle_stage", {
+                inputs=ins, outputs=tuple(t.name for t in st.outputs),
+                runner=RunnerSpec(factory, {
                     "path": str(Path(bundle_path).resolve()), "index": int(st.index),
                     "trust_key": worker_trust}),
             )  # fmt: skip
@@ -98,7 +104,7 @@ class LLMService:
             RemotePhase(w.address, s.index, s.inputs, self.token)
             for w, (s, _) in zip(self.workers, jobs, strict=True)
         ]
-        self.generator = TextGenerator(llm, self.phases[0], self.phases[1])
+        self.generator = TextGenerator(llm, self.phases[0], SessionDecode(self.phases[1]))
         self.lock = threading.Lock()  # one request at a time (no batching yet)
 
     def close(self) -> None:

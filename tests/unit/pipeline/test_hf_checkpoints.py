@@ -411,3 +411,25 @@ def test_agent_spec_llm_node_runs_a_checkpoint(tmp_path: Path) -> None:
     assert got[: len(want)] == want
     # the model node downstream gets the tokens through the agent glue (byte vocabulary: mod 256)
     assert [int(t) for t in np.asarray(env["out"]).reshape(-1)][:5] == want[:5]
+
+
+def test_session_decode_hands_the_kv_over_once() -> None:
+    """The served decode phase sends the prefill's cache with its first step only."""
+    import numpy as np
+
+    from terrazzo.runtime.llm_text import SessionDecode
+
+    sent: list[tuple[int, int]] = []
+
+    def remote(values):
+        sent.append((int(values["session"][0]), int(np.asarray(values["k_cache"]).size)))
+        return {"logits": np.zeros((1, 4), np.float32), "k_cache": np.zeros(0, np.float32),
+                "v_cache": np.zeros(0, np.float32)}  # fmt: skip
+
+    dec = SessionDecode(remote)
+    kv = np.ones((2, 2, 8, 4), np.float32)
+    empty = np.zeros(0, np.float32)
+    tok, pos = np.array([[1]]), np.array([3])
+    for k in (kv, empty, empty, kv, empty):  # two requests
+        dec({"token": tok, "pos": pos, "k_cache": k, "v_cache": k})
+    assert sent == [(1, kv.size), (1, 0), (1, 0), (2, kv.size), (2, 0)]
