@@ -74,15 +74,20 @@ def _run_llm(args: argparse.Namespace, b: Any) -> int:
     params = SamplingParams(args.max_tokens, args.temperature, args.top_p, args.top_k,
                             args.seed, tuple(args.stop))  # fmt: skip
     t0 = time.perf_counter()
+    if not args.json:  # stream the text as it is generated
+        import sys
+
+        for _, delta in gen.stream_text(ids, params):
+            sys.stdout.write(delta)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        return 0
     toks, text, reason = gen.generate(ids, params)
     dt = time.perf_counter() - t0
     result = {"name": b.name, "prompt_tokens": len(ids), "token_ids": toks, "text": text,
               "finish_reason": reason, "seconds": dt,
               "tokens_per_s": len(toks) / dt if dt > 0 else 0.0}  # fmt: skip
-    if args.json:
-        print_json(result)
-    else:
-        print(text)
+    print_json(result)
     return 0
 
 

@@ -312,6 +312,8 @@ def test_run_cli_chat_stop_sampling_and_bad_prompt(served) -> None:
     assert got["prompt_tokens"] == len(ids) and got["token_ids"] == want
     # a stop string cuts the text where it first appears and ends generation
     full = run_prompt(bundle, "hello", "--max-tokens", "12")
+    plain = cli("run", str(bundle), "--prompt", "hello", "--max-tokens", "12")  # streamed text
+    assert plain.returncode == 0 and plain.stdout == full["text"] + "\n"
     stop = next(c for c in full["text"][2:] if c.isascii() and c.isalnum())
     cut = run_prompt(bundle, "hello", "--max-tokens", "12", "--stop", stop)
     n = len(cut["token_ids"])
