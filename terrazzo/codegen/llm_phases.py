@@ -9,7 +9,9 @@ lets the prefill and decode phases live on different workers (device classes) wi
 cache travelling between them as two plain tensors — the paper's P::D split.
 
 The model is our own module (RMSNorm, rotary embeddings, grouped-query attention, SwiGLU)
-with random weights; there are no downloads.
+with random weights, or, with ``checkpoint`` set, the weights of a Hugging Face Llama / Qwen2 /
+Mistral directory (``terrazzo.frontend.hf``), streamed tensor by tensor from its safetensors
+files into the module before export; there are no downloads.
 """
 
 from __future__ import annotations
@@ -45,6 +47,19 @@ class TinyLlamaConfig:
     prompt_len: int = 32  # prompts are right-padded to this length
     rope_theta: float = 10000.0
     seed: int = 0
+    # Checkpoint builds (terrazzo.frontend.hf.read_hf_dir → build_settings); defaults keep
+    # the random-weight model exactly as before.
+    attn_head_dim: int = 0  # 0: d_model // n_heads
+    rms_eps: float = 1e-5
+    qkv_bias: bool = False
+    tie_embeddings: bool = False
+    fused_proj: bool = False  # Phi-3: qkv_proj and gate_up_proj in the checkpoint
+    rope_type: str = "default"  # default | linear | llama3
+    rope_factor: float = 1.0
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_max: int = 8192
+    checkpoint: str = ""  # a Hugging Face directory whose weights replace the random ones
 
     @staticmethod
     def from_arch(arch: LLMConfig, prompt_len: int = 32, max_len: int = 64) -> TinyLlamaConfig:
@@ -77,7 +92,7 @@ class TinyLlamaConfig:
 
     @property
     def head_dim(self) -> int:
-        return self.d_model // self.n_heads
+        return self.attn_head_dim or self.d_model // self.n_heads
 
     @property
     def cache_shape(self) -> tuple[int, int, int, int]:
@@ -105,15 +120,15 @@ def _build_torch_modules(cfg: TinyLlamaConfig) -> tuple[Any, Any]:
             self.weight = nn.Parameter(1.0 + 0.1 * torch.randn(d))
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5) * self.weight
+            return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + cfg.rms_eps) * self.weight
 
     class Layer(nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.attn_norm = RMSNorm(cfg.d_model)
-            self.q = nn.Linear(cfg.d_model, nh * hd, bias=False)
-            self.k = nn.Linear(cfg.d_model, nkv * hd, bias=False)
-            self.v = nn.Linear(cfg.d_model, nkv * hd, bias=False)
+            self.q = nn.Linear(cfg.d_model, nh * hd, bias=cfg.qkv_bias)
+            self.k = nn.Linear(cfg.d_model, nkv * hd, bias=cfg.qkv_bias)
+            self.v = nn.Linear(cfg.d_model, nkv * hd, bias=cfg.qkv_bias)
             self.o = nn.Linear(nh * hd, cfg.d_model, bias=False)
             self.mlp_norm = RMSNorm(cfg.d_model)
             self.gate = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
@@ -130,7 +145,7 @@ def _build_torch_modules(cfg: TinyLlamaConfig) -> tuple[Any, Any]:
             self.layers = nn.ModuleList([Layer() for _ in range(cfg.n_layers)])
             self.norm = RMSNorm(cfg.d_model)
             self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
-            inv = 1.0 / (cfg.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float32) / hd))
+            inv = _rope_inv_freq(cfg)
             ang = torch.arange(cfg.max_len, dtype=torch.float32)[:, None] * inv[None, :]
             self.register_buffer("cos", torch.cos(ang), persistent=False)
             self.register_buffer("sin", torch.sin(ang), persistent=False)
@@ -177,6 +192,8 @@ def _build_torch_modules(cfg: TinyLlamaConfig) -> tuple[Any, Any]:
             return self.norm(h), torch.stack(new_k), torch.stack(new_v)
 
     core = Core().eval()
+    if cfg.checkpoint:
+        _load_checkpoint(core, cfg)
     s = cfg.max_len
 
     class Prefill(nn.Module):
@@ -216,6 +233,84 @@ def _build_torch_modules(cfg: TinyLlamaConfig) -> tuple[Any, Any]:
             return self.core.lm_head(h), k, v
 
     return Prefill().eval(), Decode().eval()
+
+
+def _rope_inv_freq(cfg: TinyLlamaConfig) -> Any:
+    """Rotary inverse frequencies as transformers computes them (default, linear, llama3)."""
+    import torch
+
+    hd = cfg.head_dim
+    inv = 1.0 / (cfg.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float32) / hd))
+    if cfg.rope_type == "linear":
+        return inv / cfg.rope_factor
+    if cfg.rope_type == "llama3":
+        low_wl = cfg.rope_original_max / cfg.rope_low_freq_factor
+        high_wl = cfg.rope_original_max / cfg.rope_high_freq_factor
+        wavelen = 2 * math.pi / inv
+        scaled = torch.where(wavelen > low_wl, inv / cfg.rope_factor, inv)
+        smooth = (cfg.rope_original_max / wavelen - cfg.rope_low_freq_factor) / (
+            cfg.rope_high_freq_factor - cfg.rope_low_freq_factor
+        )
+        smoothed = (1 - smooth) * scaled / cfg.rope_factor + smooth * scaled
+        medium = ~(wavelen < high_wl) & ~(wavelen > low_wl)
+        return torch.where(medium, smoothed, scaled)
+    if cfg.rope_type != "default":
+        from terrazzo.errors import CodegenError
+
+        raise CodegenError(f"rope_type {cfg.rope_type!r} is not supported")
+    return inv
+
+
+def _load_checkpoint(core: Any, cfg: TinyLlamaConfig) -> None:
+    """Copy a Hugging Face checkpoint's tensors into ``core``, streamed one tensor at a time."""
+    import torch
+
+    from terrazzo.errors import CodegenError
+    from terrazzo.frontend.hf import expected_weights, iter_tensors
+
+    settings = {"n_layers": cfg.n_layers, "qkv_bias": cfg.qkv_bias,
+                "tie_embeddings": cfg.tie_embeddings, "fused_proj": cfg.fused_proj}  # fmt: skip
+    fused: dict[str, list[Any]] = {}
+    targets: dict[str, Any] = {
+        "model.embed_tokens.weight": core.embed.weight,
+        "model.norm.weight": core.norm.weight,
+        "lm_head.weight": core.lm_head.weight,
+    }
+    for i, layer in enumerate(core.layers):
+        p = f"model.layers.{i}."
+        targets[p + "input_layernorm.weight"] = layer.attn_norm.weight
+        targets[p + "post_attention_layernorm.weight"] = layer.mlp_norm.weight
+        for x, mod in (("q", layer.q), ("k", layer.k), ("v", layer.v), ("o", layer.o)):
+            targets[p + f"self_attn.{x}_proj.weight"] = mod.weight
+            if cfg.qkv_bias and x != "o":
+                targets[p + f"self_attn.{x}_proj.bias"] = mod.bias
+        for x, mod in (("gate", layer.gate), ("up", layer.up), ("down", layer.down)):
+            targets[p + f"mlp.{x}_proj.weight"] = mod.weight
+        # fused (Phi-3): rows split in order q|k|v and gate|up
+        targets[p + "self_attn.qkv_proj.weight"] = torch.cat(
+            [layer.q.weight, layer.k.weight, layer.v.weight]
+        )
+        targets[p + "mlp.gate_up_proj.weight"] = torch.cat([layer.gate.weight, layer.up.weight])
+        fused[p + "self_attn.qkv_proj.weight"] = [layer.q.weight, layer.k.weight, layer.v.weight]
+        fused[p + "mlp.gate_up_proj.weight"] = [layer.gate.weight, layer.up.weight]
+    names = expected_weights(settings)
+    with torch.no_grad():
+        for name, t in iter_tensors(cfg.checkpoint, names):
+            dst = targets[name]
+            if tuple(t.shape) != tuple(dst.shape):
+                raise CodegenError(
+                    f"{cfg.checkpoint}: weight tensor {name!r} has shape {list(t.shape)}; "
+                    f"config.json implies {list(dst.shape)}"
+                )
+            if name in fused:
+                rows = 0
+                for part in fused[name]:
+                    part.copy_(t[rows : rows + part.shape[0]].to(torch.float32))
+                    rows += part.shape[0]
+                continue
+            dst.copy_(t.to(torch.float32))
+        if cfg.tie_embeddings:
+            core.lm_head.weight.copy_(core.embed.weight)
 
 
 def example_inputs(cfg: TinyLlamaConfig) -> dict[str, dict[str, np.ndarray]]:

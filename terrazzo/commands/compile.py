@@ -19,8 +19,9 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "model",
         metavar="MODEL",
-        help="ONNX file, zoo model name (e.g. mlp, bert), agent spec (.yaml), or placed tz MLIR "
-        "(.mlir, from `terrazzo plan -o`; builds exactly the placement it states)",
+        help="ONNX file, zoo model name (e.g. mlp, bert), agent spec (.yaml), placed tz MLIR "
+        "(.mlir, from `terrazzo plan -o`; builds exactly the placement it states), or a Hugging "
+        "Face model directory (config.json, *.safetensors, tokenizer.json: Llama, Qwen2, Mistral)",
     )
     p.add_argument("--fleet", required=True, help="fleet YAML (devices: {name: {count: N}})")
     p.add_argument(
@@ -61,6 +62,15 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("-o", "--output", default="model.tzb", help="bundle path (default model.tzb)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    llm = p.add_argument_group("Hugging Face model directories")
+    llm.add_argument(
+        "--max-len", type=int, default=128,
+        help="context the KV cache holds, prompt + generated tokens (default 128)",
+    )  # fmt: skip
+    llm.add_argument(
+        "--prompt-len", type=int, default=32,
+        help="static prefill chunk; longer prompts finish through decode steps (default 32)",
+    )  # fmt: skip
     from terrazzo.commands._common import add_shape_args
 
     add_shape_args(p)
@@ -86,6 +96,10 @@ def run(args: argparse.Namespace) -> int:
         from terrazzo.errors import TerrazzoError
 
         raise TerrazzoError("the following arguments are required: --sla (e.g. --sla 50ms)")
+    from terrazzo.frontend.hf import is_hf_dir
+
+    if is_hf_dir(args.model):  # Hugging Face checkpoints: terrazzo.pipeline.hf_llm
+        return _compile_hf(args)
     if is_agent_spec(args.model):  # agent graphs (YAML): terrazzo.pipeline.compile_agent
         from terrazzo.commands._agent import run_compile
 
@@ -216,6 +230,48 @@ def run(args: argparse.Namespace) -> int:
     line = describe_dynamic({**dyn, "shape_build": "symbolic"})
     if line:
         out.print(line)
+    out.print(f"signed with: {summary['signed_with']}")
+    return 0
+
+
+def _compile_hf(args: argparse.Namespace) -> int:
+    """A Hugging Face directory → an LLM bundle (prefill and decode stages, tokenizer inside)."""
+    from rich.console import Console
+
+    from terrazzo.commands._common import print_json
+    from terrazzo.pipeline.hf_llm import compile_hf
+
+    err = Console(stderr=True)
+
+    def progress(event: str, d: Any) -> None:
+        if event == "build":
+            err.print(f"    build {d['task']} on {d['device']}")
+
+    res = compile_hf(
+        args.model, args.fleet, args.sla, args.output, rps=1.0 if args.rps is None else args.rps,
+        solver=args.solver, max_len=args.max_len, prompt_len=args.prompt_len,
+        profile=args.profile, sign_key=args.sign, progress=progress,
+    )  # fmt: skip
+    summary = {
+        "bundle": str(res.path),
+        "model_type": res.model_type,
+        "devices": res.devices,
+        "usd_per_hour": res.plan.usd_per_hour,
+        "latency_s": res.plan.latency_s,
+        "notes": list(res.notes),
+        "build_s": round(res.build_s, 2),
+        "signed_with": _signed_with(args.sign),
+    }
+    if args.json:
+        print_json(summary)
+        return 0
+    out = Console()
+    out.print(
+        f"{res.model_type} → {res.path}: prefill on {res.devices['llm.prefill']}, decode on "
+        f"{res.devices['llm.decode']}, {res.plan.usd_per_hour:.4f} USD/h; built in {res.build_s:.1f} s"
+    )
+    for n in res.notes:
+        out.print(f"note: {n}")
     out.print(f"signed with: {summary['signed_with']}")
     return 0
 

@@ -42,7 +42,53 @@ def register(subparsers: Any) -> None:
         help="shape of a random input of a dynamic-shape bundle, e.g. x=3x16 (repeatable; "
         "default: the shape the bundle was planned at)",
     )
+    t = p.add_argument_group("LLM bundles (compiled from a Hugging Face directory)")
+    t.add_argument("--prompt", help="text prompt: generate text (greedy unless --temperature)")
+    t.add_argument("--chat", action="store_true", help="wrap --prompt in the chat template")
+    t.add_argument("--max-tokens", type=int, default=16, help="tokens to generate (default 16)")
+    t.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default)")
+    t.add_argument("--top-p", type=float, default=1.0)
+    t.add_argument("--top-k", type=int, default=0)
+    t.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     p.set_defaults(func=run)
+
+
+def _run_llm(args: argparse.Namespace, b: Any) -> int:
+    """Text in, text out through the bundle's prefill and decode stages (``runtime.llm_text``)."""
+    import time
+
+    from terrazzo.commands._common import print_json
+    from terrazzo.errors import TerrazzoError
+    from terrazzo.runtime.llm_text import SamplingParams, open_generator
+
+    if args.prompt is None:
+        raise TerrazzoError(f"{args.bundle} is an LLM bundle: give --prompt TEXT")
+    if args.max_tokens < 1:
+        raise TerrazzoError(f"--max-tokens {args.max_tokens}: must be at least 1")
+    gen = open_generator(b)
+    ids = (
+        gen.encode_chat([{"role": "user", "content": args.prompt}])
+        if args.chat
+        else gen.encode(args.prompt)
+    )
+    params = SamplingParams(args.max_tokens, args.temperature, args.top_p, args.top_k,
+                            args.seed, tuple(args.stop))  # fmt: skip
+    t0 = time.perf_counter()
+    if not args.json:  # stream the text as it is generated
+        import sys
+
+        for _, delta in gen.stream_text(ids, params):
+            sys.stdout.write(delta)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        return 0
+    toks, text, reason = gen.generate(ids, params)
+    dt = time.perf_counter() - t0
+    result = {"name": b.name, "prompt_tokens": len(ids), "token_ids": toks, "text": text,
+              "finish_reason": reason, "seconds": dt,
+              "tokens_per_s": len(toks) / dt if dt > 0 else 0.0}  # fmt: skip
+    print_json(result)
+    return 0
 
 
 def _load_inputs(items: list[str], specs: Any) -> dict[str, Any]:
@@ -152,6 +198,8 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger("terrazzo.bundle").setLevel(logging.ERROR)
     with open_bundle(args.bundle, args.trust, allow_unsigned=args.allow_unsigned) as b:
         warn_unverified("run", args.bundle, b.signed, b.signature_verified)
+        if (b.plan_json or {}).get("llm") or args.prompt is not None:
+            return _run_llm(args, b)
         given = _load_inputs(args.input, b.inputs)
         random_names = [s.name for s in b.inputs if s.name not in given]
         specs = _concrete_specs(b, args.shape, given)

@@ -166,6 +166,12 @@ def register(subparsers: Any) -> None:
         help="with --max-batch-size: execute at once when a batch of K rows can be formed "
         "(repeatable)",
     )
+    # --- hfllm: OpenAI-compatible HTTP front for LLM bundles (terrazzo.runtime.openai_front)
+    p.add_argument(
+        "--openai-port", type=int, default=None, metavar="N",
+        help="LLM bundles: serve /v1/completions and /v1/chat/completions on this HTTP port",
+    )  # fmt: skip
+    # --- end hfllm
     p.set_defaults(func=run)
 
 
@@ -193,6 +199,12 @@ def _describe(server: Any) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "openai_port", None) is not None:  # hfllm: LLM bundles over OpenAI HTTP
+        from terrazzo.runtime.openai_front import run_until_signal
+
+        return run_until_signal(
+            args.bundle, args.openai_port, args.host, args.trust, args.allow_unsigned
+        )
     from terrazzo.runtime import TLSOptions, serve
 
     handler = logging.StreamHandler(sys.stderr)
@@ -242,6 +254,11 @@ def run(args: argparse.Namespace) -> int:
     # trust exactly the key that verified here (or run unverified with --allow-unsigned).
     checked = check_bundle(args.bundle, args.trust, allow_unsigned=args.allow_unsigned)
     warn_unverified("serve", args.bundle, checked.signed, checked.signer is not None)
+    if (checked.manifest.get("plan") or {}).get("kind") == "llm":  # hfllm
+        raise ServingError(
+            f"{args.bundle} is an LLM bundle (from a Hugging Face directory): serve it with "
+            "--openai-port N"
+        )
     trust_key = (
         {"keys": [checked.signer.raw.hex()]}
         if checked.signer is not None

@@ -361,6 +361,11 @@ def _lower_node(
 
 
 def _llm_arch(node: LLMNode, base: Path, where: str) -> LLMArch:
+    if node.checkpoint is not None:
+        from terrazzo.frontend.hf import read_hf_dir
+
+        ck = read_hf_dir(base / node.checkpoint)
+        return LLMArch.from_config(ck.config, f"{where} field 'checkpoint'")
     if node.preset is not None:
         return LLMArch.from_config(LLM_PRESETS[node.preset], where)
     cfg = node.config

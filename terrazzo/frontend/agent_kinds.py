@@ -122,6 +122,8 @@ def _lower_llm(node: LLMNode, cx: LowerContext) -> Lowered:
         "input_tokens": node.input_tokens,
         "output_tokens": osl,
     }
+    if node.checkpoint is not None:  # a Hugging Face directory: its weights run
+        attrs["checkpoint"] = str((cx.base_dir / node.checkpoint).resolve())
     return Lowered(
         attrs,
         TensorType((-1,), "int32"),

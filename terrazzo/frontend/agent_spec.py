@@ -144,12 +144,17 @@ class ModelNode(NodeSpecBase):
 
 
 class LLMNode(NodeSpecBase):
-    """An LLM call: a preset or a transformers-style config, with expected sequence lengths."""
+    """An LLM call: a preset, a transformers-style config (random weights) or a Hugging Face
+    ``checkpoint`` directory (its weights), with expected sequence lengths."""
 
     type: Literal["llm"]
     preset: str | None = Field(default=None, description=f"one of {sorted(LLM_PRESETS)}")
     config: dict[str, Any] | str | None = Field(
         default=None, description="transformers-style config dict, or path to a config.json"
+    )
+    checkpoint: str | None = Field(
+        default=None,
+        description="a Hugging Face model directory (config.json, safetensors): its weights run",
     )
     dtype: str = Field(
         default="fp16", description=f"weights/activations precision, one of {LLM_DTYPES}"
@@ -166,8 +171,9 @@ class LLMNode(NodeSpecBase):
 
     @model_validator(mode="after")
     def _check(self) -> LLMNode:
-        if (self.preset is None) == (self.config is None):
-            raise ValueError("give exactly one of preset or config")
+        given = [x is not None for x in (self.preset, self.config, self.checkpoint)]
+        if sum(given) != 1:
+            raise ValueError("give exactly one of preset, config or checkpoint")
         if self.preset is not None and self.preset not in LLM_PRESETS:
             raise ValueError(
                 f"unknown preset {self.preset!r}; expected one of {sorted(LLM_PRESETS)}"

@@ -159,16 +159,24 @@ def place_agent(
 
 
 def llm_config_of(op: Any) -> Any:
-    """The ``TinyLlamaConfig`` that runs an ``llm.call`` op (its spec architecture, random weights)."""
+    """The ``TinyLlamaConfig`` that runs an ``llm.call`` op: its spec architecture with random
+    weights, or a Hugging Face ``checkpoint`` directory's architecture and weights."""
     from terrazzo.codegen.llm_phases import TinyLlamaConfig
     from terrazzo.costmodel import llm
 
     a: dict[str, Any] = op.attr_dict
+    prompt_len = 32
+    if a.get("checkpoint"):  # a Hugging Face directory: its architecture and weights
+        from terrazzo.frontend.hf import read_hf_dir
+
+        max_len = prompt_len + int(a["max_new_tokens"])
+        ck = read_hf_dir(str(a["checkpoint"]), max_len=max_len)
+        return TinyLlamaConfig(**ck.build_settings, max_len=max_len, prompt_len=prompt_len,
+                               checkpoint=str(ck.path))  # fmt: skip
     arch = llm.LLMConfig.llama(
         op.name,
         *(int(a[k]) for k in ("layers", "d_model", "heads", "kv_heads", "ffn_dim", "vocab")),
     )
-    prompt_len = 32
     return TinyLlamaConfig.from_arch(arch, prompt_len, prompt_len + int(a["max_new_tokens"]))
 
 
