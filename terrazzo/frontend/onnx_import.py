@@ -14,7 +14,6 @@ from terrazzo.frontend.onnx_fixups import (
     fold_constant_of_shape,
     normalise_constants,
 )
-from terrazzo.frontend.onnx_ops import current_op, install, reset_current_op
 from terrazzo.frontend.relax_graph import to_graph, to_graph_symbolic, uniquify_names
 from terrazzo.frontend.signature import keep_signature_names
 from terrazzo.frontend.symbolic import resolve_shape_symbols
@@ -212,6 +211,10 @@ def from_onnx(
     """
     from tvm import relax
     from tvm.relax.frontend.onnx import from_onnx as tvm_from_onnx
+
+    # lazily: onnx_ops subclasses TVM's ONNX converter base, and terrazzo.frontend is imported by
+    # serving workers (agent runners) where onnx is deliberately unimportable
+    from terrazzo.frontend.onnx_ops import current_op, install, reset_current_op
 
     p = Path(path)
     model = load_model_safely(p)
