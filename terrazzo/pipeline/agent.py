@@ -267,6 +267,49 @@ def _target_choice(device: str, catalog: Any, device_builds: bool) -> Any:
     return choose_target(device, spec.tvm_target, spec.fallback_target)
 
 
+def build_task_stage(
+    index: int,
+    task: str,
+    exported: tuple[Any, list[Any], list[Any]],
+    plan: Any,
+    catalog: Any,
+    device_builds: bool,
+    tmpdir: Path,
+    say: Callable[[str, dict[str, Any]], Any],
+) -> Any:
+    """Build one placed task (a Relax module with its input/output specs) into a bundle stage.
+
+    The task's device comes from ``plan.assignment``, its replicas and predicted latency from the
+    plan stage holding it; the stage is built for that device's target (or the host CPU).
+    """
+    from terrazzo.bundle import StageContent
+    from terrazzo.codegen import StageModule, build_stage
+
+    mod, ins, outs = exported
+    device = plan.assignment[task]
+    choice = _target_choice(device, catalog, device_builds)
+    say("build", {"task": task, "device": device, "target": dict(choice.target)})
+    sm = StageModule(index, mod, (task,), tuple(t.name for t in ins),
+                     tuple(t.name for t in outs), (), (), ())  # fmt: skip
+    built = build_stage(sm, choice, tmpdir)
+    pstage = next(s for s in plan.stages if task in s.ops)
+    return StageContent(
+        index=index,
+        device=device,
+        target=dict(choice.target),
+        fallback_reason=choice.fallback_reason,
+        inputs=tuple(ins),
+        outputs=tuple(outs),
+        weights={},
+        files=dict(built.files),
+        replicas=int(pstage.replicas),
+        ops=(task,),
+        notes=built.notes,
+        predicted_latency_s=float(pstage.latency_s),
+        build_s=built.build_s,
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class BuildContext:
     """What a kind's ``build`` hook may use: the graph, the placement and a stage builder.
@@ -380,8 +423,8 @@ def compile_agent(
         FrontendError: the spec is malformed.  PlacementError: the SLA cannot be met.
         CodegenError: a node cannot be built.
     """
-    from terrazzo.bundle import StageContent, TensorSpec, write_bundle
-    from terrazzo.codegen import StageModule, build_stage, host_target
+    from terrazzo.bundle import TensorSpec, write_bundle
+    from terrazzo.codegen import host_target
     from terrazzo.costmodel import load_catalog
     from terrazzo.frontend import load_agent
 
@@ -396,7 +439,6 @@ def compile_agent(
     )
     say("placed", {"assignment": dict(plan.assignment), "latency_s": plan.latency_s})
     host = dict(host_target())
-    stage_of_task = {t: s.index for s in plan.stages for t in s.ops}
     stages: list[Any] = []
     gattrs: dict[str, Any] = dict(graph.attrs)
     loops = {
@@ -408,31 +450,9 @@ def compile_agent(
         tmpdir = Path(tmp)
 
         def add_stage(task: str, exported: tuple[Any, list[Any], list[Any]]) -> int:
-            mod, ins, outs = exported
             index = len(stages)
-            device = plan.assignment[task]
-            choice = _target_choice(device, catalog, device_builds)
-            say("build", {"task": task, "device": device, "target": dict(choice.target)})
-            sm = StageModule(index, mod, (task,), tuple(t.name for t in ins),
-                             tuple(t.name for t in outs), (), (), ())  # fmt: skip
-            built = build_stage(sm, choice, tmpdir)
-            pstage = plan.stages[stage_of_task[task]]
             stages.append(
-                StageContent(
-                    index=index,
-                    device=device,
-                    target=dict(choice.target),
-                    fallback_reason=choice.fallback_reason,
-                    inputs=tuple(ins),
-                    outputs=tuple(outs),
-                    weights={},
-                    files=dict(built.files),
-                    replicas=int(pstage.replicas),
-                    ops=(task,),
-                    notes=built.notes,
-                    predicted_latency_s=float(pstage.latency_s),
-                    build_s=built.build_s,
-                )
+                build_task_stage(index, task, exported, plan, catalog, device_builds, tmpdir, say)
             )
             return index
 

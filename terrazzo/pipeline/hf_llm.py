@@ -84,8 +84,8 @@ def compile_hf(
         FrontendError: the directory is unusable (one line naming the file and field).
         PlacementError / CodegenError: as for any compile.
     """
-    from terrazzo.bundle import StageContent, TensorSpec, write_bundle
-    from terrazzo.codegen import StageModule, build_stage, host_target
+    from terrazzo.bundle import TensorSpec, write_bundle
+    from terrazzo.codegen import host_target
     from terrazzo.codegen.llm_phases import (
         PHASE_OUTPUTS,
         TinyLlamaConfig,
@@ -97,7 +97,7 @@ def compile_hf(
     from terrazzo.frontend.agent import lower_spec
     from terrazzo.frontend.agent_spec import parse_spec
     from terrazzo.frontend.hf import read_hf_dir
-    from terrazzo.pipeline.agent import _target_choice, place_agent
+    from terrazzo.pipeline.agent import build_task_stage, place_agent
 
     t0 = time.perf_counter()
     say = progress or (lambda *_: None)
@@ -134,7 +134,6 @@ def compile_hf(
         graph, fleet, sla, rps, solver, cost_preset=None, pd_split=True, catalog=catalog
     )
     say("placed", {"assignment": dict(plan.assignment), "latency_s": plan.latency_s})
-    stage_of_task = {t: s.index for s in plan.stages for t in s.ops}
     ex = example_inputs(cfg)
     shapes = {"logits": (1, cfg.vocab_size), "k_cache": cfg.cache_shape, "v_cache": cfg.cache_shape}
     stages: list[Any] = []
@@ -143,31 +142,13 @@ def compile_hf(
         mods = export_relax(cfg)  # the weights stream in here, once for both phases
         for index, phase in enumerate(("prefill", "decode")):
             task = f"llm.{phase}"
-            device = plan.assignment[task]
-            choice = _target_choice(device, catalog, device_builds)
             ins = [TensorSpec(n, str(a.dtype), tuple(a.shape)) for n, a in ex[phase].items()]
             outs = [TensorSpec(n, "float32", tuple(shapes[n])) for n in PHASE_OUTPUTS[phase]]
-            say("build", {"task": task, "device": device, "target": dict(choice.target)})
-            sm = StageModule(index, mods[phase], (task,), tuple(t.name for t in ins),
-                             tuple(t.name for t in outs), (), (), ())  # fmt: skip
-            built = build_stage(sm, choice, Path(tmp))
-            pstage = plan.stages[stage_of_task[task]]
+            exported = (mods[phase], ins, outs)
             stages.append(
-                StageContent(
-                    index=index,
-                    device=device,
-                    target=dict(choice.target),
-                    fallback_reason=choice.fallback_reason,
-                    inputs=tuple(ins),
-                    outputs=tuple(outs),
-                    weights={},
-                    files=dict(built.files),
-                    replicas=int(pstage.replicas),
-                    ops=(task,),
-                    notes=built.notes,
-                    predicted_latency_s=float(pstage.latency_s),
-                    build_s=built.build_s,
-                )  # fmt: skip
+                build_task_stage(
+                    index, task, exported, plan, catalog, device_builds, Path(tmp), say
+                )
             )
         llm = {
             "model_type": ck.model_type,
