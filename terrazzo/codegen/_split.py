@@ -12,12 +12,16 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from terrazzo.errors import CodegenError
 from terrazzo.ir import TensorType
+
+if TYPE_CHECKING:
+    from terrazzo.ir import Graph
+    from terrazzo.placement import Plan
 
 # Constants at least this large become weight parameters; smaller ones (scalars, shape-like
 # index vectors) stay inlined in the compiled library where legalization may need them.
@@ -553,7 +557,7 @@ def _rebuild_tuple(ty: Any, leaves: Any) -> Any:
     return next(leaves)
 
 
-def split_stages(graph: Any, plan: Any) -> list[StageModule]:
+def split_stages(graph: Graph, plan: Plan) -> list[StageModule]:
     """Cut ``graph.relax_mod`` along ``plan.stages`` (see ``split_relax``).
 
     Args:
@@ -566,7 +570,7 @@ def split_stages(graph: Any, plan: Any) -> list[StageModule]:
     return list(split_relax(graph.relax_mod, plan_assignment(graph, plan)).stages)
 
 
-def plan_assignment(graph: Any, plan: Any) -> dict[str, int]:
+def plan_assignment(graph: Graph, plan: Plan) -> dict[str, int]:
     """Binding name → stage index from a Plan's stages (every graph op must be placed)."""
     if graph.relax_mod is None:
         raise CodegenError(

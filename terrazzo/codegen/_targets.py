@@ -15,7 +15,11 @@ import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from terrazzo.costmodel import Catalog
+    from terrazzo.placement import Plan
 
 # Oldest arch each nvcc major version still compiles for (CUDA 13 dropped sm_70/sm_72).
 _NVCC_MIN_SM = {13: 75, 12: 50, 11: 35}
@@ -162,7 +166,7 @@ def describe_target(target: Mapping[str, Any]) -> str:
     return _describe(target)
 
 
-def stage_targets(plan: Any, catalog: Any) -> dict[str, TargetChoice]:
+def stage_targets(plan: Plan, catalog: Catalog) -> dict[str, TargetChoice]:
     """Device class → TargetChoice for every class the plan uses."""
     out: dict[str, TargetChoice] = {}
     for st in plan.stages:

@@ -12,15 +12,25 @@ import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from terrazzo.errors import CodegenError, TerrazzoError
 from terrazzo.placement import SLA, Fleet, parse_duration_s
 
+if TYPE_CHECKING:
+    import torch
+
+    from terrazzo.ir import Graph
+
+# What the pipeline's entry points accept for each argument (the public boundary types).
+ModelLike: TypeAlias = "Graph | str | os.PathLike[str] | torch.nn.Module"
+FleetLike: TypeAlias = Fleet | str | os.PathLike[str] | Mapping[str, Any]
+SLALike: TypeAlias = SLA | float | str
+
 
 def load_model(
-    model: Any, example_inputs: Any = None, shapes: Any = None, plan_shapes: Any = None
-) -> tuple[Any, str]:
+    model: ModelLike, example_inputs: Any = None, shapes: Any = None, plan_shapes: Any = None
+) -> tuple[Graph, str]:
     """Turn ``model`` into a model-level ir.Graph; returns (graph, sha256 of its source).
 
     ``model`` is an ``ir.Graph``, a path to an ``.onnx`` file, a zoo name (``zoo:bert`` or
@@ -66,7 +76,7 @@ def load_model(
     )
 
 
-def model_reference(model: Any) -> str | None:
+def model_reference(model: ModelLike) -> str | None:
     """How a placed IR names ``model`` so compile can re-import it: ``zoo:NAME`` or an absolute path.
 
     None for a ``Graph`` or a torch module (a placed IR of those cannot be recompiled alone).
@@ -83,7 +93,7 @@ def _zoo_cache() -> Path:
     return Path(tempfile.gettempdir()) / "terrazzo-zoo"
 
 
-def as_fleet(fleet: Fleet | str | os.PathLike[str] | Mapping[str, Any]) -> Fleet:
+def as_fleet(fleet: FleetLike) -> Fleet:
     """A ``Fleet`` from a Fleet, a fleet YAML path, or a mapping (``{"devices": {...}}``).
 
     Raises:
@@ -101,7 +111,7 @@ def as_fleet(fleet: Fleet | str | os.PathLike[str] | Mapping[str, Any]) -> Fleet
     )
 
 
-def as_sla(sla: SLA | float | str) -> SLA:
+def as_sla(sla: SLALike) -> SLA:
     """An ``SLA`` from an SLA, seconds, or text such as ``"50ms"`` (end-to-end latency bound).
 
     Raises:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from terrazzo.codegen import (
     SplitModel,
@@ -30,8 +30,21 @@ from terrazzo.codegen import (
     stage_targets,
     tuning_records_text,
 )
-from terrazzo.pipeline.load import as_fleet, as_sla, load_model, model_reference
+from terrazzo.pipeline.load import (
+    FleetLike,
+    ModelLike,
+    SLALike,
+    as_fleet,
+    as_sla,
+    load_model,
+    model_reference,
+)
 from terrazzo.pipeline.reference import ReferenceIO, reference_io
+
+if TYPE_CHECKING:
+    from terrazzo.costmodel import Catalog
+    from terrazzo.ir import Graph
+    from terrazzo.placement import SLA, Fleet, ModelSource, Plan
 
 # Progress callback: (event, details). Events: "phase-start", "phase-end", "stage-built".
 ProgressFn = Callable[[str, Mapping[str, Any]], None]
@@ -42,8 +55,8 @@ class CompileResult:
     """What ``compile_model`` produced, for summaries and benchmarks."""
 
     path: Path
-    graph: Any
-    plan: Any
+    graph: Graph
+    plan: Plan
     split: SplitModel
     builds: tuple[StageBuild, ...]
     phase_s: Mapping[str, float]
@@ -56,22 +69,22 @@ def _noop(event: str, details: Mapping[str, Any]) -> None:
 
 
 def compile_model(
-    model: Any,
-    fleet: Any,
-    sla: Any,
+    model: ModelLike,
+    fleet: FleetLike,
+    sla: SLALike,
     rps: float = 1.0,
     out_path: str | os.PathLike[str] = "model.tzb",
     solver: str = "milp",
     tuning_db: Any = None,
     sign_key: str | os.PathLike[str] | bool | None = True,
     *,
-    catalog: Any = None,
+    catalog: Catalog | None = None,
     example_inputs: Any = None,
     shapes: Any = None,
     plan_shapes: Any = None,
     include_reference: bool = True,
     progress: ProgressFn | None = None,
-    plan: Any = None,
+    plan: Plan | None = None,
 ) -> CompileResult:
     """Run the whole pipeline and return details (see ``compile`` for the arguments).
 
@@ -104,14 +117,14 @@ def compile_model(
 
 def compile_placed(
     placed: str | os.PathLike[str],
-    fleet: Any,
-    sla: Any = None,
+    fleet: FleetLike,
+    sla: SLALike | None = None,
     rps: float | None = None,
     out_path: str | os.PathLike[str] = "model.tzb",
     tuning_db: Any = None,
     sign_key: str | os.PathLike[str] | bool | None = True,
     *,
-    catalog: Any = None,
+    catalog: Catalog | None = None,
     include_reference: bool = True,
     progress: ProgressFn | None = None,
 ) -> CompileResult:
@@ -197,7 +210,7 @@ class _Phases:
         self.emit("phase-end", {"phase": name, "seconds": self.seconds[name]})
 
 
-def _placed_ir(graph: Any, plan: Any, source: Any) -> str:
+def _placed_ir(graph: Graph, plan: Plan, source: ModelSource | None) -> str:
     """The placement→MLIR pass, checked by the IR's parser and verifier when tests ask."""
     from terrazzo.pipeline.checks import verify_placed_ir
     from terrazzo.placement import plan_to_mlir
@@ -208,13 +221,13 @@ def _placed_ir(graph: Any, plan: Any, source: Any) -> str:
 
 
 def _split_build_bundle(
-    graph: Any,
+    graph: Graph,
     model_sha: str,
     plan_mlir: str,
-    plan_obj: Any,
-    fleet_obj: Any,
-    sla_obj: Any,
-    cat: Any,
+    plan_obj: Plan,
+    fleet_obj: Fleet,
+    sla_obj: SLA,
+    cat: Catalog,
     db: Any,
     timer: _Phases,
     *,
@@ -333,7 +346,7 @@ def _split_build_bundle(
     )
 
 
-def _cut_values(graph: Any, assignment: Mapping[str, int]) -> set[str]:
+def _cut_values(graph: Graph, assignment: Mapping[str, int]) -> set[str]:
     """Values computed in one stage and read in another (what crosses the cuts)."""
     return {
         v
@@ -343,18 +356,18 @@ def _cut_values(graph: Any, assignment: Mapping[str, int]) -> set[str]:
     }
 
 
-def _binding_names(graph: Any) -> list[str]:
+def _binding_names(graph: Graph) -> list[str]:
     return relax_binding_names(graph.relax_mod)
 
 
-def graph_ranges(graph: Any) -> dict[str, tuple[int, int]]:
+def graph_ranges(graph: Graph) -> dict[str, tuple[int, int]]:
     """Symbol → declared range of a model graph with symbolic dimensions (``{}`` when static)."""
     from terrazzo.ir.shapes import parse_ranges
 
     return parse_ranges(str(dict(graph.attrs).get("dynamic_dims", "")))
 
 
-def graph_plan_sizes(graph: Any) -> dict[str, int]:
+def graph_plan_sizes(graph: Graph) -> dict[str, int]:
     """Symbol → the size the graph's costs (and so the plan) assume (``{}`` when static)."""
     from terrazzo.ir.shapes import parse_sizes
 
@@ -362,7 +375,7 @@ def graph_plan_sizes(graph: Any) -> dict[str, int]:
 
 
 def _specs(
-    names: tuple[str, ...], types: tuple[Any, ...], dims: tuple[tuple[str, ...], ...], graph: Any
+    names: tuple[str, ...], types: tuple[Any, ...], dims: tuple[tuple[str, ...], ...], graph: Graph
 ) -> tuple[Any, ...]:
     """Boundary signatures; symbolic dimensions carry their name and declared range."""
     from terrazzo.bundle import TensorSpec
@@ -383,14 +396,14 @@ def _specs(
     return tuple(out)
 
 
-def _fleet_json(fleet: Any) -> dict[str, Any]:
+def _fleet_json(fleet: Fleet) -> dict[str, Any]:
     try:
         return dict(fleet.model_dump(mode="json"))
     except Exception:
         return {"devices": list(getattr(fleet, "names", lambda: ())())}
 
 
-def _plan_summary(plan: Any, graph: Any = None) -> dict[str, Any]:
+def _plan_summary(plan: Plan, graph: Graph | None = None) -> dict[str, Any]:
     keys = ("solver", "gap", "latency_s", "throughput_rps", "usd_per_hour", "usd_per_request",
             "energy_j_per_request", "rps", "solve_time_s")  # fmt: skip
     out = {k: getattr(plan, k) for k in keys if hasattr(plan, k)}
@@ -406,9 +419,9 @@ def _plan_summary(plan: Any, graph: Any = None) -> dict[str, Any]:
 
 
 def compile(  # noqa: A001 - the public name mirrors `terrazzo compile`
-    model: Any,
-    fleet: Any,
-    sla: Any,
+    model: ModelLike,
+    fleet: FleetLike,
+    sla: SLALike,
     rps: float = 1.0,
     out_path: str | os.PathLike[str] = "model.tzb",
     solver: str = "milp",
