@@ -18,7 +18,6 @@ import importlib.util
 import math
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, cast
@@ -40,7 +39,7 @@ from terrazzo.frontend.agent_spec import (
     parse_spec,
 )
 from terrazzo.frontend.kinds import LowerContext, find_kind, node_kind
-from terrazzo.ir import AttrValue, Graph, Op, TensorType, make_attrs
+from terrazzo.ir import AttrValue, Graph, LLMConfig, Op, TensorType, make_attrs
 
 # LLM precision → IR dtype of its KV cache and bytes per element.
 _LLM_DTYPE = {
@@ -56,67 +55,48 @@ _LLM_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "fp8": 1, "int8": 1}
 _BUILDER_MODULES: dict[str, Any] = {}
 
 
-@dataclass(frozen=True, slots=True)
-class LLMArch:
-    """The parts of a decoder-only transformer that its cost depends on."""
-
-    layers: int
-    d_model: int
-    heads: int
-    kv_heads: int
-    ffn_dim: int
-    vocab: int
-
-    @property
-    def head_dim(self) -> int:
-        return self.d_model // self.heads
-
-    @property
-    def param_count(self) -> int:
-        """Weights of a Llama-style model with untied embeddings and a gated MLP."""
-        d, kv = self.d_model, self.kv_heads * self.head_dim
-        per_layer = 2 * d * d + 2 * d * kv + 3 * d * self.ffn_dim + 2 * d
-        return self.layers * per_layer + 2 * self.vocab * d + d
-
-    def kv_bytes_per_token(self, dtype: str) -> int:
-        """KV cache per token: 2 · layers · d_model · (kv_heads / heads) · bytes."""
-        return 2 * self.layers * self.kv_heads * self.head_dim * _LLM_BYTES[dtype]
-
-    @staticmethod
-    def from_config(cfg: Mapping[str, Any], where: str) -> LLMArch:
-        """Read a transformers-style config (``hidden_size``, ``num_hidden_layers``, ...)."""
-        need = (
-            "hidden_size",
-            "num_hidden_layers",
-            "num_attention_heads",
-            "intermediate_size",
-            "vocab_size",
+def llm_config_from_hf(cfg: Mapping[str, Any], where: str, name: str = "llm") -> LLMConfig:
+    """Read a transformers-style config (``hidden_size``, ``num_hidden_layers``, ...)."""
+    need = (
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "intermediate_size",
+        "vocab_size",
+    )
+    missing = [k for k in need if k not in cfg]
+    if missing:
+        raise FrontendError(f"{where}: config misses {', '.join(missing)}")
+    heads = int(cfg["num_attention_heads"])
+    kv = int(cfg.get("num_key_value_heads") or heads)
+    d = int(cfg["hidden_size"])
+    sizes = {k: int(cfg[k]) for k in need}
+    bad = [f"{k}={v}" for k, v in sizes.items() if v <= 0] + (
+        [f"num_key_value_heads={kv}"] if kv <= 0 else []
+    )
+    if bad:
+        raise FrontendError(f"{where}: {', '.join(bad)} must be > 0")
+    if d % heads or heads % kv:
+        raise FrontendError(
+            f"{where}: hidden_size={d}, num_attention_heads={heads}, num_key_value_heads={kv} "
+            "must divide evenly"
         )
-        missing = [k for k in need if k not in cfg]
-        if missing:
-            raise FrontendError(f"{where}: config misses {', '.join(missing)}")
-        heads = int(cfg["num_attention_heads"])
-        kv = int(cfg.get("num_key_value_heads") or heads)
-        d = int(cfg["hidden_size"])
-        if d % heads or heads % kv:
-            raise FrontendError(
-                f"{where}: hidden_size={d}, num_attention_heads={heads}, num_key_value_heads={kv} "
-                "must divide evenly"
-            )
-        return LLMArch(
-            int(cfg["num_hidden_layers"]),
-            d,
-            heads,
-            kv,
-            int(cfg["intermediate_size"]),
-            int(cfg["vocab_size"]),
-        )
+    return LLMConfig.llama(
+        name,
+        int(cfg["num_hidden_layers"]),
+        d,
+        heads,
+        kv,
+        int(cfg["intermediate_size"]),
+        int(cfg["vocab_size"]),
+    )
 
 
-def llm_arch_of(op: Op) -> LLMArch:
+def llm_arch_of(op: Op) -> LLMConfig:
     """The architecture recorded on an ``llm.call`` / ``llm.prefill`` / ``llm.decode`` op."""
     a = op.attr_dict
-    return LLMArch(
+    return LLMConfig.llama(
+        str(a.get("agent_node", op.name)),
         _int_attr(a["layers"]),
         _int_attr(a["d_model"]),
         _int_attr(a["heads"]),
@@ -124,6 +104,11 @@ def llm_arch_of(op: Op) -> LLMArch:
         _int_attr(a["ffn_dim"]),
         _int_attr(a["vocab"]),
     )
+
+
+def kv_bytes_per_token(arch: LLMConfig, dtype: str) -> int:
+    """KV cache per token at an agent ``dtype`` (int8 included): 2 · layers · kv_heads · head_dim · bytes."""
+    return 2 * arch.layers * arch.kv_heads * arch.head_dim * _LLM_BYTES[dtype]
 
 
 def _int_attr(v: AttrValue) -> int:
@@ -360,14 +345,14 @@ def _lower_node(
     )
 
 
-def _llm_arch(node: LLMNode, base: Path, where: str) -> LLMArch:
+def _llm_arch(node: LLMNode, base: Path, where: str) -> LLMConfig:
     if node.checkpoint is not None:
         from terrazzo.frontend.hf import read_hf_dir
 
         ck = read_hf_dir(base / node.checkpoint)
-        return LLMArch.from_config(ck.config, f"{where} field 'checkpoint'")
+        return llm_config_from_hf(ck.config, f"{where} field 'checkpoint'")
     if node.preset is not None:
-        return LLMArch.from_config(LLM_PRESETS[node.preset], where)
+        return llm_config_from_hf(LLM_PRESETS[node.preset], where)
     cfg = node.config
     if isinstance(cfg, str):
         import json
@@ -380,7 +365,7 @@ def _llm_arch(node: LLMNode, base: Path, where: str) -> LLMArch:
         except ValueError as e:
             raise FrontendError(f"{where} field 'config': {path} is not JSON ({e})") from None
     assert isinstance(cfg, dict)
-    return LLMArch.from_config(cfg, f"{where} field 'config'")
+    return llm_config_from_hf(cfg, f"{where} field 'config'")
 
 
 def _embeddings_info(
@@ -724,8 +709,8 @@ def _split_llm(op: Op, values: dict[str, TensorType]) -> list[Op]:
     values[kv] = kv_type
     values[kv_remote] = kv_type
     kv_bytes = kv_type.nbytes
-    assert kv_bytes == arch.kv_bytes_per_token(dtype) * isl
-    n = arch.param_count
+    assert kv_bytes == kv_bytes_per_token(arch, dtype) * isl
+    n = arch.params
     prefill = Op(
         name=f"{op.name}.prefill",
         kind="llm.prefill",
@@ -749,7 +734,7 @@ def _split_llm(op: Op, values: dict[str, TensorType]) -> list[Op]:
         bytes_written=kv_bytes,
     )
     # Decode reads all weights once per generated token plus the growing KV cache.
-    kv_read = sum(arch.kv_bytes_per_token(dtype) * (isl + t) for t in range(osl))
+    kv_read = sum(kv_bytes_per_token(arch, dtype) * (isl + t) for t in range(osl))
     decode = Op(
         name=f"{op.name}.decode",
         kind="llm.decode",
@@ -823,7 +808,8 @@ __all__ = [
     "AgentBuilder",
     "AgentSpec",
     "EdgeSpec",
-    "LLMArch",
+    "llm_config_from_hf",
+    "kv_bytes_per_token",
     "TensorSpec",
     "decompose",
     "llm_arch_of",

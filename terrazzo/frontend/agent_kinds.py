@@ -115,7 +115,7 @@ def _lower_llm(node: LLMNode, cx: LowerContext) -> Lowered:
         "d_model": arch.d_model,
         "heads": arch.heads,
         "kv_heads": arch.kv_heads,
-        "ffn_dim": arch.ffn_dim,
+        "ffn_dim": arch.intermediate,
         "vocab": arch.vocab,
         "dtype": node.dtype,
         "max_new_tokens": node.max_new_tokens,
@@ -127,8 +127,8 @@ def _lower_llm(node: LLMNode, cx: LowerContext) -> Lowered:
     return Lowered(
         attrs,
         TensorType((-1,), "int32"),
-        flops=2 * arch.param_count * (node.input_tokens + osl),
-        param_bytes=arch.param_count * _LLM_BYTES[node.dtype],
+        flops=2 * arch.params * (node.input_tokens + osl),
+        param_bytes=arch.params * _LLM_BYTES[node.dtype],
     )
 
 

@@ -15,7 +15,6 @@ from typing import Any
 from terrazzo.costmodel import llm
 from terrazzo.costmodel.catalog import DeviceSpec
 from terrazzo.costmodel.efficiency import LINK_LATENCY_S
-from terrazzo.frontend.agent import LLMArch
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,37 +60,31 @@ def phase_device(spec: DeviceSpec, datasheet: DeviceSpec | None = None) -> Phase
     return PhaseDevice(replace(spec, peak_tflops=MappingProxyType(tflops)), spec, native)
 
 
-def llm_config(arch: LLMArch, name: str = "custom") -> llm.LLMConfig:
-    """The cost model's config for an agent-level architecture (presets map to ``llm.PRESETS``)."""
+def llm_config(arch: llm.LLMConfig, name: str = "custom") -> llm.LLMConfig:
+    """``arch`` under ``name``; a preset's name gives the preset (``llm.PRESETS``, exact params)."""
     if name in llm.PRESETS:
         return llm.PRESETS[name]
-    return llm.LLMConfig.llama(
-        name, arch.layers, arch.d_model, arch.heads, arch.kv_heads, arch.ffn_dim, arch.vocab
-    )
+    return replace(arch, name=name)
 
 
-def _cfg(arch: LLMArch | llm.LLMConfig) -> llm.LLMConfig:
-    return arch if isinstance(arch, llm.LLMConfig) else llm_config(arch)
+def weights_bytes(arch: llm.LLMConfig, precision: str) -> int:
+    return arch.weight_bytes(precision)
 
 
-def weights_bytes(arch: LLMArch | llm.LLMConfig, precision: str) -> int:
-    return _cfg(arch).weight_bytes(precision)
-
-
-def kv_cache_bytes(arch: LLMArch | llm.LLMConfig, tokens: int, batch: int, precision: str) -> int:
+def kv_cache_bytes(arch: llm.LLMConfig, tokens: int, batch: int, precision: str) -> int:
     """2 · layers · d_model · (kv_heads / heads) · tokens · batch · bytes (``costmodel.llm``)."""
-    return llm.kv_cache_bytes(_cfg(arch), tokens, batch, precision)
+    return llm.kv_cache_bytes(arch, tokens, batch, precision)
 
 
 def prefill_latency_s(
-    arch: LLMArch | llm.LLMConfig, dev: PhaseDevice, isl: int, batch: int, tp: int, precision: str
+    arch: llm.LLMConfig, dev: PhaseDevice, isl: int, batch: int, tp: int, precision: str
 ) -> float:
     """Seconds to prefill ``batch`` prompts of ``isl`` tokens (``costmodel.llm.prefill_latency_s``)."""
-    return llm.prefill_latency_s(_cfg(arch), dev.spec, isl, batch, precision, tp)
+    return llm.prefill_latency_s(arch, dev.spec, isl, batch, precision, tp)
 
 
 def decode_step_latency_s(
-    arch: LLMArch | llm.LLMConfig,
+    arch: llm.LLMConfig,
     dev: PhaseDevice,
     context: int,
     batch: int,
@@ -99,16 +92,13 @@ def decode_step_latency_s(
     precision: str,
 ) -> float:
     """Seconds for one decode step of ``batch`` sequences at ``context`` tokens (``costmodel.llm``)."""
-    return llm.decode_step_latency_s(_cfg(arch), dev.spec, context, batch, precision, tp)
+    return llm.decode_step_latency_s(arch, dev.spec, context, batch, precision, tp)
 
 
-def max_batch(
-    arch: LLMArch | llm.LLMConfig, dev: PhaseDevice, tokens: int, tp: int, precision: str
-) -> int:
+def max_batch(arch: llm.LLMConfig, dev: PhaseDevice, tokens: int, tp: int, precision: str) -> int:
     """Most sequences of ``tokens`` whose KV fits beside the weights on ``tp`` devices (0 = none)."""
-    cfg = _cfg(arch)
-    free = tp * dev.spec.mem_bytes * llm.MEM_UTILISATION - cfg.weight_bytes(precision)
-    per_seq = llm.kv_cache_bytes(cfg, tokens, 1, precision)
+    free = tp * dev.spec.mem_bytes * llm.MEM_UTILISATION - arch.weight_bytes(precision)
+    per_seq = llm.kv_cache_bytes(arch, tokens, 1, precision)
     return max(0, int(free // per_seq)) if per_seq > 0 else 0
 
 

@@ -19,7 +19,7 @@ from terrazzo.costmodel import llm
 from terrazzo.costmodel.catalog import DeviceSpec
 from terrazzo.costmodel.tco import TCOOptions, usd_per_hour
 from terrazzo.errors import TerrazzoError
-from terrazzo.frontend.agent import LLMArch
+from terrazzo.frontend.agent import llm_config_from_hf
 from terrazzo.frontend.agent_spec import LLM_PRESETS
 from terrazzo.report import phases
 from terrazzo.report.phases import PhaseDevice
@@ -151,7 +151,7 @@ def arch_of(model: str) -> llm.LLMConfig:
         raise TerrazzoError(
             f"unknown model {model!r}; expected one of {sorted(set(LLM_PRESETS) | set(llm.PRESETS))}"
         )
-    return phases.llm_config(LLMArch.from_config(LLM_PRESETS[model], model), model)
+    return phases.llm_config(llm_config_from_hf(LLM_PRESETS[model], model), model)
 
 
 def _largest(ok: Any, hi: int) -> int:

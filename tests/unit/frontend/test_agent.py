@@ -10,8 +10,9 @@ import pytest
 from terrazzo.errors import FrontendError
 from terrazzo.frontend.agent import (
     AgentBuilder,
-    LLMArch,
     decompose,
+    kv_bytes_per_token,
+    llm_config_from_hf,
     load_agent,
     load_embeddings,
     resolve_callable,
@@ -56,18 +57,27 @@ def test_yaml_lowers_to_agent_graph(tmp_path: Path) -> None:
     assert g.op("save").attr("loop") is None
     # Llama 3 8B has ~8.03 B parameters; FP8 weights are one byte each.
     assert 8.0e9 < answer.param_bytes < 8.1e9
-    assert answer.flops == 2 * LLMArch.from_config(LLM_PRESETS["llama3-8b"], "t").param_count * (
+    assert answer.flops == 2 * llm_config_from_hf(LLM_PRESETS["llama3-8b"], "t").params * (
         4096 + 512
     )
 
 
 def test_llama3_kv_cache_per_token() -> None:
     # 2 · 32 layers · 8 kv heads · 128 head_dim · 2 bytes = 131072 bytes/token (128 KiB) for 8B FP16.
-    arch = LLMArch.from_config(LLM_PRESETS["llama3-8b"], "t")
-    assert arch.kv_bytes_per_token("fp16") == 131072
-    arch70 = LLMArch.from_config(LLM_PRESETS["llama3-70b"], "t")
-    assert arch70.kv_bytes_per_token("fp16") == 2 * 80 * 8 * 128 * 2
-    assert 70.0e9 < arch70.param_count < 71.0e9
+    arch = llm_config_from_hf(LLM_PRESETS["llama3-8b"], "t")
+    assert kv_bytes_per_token(arch, "fp16") == arch.kv_bytes_per_token("fp16") == 131072
+    assert kv_bytes_per_token(arch, "int8") == 65536  # agent dtypes include int8
+    arch70 = llm_config_from_hf(LLM_PRESETS["llama3-70b"], "t")
+    assert kv_bytes_per_token(arch70, "fp16") == 2 * 80 * 8 * 128 * 2
+    assert 70.0e9 < arch70.params < 71.0e9
+
+
+def test_llm_config_from_hf_refuses_bad_sizes() -> None:
+    bad = dict(LLM_PRESETS["llama3-8b"], num_hidden_layers=0)
+    with pytest.raises(FrontendError, match="num_hidden_layers=0 must be > 0"):
+        llm_config_from_hf(bad, "spec.yaml node 'llm'")
+    with pytest.raises(FrontendError, match="must divide evenly"):
+        llm_config_from_hf(dict(LLM_PRESETS["llama3-8b"], num_key_value_heads=5), "w")
 
 
 def test_decompose_splits_llm_into_phases(tmp_path: Path) -> None:
