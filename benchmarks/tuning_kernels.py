@@ -4,8 +4,17 @@ Question: for matmul 256³/512³, a conv2d and a softmax, how fast does the offl
 get (GFLOP/s, fraction of the machine's measured peak from torch matmul 2048³), and after
 how many trials does it reach 90% of MetaSchedule's best (same evaluator, same run)?
 
+Kernel speed is also given as a fraction of the CPU's *measured fp32 FMA peak*
+(``_peak.fma_peak_gflops``: register-resident vector FMAs, same threads, same run), the figure
+the issue's "≥ 80% of peak" target is about; the torch-matmul figure is kept for comparison.
+
+MetaSchedule at its usual long budget (the search target: ≥ 98% of its result within ≤ 64
+measured trials), run once and kept:
+``OMP_NUM_THREADS=2 .venv/bin/python benchmarks/tuning_kernels.py --trials 64 --ms-trials 1000
+--kernels mm512,conv_nhwc,softmax --name tuning_kernels_ms_long``.
+
 Run: ``OMP_NUM_THREADS=2 .venv/bin/python benchmarks/tuning_kernels.py [--trials N (24)]
-[--ms-trials N (16)] [--kernels mm256,mm512,conv_nhwc,softmax] [--no-ms]``.
+[--ms-trials N (16)] [--kernels mm256,mm512,conv_nhwc,softmax] [--no-ms] [--name RESULT]``.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import print_table, write_result  # noqa: E402
+from _peak import fma_peak_gflops  # noqa: E402
 
 
 def measure_peak_gflops() -> float:
@@ -60,6 +70,7 @@ def main() -> None:
         help="keep rows of kernels not run now from the previous result file",
     )
     ap.add_argument("--no-ms", action="store_true")
+    ap.add_argument("--name", default="tuning_kernels", help="result file name (results/NAME.json)")
     args = ap.parse_args()
     kernels = {
         "mm256": lambda: W.matmul(256, 256, 256),
@@ -70,6 +81,14 @@ def main() -> None:
     }
     target = tvm.target.Target(dict(host_target()))
     peak = measure_peak_gflops()
+    threads = int(
+        os.environ.get("TVM_NUM_THREADS")
+        or os.environ.get("OMP_NUM_THREADS")
+        or os.cpu_count()
+        or 1
+    )
+    fma = fma_peak_gflops(threads)
+    print(f"measured FMA peak ({threads} threads): {fma}", flush=True)
     mopts = MeasureOptions(cache_flush_bytes=8 << 20, min_repeats=5)
     rows = []
     for name in args.kernels.split(","):
@@ -94,6 +113,9 @@ def main() -> None:
             "offline_frac_peak": k.flops / res.best_latency_s / 1e9 / peak
             if res.best_latency_s
             else 0.0,
+            "offline_frac_fma_peak": k.flops / res.best_latency_s / 1e9 / fma["gflops"]
+            if res.best_latency_s
+            else 0.0,
             "offline_trials": len(res.trials),
             "offline_wall_s": res.wall_s,
         }
@@ -108,6 +130,12 @@ def main() -> None:
                     "ms_cost_model": ms.cost_model,
                     "offline_trials_to_90pct_ms": res.trials_to_reach(goal)
                     or f">{len(res.trials)}",
+                    # ≥ 98% of MetaSchedule's result: offline latency ≤ MS latency / 0.98.
+                    "offline_over_ms_speed": ms.best_latency_s / res.best_latency_s
+                    if res.best_latency_s
+                    else 0.0,
+                    "offline_trials_to_98pct_ms": res.trials_to_reach(ms.best_latency_s / 0.98)
+                    or f">{len(res.trials)}",
                 }
             )
         rows.append(row)
@@ -118,29 +146,37 @@ def main() -> None:
         "offline_ms",
         "offline_gflops",
         "offline_frac_peak",
+        "offline_frac_fma_peak",
         "offline_trials",
         "ms_ms",
         "ms_trials",
         "offline_trials_to_90pct_ms",
+        "offline_over_ms_speed",
+        "offline_trials_to_98pct_ms",
         "ms_wall_s",
         "offline_wall_s",
     ]
     if args.keep:
         from _common import earlier_rows
 
-        extra, prev = earlier_rows("tuning_kernels", "kernel", rows)
+        extra, prev = earlier_rows(args.name, "kernel", rows)
         rows += [{**r, "earlier_run_peak_gflops": prev.get("peak_gflops")} for r in extra]
     os.environ.setdefault("COLUMNS", "220")
     print_table(
         rows,
         cols,
-        title=f"Schedule search, single kernels (peak {peak:.1f} GFLOP/s, "
-        "torch matmul 2048³ measured in this run on a shared machine)",
+        title=f"Schedule search, single kernels (FMA peak {fma['gflops']:.1f} GFLOP/s on "
+        f"{threads} threads; torch matmul 2048³ {peak:.1f}; both measured in this run)",
     )
     write_result(
-        "tuning_kernels",
+        args.name,
         rows,
-        {"peak_gflops": peak, "trials": args.trials, "ms_trials": args.ms_trials},
+        {
+            "peak_gflops": peak,
+            "fma_peak": fma,
+            "trials": args.trials,
+            "ms_trials": args.ms_trials,
+        },
     )
 
 
