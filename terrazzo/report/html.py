@@ -15,7 +15,14 @@ table{border-collapse:collapse;font-size:.9em;margin:.5em 0}
 th,td{border:1px solid #ddd;padding:.25em .6em;text-align:right}th{background:#f4f4f4}
 td.l,th.l{text-align:left}.note{color:#555;font-size:.9em}.best{background:#e8f6e8}
 figure{margin:1em 0}svg{max-width:100%;height:auto}
+dl.assume{display:grid;grid-template-columns:max-content auto;gap:.2em 1em;font-size:.9em}
+dl.assume dt{font-weight:600}dl.assume dd{margin:0}
+.tag{display:inline-block;padding:0 .4em;border-radius:.3em;font-size:.8em;color:#fff}
+.tag.predicted{background:#1f77b4}.tag.measured{background:#2ca02c}
 """
+
+HOURS_PER_MONTH = 730.0  # 8760 / 12
+HOURS_PER_YEAR = 8760.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,11 +66,16 @@ def table(
     for r_i, r in enumerate(rows):
         cls = ' class="best"' if highlight and highlight[r_i] else ""
         cells = "".join(
-            f'<td class="{"l" if i == 0 else ""}">{html.escape(fmt(v))}</td>'
+            f'<td class="{"l" if i == 0 or _is_text(v) else ""}">{html.escape(fmt(v))}</td>'
             for i, v in enumerate(r)
         )
         body.append(f"<tr{cls}>{cells}</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _is_text(v: Any) -> bool:
+    """Prose cells (names, sources) read better left-aligned; numbers stay right-aligned."""
+    return isinstance(v, str) and len(v) > 12
 
 
 def fmt(v: Any) -> str:
@@ -105,3 +117,42 @@ def page(title: str, sections: Sequence[Section], subtitle: str = "") -> str:
 def paragraph(text: str, note: bool = False) -> str:
     cls = ' class="note"' if note else ""
     return f"<p{cls}>{html.escape(text)}</p>"
+
+
+def definition_list(items: Sequence[tuple[str, str]]) -> str:
+    """A two-column list of (term, explanation), both escaped."""
+    body = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in items)
+    return f'<dl class="assume">{body}</dl>'
+
+
+def tag(kind: str) -> str:
+    """A small coloured badge: ``predicted`` (cost model) or ``measured``."""
+    return f'<span class="tag {html.escape(kind)}">{html.escape(kind)}</span>'
+
+
+def place_labels(
+    ax: Any, xs: Sequence[float], ys: Sequence[float], labels: Sequence[str]
+) -> list[Any]:
+    """Annotate points so that no two labels overlap (adjustText, leader lines to the points).
+
+    Returns the text artists (tests read their bounding boxes).
+    """
+    from adjustText import adjust_text
+
+    texts = [ax.text(x, y, lab, fontsize=7) for x, y, lab in zip(xs, ys, labels, strict=True)]
+    if len(texts) > 1:
+        adjust_text(
+            texts,
+            x=list(xs),
+            y=list(ys),
+            ax=ax,
+            expand=(1.3, 1.6),
+            arrowprops={"arrowstyle": "-", "color": "0.5", "lw": 0.5},
+        )
+    return texts
+
+
+def use_log(values: Sequence[float], span: float = 20.0) -> bool:
+    """Whether an axis over ``values`` needs a log scale (all positive, max/min above ``span``)."""
+    pos = [v for v in values if v > 0]
+    return len(pos) == len(values) and len(pos) > 1 and max(pos) / min(pos) > span
