@@ -13,7 +13,7 @@ body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em a
 h1{font-size:1.6em}h2{font-size:1.25em;margin-top:2em;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;font-size:.9em;margin:.5em 0}
 th,td{border:1px solid #ddd;padding:.25em .6em;text-align:right}th{background:#f4f4f4}
-td.l,th.l{text-align:left}.note{color:#555;font-size:.9em}.best{background:#e8f6e8}
+td.l,th.l{text-align:left}td:not(.l){white-space:nowrap}.note{color:#555;font-size:.9em}.best{background:#e8f6e8}
 figure{margin:1em 0}svg{max-width:100%;height:auto}
 dl.assume{display:grid;grid-template-columns:max-content auto;gap:.2em 1em;font-size:.9em}
 dl.assume dt{font-weight:600}dl.assume dd{margin:0}
@@ -131,15 +131,20 @@ def tag(kind: str) -> str:
 
 
 def place_labels(
-    ax: Any, xs: Sequence[float], ys: Sequence[float], labels: Sequence[str]
+    ax: Any, xs: Sequence[float], ys: Sequence[float], labels: Sequence[str], gid: str = "label"
 ) -> list[Any]:
     """Annotate points so that no two labels overlap (adjustText, leader lines to the points).
 
-    Returns the text artists (tests read their bounding boxes).
+    Each label's SVG id is ``{gid}-{i}`` and the axes' ``{gid}-axes`` (the browser test reads
+    their boxes). Returns the text artists.
     """
     from adjustText import adjust_text
 
-    texts = [ax.text(x, y, lab, fontsize=7) for x, y, lab in zip(xs, ys, labels, strict=True)]
+    ax.set_gid(f"{gid}-axes")
+    texts = [
+        ax.text(x, y, lab, fontsize=7, gid=f"{gid}-{i}")
+        for i, (x, y, lab) in enumerate(zip(xs, ys, labels, strict=True))
+    ]
     if len(texts) > 1:
         adjust_text(
             texts,
@@ -152,7 +157,17 @@ def place_labels(
     return texts
 
 
-def use_log(values: Sequence[float], span: float = 20.0) -> bool:
+def use_log(values: Sequence[float], span: float = 10.0) -> bool:
     """Whether an axis over ``values`` needs a log scale (all positive, max/min above ``span``)."""
     pos = [v for v in values if v > 0]
     return len(pos) == len(values) and len(pos) > 1 and max(pos) / min(pos) > span
+
+
+def log_axis(axis: Any, set_scale: Any) -> None:
+    """A log scale whose ticks read as plain numbers at 1, 2 and 5 per decade (no 3×10⁻¹ clutter)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    set_scale("log")
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())

@@ -349,16 +349,18 @@ def _options_table(rep: PlanReport) -> str:
     rows = [[o.name, o.usd_per_hour, o.usd_per_hour * H.HOURS_PER_MONTH, o.usd_per_million_requests,
              o.latency_s * 1e3, o.meets_sla, o.pareto, o.energy_j_per_request,
              ", ".join(f"{k}×{v}" for k, v in o.devices.items())] for o in rep.options]  # fmt: skip
-    legend = H.paragraph(
-        "Highlighted: the chosen plan. Every figure on this page is "
-        + (
-            "measured or calibrated"
-            if rep.latency_source == "measured"
-            else "predicted by the cost model"
-        )
-        + " (see Assumptions).",
-        note=True,
+    source = (
+        "measured or calibrated"
+        if rep.latency_source == "measured"
+        else "predicted by the cost model"
     )
+    text = f"Highlighted: the chosen plan. Every figure on this page is {source} (see Assumptions)."
+    ok = [o for o in rep.options if o.meets_sla]
+    best = min(ok, key=lambda o: o.usd_per_hour, default=None)
+    if best is not None and best.name != rep.chosen and rep.options[0].usd_per_hour > 0:
+        saving = 1 - best.usd_per_hour / rep.options[0].usd_per_hour
+        text += f" The chosen plan is not the cheapest that meets the SLA: {best.name} costs {saving:.0%} less."
+    legend = H.paragraph(text, note=True)
     return (
         H.tag(rep.latency_source)
         + H.table(headers, rows, [o.name == rep.chosen for o in rep.options])
@@ -388,27 +390,21 @@ def _assumptions_html(rep: PlanReport) -> str:
 def _price_sens_html(rep: PlanReport) -> str:
     if not rep.price_sensitivity:
         return H.paragraph("no price data", note=True)
+    sens = rep.price_sensitivity
     rows = [[r["scenario"], r["chosen_usd_per_hour"], f"{r['chosen_change']:+.0%}", r["cheapest_option"],
-             r["chosen_still_cheapest"]] for r in rep.price_sensitivity]  # fmt: skip
-    flips = [r["scenario"] for r in rep.price_sensitivity if not r["chosen_still_cheapest"]]
+             r["cheapest_unchanged"], r["chosen_still_cheapest"]] for r in sens]  # fmt: skip
+    flips = [r["scenario"] for r in sens if not r["cheapest_unchanged"]]
     note = (
-        "The chosen plan stays the cheapest SLA-meeting option in every scenario."
+        "The cheapest SLA-meeting option is the same in every scenario."
         if not flips
-        else "The cheapest SLA-meeting option changes under: " + ", ".join(flips) + "."
+        else "The cheapest SLA-meeting option changes under: "
+        + ", ".join(flips)
+        + " (highlighted)."
     )
-    return (
-        H.table(
-            [
-                "scenario",
-                "chosen USD/hour",
-                "change",
-                "cheapest SLA-meeting option",
-                "chosen still cheapest",
-            ],
-            rows,
-            [not r["chosen_still_cheapest"] for r in rep.price_sensitivity],
-        )  # fmt: skip
-        + H.paragraph(note, note=True)
+    headers = ["scenario", "chosen USD/hour", "change", "cheapest SLA-meeting option",
+               "same as at list prices", "chosen is cheapest"]  # fmt: skip
+    return H.table(headers, rows, [not r["cheapest_unchanged"] for r in sens]) + H.paragraph(
+        note, note=True
     )
 
 
@@ -473,9 +469,9 @@ def _pareto(rep: PlanReport) -> Any:
                 label="Pareto front", zorder=2)  # fmt: skip
     ax.axvline(sla_ms, color="r", ls="--", lw=0.8, label=f"SLA {sla_ms:.4g} ms")
     if H.use_log([*xs, sla_ms]):
-        ax.set_xscale("log")
+        H.log_axis(ax.xaxis, ax.set_xscale)
     if H.use_log(ys):
-        ax.set_yscale("log")
+        H.log_axis(ax.yaxis, ax.set_yscale)
     # the SLA line and every point inside the axes with a margin, not squeezed to one edge
     lo, hi = min([*xs, sla_ms]), max([*xs, sla_ms])
     if ax.get_xscale() == "log":
@@ -488,7 +484,13 @@ def _pareto(rep: PlanReport) -> Any:
     ax.set_xlabel("mean latency per request, ms" + (" (log)" if ax.get_xscale() == "log" else ""))
     ax.set_ylabel("USD / hour" + (" (log)" if ax.get_yscale() == "log" else ""))
     ax.grid(True, which="major", lw=0.3, alpha=0.5)
-    H.place_labels(ax, xs, ys, [o.name for o in rep.options])
+    # options at the same point (baselines that found the same plan) share one label
+    groups: dict[tuple[float, float], list[str]] = {}
+    for o, x, y in zip(rep.options, xs, ys, strict=True):
+        groups.setdefault((round(x, 9), round(y, 9)), []).append(o.name)
+    pts = list(groups)
+    H.place_labels(ax, [p[0] for p in pts], [p[1] for p in pts], [" = ".join(groups[p]) for p in pts],
+                   gid="pareto-label")  # fmt: skip
     return fig
 
 
