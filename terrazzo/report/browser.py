@@ -81,6 +81,16 @@ _BOXES_JS = """(prefix) => Array.from(document.querySelectorAll(`[id^="${prefix}
 })"""
 
 
+@dataclass(frozen=True, slots=True)
+class PageSpec:
+    """One page to open and what to measure on it (see ``check_page`` for the fields)."""
+
+    html_path: Path
+    prefixes: tuple[str, ...] = ()
+    ink_prefixes: tuple[str, ...] = ()
+    shots: tuple[tuple[str, Path], ...] = ()
+
+
 def check_page(
     html_path: str | Path,
     prefixes: Sequence[str] = (),
@@ -94,8 +104,8 @@ def check_page(
     Args:
         html_path: the report.
         prefixes: SVG/HTML id prefixes whose elements' boxes to return.
-        ink_prefixes: of those, the ones whose boxes are also cut out of a full-page screenshot
-            to measure ink (fraction of pixels darker/lighter than the box's background) and
+        ink_prefixes: of those, the ones whose boxes are also cut out of a screenshot to
+            measure ink (fraction of pixels darker/lighter than the box's background) and
             contrast (max − min luminance, 0..1): a value printed in a cell has both.
         shots: (CSS selector, PNG path): screenshots of the first element matching each
             selector (``"page"`` for the whole page).
@@ -104,6 +114,12 @@ def check_page(
     Raises:
         TerrazzoError: no browser or Playwright is installed (``make browser``; dev extra).
     """
+    spec = PageSpec(Path(html_path), tuple(prefixes), tuple(ink_prefixes), tuple(shots))
+    return check_pages([spec], width_px=width_px)[0]
+
+
+def check_pages(specs: Sequence[PageSpec], *, width_px: int = 1200) -> list[PageCheck]:
+    """``check_page`` for several pages in one browser launch (a launch costs seconds)."""
     exe = find_browser()
     if exe is None:
         raise TerrazzoError(
@@ -113,6 +129,21 @@ def check_page(
         from playwright.sync_api import sync_playwright
     except ImportError:
         raise TerrazzoError("playwright is not installed: pip install -e '.[dev]'") from None
+
+    out: list[PageCheck] = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=exe, args=["--no-sandbox"])
+        try:
+            for spec in specs:
+                page = browser.new_page(viewport={"width": width_px, "height": 900})
+                out.append(_measure(page, spec))
+                page.close()
+        finally:
+            browser.close()
+    return out
+
+
+def _measure(page: Any, spec: PageSpec) -> PageCheck:
     import io
 
     import numpy as np
@@ -122,43 +153,40 @@ def check_page(
     errors: list[str] = []
     boxes: dict[str, tuple[Box, ...]] = {}
     written: list[Path] = []
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=exe, args=["--no-sandbox"])
-        try:
-            page = browser.new_page(viewport={"width": width_px, "height": 900})
-            page.on("console", lambda m: console.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(Path(html_path).resolve().as_uri(), wait_until="load")
-            full = None
-            if ink_prefixes:
-                png = page.screenshot(full_page=True)
-                full = np.asarray(Image.open(io.BytesIO(png)).convert("L"), dtype=np.float64) / 255
-            for prefix in prefixes:
-                raw: list[dict[str, Any]] = page.evaluate(_BOXES_JS, prefix)
-                out = []
-                for r in raw:
-                    b = Box(**r)
-                    if full is not None and prefix in ink_prefixes:
-                        b = _with_ink(b, full)
-                    out.append(b)
-                boxes[prefix] = tuple(out)
-            for selector, path in shots:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                if selector == "page":
-                    page.screenshot(path=str(path), full_page=True)
-                else:
-                    page.locator(selector).first.screenshot(path=str(path))
-                written.append(path)
-        finally:
-            browser.close()
+    page.on("console", lambda m: console.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(spec.html_path.resolve().as_uri(), wait_until="load")
+    for prefix in spec.prefixes:
+        raw: list[dict[str, Any]] = page.evaluate(_BOXES_JS, prefix)
+        boxes[prefix] = tuple(Box(**r) for r in raw)
+    inked = [b for p in spec.ink_prefixes for b in boxes.get(p, ()) if b.width > 0]
+    if inked:
+        # one screenshot of the region holding every measured box, not the whole page
+        x0, y0 = min(b.x for b in inked), min(b.y for b in inked)
+        x1 = max(b.x + b.width for b in inked)
+        y1 = max(b.y + b.height for b in inked)
+        png = page.screenshot(
+            full_page=True, clip={"x": x0, "y": y0, "width": x1 - x0, "height": y1 - y0}
+        )
+        img = np.asarray(Image.open(io.BytesIO(png)).convert("L"), dtype=np.float64) / 255
+        for p in spec.ink_prefixes:
+            boxes[p] = tuple(_with_ink(b, img, x0, y0) for b in boxes.get(p, ()))
+    for selector, path in spec.shots:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if selector == "page":
+            page.screenshot(path=str(path), full_page=True)
+        else:
+            page.locator(selector).first.screenshot(path=str(path))
+        written.append(path)
     return PageCheck(tuple(console), tuple(errors), boxes, tuple(written))
 
 
-def _with_ink(b: Box, img: Any) -> Box:
+def _with_ink(b: Box, img: Any, ox: float, oy: float) -> Box:
+    """``img`` is the screenshot of the page region whose top-left corner is (ox, oy)."""
     import numpy as np
 
-    y0, x0 = max(0, int(b.y)), max(0, int(b.x))
-    y1, x1 = int(np.ceil(b.y + b.height)), int(np.ceil(b.x + b.width))
+    y0, x0 = max(0, int(b.y - oy)), max(0, int(b.x - ox))
+    y1, x1 = int(np.ceil(b.y - oy + b.height)), int(np.ceil(b.x - ox + b.width))
     cut = img[y0:y1, x0:x1]
     if cut.size == 0:
         return b
