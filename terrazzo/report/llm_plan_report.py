@@ -115,7 +115,9 @@ def llm_plan_html(plans: Mapping[str, Any], traffic: Any, model: str) -> str:
 
 
 def _layout(p: Any) -> str:
-    if p.mix:
-        return ", ".join(f"{k}×{v}" for k, v in p.mix.items())
+    if p.mix:  # keys are "<class>x<tp>": whole-model replicas of TP groups
+        return ", ".join(
+            f"{k.rsplit('x', 1)[0]} TP{k.rsplit('x', 1)[1]} ×{v}" for k, v in p.mix.items()
+        )
     return " → ".join(f"{s.phase[0]}:{s.device}×{s.tp}×{s.replicas} L{s.first_layer}-{s.end_layer - 1}"
                       for s in p.stages)  # fmt: skip
