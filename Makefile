@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 DEMO_DIR ?= out/demo
 
-.PHONY: install demo test test-fast test-all smoke lint format bench clean image
+.PHONY: install browser demo test test-fast test-all smoke lint format bench clean image
 
 $(BIN)/python:
 	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) on PATH"; exit 1; }
@@ -17,12 +17,24 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) browser
+
+# The headless Chromium the report tests render HTML in (tests/unit/report/test_report_browser.py):
+# Debian's chromium-headless-shell, driven by Playwright (dev extra). `playwright install` would
+# download its own build from a CDN, which these machines cannot reach; apt can. Needs root (CI
+# and the dev machines run as root); elsewhere it says what to install and the tests skip.
+BROWSER_PKG := chromium-headless-shell
+browser:
+	@command -v chromium-headless-shell >/dev/null 2>&1 || command -v chromium >/dev/null 2>&1 || \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing $(BROWSER_PKG) (apt)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(BROWSER_PKG) >/dev/null; \
+	else echo "make browser: install $(BROWSER_PKG) (Debian) or chromium; the browser report tests skip without it"; fi
 
 demo: $(STAMP)
 	$(BIN)/python -m terrazzo.demo --out $(DEMO_DIR)
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q tests
 
 test-fast: $(STAMP)

@@ -1,4 +1,4 @@
-"""``terrazzo llm estimate``: predicted tokens/s, TTFT, TBT, batch and TP/PP of an LLM on N devices."""
+"""``terrazzo llm estimate``/``plan``: predicted tokens/s, TTFT, TBT, batch and TP/PP of an LLM on N devices."""
 
 from __future__ import annotations
 
@@ -46,6 +46,9 @@ def register(subparsers: Any) -> None:
     )
     s.add_argument("--json", action="store_true", help="print the estimate as JSON")
     s.set_defaults(func=run)
+    from terrazzo.commands import _llm_plan
+
+    _llm_plan.register(sub)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 

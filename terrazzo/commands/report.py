@@ -22,6 +22,11 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--time-limit", type=float, default=10.0, help="solver time cap for --compare, seconds"
     )
+    p.add_argument(
+        "--profile",
+        help="catalog profile the plan was priced with (price sources, TDP); default: the "
+        "fleet's, else datasheet",
+    )
     p.set_defaults(func=run)
 
 
@@ -29,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from terrazzo.commands._common import print_json
+    from terrazzo.placement import Fleet
     from terrazzo.report.plan_report import (
         build_report,
         load_plans,
@@ -38,10 +44,10 @@ def run(args: argparse.Namespace) -> int:
     )
 
     chosen, baselines, title, notes = load_plans(args.input)
+    fleet = Fleet.from_yaml(args.fleet) if args.fleet else None
     if args.compare:
-        from terrazzo.placement import Fleet, to_problem
+        from terrazzo.placement import to_problem
 
-        fleet = Fleet.from_yaml(args.fleet) if args.fleet else None
         source: Any = args.compare
         if Path(args.compare).suffix.lower() not in (".yaml", ".yml"):
             from terrazzo.frontend import from_onnx
@@ -55,7 +61,16 @@ def run(args: argparse.Namespace) -> int:
         notes.extend(why)
     elif not baselines:
         notes.append("no baselines given: pass --compare MODEL_OR_TASKS (and --fleet) to add them")
-    rep = build_report(chosen, baselines, title, notes)
+    profile = args.profile or (fleet.profile if fleet is not None else None) or "datasheet"
+    rep = build_report(
+        chosen,
+        baselines,
+        title,
+        notes,
+        profile=profile,
+        pricing=fleet.pricing.mode if fleet is not None else "",
+        fleet_counts={d: fleet.count(d) for d in fleet.names} if fleet is not None else None,
+    )
     if args.output:
         Path(args.output).write_text(report_html(rep))
     if args.json:

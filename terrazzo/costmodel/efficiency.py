@@ -99,6 +99,15 @@ LINK_LATENCY_S: Mapping[str, float] = MappingProxyType(
     {"same": 0.0, "pcie": 10e-6, "scaleup": 5e-6, "network": 25e-6}
 )
 
+# A stage boundary in the serving runtime is a gRPC hop between two stage workers, whatever
+# the link: serialise, send, deserialise. Measured on loopback with a 4 KiB tensor
+# (benchmarks/results/serving_overhead.json, 1-hop p50 0.65 ms; 1.2 ms beside a GPU in
+# gpu_serving.json). Both workers' host CPUs are busy for about that long, so a hop also costs
+# 2 x 0.65 ms of vCPU time, priced at AWS m7i.24xlarge $4.8384/h / 96 vCPU (2025-06).
+RUNTIME_HOP_LATENCY_S = 0.65e-3
+RUNTIME_HOP_CPU_S = 2 * 0.65e-3
+VCPU_USD_PER_HOUR = 4.8384 / 96
+
 
 # Fixed cost of a latency-optimised one-shot all-reduce (each GPU reads its peers' buffers over
 # NVLink and reduces locally: TensorRT-LLM / vLLM / SGLang "custom all-reduce", used for decode

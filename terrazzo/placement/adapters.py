@@ -326,6 +326,11 @@ def problem_from_graph(
     ``output_tokens`` (the cost model prices a decode op as that many steps).
     """
     from terrazzo import costmodel
+    from terrazzo.costmodel.efficiency import (
+        RUNTIME_HOP_CPU_S,
+        RUNTIME_HOP_LATENCY_S,
+        VCPU_USD_PER_HOUR,
+    )
 
     if catalog is None:
         catalog = costmodel.load_catalog(fleet.profile or "datasheet")
@@ -354,6 +359,9 @@ def problem_from_graph(
     probe = float(1 << 30)
     base: dict[tuple[str, str], float] = {}
     spb: dict[tuple[str, str], float] = {}
+    # Every class change is a stage boundary, i.e. a runtime hop between stage workers: it
+    # costs latency and host CPU time, so plans do not ping-pong op by op between classes.
+    hop_usd: dict[tuple[str, str], float] = {}
     for a, sa in zip(fleet.names, specs, strict=True):
         for b, sb in zip(fleet.names, specs, strict=True):
             if a == b:
@@ -363,7 +371,8 @@ def problem_from_graph(
             t1 = float(cm.transfer_latency_s(1, sa, sb))
             tp = float(cm.transfer_latency_s(int(probe), sa, sb))
             spb[(a, b)] = max(0.0, (tp - t1) / (probe - 1))
-            base[(a, b)] = max(0.0, t1 - spb[(a, b)])
+            base[(a, b)] = max(0.0, t1 - spb[(a, b)]) + RUNTIME_HOP_LATENCY_S
+            hop_usd[(a, b)] = RUNTIME_HOP_CPU_S * VCPU_USD_PER_HOUR / 3600.0
     decode: dict[str, int] = {}
     for o in nodes:
         if o.op_class == "llm_decode":
@@ -388,6 +397,7 @@ def problem_from_graph(
         edge_bytes=eb,
         transfer_s=base,
         transfer_s_per_byte=spb,
+        transfer_usd=hop_usd,
         power_w={d: float(s.tdp_w) for d, s in zip(fleet.names, specs, strict=True)},
         prefill=[o.name for o in nodes if o.op_class == "llm_prefill"],
         decode_steps=decode,

@@ -259,6 +259,18 @@ def compute_stages(problem: Problem, assign: np.ndarray) -> np.ndarray:
         for e in st["preds"][v]:
             u = int(problem.edges[e, 0])
             level[v] = max(level[v], level[u] + int(assign[u] != assign[v]))
+    # A task without inputs (a constant reshape of a bias, a weight transform) can run as late
+    # as its consumers allow: at level 0 it would form a one-op stage of its own (a CNN's bias
+    # reshapes on the class that runs the second half made 17 one-op stages and t4→t4 hops).
+    for u in range(n - 1, -1, -1):
+        if len(st["preds"][u]) or not len(st["succs"][u]):
+            continue
+        late = min(
+            int(level[int(problem.edges[e, 1])])
+            - int(assign[u] != assign[int(problem.edges[e, 1])])
+            for e in st["succs"][u]
+        )
+        level[u] = max(level[u], late)
     parent = list(range(n))
 
     def find(a: int) -> int:

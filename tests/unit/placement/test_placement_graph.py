@@ -108,8 +108,12 @@ def test_graph_problem_transfers_pay_the_link_latency() -> None:
     cm = CostModel(cat)
     i, j = FLEET.names.index("cpu"), FLEET.names.index("h100")
     link = cm.link("cpu", "h100")
-    # fixed part = the link's latency (not the 0 an empty transfer costs), slope = 1/bandwidth
+    from terrazzo.costmodel.efficiency import RUNTIME_HOP_LATENCY_S
+
+    # fixed part = the link's latency (not the 0 an empty transfer costs) plus the runtime's
+    # stage hop; slope = 1/bandwidth; every class change pays the hop's host CPU time
     assert link.latency_s > 0
-    assert p.xfer_base_s[i, j] == pytest.approx(link.latency_s, rel=1e-6)
+    assert p.xfer_base_s[i, j] == pytest.approx(link.latency_s + RUNTIME_HOP_LATENCY_S, rel=1e-6)
+    assert p.xfer_usd[i, j] > 0 and p.xfer_usd[i, i] == 0.0
     assert p.xfer_s_per_byte[i, j] == pytest.approx(1.0 / link.bw_bytes_per_s, rel=1e-6)
     assert p.xfer_base_s[i, i] == 0.0
