@@ -91,7 +91,9 @@ class _HF:
     """Wrap a transformers model: named tensor inputs → a tuple of named outputs."""
 
     @staticmethod
-    def wrap(inner: Any, outputs: tuple[str, ...], **fixed: Any) -> Any:
+    def wrap(inner: Any, outputs: tuple[str, ...], ones_mask: bool = False, **fixed: Any) -> Any:
+        """``ones_mask``: pass an all-ones attention mask (without one, transformers runs
+        ``aten::diff`` for packed-sequence detection, which the ONNX exporter lacks)."""
         from torch import nn
 
         class Wrapped(nn.Module):
@@ -102,7 +104,12 @@ class _HF:
             def forward(self, x0: Any, x1: Any = None) -> Any:
                 args = (x0,) if x1 is None else (x0, x1)
                 names = self.input_names
-                out = self.inner(**dict(zip(names, args, strict=True)), **fixed)
+                extra = dict(fixed)
+                if ones_mask:
+                    import torch
+
+                    extra["attention_mask"] = torch.ones_like(x0)
+                out = self.inner(**dict(zip(names, args, strict=True)), **extra)
                 got = tuple(getattr(out, o) for o in outputs)
                 return got[0] if len(got) == 1 else got
 
@@ -160,7 +167,7 @@ def _gpt2() -> Any:
 
     cfg = GPT2Config(vocab_size=256, n_positions=64, n_embd=64, n_layer=2, n_head=4,
                      attn_implementation="eager")  # fmt: skip
-    m = _HF.wrap(GPT2LMHeadModel(cfg), ("logits",), use_cache=False)
+    m = _HF.wrap(GPT2LMHeadModel(cfg), ("logits",), ones_mask=True, use_cache=False)
     m.input_names = ["input_ids"]
     return m
 
@@ -181,7 +188,9 @@ def _whisper_enc() -> Any:
     cfg = WhisperConfig(vocab_size=256, num_mel_bins=16, d_model=64, encoder_layers=2,
                         encoder_attention_heads=4, decoder_layers=1, decoder_attention_heads=4,
                         encoder_ffn_dim=128, decoder_ffn_dim=128, max_source_positions=32,
-                        max_target_positions=32, attn_implementation="eager")  # fmt: skip
+                        max_target_positions=32, pad_token_id=0, bos_token_id=1,
+                        eos_token_id=2, decoder_start_token_id=1,
+                        attn_implementation="eager")  # fmt: skip
     m = _HF.wrap(WhisperModel(cfg).get_encoder(), ("last_hidden_state",))
     m.input_names = ["input_features"]
     return m

@@ -271,3 +271,148 @@ def shape_only_inputs(model: Any) -> dict[str, list[str]]:
         for name, uses in readers.items()
         if uses and all(ok for _, ok in uses)
     }
+
+
+def _symbolic_shapes(model: Any, input_dims: dict[str, list[Any]]) -> dict[str, list[Any]]:
+    """Shapes by onnx inference with the open input dimensions named (``dim_param`` = the
+    symbol's name): each dim an int, a symbol name, or None."""
+    import onnx
+
+    light = onnx.ModelProto()
+    if model.ByteSize() < (1 << 30):
+        light.CopyFrom(model)
+    else:
+        _copy_without_data(model, light)
+    for vi in light.graph.input:
+        dims = input_dims.get(vi.name)
+        if dims is None or not vi.type.HasField("tensor_type"):
+            continue
+        shape = vi.type.tensor_type.shape
+        for k, d in enumerate(dims):
+            if k >= len(shape.dim):
+                break
+            shape.dim[k].Clear()
+            if isinstance(d, int):
+                shape.dim[k].dim_value = d
+            else:
+                shape.dim[k].dim_param = str(d)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(light, strict_mode=False, data_prop=True)
+    except Exception:  # noqa: BLE001
+        return {}
+    out: dict[str, list[Any]] = {}
+    for vi in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
+        tt = vi.type.tensor_type
+        if not vi.type.HasField("tensor_type") or not tt.HasField("shape"):
+            continue
+        out[vi.name] = [
+            int(d.dim_value) if d.HasField("dim_value") else (d.dim_param or None)
+            for d in tt.shape.dim
+        ]
+    return out
+
+
+def fold_symbolic_reshapes(model: Any, input_dims: dict[str, list[Any]]) -> int:
+    """Give ``Reshape`` a constant target when its shape is computed from symbolic sizes.
+
+    Exporters write ``x.view(B, -1, heads, d)`` as ``Concat(Unsqueeze(Gather(Shape(x), 0)),
+    [-1, heads, d])``; with a symbolic batch TVM 0.27 cannot reshape to that run-time tensor.
+    The sizes are tracked here as ints or symbol names (``Shape``/``Gather``/``Unsqueeze``/
+    ``Squeeze``/``Concat``/``Cast``, onnx shape inference naming the symbols): an entry equal
+    to the data's own dimension at that position becomes ``0`` (copy it, the spec's meaning
+    when ``allowzero`` is 0), and a single remaining unknown becomes ``-1`` (inferred). A
+    Reshape whose target cannot be written that way is left as it was.
+
+    Returns:
+        The number of Reshape nodes given a constant target.
+    """
+    import numpy as np
+    from onnx import numpy_helper
+
+    if not any(not isinstance(d, int) for dims in input_dims.values() for d in dims):
+        return 0
+    shapes = _symbolic_shapes(model, input_dims)
+    consts = known_values(model)
+    sym: dict[str, list[Any]] = {}
+
+    def entries(name: str) -> list[Any] | None:
+        if name in sym:
+            return sym[name]
+        v = consts.get(name)
+        if v is not None and np.asarray(v).dtype.kind in "iu" and np.asarray(v).size <= 16:
+            return [int(e) for e in np.asarray(v).reshape(-1)]
+        return None
+
+    scalar: set[str] = set()
+    done = 0
+    for n in model.graph.node:
+        if n.domain not in ("", "ai.onnx") or not n.output:
+            continue
+        attrs = {a.name: a for a in n.attribute}
+        out = n.output[0]
+        if n.op_type == "Shape" and n.input[0] in shapes:
+            full = shapes[n.input[0]]
+            r = len(full)
+            s = int(attrs["start"].i) if "start" in attrs else 0
+            e = int(attrs["end"].i) if "end" in attrs else r
+            s, e = (min(max(v + r if v < 0 else v, 0), r) for v in (s, e))
+            sym[out] = list(full[s:e])
+        elif n.op_type == "Gather" and n.input[0] in sym:
+            idx = consts.get(n.input[1])
+            if idx is None or int(attrs["axis"].i if "axis" in attrs else 0) != 0:
+                continue
+            src = sym[n.input[0]]
+            flat = [int(i) for i in np.asarray(idx).reshape(-1)]
+            try:
+                sym[out] = [src[i] for i in flat]
+            except IndexError:
+                continue
+            if np.asarray(idx).ndim == 0:
+                scalar.add(out)
+        elif n.op_type == "Slice" and n.input[0] in sym and len(n.input) >= 3:
+            bounds = [consts.get(i) if i else None for i in n.input[1:5]]
+            if any(b is None for b in bounds[:2]) or any(
+                b is not None and np.asarray(b).size != 1 for b in bounds
+            ):
+                continue
+            if bounds[2:] and bounds[2] is not None and int(np.asarray(bounds[2]).item()) != 0:
+                continue
+            step = (
+                int(np.asarray(bounds[3]).item())
+                if len(bounds) > 3 and bounds[3] is not None
+                else 1
+            )
+            b0, b1 = (int(np.asarray(b).item()) for b in bounds[:2])
+            sym[out] = list(sym[n.input[0]])[slice(b0, b1, step)]
+        elif n.op_type in ("Unsqueeze", "Squeeze", "Cast", "Identity") and n.input[0] in sym:
+            sym[out] = list(sym[n.input[0]])
+            if n.op_type == "Squeeze" and len(sym[out]) == 1:
+                scalar.add(out)
+        elif n.op_type == "Concat" and any(i in sym for i in n.input):
+            parts = [entries(i) for i in n.input]
+            if all(p is not None for p in parts):
+                sym[out] = [e for p in parts for e in p]  # type: ignore[union-attr]
+        elif n.op_type == "Reshape" and len(n.input) > 1 and n.input[1] in sym:
+            if "allowzero" in attrs and int(attrs["allowzero"].i):
+                continue
+            target, data = sym[n.input[1]], shapes.get(n.input[0])
+            new: list[Any] = []
+            unknown = 0
+            for k, e in enumerate(target):
+                if isinstance(e, int):
+                    new.append(e)
+                elif e is not None and data is not None and k < len(data) and data[k] == e:
+                    new.append(0)
+                else:
+                    new.append(None)
+                    unknown += 1
+            if unknown > 1 or (unknown == 1 and -1 in new):
+                continue
+            arr = np.asarray([-1 if e is None else e for e in new], dtype=np.int64)
+            name = f"{n.input[1]}__terrazzo_reshape{done}"
+            model.graph.initializer.append(numpy_helper.from_array(arr, name))
+            n.input[1] = name
+            done += 1
+    if done:
+        _drop_dead_constants(model)
+    return done

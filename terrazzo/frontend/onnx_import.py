@@ -14,7 +14,11 @@ from terrazzo.frontend.onnx_fixups import (
     fold_constant_of_shape,
     normalise_constants,
 )
-from terrazzo.frontend.onnx_fold import fold_constants, shape_only_inputs
+from terrazzo.frontend.onnx_fold import (
+    fold_constants,
+    fold_symbolic_reshapes,
+    shape_only_inputs,
+)
 from terrazzo.frontend.relax_graph import to_graph, to_graph_symbolic, uniquify_names
 from terrazzo.frontend.signature import keep_signature_names
 from terrazzo.frontend.symbolic import resolve_shape_symbols
@@ -238,6 +242,7 @@ def from_onnx(
     sizes = plan_sizes_for(plan_shapes, dim_names, ranges, p.name)
     normalise_constants(model)
     fold_constants(model, shape_dict)  # before the op check: a folded op needs no converter
+    fold_symbolic_reshapes(model, shape_dict)
     check_supported_ops(model, where=p.name)
     shape_keys = shape_only_inputs(model)
     fold_constant_of_shape(model)

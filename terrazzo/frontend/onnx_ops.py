@@ -659,3 +659,37 @@ class CumProdAnyAxis(CumProd):
         if _const_array(inputs[1]) is not None:
             return super()._impl_v26(bb, inputs, attr, params)
         return _any_axis(bb, inputs, attr, lambda x, a, ex: _cum(x, a, ex, "cumprod"))
+
+
+def _fp32_inside(base: str, n_float_inputs: int) -> Any:
+    """TVM's ``base`` converter, computed in fp32 for fp16 inputs and rounded once at the end
+    (what onnxruntime's CPU kernels do: an fp16 dot product or softmax accumulated in fp16
+    drifts past the conformance tolerance, e.g. the fp16 expanded Attention tests)."""
+
+    class Fp32Inside(_Wrapped):
+        _base = base
+
+        @classmethod
+        def get_converter(cls, opset: int) -> Any:
+            impl = _tvm_converter(base).get_converter(opset)
+
+            def convert(bb: Any, inputs: Any, attr: dict[str, Any], params: Any) -> Any:
+                from tvm import relax
+
+                head = list(inputs[:n_float_inputs])
+                if not head or any(
+                    x is None or str(getattr(x.ty, "dtype", "")) != "float16" for x in head
+                ):
+                    return impl(bb, inputs, attr, params)
+                up = [bb.emit(relax.op.astype(x, "float32")) for x in head]
+                out = bb.normalize(impl(bb, [*up, *inputs[n_float_inputs:]], attr, params))
+                return relax.op.astype(out, "float16")
+
+            return convert
+
+    Fp32Inside.__name__ = base
+    return Fp32Inside
+
+
+CONVERTERS["MatMul"] = _fp32_inside("MatMul", 2)
+CONVERTERS["Softmax"] = _fp32_inside("Softmax", 1)
