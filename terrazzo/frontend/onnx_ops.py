@@ -552,6 +552,17 @@ class Resize(_Wrapped):
     _base = "Resize"
 
     @classmethod
+    def get_converter(cls, opset: int) -> Any:
+        impl = _tvm_converter("Resize").get_converter(opset)
+
+        def convert(bb: Any, inputs: Any, attr: dict[str, Any], params: Any) -> Any:
+            inputs, attr = _resize_full_rank(list(inputs), dict(attr))
+            cls.check(bb, inputs, attr)
+            return impl(bb, inputs, attr, params)
+
+        return convert
+
+    @classmethod
     def check(cls, bb: Any, inputs: Any, attr: dict[str, Any]) -> None:
         import numpy as np
 
@@ -594,6 +605,101 @@ class Resize(_Wrapped):
             z = [int(v) for v in np.asarray(sizes).reshape(-1)]
             if len(z) >= 2 and z[:2] != dims[:2]:
                 refuse(f"sizes {z} changing the batch/channel dimensions")
+
+
+def _resize_full_rank(inputs: list[Any], attr: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
+    """Resize's ``axes`` (opset 18) folded into full-rank constant scales/sizes (1 and the input
+    size on the other axes), which TVM's converter reads; left as is when not constant."""
+    import numpy as np
+    from tvm import relax
+
+    axes = attr.get("axes")
+    if axes is None:
+        return inputs, attr
+    x = inputs[0]
+    rank = int(x.ty.ndim)
+    ax = [int(a) % rank for a in axes]
+    roi = _const_array(inputs[1]) if len(inputs) > 1 else None
+    scales = _const_array(inputs[2]) if len(inputs) > 2 else None
+    sizes = _const_array(inputs[3]) if len(inputs) > 3 else None
+    if roi is not None and roi.size:
+        return inputs, attr
+    try:
+        dims = [int(d) for d in x.ty.shape.values]
+    except (TypeError, ValueError):
+        return inputs, attr
+    out = list(inputs)
+    if scales is not None and scales.size:
+        full = np.ones(rank, dtype=scales.dtype)
+        full[ax] = scales.reshape(-1)
+        out[2] = relax.const(full)
+    elif sizes is not None and sizes.size:
+        fulls = np.asarray(dims, dtype=sizes.dtype)
+        fulls[ax] = sizes.reshape(-1)
+        out[3] = relax.const(fulls)
+    else:
+        return inputs, attr
+    attr = {k: v for k, v in attr.items() if k != "axes"}
+    return out, attr
+
+
+@register("LpNormalization")
+class LpNormalization(_onnx_converter_base()):  # type: ignore[misc]
+    """ONNX LpNormalization (p 1 or 2 along ``axis``): x / ||x||_p, a zero vector giving zeros
+    divided by zero as the reference does (NaN), so nothing is hidden."""
+
+    @classmethod
+    def _impl_v1(cls, bb: Any, inputs: Any, attr: dict[str, Any], params: Any) -> Any:
+        from tvm import relax
+
+        from terrazzo.errors import FrontendError
+
+        op = relax.op
+        x = inputs[0]
+        p = int(attr.get("p", 2))
+        axis = int(attr.get("axis", -1))
+        if p == 1:
+            norm = op.sum(op.abs(x), axis=[axis], keepdims=True)
+        elif p == 2:
+            norm = op.sqrt(op.sum(op.multiply(x, x), axis=[axis], keepdims=True))
+        else:
+            raise FrontendError(f"ONNX LpNormalization: p={p} is not valid (1 or 2)")
+        return op.divide(x, bb.emit(norm))
+
+
+@register("Swish")
+class Swish(_onnx_converter_base()):  # type: ignore[misc]
+    """ONNX Swish (opset 24): x · sigmoid(alpha · x)."""
+
+    @classmethod
+    def _impl_v24(cls, bb: Any, inputs: Any, attr: dict[str, Any], params: Any) -> Any:
+        from tvm import relax
+
+        x = inputs[0]
+        alpha = relax.const(float(attr.get("alpha", 1.0)), str(x.ty.dtype))
+        return relax.op.multiply(x, relax.op.sigmoid(relax.op.multiply(alpha, x)))
+
+
+@register("Pow")
+class Pow(_onnx_converter_base()):  # type: ignore[misc]
+    """ONNX Pow with the exponent's type differing from the base's (allowed since opset 12):
+    computed in the base's type (float exponent on an int base: in float64, then cast back,
+    as the reference does); same types go to TVM's converter."""
+
+    @classmethod
+    def _impl_v7(cls, bb: Any, inputs: Any, attr: dict[str, Any], params: Any) -> Any:
+        from tvm import relax
+
+        op = relax.op
+        x, y = inputs[0], inputs[1]
+        xd, yd = str(x.ty.dtype), str(y.ty.dtype)
+        if xd.startswith("float") and xd == yd:
+            return _tvm_converter("Pow").get_converter(13)(bb, inputs, attr, params)
+        if xd.startswith("float"):
+            return op.power(x, op.astype(y, xd))
+        work = "float64"
+        r = op.power(op.astype(x, work), op.astype(y, work))
+        return op.astype(bb.emit(r), xd)
 
 
 @register("CumSum")

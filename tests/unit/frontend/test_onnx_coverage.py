@@ -163,3 +163,21 @@ def test_dynamic_batch_build_checks_the_declared_range(tmp_path: Path) -> None:
         np.testing.assert_array_equal(fn({"x": x})["y"], np.maximum(x, 0))
     with pytest.raises(FrontendError, match=r"batch=1\.\.8"):
         fn({"x": np.zeros((9, 4), "f4")})
+
+
+def test_lp_normalization_pow_mixed_types_and_resize_axes_match_onnxruntime(
+    tmp_path: Path,
+) -> None:
+    x = np.array([[3.0, -4.0, np.inf], [0.5, np.nan, 1.0]], "f4")
+    lp = _save(tmp_path / "lp.onnx", [helper.make_node("LpNormalization", ["x"], ["y"], p=1)],
+               [_vi("x", [2, 3])], ["y"], opset=17)  # fmt: skip
+    _vs_ort(lp, {"x": x})
+    pw = _save(tmp_path / "pw.onnx", [helper.make_node("Pow", ["x", "e"], ["y"])],
+               [_vi("x", [2, 3]), _vi("e", [3], TensorProto.INT64)], ["y"])  # fmt: skip
+    _vs_ort(pw, {"x": x, "e": np.array([2, 3, -1], np.int64)})
+    rz = _save(tmp_path / "rz.onnx",
+               [helper.make_node("Resize", ["x", "", "sc"], ["y"], mode="nearest", axes=[3, 2])],
+               [_vi("x", [1, 2, 2, 3])], ["y"],
+               [numpy_helper.from_array(np.array([2.0, 3.0], "f4"), "sc")], opset=19)  # fmt: skip
+    got = _vs_ort(rz, {"x": np.arange(12, dtype="f4").reshape(1, 2, 2, 3)})
+    assert got[0].shape == (1, 2, 6, 6)
