@@ -158,10 +158,15 @@ def _evaluate(node: Any, values: list[Any], opset: int, domains: Any) -> list[An
 
 
 def known_values(model: Any) -> dict[str, Any]:
-    """Initializers and ``Constant`` ``value`` outputs, by name (numpy arrays)."""
+    """Small initializers and ``Constant`` ``value`` outputs, by name (numpy arrays); weights
+    over ``MAX_FOLD_ELEMENTS`` are not copied (nothing folds from them)."""
     from onnx import numpy_helper
 
-    out = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    out = {
+        t.name: numpy_helper.to_array(t)
+        for t in model.graph.initializer
+        if _numel(t.dims) <= MAX_FOLD_ELEMENTS
+    }
     for n in model.graph.node:
         if n.op_type == "Constant" and n.domain in ("", "ai.onnx") and n.output:
             for a in n.attribute:

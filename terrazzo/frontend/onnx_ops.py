@@ -645,8 +645,8 @@ def _resize_full_rank(inputs: list[Any], attr: dict[str, Any]) -> tuple[list[Any
 
 @register("LpNormalization")
 class LpNormalization(_onnx_converter_base()):  # type: ignore[misc]
-    """ONNX LpNormalization (p 1 or 2 along ``axis``): x / ||x||_p, a zero vector giving zeros
-    divided by zero as the reference does (NaN), so nothing is hidden."""
+    """ONNX LpNormalization (p 1 or 2 along ``axis``): x / ||x||_p; a zero vector stays zeros
+    (the reference's result); NaN and Inf propagate."""
 
     @classmethod
     def _impl_v1(cls, bb: Any, inputs: Any, attr: dict[str, Any], params: Any) -> Any:
@@ -664,7 +664,9 @@ class LpNormalization(_onnx_converter_base()):  # type: ignore[misc]
             norm = op.sqrt(op.sum(op.multiply(x, x), axis=[axis], keepdims=True))
         else:
             raise FrontendError(f"ONNX LpNormalization: p={p} is not valid (1 or 2)")
-        return op.divide(x, bb.emit(norm))
+        norm = bb.emit(norm)
+        zero, one = relax.const(0, str(x.ty.dtype)), relax.const(1, str(x.ty.dtype))
+        return op.divide(x, op.where(op.equal(norm, zero), one, norm))
 
 
 @register("Swish")

@@ -168,12 +168,12 @@ def test_dynamic_batch_build_checks_the_declared_range(tmp_path: Path) -> None:
 def test_lp_normalization_pow_mixed_types_and_resize_axes_match_onnxruntime(
     tmp_path: Path,
 ) -> None:
-    x = np.array([[3.0, -4.0, np.inf], [0.5, np.nan, 1.0]], "f4")
+    x = np.array([[3.0, -4.0, np.inf], [0.5, np.nan, 1.0], [0.0, 0.0, 0.0]], "f4")
     lp = _save(tmp_path / "lp.onnx", [helper.make_node("LpNormalization", ["x"], ["y"], p=1)],
-               [_vi("x", [2, 3])], ["y"], opset=17)  # fmt: skip
+               [_vi("x", [3, 3])], ["y"], opset=17)  # fmt: skip
     _vs_ort(lp, {"x": x})
     pw = _save(tmp_path / "pw.onnx", [helper.make_node("Pow", ["x", "e"], ["y"])],
-               [_vi("x", [2, 3]), _vi("e", [3], TensorProto.INT64)], ["y"])  # fmt: skip
+               [_vi("x", [3, 3]), _vi("e", [3], TensorProto.INT64)], ["y"])  # fmt: skip
     _vs_ort(pw, {"x": x, "e": np.array([2, 3, -1], np.int64)})
     rz = _save(tmp_path / "rz.onnx",
                [helper.make_node("Resize", ["x", "", "sc"], ["y"], mode="nearest", axes=[3, 2])],
