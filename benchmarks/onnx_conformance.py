@@ -226,7 +226,8 @@ def _run_terrazzo(
     d: Path, ins: list[Any], outs: list[Any], constant_ints: bool = False
 ) -> dict[str, Any]:
     """Import, build, run, compare; with ``constant_ints`` the small integer inputs (shapes,
-    axes, sizes, pads) are given to the importer as constants (``None`` when there are none)."""
+    axes, sizes, pads), and float inputs read only at shape positions (Resize's scales), are
+    given to the importer as constants (a specialisation; skipped when there are none)."""
     import numpy as np
     import onnx
 
@@ -240,10 +241,15 @@ def _run_terrazzo(
     names = [i.name for i in model.graph.input if i.name not in inits]
     frozen: dict[str, Any] = {}
     if constant_ints:
+        from terrazzo.frontend.onnx_fold import shape_only_inputs
+
+        shape_keys = shape_only_inputs(model)  # float scales/roi of Resize too
         frozen = {
             n: a
             for n, a in zip(names, ins, strict=False)
-            if isinstance(a, np.ndarray) and a.dtype.kind in "iu" and a.size <= 64
+            if isinstance(a, np.ndarray)
+            and a.size <= 64
+            and (a.dtype.kind in "iu" or (n in shape_keys and a.dtype.kind == "f"))
         }
         if not frozen:
             return {"stage": "skip", "error": "no integer inputs"}

@@ -196,4 +196,7 @@ def check_supported_ops(model: Any, where: str = "") -> None:
         if n.op_type not in known or domain not in ("", "com.microsoft"):
             missing[key] += 1
     if missing:
-        raise UnsupportedOpError(missing.elements(), where=where)
+        sets = ", ".join(
+            f"{o.domain or 'ai.onnx'} {o.version}" for o in model.opset_import if o.version
+        )
+        raise UnsupportedOpError(missing.elements(), where=f"{where} (opset {sets})")

@@ -14,6 +14,11 @@ from terrazzo.frontend.onnx_fixups import (
     fold_constant_of_shape,
     normalise_constants,
 )
+from terrazzo.frontend.onnx_fold import (
+    fold_constants,
+    fold_symbolic_reshapes,
+    shape_only_inputs,
+)
 from terrazzo.frontend.relax_graph import to_graph, to_graph_symbolic, uniquify_names
 from terrazzo.frontend.signature import keep_signature_names
 from terrazzo.frontend.symbolic import resolve_shape_symbols
@@ -184,6 +189,18 @@ def _freeze_inputs(model: Any, values: Any, where: str) -> None:
         model.graph.initializer.append(numpy_helper.from_array(arr, name))
 
 
+def _specialisation_hint(shape_keys: dict[str, list[str]]) -> str:
+    """The refusal's advice when graph inputs only give shapes, axes or sizes: their value
+    decides output shapes, so the build is a specialisation on that value."""
+    if not shape_keys:
+        return ""
+    which = ", ".join(f"{n!r} ({'/'.join(ops)})" for n, ops in shape_keys.items())
+    return (
+        f"; input(s) {which} give shapes/axes/sizes at run time: compile a specialisation "
+        "on their value with constant_inputs={name: value}"
+    )
+
+
 def from_onnx(
     path: str | os.PathLike[str],
     shapes: Any = None,
@@ -221,10 +238,13 @@ def from_onnx(
     if constant_inputs:
         _freeze_inputs(model, constant_inputs, p.name)
     install()
-    check_supported_ops(model, where=p.name)
     shape_dict, dtype_dict, ranges, dim_names = _input_specs(model, shapes, p.name)
     sizes = plan_sizes_for(plan_shapes, dim_names, ranges, p.name)
     normalise_constants(model)
+    fold_constants(model, shape_dict)  # before the op check: a folded op needs no converter
+    fold_symbolic_reshapes(model, shape_dict)
+    check_supported_ops(model, where=p.name)
+    shape_keys = shape_only_inputs(model)
     fold_constant_of_shape(model)
     cast_shape_values(model)
     reset_current_op()
@@ -244,7 +264,10 @@ def from_onnx(
         first = (str(e).strip().splitlines() or [type(e).__name__])[-1]
         op = current_op()
         at = f" at op {op} (opset {opset})" if op else ""
-        raise FrontendError(f"{p.name}: TVM's ONNX importer failed{at}: {first[:300]}") from None
+        hint = _specialisation_hint(shape_keys)
+        raise FrontendError(
+            f"{p.name}: TVM's ONNX importer failed{at}: {first[:300]}{hint}"
+        ) from None
     mod = uniquify_names(mod)
     mod = keep_signature_names(
         mod, [i.name for i in _graph_inputs(model)], [o.name for o in model.graph.output]

@@ -45,9 +45,11 @@ def install() -> None:
     """Add the converters to TVM's ONNX converter table and the node hook (idempotent)."""
     from tvm.relax.frontend.onnx import onnx_frontend
 
+    from terrazzo.frontend.onnx_quant import register as register_quant
     from terrazzo.frontend.onnx_rnn import register as register_rnn
 
     register_rnn()
+    register_quant()
     _register_refusals()
     current = onnx_frontend._get_convert_map
     if not getattr(current, "_terrazzo_ops", False):
@@ -436,3 +438,366 @@ class ConvTranspose(_tvm_conv_transpose()):  # type: ignore[misc]
             return out
 
         return convert
+
+
+def _const_array(x: Any) -> Any:
+    """The numpy value of a converter input that is a constant, else None."""
+    import tvm
+
+    if x is not None and isinstance(x, tvm.ir.GenericConst):
+        return x.value.numpy()
+    return None
+
+
+def _tvm_converter(op_name: str) -> Any:
+    from tvm.relax.frontend.onnx import onnx_frontend
+
+    return getattr(onnx_frontend, op_name)
+
+
+class _Wrapped(_tvm_converter("OnnxOpConverter")):  # type: ignore[misc]
+    """Base of converters that check or repair TVM's own converter for ``_base`` (a name)."""
+
+    _base = ""
+
+    @classmethod
+    def check(cls, bb: Any, inputs: Any, attr: dict[str, Any]) -> None:
+        """Raise FrontendError for what TVM's converter would get silently wrong."""
+
+    @classmethod
+    def repair(
+        cls, bb: Any, out: Any, opset: int, inputs: Any, attr: dict[str, Any], params: Any
+    ) -> Any:
+        """Post-process TVM's result (default: as is)."""
+        return out
+
+    @classmethod
+    def get_converter(cls, opset: int) -> Any:
+        impl = _tvm_converter(cls._base).get_converter(opset)
+
+        def convert(bb: Any, inputs: Any, attr: dict[str, Any], params: Any) -> Any:
+            cls.check(bb, inputs, attr)
+            return cls.repair(bb, impl(bb, inputs, attr, params), opset, inputs, attr, params)
+
+        return convert
+
+
+def _has_zero_dim(x: Any) -> bool:
+    try:
+        return any(int(d) == 0 for d in x.ty.shape.values)
+    except (AttributeError, TypeError, ValueError):
+        return False
+
+
+def _reduce_extreme(base: str, sign: float) -> Any:
+    """TVM's ReduceMax (``sign`` -1) / ReduceMin (+1), with the spec's empty-set and infinite
+    results: TVM starts the reduction from the lowest (highest) *finite* value, so a row of
+    -inf (+inf), or an empty row, comes back as ``∓3.4e38`` instead of ``∓inf``. Where the
+    result is that sentinel and no element equals it (an indicator reduced with the same
+    axes), the answer is the infinity."""
+
+    class Fixed(_Wrapped):
+        _base = base
+
+        @classmethod
+        def repair(
+            cls, bb: Any, out: Any, opset: int, inputs: Any, attr: dict[str, Any], params: Any
+        ) -> Any:
+            import numpy as np
+            from tvm import relax
+
+            x = inputs[0]
+            dtype = str(x.ty.dtype)
+            op = relax.op
+            out = bb.normalize(out)
+            if _has_zero_dim(x) and not _has_zero_dim(out):  # an empty set: the spec's value
+                if dtype == "bool":
+                    fill: Any = sign > 0
+                elif dtype.startswith(("int", "uint")):
+                    info = np.iinfo(dtype)
+                    fill = int(info.min if sign < 0 else info.max)
+                else:
+                    fill = float(sign * np.inf)
+                shape = [int(d) for d in out.ty.shape.values]
+                return relax.const(np.full(shape, fill, dtype=dtype))
+            if dtype not in ("float16", "float32", "float64"):
+                return out
+            fin = np.finfo(dtype)
+            sentinel = relax.const(float(fin.min if sign < 0 else fin.max), dtype)
+            inf = relax.const(float(sign * np.inf), dtype)
+            hit = bb.emit(op.astype(op.equal(x, sentinel), dtype))
+            any_hit = bb.normalize(
+                _tvm_converter("ReduceMax").get_converter(opset)(
+                    bb, [hit, *inputs[1:]], attr, params
+                )
+            )
+            none = op.less(any_hit, relax.const(0.5, dtype))  # also the empty row (sentinel)
+            return bb.emit(op.where(op.logical_and(op.equal(out, sentinel), none), inf, out))
+
+    Fixed.__name__ = base
+    return Fixed
+
+
+CONVERTERS["ReduceMax"] = _reduce_extreme("ReduceMax", -1.0)
+CONVERTERS["ReduceMin"] = _reduce_extreme("ReduceMin", 1.0)
+
+
+@register("Resize")
+class Resize(_Wrapped):
+    """TVM's Resize, refused with one line where it would ignore part of the spec: the
+    ``antialias``, ``axes`` and ``keep_aspect_ratio_policy`` attributes, scales/sizes that
+    change the batch or channel dimension, and scales whose coordinate mapping differs
+    from the size ratio TVM uses (``floor(n·s)/n ≠ s``)."""
+
+    _base = "Resize"
+
+    @classmethod
+    def get_converter(cls, opset: int) -> Any:
+        impl = _tvm_converter("Resize").get_converter(opset)
+
+        def convert(bb: Any, inputs: Any, attr: dict[str, Any], params: Any) -> Any:
+            inputs, attr = _resize_full_rank(list(inputs), dict(attr))
+            cls.check(bb, inputs, attr)
+            return impl(bb, inputs, attr, params)
+
+        return convert
+
+    @classmethod
+    def check(cls, bb: Any, inputs: Any, attr: dict[str, Any]) -> None:
+        import numpy as np
+
+        from terrazzo.errors import FrontendError
+
+        def refuse(why: str) -> None:
+            raise FrontendError(f"ONNX Resize: {why} is not supported (TVM would ignore it)")
+
+        x = inputs[0]
+        rank = int(x.ty.ndim)
+        if int(attr.get("antialias", 0)):
+            refuse("antialias=1")
+        axes = attr.get("axes")
+        if axes is not None and sorted(int(a) % rank for a in axes) != list(range(rank)):
+            refuse(f"axes={list(axes)}")
+        policy = attr.get("keep_aspect_ratio_policy", b"stretch")
+        policy = policy.decode() if isinstance(policy, bytes) else str(policy)
+        if policy != "stretch":
+            refuse(f"keep_aspect_ratio_policy={policy!r}")
+        coord = attr.get("coordinate_transformation_mode", b"half_pixel")
+        coord = coord.decode() if isinstance(coord, bytes) else str(coord)
+        scales = _const_array(inputs[2]) if len(inputs) > 2 else None
+        sizes = _const_array(inputs[3]) if len(inputs) > 3 else None
+        try:
+            dims = [int(d) for d in x.ty.shape.values]
+        except (TypeError, ValueError):
+            dims = []
+        if scales is not None and scales.size:
+            s = np.asarray(scales, dtype=np.float64).reshape(-1)
+            if s.size >= 2 and (s[0] != 1 or s[1] != 1):
+                refuse(f"scales {s.tolist()} on the batch/channel dimensions")
+            if dims and coord not in ("align_corners", "tf_crop_and_resize"):
+                for n, k in zip(dims[2:], s[2:], strict=False):
+                    if np.floor(n * k) / n != k:
+                        refuse(
+                            f"scale {k} on a dimension of {n} (the size {int(np.floor(n * k))} "
+                            f"implies another scale, and coordinate mode {coord!r} uses the scale)"
+                        )
+        if sizes is not None and sizes.size and dims:
+            z = [int(v) for v in np.asarray(sizes).reshape(-1)]
+            if len(z) >= 2 and z[:2] != dims[:2]:
+                refuse(f"sizes {z} changing the batch/channel dimensions")
+
+
+def _resize_full_rank(inputs: list[Any], attr: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
+    """Resize's ``axes`` (opset 18) folded into full-rank constant scales/sizes (1 and the input
+    size on the other axes), which TVM's converter reads; left as is when not constant."""
+    import numpy as np
+    from tvm import relax
+
+    axes = attr.get("axes")
+    if axes is None:
+        return inputs, attr
+    x = inputs[0]
+    rank = int(x.ty.ndim)
+    ax = [int(a) % rank for a in axes]
+    roi = _const_array(inputs[1]) if len(inputs) > 1 else None
+    scales = _const_array(inputs[2]) if len(inputs) > 2 else None
+    sizes = _const_array(inputs[3]) if len(inputs) > 3 else None
+    if roi is not None and roi.size:
+        return inputs, attr
+    try:
+        dims = [int(d) for d in x.ty.shape.values]
+    except (TypeError, ValueError):
+        return inputs, attr
+    out = list(inputs)
+    if scales is not None and scales.size:
+        full = np.ones(rank, dtype=scales.dtype)
+        full[ax] = scales.reshape(-1)
+        out[2] = relax.const(full)
+    elif sizes is not None and sizes.size:
+        fulls = np.asarray(dims, dtype=sizes.dtype)
+        fulls[ax] = sizes.reshape(-1)
+        out[3] = relax.const(fulls)
+    else:
+        return inputs, attr
+    attr = {k: v for k, v in attr.items() if k != "axes"}
+    return out, attr
+
+
+@register("LpNormalization")
+class LpNormalization(_onnx_converter_base()):  # type: ignore[misc]
+    """ONNX LpNormalization (p 1 or 2 along ``axis``): x / ||x||_p; a zero vector stays zeros
+    (the reference's result); NaN and Inf propagate."""
+
+    @classmethod
+    def _impl_v1(cls, bb: Any, inputs: Any, attr: dict[str, Any], params: Any) -> Any:
+        from tvm import relax
+
+        from terrazzo.errors import FrontendError
+
+        op = relax.op
+        x = inputs[0]
+        p = int(attr.get("p", 2))
+        axis = int(attr.get("axis", -1))
+        if p == 1:
+            norm = op.sum(op.abs(x), axis=[axis], keepdims=True)
+        elif p == 2:
+            norm = op.sqrt(op.sum(op.multiply(x, x), axis=[axis], keepdims=True))
+        else:
+            raise FrontendError(f"ONNX LpNormalization: p={p} is not valid (1 or 2)")
+        norm = bb.emit(norm)
+        zero, one = relax.const(0, str(x.ty.dtype)), relax.const(1, str(x.ty.dtype))
+        return op.divide(x, op.where(op.equal(norm, zero), one, norm))
+
+
+@register("Swish")
+class Swish(_onnx_converter_base()):  # type: ignore[misc]
+    """ONNX Swish (opset 24): x · sigmoid(alpha · x)."""
+
+    @classmethod
+    def _impl_v24(cls, bb: Any, inputs: Any, attr: dict[str, Any], params: Any) -> Any:
+        from tvm import relax
+
+        x = inputs[0]
+        alpha = relax.const(float(attr.get("alpha", 1.0)), str(x.ty.dtype))
+        return relax.op.multiply(x, relax.op.sigmoid(relax.op.multiply(alpha, x)))
+
+
+@register("Pow")
+class Pow(_onnx_converter_base()):  # type: ignore[misc]
+    """ONNX Pow with the exponent's type differing from the base's (allowed since opset 12):
+    computed in the base's type (float exponent on an int base: in float64, then cast back,
+    as the reference does); same types go to TVM's converter."""
+
+    @classmethod
+    def _impl_v7(cls, bb: Any, inputs: Any, attr: dict[str, Any], params: Any) -> Any:
+        from tvm import relax
+
+        op = relax.op
+        x, y = inputs[0], inputs[1]
+        xd, yd = str(x.ty.dtype), str(y.ty.dtype)
+        if xd.startswith("float") and xd == yd:
+            return _tvm_converter("Pow").get_converter(13)(bb, inputs, attr, params)
+        if xd.startswith("float"):
+            return op.power(x, op.astype(y, xd))
+        work = "float64"
+        r = op.power(op.astype(x, work), op.astype(y, work))
+        return op.astype(bb.emit(r), xd)
+
+
+@register("CumSum")
+class CumSum(_Wrapped):
+    """TVM's CumSum; an axis given at run time (a graph input) is handled too: the output
+    shape does not depend on it, so every axis's cumulative sum is computed and the one the
+    input names is selected (``where``), rather than refusing the model."""
+
+    _base = "CumSum"
+
+    @classmethod
+    def get_converter(cls, opset: int) -> Any:
+        impl = _tvm_converter("CumSum").get_converter(opset)
+
+        def convert(bb: Any, inputs: Any, attr: dict[str, Any], params: Any) -> Any:
+            if _const_array(inputs[1]) is not None:
+                return impl(bb, inputs, attr, params)
+            return _any_axis(bb, inputs, attr, lambda x, a, ex: _cum(x, a, ex, "cumsum"))
+
+        return convert
+
+
+def _cum(x: Any, axis: int, exclusive: bool, kind: str) -> Any:
+    from tvm import relax
+
+    return getattr(relax.op, kind)(x, axis=axis, exclusive=exclusive)
+
+
+def _any_axis(
+    bb: Any, inputs: Any, attr: dict[str, Any], fn: Callable[[Any, int, bool], Any]
+) -> Any:
+    """``fn`` along the axis named by the run-time scalar ``inputs[1]``: one result per axis,
+    selected by comparing the (normalised) axis with each candidate."""
+    from tvm import relax
+
+    op = relax.op
+    x, axis_in = inputs[0], inputs[1]
+    rank = int(x.ty.ndim)
+    rev, excl = bool(int(attr.get("reverse", 0))), bool(int(attr.get("exclusive", 0)))
+    a = bb.emit(op.astype(op.reshape(axis_in, []), "int64"))
+    a = bb.emit(
+        op.where(op.less(a, relax.const(0, "int64")), op.add(a, relax.const(rank, "int64")), a)
+    )
+    out: Any = None
+    for k in range(rank):
+        xk = bb.emit(op.flip(x, k)) if rev else x
+        yk = bb.emit(fn(xk, k, excl))
+        if rev:
+            yk = bb.emit(op.flip(yk, k))
+        out = (
+            yk if out is None else bb.emit(op.where(op.equal(a, relax.const(k, "int64")), yk, out))
+        )
+    return out
+
+
+@register("CumProd")
+class CumProdAnyAxis(CumProd):
+    """CumProd with a constant axis (above) or one given at run time (every axis computed,
+    the named one selected, as for CumSum)."""
+
+    @classmethod
+    def _impl_v26(cls, bb: Any, inputs: Any, attr: dict[str, Any], params: Any) -> Any:
+        if _const_array(inputs[1]) is not None:
+            return super()._impl_v26(bb, inputs, attr, params)
+        return _any_axis(bb, inputs, attr, lambda x, a, ex: _cum(x, a, ex, "cumprod"))
+
+
+def _fp32_inside(base: str, n_float_inputs: int) -> Any:
+    """TVM's ``base`` converter, computed in fp32 for fp16 inputs and rounded once at the end
+    (what onnxruntime's CPU kernels do: an fp16 dot product or softmax accumulated in fp16
+    drifts past the conformance tolerance, e.g. the fp16 expanded Attention tests)."""
+
+    class Fp32Inside(_Wrapped):
+        _base = base
+
+        @classmethod
+        def get_converter(cls, opset: int) -> Any:
+            impl = _tvm_converter(base).get_converter(opset)
+
+            def convert(bb: Any, inputs: Any, attr: dict[str, Any], params: Any) -> Any:
+                from tvm import relax
+
+                head = list(inputs[:n_float_inputs])
+                if not head or any(
+                    x is None or str(getattr(x.ty, "dtype", "")) != "float16" for x in head
+                ):
+                    return impl(bb, inputs, attr, params)
+                up = [bb.emit(relax.op.astype(x, "float32")) for x in head]
+                out = bb.normalize(impl(bb, [*up, *inputs[n_float_inputs:]], attr, params))
+                return relax.op.astype(out, "float16")
+
+            return convert
+
+    Fp32Inside.__name__ = base
+    return Fp32Inside
+
+
+CONVERTERS["MatMul"] = _fp32_inside("MatMul", 2)
+CONVERTERS["Softmax"] = _fp32_inside("Softmax", 1)

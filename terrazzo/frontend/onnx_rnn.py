@@ -33,6 +33,29 @@ def _static_shape(x: Any, what: str) -> list[int]:
         raise FrontendError(f"{what} needs a static shape; fix it with --shape") from None
 
 
+def _x_shape(x: Any, op: str, layout: int) -> list[Any]:
+    """X's dims: the sequence length must be static (the time loop is unrolled), the batch
+    may be a symbol (one build serves every batch size in its range)."""
+    try:
+        dims = list(x.ty.shape.values)
+    except (AttributeError, TypeError):
+        raise FrontendError(f"ONNX {op} input X needs a known rank") from None
+    seq_axis = 1 if layout == 1 else 0
+    out: list[Any] = []
+    for k, d in enumerate(dims):
+        try:
+            out.append(int(d))
+        except (TypeError, ValueError):
+            if k != 1 - seq_axis:
+                raise FrontendError(
+                    f"ONNX {op}: the sequence length of input X must be static (the time loop "
+                    f"is unrolled); it is {d}: fix it with shapes= / --shape, the batch may "
+                    "stay symbolic"
+                ) from None
+            out.append(d)
+    return out
+
+
 def _as_str(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
@@ -125,7 +148,7 @@ class _Recurrent:
         num_dir = 2 if direction == "bidirectional" else 1
         layout = int(attr.get("layout", 0))
         dtype = str(x.ty.dtype)
-        xs = _static_shape(x, f"ONNX {op} input X")
+        xs = _x_shape(x, op, layout)
         if layout == 1:
             x = bb.emit(relax.op.permute_dims(x, [1, 0, 2]))
             xs = [xs[1], xs[0], xs[2]]

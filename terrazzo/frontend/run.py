@@ -45,6 +45,7 @@ def build_cpu(graph: Graph) -> Callable[[Mapping[str, np.ndarray]], dict[str, np
         raise CodegenError(f"TVM build of {graph.name!r} for llvm failed: {first[:300]}") from None
     dev = tvm.cpu()
     vm = relax.VirtualMachine(ex, dev)
+    accepts = _input_checks(graph)
 
     def run(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         # The graph keeps the model's input names; TVM's sanitised spellings are accepted too.
@@ -61,8 +62,7 @@ def build_cpu(graph: Graph) -> Callable[[Mapping[str, np.ndarray]], dict[str, np
         for n in graph.inputs:
             want = graph.values[n]
             arr = np.asarray(named[n], dtype=want.dtype, order="C")
-            if tuple(arr.shape) != want.shape:
-                raise FrontendError(f"input {n!r} has shape {arr.shape}, expected {want.shape}")
+            accepts[n](arr.shape)
             args.append(tvm.runtime.tensor(arr, dev))
         result = vm["main"](*args)
         leaves = list(_leaves(result))
@@ -73,6 +73,43 @@ def build_cpu(graph: Graph) -> Callable[[Mapping[str, np.ndarray]], dict[str, np
         return dict(zip(graph.outputs, leaves, strict=True))
 
     return run
+
+
+def _input_checks(graph: Graph) -> dict[str, Callable[[tuple[int, ...]], None]]:
+    """Per input, a check of a run-time shape: fixed dimensions must match, symbolic ones
+    (a graph from a dynamic-axes model) must lie inside their declared range, since memory is
+    planned at the upper bound."""
+    main = graph.relax_mod["main"]  # type: ignore[index]
+    attrs = main.attrs or {}
+    lo = {str(k): int(v) for k, v in dict(attrs.get("tir_var_lower_bound", {})).items()}
+    hi = {str(k): int(v) for k, v in dict(attrs.get("tir_var_upper_bound", {})).items()}
+    checks: dict[str, Callable[[tuple[int, ...]], None]] = {}
+    for name, param in zip(graph.inputs, main.params, strict=False):
+        want = graph.values[name].shape
+        try:
+            dims = list(param.ty.shape.values)
+        except (AttributeError, TypeError):
+            dims = list(want)
+
+        def check(shape: tuple[int, ...], name: str = name, dims: list[Any] = dims,
+                  want: tuple[int, ...] = want) -> None:  # fmt: skip
+            bad = len(shape) != len(dims)
+            ranges = []
+            for d, got in zip(dims, shape, strict=False):
+                key = str(d)
+                if key in hi:
+                    ranges.append(f"{key}={lo.get(key, 1)}..{hi[key]}")
+                    bad = bad or not lo.get(key, 1) <= got <= hi[key]
+                elif isinstance(d, int) or type(d).__name__ == "IntImm":
+                    bad = bad or int(d) != got
+            if bad:
+                declared = f" (declared {', '.join(ranges)})" if ranges else ""
+                raise FrontendError(
+                    f"input {name!r} has shape {tuple(shape)}, expected {want}{declared}"
+                )
+
+        checks[name] = check
+    return checks
 
 
 def _leaves(x: Any) -> Any:
