@@ -166,6 +166,9 @@ def register(subparsers: Any) -> None:
         help="with --max-batch-size: execute at once when a batch of K rows can be formed "
         "(repeatable)",
     )
+    from terrazzo.commands._batching import add_batching_arguments
+
+    add_batching_arguments(p, queue_only=True)
     # --- hfllm: OpenAI-compatible HTTP front for LLM bundles (terrazzo.runtime.openai_front)
     p.add_argument(
         "--openai-port", type=int, default=None, metavar="N",
@@ -242,13 +245,9 @@ def run(args: argparse.Namespace) -> int:
         "max_restarts": args.max_restarts,
     }
     ServeOptions(**limits)  # a bad limit: one line, before the bundle is even opened
-    from terrazzo.runtime import BatchingOptions
+    from terrazzo.commands._batching import batching_from_args
 
-    batching = BatchingOptions(  # dynamic batching; a bad value: one line, here
-        max_batch_size=args.max_batch_size,
-        preferred_batch_sizes=tuple(args.preferred_batch_size),
-        max_queue_delay_us=args.max_queue_delay_us,
-    )
+    batching = batching_from_args(args)  # dynamic batching; a bad value: one line, here
 
     # Signature and every hash, before anything is extracted or started; the workers then
     # trust exactly the key that verified here (or run unverified with --allow-unsigned).
@@ -347,6 +346,7 @@ def _run_repository(args: argparse.Namespace, tls: Any) -> int:
         host=args.host,
         port=args.port,
         metrics_port=args.metrics_port,
+        http_port=_http_port(args),
         replicas=args.replicas,
         token=args.token,
         tls=tls,
@@ -360,6 +360,9 @@ def _run_repository(args: argparse.Namespace, tls: Any) -> int:
         max_restarts=args.max_restarts,
         internal_tls=args.internal_tls or bool(args.ray),
     )
+    from terrazzo.commands._batching import batching_from_args
+
+    batching = batching_from_args(args)  # the default of models without their own config.json
     t0 = time.perf_counter()
     repo = serve_repository(
         args.bundle,
@@ -370,6 +373,7 @@ def _run_repository(args: argparse.Namespace, tls: Any) -> int:
         default_policy=policy,
         trust_key=args.trust,
         allow_unsigned=args.allow_unsigned,
+        model_options={"batching": batching} if batching.enabled else None,
     )
     loaded = repo.loaded()
     print(
@@ -378,6 +382,8 @@ def _run_repository(args: argparse.Namespace, tls: Any) -> int:
         + (", ".join(f"{n} v{','.join(map(str, v))}" for n, v in loaded.items()) or "no model")
         + f"; ready in {time.perf_counter() - t0:.1f} s"
     )
+    if repo.http_port is not None:
+        print(f"KServe v2 HTTP on {'https' if tls else 'http'}://{args.host}:{repo.http_port}/v2")
     if repo.metrics_port is not None:
         print(f"metrics on http://{args.host}:{repo.metrics_port}/metrics")
     stopping = threading.Event()

@@ -43,10 +43,13 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
 from terrazzo import __version__
+from terrazzo.runtime import wire
+from terrazzo.runtime.batch_config import forwarded_parameters
 from terrazzo.runtime.metrics import RuntimeMetrics, log_request
 from terrazzo.runtime.plan import ServingPlan
 from terrazzo.runtime.pool import Replica, ReplicaPool
@@ -426,6 +429,7 @@ class Gateway(ProtocolMixin, pb_grpc.GRPCInferenceServiceServicer):
         self._inflight_lock = threading.Lock()
         self._idle = threading.Condition(self._inflight_lock)
         self._worker_md = ((TOKEN_HEADER, opts.worker_token),) if opts.worker_token else ()
+        self.batching: Any = None  # ServeOptions.batching, reported by ModelConfig
 
     # -- readiness ---------------------------------------------------------------------
     def model_ready(self) -> bool:
@@ -504,7 +508,10 @@ class Gateway(ProtocolMixin, pb_grpc.GRPCInferenceServiceServicer):
                 grpc.StatusCode.NOT_FOUND,
                 f"unknown model {request.name!r} version {request.version!r}",
             )
-        return pb.ModelConfigResponse(config=model_config(self.plan))  # type: ignore[attr-defined]
+        from terrazzo.runtime.batch_config import batched_model_config
+
+        config = batched_model_config(self.plan, self.batching)
+        return pb.ModelConfigResponse(config=config)  # type: ignore[attr-defined]
 
     def model_statistics(self, out) -> None:
         """Fill one ModelStatistics message."""
@@ -702,7 +709,7 @@ class Gateway(ProtocolMixin, pb_grpc.GRPCInferenceServiceServicer):
         wanted = self._requested_outputs(request)
         t_run = time.perf_counter()
         phases["compute_input"] = t_run - t_in
-        self._execute(env, deadline, context, request_id, workers)
+        self._execute(env, deadline, context, request_id, workers, forwarded_parameters(request))
         t_out = time.perf_counter()
         phases["compute_infer"] = t_out - t_run
         resp = pb.ModelInferResponse(
@@ -716,7 +723,7 @@ class Gateway(ProtocolMixin, pb_grpc.GRPCInferenceServiceServicer):
             out = resp.outputs.add(name=name, datatype=t.datatype, shape=t.shape)
             params = to_shm.get(name)
             if params is None:
-                resp.raw_output_contents.append(t.raw)
+                resp.raw_output_contents.append(bytes(t.raw))  # a view into the worker reply
                 continue
             region = str(shm_param(params, "shared_memory_region"))
             size = shm_param(params, "shared_memory_byte_size")
@@ -743,6 +750,7 @@ class Gateway(ProtocolMixin, pb_grpc.GRPCInferenceServiceServicer):
         context,
         request_id: str,
         workers: list[str],
+        fwd: dict[str, int] | None = None,
     ) -> None:
         pending = list(self.pools)
         running: dict[int, tuple[grpc.Future, Replica, ReplicaPool, float, int]] = {}
@@ -752,7 +760,7 @@ class Gateway(ProtocolMixin, pb_grpc.GRPCInferenceServiceServicer):
             while pending or running:
                 for pool in [p for p in pending if all(v in env for v in p.stage.inputs)]:
                     pending.remove(pool)
-                    self._launch(pool, env, deadline, request_id, running, done, workers)
+                    self._launch(pool, env, deadline, request_id, running, done, workers, fwd=fwd)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise InferError(
@@ -778,7 +786,17 @@ class Gateway(ProtocolMixin, pb_grpc.GRPCInferenceServiceServicer):
                     if tries >= self.opts.stage_retries or time.monotonic() >= deadline:
                         raise InferError(grpc.StatusCode.UNAVAILABLE, str(e)) from None
                     self._launch(
-                        pool, env, deadline, request_id, running, done, workers, rep, tries + 1, e
+                        pool,
+                        env,
+                        deadline,
+                        request_id,
+                        running,
+                        done,
+                        workers,
+                        rep,
+                        tries + 1,
+                        e,
+                        fwd=fwd,
                     )
         finally:
             for fut, rep, pool, _, _ in running.values():
@@ -797,6 +815,7 @@ class Gateway(ProtocolMixin, pb_grpc.GRPCInferenceServiceServicer):
         exclude: Replica | None = None,
         tries: int = 0,
         cause: Exception | None = None,
+        fwd: dict[str, int] | None = None,
     ) -> None:
         stage = pool.stage
         rep = pool.acquire(exclude)
@@ -808,17 +827,16 @@ class Gateway(ProtocolMixin, pb_grpc.GRPCInferenceServiceServicer):
                 f"no healthy worker for stage {stage.index} (device {stage.device})",
             )
         workers.append(rep.name)
-        req = pb.ModelInferRequest(model_name=f"stage{stage.index}", id=request_id)  # type: ignore[attr-defined]
-        for name in stage.inputs:
-            t = env[name]
-            req.inputs.add(name=name, datatype=t.datatype, shape=t.shape)
-            req.raw_input_contents.append(t.raw)
+        # raw tensors behind a small header (runtime.wire): no protobuf copy of the tensors
+        req = wire.encode(
+            {"id": request_id, **(fwd or {})}, {name: env[name] for name in stage.inputs}
+        )
         try:
-            stub = rep.stub
-            if stub is None:  # detached after acquire (a concurrent restart)
+            call = rep.stage_call
+            if call is None:  # detached after acquire (a concurrent restart)
                 raise InferError(grpc.StatusCode.UNAVAILABLE, f"worker {rep.name} was detached")
             timeout = min(deadline - time.monotonic(), pool.stage_timeout_s)
-            fut = stub.ModelInfer.future(req, timeout=max(timeout, 1e-3), metadata=self._worker_md)
+            fut = call.future(req, timeout=max(timeout, 1e-3), metadata=self._worker_md)
         except Exception:
             pool.release(rep, ok=False)
             raise
@@ -874,11 +892,13 @@ class Gateway(ProtocolMixin, pb_grpc.GRPCInferenceServiceServicer):
         self.metrics.stage_latency.labels(
             model=self.plan.model_name, stage=str(stage.index), device=stage.device
         ).observe(time.perf_counter() - t_start)
-        compute = resp.parameters.get("compute_s")
-        if compute is not None:
-            self.metrics.device_busy.labels(device=stage.device).inc(max(0.0, compute.double_param))
-        for i, t in enumerate(resp.outputs):
-            env[t.name] = WireTensor(t.datatype, tuple(t.shape), resp.raw_output_contents[i])
+        try:
+            header, outputs = wire.decode(resp)
+        except TensorError as e:
+            raise InferError(grpc.StatusCode.INTERNAL, f"{where}: {e}") from None
+        compute_s = float(header.get("compute_s", 0.0))
+        self.metrics.device_busy.labels(device=stage.device).inc(max(0.0, compute_s))
+        env.update(outputs)
         missing = [v for v in stage.outputs if v not in env]
         if missing:
             raise InferError(

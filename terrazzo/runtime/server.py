@@ -221,6 +221,7 @@ class Server:
             shm,
             settings,
         )
+        self.gateway.batching = opts.batching  # ModelConfig reports it (runtime.batch_config)
         self._launcher: Launcher | None = None
         self._make_launcher = make_launcher
         self._stop = threading.Event()

@@ -64,11 +64,41 @@ def _layout(root: Path, bundles: dict[str, Any]) -> Path:
 def repo(tmp_path: Path, bundles: dict[str, Any]) -> Iterator[ModelRepository]:
     with serve_repository(
         _layout(tmp_path / "models", bundles),
-        ServeOptions(metrics_port=0),
+        ServeOptions(metrics_port=0, http_port=0),
         control_mode="explicit",
         load_models=("*",),
     ) as r:
         yield r
+
+
+def test_http_serves_every_model_of_the_directory(
+    repo: ModelRepository, bundles: dict[str, Any]
+) -> None:
+    """The KServe v2 HTTP port of a repository answers the stock tritonclient.http for both models."""
+    import tritonclient.http as th
+
+    assert repo.http_port is not None
+    c = th.InferenceServerClient(f"127.0.0.1:{repo.http_port}")
+    try:
+        assert c.is_server_live() and c.is_server_ready()
+        for model, key in (("alpha", "a"), ("beta", "b")):
+            _, x, y = bundles[key]
+            meta = c.get_model_metadata(model)
+            assert meta["name"] == model and c.is_model_ready(model)
+            for binary in (False, True):
+                inp = th.InferInput(meta["inputs"][0]["name"], list(x.shape), "FP32")
+                inp.set_data_from_numpy(x, binary_data=binary)
+                out = th.InferRequestedOutput(meta["outputs"][0]["name"], binary_data=binary)
+                r = c.infer(model, [inp], outputs=[out])
+                np.testing.assert_allclose(
+                    r.as_numpy(meta["outputs"][0]["name"]), y, rtol=1e-4, atol=1e-5
+                )
+        assert meta["versions"] == ["2"]
+        with pytest.raises(InferenceServerException) as e:
+            c.get_model_metadata("gamma")
+        assert "gamma" in e.value.message()
+    finally:
+        c.close()
 
 
 def _infer(c: tc.InferenceServerClient, model: str, x: np.ndarray, version: str = "") -> Any:
