@@ -169,6 +169,12 @@ def register(subparsers: Any) -> None:
     from terrazzo.commands._batching import add_batching_arguments
 
     add_batching_arguments(p, queue_only=True)
+    p.add_argument(
+        "--stage-in-gateway",
+        action="store_true",
+        help="single-stage models: run the stage inside the gateway process (no worker hop; "
+        "no worker isolation or restarts)",
+    )
     # --- hfllm: OpenAI-compatible HTTP front for LLM bundles (terrazzo.runtime.openai_front)
     p.add_argument(
         "--openai-port", type=int, default=None, metavar="N",
@@ -296,6 +302,7 @@ def run(args: argparse.Namespace) -> int:
         max_restarts=args.max_restarts,
         internal_tls=args.internal_tls,
         batching=batching,  # dynamic batching
+        stage_in_gateway=args.stage_in_gateway,
         **static,
     )
     ready_s = time.perf_counter() - t0
@@ -373,7 +380,10 @@ def _run_repository(args: argparse.Namespace, tls: Any) -> int:
         default_policy=policy,
         trust_key=args.trust,
         allow_unsigned=args.allow_unsigned,
-        model_options={"batching": batching} if batching.enabled else None,
+        model_options={
+            **({"batching": batching} if batching.enabled else {}),
+            **({"stage_in_gateway": True} if args.stage_in_gateway else {}),
+        },
     )
     loaded = repo.loaded()
     print(

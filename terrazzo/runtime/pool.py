@@ -68,7 +68,9 @@ class Replica:
         else:
             self.channel = grpc.insecure_channel(handle.address, options=options)
         self.stub = pb_grpc.GRPCInferenceServiceStub(self.channel)
-        self.stage_call = self.channel.unary_unary(STAGE_METHOD)  # bytes in, bytes out
+        self.stage_call = self.channel.unary_unary(  # bytes in, bytes out
+            STAGE_METHOD, _registered_method=True
+        )
         self.deadline_misses = self.heartbeat_misses = 0
         self.condemned = None
         self.pending_probe = None

@@ -452,6 +452,8 @@ class ModelRepository(ProtocolMixin, pb_grpc.GRPCInferenceServiceServicer):
         options = dict(self.model_options)
         if batching is not None:  # the model's config.json wins over the server-wide flags
             options["batching"] = batching
+        if options.get("stage_in_gateway") and len(plan.stages) != 1:
+            options.pop("stage_in_gateway")  # multi-stage models keep their workers
         try:
             return serve(
                 plan,

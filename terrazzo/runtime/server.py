@@ -135,6 +135,8 @@ class ServeOptions:
     worker_token: str | None = None
     # False: no gRPC port of its own (a model of a repository, served by its one endpoint)
     listen: bool = True
+    # a single-stage model runs in the gateway process, no worker hop (runtime.inprocess)
+    stage_in_gateway: bool = False
     # --- dynamic batching (terrazzo.runtime.batcher) ---
     # One BatchingOptions for every stage, or stage index -> options; off by default (Triton's
     # default too): merging is right only for stages whose batch rows are independent.
@@ -221,6 +223,13 @@ class Server:
             shm,
             settings,
         )
+        if opts.stage_in_gateway:  # the one stage runs here: no workers (runtime.inprocess)
+            from terrazzo.runtime.inprocess import InProcessGateway
+
+            self.pools = []
+            self.gateway = InProcessGateway(
+                plan, self.metrics, self.gateway.opts, self._worker_opts, shm=shm, settings=settings
+            )
         self.gateway.batching = opts.batching  # ModelConfig reports it (runtime.batch_config)
         self._launcher: Launcher | None = None
         self._make_launcher = make_launcher
@@ -238,7 +247,8 @@ class Server:
     # -- lifecycle -----------------------------------------------------------------------
     def _start(self) -> None:
         self._launcher = self._make_launcher(self._worker_opts)
-        self._launcher.check(self.plan.stages)
+        if self.pools:  # none when the stage runs in the gateway (stage_in_gateway)
+            self._launcher.check(self.plan.stages)
         jobs = [(rep.stage, rep.index) for pool in self.pools for rep in pool.replicas]
         handles = self._launcher.start_many(jobs)
         reps = [rep for pool in self.pools for rep in pool.replicas]
@@ -324,6 +334,9 @@ class Server:
         if handles:  # each drains for up to its grace period: stop them side by side
             with futures.ThreadPoolExecutor(max_workers=len(handles)) as ex:
                 list(ex.map(lambda h: h.stop(), handles))
+        close = getattr(self.gateway, "close", None)  # an in-gateway stage's batcher
+        if close is not None:
+            close()
         if self._launcher is not None:
             self._launcher.close()
         self.run_dir.remove()

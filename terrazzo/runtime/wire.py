@@ -66,20 +66,36 @@ def encode(header: Mapping[str, Any], tensors: Mapping[str, WireTensor]) -> byte
     return b"".join([_PREFIX.pack(MAGIC, len(head)), head, *(t.raw for t in tensors.values())])
 
 
+_V2_OF_DTYPE: dict[np.dtype, str] = {}  # numpy dtype -> KServe datatype, filled on first use
+
+
+def _datatype(dtype: np.dtype) -> str:
+    v2 = _V2_OF_DTYPE.get(dtype)
+    if v2 is None:
+        v2 = _V2_OF_DTYPE[dtype] = from_numpy(np.empty(0, dtype)).datatype
+    return v2
+
+
 def encode_arrays(header: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> bytes:
     """Like ``encode`` for numpy arrays: numeric arrays go in by their buffer (one copy in all)."""
-    tensors: dict[str, WireTensor] = {}
+    meta = dict(header)
+    specs: list[list[Any]] = []
+    parts: list[Any] = [b"", b""]
     for name, a in arrays.items():
-        arr = np.asarray(a)
+        arr = a if isinstance(a, np.ndarray) else np.asarray(a)
         if arr.dtype.kind in "OSU" or arr.dtype.byteorder == ">":
-            tensors[name] = from_numpy(arr)
+            w = from_numpy(arr)
+            specs.append([name, w.datatype, list(w.shape), len(w.raw)])
+            parts.append(w.raw)
             continue
         if not arr.flags.c_contiguous:
             arr = np.ascontiguousarray(arr)
-        w = from_numpy(arr[:0])  # datatype only; no bytes copied
-        raw = memoryview(arr.reshape(-1)).cast("B") if arr.size else b""  # type: ignore[arg-type]
-        tensors[name] = WireTensor(w.datatype, tuple(int(d) for d in arr.shape), raw)  # type: ignore[arg-type]
-    return encode(header, tensors)
+        specs.append([name, _datatype(arr.dtype), list(arr.shape), arr.nbytes])
+        parts.append(arr.data.cast("B") if arr.size else b"")
+    meta["t"] = specs
+    head = json.dumps(meta, separators=(",", ":")).encode()
+    parts[0], parts[1] = _PREFIX.pack(MAGIC, len(head)), head
+    return b"".join(parts)
 
 
 def decode(data: Buffer) -> tuple[dict[str, Any], dict[str, WireTensor]]:
@@ -126,9 +142,15 @@ def decode_arrays(data: Buffer) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     arrays: dict[str, np.ndarray] = {}
     for name, t in tensors.items():
         if t.datatype == "BYTES":
-            check_raw_size(name, t.datatype, t.shape, bytes(t.raw))
-            arrays[name] = to_numpy(name, WireTensor(t.datatype, t.shape, bytes(t.raw)))
+            raw = bytes(t.raw)
+            check_raw_size(name, t.datatype, t.shape, raw)
+            arrays[name] = to_numpy(name, WireTensor(t.datatype, t.shape, raw))
             continue
-        check_raw_size(name, t.datatype, t.shape, t.raw)
-        arrays[name] = np.frombuffer(t.raw, dtype=numpy_dtype(t.datatype)).reshape(t.shape)
+        dtype = numpy_dtype(t.datatype)
+        count = 1
+        for d in t.shape:
+            count *= d
+        if count * dtype.itemsize != len(t.raw):
+            check_raw_size(name, t.datatype, t.shape, t.raw)  # raises, naming the tensor
+        arrays[name] = np.frombuffer(t.raw, dtype=dtype).reshape(t.shape)
     return header, arrays

@@ -333,11 +333,13 @@ class WorkerServer:
                     STATS_SERVICE,
                     {"Get": grpc.unary_unary_rpc_method_handler(self.servicer.Stats)},
                 ),
-                grpc.method_handlers_generic_handler(  # the gateway's raw stage call (wire)
-                    STAGE_SERVICE,
-                    {"Infer": grpc.unary_unary_rpc_method_handler(self.servicer.StageInfer)},
-                ),
             )
+        )
+        # the gateway's raw stage call (runtime.wire), registered: grpc serves registered
+        # methods on its fast path (a generic handler costs ~0.2 ms more per call)
+        self._server.add_registered_method_handlers(
+            STAGE_SERVICE,
+            {"Infer": grpc.unary_unary_rpc_method_handler(self.servicer.StageInfer)},
         )
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(self.servicer, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(_HealthServicer(), self._server)
