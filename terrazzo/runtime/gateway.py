@@ -434,6 +434,7 @@ class Gateway(ProtocolMixin, pb_grpc.GRPCInferenceServiceServicer):
         self._idle = threading.Condition(self._inflight_lock)
         self._worker_md = ((TOKEN_HEADER, opts.worker_token),) if opts.worker_token else ()
         self._children: dict[tuple[Any, ...], Any] = {}  # labelled metric children (_child)
+        self.cost: Any = None  # runtime.cost.CostAccount: charges stage device-seconds
         self.batching: Any = None  # ServeOptions.batching, reported by ModelConfig
 
     # -- readiness ---------------------------------------------------------------------
@@ -722,12 +723,16 @@ class Gateway(ProtocolMixin, pb_grpc.GRPCInferenceServiceServicer):
         wanted = self._requested_outputs(request)
         t_run = time.perf_counter()
         phases["compute_input"] = t_run - t_in
+        if self.cost is not None:
+            self.cost.begin()
         self._execute(env, deadline, context, request_id, workers, forwarded_parameters(request))
         t_out = time.perf_counter()
         phases["compute_infer"] = t_out - t_run
         resp = pb.ModelInferResponse(
             model_name=self.plan.model_name, model_version=self.plan.version, id=request.id
         )  # type: ignore[attr-defined]
+        if self.cost is not None:  # the device-seconds this request used, at the plan's prices
+            resp.parameters["cost_usd"].double_param = self.cost.request_usd()
         to_shm = {
             o.name: o.parameters for o in request.outputs if "shared_memory_region" in o.parameters
         }
@@ -911,6 +916,8 @@ class Gateway(ProtocolMixin, pb_grpc.GRPCInferenceServiceServicer):
             raise InferError(grpc.StatusCode.INTERNAL, f"{where}: {e}") from None
         compute_s = float(header.get("compute_s", 0.0))
         self.metrics.device_busy.labels(device=stage.device).inc(max(0.0, compute_s))
+        if self.cost is not None:
+            self.cost.charge(stage.index, compute_s)
         env.update(outputs)
         missing = [v for v in stage.outputs if v not in env]
         if missing:

@@ -110,5 +110,7 @@ class InProcessGateway(Gateway):
             env[name] = from_numpy(result[name])
         self._latency.observe(time.perf_counter() - t0)
         self._busy.inc(max(0.0, compute_s))
+        if self.cost is not None:
+            self.cost.charge(self.stage.index, compute_s)
         if time.monotonic() > deadline:
             raise InferError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded in stage 0")

@@ -231,6 +231,11 @@ class Server:
                 plan, self.metrics, self.gateway.opts, self._worker_opts, shm=shm, settings=settings
             )
         self.gateway.batching = opts.batching  # ModelConfig reports it (runtime.batch_config)
+        from terrazzo.runtime.cost import CostAccount  # USD per request / hour, planned vs actual
+
+        self.cost = CostAccount(plan, plan.usd_per_hour_by_device)
+        self.metrics.registry.register(self.cost)
+        self.gateway.cost = self.cost
         self._launcher: Launcher | None = None
         self._make_launcher = make_launcher
         self._stop = threading.Event()
