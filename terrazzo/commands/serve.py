@@ -82,8 +82,10 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--ray",
         default=None,
-        metavar="auto|ADDRESS",
-        help="place workers as Ray actors on this cluster (each requests devclass_<name>)",
+        metavar="HOST:PORT|local",
+        help="place workers as Ray actors on the cluster at HOST:PORT (or ray://HOST:PORT; "
+        "each actor declares 1 CPU, its GPU and memory, and devclass_<name>), or 'local': "
+        "start a cluster here and stop it on exit",
     )
     p.add_argument(
         "--timeout", type=float, default=30.0, help="server-side default request timeout, s"
