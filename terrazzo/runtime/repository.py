@@ -223,6 +223,7 @@ class _Loaded:
     server: Server
     path: Path
     mtime: float
+    batching: BatchingOptions | None = None  # its config.json's (a change reloads it)
 
 
 class ModelRepository(ProtocolMixin, pb_grpc.GRPCInferenceServiceServicer):
@@ -417,9 +418,16 @@ class ModelRepository(ProtocolMixin, pb_grpc.GRPCInferenceServiceServicer):
                     path = on_disk[v]
                     mtime = path.stat().st_mtime
                     have = current.get(v)
-                    if have is not None and have.path == path and have.mtime == mtime:
+                    if (
+                        have is not None
+                        and have.path == path
+                        and have.mtime == mtime
+                        and have.batching == batching
+                    ):
                         continue
-                    started[v] = _Loaded(self._start_version(name, v, path, batching), path, mtime)
+                    started[v] = _Loaded(
+                        self._start_version(name, v, path, batching), path, mtime, batching
+                    )
             except InferError as e:
                 for m in started.values():
                     m.server.stop(0)

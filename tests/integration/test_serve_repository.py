@@ -268,6 +268,20 @@ def test_bad_bundle_and_bad_config_fail_alone(
     (repo.root / "alpha" / "config.json").write_text(json.dumps({"max_batch": 4}))
     with pytest.raises(InferenceServerException, match="unknown field 'max_batch'"):
         c.load_model("alpha")
+    bad_batching = {"max_batch_size": 4, "dynamic_batching": {"priority_levels": -1}}
+    (repo.root / "alpha" / "config.json").write_text(json.dumps(bad_batching))
+    with pytest.raises(
+        InferenceServerException, match=r"alpha/config.json: dynamic_batching.priority_levels"
+    ):
+        c.load_model("alpha")
+    # Triton-style batching in config.json is accepted; this bundle was compiled for a fixed
+    # batch of 2, so ModelConfig says batching stays off and why
+    (repo.root / "alpha" / "config.json").write_text(
+        json.dumps({"max_batch_size": 4, "dynamic_batching": {"max_queue_delay_microseconds": 100}})
+    )
+    c.load_model("alpha")
+    cfg = c.get_model_config("alpha").config
+    assert cfg.max_batch_size == 0 and "off" in cfg.parameters["batching"].string_value
     c.close()
 
 
