@@ -169,4 +169,7 @@ def test_worker_batching_flags_are_checked_in_one_line(bundle):
     )  # fmt: skip
     assert res.returncode == 2
     err = res.stderr.strip()
-    assert len(err.splitlines()) == 1 and "preferred_batch_sizes must lie in 1..max_batch_size (4)" in err, err
+    assert (
+        len(err.splitlines()) == 1
+        and "preferred_batch_sizes must lie in 1..max_batch_size (4)" in err
+    ), err
