@@ -14,7 +14,10 @@ time, request by request:
 
 - ``in gw``: the same client call to a second server started with ``stage_in_gateway`` (the
   stage runs in the gateway process: one hop); ``gw_added`` = in gw - bare - direct at p50 is
-  what the gateway itself adds to a request (issue 14 target: ≤ 0.1 ms).
+  what the gateway adds over a bare bytes call (issue 14 target: ≤ 0.1 ms);
+- ``bare kserve``: the stock tritonclient against a minimal grpcio KServe servicer in its own
+  process that echoes the input (protobuf both ways, nothing else); ``gw_added_vs_kserve`` =
+  in gw - bare kserve - direct is what the gateway adds beyond the KServe protocol's own cost.
 
 - ``bare``: a bare grpcio unary call to an echo server in its own process moving the same
   bytes both ways (raw ``bytes`` messages, no protobuf, no Terrazzo; a registered method, grpc's
@@ -76,12 +79,34 @@ srv.stop(0)
 """
 
 
-def _bare_echo() -> tuple[object, int]:
-    """A bare grpcio echo server in a fresh process; returns (process, port)."""
+_KSERVE_ECHO_SERVER = """
+import sys, grpc
+from concurrent import futures
+from terrazzo.runtime.protos import grpc_service_pb2 as pb, grpc_service_pb2_grpc as pb_grpc
+class Echo(pb_grpc.GRPCInferenceServiceServicer):
+    def ModelInfer(self, request, context):
+        resp = pb.ModelInferResponse(model_name=request.model_name, id=request.id)
+        for t in request.inputs:
+            resp.outputs.add(name="y", datatype=t.datatype, shape=t.shape)
+        resp.raw_output_contents.extend(request.raw_input_contents)
+        return resp
+opts = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
+srv = grpc.server(futures.ThreadPoolExecutor(4), options=opts)
+pb_grpc.add_GRPCInferenceServiceServicer_to_server(Echo(), srv)
+port = srv.add_insecure_port("127.0.0.1:0")
+srv.start()
+print(port, flush=True)
+sys.stdin.read()
+srv.stop(0)
+"""
+
+
+def _bare_echo(code: str = _ECHO_SERVER) -> tuple[object, int]:
+    """An echo server (``code``) in a fresh process; returns (process, port)."""
     import subprocess
 
     proc = subprocess.Popen(
-        [sys.executable, "-c", _ECHO_SERVER],
+        [sys.executable, "-c", code],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -133,6 +158,8 @@ def main() -> None:
     echo_proc, echo_port = _bare_echo()
     echo_channel = grpc.insecure_channel(f"127.0.0.1:{echo_port}", options=grpc_options(64 << 20))
     bare_echo = echo_channel.unary_unary("/bare.Echo/Echo", _registered_method=True)
+    kserve_proc, kserve_port = _bare_echo(_KSERVE_ECHO_SERVER)
+    kserve_client = tc.InferenceServerClient(f"127.0.0.1:{kserve_port}")
     rows = []
     t_start = time.perf_counter()
     with (
@@ -175,11 +202,14 @@ def main() -> None:
             def call_gateway(inp=inp):
                 return client.infer("identity", [inp], client_timeout=30).as_numpy("y")
 
+            def call_bare_kserve(inp=inp):
+                return kserve_client.infer("echo", [inp], client_timeout=30).as_numpy("y")
+
             def call_in_gw(inp=inp):
                 return client_gw.infer("identity", [inp], client_timeout=30).as_numpy("y")
 
             assert np.array_equal(call_worker(), x) and np.array_equal(call_gateway(), x)
-            assert np.array_equal(call_in_gw(), x)
+            assert np.array_equal(call_in_gw(), x) and np.array_equal(call_bare_kserve(), x)
             assert np.array_equal(call_bare(), x)
             direct = _time(call_direct, n)
             assert np.array_equal(call_worker_pb(), x)
@@ -190,6 +220,7 @@ def main() -> None:
                     "1hop_pb": call_worker_pb,
                     "2hop": call_gateway,
                     "in_gw": call_in_gw,
+                    "bare_kserve": call_bare_kserve,
                 },
                 n,
             )
@@ -203,6 +234,9 @@ def main() -> None:
             row["hop/bare"] = row["per_hop_p50_ms"] / row["bare_p50_ms"]
             row["per_hop_p99_ms"] = (row["2hop_p99_ms"] - row["direct_p99_ms"]) / 2
             row["gw_added_p50_ms"] = row["in_gw_p50_ms"] - row["bare_p50_ms"] - row["direct_p50_ms"]
+            row["gw_added_vs_kserve_p50_ms"] = (
+                row["in_gw_p50_ms"] - row["bare_kserve_p50_ms"] - row["direct_p50_ms"]
+            )
             row["per_hop_p50_GBps"] = nbytes * 2 / 1e9 / max(row["per_hop_p50_ms"] / 1e3, 1e-9)
             rows.append(row)
         channel.close()
@@ -210,6 +244,8 @@ def main() -> None:
         client_gw.close()
     echo_channel.close()
     echo_proc.communicate("")
+    kserve_client.close()
+    kserve_proc.communicate("")
     cols = [
         "tensor",
         "requests",
@@ -221,6 +257,8 @@ def main() -> None:
         "2hop_p99_ms",
         "in_gw_p50_ms",
         "gw_added_p50_ms",
+        "bare_kserve_p50_ms",
+        "gw_added_vs_kserve_p50_ms",
         "per_hop_p50_ms",
         "per_hop_p99_ms",
         "1hop_pb_p50_ms",
