@@ -139,19 +139,30 @@ def _batchable(plan: Any) -> bool:
 
 
 def batched_model_config(
-    plan: Any, batching: BatchingOptions | Mapping[int, BatchingOptions] | None
+    plan: Any,
+    batching: BatchingOptions | Mapping[int, BatchingOptions] | None,
+    active: Mapping[int, bool] | None = None,
 ) -> Any:
-    """Triton ModelConfig of ``plan`` with the dynamic batching it is served with."""
+    """Triton ModelConfig of ``plan`` with the dynamic batching it is served with.
+
+    ``active`` (stage index -> whether its worker really batches, as the workers report it):
+    when the first stage's worker turned batching off (its signature proves no batch
+    dimension), the model reports ``max_batch_size`` 0 and says why in ``parameters``.
+    """
     from terrazzo.runtime.gateway import model_config
     from terrazzo.runtime.protos import model_config_pb2 as mc
 
     model, stages = model_batching(batching)
-    if model is None or not _batchable(plan):
+    first = plan.stages[0].index if plan.stages else 0
+    why = ""
+    if model is not None and not _batchable(plan):
+        why = "off: not every input and output has a symbolic dimension 0"
+    elif model is not None and active is not None and not active.get(first, True):
+        why = f"off: stage {first}'s signature proves no batch dimension"
+    if model is None or why:
         cfg = model_config(plan)
-        if model is not None:
-            cfg.parameters[
-                "batching"
-            ].string_value = "off: not every input and output has a symbolic dimension 0"
+        if why:
+            cfg.parameters["batching"].string_value = why
         return cfg
     compiled = [t.bounds[0][1] for t in plan.inputs if t.bounds and t.bounds[0][1] > 0]
     mbs = min([model.max_batch_size, *compiled])  # never more rows than the build accepts

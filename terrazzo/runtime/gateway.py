@@ -456,6 +456,7 @@ class Gateway(ProtocolMixin, pb_grpc.GRPCInferenceServiceServicer):
         self._children: dict[tuple[Any, ...], Any] = {}  # labelled metric children (_child)
         self.cost: Any = None  # runtime.cost.CostAccount: charges stage device-seconds
         self.batching: Any = None  # ServeOptions.batching, reported by ModelConfig
+        self.batching_active: dict[int, bool] | None = None  # stage -> its worker batches
 
     # -- readiness ---------------------------------------------------------------------
     def model_ready(self) -> bool:
@@ -536,7 +537,7 @@ class Gateway(ProtocolMixin, pb_grpc.GRPCInferenceServiceServicer):
             )
         from terrazzo.runtime.batch_config import batched_model_config
 
-        config = batched_model_config(self.plan, self.batching)
+        config = batched_model_config(self.plan, self.batching, self.batching_active)
         return pb.ModelConfigResponse(config=config)  # type: ignore[attr-defined]
 
     def model_statistics(self, out) -> None:

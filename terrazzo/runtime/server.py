@@ -300,6 +300,14 @@ class Server:
             self.pools, self.plan.model_name, self._worker_opts.token
         )
         self.metrics.registry.register(self.worker_stats)
+        if _batching_json(self.opts.batching):  # which stages really batch (ModelConfig says)
+            inproc = getattr(self.gateway, "servicer", None)
+            rows = (
+                [{"stage": 0, "batching": inproc.batcher is not None}]
+                if inproc is not None
+                else self.worker_stats.fetch()
+            )
+            self.gateway.batching_active = {int(r["stage"]): bool(r["batching"]) for r in rows}
         self._supervisor = threading.Thread(
             target=self._supervise, name="tz-supervisor", daemon=True
         )
