@@ -12,6 +12,10 @@ Outputs of the batched server are checked against the bundle run in-process, req
 The planner splits this bundle into the encoder (stage 0) and six empty stages (dead shape
 branches without outputs); only stage 0 is served, so the rows measure the encoder.
 
+``cpu-in-gw`` rows run the encoder stage inside the gateway process (``stage_in_gateway``): no
+worker hop, so what remains per request is the client hop, the gateway's Python and the
+kernels. ``exec_ms_batch{1,8,32}`` (in-process execution) show what a batch costs per row.
+
 ``simulated`` rows serve the same bundle with a fixed 20 ms added to every *execution* (the
 runner's ``execute_delay_s``, Triton's ``execute_delay_ms``): a device whose cost per execution
 does not grow with the batch, as a launch-bound accelerator. They isolate what the scheduler
@@ -159,6 +163,9 @@ def _run_load(port: int, concurrency: int, duration_s: float) -> dict[str, Any]:
 
 
 def _stage0(server: Any) -> dict[str, Any]:
+    inproc = getattr(server.gateway, "servicer", None)  # stage_in_gateway: its own counters
+    if inproc is not None:
+        return dict(inproc.stats.snapshot(), stage=0)
     return next(r for r in server.worker_stats.fetch() if r["stage"] == 0)
 
 
@@ -220,7 +227,7 @@ def main() -> None:
 
         with open_bundle(bundle, allow_unsigned=True) as b:  # in-process execution cost
             runners = b.load_stages()
-            for rows_n in (1, 32):
+            for rows_n in (1, 8, 32):
                 f = {k: np.repeat(v, rows_n, axis=0) for k, v in _feeds(0).items()}
                 b.run(f, runners)
                 t1 = time.perf_counter()
@@ -234,9 +241,12 @@ def main() -> None:
             ),
         )
         batching = BatchingOptions(max_batch_size=32, max_queue_delay_us=0)
-        for device, plan in (("cpu", base), ("simulated", simulated)):
+        for device, plan in (("cpu", base), ("cpu-in-gw", base), ("simulated", simulated)):
             for mode, opts in (("unbatched", None), ("batched", batching)):
-                with serve(plan, 0, allow_unsigned=True, batching=opts) as server:
+                in_gw = device == "cpu-in-gw"  # the stage in the gateway process: no hop
+                with serve(
+                    plan, 0, allow_unsigned=True, batching=opts, stage_in_gateway=in_gw
+                ) as server:
                     if device == "cpu" and mode == "batched":
                         extra["max_abs_diff_batched_vs_unbatched"] = _check_outputs(server, bundle)
                     for conc in concurrencies:

@@ -5,13 +5,23 @@ one worker process behind the gateway on loopback. For 4 KiB, 1 MiB and 16 MiB F
 time, request by request:
 
 - ``direct``: the stage called in-process (what the work itself costs);
-- ``1 hop``: a KServe v2 ``ModelInfer`` straight to the worker (client -> worker);
+- ``1 hop``: the gateway's own stage call straight to the worker (``terrazzo.Stage/Infer``, raw
+  tensors behind a small header: ``terrazzo.runtime.wire``), i.e. the worker hop as served;
+- ``1 hop pb``: the same call as a KServe v2 ``ModelInfer`` protobuf message (the format the
+  hop used before ``runtime.wire``);
 - ``2 hops``: the stock ``tritonclient.grpc`` client through the gateway (client -> gateway ->
   worker), i.e. how a user calls ``terrazzo serve``.
 
+- ``in gw``: the same client call to a second server started with ``stage_in_gateway`` (the
+  stage runs in the gateway process: one hop); ``gw_added`` = in gw - bare - direct at p50 is
+  what the gateway adds over a bare bytes call (issue 14 target: ≤ 0.1 ms);
+- ``bare kserve``: the stock tritonclient against a minimal grpcio KServe servicer in its own
+  process that echoes the input (protobuf both ways, nothing else); ``gw_added_vs_kserve`` =
+  in gw - bare kserve - direct is what the gateway adds beyond the KServe protocol's own cost.
+
 - ``bare``: a bare grpcio unary call to an echo server in its own process moving the same
-  bytes both ways (raw ``bytes`` messages, no protobuf, no Terrazzo): the floor a hop is
-  judged against (issue 14: a hop should cost ≤ 1.1× this).
+  bytes both ways (raw ``bytes`` messages, no protobuf, no Terrazzo; a registered method, grpc's
+  fast path, as the stage call is): the floor a hop is judged against (issue 14: a hop should cost ≤ 1.1× this).
 
 ``per hop`` is (2 hops - direct) / 2 at p50 and p99: the latency one loopback hop adds,
 including (de)serialisation and copies of the tensor on both sides; ``1hop/bare`` and
@@ -60,7 +70,7 @@ from concurrent import futures
 opts = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
 srv = grpc.server(futures.ThreadPoolExecutor(4), options=opts)
 echo = grpc.unary_unary_rpc_method_handler(lambda req, ctx: req)
-srv.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("bare.Echo", {"Echo": echo}),))
+srv.add_registered_method_handlers("bare.Echo", {"Echo": echo})
 port = srv.add_insecure_port("127.0.0.1:0")
 srv.start()
 print(port, flush=True)
@@ -69,12 +79,34 @@ srv.stop(0)
 """
 
 
-def _bare_echo() -> tuple[object, int]:
-    """A bare grpcio echo server in a fresh process; returns (process, port)."""
+_KSERVE_ECHO_SERVER = """
+import sys, grpc
+from concurrent import futures
+from terrazzo.runtime.protos import grpc_service_pb2 as pb, grpc_service_pb2_grpc as pb_grpc
+class Echo(pb_grpc.GRPCInferenceServiceServicer):
+    def ModelInfer(self, request, context):
+        resp = pb.ModelInferResponse(model_name=request.model_name, id=request.id)
+        for t in request.inputs:
+            resp.outputs.add(name="y", datatype=t.datatype, shape=t.shape)
+        resp.raw_output_contents.extend(request.raw_input_contents)
+        return resp
+opts = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
+srv = grpc.server(futures.ThreadPoolExecutor(4), options=opts)
+pb_grpc.add_GRPCInferenceServiceServicer_to_server(Echo(), srv)
+port = srv.add_insecure_port("127.0.0.1:0")
+srv.start()
+print(port, flush=True)
+sys.stdin.read()
+srv.stop(0)
+"""
+
+
+def _bare_echo(code: str = _ECHO_SERVER) -> tuple[object, int]:
+    """An echo server (``code``) in a fresh process; returns (process, port)."""
     import subprocess
 
     proc = subprocess.Popen(
-        [sys.executable, "-c", _ECHO_SERVER],
+        [sys.executable, "-c", code],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -108,6 +140,7 @@ def main() -> None:
     from terrazzo.runtime.protos import grpc_service_pb2 as pb
     from terrazzo.runtime.protos import grpc_service_pb2_grpc as pb_grpc
     from terrazzo.runtime.runners import identity
+    from terrazzo.runtime.wire import STAGE_METHOD, decode_arrays, encode_arrays
     from terrazzo.runtime.worker import TOKEN_HEADER, grpc_options
 
     factory = "terrazzo.runtime.runners:identity"
@@ -124,15 +157,22 @@ def main() -> None:
     direct_runner = identity(["x"], ["y"])
     echo_proc, echo_port = _bare_echo()
     echo_channel = grpc.insecure_channel(f"127.0.0.1:{echo_port}", options=grpc_options(64 << 20))
-    bare_echo = echo_channel.unary_unary("/bare.Echo/Echo")
+    bare_echo = echo_channel.unary_unary("/bare.Echo/Echo", _registered_method=True)
+    kserve_proc, kserve_port = _bare_echo(_KSERVE_ECHO_SERVER)
+    kserve_client = tc.InferenceServerClient(f"127.0.0.1:{kserve_port}")
     rows = []
     t_start = time.perf_counter()
-    with serve(plan, max_message_bytes=64 << 20) as server:
+    with (
+        serve(plan, max_message_bytes=64 << 20) as server,
+        serve(plan, max_message_bytes=64 << 20, stage_in_gateway=True) as in_gw,
+    ):
         ready_s = time.perf_counter() - t_start
         client = tc.InferenceServerClient(f"127.0.0.1:{server.port}")
+        client_gw = tc.InferenceServerClient(f"127.0.0.1:{in_gw.port}")
         worker = server.workers()[0]
         channel = grpc.insecure_channel(str(worker["address"]), options=grpc_options(64 << 20))
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        stage_call = channel.unary_unary(STAGE_METHOD, _registered_method=True)
         md = ((TOKEN_HEADER, server._worker_opts.token),)  # noqa: SLF001  the benchmark is a trusted caller
         for label, nbytes, n in SIZES:
             n = max(5, n // 4) if args.quick else n
@@ -146,6 +186,10 @@ def main() -> None:
                 return np.frombuffer(bare_echo(x.tobytes(), timeout=30), np.float32)
 
             def call_worker(x=x):
+                _, out = decode_arrays(stage_call(encode_arrays({}, {"x": x}), metadata=md))
+                return out["y"]
+
+            def call_worker_pb(x=x):
                 req = pb.ModelInferRequest(model_name="stage0")
                 req.inputs.add(name="x", datatype="FP32", shape=[x.size])
                 req.raw_input_contents.append(x.tobytes())
@@ -158,24 +202,50 @@ def main() -> None:
             def call_gateway(inp=inp):
                 return client.infer("identity", [inp], client_timeout=30).as_numpy("y")
 
+            def call_bare_kserve(inp=inp):
+                return kserve_client.infer("echo", [inp], client_timeout=30).as_numpy("y")
+
+            def call_in_gw(inp=inp):
+                return client_gw.infer("identity", [inp], client_timeout=30).as_numpy("y")
+
             assert np.array_equal(call_worker(), x) and np.array_equal(call_gateway(), x)
+            assert np.array_equal(call_in_gw(), x) and np.array_equal(call_bare_kserve(), x)
             assert np.array_equal(call_bare(), x)
             direct = _time(call_direct, n)
-            t = _interleaved({"bare": call_bare, "1hop": call_worker, "2hop": call_gateway}, n)
+            assert np.array_equal(call_worker_pb(), x)
+            t = _interleaved(
+                {
+                    "bare": call_bare,
+                    "1hop": call_worker,
+                    "1hop_pb": call_worker_pb,
+                    "2hop": call_gateway,
+                    "in_gw": call_in_gw,
+                    "bare_kserve": call_bare_kserve,
+                },
+                n,
+            )
             row = {"tensor": label, "requests": n}
             for name, s in (("direct", direct), *t.items()):
                 row[f"{name}_p50_ms"] = _pct(s, 50) * 1e3
                 row[f"{name}_p99_ms"] = _pct(s, 99) * 1e3
             row["1hop/bare"] = row["1hop_p50_ms"] / row["bare_p50_ms"]
+            row["1hop_pb/bare"] = row["1hop_pb_p50_ms"] / row["bare_p50_ms"]
             row["per_hop_p50_ms"] = (row["2hop_p50_ms"] - row["direct_p50_ms"]) / 2
             row["hop/bare"] = row["per_hop_p50_ms"] / row["bare_p50_ms"]
             row["per_hop_p99_ms"] = (row["2hop_p99_ms"] - row["direct_p99_ms"]) / 2
+            row["gw_added_p50_ms"] = row["in_gw_p50_ms"] - row["bare_p50_ms"] - row["direct_p50_ms"]
+            row["gw_added_vs_kserve_p50_ms"] = (
+                row["in_gw_p50_ms"] - row["bare_kserve_p50_ms"] - row["direct_p50_ms"]
+            )
             row["per_hop_p50_GBps"] = nbytes * 2 / 1e9 / max(row["per_hop_p50_ms"] / 1e3, 1e-9)
             rows.append(row)
         channel.close()
         client.close()
+        client_gw.close()
     echo_channel.close()
     echo_proc.communicate("")
+    kserve_client.close()
+    kserve_proc.communicate("")
     cols = [
         "tensor",
         "requests",
@@ -185,9 +255,15 @@ def main() -> None:
         "1hop_p99_ms",
         "2hop_p50_ms",
         "2hop_p99_ms",
+        "in_gw_p50_ms",
+        "gw_added_p50_ms",
+        "bare_kserve_p50_ms",
+        "gw_added_vs_kserve_p50_ms",
         "per_hop_p50_ms",
         "per_hop_p99_ms",
+        "1hop_pb_p50_ms",
         "1hop/bare",
+        "1hop_pb/bare",
         "hop/bare",
         "per_hop_p50_GBps",
     ]

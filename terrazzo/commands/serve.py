@@ -82,8 +82,10 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--ray",
         default=None,
-        metavar="auto|ADDRESS",
-        help="place workers as Ray actors on this cluster (each requests devclass_<name>)",
+        metavar="HOST:PORT|local",
+        help="place workers as Ray actors on the cluster at HOST:PORT (or ray://HOST:PORT; "
+        "each actor declares 1 CPU, its GPU and memory, and devclass_<name>), or 'local': "
+        "start a cluster here and stop it on exit",
     )
     p.add_argument(
         "--timeout", type=float, default=30.0, help="server-side default request timeout, s"
@@ -166,6 +168,15 @@ def register(subparsers: Any) -> None:
         help="with --max-batch-size: execute at once when a batch of K rows can be formed "
         "(repeatable)",
     )
+    from terrazzo.commands._batching import add_batching_arguments
+
+    add_batching_arguments(p, queue_only=True)
+    p.add_argument(
+        "--stage-in-gateway",
+        action="store_true",
+        help="single-stage models: run the stage inside the gateway process (no worker hop; "
+        "no worker isolation or restarts)",
+    )
     # --- hfllm: OpenAI-compatible HTTP front for LLM bundles (terrazzo.runtime.openai_front)
     p.add_argument(
         "--openai-port", type=int, default=None, metavar="N",
@@ -242,13 +253,9 @@ def run(args: argparse.Namespace) -> int:
         "max_restarts": args.max_restarts,
     }
     ServeOptions(**limits)  # a bad limit: one line, before the bundle is even opened
-    from terrazzo.runtime import BatchingOptions
+    from terrazzo.commands._batching import batching_from_args
 
-    batching = BatchingOptions(  # dynamic batching; a bad value: one line, here
-        max_batch_size=args.max_batch_size,
-        preferred_batch_sizes=tuple(args.preferred_batch_size),
-        max_queue_delay_us=args.max_queue_delay_us,
-    )
+    batching = batching_from_args(args)  # dynamic batching; a bad value: one line, here
 
     # Signature and every hash, before anything is extracted or started; the workers then
     # trust exactly the key that verified here (or run unverified with --allow-unsigned).
@@ -297,6 +304,7 @@ def run(args: argparse.Namespace) -> int:
         max_restarts=args.max_restarts,
         internal_tls=args.internal_tls,
         batching=batching,  # dynamic batching
+        stage_in_gateway=args.stage_in_gateway,
         **static,
     )
     ready_s = time.perf_counter() - t0
@@ -347,6 +355,7 @@ def _run_repository(args: argparse.Namespace, tls: Any) -> int:
         host=args.host,
         port=args.port,
         metrics_port=args.metrics_port,
+        http_port=_http_port(args),
         replicas=args.replicas,
         token=args.token,
         tls=tls,
@@ -360,6 +369,9 @@ def _run_repository(args: argparse.Namespace, tls: Any) -> int:
         max_restarts=args.max_restarts,
         internal_tls=args.internal_tls or bool(args.ray),
     )
+    from terrazzo.commands._batching import batching_from_args
+
+    batching = batching_from_args(args)  # the default of models without their own config.json
     t0 = time.perf_counter()
     repo = serve_repository(
         args.bundle,
@@ -370,6 +382,10 @@ def _run_repository(args: argparse.Namespace, tls: Any) -> int:
         default_policy=policy,
         trust_key=args.trust,
         allow_unsigned=args.allow_unsigned,
+        model_options={
+            **({"batching": batching} if batching.enabled else {}),
+            **({"stage_in_gateway": True} if args.stage_in_gateway else {}),
+        },
     )
     loaded = repo.loaded()
     print(
@@ -378,6 +394,8 @@ def _run_repository(args: argparse.Namespace, tls: Any) -> int:
         + (", ".join(f"{n} v{','.join(map(str, v))}" for n, v in loaded.items()) or "no model")
         + f"; ready in {time.perf_counter() - t0:.1f} s"
     )
+    if repo.http_port is not None:
+        print(f"KServe v2 HTTP on {'https' if tls else 'http'}://{args.host}:{repo.http_port}/v2")
     if repo.metrics_port is not None:
         print(f"metrics on http://{args.host}:{repo.metrics_port}/metrics")
     stopping = threading.Event()

@@ -46,7 +46,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=9000, help="port to listen on (default 9000)")
     p.add_argument("--max-message-mib", type=int, default=256, help="max gRPC message size, MiB")
+    from terrazzo.commands._batching import add_batching_arguments
     from terrazzo.commands._common import add_trust_arguments
+
+    add_batching_arguments(p)
 
     add_trust_arguments(
         p,
@@ -76,7 +79,14 @@ def run(args: argparse.Namespace) -> int:
         raise ServingError(
             f"--stage {args.stage}: the bundle has stages {', '.join(map(str, sorted(stages)))}"
         )
-    opts = WorkerOptions(token=token, max_message_bytes=args.max_message_mib << 20)
+    from terrazzo.commands._batching import batching_from_args
+
+    batching = batching_from_args(args)  # a bad value: one line, before the stage loads
+    opts = WorkerOptions(
+        token=token,
+        max_message_bytes=args.max_message_mib << 20,
+        batching={"*": batching.to_json()} if batching.enabled else None,
+    )
     config = dict(worker_config(stages[args.stage], opts, args.host), port=args.port)
     try:
         server = WorkerServer(config)

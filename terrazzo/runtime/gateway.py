@@ -7,7 +7,7 @@ a stage starts as soon as every value it reads exists, so independent stages run
 Client cancellation cancels the worker calls in flight.
 
 Admission bounds both the requests in flight (``max_queue``) and their bytes
-(``max_inflight_bytes``, the serialized size of the requests being served); either answers
+(``max_inflight_bytes``, the tensor bytes of the requests being served, ``request_bytes``); either answers
 RESOURCE_EXHAUSTED at once, before any worker is involved. Each stage call has its own
 server-side deadline (``ReplicaPool.stage_timeout_s``, derived from the SLA): a call that misses
 it, a worker that answers UNAVAILABLE, or a call cancelled because its replica was condemned is
@@ -35,6 +35,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import hmac
+import itertools
 import mmap
 import os
 import queue
@@ -43,10 +44,13 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
 from terrazzo import __version__
+from terrazzo.runtime import wire
+from terrazzo.runtime.batch_config import forwarded_parameters
 from terrazzo.runtime.metrics import RuntimeMetrics, log_request
 from terrazzo.runtime.plan import ServingPlan
 from terrazzo.runtime.pool import Replica, ReplicaPool
@@ -54,7 +58,7 @@ from terrazzo.runtime.protos import grpc_service_pb2 as pb
 from terrazzo.runtime.protos import grpc_service_pb2_grpc as pb_grpc
 from terrazzo.runtime.protos import health_pb2, health_pb2_grpc
 from terrazzo.runtime.protos import model_config_pb2 as mc
-from terrazzo.runtime.tensors import TensorError, WireTensor, decode_inputs
+from terrazzo.runtime.tensors import TensorError, WireTensor, decode_inputs, numpy_dtype
 from terrazzo.runtime.worker import TOKEN_HEADER
 
 _PASS_THROUGH = {
@@ -94,6 +98,9 @@ class GatewayOptions:
 
 
 _TRIM_AFTER_BYTES = 16 << 20
+# request ids for requests without one: a per-process random prefix and a counter
+_ID_PREFIX = uuid.uuid4().hex[:12]
+_IDS = itertools.count(1)
 
 
 def _malloc_trim() -> None:
@@ -389,6 +396,26 @@ class ProtocolMixin:
         return _log_response(self.settings.log)
 
 
+def request_bytes(request) -> int:
+    """The bytes a ModelInferRequest holds, for admission: its tensors' sizes from their
+    datatypes and shapes. ``ByteSize()`` serialises the message to count it (120 ms for a
+    16 MiB tensor, most of what the gateway itself spent); it is only used for BYTES or typed
+    contents. A shape that lies about its raw bytes is refused by validation right after."""
+    total = 0
+    for t in request.inputs:
+        if t.datatype == "BYTES" or t.HasField("contents"):
+            return int(request.ByteSize())
+        try:
+            itemsize = numpy_dtype(t.datatype).itemsize
+        except TensorError:
+            return int(request.ByteSize())
+        n = 1
+        for d in t.shape:
+            n *= max(int(d), 0)
+        total += n * itemsize
+    return total
+
+
 def shm_param(params, name: str) -> object:
     p = params.get(name)
     if p is None:
@@ -426,6 +453,10 @@ class Gateway(ProtocolMixin, pb_grpc.GRPCInferenceServiceServicer):
         self._inflight_lock = threading.Lock()
         self._idle = threading.Condition(self._inflight_lock)
         self._worker_md = ((TOKEN_HEADER, opts.worker_token),) if opts.worker_token else ()
+        self._children: dict[tuple[Any, ...], Any] = {}  # labelled metric children (_child)
+        self.cost: Any = None  # runtime.cost.CostAccount: charges stage device-seconds
+        self.batching: Any = None  # ServeOptions.batching, reported by ModelConfig
+        self.batching_active: dict[int, bool] | None = None  # stage -> its worker batches
 
     # -- readiness ---------------------------------------------------------------------
     def model_ready(self) -> bool:
@@ -504,7 +535,10 @@ class Gateway(ProtocolMixin, pb_grpc.GRPCInferenceServiceServicer):
                 grpc.StatusCode.NOT_FOUND,
                 f"unknown model {request.name!r} version {request.version!r}",
             )
-        return pb.ModelConfigResponse(config=model_config(self.plan))  # type: ignore[attr-defined]
+        from terrazzo.runtime.batch_config import batched_model_config
+
+        config = batched_model_config(self.plan, self.batching, self.batching_active)
+        return pb.ModelConfigResponse(config=config)  # type: ignore[attr-defined]
 
     def model_statistics(self, out) -> None:
         """Fill one ModelStatistics message."""
@@ -561,7 +595,7 @@ class Gateway(ProtocolMixin, pb_grpc.GRPCInferenceServiceServicer):
 
     def _infer(self, request, context) -> pb.ModelInferResponse:  # type: ignore[name-defined]
         t0 = time.perf_counter()
-        request_id = request.id or uuid.uuid4().hex
+        request_id = request.id or f"{_ID_PREFIX}-{next(_IDS)}"  # uuid4 costs ~20 us
         model = request.model_name
         status = "OK"
         workers: list[str] = []
@@ -580,7 +614,7 @@ class Gateway(ProtocolMixin, pb_grpc.GRPCInferenceServiceServicer):
         if self.draining.is_set():
             self._count(model, "UNAVAILABLE", t0, request_id, workers)
             raise InferError(grpc.StatusCode.UNAVAILABLE, self.drain_reason)
-        size = request.ByteSize()
+        size = request_bytes(request)
         refusal = ""
         with self._inflight_lock:
             if self._inflight >= self.opts.max_queue:
@@ -601,7 +635,7 @@ class Gateway(ProtocolMixin, pb_grpc.GRPCInferenceServiceServicer):
         if refusal:
             self._count(model, "RESOURCE_EXHAUSTED", t0, request_id, workers)
             raise InferError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"model {model!r}: {refusal}")
-        self.metrics.queue_depth.labels(model=model).inc()
+        self._child(self.metrics.queue_depth, model=model).inc()
         phases: dict[str, float] = {"queue": time.perf_counter() - t0}
         try:
             response = self._run(request, context, request_id, workers, phases)
@@ -613,7 +647,7 @@ class Gateway(ProtocolMixin, pb_grpc.GRPCInferenceServiceServicer):
             status = "INTERNAL"
             raise InferError(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}") from e
         finally:
-            self.metrics.queue_depth.labels(model=model).dec()
+            self._child(self.metrics.queue_depth, model=model).dec()
             with self._idle:
                 self._inflight -= 1
                 self._inflight_bytes -= size
@@ -622,13 +656,21 @@ class Gateway(ProtocolMixin, pb_grpc.GRPCInferenceServiceServicer):
             self._count(model, status, t0, request_id, workers)
             self.stats.record(status == "OK", time.perf_counter() - t0, phases)
 
+    def _child(self, family: Any, **labels: str) -> Any:
+        """``family.labels(**labels)``, cached: prometheus' lookup costs ~10 us a call."""
+        key = (id(family), *labels.values())
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = family.labels(**labels)
+        return child
+
     def _count(
         self, model: str, status: str, t0: float, request_id: str, workers: list[str]
     ) -> None:
         latency_s = time.perf_counter() - t0
-        self.metrics.requests.labels(model=model, status=status).inc()
+        self._child(self.metrics.requests, model=model, status=status).inc()
         if status == "OK":
-            self.metrics.request_latency.labels(model=model).observe(latency_s)
+            self._child(self.metrics.request_latency, model=model).observe(latency_s)
         log_request(
             id=request_id,
             model=model,
@@ -702,12 +744,16 @@ class Gateway(ProtocolMixin, pb_grpc.GRPCInferenceServiceServicer):
         wanted = self._requested_outputs(request)
         t_run = time.perf_counter()
         phases["compute_input"] = t_run - t_in
-        self._execute(env, deadline, context, request_id, workers)
+        if self.cost is not None:
+            self.cost.begin()
+        self._execute(env, deadline, context, request_id, workers, forwarded_parameters(request))
         t_out = time.perf_counter()
         phases["compute_infer"] = t_out - t_run
         resp = pb.ModelInferResponse(
             model_name=self.plan.model_name, model_version=self.plan.version, id=request.id
         )  # type: ignore[attr-defined]
+        if self.cost is not None:  # the device-seconds this request used, at the plan's prices
+            resp.parameters["cost_usd"].double_param = self.cost.request_usd()
         to_shm = {
             o.name: o.parameters for o in request.outputs if "shared_memory_region" in o.parameters
         }
@@ -716,7 +762,7 @@ class Gateway(ProtocolMixin, pb_grpc.GRPCInferenceServiceServicer):
             out = resp.outputs.add(name=name, datatype=t.datatype, shape=t.shape)
             params = to_shm.get(name)
             if params is None:
-                resp.raw_output_contents.append(t.raw)
+                resp.raw_output_contents.append(bytes(t.raw))  # a view into the worker reply
                 continue
             region = str(shm_param(params, "shared_memory_region"))
             size = shm_param(params, "shared_memory_byte_size")
@@ -743,6 +789,7 @@ class Gateway(ProtocolMixin, pb_grpc.GRPCInferenceServiceServicer):
         context,
         request_id: str,
         workers: list[str],
+        fwd: dict[str, int] | None = None,
     ) -> None:
         pending = list(self.pools)
         running: dict[int, tuple[grpc.Future, Replica, ReplicaPool, float, int]] = {}
@@ -752,7 +799,7 @@ class Gateway(ProtocolMixin, pb_grpc.GRPCInferenceServiceServicer):
             while pending or running:
                 for pool in [p for p in pending if all(v in env for v in p.stage.inputs)]:
                     pending.remove(pool)
-                    self._launch(pool, env, deadline, request_id, running, done, workers)
+                    self._launch(pool, env, deadline, request_id, running, done, workers, fwd=fwd)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise InferError(
@@ -778,7 +825,17 @@ class Gateway(ProtocolMixin, pb_grpc.GRPCInferenceServiceServicer):
                     if tries >= self.opts.stage_retries or time.monotonic() >= deadline:
                         raise InferError(grpc.StatusCode.UNAVAILABLE, str(e)) from None
                     self._launch(
-                        pool, env, deadline, request_id, running, done, workers, rep, tries + 1, e
+                        pool,
+                        env,
+                        deadline,
+                        request_id,
+                        running,
+                        done,
+                        workers,
+                        rep,
+                        tries + 1,
+                        e,
+                        fwd=fwd,
                     )
         finally:
             for fut, rep, pool, _, _ in running.values():
@@ -797,6 +854,7 @@ class Gateway(ProtocolMixin, pb_grpc.GRPCInferenceServiceServicer):
         exclude: Replica | None = None,
         tries: int = 0,
         cause: Exception | None = None,
+        fwd: dict[str, int] | None = None,
     ) -> None:
         stage = pool.stage
         rep = pool.acquire(exclude)
@@ -808,17 +866,16 @@ class Gateway(ProtocolMixin, pb_grpc.GRPCInferenceServiceServicer):
                 f"no healthy worker for stage {stage.index} (device {stage.device})",
             )
         workers.append(rep.name)
-        req = pb.ModelInferRequest(model_name=f"stage{stage.index}", id=request_id)  # type: ignore[attr-defined]
-        for name in stage.inputs:
-            t = env[name]
-            req.inputs.add(name=name, datatype=t.datatype, shape=t.shape)
-            req.raw_input_contents.append(t.raw)
+        # raw tensors behind a small header (runtime.wire): no protobuf copy of the tensors
+        req = wire.encode(
+            {"id": request_id, **(fwd or {})}, {name: env[name] for name in stage.inputs}
+        )
         try:
-            stub = rep.stub
-            if stub is None:  # detached after acquire (a concurrent restart)
+            call = rep.stage_call
+            if call is None:  # detached after acquire (a concurrent restart)
                 raise InferError(grpc.StatusCode.UNAVAILABLE, f"worker {rep.name} was detached")
             timeout = min(deadline - time.monotonic(), pool.stage_timeout_s)
-            fut = stub.ModelInfer.future(req, timeout=max(timeout, 1e-3), metadata=self._worker_md)
+            fut = call.future(req, timeout=max(timeout, 1e-3), metadata=self._worker_md)
         except Exception:
             pool.release(rep, ok=False)
             raise
@@ -874,11 +931,15 @@ class Gateway(ProtocolMixin, pb_grpc.GRPCInferenceServiceServicer):
         self.metrics.stage_latency.labels(
             model=self.plan.model_name, stage=str(stage.index), device=stage.device
         ).observe(time.perf_counter() - t_start)
-        compute = resp.parameters.get("compute_s")
-        if compute is not None:
-            self.metrics.device_busy.labels(device=stage.device).inc(max(0.0, compute.double_param))
-        for i, t in enumerate(resp.outputs):
-            env[t.name] = WireTensor(t.datatype, tuple(t.shape), resp.raw_output_contents[i])
+        try:
+            header, outputs = wire.decode(resp)
+        except TensorError as e:
+            raise InferError(grpc.StatusCode.INTERNAL, f"{where}: {e}") from None
+        compute_s = float(header.get("compute_s", 0.0))
+        self.metrics.device_busy.labels(device=stage.device).inc(max(0.0, compute_s))
+        if self.cost is not None:
+            self.cost.charge(stage.index, compute_s)
+        env.update(outputs)
         missing = [v for v in stage.outputs if v not in env]
         if missing:
             raise InferError(

@@ -207,5 +207,8 @@ class WorkerStatsCollector(Collector):
 
 
 def log_request(**fields: Any) -> None:
-    """Write one structured access-log line (JSON) at INFO level."""
+    """Write one structured access-log line (JSON) at INFO level (nothing is formatted when the
+    access log is off: that JSON is a third of the gateway's own per-request time)."""
+    if not ACCESS_LOG.isEnabledFor(logging.INFO):
+        return
     ACCESS_LOG.info(json.dumps({"event": "infer", **fields}, sort_keys=True, default=str))

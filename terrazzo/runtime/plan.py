@@ -83,6 +83,8 @@ class ServingPlan:
     platform: str = "terrazzo"
     bundle_path: str | None = None
     sla_latency_s: float | None = None  # end-to-end latency bound; stage deadlines derive from it
+    # USD per device-hour by device class, from the bundle's plan (runtime.cost); {}: unpriced
+    usd_per_hour_by_device: Mapping[str, float] = field(default_factory=dict)
 
     def verify(self) -> None:
         """Check that the stage DAG is well-formed: every value a stage reads is produced earlier.
@@ -138,6 +140,7 @@ class ServingPlan:
             BundleError: the bundle is malformed or tampered with.
         """
         from terrazzo.bundle import open_bundle
+        from terrazzo.runtime.cost import device_prices
 
         bundle = open_bundle(path, trust_key=trust_key, allow_unsigned=allow_unsigned)
         worker_trust = bundle.worker_trust()
@@ -179,6 +182,7 @@ class ServingPlan:
             stages=tuple(stages),
             bundle_path=str(Path(path).resolve()),
             sla_latency_s=sla_latency(bundle.manifest.get("sla")),
+            usd_per_hour_by_device=device_prices(bundle.manifest),
         )
         if hasattr(bundle, "close"):
             bundle.close()  # workers open (and verify) the bundle themselves

@@ -20,6 +20,7 @@ from terrazzo.runtime.metrics import RuntimeMetrics
 from terrazzo.runtime.plan import StageSpec
 from terrazzo.runtime.protos import grpc_service_pb2_grpc as pb_grpc
 from terrazzo.runtime.protos import health_pb2, health_pb2_grpc
+from terrazzo.runtime.wire import STAGE_METHOD
 from terrazzo.runtime.worker import grpc_options
 
 
@@ -32,6 +33,7 @@ class Replica:
     handle: WorkerHandle | None = None
     channel: grpc.Channel | None = None
     stub: pb_grpc.GRPCInferenceServiceStub | None = None
+    stage_call: grpc.UnaryUnaryMultiCallable | None = None  # raw stage calls (runtime.wire)
     healthy: bool = False
     outstanding: int = 0
     restarting: bool = False
@@ -66,6 +68,9 @@ class Replica:
         else:
             self.channel = grpc.insecure_channel(handle.address, options=options)
         self.stub = pb_grpc.GRPCInferenceServiceStub(self.channel)
+        self.stage_call = self.channel.unary_unary(  # bytes in, bytes out
+            STAGE_METHOD, _registered_method=True
+        )
         self.deadline_misses = self.heartbeat_misses = 0
         self.condemned = None
         self.pending_probe = None
@@ -76,6 +81,7 @@ class Replica:
             self.channel.close()
         self.channel = None
         self.stub = None
+        self.stage_call = None
         self.pending_probe = None
 
     def probe(self, timeout_s: float = 2.0) -> bool:

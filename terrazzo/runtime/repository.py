@@ -13,7 +13,14 @@ versions. Per model in an optional ``DIR/<model>/config.json`` in the JSON form 
     {"version_policy": {"all": {}}}
     {"version_policy": {"specific": {"versions": [1, 3]}}}
 
-or for every model without one by ``--version-policy latest:N|all|specific:1,3``.
+or for every model without one by ``--version-policy latest:N|all|specific:1,3``. The same file
+may set the model's dynamic batching in Triton's JSON form (``terrazzo.runtime.batch_config``)::
+
+    {"max_batch_size": 8, "dynamic_batching": {"preferred_batch_size": [4, 8],
+     "max_queue_delay_microseconds": 500, "priority_levels": 2,
+     "default_queue_policy": {"timeout_action": "REJECT", "default_timeout_microseconds": 0}}}
+
+which overrides the server-wide ``--max-batch-size`` flags for that model.
 
 Model control (Triton's ``--model-control-mode``): ``none`` loads every model at start and
 refuses load/unload; ``explicit`` loads the ``--load-model`` names at start (``*``: all) and
@@ -31,6 +38,9 @@ Bad input: an unknown model or version answers NOT_FOUND; a bundle that fails ve
 fails its load with the verifier's one line (FAILED_PRECONDITION from RepositoryModelLoad, a log
 line at start and while polling) and every other model keeps serving; a malformed config.json
 answers INVALID_ARGUMENT naming the field.
+
+HTTP: with ``opts.http_port`` the KServe v2 HTTP/REST front (``terrazzo.runtime.http_front``)
+serves this same dispatcher, so every model of the directory answers on both ports.
 
 Metrics: each loaded version keeps its own registry; ``opts.metrics_port`` serves their union
 (families merged by name, every sample labelled with its ``model`` and ``version``).
@@ -51,6 +61,8 @@ import grpc
 
 from terrazzo import __version__
 from terrazzo.errors import ServingError
+from terrazzo.runtime.batch_config import BATCHING_FIELDS, batching_from_config
+from terrazzo.runtime.batcher import BatchingOptions
 from terrazzo.runtime.gateway import (
     EXTENSIONS,
     Gateway,
@@ -182,14 +194,28 @@ def parse_config(text: str, name: str, where: str, default: VersionPolicy) -> Ve
         raise ConfigError(f"{where}: not valid JSON ({e})") from None
     if not isinstance(obj, dict):
         raise ConfigError(f"{where}: must be a JSON object")
-    unknown = sorted(set(obj) - {"name", "version_policy"})
+    unknown = sorted(set(obj) - {"name", "version_policy", *BATCHING_FIELDS})
     if unknown:
         raise ConfigError(f"{where}: unknown field {unknown[0]!r}")
     if "name" in obj and obj["name"] != name:
         raise ConfigError(f"{where}: name {obj['name']!r} differs from the model's {name!r}")
+    batching_from_config(obj, where)  # a malformed batching field fails here, naming it
     if "version_policy" not in obj:
         return default
     return VersionPolicy.from_json(obj["version_policy"], where)
+
+
+def read_batching(root: Path, name: str, config: str | None) -> BatchingOptions | None:
+    """The dynamic batching of ``name`` from ``config`` (a load request's) or its config.json;
+    None when neither names any (the server-wide default applies). Called after
+    ``parse_config`` accepted the same text."""
+    where = "load config"
+    if config is None:
+        cfg = root / name / "config.json"
+        if not cfg.is_file():
+            return None
+        config, where = cfg.read_text(), f"{name}/config.json"
+    return batching_from_config(json.loads(config), where)
 
 
 @dataclass(slots=True)
@@ -197,6 +223,7 @@ class _Loaded:
     server: Server
     path: Path
     mtime: float
+    batching: BatchingOptions | None = None  # its config.json's (a change reloads it)
 
 
 class ModelRepository(ProtocolMixin, pb_grpc.GRPCInferenceServiceServicer):
@@ -246,8 +273,10 @@ class ModelRepository(ProtocolMixin, pb_grpc.GRPCInferenceServiceServicer):
         self._grpc: grpc.Server | None = None
         self._poller: threading.Thread | None = None
         self._metrics_http: Any = None
+        self._http: Any = None
         self.port = 0
         self.metrics_port: int | None = None
+        self.http_port: int | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> ModelRepository:
@@ -266,6 +295,19 @@ class ModelRepository(ProtocolMixin, pb_grpc.GRPCInferenceServiceServicer):
             except (InferError, ServingError) as e:
                 log.error("model %s not loaded: %s", name, e)
         self._grpc, self.port = start_grpc(self, HealthService(self), self.opts)  # type: ignore[arg-type]
+        if self.opts.http_port is not None:  # KServe v2 HTTP/REST over this same dispatcher
+            from terrazzo.runtime.http_front import HTTPFront
+
+            self._http = HTTPFront(
+                self,  # type: ignore[arg-type]
+                self.opts.host,
+                self.opts.http_port,
+                token=self.opts.token,
+                tls=self.opts.tls,
+                max_body_bytes=self.opts.max_message_bytes,
+                max_connections=self.opts.max_rpcs,
+            )
+            self.http_port = self._http.port
         if self.opts.metrics_port is not None:
             from prometheus_client import CollectorRegistry, start_http_server
 
@@ -302,6 +344,8 @@ class ModelRepository(ProtocolMixin, pb_grpc.GRPCInferenceServiceServicer):
             m.server.stop(drain_timeout_s)
         if self._grpc is not None:
             self._grpc.stop(1.0).wait()
+        if self._http is not None:
+            self._http.stop()
         if self._poller is not None:
             self._poller.join(timeout=5)
         if self._metrics_http is not None:
@@ -356,6 +400,7 @@ class ModelRepository(ProtocolMixin, pb_grpc.GRPCInferenceServiceServicer):
                     if config is None
                     else parse_config(config, name, "load config", self.default_policy)
                 )
+                batching = read_batching(self.root, name, config)
             except ConfigError as e:
                 self._reasons[name] = str(e)
                 raise InferError(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
@@ -373,9 +418,16 @@ class ModelRepository(ProtocolMixin, pb_grpc.GRPCInferenceServiceServicer):
                     path = on_disk[v]
                     mtime = path.stat().st_mtime
                     have = current.get(v)
-                    if have is not None and have.path == path and have.mtime == mtime:
+                    if (
+                        have is not None
+                        and have.path == path
+                        and have.mtime == mtime
+                        and have.batching == batching
+                    ):
                         continue
-                    started[v] = _Loaded(self._start_version(name, v, path), path, mtime)
+                    started[v] = _Loaded(
+                        self._start_version(name, v, path, batching), path, mtime, batching
+                    )
             except InferError as e:
                 for m in started.values():
                     m.server.stop(0)
@@ -391,7 +443,9 @@ class ModelRepository(ProtocolMixin, pb_grpc.GRPCInferenceServiceServicer):
                     m.server.stop()
             return sorted(wanted)
 
-    def _start_version(self, name: str, version: int, path: Path) -> Server:
+    def _start_version(
+        self, name: str, version: int, path: Path, batching: BatchingOptions | None = None
+    ) -> Server:
         try:
             plan = ServingPlan.from_bundle(
                 path, trust_key=self.trust_key, allow_unsigned=self.allow_unsigned
@@ -403,6 +457,11 @@ class ModelRepository(ProtocolMixin, pb_grpc.GRPCInferenceServiceServicer):
             ) from None
         plan = replace(plan, model_name=name, version=str(version))
         o = self.opts
+        options = dict(self.model_options)
+        if batching is not None:  # the model's config.json wins over the server-wide flags
+            options["batching"] = batching
+        if options.get("stage_in_gateway") and len(plan.stages) != 1:
+            options.pop("stage_in_gateway")  # multi-stage models keep their workers
         try:
             return serve(
                 plan,
@@ -419,7 +478,7 @@ class ModelRepository(ProtocolMixin, pb_grpc.GRPCInferenceServiceServicer):
                 stage_timeout_s=o.stage_timeout_s,
                 max_restarts=o.max_restarts,
                 internal_tls=o.internal_tls,
-                **self.model_options,
+                **options,
             )
         except ServingError as e:
             raise InferError(

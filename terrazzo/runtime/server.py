@@ -135,6 +135,8 @@ class ServeOptions:
     worker_token: str | None = None
     # False: no gRPC port of its own (a model of a repository, served by its one endpoint)
     listen: bool = True
+    # a single-stage model runs in the gateway process, no worker hop (runtime.inprocess)
+    stage_in_gateway: bool = False
     # --- dynamic batching (terrazzo.runtime.batcher) ---
     # One BatchingOptions for every stage, or stage index -> options; off by default (Triton's
     # default too): merging is right only for stages whose batch rows are independent.
@@ -221,6 +223,19 @@ class Server:
             shm,
             settings,
         )
+        if opts.stage_in_gateway:  # the one stage runs here: no workers (runtime.inprocess)
+            from terrazzo.runtime.inprocess import InProcessGateway
+
+            self.pools = []
+            self.gateway = InProcessGateway(
+                plan, self.metrics, self.gateway.opts, self._worker_opts, shm=shm, settings=settings
+            )
+        self.gateway.batching = opts.batching  # ModelConfig reports it (runtime.batch_config)
+        from terrazzo.runtime.cost import CostAccount  # USD per request / hour, planned vs actual
+
+        self.cost = CostAccount(plan, plan.usd_per_hour_by_device)
+        self.metrics.registry.register(self.cost)
+        self.gateway.cost = self.cost
         self._launcher: Launcher | None = None
         self._make_launcher = make_launcher
         self._stop = threading.Event()
@@ -237,7 +252,8 @@ class Server:
     # -- lifecycle -----------------------------------------------------------------------
     def _start(self) -> None:
         self._launcher = self._make_launcher(self._worker_opts)
-        self._launcher.check(self.plan.stages)
+        if self.pools:  # none when the stage runs in the gateway (stage_in_gateway)
+            self._launcher.check(self.plan.stages)
         jobs = [(rep.stage, rep.index) for pool in self.pools for rep in pool.replicas]
         handles = self._launcher.start_many(jobs)
         reps = [rep for pool in self.pools for rep in pool.replicas]
@@ -284,6 +300,14 @@ class Server:
             self.pools, self.plan.model_name, self._worker_opts.token
         )
         self.metrics.registry.register(self.worker_stats)
+        if _batching_json(self.opts.batching):  # which stages really batch (ModelConfig says)
+            inproc = getattr(self.gateway, "servicer", None)
+            rows = (
+                [{"stage": 0, "batching": inproc.batcher is not None}]
+                if inproc is not None
+                else self.worker_stats.fetch()
+            )
+            self.gateway.batching_active = {int(r["stage"]): bool(r["batching"]) for r in rows}
         self._supervisor = threading.Thread(
             target=self._supervise, name="tz-supervisor", daemon=True
         )
@@ -323,6 +347,9 @@ class Server:
         if handles:  # each drains for up to its grace period: stop them side by side
             with futures.ThreadPoolExecutor(max_workers=len(handles)) as ex:
                 list(ex.map(lambda h: h.stop(), handles))
+        close = getattr(self.gateway, "close", None)  # an in-gateway stage's batcher
+        if close is not None:
+            close()
         if self._launcher is not None:
             self._launcher.close()
         self.run_dir.remove()

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.grpc as tc
+from tritonclient.utils import InferenceServerException
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -139,7 +140,7 @@ def test_cli_flags_turn_batching_on_and_say_which_stages_stay_off(bert_bundle: P
     proc = subprocess.Popen(
         [sys.executable, "-m", "terrazzo.cli", "serve", str(bert_bundle), "--port", "0",
          "--metrics-port", "0", "--max-batch-size", "16", "--max-queue-delay-us", "50000",
-         "--preferred-batch-size", "16"],
+         "--preferred-batch-size", "16", "--priority-levels", "2"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -161,6 +162,22 @@ def test_cli_flags_turn_batching_on_and_say_which_stages_stay_off(bert_bundle: P
         with ThreadPoolExecutor(len(requests)) as ex:
             got = list(ex.map(one, requests))
         assert [g["pooler_output"].shape[0] for g in got] == [1, 2, 3] * 4
+        # ModelConfig reports the batching it serves with; the client's priority reaches the
+        # stage worker's batcher (3 is outside its 2 levels: refused there, by name)
+        client = tc.InferenceServerClient(f"127.0.0.1:{port}")
+        cfg = client.get_model_config(name).config
+        assert cfg.max_batch_size == 16 and list(cfg.input[0].dims) == [SEQ]
+        assert list(cfg.dynamic_batching.preferred_batch_size) == [16]
+        assert cfg.dynamic_batching.max_queue_delay_microseconds == 50000
+        assert cfg.dynamic_batching.priority_levels == 2
+        inputs = []
+        for key, a in _feeds(1, 0).items():
+            inputs.append(tc.InferInput(key, list(a.shape), "INT64"))
+            inputs[-1].set_data_from_numpy(a)
+        assert client.infer(name, inputs, priority=2).as_numpy("pooler_output").shape[0] == 1
+        with pytest.raises(InferenceServerException, match=r"priority 3 is outside 0\.\.2"):
+            client.infer(name, inputs, priority=3)
+        client.close()
         page = urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=10).read()
         page_text = page.decode()
         executions = _sample(page_text, "terrazzo_stage_execution_count_total", 'stage="0"')

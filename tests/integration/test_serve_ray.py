@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import grpc
@@ -16,6 +17,44 @@ from terrazzo.runtime.protos import grpc_service_pb2_grpc as pb_grpc
 from tests.integration.serving_helpers import _infer, chain_plan
 
 pytestmark = pytest.mark.integration
+
+
+def _fresh_ray():
+    ray = pytest.importorskip("ray")
+    if ray.is_initialized():  # these run before the session cluster below starts
+        pytest.skip("this process already holds a Ray connection")
+    return ray
+
+
+def test_bad_address_and_auto_fail_fast_in_one_line(libs):
+    ray = _fresh_ray()
+    for address, needle in (
+        ("127.0.0.1:1", "cannot connect to Ray cluster at '127.0.0.1:1'"),
+        ("auto", "--ray auto would attach"),
+        ("nonsense", "expected HOST:PORT"),
+    ):
+        t0 = time.monotonic()
+        with pytest.raises(ServingError, match=re.escape(needle)) as e:
+            serve(chain_plan(libs), ray_address=address)
+        assert time.monotonic() - t0 < 10 and "\n" not in str(e.value)
+    assert not ray.is_initialized()
+
+
+def test_ray_local_starts_a_cluster_with_real_resources_and_stops_it(libs):
+    ray = _fresh_ray()
+    with serve(chain_plan(libs), ray_address="local") as server:
+        total = ray.cluster_resources()
+        assert total["devclass_cpu"] == 1 and total["devclass_t4"] == 1
+        left = ray.available_resources()
+        # each actor holds a real CPU and memory besides its device-class unit
+        assert total["CPU"] - left.get("CPU", 0) == 2
+        assert total["memory"] - left.get("memory", 0) >= 2 * (256 << 20)
+        assert left.get("devclass_cpu", 0) == 0
+        c = tc.InferenceServerClient(f"127.0.0.1:{server.port}")
+        x = np.arange(4, dtype=np.float32)
+        np.testing.assert_array_equal(_infer(c, x).as_numpy("z"), 2 * x + 1)
+        c.close()
+    assert not ray.is_initialized()  # the cluster it started is gone
 
 
 @pytest.fixture(scope="session")

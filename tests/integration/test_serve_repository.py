@@ -64,11 +64,41 @@ def _layout(root: Path, bundles: dict[str, Any]) -> Path:
 def repo(tmp_path: Path, bundles: dict[str, Any]) -> Iterator[ModelRepository]:
     with serve_repository(
         _layout(tmp_path / "models", bundles),
-        ServeOptions(metrics_port=0),
+        ServeOptions(metrics_port=0, http_port=0),
         control_mode="explicit",
         load_models=("*",),
     ) as r:
         yield r
+
+
+def test_http_serves_every_model_of_the_directory(
+    repo: ModelRepository, bundles: dict[str, Any]
+) -> None:
+    """The KServe v2 HTTP port of a repository answers the stock tritonclient.http for both models."""
+    import tritonclient.http as th
+
+    assert repo.http_port is not None
+    c = th.InferenceServerClient(f"127.0.0.1:{repo.http_port}")
+    try:
+        assert c.is_server_live() and c.is_server_ready()
+        for model, key in (("alpha", "a"), ("beta", "b")):
+            _, x, y = bundles[key]
+            meta = c.get_model_metadata(model)
+            assert meta["name"] == model and c.is_model_ready(model)
+            for binary in (False, True):
+                inp = th.InferInput(meta["inputs"][0]["name"], list(x.shape), "FP32")
+                inp.set_data_from_numpy(x, binary_data=binary)
+                out = th.InferRequestedOutput(meta["outputs"][0]["name"], binary_data=binary)
+                r = c.infer(model, [inp], outputs=[out])
+                np.testing.assert_allclose(
+                    r.as_numpy(meta["outputs"][0]["name"]), y, rtol=1e-4, atol=1e-5
+                )
+        assert meta["versions"] == ["2"]
+        with pytest.raises(InferenceServerException) as e:
+            c.get_model_metadata("gamma")
+        assert "gamma" in e.value.message()
+    finally:
+        c.close()
 
 
 def _infer(c: tc.InferenceServerClient, model: str, x: np.ndarray, version: str = "") -> Any:
@@ -238,6 +268,20 @@ def test_bad_bundle_and_bad_config_fail_alone(
     (repo.root / "alpha" / "config.json").write_text(json.dumps({"max_batch": 4}))
     with pytest.raises(InferenceServerException, match="unknown field 'max_batch'"):
         c.load_model("alpha")
+    bad_batching = {"max_batch_size": 4, "dynamic_batching": {"priority_levels": -1}}
+    (repo.root / "alpha" / "config.json").write_text(json.dumps(bad_batching))
+    with pytest.raises(
+        InferenceServerException, match=r"alpha/config.json: dynamic_batching.priority_levels"
+    ):
+        c.load_model("alpha")
+    # Triton-style batching in config.json is accepted; this bundle was compiled for a fixed
+    # batch of 2, so ModelConfig says batching stays off and why
+    (repo.root / "alpha" / "config.json").write_text(
+        json.dumps({"max_batch_size": 4, "dynamic_batching": {"max_queue_delay_microseconds": 100}})
+    )
+    c.load_model("alpha")
+    cfg = c.get_model_config("alpha").config
+    assert cfg.max_batch_size == 0 and "off" in cfg.parameters["batching"].string_value
     c.close()
 
 

@@ -157,3 +157,19 @@ def test_worker_with_a_wrong_token_is_never_admitted(bundle):
         assert "Traceback" not in err and len(err.splitlines()) == 1, err
     finally:
         _stop(proc)
+
+
+def test_worker_batching_flags_are_checked_in_one_line(bundle):
+    path, _, _ = bundle
+    res = subprocess.run(
+        [sys.executable, "-m", "terrazzo.cli", "worker", str(path), "--stage", "0",
+         "--port", str(_free_port()), "--max-batch-size", "4", "--preferred-batch-size", "8",
+         "--priority-levels", "2", "--default-queue-timeout-us", "1000"],
+        env=_env(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert res.returncode == 2
+    err = res.stderr.strip()
+    assert (
+        len(err.splitlines()) == 1
+        and "preferred_batch_sizes must lie in 1..max_batch_size (4)" in err
+    ), err
