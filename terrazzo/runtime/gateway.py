@@ -43,6 +43,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
@@ -426,6 +427,8 @@ class Gateway(ProtocolMixin, pb_grpc.GRPCInferenceServiceServicer):
         self._inflight_lock = threading.Lock()
         self._idle = threading.Condition(self._inflight_lock)
         self._worker_md = ((TOKEN_HEADER, opts.worker_token),) if opts.worker_token else ()
+        # --- adapt: hooks of terrazzo.runtime.adapt (observe + hot swap); None: off
+        self.adapt: Any = None
 
     # -- readiness ---------------------------------------------------------------------
     def model_ready(self) -> bool:
@@ -629,6 +632,8 @@ class Gateway(ProtocolMixin, pb_grpc.GRPCInferenceServiceServicer):
         self.metrics.requests.labels(model=model, status=status).inc()
         if status == "OK":
             self.metrics.request_latency.labels(model=model).observe(latency_s)
+        if self.adapt is not None:  # --- adapt
+            self.adapt.request_done(status, latency_s)
         log_request(
             id=request_id,
             model=model,
@@ -744,7 +749,9 @@ class Gateway(ProtocolMixin, pb_grpc.GRPCInferenceServiceServicer):
         request_id: str,
         workers: list[str],
     ) -> None:
-        pending = list(self.pools)
+        # --- adapt: a request keeps the pools it started with (hot swap at request boundaries)
+        hook = self.adapt
+        gen, pending = (0, list(self.pools)) if hook is None else hook.pin(self.pools, env)
         running: dict[int, tuple[grpc.Future, Replica, ReplicaPool, float, int]] = {}
         done: queue.Queue[int | None] = queue.Queue()
         context.add_callback(lambda: done.put(None))  # fires when the client RPC ends
@@ -784,6 +791,8 @@ class Gateway(ProtocolMixin, pb_grpc.GRPCInferenceServiceServicer):
             for fut, rep, pool, _, _ in running.values():
                 fut.cancel()
                 pool.release(rep, ok=False, call=fut)
+            if hook is not None:  # --- adapt
+                hook.unpin(gen)
 
     def _launch(
         self,
@@ -877,6 +886,8 @@ class Gateway(ProtocolMixin, pb_grpc.GRPCInferenceServiceServicer):
         compute = resp.parameters.get("compute_s")
         if compute is not None:
             self.metrics.device_busy.labels(device=stage.device).inc(max(0.0, compute.double_param))
+        if self.adapt is not None:  # --- adapt
+            self.adapt.stage_done(pool, time.perf_counter() - t_start, resp.parameters)
         for i, t in enumerate(resp.outputs):
             env[t.name] = WireTensor(t.datatype, tuple(t.shape), resp.raw_output_contents[i])
         missing = [v for v in stage.outputs if v not in env]
