@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from terrazzo.errors import ServingError
 from terrazzo.runtime.adapt.observe import Snapshot
 from terrazzo.runtime.adapt.planner import (
     AdaptPlan,
@@ -124,10 +125,14 @@ class Controller:
 
     def initial(self, rps: float) -> AdaptPlan:
         """The plan to start with (the cheapest feasible at ``rps``)."""
-        plan = self._candidate(None, self.profile.table(), rps, set())
+        plan = self._candidate(None, self.profile.table(), rps, set(), full=True)
         if plan is None:
-            raise ValueError("no feasible plan for the starting traffic")
+            raise ServingError(
+                f"adapt: no plan meets the SLA of {self.policy.sla_p99_s:g} s at {rps:g} rps "
+                "on the policy's fleet"
+            )
         self._last_rps = rps
+        self._last_change = time.time()
         return plan
 
     def _candidate(
@@ -136,6 +141,7 @@ class Controller:
         table: Mapping[str, Mapping[str, float]],
         rps: float,
         down: set[str],
+        full: bool = False,
     ) -> AdaptPlan | None:
         p = self.policy
         avail = {d: (0 if d in down else c) for d, c in self.available.items()}
@@ -169,7 +175,7 @@ class Controller:
                     return bumped
                 return resized
             options += [resized, bumped]
-        if p.mode == "full":
+        if p.mode == "full" or full:
             solved = solve_assignment(
                 self.tasks, table, rps, self.prices, avail, p.target_utilisation,
                 self.latency_budget_s, hop, p.solver,

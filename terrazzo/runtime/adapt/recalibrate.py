@@ -123,7 +123,9 @@ class Profile:
                     m = self._groups[(tasks, device)] = _Measured(first, 0.0, snap.t)
                 else:
                     m.mean_s = (1 - self.alpha) * m.mean_s + self.alpha * w.compute_mean_s
-                m.n = min(m.n + w.samples, 10 * self.k)
+                # a step of ``step_factor`` or more is strong evidence even from a few calls:
+                # it starts at full weight, so the class is not trusted at its old speed again
+                m.n = min(max(m.n + w.samples, self.k if jumped else 0.0), 10 * self.k)
                 m.t = snap.t
                 overheads.append(w.transfer_mean_s)
                 rows.append(
