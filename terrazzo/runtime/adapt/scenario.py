@@ -55,6 +55,7 @@ class Phase:
     lose: str | None = None  # class lost (after ``notice_s`` of preemption notice)
     prices: Mapping[str, float] = field(default_factory=dict)  # new prices from now on
     judged: bool = True
+    slow_current: float = 0.0  # slow the class serving "enc" right now by this factor
 
 
 def default_phases(seconds: float = 10.0) -> list[Phase]:
@@ -230,7 +231,9 @@ def run_scenario(
     try:
         for ph in phases:
             t0 = time.monotonic()
-            if ph.slow:
+            if ph.slow_current and rt is not None:
+                slow[rt.plan.assignment["enc"]] = ph.slow_current
+            if ph.slow or ph.slow_current:
                 slow.update(ph.slow)
                 control.write(slow, sorted(lost))
             if ph.prices:
