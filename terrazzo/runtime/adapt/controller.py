@@ -215,8 +215,11 @@ class Controller:
         recent = snap.rate_rps
         forecast = snap.forecast_rps(p.horizon_s)
         rps = max(recent, forecast, 1e-3) * p.headroom
-        # one Poisson sigma above the rate: a plan must fit it before the controller scales down
-        ucb = rps + math.sqrt(rps / max(snap.rate_span_s, 1e-3))
+        # Poisson noise of the rate estimate: scale down only to a plan that fits two sigmas
+        # above it, scale up only when two sigmas below it already overloads a stage; the band
+        # between is the hysteresis that keeps noise from flapping the plan
+        sigma = math.sqrt(rps / max(snap.rate_span_s, 1e-3))
+        ucb, lcb = rps + 2.0 * sigma, max(rps - 2.0 * sigma, 1e-3)
         table = self.profile.table()
         used = {s.device for s in deployed.stages}
         slow = {d for d in used if self.profile.jumps.get(d, 0.0) >= p.slow_factor}
@@ -248,7 +251,7 @@ class Controller:
                 w + (f" ({self.profile.jumps[d]:.1f}x its calibrated time)" if d in slow else "")
                 for w, d in zip(why, sorted(bad), strict=True)
             )
-        elif self._under_provisioned(deployed, table, rps):
+        elif self._under_provisioned(deployed, table, lcb):
             reason = "sla"
             detail = (
                 f"{rps:.1f} rps planned (now {recent:.1f}, forecast {forecast:.1f}) would load "
