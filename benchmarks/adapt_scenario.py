@@ -23,7 +23,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("COLUMNS", "230")  # the per-phase table is wide
 
 from benchmarks._common import print_table, write_result  # noqa: E402
-
 from terrazzo.runtime.adapt.scenario import default_phases, run_scenario  # noqa: E402
 from terrazzo.runtime.adapt.sim import SIM_BANNER  # noqa: E402
 
