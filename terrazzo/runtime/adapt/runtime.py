@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent import futures
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from terrazzo.runtime.adapt.controller import Controller, Decision, DecisionLog
@@ -221,6 +222,37 @@ class Swapper:
             "workers_stopping": float(len(old_reps)),
         }
 
+    def replace_runner(self, index: int, runner: Any, drain_timeout_s: float) -> dict[str, float]:
+        """Hot-swap stage ``index`` onto another build (same tasks, class and replicas)."""
+        t0 = time.perf_counter()
+        srv = self.server
+        pools = srv.pools
+        old = pools[index]
+        spec = replace(old.stage, runner=runner)
+        pool = ReplicaPool(spec, srv.metrics, srv.stage_timeout_s, srv.opts.deadline_misses)
+        pool.replicas = [Replica(spec, r.index) for r in old.replicas]
+        self.hooks.tasks_of[id(pool)] = self.hooks.tasks_of.get(id(old), (f"stage{index}",))
+        self._start(pool.replicas)
+        for rep in pool.replicas:
+            pool.set_healthy(rep, True)
+        new = list(pools)
+        new[index] = pool
+        old_gen = self.hooks.flip(pools, new)
+        srv.plan = replace(srv.plan, stages=tuple(p.stage for p in new))
+        srv.gateway.plan = srv.plan
+        t_flip = time.perf_counter()
+
+        def drain() -> None:
+            self.hooks.wait_drained(old_gen, drain_timeout_s)
+            self.drain_s.append(round(time.perf_counter() - t_flip, 4))
+            self._stop(old.replicas)
+            self.hooks.tasks_of.pop(id(old), None)
+
+        th = threading.Thread(target=drain, name="tz-adapt-drain", daemon=True)
+        th.start()
+        self._drains = [t for t in self._drains if t.is_alive()] + [th]
+        return {"swap_s": round(t_flip - t0, 4), "workers_started": float(len(pool.replicas))}
+
     def join(self, timeout_s: float = 30.0) -> None:
         """Wait for old generations to drain and their workers to stop."""
         for th in self._drains:
@@ -257,6 +289,13 @@ class AdaptRuntime:
         for pool, st in zip(server.pools, plan.stages, strict=True):
             self.hooks.tasks_of[id(pool)] = st.tasks
         self.controller = Controller(policy, profile, model.tasks)
+        # task -> runner that replaced its build while serving (swap_runner): re-plans use it
+        self._runner_overrides: dict[str, Any] = {}
+        base_runner = model.task_runner
+        model = replace(
+            model, task_runner=lambda t, d: self._runner_overrides.get(t) or base_runner(t, d)
+        )
+        self.model = model
         self.swapper = Swapper(server, self.hooks, model)
         self.log = DecisionLog(policy.decision_log)
         self.on_decision = on_decision
@@ -266,9 +305,76 @@ class AdaptRuntime:
         self._lock = threading.Lock()  # one decision / swap at a time
         self._flipped_at = -1.0  # monotonic time traffic last moved to a new plan
         self.errors: list[str] = []
+        self.retunes: list[dict[str, object]] = []  # RetuneResult.to_json of each re-tune
+        self.sources: dict[str, dict[str, Any]] = {}  # task -> what its build came from
         server.gateway.adapt = self.hooks  # --- adapt: the gateway's hook point
 
     # -- live inputs -----------------------------------------------------------------------
+    def swap_runner(self, index: int, runner: Any, why: str = "retune") -> dict[str, object]:
+        """Serve stage ``index`` with ``runner`` from now on (e.g. a re-tuned build), logged.
+
+        Later re-plans build that stage's tasks with the new runner too.
+        """
+        with self._lock:
+            stage = self.server.pools[index]
+            tasks = self.hooks.tasks_of.get(id(stage), (f"stage{index}",))
+            timings = self.swapper.replace_runner(index, runner, self.server.opts.default_timeout_s)
+            if len(tasks) == 1:
+                self._runner_overrides[tasks[0]] = runner
+            entry: dict[str, object] = {
+                "time": time.time(),
+                "reason": why,
+                "detail": f"stage {index} ({'+'.join(tasks)}) swapped onto a new build",
+                "old": self.plan.to_json(),
+                "new": self.plan.to_json(),
+                "predicted_usd_per_hour": round(self.plan.usd_per_hour, 6),
+                "predicted_latency_s": round(self.plan.latency_s, 6),
+                "swap_s": timings["swap_s"],
+                "runner": runner.to_json() if hasattr(runner, "to_json") else str(runner),
+            }
+            self.log.write(entry)
+            return entry
+
+    def retune_hottest(self, db_path: str, out_dir: str, **kw: Any) -> dict[str, object] | None:
+        """Re-tune the stage with the most measured compute time, and swap it in when kept.
+
+        Only single-task ``relax_library`` stages whose source was registered
+        (``sources[task]``: ``ir`` the IRModule as TVM JSON in a file, ``inputs`` as
+        (name, shape, dtype), optional ``target``) can be re-tuned. Returns the log entry of
+        the swap, or None when nothing was kept.
+        """
+        from terrazzo.runtime.adapt.retune import retune_stage
+        from terrazzo.runtime.plan import RunnerSpec
+
+        snap = self.observer.snapshot()
+        busy: dict[tuple[str, ...], float] = {}
+        for (tasks, _dev), w in snap.stages.items():
+            busy[tasks] = busy.get(tasks, 0.0) + w.compute_mean_s * w.samples
+        order = sorted(
+            range(len(self.server.pools)),
+            key=lambda i: -busy.get(self.hooks.tasks_of.get(id(self.server.pools[i]), ()), 0.0),
+        )
+        for i in order:
+            spec = self.server.pools[i].stage.runner
+            tasks = self.hooks.tasks_of.get(id(self.server.pools[i]), ())
+            src = self.sources.get(tasks[0]) if len(tasks) == 1 else None
+            if not spec.factory.endswith(":relax_library") or src is None:
+                continue
+            import tvm
+
+            mod = tvm.ir.load_json(Path(str(src["ir"])).read_text())
+            out = Path(out_dir) / f"stage{i}_retuned_{int(time.time())}.so"
+            target = src.get("target", {"kind": "llvm"})
+            res = retune_stage(mod, target, db_path, out, src["inputs"], **kw)
+            kw_ = dict(spec.kwargs)
+            self.retunes.append(res.to_json())
+            if res.library is None:
+                return None
+            return self.swap_runner(
+                i, RunnerSpec(spec.factory, {**kw_, "path": res.library}, spec.execute_delay_s)
+            )
+        return None
+
     def set_prices(self, prices: dict[str, float]) -> None:
         """A price change (USD/hour per device of a class)."""
         self.controller.prices.update(prices)
