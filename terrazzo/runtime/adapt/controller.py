@@ -110,6 +110,7 @@ class Controller:
         profile.step_factor = policy.slow_factor
         self.prices = {d: c.usd_per_hour for d, c in policy.fleet.items()}
         self.available: dict[str, int | None] = {d: c.count for d, c in policy.fleet.items()}
+        self._priced = dict(self.prices)  # prices at the last change
         self._changes: deque[float] = deque()
         self._last_change = -math.inf
         self._last_rps: float | None = None
@@ -263,7 +264,9 @@ class Controller:
                 f"p99 {snap.p99_s * 1e3:.0f} ms > SLA {p.sla_p99_s * 1e3:.0f} ms",
             )
         else:
-            saving = 1 - cand.usd_per_hour / deployed.usd_per_hour if deployed.usd_per_hour else 0
+            # the deployed plan at today's prices (a price change moves its cost, not its layout)
+            now_usd = sum(st.replicas * self.prices[st.device] for st in deployed.stages)
+            saving = 1 - cand.usd_per_hour / now_usd if now_usd else 0.0
             if saving < p.hysteresis or now - self._last_change < p.cooldown_s:
                 return None
             if utilisation(cand, table, ucb) > p.max_utilisation:
@@ -271,9 +274,11 @@ class Controller:
             moved = self._last_rps is not None and abs(rps - self._last_rps) > 0.1 * max(
                 self._last_rps, 1e-9
             )
-            reason = "traffic" if moved else "recalibration"
+            repriced = self._priced != self.prices
+            reason = "price" if repriced else "traffic" if moved else "recalibration"
             detail = f"{saving:.0%} cheaper at {rps:.1f} rps planned"
         self._changes.append(now)
         self._last_change = now
         self._last_rps = rps
+        self._priced = dict(self.prices)
         return Decision(now, reason, detail, deployed, cand, recent, forecast, snap.p99_s)

@@ -213,3 +213,12 @@ def test_off_mode_holds():
     ctl = _controller(mode="off")
     plan = size_plan(TASKS, dict.fromkeys(TASKS, "gpu-s"), TRUE_LATENCY_S, 12, PRICES, 0.6)
     assert ctl.decide(_snap(36.0), plan) is None
+
+
+def test_price_change_moves_the_plan():
+    ctl = _controller()
+    plan = ctl.initial(12.0)
+    ctl.prices.update({d: 10.0 for d in {s.device for s in plan.stages}})
+    d = ctl.decide(_snap(12.0), plan)
+    assert d is not None and d.reason == "price"
+    assert {s.device for s in d.new.stages}.isdisjoint({s.device for s in plan.stages})
