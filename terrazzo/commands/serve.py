@@ -57,6 +57,14 @@ def register(subparsers: Any) -> None:
         "(default latest:1)",
     )
     p.add_argument("--port", type=int, default=8001, help="gRPC port of the gateway (default 8001)")
+    # --- adapt: the self-optimising runtime (terrazzo.runtime.adapt, docs/adaptive.md)
+    p.add_argument(
+        "--adapt",
+        default=None,
+        metavar="POLICY.yaml",
+        help="re-plan placement and replicas while serving, under this policy (SLA, budget, "
+        "interval, hysteresis, max changes/hour, fleet); decisions go to its decision_log",
+    )
     p.add_argument(
         "--http-port",
         type=int,
@@ -242,7 +250,14 @@ def run(args: argparse.Namespace) -> int:
     from terrazzo.commands._common import warn_unverified
     from terrazzo.runtime.server import ServeOptions
 
+    adapt_policy = None
+    if getattr(args, "adapt", None):  # --- adapt: a bad policy file is refused before any start
+        from terrazzo.runtime.adapt import load_policy
+
+        adapt_policy = load_policy(args.adapt)
     if Path(args.bundle).is_dir():
+        if adapt_policy is not None:
+            raise ServingError("--adapt serves one bundle; it does not apply to a repository")
         return _run_repository(args, tls)
 
     limits = {
@@ -308,6 +323,15 @@ def run(args: argparse.Namespace) -> int:
         **static,
     )
     ready_s = time.perf_counter() - t0
+    if adapt_policy is not None:  # --- adapt
+        from terrazzo.runtime.adapt.serve import attach
+
+        try:
+            attach(server, adapt_policy)
+        except BaseException:
+            server.stop(drain_timeout_s=0)
+            raise
+        print(f"adapting under {args.adapt} (mode {adapt_policy.mode})")
     print(
         f"serving model {server.plan.model_name!r} on {args.host}:{server.port} "
         f"({'TLS' if tls else 'plaintext'}{', mTLS' if tls and tls.client_ca else ''}"

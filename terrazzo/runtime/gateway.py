@@ -457,6 +457,8 @@ class Gateway(ProtocolMixin, pb_grpc.GRPCInferenceServiceServicer):
         self.cost: Any = None  # runtime.cost.CostAccount: charges stage device-seconds
         self.batching: Any = None  # ServeOptions.batching, reported by ModelConfig
         self.batching_active: dict[int, bool] | None = None  # stage -> its worker batches
+        # --- adapt: hooks of terrazzo.runtime.adapt (observe + hot swap); None: off
+        self.adapt: Any = None
 
     # -- readiness ---------------------------------------------------------------------
     def model_ready(self) -> bool:
@@ -671,6 +673,8 @@ class Gateway(ProtocolMixin, pb_grpc.GRPCInferenceServiceServicer):
         self._child(self.metrics.requests, model=model, status=status).inc()
         if status == "OK":
             self._child(self.metrics.request_latency, model=model).observe(latency_s)
+        if self.adapt is not None:  # --- adapt
+            self.adapt.request_done(status, latency_s)
         log_request(
             id=request_id,
             model=model,
@@ -791,7 +795,9 @@ class Gateway(ProtocolMixin, pb_grpc.GRPCInferenceServiceServicer):
         workers: list[str],
         fwd: dict[str, int] | None = None,
     ) -> None:
-        pending = list(self.pools)
+        # --- adapt: a request keeps the pools it started with (hot swap at request boundaries)
+        hook = self.adapt
+        gen, pending = (0, list(self.pools)) if hook is None else hook.pin(self.pools, env)
         running: dict[int, tuple[grpc.Future, Replica, ReplicaPool, float, int]] = {}
         done: queue.Queue[int | None] = queue.Queue()
         context.add_callback(lambda: done.put(None))  # fires when the client RPC ends
@@ -841,6 +847,8 @@ class Gateway(ProtocolMixin, pb_grpc.GRPCInferenceServiceServicer):
             for fut, rep, pool, _, _ in running.values():
                 fut.cancel()
                 pool.release(rep, ok=False, call=fut)
+            if hook is not None:  # --- adapt
+                hook.unpin(gen)
 
     def _launch(
         self,
@@ -939,6 +947,10 @@ class Gateway(ProtocolMixin, pb_grpc.GRPCInferenceServiceServicer):
         self.metrics.device_busy.labels(device=stage.device).inc(max(0.0, compute_s))
         if self.cost is not None:
             self.cost.charge(stage.index, compute_s)
+        if self.adapt is not None:  # --- adapt
+            self.adapt.stage_done(
+                pool, time.perf_counter() - t_start, compute_s, float(header.get("queue_s", 0.0))
+            )
         env.update(outputs)
         missing = [v for v in stage.outputs if v not in env]
         if missing:

@@ -321,8 +321,10 @@ class WorkerServer:
             os.environ["TMPDIR"] = str(tmpdir)
         self.servicer = _WorkerServicer(config)
         threads = int(config.get("threads", 16))
-        if self.servicer.batcher is not None:  # a request waiting for its batch holds a thread
-            threads = max(threads, int(config.get("max_queue", 64)) + 4)
+        # A request waiting for its batch, or (unbatched) for the device lock, holds a thread:
+        # keep threads for the whole queue plus a few, or an overloaded worker cannot answer
+        # its health probes and is condemned (found by the adapt scenario's load steps)
+        threads = max(threads, int(config.get("max_queue", 64)) + 4)
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tz-worker"),
             options=grpc_options(max_bytes),

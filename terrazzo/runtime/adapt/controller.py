@@ -1,0 +1,284 @@
+"""The controller: from a window of observations to a decision to re-plan (or to hold).
+
+Each tick (``AdaptPolicy.interval_s``) the controller folds the window into the profile and
+re-solves placement and replica counts for the rate forecast over ``horizon_s``. It changes
+the served plan when
+
+- (a) ``sla``: the measured p99 breaks the SLA, or the deployed replicas are fewer than the
+  forecast rate needs (the SLA is about to break);
+- (b) ``traffic``: the rate moved and another plan is cheaper by at least ``hysteresis``;
+- (c) ``device``: a class in the plan is slow (measured/prior >= ``slow_factor``), unhealthy,
+  or gone (a preemption notice or no healthy worker);
+- (d) ``recalibration``: at the same traffic, the recalibrated model finds a plan cheaper by
+  at least ``hysteresis``.
+
+Cost-saving changes (b, d) wait ``cooldown_s`` after the last change; every change counts
+against ``max_changes_per_hour``. ``decide`` is a pure function of its inputs, so the policy
+is unit-tested without servers; ``AdaptRuntime`` runs it against a live ``Server``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from terrazzo.errors import ServingError
+from terrazzo.runtime.adapt.observe import Snapshot
+from terrazzo.runtime.adapt.planner import (
+    AdaptPlan,
+    feasible,
+    size_plan,
+    solve_assignment,
+    utilisation,
+)
+from terrazzo.runtime.adapt.policy import AdaptPolicy
+from terrazzo.runtime.adapt.recalibrate import Profile
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """A change of plan, with why and what was predicted."""
+
+    t: float  # wall clock (time.time())
+    reason: str  # sla | traffic | device | recalibration
+    detail: str
+    old: AdaptPlan
+    new: AdaptPlan
+    rate_rps: float
+    forecast_rps: float
+    p99_s: float
+    swap_s: float | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "time": self.t,
+            "reason": self.reason,
+            "detail": self.detail,
+            "old": self.old.to_json(),
+            "new": self.new.to_json(),
+            "predicted_usd_per_hour": round(self.new.usd_per_hour, 6),
+            "predicted_latency_s": round(self.new.latency_s, 6),
+            "rate_rps": round(self.rate_rps, 3),
+            "forecast_rps": round(self.forecast_rps, 3),
+            "p99_s": round(self.p99_s, 6),
+            "swap_s": None if self.swap_s is None else round(self.swap_s, 3),
+            **self.extra,
+        }
+
+
+def _key(plan: AdaptPlan) -> tuple[object, ...]:
+    return tuple((s.tasks, s.device, s.replicas) for s in plan.stages)
+
+
+class DecisionLog:
+    """Append-only JSONL of decisions (``terrazzo plan-history`` reads it)."""
+
+    def __init__(self, path: str | Path | None):
+        self.path = Path(path) if path else None
+        self._lock = threading.Lock()
+        self.entries: list[dict[str, object]] = []
+
+    def write(self, entry: dict[str, object]) -> None:
+        with self._lock:
+            self.entries.append(entry)
+            if self.path is not None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                with self.path.open("a") as f:
+                    f.write(json.dumps(entry, sort_keys=True) + "\n")
+
+
+class Controller:
+    """Decides plan changes for one served chain of tasks.
+
+    Args:
+        policy: the adaptation policy (SLA, hysteresis, limits, fleet).
+        profile: calibrated latency per (task, device class).
+        tasks: the model's op groups, in chain order.
+    """
+
+    def __init__(self, policy: AdaptPolicy, profile: Profile, tasks: tuple[str, ...]):
+        self.policy = policy
+        self.profile = profile
+        self.tasks = tasks
+        profile.step_factor = policy.slow_factor
+        self.prices = {d: c.usd_per_hour for d, c in policy.fleet.items()}
+        self.available: dict[str, int | None] = {d: c.count for d, c in policy.fleet.items()}
+        self._priced = dict(self.prices)  # prices at the last change
+        self._changes: deque[float] = deque()
+        self._last_change = -math.inf
+        self._last_rps: float | None = None
+        # plans left because their measured p99 broke the SLA: not chosen again until then
+        self._avoid: dict[tuple[object, ...], float] = {}
+        self.avoid_s = 30.0
+
+    @property
+    def latency_budget_s(self) -> float:
+        """Predicted p99 (service + queueing + hops) a plan may reach: 80% of the SLA, the rest is
+        margin for what the queueing model misses (gateway, client, bursts)."""
+        return 0.8 * self.policy.sla_p99_s
+
+    def initial(self, rps: float) -> AdaptPlan:
+        """The plan to start with (the cheapest feasible at ``rps``)."""
+        plan = self._candidate(None, self.profile.table(), rps, set(), full=True)
+        if plan is None:
+            raise ServingError(
+                f"adapt: no plan meets the SLA of {self.policy.sla_p99_s:g} s at {rps:g} rps "
+                "on the policy's fleet"
+            )
+        self._last_rps = rps
+        self._last_change = time.time()
+        return plan
+
+    def _candidate(
+        self,
+        deployed: AdaptPlan | None,
+        table: Mapping[str, Mapping[str, float]],
+        rps: float,
+        down: set[str],
+        full: bool = False,
+    ) -> AdaptPlan | None:
+        p = self.policy
+        avail = {d: (0 if d in down else c) for d, c in self.available.items()}
+        hop = self.profile.hop_s()
+        options = []
+        if deployed is not None:
+            resized = size_plan(
+                self.tasks, deployed.assignment, table, rps, self.prices, p.target_utilisation, hop,
+                "resize", None if p.mode == "replicas" else self.latency_budget_s,
+            )  # fmt: skip
+            # one more replica on the busiest stage: the step up when the sized plan is avoided
+            busiest = max(
+                range(len(resized.stages)),
+                key=lambda i: (
+                    rps
+                    * sum(table[t][resized.stages[i].device] for t in resized.stages[i].tasks)
+                    / resized.stages[i].replicas
+                ),
+            )
+            bumped_stages = tuple(
+                replace(s, replicas=s.replicas + 1) if i == busiest else s
+                for i, s in enumerate(resized.stages)
+            )
+            bumped = replace(
+                resized,
+                stages=bumped_stages,
+                usd_per_hour=sum(s.replicas * self.prices[s.device] for s in bumped_stages),
+            )
+            if p.mode == "replicas":
+                if self._avoid.get(_key(resized), 0.0) > time.time():
+                    return bumped
+                return resized
+            options += [resized, bumped]
+        if p.mode == "full" or full:
+            solved = solve_assignment(
+                self.tasks, table, rps, self.prices, avail, p.target_utilisation,
+                self.latency_budget_s, hop, p.solver,
+            )  # fmt: skip
+            if solved is not None:
+                options.append(solved)
+        now = time.time()
+        ok = [
+            o
+            for o in options
+            if not feasible(o, self.latency_budget_s, avail)
+            and self._avoid.get(_key(o), 0.0) <= now
+        ]
+        if p.budget_usd_per_hour is not None:
+            ok = [o for o in ok if o.usd_per_hour <= p.budget_usd_per_hour] or ok
+        if not ok:
+            return None
+        return min(ok, key=lambda o: (o.usd_per_hour, o.latency_s))
+
+    def _under_provisioned(
+        self, deployed: AdaptPlan, table: Mapping[str, Mapping[str, float]], rps: float
+    ) -> bool:
+        """True when a deployed stage would be busier than ``max_utilisation`` at ``rps``."""
+        return utilisation(deployed, table, rps) > self.policy.max_utilisation
+
+    def decide(
+        self,
+        snap: Snapshot,
+        deployed: AdaptPlan,
+        unhealthy: set[str] = frozenset(),  # type: ignore[assignment]
+    ) -> Decision | None:
+        """One tick: fold ``snap`` in and return the change to make, or None to hold."""
+        p = self.policy
+        self.profile.update(snap, p.min_samples)
+        if p.mode == "off":
+            return None
+        recent = snap.rate_rps
+        forecast = snap.forecast_rps(p.horizon_s)
+        rps = max(recent, forecast, 1e-3) * p.headroom
+        # Poisson noise of the rate estimate: scale down only to a plan that fits two sigmas
+        # above it, scale up only when two sigmas below it already overloads a stage; the band
+        # between is the hysteresis that keeps noise from flapping the plan
+        sigma = math.sqrt(rps / max(snap.rate_span_s, 1e-3))
+        ucb, lcb = rps + 2.0 * sigma, max(rps - 2.0 * sigma, 1e-3)
+        table = self.profile.table()
+        used = {s.device for s in deployed.stages}
+        slow = {d for d in used if self.profile.jumps.get(d, 0.0) >= p.slow_factor}
+        down = {d for d, c in self.available.items() if c == 0} | set(unhealthy)
+        now = time.time()
+        # a measured p99 over the SLA (requests since the last change only): this plan is not
+        # enough whatever the model says; avoid it for a while (no flapping back to it)
+        breach = snap.requests >= p.min_samples and snap.p99_s > p.sla_p99_s
+        if breach:
+            self._avoid[_key(deployed)] = now + self.avoid_s
+        cand = self._candidate(deployed, table, rps, down)
+        if cand is None:
+            return None
+        while self._changes and self._changes[0] < now - 3600:
+            self._changes.popleft()
+        if len(self._changes) >= p.max_changes_per_hour:
+            return None
+        need = {s.tasks + (s.device,): s.replicas for s in cand.stages}
+        have = {s.tasks + (s.device,): s.replicas for s in deployed.stages}
+        same = need == have
+        if same:
+            return None
+        reason = detail = ""
+        bad = (used & down) | (used & slow if p.mode == "full" else set())
+        if bad:
+            reason = "device"
+            why = [f"{d} {'gone/unhealthy' if d in down else 'slow'}" for d in sorted(bad)]
+            detail = "; ".join(
+                w + (f" ({self.profile.jumps[d]:.1f}x its calibrated time)" if d in slow else "")
+                for w, d in zip(why, sorted(bad), strict=True)
+            )
+        elif self._under_provisioned(deployed, table, lcb):
+            reason = "sla"
+            detail = (
+                f"{rps:.1f} rps planned (now {recent:.1f}, forecast {forecast:.1f}) would load "
+                f"a stage to {utilisation(deployed, table, rps):.0%}"
+            )
+        elif breach and cand.usd_per_hour >= deployed.usd_per_hour:
+            reason, detail = (
+                "sla",
+                f"p99 {snap.p99_s * 1e3:.0f} ms > SLA {p.sla_p99_s * 1e3:.0f} ms",
+            )
+        else:
+            # the deployed plan at today's prices (a price change moves its cost, not its layout)
+            now_usd = sum(st.replicas * self.prices[st.device] for st in deployed.stages)
+            saving = 1 - cand.usd_per_hour / now_usd if now_usd else 0.0
+            if saving < p.hysteresis or now - self._last_change < p.cooldown_s:
+                return None
+            if utilisation(cand, table, ucb) > p.max_utilisation:
+                return None  # the saving holds only if the rate is not at its noisy high end
+            moved = self._last_rps is not None and abs(rps - self._last_rps) > 0.1 * max(
+                self._last_rps, 1e-9
+            )
+            repriced = self._priced != self.prices
+            reason = "price" if repriced else "traffic" if moved else "recalibration"
+            detail = f"{saving:.0%} cheaper at {rps:.1f} rps planned"
+        self._changes.append(now)
+        self._last_change = now
+        self._last_rps = rps
+        self._priced = dict(self.prices)
+        return Decision(now, reason, detail, deployed, cand, recent, forecast, snap.p99_s)
