@@ -200,3 +200,5 @@ BUILTIN_KINDS = (
 
 for _kind in BUILTIN_KINDS:
     register_kind(_kind)
+
+import terrazzo.frontend.agent_flow  # noqa: E402,F401  (branch, join, map)

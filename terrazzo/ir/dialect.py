@@ -138,6 +138,28 @@ OP_SPECS: tuple[OpSpec, ...] = (
     OpSpec("memory.store", "memory.store", _ARGS, (("out", OPTIONAL),), "writes agent memory"),
     OpSpec("retrieve.topk", "retrieve.topk", _ARGS, _ONE, "top-k retrieval"),
     OpSpec("model.call", "model.call", _ARGS, _ONE, "a whole model as one agent node"),
+    # Agent programs (terrazzo.frontend.agent_flow): control flow as gated data flow.
+    OpSpec(
+        "agent.branch",
+        "agent.branch",
+        (("value", SINGLE),),
+        _ONE,
+        "picks one arm from a value (ops downstream of an arm carry its gate)",
+    ),
+    OpSpec(
+        "agent.join",
+        "agent.join",
+        _ARGS,
+        _ONE,
+        "fan-in: the value of the arm that ran, or every input merged",
+    ),
+    OpSpec(
+        "agent.map",
+        "agent.map",
+        (("items", SINGLE),),
+        _ONE,
+        "fan-out over a list's elements, fan-in of the results",
+    ),
     # Generic fallbacks: any kind, homogeneous or mixed operand/result types.
     OpSpec(GENERIC_OP, None, _ARGS, (("outs", VARIADIC),), "any operator (kind attribute)"),
     OpSpec(
@@ -174,6 +196,7 @@ def irdl_text() -> str:
         by_dialect[dialect].append(
             f"  irdl.operation @{out} {{\n    %t = irdl.any\n    irdl.operands(value: %t)\n  }}"
         )
+    by_dialect["tz"].insert(0, "  irdl.type @text {\n  }")  # agent text values: !tz.text
     parts = [
         f"irdl.dialect @{d} {{\n" + "\n".join(ops) + "\n}" for d, ops in sorted(by_dialect.items())
     ]

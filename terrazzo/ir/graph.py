@@ -55,6 +55,7 @@ _DTYPE_BYTES = {
     "uint16": 2,
     "uint8": 1,
     "bool": 1,
+    "string": 64,  # text (agent graphs): a nominal size per item for costing
 }
 
 

@@ -24,13 +24,14 @@ serving plan says so.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -369,6 +370,25 @@ def _build_memory(op: Any, cx: BuildContext) -> dict[str, Any]:
     return {"device": cx.assignment[op.name], "key": str(op.attr("key")), "dtype": dtype}
 
 
+def _build_branch(op: Any, cx: BuildContext) -> dict[str, Any]:
+    arms = {a: json.loads(c) for a, c in cast("tuple[tuple[str, str], ...]", op.attr("arms"))}
+    return {"device": cx.assignment[op.name], "arms": arms, "default": str(op.attr("default"))}
+
+
+def _build_join(op: Any, cx: BuildContext) -> dict[str, Any]:
+    return {"device": cx.assignment[op.name], "mode": str(op.attr("mode"))}
+
+
+def _build_map(op: Any, cx: BuildContext) -> dict[str, Any]:
+    return {"device": cx.assignment[op.name], "function": str(op.attr("function")),
+            "max_parallel": int(op.attr("max_parallel")),
+            "dtype": cx.graph.values[op.name].dtype}  # fmt: skip
+
+
+register_hooks("branch", build=_build_branch)
+register_hooks("join", build=_build_join)
+register_hooks("map", build=_build_map)
+
 # Build hooks of the built-in kinds (tools, retrieval and memory have no code to build).
 register_hooks("input", build=_build_input)
 register_hooks("model", build=_build_model)
@@ -446,6 +466,8 @@ def compile_agent(
                                         "expected_iterations": float(ex), "condition": cond})
         for name, src, dst, mx, ex, cond in gattrs.get("loops", ()) or ()
     }  # fmt: skip
+    for name, cond_json in gattrs.get("loop_while", ()) or ():
+        loops[name].while_ = json.loads(cond_json)
     with tempfile.TemporaryDirectory(prefix="tz-agent-") as tmp:
         tmpdir = Path(tmp)
 
@@ -464,7 +486,9 @@ def compile_agent(
                 raise CodegenError(f"agent node {op.name!r}: no codegen for kind {op.kind!r}")
             fields = kind.build(op, cx)
             base = {"name": op.name, "kind": op.kind, "inputs": list(op.inputs),
-                    "loop": op.attr_dict.get("loop")}  # fmt: skip
+                    "loop": op.attr_dict.get("loop"),
+                    "gates": [list(g) for g in cast("tuple[Any, ...]",
+                                                     op.attr_dict.get("gates", ()) or ())]}  # fmt: skip
             nodes.append(kind.entry.model_validate({**base, **fields}))
 
         input_specs = [  # input nodes read the graph's arguments
@@ -478,12 +502,16 @@ def compile_agent(
         out_specs = []
         for oname, src in outputs_map.items():
             src_stage = next((st for st in stages if st.ops == (src,)), None)
-            if src_stage is None:
-                raise CodegenError(
-                    f"output {oname!r} must come from a model node; {src!r} is not one"
-                )
-            o = src_stage.outputs[0]
-            out_specs.append(TensorSpec(oname, o.dtype, o.shape))
+            if src_stage is not None:  # a model node: its compiled output
+                o = src_stage.outputs[0]
+                out_specs.append(TensorSpec(oname, o.dtype, o.shape))
+                continue
+            entry = next(n for n in nodes if n.name == src)
+            served = {t[0]: t for t in entry.served_outputs(loops)}
+            vt = graph.values[src]
+            dtype, shape = (served[src][1], tuple(served[src][2])) if src in served else (
+                getattr(entry, "dtype", None) or vt.dtype, tuple(-1 for _ in vt.shape) or (-1,))  # fmt: skip
+            out_specs.append(TensorSpec(oname, dtype, shape))
         for n in nodes:  # e.g. the LLM's final answer (token ids) and its loop's iteration count
             out_specs += [TensorSpec(*t) for t in n.served_outputs(loops)]
         agent = AgentPlanSection(
