@@ -267,12 +267,15 @@ def lower_spec(spec: AgentSpec, base_dir: str | Path = ".") -> Graph:
             ins = (arg,)
         elif not ins and node_kind(node.type).needs_input:
             raise FrontendError(f"{where}: has no incoming edge")
-        if find_kind(node.type) is not None and node_kind(node.type).op_kind == "model.call":
+        if isinstance(node, ModelNode):  # text reaches a model only as byte tokens
             texts = [v for v in ins if values[v].dtype == "string"]
-            if texts:
+            token_input = node.onnx is None and all(
+                t.dtype.startswith(("int", "uint")) for t in node.example_inputs.values()
+            )
+            if texts and not token_input:
                 raise FrontendError(
-                    f"{where} field 'inputs': {texts[0]!r} is text (dtype string) but a model "
-                    "takes tensors; put an embedder, tool or LLM between them"
+                    f"{where} field 'inputs': {texts[0]!r} is text (dtype string) but the model "
+                    "takes float tensors; put an embedder, tool or LLM between them"
                 )
         op = _lower_node(node, ins, values, base, where)
         if gates.get(name):

@@ -168,6 +168,12 @@ class LLMNode(NodeSpecBase):
         gt=0,
         description="expected generated length (OSL); defaults to max_new_tokens",
     )
+    prompt_tokens: int = Field(
+        default=32,
+        gt=0,
+        le=512,
+        description="prompt length the runnable phases are built for (longer prompts keep the end)",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> LLMNode:
@@ -213,11 +219,19 @@ class SyntheticEmbeddings(BaseModel):
 
 
 class RetrieveNode(NodeSpecBase):
-    """Top-k search over an embedding matrix (``.npy``, rows = documents)."""
+    """Top-k search: passages of a document set as text (``documents``), or row ids of an embedding matrix.
+
+    With ``documents`` (JSONL of ``{"text": ...}`` or a folder of .txt/.md files) the node's
+    predecessor must be the embedder (a torch ``model`` node with a token input): the compiler
+    embeds every passage with it and builds a faiss index (``terrazzo.pipeline.retrieval``).
+    """
 
     type: Literal["retrieve"]
-    embeddings: str | SyntheticEmbeddings = Field(
-        description="path to a .npy matrix, or {rows, dim, seed}"
+    embeddings: str | SyntheticEmbeddings | None = Field(
+        default=None, description="path to a .npy matrix, or {rows, dim, seed}"
+    )
+    documents: str | None = Field(
+        default=None, description="JSONL file or folder of passages (relative to the spec)"
     )
     top_k: int = Field(default=4, gt=0)
 
@@ -227,6 +241,12 @@ class RetrieveNode(NodeSpecBase):
         if isinstance(v, str) and not v.endswith(".npy"):
             raise ValueError(f"embeddings={v!r} must be a .npy file")
         return v
+
+    @model_validator(mode="after")
+    def _one_source(self) -> RetrieveNode:
+        if (self.embeddings is None) == (self.documents is None):
+            raise ValueError("give exactly one of embeddings, documents")
+        return self
 
 
 class MemoryLoadNode(NodeSpecBase):

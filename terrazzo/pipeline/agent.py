@@ -166,7 +166,7 @@ def llm_config_of(op: Any) -> Any:
     from terrazzo.costmodel import llm
 
     a: dict[str, Any] = op.attr_dict
-    prompt_len = 32
+    prompt_len = int(a.get("prompt_tokens", 32))
     if a.get("checkpoint"):  # a Hugging Face directory: its architecture and weights
         from terrazzo.frontend.hf import read_hf_dir
 
@@ -361,6 +361,17 @@ def _build_tool(op: Any, cx: BuildContext) -> dict[str, Any]:
 
 
 def _build_retrieve(op: Any, cx: BuildContext) -> dict[str, Any]:
+    if op.attr("documents"):  # text: embed the passages with the embedder, build a faiss index
+        from terrazzo.pipeline.retrieval import build_index, load_documents
+
+        where = f"retrieve node {op.name!r}"
+        passages = load_documents(str(op.attr("documents")), where)
+        embedder = cx.graph.producers().get(op.inputs[0])
+        if embedder is None:
+            raise CodegenError(f"{where}: its input must come from an embedder model node")
+        index_b64, _ = build_index(passages, cx.graph.op(embedder))
+        return {"device": cx.assignment[op.name], "top_k": int(op.attr("top_k")),
+                "passages": passages, "index_b64": index_b64}  # fmt: skip
     return {"device": cx.assignment[op.name], "embeddings": str(op.attr("embeddings")),
             "top_k": int(op.attr("top_k"))}  # fmt: skip
 

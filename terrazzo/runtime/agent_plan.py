@@ -452,6 +452,12 @@ def _run_tool(b: AgentPlanBuilder, n: Any, st: NodeStep) -> None:
 
 def _run_retrieve(b: AgentPlanBuilder, n: Any, st: NodeStep) -> None:
     (src,) = st.preds
+    if n.index_b64:  # text retrieval: faiss index and passages in the bundle
+        kw = {"path": b.path, "node": n.name, "input": src, "output": st.out, "top_k": n.top_k,
+              "trust_key": b.trust, **st.gate}  # fmt: skip
+        factory = "terrazzo.runtime.agent_text:retrieve_text"
+        b.add(n.device, [src, *st.gate_inputs], [st.out], factory, kw)
+        return
     kwargs = {"embeddings": n.embeddings, "top_k": n.top_k, "input": src, "output": st.out,
               **st.gate}  # fmt: skip
     b.add(n.device, [src, *st.gate_inputs], [st.out], "retrieve", kwargs)

@@ -38,6 +38,9 @@ def to_tokens(x: np.ndarray, vocab: int = 256) -> np.ndarray:
         ServingError: a float value without a trailing vocabulary axis.
     """
     a = np.asarray(x)
+    if a.dtype.kind in "OSU":  # text: its UTF-8 bytes
+        data = b"\n".join(v if isinstance(v, bytes) else str(v).encode() for v in a.reshape(-1))
+        return np.frombuffer(data, np.uint8).astype(np.int64)
     if a.dtype.kind == "f":
         if a.ndim == 0 or a.shape[-1] != vocab:
             raise ServingError(

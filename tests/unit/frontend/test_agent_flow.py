@@ -166,7 +166,7 @@ BAD = [
     ("text_into_tensor", {"nodes_extra": [
         {"type": "model", "name": "m", "onnx": "none.onnx"}],
       "edges": ["q -> t", "t -> u", "u -> m", "m -> out"]},
-     "node 'm' field 'inputs': 'u' is text (dtype string) but a model takes tensors"),
+     "node 'm' field 'inputs': 'u' is text (dtype string) but the model takes float tensors"),
     ("from_nowhere", {"edges": ["q -> t", "t -> u"]},
      "node 'out' field 'edges': an output node needs exactly one incoming edge, found 0"),
     ("both_arms", {"nodes_extra": [
