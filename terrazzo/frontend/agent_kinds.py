@@ -216,3 +216,4 @@ for _kind in BUILTIN_KINDS:
     register_kind(_kind)
 
 import terrazzo.frontend.agent_flow  # noqa: E402,F401  (branch, join, map)
+import terrazzo.frontend.agent_tools  # noqa: E402,F401  (http)

@@ -270,13 +270,13 @@ class Condition(BaseModel):
     ``of`` says what of the value is compared: ``first`` (its first element: a token id, a
     number, or the first text item), ``text`` (the whole value read as text), ``argmax`` (a
     classifier's label: the index of its largest score) or ``len`` (number of elements;
-    characters for text). ``on`` names the node whose value is tested (default: the branch's
+    characters for text). ``node`` names the node whose value is tested (default: the branch's
     input, or the loop head's answer for a loop's ``while``). Evaluated by
     ``terrazzo.frontend.agent_flow.evaluate``.
     """
 
     model_config = ConfigDict(extra="forbid")
-    on: str | None = Field(default=None, description="node whose value is tested")
+    node: str | None = Field(default=None, description="node whose value is tested")
     of: Literal["first", "text", "argmax", "len"] = "first"
     op: Literal["eq", "ne", "lt", "le", "gt", "ge", "contains", "startswith", "in"] = "eq"
     value: Any = Field(description="the value compared against (a list for 'in')")
@@ -391,9 +391,9 @@ class AgentSpec(BaseModel):
             for end in (lp.src, lp.dst):
                 if end not in known:
                     raise ValueError(f"loop {lp.name!r}: unknown node {end!r}")
-            on = lp.while_.on if lp.while_ is not None else None
+            on = lp.while_.node if lp.while_ is not None else None
             if on is not None and on not in known:
-                raise ValueError(f"loop {lp.name!r} field 'while.on': unknown node {on!r}")
+                raise ValueError(f"loop {lp.name!r} field 'while.node': unknown node {on!r}")
         if not any(n.type == "input" for n in self.nodes):
             raise ValueError("an agent needs at least one input node")
         if not any(n.type == "output" for n in self.nodes):

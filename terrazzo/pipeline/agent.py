@@ -396,6 +396,13 @@ def _build_map(op: Any, cx: BuildContext) -> dict[str, Any]:
             "dtype": cx.graph.values[op.name].dtype}  # fmt: skip
 
 
+def _build_http(op: Any, cx: BuildContext) -> dict[str, Any]:
+    from terrazzo.frontend.agent_tools import http_entry_fields
+
+    return {"device": cx.assignment[op.name], **http_entry_fields(op.attr_dict)}
+
+
+register_hooks("http", build=_build_http)
 register_hooks("branch", build=_build_branch)
 register_hooks("join", build=_build_join)
 register_hooks("map", build=_build_map)

@@ -159,6 +159,7 @@ def _map_cost(op: Any, spec: Any, cm: Any) -> tuple[float, int]:
 register_hooks("branch", cost=_input_cost)
 register_hooks("join", cost=_input_cost)
 register_hooks("map", cost=_map_cost)
+register_hooks("http", cost=_tool_cost)
 register_hooks("input", cost=_input_cost)
 register_hooks("memory.load", cost=_memory_cost)
 register_hooks("memory.store", cost=_memory_cost)

@@ -342,7 +342,7 @@ class AgentPlanBuilder:
                     "search_below": int(n.search_below),
                 }
                 if lp.while_ is not None:  # a real exit condition on a value of iteration i-1
-                    on = str(lp.while_.get("on") or name)
+                    on = str(lp.while_.get("node") or name)
                     loop_kw["while_on"] = self.ref(on, loop, i - 1)
                     loop_kw["condition"] = dict(lp.while_)
                 extra_in = [v for k, v in loop_kw.items() if k not in ("search_below", "condition")]
@@ -483,9 +483,9 @@ def _run_branch(b: AgentPlanBuilder, n: Any, st: NodeStep) -> None:
     arms = [[arm_names.index(a), c] for a, c in n.arms.items()]
     extra: list[str] = []
     for _, c in arms:  # a condition testing another node's value reads it too
-        if c.get("on"):
-            c["on"] = b.ref(str(c["on"]), st.loop, st.iteration)
-            extra.append(c["on"])
+        if c.get("node"):
+            c["node"] = b.ref(str(c["node"]), st.loop, st.iteration)
+            extra.append(c["node"])
     kwargs: dict[str, Any] = {"input": src, "output": st.out, "arm_output": arm_out, "arms": arms,
                               "default_index": arm_names.index(n.default), **st.gate}  # fmt: skip
     ins = [src, *extra, *st.gate_inputs]
@@ -514,6 +514,16 @@ def _run_map(b: AgentPlanBuilder, n: Any, st: NodeStep) -> None:
     b.add(n.device, [src, *st.gate_inputs], [st.out], "map_call", kwargs, spawn=True)
 
 
+def _run_http(b: AgentPlanBuilder, n: Any, st: NodeStep) -> None:
+    (src,) = st.preds
+    kwargs = {"method": n.method, "url": n.url, "path": n.path, "param": n.param,
+              "location": n.location, "input": src, "output": st.out, "timeout_s": n.timeout_s,
+              "retries": n.retries, "result": n.result, **st.gate}  # fmt: skip
+    factory = "terrazzo.runtime.agent_http:http_tool"
+    b.add(n.device, [src, *st.gate_inputs], [st.out], factory, kwargs)
+
+
+register_hooks("http", runner=_run_http)
 register_hooks("branch", runner=_run_branch)
 register_hooks("join", runner=_run_join)
 register_hooks("map", runner=_run_map)

@@ -394,7 +394,7 @@ def branch(
         arm_output: int64 ``[1]``: the index of the arm taken (``arms`` order, default last).
         arms: ``[[arm index, condition JSON], ...]`` in test order.
         default_index: the arm taken when no condition holds.
-        on: another value to test instead of ``input`` (a condition's ``on``).
+        (a condition's ``node`` names another value to test instead of ``input``)
     """
     from terrazzo.frontend.agent_flow import evaluate
 
@@ -406,7 +406,9 @@ def branch(
         v = values[input]
         pick = int(default_index)
         for idx, cond in tests:
-            subject = values[str(cond["on"])] if cond.get("on") and cond["on"] in values else v
+            subject = (
+                values[str(cond["node"])] if cond.get("node") and cond["node"] in values else v
+            )
             if evaluate(cond, subject):
                 pick = idx
                 break

@@ -1,0 +1,12 @@
+"""Python tools of the ReAct example."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def reply(tokens: np.ndarray) -> str:
+    """The finish arm: the LLM's answer tokens as text (bytes, non-printable ones as '?')."""
+    return "".join(
+        chr(int(t)) if 32 <= int(t) < 127 else "?" for t in np.asarray(tokens).reshape(-1)
+    )
