@@ -30,7 +30,7 @@ class Lookup(BaseHTTPRequestHandler):
             self.send_error(503, "busy")
             return
         q = parse_qs(url.query).get("q", [""])[0]
-        body = json.dumps({"observation": f"obs{n}:{len(q)}"}).encode()
+        body = json.dumps({"observation": f"obs:{len(q)}"}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))

@@ -75,7 +75,8 @@ class LLMEntry(AgentNodeEntry):
 
     def served_outputs(self, loops: dict[str, LoopEntry]) -> list[tuple[str, str, tuple[int, ...]]]:
         out: list[tuple[str, str, tuple[int, ...]]] = [
-            (self.name, "int64", (self.max_new_tokens,))  # the answer's token ids
+            (self.name, "int64", (self.max_new_tokens,)),  # the answer's token ids
+            (f"{self.name}.prompt", "int64", (-1,)),  # the prompt it read (byte tokens)
         ]
         if self.loop:
             out.append((f"{self.loop}.iterations", "int64", (1,)))

@@ -390,6 +390,7 @@ class AgentPlanBuilder:
         )
         if out == name:
             self.extra_outputs.append(TensorSpec(name, "int64", (int(n.max_new_tokens),)))
+            self.extra_outputs.append(TensorSpec(roles["prompt"], "int64", (-1,)))
 
     def _ordered(self) -> tuple[StageSpec, ...]:
         """Stages in a topological order of their value dependencies (Kahn, stable)."""
