@@ -294,6 +294,7 @@ def lower_spec(spec: AgentSpec, base_dir: str | Path = ".") -> Graph:
         ops.append(op)
     if not outputs:
         raise FrontendError(f"agent {spec.name!r}: no output node is connected")
+    streams = _stream_edges(spec, nodes, preds, loop_of, gates)
     for lp in spec.loops:
         if gates.get(lp.dst):
             raise FrontendError(
@@ -327,11 +328,43 @@ def lower_spec(spec: AgentSpec, base_dir: str | Path = ".") -> Graph:
                     if lp.while_ is not None
                 ),
                 "output_names": tuple(output_names),
+                "streams": streams,
                 "spec_dir": str(base),
             }
         ),
     )
     return graph.verify()
+
+
+def _stream_edges(
+    spec: AgentSpec,
+    nodes: Mapping[str, Any],
+    preds: Mapping[str, Sequence[str]],
+    loop_of: Mapping[str, LoopSpec],
+    gates: Mapping[str, Any],
+) -> tuple[tuple[str, str], ...]:
+    """The ``stream: true`` edges, checked: an LLM feeding a token-input model that reads nothing else."""
+    out = []
+    for e in spec.edges:
+        if not e.stream:
+            continue
+        where = f"agent {spec.name!r} node {e.dst!r} field 'edges'"
+        src, dst = nodes.get(e.src), nodes[e.dst]
+        if not isinstance(src, LLMNode):
+            raise FrontendError(f"{where}: a streamed edge must leave an llm node, not {e.src!r}")
+        if not isinstance(dst, ModelNode) or dst.onnx is not None:
+            raise FrontendError(f"{where}: a streamed edge must reach a torch model node")
+        ins = list(dst.example_inputs.values())
+        if len(ins) != 1 or not ins[0].dtype.startswith("int") or list(preds[e.dst]) != [e.src]:
+            raise FrontendError(
+                f"{where}: the streamed model must read only the LLM's tokens (one integer input)"
+            )
+        if e.src in loop_of or e.dst in loop_of or gates.get(e.dst) != gates.get(e.src):
+            raise FrontendError(
+                f"{where}: streamed edges inside loops or across arms are not supported"
+            )
+        out.append((e.src, e.dst))
+    return tuple(out)
 
 
 def _loop_bodies(spec: AgentSpec, g: Any) -> dict[str, LoopSpec]:

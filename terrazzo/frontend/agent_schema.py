@@ -89,6 +89,9 @@ class AgentPlanSection(BaseModel):
     loops: dict[str, LoopEntry] = Field(default_factory=dict)
     outputs: dict[str, str] = Field(default_factory=dict, description="output name → value")
     notes: list[str] = Field(default_factory=list)
+    streams: list[tuple[str, str]] = Field(
+        default_factory=list, description="streamed edges (LLM → token model), agent_flow"
+    )
     search_below: int = 128
     workers: list[WorkerRow] = Field(default_factory=list)
 

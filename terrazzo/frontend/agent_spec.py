@@ -298,6 +298,11 @@ class EdgeSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     src: str = Field(alias="from")
     dst: str = Field(alias="to")
+    stream: bool = Field(
+        default=False,
+        description="LLM → token-input model: feed the model chunks of the answer while it is "
+        "being generated (a chunk is the model's input length)",
+    )
 
 
 class LoopSpec(BaseModel):

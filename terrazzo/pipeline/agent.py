@@ -539,6 +539,7 @@ def compile_agent(
             outputs=outputs_map,
             notes=notes,
             search_below=int(search_below),
+            streams=[tuple(x) for x in gattrs.get("streams", ()) or ()],
         )
         agent.workers = _worker_table(agent, stages, host)
         plan_json = {"agent": agent.to_json(), "plan": plan.to_json()}

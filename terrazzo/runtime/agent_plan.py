@@ -187,6 +187,7 @@ class AgentPlanBuilder:
         self.outputs = dict(agent.outputs)  # output name → value
         self.stages: list[dict[str, Any]] = []
         self.extra_outputs: list[TensorSpec] = []
+        self.streams = {src: dst for src, dst in agent.streams}  # LLM → streamed token model
         self._gates: list[list[Any]] = []  # the current node's (arm value, arm index) gates
         self._loop_active: str | None = None
 
@@ -278,6 +279,8 @@ class AgentPlanBuilder:
         if loop is not None and i > 0 and self.loops[loop].dst != name:
             gate = {"active": self._names(loop, i, "active", loop), "prev": self.val(name, i - 1)}
             gate_inputs = [gate["active"], gate["prev"]]
+        if name in self.streams.values():
+            return  # a streamed model runs inside its LLM's decode stage (_llm)
         kind = find_kind(n.kind)
         if kind is None or kind.runner is None:
             raise ServingError(f"agent node {name!r}: no runner for kind {n.kind!r}")
@@ -372,6 +375,33 @@ class AgentPlanBuilder:
         if loop is not None and i > 0:
             gate = {"active": roles["active"], "prev": self.val(name, i - 1)}
             dec_in += [gate["active"], gate["prev"]]
+        if name in self.streams and loop is None:  # decode → model, pipelined chunk by chunk
+            tts: Any = self.nodes[self.streams[name]]
+            info = self.infos[tts.stage]
+            tts_outs = self._alias(tts.name, tts.name)
+            self.add(
+                dec.device,
+                dec_in,
+                [out, *tts_outs],
+                "llm_decode_stream",
+                {
+                    "path": self.path,
+                    "index": dec.stage,
+                    "inputs": {r: roles[r] for r in ("logits", "k_cache", "v_cache", "length")},
+                    "output": out,
+                    "max_new_tokens": int(n.max_new_tokens),
+                    "model_index": tts.stage,
+                    "model_input": info.inputs[0].name,
+                    "model_shape": list(info.inputs[0].shape),
+                    "model_outputs": tts_outs,
+                    "trust_key": self.trust,
+                },
+                dec.stage,
+            )
+            if out == name:
+                self.extra_outputs.append(TensorSpec(name, "int64", (int(n.max_new_tokens),)))
+                self.extra_outputs.append(TensorSpec(roles["prompt"], "int64", (-1,)))
+            return
         self.add(
             dec.device,
             dec_in,

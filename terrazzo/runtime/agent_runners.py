@@ -193,6 +193,70 @@ def llm_decode(
     return run
 
 
+def llm_decode_stream(
+    path: str,
+    index: int,
+    inputs: Mapping[str, str],
+    output: str,
+    max_new_tokens: int,
+    model_index: int,
+    model_input: str,
+    model_shape: Sequence[int],
+    model_outputs: Sequence[str],
+    overlap: bool = True,
+    trust_key: Any = None,
+) -> Runner:
+    """Decode and a streamed token model (TTS) in one stage: each chunk of the answer is voiced while the next is decoded.
+
+    A chunk is the model's input length (``prod(model_shape)`` tokens). With ``overlap`` the
+    model runs on a helper thread as soon as a chunk is complete (TVM releases the GIL inside
+    its kernels, so decode steps and model chunks run at the same time); without it every chunk
+    is voiced after decoding ends — the same work in sequence, for comparison. The model's
+    value is the chunks' outputs concatenated along the last axis.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    phase = _open_stage(path, index, trust_key)
+    model = _open_stage(path, model_index, trust_key)
+    shape = tuple(int(d) for d in model_shape)
+    chunk = int(np.prod(shape))
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tz-stream")
+    dtype = next(iter(model.inputs)).dtype if hasattr(model, "inputs") else "int64"
+
+    def voice(tokens: list[int]) -> np.ndarray:
+        x = fit_tokens(np.array(tokens, np.int64), shape).astype(dtype)
+        return np.asarray(next(iter(model({model_input: x}).values())))
+
+    def run(values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        state = {k: values[inputs[k]] for k in ("logits", "k_cache", "v_cache")}
+        n = int(np.asarray(values[inputs["length"]]).reshape(-1)[0])
+        tokens = [int(np.argmax(state["logits"][0]))]
+        k, v = state["k_cache"], state["v_cache"]
+        parts: list[Any] = []
+        for i in range(int(max_new_tokens) - 1):
+            if overlap and len(tokens) % chunk == 0:
+                parts.append(pool.submit(voice, tokens[-chunk:]))
+            step = phase({"token": np.array([[tokens[-1]]], np.int64),
+                          "pos": np.array([n + i], np.int64), "k_cache": k, "v_cache": v})  # fmt: skip
+            k, v = step["k_cache"], step["v_cache"]
+            tokens.append(int(np.argmax(step["logits"][0])))
+        done = len(parts) * chunk
+        if not overlap:
+            parts = [
+                pool.submit(voice, tokens[j : j + chunk]) for j in range(0, len(tokens), chunk)
+            ]
+        else:
+            parts += [
+                pool.submit(voice, tokens[j : j + chunk]) for j in range(done, len(tokens), chunk)
+            ]
+        audio = np.concatenate([f.result() for f in parts], axis=-1)
+        out = {output: np.array(tokens, np.int64)}
+        out.update({name: audio for name in model_outputs})
+        return out
+
+    return run
+
+
 # -- tools, retrieval, memory ---------------------------------------------------------------
 def tool(
     function: str,
