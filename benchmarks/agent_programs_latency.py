@@ -10,9 +10,10 @@ The prediction is calibrated on this host, not taken from datasheets:
    values (``LocalAgent`` with timing), median of ``--reps`` runs per stage and request —
    what each node costs here, including the branches and loop iterations that request took
    (a gated stage whose arm was not taken costs its skip);
-2. **per-hop cost**: a calibration program of two identity tools is served the same way; its
-   served p50 minus its in-process cost, divided by its hops, is the gateway's cost per stage
-   hop (gRPC to the worker and back, tensor copies);
+2. **per-hop cost**: two calibration programs of two tools (one moving a few bytes, one moving
+   256 KiB between its stages) are served the same way; their served p50 minus their
+   in-process cost, per hop, gives the gateway's cost of a stage hop as ``a + b · bytes moved``
+   (gRPC to the worker and back, tensor copies);
 3. **critical path**: the prediction of a request is the longest path through the stage DAG
    (independent stages overlap, as the gateway runs them), each stage costing its measured
    time plus one hop.
@@ -59,6 +60,22 @@ CALIBRATION = {
     ],
     "edges": ["question -> t1", "t1 -> t2", "t2 -> answer"],
 }  # fmt: skip
+# The same program moving 256 KiB between its stages: the per-byte part of a hop.
+CALIBRATION_BYTES = {
+    **CALIBRATION,
+    "name": "hops_bytes",
+    "nodes": [
+        CALIBRATION["nodes"][0],
+        {"type": "tool", "name": "t1", "function": "react_tools.py:blob", "output": {"dtype": "float32"}},
+        {"type": "tool", "name": "t2", "function": "react_tools.py:echo", "output": {"dtype": "float32"}},
+        CALIBRATION["nodes"][3],
+    ],
+}  # fmt: skip
+
+
+def _nbytes(a: np.ndarray) -> int:
+    a = np.asarray(a)
+    return sum(len(x) for x in a.reshape(-1)) if a.dtype == object else int(a.nbytes)
 
 
 def _inputs(example: str, i: int) -> dict[str, np.ndarray]:
@@ -104,15 +121,17 @@ def _served_s(port: int, model: str, plan: Any, example: str, n: int) -> list[fl
     return times
 
 
-def _stage_costs(plan: Any, example: str, n: int, reps: int) -> list[list[float]]:
-    """Per request, per stage: median in-process time of the stage's runner on that request's values."""
+def _stage_costs(
+    plan: Any, example: str, n: int, reps: int
+) -> tuple[list[list[float]], list[list[int]]]:
+    """Per request, per stage: median in-process time of its runner on that request's values, and the bytes it moves."""
     from terrazzo.runtime.agent_plan import LocalAgent
 
     agent = LocalAgent(plan)
-    out = []
+    out, moved = [], []
     for i in range(n):
         env = dict(_inputs(example, i))
-        costs = []
+        costs, nbytes = [], []
         for st, runner in zip(plan.stages, agent.runners, strict=True):
             feed = {v: env[v] for v in st.inputs}
             ts = []
@@ -122,16 +141,22 @@ def _stage_costs(plan: Any, example: str, n: int, reps: int) -> list[list[float]
                 ts.append(time.perf_counter() - t0)
             env.update(res)
             costs.append(statistics.median(ts))
+            nbytes.append(
+                sum(_nbytes(v) for v in feed.values()) + sum(_nbytes(v) for v in res.values())
+            )
         out.append(costs)
-    return out
+        moved.append(nbytes)
+    return out, moved
 
 
-def _critical_path_s(plan: Any, costs: list[float], hop_s: float) -> float:
+def _critical_path_s(
+    plan: Any, costs: list[float], nbytes: list[int], hop_s: float, byte_s: float
+) -> float:
     produced = {v: k for k, st in enumerate(plan.stages) for v in st.outputs}
     finish: list[float] = []
     for k, st in enumerate(plan.stages):  # stages are in a topological order
         start = max((finish[produced[v]] for v in st.inputs if v in produced), default=0.0)
-        finish.append(start + costs[k] + hop_s)
+        finish.append(start + costs[k] + hop_s + byte_s * nbytes[k])  # noqa: E501
     return max(finish)
 
 
@@ -157,17 +182,19 @@ def main() -> None:
     os.environ["LOOKUP_URL"] = f"http://127.0.0.1:{srv.server_port}"
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        cal_spec = Path(tmp) / "hops.yaml"
+        cal_spec, cal_bytes = Path(tmp) / "hops.yaml", Path(tmp) / "hops_bytes.yaml"
         cal_spec.write_text(yaml.safe_dump(CALIBRATION))
+        cal_bytes.write_text(yaml.safe_dump(CALIBRATION_BYTES))
         (Path(tmp) / "react_tools.py").write_text((EX / "react_tools.py").read_text())
-        hop_s = 0.0
-        for example, spec in [("calibration", cal_spec), ("rag_agent", EX / "rag_agent.yaml"),
+        hop_s, byte_s, cal = 0.0, 0.0, {}
+        for example, spec in [("calibration", cal_spec), ("calibration_bytes", cal_bytes),
+                              ("rag_agent", EX / "rag_agent.yaml"),
                               ("react_agent", EX / "react_agent.yaml"),
                               ("voice_program", EX / "voice_program.yaml")]:  # fmt: skip
             res = _compile(spec, Path(tmp) / f"{example}.tzb")
             plan = agent_serving_plan(res.path)
-            kind = "rag_agent" if example == "calibration" else example
-            costs = _stage_costs(plan, kind, args.requests, args.reps)
+            kind = "rag_agent" if example.startswith("calibration") else example
+            costs, moved = _stage_costs(plan, kind, args.requests, args.reps)
             proc, port, model = _serve(res.path)
             try:
                 served = _served_s(port, model, plan, kind, args.requests)
@@ -175,13 +202,21 @@ def main() -> None:
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(timeout=60)
             p50 = statistics.median(served)
-            if example == "calibration":
+            if example.startswith("calibration"):  # two points: hop_s + byte_s * bytes
                 work = statistics.median(sum(c) for c in costs)
-                hop_s = max(0.0, (p50 - work) / len(plan.stages))
-                print(f"calibration: served p50 {p50 * 1e3:.2f} ms, in-process {work * 1e3:.2f} ms, "
-                      f"{len(plan.stages)} hops -> {hop_s * 1e3:.2f} ms per hop")  # fmt: skip
+                cal[example] = ((p50 - work) / len(plan.stages), statistics.median(
+                    sum(m) / len(plan.stages) for m in moved))  # fmt: skip
+                if len(cal) == 2:
+                    (o1, b1), (o2, b2) = cal["calibration"], cal["calibration_bytes"]
+                    byte_s = max(0.0, (o2 - o1) / max(b2 - b1, 1))
+                    hop_s = max(0.0, o1 - byte_s * b1)
+                    print(f"calibration: {hop_s * 1e3:.2f} ms per hop + "
+                          f"{byte_s * 1e9:.2f} ms per MB moved")  # fmt: skip
                 continue
-            pred = statistics.median(_critical_path_s(plan, c, hop_s) for c in costs)
+            pred = statistics.median(
+                _critical_path_s(plan, c, m, hop_s, byte_s)
+                for c, m in zip(costs, moved, strict=True)
+            )
             rows.append({"example": example, "stages": len(plan.stages),
                          "served_p50_ms": p50 * 1e3, "predicted_ms": pred * 1e3,
                          "error_pct": 100 * (pred - p50) / p50})  # fmt: skip
@@ -189,7 +224,8 @@ def main() -> None:
     print_table(rows, list(rows[0]), title=f"served vs predicted, load {os.getloadavg()[0]:.1f}")
     worst = max(abs(r["error_pct"]) for r in rows)
     print(f"worst |error| {worst:.1f}% (target <= 20%); per-hop cost {hop_s * 1e3:.2f} ms")
-    path = write_result(args.name, rows, {"hop_ms": hop_s * 1e3, "requests": args.requests,
+    path = write_result(args.name, rows, {"hop_ms": hop_s * 1e3, "ms_per_mb": byte_s * 1e9,
+                        "requests": args.requests,
                         "load_avg": os.getloadavg()})  # fmt: skip
     print(f"wrote {path}")
 

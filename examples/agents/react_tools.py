@@ -15,3 +15,8 @@ def reply(tokens: np.ndarray) -> str:
 def echo(text: str) -> str:
     """Identity (the latency benchmark's hop-calibration program)."""
     return text
+
+
+def blob(text: str) -> np.ndarray:
+    """256 KiB of float32 (the latency benchmark's per-byte hop calibration)."""
+    return np.full(65536, float(len(text)), np.float32)
