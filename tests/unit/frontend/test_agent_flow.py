@@ -223,3 +223,27 @@ def test_while_condition_and_gates_print_in_the_agent_dialect(tmp_path):
     assert "!tz.text" in text
     back = parse_graph(text)
     assert dict(back.op("wx").attrs)["gates"] == (("route", "weather"),)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ('gates = [["route", "weather"]]', 'gates = [["route", "snow"]]',
+         "op 'wx' attribute 'gates': branch 'route' has no arm 'snow'"),
+        ('gates = [["route", "weather"]]', 'gates = [["kind", "weather"]]',
+         "op 'wx' attribute 'gates': 'kind' is not an agent.branch defined before it"),
+        ('attrs = {mode = "first"}', 'attrs = {mode = "any"}',
+         "op 'merged' attribute 'mode': 'any' is not one of"),
+    ],
+)  # fmt: skip
+def test_agent_dialect_verifier_refuses_bad_control_flow(tmp_path, capsys, old, new, message):
+    from terrazzo.frontend.agent import load_agent
+    from terrazzo.ir.dialect import print_graph
+
+    text = print_graph(load_agent(_write(tmp_path, ROUTER)))
+    assert old in text
+    bad = tmp_path / "bad.mlir"
+    bad.write_text(text.replace(old, new))
+    assert main(["ir", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
