@@ -7,7 +7,8 @@ prediction for the same requests.
 The prediction is calibrated on this host, not taken from datasheets:
 
 1. **per-node costs**: every served stage's runner is run in this process on the request's
-   values (``LocalAgent`` with timing), median of ``--reps`` runs per stage and request —
+   values right after the served request (interleaved, so both see the same machine load),
+   median of ``--reps`` runs per stage and request —
    what each node costs here, including the branches and loop iterations that request took
    (a gated stage whose arm was not taken costs its skip);
 2. **per-hop cost**: two calibration programs of two tools (one moving a few bytes, one moving
@@ -99,54 +100,46 @@ def _serve(bundle: Path) -> tuple[subprocess.Popen, int, str]:
     return proc, port, re.search(r"serving model '([^']+)'", text).group(1)  # type: ignore[union-attr]
 
 
-def _served_s(port: int, model: str, plan: Any, example: str, n: int) -> list[float]:
+def _client_call(port: int, model: str, plan: Any, example: str) -> Any:
+    """A function that sends request ``i`` with the stock tritonclient and returns its latency."""
     import tritonclient.grpc as tc
 
     from terrazzo.runtime.tensors import v2_datatype
 
     client = tc.InferenceServerClient(f"127.0.0.1:{port}")
     outs = [tc.InferRequestedOutput(o.name) for o in plan.outputs[:1]]
-    times = []
-    for i in range(-2, n):  # two warm-up requests
+
+    def call(i: int) -> float:
         ins = []
-        for name, arr in _inputs(example, max(i, 0)).items():
+        for name, arr in _inputs(example, i).items():
             dt = "BYTES" if arr.dtype == object else v2_datatype(arr.dtype)
             x = tc.InferInput(name, list(arr.shape), dt)
             x.set_data_from_numpy(arr)
             ins.append(x)
         t0 = time.perf_counter()
         client.infer(model, ins, outputs=outs, client_timeout=60)
-        if i >= 0:
-            times.append(time.perf_counter() - t0)
-    return times
+        return time.perf_counter() - t0
+
+    return call
 
 
-def _stage_costs(
-    plan: Any, example: str, n: int, reps: int
-) -> tuple[list[list[float]], list[list[int]]]:
-    """Per request, per stage: median in-process time of its runner on that request's values, and the bytes it moves."""
-    from terrazzo.runtime.agent_plan import LocalAgent
-
-    agent = LocalAgent(plan)
-    out, moved = [], []
-    for i in range(n):
-        env = dict(_inputs(example, i))
-        costs, nbytes = [], []
-        for st, runner in zip(plan.stages, agent.runners, strict=True):
-            feed = {v: env[v] for v in st.inputs}
-            ts = []
-            for _ in range(reps):
-                t0 = time.perf_counter()
-                res = runner(feed)
-                ts.append(time.perf_counter() - t0)
-            env.update(res)
-            costs.append(statistics.median(ts))
-            nbytes.append(
-                sum(_nbytes(v) for v in feed.values()) + sum(_nbytes(v) for v in res.values())
-            )
-        out.append(costs)
-        moved.append(nbytes)
-    return out, moved
+def _stage_costs(agent: Any, example: str, i: int, reps: int) -> tuple[list[float], list[int]]:
+    """Request ``i``: median in-process time of every stage's runner on its values, and the bytes each moves."""
+    env = dict(_inputs(example, i))
+    costs, nbytes = [], []
+    for st, runner in zip(agent.plan.stages, agent.runners, strict=True):
+        feed = {v: env[v] for v in st.inputs}
+        ts = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            res = runner(feed)
+            ts.append(time.perf_counter() - t0)
+        env.update(res)
+        costs.append(statistics.median(ts))
+        nbytes.append(
+            sum(_nbytes(v) for v in feed.values()) + sum(_nbytes(v) for v in res.values())
+        )
+    return costs, nbytes
 
 
 def _critical_path_s(
@@ -176,7 +169,7 @@ def main() -> None:
 
     import react_server
 
-    from terrazzo.runtime.agent_plan import agent_serving_plan
+    from terrazzo.runtime.agent_plan import LocalAgent, agent_serving_plan
 
     srv = react_server.start(0)
     os.environ["LOOKUP_URL"] = f"http://127.0.0.1:{srv.server_port}"
@@ -194,10 +187,18 @@ def main() -> None:
             res = _compile(spec, Path(tmp) / f"{example}.tzb")
             plan = agent_serving_plan(res.path)
             kind = "rag_agent" if example.startswith("calibration") else example
-            costs, moved = _stage_costs(plan, kind, args.requests, args.reps)
+            agent = LocalAgent(plan)
             proc, port, model = _serve(res.path)
+            served, costs, moved = [], [], []
             try:
-                served = _served_s(port, model, plan, kind, args.requests)
+                call = _client_call(port, model, plan, kind)
+                for i in range(-2, args.requests):  # interleaved: both sides see the same load
+                    t = call(max(i, 0))
+                    c, m = _stage_costs(agent, kind, max(i, 0), args.reps)
+                    if i >= 0:
+                        served.append(t)
+                        costs.append(c)
+                        moved.append(m)
             finally:
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(timeout=60)
