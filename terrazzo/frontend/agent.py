@@ -218,11 +218,13 @@ def lower_spec(spec: AgentSpec, base_dir: str | Path = ".") -> Graph:
     branches = {n.name: n for n in spec.nodes if isinstance(n, BranchNode)}
     preds: dict[str, list[str]] = {n: [] for n in nodes}
     port_gates: dict[str, list[tuple[str, str]]] = {n: [] for n in nodes}
+    input_ports: dict[str, list[tuple[int, str, str]]] = {}  # a join's inputs read from an arm
     for e in spec.edges:  # an edge from a branch's arm (route.search) reads the branch's value
         src, arm = split_port(e.src, branches)
-        preds[e.dst].append(src)
         if arm is not None:
             port_gates[e.dst].append((src, arm))
+            input_ports.setdefault(e.dst, []).append((len(preds[e.dst]), src, arm))
+        preds[e.dst].append(src)
     g = nx.DiGraph()
     g.add_nodes_from(nodes)
     g.add_edges_from((p, n) for n, ps in preds.items() for p in ps)
@@ -278,6 +280,8 @@ def lower_spec(spec: AgentSpec, base_dir: str | Path = ".") -> Graph:
                     "takes float tensors; put an embedder, tool or LLM between them"
                 )
         op = _lower_node(node, ins, values, base, where)
+        if node.type == "join" and name in input_ports:
+            op = _with_attrs(op, input_ports=tuple(input_ports[name]))
         if gates.get(name):
             prob = 1.0
             for b, arm in gates[name]:

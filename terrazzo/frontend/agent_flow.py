@@ -185,6 +185,7 @@ class BranchEntry(AgentNodeEntry):
 class JoinEntry(AgentNodeEntry):
     device: str
     mode: str = "first"
+    input_ports: list[tuple[int, str, str]] = []  # (input index, branch, arm) of arm edges
 
 
 class MapEntry(AgentNodeEntry):

@@ -1,4 +1,4 @@
-"""HTTP tools for agent programs: one operation of an OpenAPI-style description, with timeouts, retries and errors as values.
+"""HTTP and MCP tools for agent programs: one OpenAPI operation or one MCP tool, with timeouts, retries and errors as values.
 
 A spec node::
 
@@ -145,4 +145,48 @@ register_kind(
     )  # fmt: skip
 )
 
-__all__ = ["HttpToolEntry", "HttpToolNode", "http_entry_fields", "read_operation"]
+
+class McpToolNode(NodeSpecBase):
+    """Call one tool of an MCP server (JSON-RPC 2.0 ``tools/call`` over streamable HTTP)."""
+
+    type: Literal["mcp"]
+    url: str = Field(description="the server's MCP endpoint (http://host:port/mcp); $VARS expand")
+    tool: str = Field(description="the tool's name")
+    argument: str = Field(description="the tool argument that receives the node's input as text")
+    timeout_s: float = Field(default=5.0, gt=0)
+    retries: int = Field(default=1, ge=0, le=10)
+    latency_s: float = Field(default=0.1, ge=0, description="expected latency for costing")
+
+
+class McpToolEntry(AgentNodeEntry):
+    device: str
+    url: str
+    tool: str
+    argument: str
+    timeout_s: float
+    retries: int
+
+
+def _lower_mcp(node: McpToolNode, cx: LowerContext) -> Lowered:
+    if not node.url.startswith(("http://", "https://", "$")):
+        raise FrontendError(f"{cx.where} field 'url': {node.url!r} is not an http(s) URL")
+    attrs = {"url": node.url, "tool": node.tool, "argument": node.argument,
+             "timeout_s": float(node.timeout_s), "retries": int(node.retries),
+             "latency_s": float(node.latency_s)}  # fmt: skip
+    return Lowered(attrs, TensorType((-1,), "string"))
+
+
+register_kind(
+    NodeKind(
+        "mcp", "tool.mcp", McpToolNode, McpToolEntry, _lower_mcp, op_class="tool", cpu_only=True
+    )  # fmt: skip
+)
+
+__all__ = [
+    "HttpToolEntry",
+    "HttpToolNode",
+    "McpToolEntry",
+    "McpToolNode",
+    "http_entry_fields",
+    "read_operation",
+]

@@ -387,7 +387,9 @@ def _build_branch(op: Any, cx: BuildContext) -> dict[str, Any]:
 
 
 def _build_join(op: Any, cx: BuildContext) -> dict[str, Any]:
-    return {"device": cx.assignment[op.name], "mode": str(op.attr("mode"))}
+    ports = cast("tuple[Any, ...]", op.attr_dict.get("input_ports", ()) or ())
+    return {"device": cx.assignment[op.name], "mode": str(op.attr("mode")),
+            "input_ports": [list(p) for p in ports]}  # fmt: skip
 
 
 def _build_map(op: Any, cx: BuildContext) -> dict[str, Any]:
@@ -402,7 +404,14 @@ def _build_http(op: Any, cx: BuildContext) -> dict[str, Any]:
     return {"device": cx.assignment[op.name], **http_entry_fields(op.attr_dict)}
 
 
+def _build_mcp(op: Any, cx: BuildContext) -> dict[str, Any]:
+    a = op.attr_dict
+    return {"device": cx.assignment[op.name],
+            **{k: a[k] for k in ("url", "tool", "argument", "timeout_s", "retries")}}  # fmt: skip
+
+
 register_hooks("http", build=_build_http)
+register_hooks("mcp", build=_build_mcp)
 register_hooks("branch", build=_build_branch)
 register_hooks("join", build=_build_join)
 register_hooks("map", build=_build_map)

@@ -529,8 +529,11 @@ def _run_branch(b: AgentPlanBuilder, n: Any, st: NodeStep) -> None:
 def _run_join(b: AgentPlanBuilder, n: Any, st: NodeStep) -> None:
     own = {tuple(g) for g in n.gates}
     inputs, extra = [], []
-    for name, val in zip(n.inputs, st.preds, strict=True):
+    ports = {int(i): (br, arm) for i, br, arm in n.input_ports}
+    for k, (name, val) in enumerate(zip(n.inputs, st.preds, strict=True)):
         gates = [g for g in b.nodes[name].gates if tuple(g) not in own]
+        if k in ports:  # an edge straight from a branch's arm (route.finish -> join)
+            gates.append(ports[k])
         refs = b.gate_refs(gates, st.loop, st.iteration)
         inputs.append([val, refs])
         extra += [r[0] for r in refs]
@@ -554,7 +557,16 @@ def _run_http(b: AgentPlanBuilder, n: Any, st: NodeStep) -> None:
     b.add(n.device, [src, *st.gate_inputs], [st.out], factory, kwargs)
 
 
+def _run_mcp(b: AgentPlanBuilder, n: Any, st: NodeStep) -> None:
+    (src,) = st.preds
+    kwargs = {"url": n.url, "tool": n.tool, "argument": n.argument, "input": src,
+              "output": st.out, "timeout_s": n.timeout_s, "retries": n.retries, **st.gate}  # fmt: skip
+    factory = "terrazzo.runtime.agent_http:mcp_tool"
+    b.add(n.device, [src, *st.gate_inputs], [st.out], factory, kwargs)
+
+
 register_hooks("http", runner=_run_http)
+register_hooks("mcp", runner=_run_mcp)
 register_hooks("branch", runner=_run_branch)
 register_hooks("join", runner=_run_join)
 register_hooks("map", runner=_run_map)
