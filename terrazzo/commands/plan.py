@@ -135,7 +135,8 @@ def run(args: argparse.Namespace) -> int:
         shapes, plan_shapes = shapes_from_args(args)
         graph, model_source = _load_model(args.model, shapes or None, plan_shapes or None)
         source = graph
-    if getattr(graph, "level", "") == "agent":  # agents: the same planner as compile (one path)
+    agent_spec = not is_task_graph_file(args.model) and getattr(graph, "level", "") == "agent"
+    if agent_spec:  # agent specs: the same planner as compile (one path)
         from terrazzo.costmodel import load_catalog
         from terrazzo.pipeline import place_agent
 
