@@ -179,7 +179,6 @@ class BranchEntry(AgentNodeEntry):
     device: str
     arms: dict[str, dict[str, Any]]
     default: str
-    on: str | None = None
 
 
 class JoinEntry(AgentNodeEntry):

@@ -446,7 +446,6 @@ def branch(
     arm_output: str,
     arms: Sequence[Sequence[Any]],
     default_index: int,
-    on: str | None = None,
     active: str | None = None,
     prev: str | None = None,
     prev_arm: str | None = None,
