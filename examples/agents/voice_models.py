@@ -39,3 +39,24 @@ def speech_to_text() -> nn.Module:
 def text_to_speech() -> nn.Module:
     torch.manual_seed(1)
     return TextToSpeech().eval()
+
+
+class ChunkedTextToSpeech(nn.Module):
+    """Tokens [1, 16] → audio [1, 1600] with a vocoder-sized hidden layer (the streamed TTS of voice_program.yaml)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(256, 256)
+        self.hidden = nn.Linear(256, 2048)
+        self.vocoder = nn.Linear(2048, 2048)
+        self.out = nn.Linear(2048, 100)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.hidden(self.embed(tokens)))
+        h = torch.relu(self.vocoder(h))
+        return torch.tanh(self.out(h)).reshape(1, 1600)
+
+
+def chunked_text_to_speech() -> nn.Module:
+    torch.manual_seed(2)
+    return ChunkedTextToSpeech().eval()

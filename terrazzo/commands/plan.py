@@ -135,8 +135,19 @@ def run(args: argparse.Namespace) -> int:
         shapes, plan_shapes = shapes_from_args(args)
         graph, model_source = _load_model(args.model, shapes or None, plan_shapes or None)
         source = graph
-    problem = to_problem(source, fleet, sla, args.rps, target_utilisation=args.utilisation)
-    result = solve(problem, args.solver, time_limit_s=args.time_limit)
+    agent_spec = not is_task_graph_file(args.model) and getattr(graph, "level", "") == "agent"
+    if agent_spec:  # agent specs: the same planner as compile (one path)
+        from terrazzo.costmodel import load_catalog
+        from terrazzo.pipeline import place_agent
+
+        assert fleet is not None and sla is not None
+        catalog = load_catalog(fleet.profile or "datasheet")
+        result, _ = place_agent(graph, fleet, sla, args.rps, args.solver, catalog=catalog)
+        title = graph.name
+    else:
+        problem = to_problem(source, fleet, sla, args.rps, target_utilisation=args.utilisation)
+        result = solve(problem, args.solver, time_limit_s=args.time_limit)
+        title = problem.name
     if args.output:
         Path(args.output).write_text(plan_to_mlir(graph, result, model_source))
     attrs = dict(getattr(graph, "attrs", ()))
@@ -156,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
             out["dynamic_shapes"] = dyn
         print_json(out)
     else:
-        _print_table(result, problem.name)
+        _print_table(result, title)
         line = describe_dynamic(dyn)
         if line:
             print(line)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 import math
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -209,20 +210,34 @@ def lower_spec(spec: AgentSpec, base_dir: str | Path = ".") -> Graph:
     """
     import networkx as nx
 
+    from terrazzo.frontend.agent_flow import BranchNode, gate_analysis, split_port
+
     base = Path(base_dir).resolve()
     nodes = {n.name: n for n in spec.nodes}
     order_index = {n.name: i for i, n in enumerate(spec.nodes)}
+    branches = {n.name: n for n in spec.nodes if isinstance(n, BranchNode)}
+    preds: dict[str, list[str]] = {n: [] for n in nodes}
+    port_gates: dict[str, list[tuple[str, str]]] = {n: [] for n in nodes}
+    input_ports: dict[str, list[tuple[int, str, str]]] = {}  # a join's inputs read from an arm
+    for e in spec.edges:  # an edge from a branch's arm (route.search) reads the branch's value
+        src, arm = split_port(e.src, branches)
+        if arm is not None:
+            port_gates[e.dst].append((src, arm))
+            input_ports.setdefault(e.dst, []).append((len(preds[e.dst]), src, arm))
+        preds[e.dst].append(src)
     g = nx.DiGraph()
     g.add_nodes_from(nodes)
-    g.add_edges_from((e.src, e.dst) for e in spec.edges)
+    g.add_edges_from((p, n) for n, ps in preds.items() for p in ps)
     if not nx.is_directed_acyclic_graph(g):
-        cyc = " -> ".join(u for u, _ in nx.find_cycle(g))
+        cycle = [u for u, _ in nx.find_cycle(g)]
         raise FrontendError(
-            f"agent {spec.name!r}: edges form a cycle ({cyc}); express repetition with a 'loops' entry "
-            "(a back edge with max_iterations) instead"
+            f"agent {spec.name!r} node {cycle[0]!r} field 'edges': the edges form a cycle without a "
+            f"bound ({' -> '.join([*cycle, cycle[0]])}); express repetition as a 'loops' entry "
+            "(a back edge with max_iterations)"
         )
     order = list(nx.lexicographical_topological_sort(g, key=lambda n: order_index[n]))
-    preds = {n: [e.src for e in spec.edges if e.dst == n] for n in nodes}
+    kinds = {n: nodes[n].type for n in nodes}
+    gates = gate_analysis(order, preds, port_gates, kinds, f"agent {spec.name!r}")
 
     loop_of = _loop_bodies(spec, g)
     values: dict[str, TensorType] = {}
@@ -237,7 +252,8 @@ def lower_spec(spec: AgentSpec, base_dir: str | Path = ".") -> Graph:
         if isinstance(node, OutputNode):
             if len(ins) != 1:
                 raise FrontendError(
-                    f"{where}: an output node needs exactly one incoming edge, found {len(ins)}"
+                    f"{where} field 'edges': an output node needs exactly one incoming edge, "
+                    f"found {len(ins)}"
                 )
             outputs.append(ins[0])
             output_names.append(name)
@@ -253,7 +269,24 @@ def lower_spec(spec: AgentSpec, base_dir: str | Path = ".") -> Graph:
             ins = (arg,)
         elif not ins and node_kind(node.type).needs_input:
             raise FrontendError(f"{where}: has no incoming edge")
+        if isinstance(node, ModelNode):  # text reaches a model only as byte tokens
+            texts = [v for v in ins if values[v].dtype == "string"]
+            token_input = node.onnx is None and all(
+                t.dtype.startswith(("int", "uint")) for t in node.example_inputs.values()
+            )
+            if texts and not token_input:
+                raise FrontendError(
+                    f"{where} field 'inputs': {texts[0]!r} is text (dtype string) but the model "
+                    "takes float tensors; put an embedder, tool or LLM between them"
+                )
         op = _lower_node(node, ins, values, base, where)
+        if node.type == "join" and name in input_ports:
+            op = _with_attrs(op, input_ports=tuple(input_ports[name]))
+        if gates.get(name):
+            prob = 1.0
+            for b, arm in gates[name]:
+                prob *= branches[b].probability(arm)
+            op = _with_attrs(op, gates=gates[name], gate_probability=float(prob))
         lp = loop_of.get(name)
         if lp is not None:
             op = _with_attrs(
@@ -265,6 +298,13 @@ def lower_spec(spec: AgentSpec, base_dir: str | Path = ".") -> Graph:
         ops.append(op)
     if not outputs:
         raise FrontendError(f"agent {spec.name!r}: no output node is connected")
+    streams = _stream_edges(spec, nodes, preds, loop_of, gates)
+    for lp in spec.loops:
+        if gates.get(lp.dst):
+            raise FrontendError(
+                f"agent {spec.name!r} loop {lp.name!r} field 'to': the loop head {lp.dst!r} is "
+                "inside a branch arm; put the branch inside the loop body instead"
+            )
     loops = tuple(
         (
             lp.name,
@@ -284,10 +324,51 @@ def lower_spec(spec: AgentSpec, base_dir: str | Path = ".") -> Graph:
         outputs=tuple(outputs),
         level="agent",
         attrs=make_attrs(
-            {"loops": loops, "output_names": tuple(output_names), "spec_dir": str(base)}
+            {
+                "loops": loops,
+                "loop_while": tuple(
+                    (lp.name, json.dumps(lp.while_.as_json(), sort_keys=True))
+                    for lp in spec.loops
+                    if lp.while_ is not None
+                ),
+                "output_names": tuple(output_names),
+                "streams": streams,
+                "spec_dir": str(base),
+            }
         ),
     )
     return graph.verify()
+
+
+def _stream_edges(
+    spec: AgentSpec,
+    nodes: Mapping[str, Any],
+    preds: Mapping[str, Sequence[str]],
+    loop_of: Mapping[str, LoopSpec],
+    gates: Mapping[str, Any],
+) -> tuple[tuple[str, str], ...]:
+    """The ``stream: true`` edges, checked: an LLM feeding a token-input model that reads nothing else."""
+    out = []
+    for e in spec.edges:
+        if not e.stream:
+            continue
+        where = f"agent {spec.name!r} node {e.dst!r} field 'edges'"
+        src, dst = nodes.get(e.src), nodes[e.dst]
+        if not isinstance(src, LLMNode):
+            raise FrontendError(f"{where}: a streamed edge must leave an llm node, not {e.src!r}")
+        if not isinstance(dst, ModelNode) or dst.onnx is not None:
+            raise FrontendError(f"{where}: a streamed edge must reach a torch model node")
+        ins = list(dst.example_inputs.values())
+        if len(ins) != 1 or not ins[0].dtype.startswith("int") or list(preds[e.dst]) != [e.src]:
+            raise FrontendError(
+                f"{where}: the streamed model must read only the LLM's tokens (one integer input)"
+            )
+        if e.src in loop_of or e.dst in loop_of or gates.get(e.dst) != gates.get(e.src):
+            raise FrontendError(
+                f"{where}: streamed edges inside loops or across arms are not supported"
+            )
+        out.append((e.src, e.dst))
+    return tuple(out)
 
 
 def _loop_bodies(spec: AgentSpec, g: Any) -> dict[str, LoopSpec]:

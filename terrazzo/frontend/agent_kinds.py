@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from terrazzo.frontend.agent import (
@@ -74,7 +75,8 @@ class LLMEntry(AgentNodeEntry):
 
     def served_outputs(self, loops: dict[str, LoopEntry]) -> list[tuple[str, str, tuple[int, ...]]]:
         out: list[tuple[str, str, tuple[int, ...]]] = [
-            (self.name, "int64", (self.max_new_tokens,))  # the answer's token ids
+            (self.name, "int64", (self.max_new_tokens,)),  # the answer's token ids
+            (f"{self.name}.prompt", "int64", (-1,)),  # the prompt it read (byte tokens)
         ]
         if self.loop:
             out.append((f"{self.loop}.iterations", "int64", (1,)))
@@ -89,8 +91,10 @@ class ToolEntry(AgentNodeEntry):
 
 class RetrieveEntry(AgentNodeEntry):
     device: str
-    embeddings: str
+    embeddings: str | None = None
     top_k: int
+    passages: list[str] = []
+    index_b64: str = ""
 
 
 class MemoryEntry(AgentNodeEntry):
@@ -121,6 +125,7 @@ def _lower_llm(node: LLMNode, cx: LowerContext) -> Lowered:
         "max_new_tokens": node.max_new_tokens,
         "input_tokens": node.input_tokens,
         "output_tokens": osl,
+        "prompt_tokens": node.prompt_tokens,
     }
     if node.checkpoint is not None:  # a Hugging Face directory: its weights run
         attrs["checkpoint"] = str((cx.base_dir / node.checkpoint).resolve())
@@ -148,6 +153,16 @@ def _lower_tool(node: ToolNode, cx: LowerContext) -> Lowered:
 
 
 def _lower_retrieve(node: RetrieveNode, cx: LowerContext) -> Lowered:
+    if node.documents is not None:  # text retrieval: a faiss index built at compile time
+        from terrazzo.errors import FrontendError
+
+        path = (cx.base_dir / node.documents).resolve()
+        if not path.exists():
+            raise FrontendError(f"{cx.where} field 'documents': {path} does not exist")
+        dim = max(1, int(np.prod([d for d in cx.values[cx.inputs[0]].shape if d > 0])))
+        attrs = {"documents": str(path), "top_k": node.top_k}
+        return Lowered(attrs, TensorType((node.top_k,), "string"), flops=2 * dim * 1024)
+    assert node.embeddings is not None
     rows, dim, itemsize, source = _embeddings_info(node.embeddings, cx.base_dir, cx.where)
     attrs = {"embeddings": source, "rows": rows, "dim": dim, "top_k": node.top_k}
     return Lowered(
@@ -200,3 +215,6 @@ BUILTIN_KINDS = (
 
 for _kind in BUILTIN_KINDS:
     register_kind(_kind)
+
+import terrazzo.frontend.agent_flow  # noqa: E402,F401  (branch, join, map)
+import terrazzo.frontend.agent_tools  # noqa: E402,F401  (http)

@@ -38,6 +38,10 @@ class AgentNodeEntry(BaseModel):
     kind: str = Field(description="agent op kind (``tool.invoke``)")
     inputs: list[str] = Field(default_factory=list, description="value names it reads")
     loop: str | None = Field(default=None, description="the loop whose body it is in")
+    gates: list[tuple[str, str]] = Field(
+        default_factory=list,
+        description="(branch, arm) pairs under which it runs (agent_flow); empty: always",
+    )
 
     def device_label(self) -> str:
         """The device class(es) the node was placed on, as ``compile`` prints them."""
@@ -57,6 +61,9 @@ class LoopEntry(BaseModel):
     max_iterations: int = Field(gt=0)
     expected_iterations: float = Field(default=1.0, gt=0)
     condition: str = ""
+    while_: dict[str, Any] | None = Field(
+        default=None, alias="while", description="the exit test (agent_spec.Condition JSON)"
+    )
 
 
 class WorkerRow(BaseModel):
@@ -82,6 +89,9 @@ class AgentPlanSection(BaseModel):
     loops: dict[str, LoopEntry] = Field(default_factory=dict)
     outputs: dict[str, str] = Field(default_factory=dict, description="output name → value")
     notes: list[str] = Field(default_factory=list)
+    streams: list[tuple[str, str]] = Field(
+        default_factory=list, description="streamed edges (LLM → token model), agent_flow"
+    )
     search_below: int = 128
     workers: list[WorkerRow] = Field(default_factory=list)
 

@@ -168,6 +168,12 @@ class LLMNode(NodeSpecBase):
         gt=0,
         description="expected generated length (OSL); defaults to max_new_tokens",
     )
+    prompt_tokens: int = Field(
+        default=32,
+        gt=0,
+        le=512,
+        description="prompt length the runnable phases are built for (longer prompts keep the end)",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> LLMNode:
@@ -213,11 +219,19 @@ class SyntheticEmbeddings(BaseModel):
 
 
 class RetrieveNode(NodeSpecBase):
-    """Top-k search over an embedding matrix (``.npy``, rows = documents)."""
+    """Top-k search: passages of a document set as text (``documents``), or row ids of an embedding matrix.
+
+    With ``documents`` (JSONL of ``{"text": ...}`` or a folder of .txt/.md files) the node's
+    predecessor must be the embedder (a torch ``model`` node with a token input): the compiler
+    embeds every passage with it and builds a faiss index (``terrazzo.pipeline.retrieval``).
+    """
 
     type: Literal["retrieve"]
-    embeddings: str | SyntheticEmbeddings = Field(
-        description="path to a .npy matrix, or {rows, dim, seed}"
+    embeddings: str | SyntheticEmbeddings | None = Field(
+        default=None, description="path to a .npy matrix, or {rows, dim, seed}"
+    )
+    documents: str | None = Field(
+        default=None, description="JSONL file or folder of passages (relative to the spec)"
     )
     top_k: int = Field(default=4, gt=0)
 
@@ -227,6 +241,12 @@ class RetrieveNode(NodeSpecBase):
         if isinstance(v, str) and not v.endswith(".npy"):
             raise ValueError(f"embeddings={v!r} must be a .npy file")
         return v
+
+    @model_validator(mode="after")
+    def _one_source(self) -> RetrieveNode:
+        if (self.embeddings is None) == (self.documents is None):
+            raise ValueError("give exactly one of embeddings, documents")
+        return self
 
 
 class MemoryLoadNode(NodeSpecBase):
@@ -244,10 +264,45 @@ class OutputNode(NodeSpecBase):
     type: Literal["output"]
 
 
+class Condition(BaseModel):
+    """A test on one value: ``{of: first|text|argmax|len, op: eq|ne|lt|..., value: X}``.
+
+    ``of`` says what of the value is compared: ``first`` (its first element: a token id, a
+    number, or the first text item), ``text`` (the whole value read as text), ``argmax`` (a
+    classifier's label: the index of its largest score) or ``len`` (number of elements;
+    characters for text). ``node`` names the node whose value is tested (default: the branch's
+    input, or the loop head's answer for a loop's ``while``). Evaluated by
+    ``terrazzo.frontend.agent_flow.evaluate``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    node: str | None = Field(default=None, description="node whose value is tested")
+    of: Literal["first", "text", "argmax", "len"] = "first"
+    op: Literal["eq", "ne", "lt", "le", "gt", "ge", "contains", "startswith", "in"] = "eq"
+    value: Any = Field(description="the value compared against (a list for 'in')")
+
+    @model_validator(mode="after")
+    def _check(self) -> Condition:
+        if self.op == "in" and not isinstance(self.value, list):
+            raise ValueError("op 'in' needs a list value")
+        if self.op in ("contains", "startswith") and not isinstance(self.value, str):
+            raise ValueError(f"op {self.op!r} needs a string value")
+        return self
+
+    def as_json(self) -> dict[str, Any]:
+        """The JSON form (plan.json, runner kwargs)."""
+        return self.model_dump(mode="json")
+
+
 class EdgeSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     src: str = Field(alias="from")
     dst: str = Field(alias="to")
+    stream: bool = Field(
+        default=False,
+        description="LLM → token-input model: feed the model chunks of the answer while it is "
+        "being generated (a chunk is the model's input length)",
+    )
 
 
 class LoopSpec(BaseModel):
@@ -261,9 +316,15 @@ class LoopSpec(BaseModel):
     name: str
     src: str = Field(alias="from", description="last node of the body (source of the back edge)")
     dst: str = Field(alias="to", description="first node of the body (target of the back edge)")
-    max_iterations: int = Field(gt=0)
+    max_iterations: int = Field(gt=0, description="the bound: a loop needs one")
     expected_iterations: float = Field(default=1.0, gt=0)
     condition: str = Field(default="", description="what makes the loop repeat (documentation)")
+    while_: Condition | None = Field(
+        default=None,
+        alias="while",
+        description="repeat while this holds on the previous iteration's value (default: the "
+        "head LLM's first answer token is below search_below)",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> LoopSpec:
@@ -310,15 +371,24 @@ class AgentSpec(BaseModel):
             raise ValueError(f"node names must be unique; repeated: {', '.join(dup)}")
         known = set(names)
         kinds = {n.name: n.type for n in self.nodes}
+        arms = {n.name: set(n.arm_names()) for n in self.nodes if hasattr(n, "arm_names")}
         for e in self.edges:
             for end in (e.src, e.dst):
+                node, dot, arm = end.partition(".")
+                if end == e.src and dot and node in arms:
+                    if arm not in arms[node]:
+                        raise ValueError(
+                            f"edge {e.src} -> {e.dst}: branch {node!r} has no arm {arm!r} "
+                            f"(arms: {', '.join(sorted(arms[node]))})"
+                        )
+                    continue
                 if end not in known:
                     raise ValueError(f"edge {e.src} -> {e.dst}: unknown node {end!r}")
             if kinds[e.dst] == "input":
                 raise ValueError(
                     f"edge {e.src} -> {e.dst}: an input node cannot have incoming edges"
                 )
-            if kinds[e.src] == "output":
+            if kinds.get(e.src) == "output":
                 raise ValueError(
                     f"edge {e.src} -> {e.dst}: an output node cannot have outgoing edges"
                 )
@@ -326,6 +396,9 @@ class AgentSpec(BaseModel):
             for end in (lp.src, lp.dst):
                 if end not in known:
                     raise ValueError(f"loop {lp.name!r}: unknown node {end!r}")
+            on = lp.while_.node if lp.while_ is not None else None
+            if on is not None and on not in known:
+                raise ValueError(f"loop {lp.name!r} field 'while.node': unknown node {on!r}")
         if not any(n.type == "input" for n in self.nodes):
             raise ValueError("an agent needs at least one input node")
         if not any(n.type == "output" for n in self.nodes):

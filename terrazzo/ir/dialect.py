@@ -138,6 +138,28 @@ OP_SPECS: tuple[OpSpec, ...] = (
     OpSpec("memory.store", "memory.store", _ARGS, (("out", OPTIONAL),), "writes agent memory"),
     OpSpec("retrieve.topk", "retrieve.topk", _ARGS, _ONE, "top-k retrieval"),
     OpSpec("model.call", "model.call", _ARGS, _ONE, "a whole model as one agent node"),
+    # Agent programs (terrazzo.frontend.agent_flow): control flow as gated data flow.
+    OpSpec(
+        "agent.branch",
+        "agent.branch",
+        (("value", SINGLE),),
+        _ONE,
+        "picks one arm from a value (ops downstream of an arm carry its gate)",
+    ),
+    OpSpec(
+        "agent.join",
+        "agent.join",
+        _ARGS,
+        _ONE,
+        "fan-in: the value of the arm that ran, or every input merged",
+    ),
+    OpSpec(
+        "agent.map",
+        "agent.map",
+        (("items", SINGLE),),
+        _ONE,
+        "fan-out over a list's elements, fan-in of the results",
+    ),
     # Generic fallbacks: any kind, homogeneous or mixed operand/result types.
     OpSpec(GENERIC_OP, None, _ARGS, (("outs", VARIADIC),), "any operator (kind attribute)"),
     OpSpec(
@@ -174,6 +196,7 @@ def irdl_text() -> str:
         by_dialect[dialect].append(
             f"  irdl.operation @{out} {{\n    %t = irdl.any\n    irdl.operands(value: %t)\n  }}"
         )
+    by_dialect["tz"].insert(0, "  irdl.type @text {\n  }")  # agent text values: !tz.text
     parts = [
         f"irdl.dialect @{d} {{\n" + "\n".join(ops) + "\n}" for d, ops in sorted(by_dialect.items())
     ]
@@ -230,6 +253,73 @@ def mlir_context() -> Any:
         return _CONTEXT
 
 
+# Verifier rules of agent programs (terrazzo.frontend.agent_flow), beyond what IRDL checks:
+# op kind → (fewest inputs, most inputs or None, required attributes).
+AGENT_OP_RULES: dict[str, tuple[int, int | None, tuple[str, ...]]] = {
+    "agent.branch": (1, 1, ("arms", "default")),
+    "agent.join": (1, None, ("mode",)),
+    "agent.map": (1, 1, ("function",)),
+}
+JOIN_MODES = ("first", "all")
+
+
+def verify_agent_program(graph: Graph) -> None:
+    """Check an agent graph's control flow: branch/join/map arity and attributes, gates, bounded loops.
+
+    Every op's ``gates`` must name an ``agent.branch`` op defined before it and one of that
+    branch's arms; every loop needs ``max_iterations >= 1`` and ops at both ends. Called by
+    ``Graph.verify`` for agent graphs, so hand-written MLIR is held to the same rules as specs.
+
+    Raises:
+        VerifyError: one line naming the op and the attribute.
+    """
+    from terrazzo.errors import VerifyError
+
+    where = f"graph {graph.name!r}"
+    arms: dict[str, set[str]] = {}
+    names = {o.name for o in graph.ops}
+    for o in graph.ops:
+        a = o.attr_dict
+        rule = AGENT_OP_RULES.get(o.kind)
+        if rule is not None:
+            lo, hi, need = rule
+            if len(o.inputs) < lo or (hi is not None and len(o.inputs) > hi):
+                want = f"{lo}" if hi == lo else f"at least {lo}"
+                raise VerifyError(
+                    f"{where}: op {o.name!r} ({o.kind}) takes {want} input(s), found {len(o.inputs)}"
+                )
+            for key in need:
+                if key not in a:
+                    raise VerifyError(f"{where}: op {o.name!r} ({o.kind}) lacks attribute {key!r}")
+            if o.kind == "agent.join" and a["mode"] not in JOIN_MODES:
+                raise VerifyError(
+                    f"{where}: op {o.name!r} attribute 'mode': {a['mode']!r} is not one of {JOIN_MODES}"
+                )
+            if o.kind == "agent.branch":
+                arm_attr = a["arms"] if isinstance(a["arms"], tuple) else ()
+                arms[o.name] = {str(x[0]) for x in arm_attr} | {str(a["default"])}
+        for gate in a.get("gates", ()) or ():  # type: ignore[union-attr]
+            b, arm = (str(x) for x in gate)
+            if b not in arms:
+                raise VerifyError(
+                    f"{where}: op {o.name!r} attribute 'gates': {b!r} is not an agent.branch "
+                    "defined before it"
+                )
+            if arm not in arms[b]:
+                raise VerifyError(
+                    f"{where}: op {o.name!r} attribute 'gates': branch {b!r} has no arm {arm!r}"
+                )
+    for lp in dict(graph.attrs).get("loops", ()) or ():  # type: ignore[union-attr]
+        name, src, dst, bound = str(lp[0]), str(lp[1]), str(lp[2]), int(lp[3])
+        if bound < 1:
+            raise VerifyError(
+                f"{where}: loop {name!r} attribute 'loops': max_iterations {bound} < 1"
+            )
+        for end in (src, dst):
+            if end not in names and not any(n.startswith(f"{end}.") for n in names):
+                raise VerifyError(f"{where}: loop {name!r} attribute 'loops': no op {end!r}")
+
+
 def print_graph(graph: Graph) -> str:
     """Print ``graph`` as tz-dialect MLIR (generic op form; deterministic, verified first).
 
@@ -267,6 +357,7 @@ def parse_graph(text: str) -> Graph:
 
 
 __all__ = [
+    "AGENT_OP_RULES",
     "GENERIC_OP",
     "GRAPH_OPS",
     "MIXED_OP",
@@ -277,4 +368,5 @@ __all__ = [
     "mlir_context",
     "parse_graph",
     "print_graph",
+    "verify_agent_program",
 ]

@@ -55,6 +55,7 @@ _DTYPE_BYTES = {
     "uint16": 2,
     "uint8": 1,
     "bool": 1,
+    "string": 64,  # text (agent graphs): a nominal size per item for costing
 }
 
 
@@ -324,6 +325,10 @@ class Graph:
         for v in self.outputs:
             if v not in defined:
                 raise VerifyError(f"{where}: output {v!r} is never defined")
+        if self.level == "agent":
+            from terrazzo.ir.dialect import verify_agent_program
+
+            verify_agent_program(self)
         if self.level == "model":
             dyn = [v for v, t in self.values.items() if not t.is_static]
             if dyn:

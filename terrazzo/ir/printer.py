@@ -44,6 +44,7 @@ DTYPE_TO_MLIR = {
     "uint32": "ui32",
     "uint64": "ui64",
     "bool": "i1",
+    "string": "!tz.text",  # agent-level text values (an IRDL type of the tz dialect)
 }
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1

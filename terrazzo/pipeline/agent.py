@@ -24,13 +24,14 @@ serving plan says so.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -171,7 +172,7 @@ def llm_config_of(op: Any) -> Any:
     from terrazzo.costmodel import llm
 
     a: dict[str, Any] = op.attr_dict
-    prompt_len = 32
+    prompt_len = int(a.get("prompt_tokens", 32))
     if a.get("checkpoint"):  # a Hugging Face directory: its architecture and weights
         from terrazzo.frontend.hf import read_hf_dir
 
@@ -366,6 +367,17 @@ def _build_tool(op: Any, cx: BuildContext) -> dict[str, Any]:
 
 
 def _build_retrieve(op: Any, cx: BuildContext) -> dict[str, Any]:
+    if op.attr("documents"):  # text: embed the passages with the embedder, build a faiss index
+        from terrazzo.pipeline.retrieval import build_index, load_documents
+
+        where = f"retrieve node {op.name!r}"
+        passages = load_documents(str(op.attr("documents")), where)
+        embedder = cx.graph.producers().get(op.inputs[0])
+        if embedder is None:
+            raise CodegenError(f"{where}: its input must come from an embedder model node")
+        index_b64, _ = build_index(passages, cx.graph.op(embedder))
+        return {"device": cx.assignment[op.name], "top_k": int(op.attr("top_k")),
+                "passages": passages, "index_b64": index_b64}  # fmt: skip
     return {"device": cx.assignment[op.name], "embeddings": str(op.attr("embeddings")),
             "top_k": int(op.attr("top_k"))}  # fmt: skip
 
@@ -374,6 +386,41 @@ def _build_memory(op: Any, cx: BuildContext) -> dict[str, Any]:
     dtype = cx.graph.values[op.name].dtype
     return {"device": cx.assignment[op.name], "key": str(op.attr("key")), "dtype": dtype}
 
+
+def _build_branch(op: Any, cx: BuildContext) -> dict[str, Any]:
+    arms = {a: json.loads(c) for a, c in cast("tuple[tuple[str, str], ...]", op.attr("arms"))}
+    return {"device": cx.assignment[op.name], "arms": arms, "default": str(op.attr("default"))}
+
+
+def _build_join(op: Any, cx: BuildContext) -> dict[str, Any]:
+    ports = cast("tuple[Any, ...]", op.attr_dict.get("input_ports", ()) or ())
+    return {"device": cx.assignment[op.name], "mode": str(op.attr("mode")),
+            "input_ports": [list(p) for p in ports]}  # fmt: skip
+
+
+def _build_map(op: Any, cx: BuildContext) -> dict[str, Any]:
+    return {"device": cx.assignment[op.name], "function": str(op.attr("function")),
+            "max_parallel": int(op.attr("max_parallel")),
+            "dtype": cx.graph.values[op.name].dtype}  # fmt: skip
+
+
+def _build_http(op: Any, cx: BuildContext) -> dict[str, Any]:
+    from terrazzo.frontend.agent_tools import http_entry_fields
+
+    return {"device": cx.assignment[op.name], **http_entry_fields(op.attr_dict)}
+
+
+def _build_mcp(op: Any, cx: BuildContext) -> dict[str, Any]:
+    a = op.attr_dict
+    return {"device": cx.assignment[op.name],
+            **{k: a[k] for k in ("url", "tool", "argument", "timeout_s", "retries")}}  # fmt: skip
+
+
+register_hooks("http", build=_build_http)
+register_hooks("mcp", build=_build_mcp)
+register_hooks("branch", build=_build_branch)
+register_hooks("join", build=_build_join)
+register_hooks("map", build=_build_map)
 
 # Build hooks of the built-in kinds (tools, retrieval and memory have no code to build).
 register_hooks("input", build=_build_input)
@@ -452,6 +499,8 @@ def compile_agent(
                                         "expected_iterations": float(ex), "condition": cond})
         for name, src, dst, mx, ex, cond in gattrs.get("loops", ()) or ()
     }  # fmt: skip
+    for name, cond_json in gattrs.get("loop_while", ()) or ():
+        loops[name].while_ = json.loads(cond_json)
     with tempfile.TemporaryDirectory(prefix="tz-agent-") as tmp:
         tmpdir = Path(tmp)
 
@@ -470,7 +519,9 @@ def compile_agent(
                 raise CodegenError(f"agent node {op.name!r}: no codegen for kind {op.kind!r}")
             fields = kind.build(op, cx)
             base = {"name": op.name, "kind": op.kind, "inputs": list(op.inputs),
-                    "loop": op.attr_dict.get("loop")}  # fmt: skip
+                    "loop": op.attr_dict.get("loop"),
+                    "gates": [list(g) for g in cast("tuple[Any, ...]",
+                                                     op.attr_dict.get("gates", ()) or ())]}  # fmt: skip
             nodes.append(kind.entry.model_validate({**base, **fields}))
 
         input_specs = [  # input nodes read the graph's arguments
@@ -484,12 +535,16 @@ def compile_agent(
         out_specs = []
         for oname, src in outputs_map.items():
             src_stage = next((st for st in stages if st.ops == (src,)), None)
-            if src_stage is None:
-                raise CodegenError(
-                    f"output {oname!r} must come from a model node; {src!r} is not one"
-                )
-            o = src_stage.outputs[0]
-            out_specs.append(TensorSpec(oname, o.dtype, o.shape))
+            if src_stage is not None:  # a model node: its compiled output
+                o = src_stage.outputs[0]
+                out_specs.append(TensorSpec(oname, o.dtype, o.shape))
+                continue
+            entry = next(n for n in nodes if n.name == src)
+            served = {t[0]: t for t in entry.served_outputs(loops)}
+            vt = graph.values[src]
+            dtype, shape = (served[src][1], tuple(served[src][2])) if src in served else (
+                getattr(entry, "dtype", None) or vt.dtype, tuple(-1 for _ in vt.shape) or (-1,))  # fmt: skip
+            out_specs.append(TensorSpec(oname, dtype, shape))
         for n in nodes:  # e.g. the LLM's final answer (token ids) and its loop's iteration count
             out_specs += [TensorSpec(*t) for t in n.served_outputs(loops)]
         agent = AgentPlanSection(
@@ -499,6 +554,7 @@ def compile_agent(
             outputs=outputs_map,
             notes=notes,
             search_below=int(search_below),
+            streams=[tuple(x) for x in gattrs.get("streams", ()) or ()],
         )
         agent.workers = _worker_table(agent, stages, host)
         plan_json = {"agent": agent.to_json(), "plan": plan.to_json()}

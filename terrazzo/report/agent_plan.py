@@ -64,6 +64,8 @@ def agent_problem(
             renamed[op.outputs[0]] = producers[op.inputs[0]]
             continue
         reps = float(op.attr("loop_expected_iterations", 1.0) or 1.0)  # type: ignore[arg-type]
+        # inside a branch arm: expected cost over the arms' probabilities (agent_flow)
+        reps *= float(op.attr("gate_probability", 1.0) or 1.0)  # type: ignore[arg-type]
         row: dict[str, float] = {}
         extra: dict[str, float] = {}
         for d, spec in specs.items():
@@ -147,6 +149,18 @@ def _llm_cost(op: Any, spec: Any, cm: Any) -> tuple[float, int]:
 
 
 # Cost hooks of the built-in kinds (retrieval and model nodes: the cost model's roofline).
+def _map_cost(op: Any, spec: Any, cm: Any) -> tuple[float, int]:
+    """A map's calls run ``max_parallel`` at a time: ceil(items / parallel) rounds of one call."""
+    items = float(op.attr("expected_items", 1.0))  # type: ignore[arg-type]
+    rounds = math.ceil(items / max(1, int(op.attr("max_parallel", 1))))  # type: ignore[call-overload]
+    return float(op.attr("latency_s", 0.0)) * rounds, 1  # type: ignore[arg-type]
+
+
+register_hooks("branch", cost=_input_cost)
+register_hooks("join", cost=_input_cost)
+register_hooks("map", cost=_map_cost)
+register_hooks("http", cost=_tool_cost)
+register_hooks("mcp", cost=_tool_cost)
 register_hooks("input", cost=_input_cost)
 register_hooks("memory.load", cost=_memory_cost)
 register_hooks("memory.store", cost=_memory_cost)

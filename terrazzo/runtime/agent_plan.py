@@ -187,6 +187,9 @@ class AgentPlanBuilder:
         self.outputs = dict(agent.outputs)  # output name → value
         self.stages: list[dict[str, Any]] = []
         self.extra_outputs: list[TensorSpec] = []
+        self.streams = {src: dst for src, dst in agent.streams}  # LLM → streamed token model
+        self._gates: list[list[Any]] = []  # the current node's (arm value, arm index) gates
+        self._loop_active: str | None = None
 
     # -- naming ----------------------------------------------------------------------------
     def _k(self, loop: str | None) -> int:
@@ -233,6 +236,12 @@ class AgentPlanBuilder:
                 (user code that may import anything).
         """
         info = self.infos.get(bundle_stage) if bundle_stage is not None else None
+        if self._gates:  # a stage inside a branch arm: skipped when its arm is not taken
+            full = factory if ":" in factory else _R + factory
+            gate_kw = {"factory": full, "kwargs": kwargs, "gates": self._gates,
+                       "outputs": list(outputs), "loop_active": self._loop_active}  # fmt: skip
+            inputs = [*inputs, *(g[0] for g in self._gates)]
+            factory, kwargs = "gated", gate_kw
         self.stages.append(
             {
                 "device": device,
@@ -270,10 +279,45 @@ class AgentPlanBuilder:
         if loop is not None and i > 0 and self.loops[loop].dst != name:
             gate = {"active": self._names(loop, i, "active", loop), "prev": self.val(name, i - 1)}
             gate_inputs = [gate["active"], gate["prev"]]
+        if name in self.streams.values():
+            return  # a streamed model runs inside its LLM's decode stage (_llm)
         kind = find_kind(n.kind)
         if kind is None or kind.runner is None:
             raise ServingError(f"agent node {name!r}: no runner for kind {n.kind!r}")
-        kind.runner(self, n, NodeStep(loop, i, preds, out, gate, gate_inputs))
+        self._gates = self.gate_refs(n.gates, loop, i)
+        self._loop_active = gate.get("active")
+        first = len(self.stages)
+        try:
+            kind.runner(self, n, NodeStep(loop, i, preds, out, gate, gate_inputs))
+        finally:
+            self._gates, self._loop_active = [], None
+        if out == name:  # serve the node's value under the agent outputs that name it too
+            self._alias_outputs(first, name)
+
+    def _alias_outputs(self, first: int, name: str) -> None:
+        names = self._alias(name, name)[1:]
+        for st in self.stages[first:]:
+            missing = [o for o in names if name in st["outputs"] and o not in st["outputs"]]
+            if missing:
+                spec = st["runner"]
+                kw = {"factory": spec.factory, "kwargs": spec.kwargs, "value": name,
+                      "names": missing}  # fmt: skip
+                st["runner"] = _runner_spec("aliased", kw, spawn=spec.factory != _TRAMPOLINE)
+                st["outputs"] = (*st["outputs"], *missing)
+
+    def arm_value(self, branch: str, loop: str | None, i: int) -> str:
+        """Value name of ``branch``'s arm index as seen from iteration ``i`` of ``loop``."""
+        same = loop is not None and self.nodes[branch].loop == loop
+        return self._names(branch, i, "arm", loop if same else None)
+
+    def gate_refs(self, gates: Any, loop: str | None, i: int) -> list[list[Any]]:
+        """``[[arm value, arm index], ...]`` for a node's ``(branch, arm)`` gates."""
+        out: list[list[Any]] = []
+        for b, arm in gates:
+            entry = self.nodes[b]
+            arms = [*getattr(entry, "arms", {}), getattr(entry, "default", "")]
+            out.append([self.arm_value(b, loop, i), list(dict.fromkeys(arms)).index(arm)])
+        return out
 
     def _llm(self, n: Any, loop: str | None, i: int, preds: list[str], out: str) -> None:
         name = n.name
@@ -300,7 +344,11 @@ class AgentPlanBuilder:
                     "prev_iterations": self._names(loop, i - 1, "iterations", loop),
                     "search_below": int(n.search_below),
                 }
-                extra_in = [v for k, v in loop_kw.items() if k != "search_below"]
+                if lp.while_ is not None:  # a real exit condition on a value of iteration i-1
+                    on = str(lp.while_.get("node") or name)
+                    loop_kw["while_on"] = self.ref(on, loop, i - 1)
+                    loop_kw["condition"] = dict(lp.while_)
+                extra_in = [v for k, v in loop_kw.items() if k not in ("search_below", "condition")]
             if i == self._k(loop) - 1:
                 self.extra_outputs.append(TensorSpec(roles["iterations"], "int64", (1,)))
         pre = n.prefill
@@ -327,6 +375,33 @@ class AgentPlanBuilder:
         if loop is not None and i > 0:
             gate = {"active": roles["active"], "prev": self.val(name, i - 1)}
             dec_in += [gate["active"], gate["prev"]]
+        if name in self.streams and loop is None:  # decode → model, pipelined chunk by chunk
+            tts: Any = self.nodes[self.streams[name]]
+            info = self.infos[tts.stage]
+            tts_outs = self._alias(tts.name, tts.name)
+            self.add(
+                dec.device,
+                dec_in,
+                [out, *tts_outs],
+                "llm_decode_stream",
+                {
+                    "path": self.path,
+                    "index": dec.stage,
+                    "inputs": {r: roles[r] for r in ("logits", "k_cache", "v_cache", "length")},
+                    "output": out,
+                    "max_new_tokens": int(n.max_new_tokens),
+                    "model_index": tts.stage,
+                    "model_input": info.inputs[0].name,
+                    "model_shape": list(info.inputs[0].shape),
+                    "model_outputs": tts_outs,
+                    "trust_key": self.trust,
+                },
+                dec.stage,
+            )
+            if out == name:
+                self.extra_outputs.append(TensorSpec(name, "int64", (int(n.max_new_tokens),)))
+                self.extra_outputs.append(TensorSpec(roles["prompt"], "int64", (-1,)))
+            return
         self.add(
             dec.device,
             dec_in,
@@ -345,6 +420,7 @@ class AgentPlanBuilder:
         )
         if out == name:
             self.extra_outputs.append(TensorSpec(name, "int64", (int(n.max_new_tokens),)))
+            self.extra_outputs.append(TensorSpec(roles["prompt"], "int64", (-1,)))
 
     def _ordered(self) -> tuple[StageSpec, ...]:
         """Stages in a topological order of their value dependencies (Kahn, stable)."""
@@ -407,6 +483,12 @@ def _run_tool(b: AgentPlanBuilder, n: Any, st: NodeStep) -> None:
 
 def _run_retrieve(b: AgentPlanBuilder, n: Any, st: NodeStep) -> None:
     (src,) = st.preds
+    if n.index_b64:  # text retrieval: faiss index and passages in the bundle
+        kw = {"path": b.path, "node": n.name, "input": src, "output": st.out, "top_k": n.top_k,
+              "trust_key": b.trust, **st.gate}  # fmt: skip
+        factory = "terrazzo.runtime.agent_text:retrieve_text"
+        b.add(n.device, [src, *st.gate_inputs], [st.out], factory, kw)
+        return
     kwargs = {"embeddings": n.embeddings, "top_k": n.top_k, "input": src, "output": st.out,
               **st.gate}  # fmt: skip
     b.add(n.device, [src, *st.gate_inputs], [st.out], "retrieve", kwargs)
@@ -425,6 +507,69 @@ def _run_memory_store(b: AgentPlanBuilder, n: Any, st: NodeStep) -> None:
     b.add(n.device, [src], [st.out], "memory_store", kwargs)
 
 
+def _run_branch(b: AgentPlanBuilder, n: Any, st: NodeStep) -> None:
+    (src,) = st.preds
+    arm_names = list(dict.fromkeys([*n.arms, n.default]))
+    arm_out = b._names(n.name, st.iteration, "arm", st.loop)
+    arms = [[arm_names.index(a), c] for a, c in n.arms.items()]
+    extra: list[str] = []
+    for _, c in arms:  # a condition testing another node's value reads it too
+        if c.get("node"):
+            c["node"] = b.ref(str(c["node"]), st.loop, st.iteration)
+            extra.append(c["node"])
+    kwargs: dict[str, Any] = {"input": src, "output": st.out, "arm_output": arm_out, "arms": arms,
+                              "default_index": arm_names.index(n.default), **st.gate}  # fmt: skip
+    ins = [src, *extra, *st.gate_inputs]
+    if st.gate:
+        kwargs["prev_arm"] = b._names(n.name, st.iteration - 1, "arm", st.loop)
+        ins.append(kwargs["prev_arm"])
+    b.add(n.device, ins, [st.out, arm_out], "branch", kwargs)
+
+
+def _run_join(b: AgentPlanBuilder, n: Any, st: NodeStep) -> None:
+    own = {tuple(g) for g in n.gates}
+    inputs, extra = [], []
+    ports = {int(i): (br, arm) for i, br, arm in n.input_ports}
+    for k, (name, val) in enumerate(zip(n.inputs, st.preds, strict=True)):
+        gates = [g for g in b.nodes[name].gates if tuple(g) not in own]
+        if k in ports:  # an edge straight from a branch's arm (route.finish -> join)
+            gates.append(ports[k])
+        refs = b.gate_refs(gates, st.loop, st.iteration)
+        inputs.append([val, refs])
+        extra += [r[0] for r in refs]
+    kwargs = {"inputs": inputs, "output": st.out, "mode": n.mode, **st.gate}
+    b.add(n.device, [*st.preds, *extra, *st.gate_inputs], [st.out], "join", kwargs)
+
+
+def _run_map(b: AgentPlanBuilder, n: Any, st: NodeStep) -> None:
+    (src,) = st.preds
+    kwargs = {"function": n.function, "input": src, "output": st.out,
+              "max_parallel": n.max_parallel, "dtype": n.dtype, **st.gate}  # fmt: skip
+    b.add(n.device, [src, *st.gate_inputs], [st.out], "map_call", kwargs, spawn=True)
+
+
+def _run_http(b: AgentPlanBuilder, n: Any, st: NodeStep) -> None:
+    (src,) = st.preds
+    kwargs = {"method": n.method, "url": n.url, "path": n.path, "param": n.param,
+              "location": n.location, "input": src, "output": st.out, "timeout_s": n.timeout_s,
+              "retries": n.retries, "result": n.result, **st.gate}  # fmt: skip
+    factory = "terrazzo.runtime.agent_http:http_tool"
+    b.add(n.device, [src, *st.gate_inputs], [st.out], factory, kwargs)
+
+
+def _run_mcp(b: AgentPlanBuilder, n: Any, st: NodeStep) -> None:
+    (src,) = st.preds
+    kwargs = {"url": n.url, "tool": n.tool, "argument": n.argument, "input": src,
+              "output": st.out, "timeout_s": n.timeout_s, "retries": n.retries, **st.gate}  # fmt: skip
+    factory = "terrazzo.runtime.agent_http:mcp_tool"
+    b.add(n.device, [src, *st.gate_inputs], [st.out], factory, kwargs)
+
+
+register_hooks("http", runner=_run_http)
+register_hooks("mcp", runner=_run_mcp)
+register_hooks("branch", runner=_run_branch)
+register_hooks("join", runner=_run_join)
+register_hooks("map", runner=_run_map)
 register_hooks("input", runner=_run_input)
 register_hooks("model", runner=_run_model)
 register_hooks("llm", runner=_run_llm)
@@ -437,20 +582,56 @@ register_hooks("memory.store", runner=_run_memory_store)
 class LocalAgent:
     """A ServingPlan run in this process (same runners, no gRPC): ``LocalAgent(plan)(inputs)`` → every value.
 
-    Used to check that serving answers what the agent computes in-process.
+    ``concurrent=False`` runs the stages one after another in plan order (the way a
+    LangGraph-style loop runs its nodes); ``concurrent=True`` starts every stage as soon as the
+    values it reads exist, on a thread pool, as the gateway does with its workers — independent
+    branches overlap (TVM kernels, tool I/O and sleeps release the GIL).
     """
 
-    def __init__(self, plan: ServingPlan):
+    def __init__(self, plan: ServingPlan, concurrent: bool = False, max_workers: int = 8):
         from terrazzo.runtime.runners import build_runner
 
         self.plan = plan
         self.runners = [build_runner(st.runner.factory, st.runner.kwargs) for st in plan.stages]
+        self.concurrent = concurrent
+        self._pool: Any = None
+        if concurrent:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="tz-agent")
 
     def __call__(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         env: dict[str, np.ndarray] = {k: np.asarray(v) for k, v in inputs.items()}
-        for st, runner in zip(self.plan.stages, self.runners, strict=True):
-            env.update(runner({v: env[v] for v in st.inputs}))
+        if not self.concurrent:
+            for st, runner in zip(self.plan.stages, self.runners, strict=True):
+                env.update(runner({v: env[v] for v in st.inputs}))
+            return env
+        return self._run_concurrent(env)
+
+    def _run_concurrent(self, env: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from concurrent.futures import FIRST_COMPLETED, wait
+
+        pending = dict(enumerate(self.plan.stages))
+        running: dict[Any, int] = {}
+        while pending or running:
+            for k, st in list(pending.items()):
+                if all(v in env for v in st.inputs):
+                    feed = {v: env[v] for v in st.inputs}
+                    running[self._pool.submit(self.runners[k], feed)] = k
+                    del pending[k]
+            if not running:
+                missing = sorted({v for st in pending.values() for v in st.inputs} - set(env))
+                raise ServingError(f"agent stages wait for values nothing produces: {missing}")
+            done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for fut in done:
+                del running[fut]
+                env.update(fut.result())
         return env
+
+    def close(self) -> None:
+        """Stop the thread pool (concurrent mode)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
 
 
 def run_agent_bundle(

@@ -38,6 +38,9 @@ def to_tokens(x: np.ndarray, vocab: int = 256) -> np.ndarray:
         ServingError: a float value without a trailing vocabulary axis.
     """
     a = np.asarray(x)
+    if a.dtype.kind in "OSU":  # text: its UTF-8 bytes
+        data = b"\n".join(v if isinstance(v, bytes) else str(v).encode() for v in a.reshape(-1))
+        return np.frombuffer(data, np.uint8).astype(np.int64)
     if a.dtype.kind == "f":
         if a.ndim == 0 or a.shape[-1] != vocab:
             raise ServingError(
@@ -114,9 +117,14 @@ def llm_prefill(
         material = [values[p] for p in parts]
         if "prev_active" in loop:
             prev_ok = bool(np.asarray(values[loop["prev_active"]]).reshape(-1)[0])
-            asks = int(np.asarray(values[loop["prev_answer"]]).reshape(-1)[0]) < int(
-                loop["search_below"]
-            )
+            if "condition" in loop:  # the spec's while: on a value of the previous iteration
+                from terrazzo.frontend.agent_flow import evaluate
+
+                asks = evaluate(loop["condition"], values[loop["while_on"]])
+            else:
+                asks = int(np.asarray(values[loop["prev_answer"]]).reshape(-1)[0]) < int(
+                    loop["search_below"]
+                )
             active = prev_ok and asks
             prev_count = int(np.asarray(values[loop["prev_iterations"]]).reshape(-1)[0])
             count = prev_count + 1 if active else prev_count
@@ -185,6 +193,70 @@ def llm_decode(
     return run
 
 
+def llm_decode_stream(
+    path: str,
+    index: int,
+    inputs: Mapping[str, str],
+    output: str,
+    max_new_tokens: int,
+    model_index: int,
+    model_input: str,
+    model_shape: Sequence[int],
+    model_outputs: Sequence[str],
+    overlap: bool = True,
+    trust_key: Any = None,
+) -> Runner:
+    """Decode and a streamed token model (TTS) in one stage: each chunk of the answer is voiced while the next is decoded.
+
+    A chunk is the model's input length (``prod(model_shape)`` tokens). With ``overlap`` the
+    model runs on a helper thread as soon as a chunk is complete (TVM releases the GIL inside
+    its kernels, so decode steps and model chunks run at the same time); without it every chunk
+    is voiced after decoding ends — the same work in sequence, for comparison. The model's
+    value is the chunks' outputs concatenated along the last axis.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    phase = _open_stage(path, index, trust_key)
+    model = _open_stage(path, model_index, trust_key)
+    shape = tuple(int(d) for d in model_shape)
+    chunk = int(np.prod(shape))
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tz-stream")
+    dtype = next(iter(model.inputs)).dtype if hasattr(model, "inputs") else "int64"
+
+    def voice(tokens: list[int]) -> np.ndarray:
+        x = fit_tokens(np.array(tokens, np.int64), shape).astype(dtype)
+        return np.asarray(next(iter(model({model_input: x}).values())))
+
+    def run(values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        state = {k: values[inputs[k]] for k in ("logits", "k_cache", "v_cache")}
+        n = int(np.asarray(values[inputs["length"]]).reshape(-1)[0])
+        tokens = [int(np.argmax(state["logits"][0]))]
+        k, v = state["k_cache"], state["v_cache"]
+        parts: list[Any] = []
+        for i in range(int(max_new_tokens) - 1):
+            if overlap and len(tokens) % chunk == 0:
+                parts.append(pool.submit(voice, tokens[-chunk:]))
+            step = phase({"token": np.array([[tokens[-1]]], np.int64),
+                          "pos": np.array([n + i], np.int64), "k_cache": k, "v_cache": v})  # fmt: skip
+            k, v = step["k_cache"], step["v_cache"]
+            tokens.append(int(np.argmax(step["logits"][0])))
+        done = len(parts) * chunk
+        if not overlap:
+            parts = [
+                pool.submit(voice, tokens[j : j + chunk]) for j in range(0, len(tokens), chunk)
+            ]
+        else:
+            parts += [
+                pool.submit(voice, tokens[j : j + chunk]) for j in range(done, len(tokens), chunk)
+            ]
+        audio = np.concatenate([f.result() for f in parts], axis=-1)
+        out = {output: np.array(tokens, np.int64)}
+        out.update({name: audio for name in model_outputs})
+        return out
+
+    return run
+
+
 # -- tools, retrieval, memory ---------------------------------------------------------------
 def tool(
     function: str,
@@ -205,8 +277,18 @@ def tool(
     def run(values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if not _active(values, active):
             return {output: np.asarray(values[str(prev)])}
-        y = np.asarray(fn(values[input]))
-        return {output: y.astype(dtype) if dtype else y}
+        x: Any = values[input]
+        if np.asarray(x).dtype.kind in "OSU":  # text in: the tool gets a str
+            from terrazzo.frontend.agent_flow import to_text
+
+            x = to_text(x)
+        try:
+            y = fn(x)
+        except Exception as e:  # errors are values the program can branch on (text tools)
+            if dtype != "string":
+                raise
+            y = f"error: {type(e).__name__}: {e}"
+        return {output: _as_value(y, dtype)}
 
     return run
 
@@ -300,5 +382,191 @@ def model_stage(
             args[name] = v
         y = next(iter(stage(args).values()))
         return {name: y for name in names}
+
+    return run
+
+
+# -- agent programs: branches, joins, maps, gated stages (terrazzo.frontend.agent_flow) ---------
+def _resolve_factory(factory: str) -> Any:
+    import importlib
+
+    mod, _, fn = factory.rpartition(":")
+    return getattr(importlib.import_module(mod), fn)
+
+
+def _arm_taken(values: Mapping[str, np.ndarray], gates: Sequence[Sequence[Any]]) -> bool:
+    """Every ``(arm value, arm index)`` gate holds: the branch took that arm (a skipped branch: empty)."""
+    for name, idx in gates:
+        a = np.asarray(values[str(name)]).reshape(-1)
+        if a.size == 0 or int(a[0]) != int(idx):
+            return False
+    return True
+
+
+def gated(
+    factory: str,
+    kwargs: Mapping[str, Any],
+    gates: Sequence[Sequence[Any]],
+    outputs: Sequence[str],
+    loop_active: str | None = None,
+) -> Runner:
+    """A stage inside a branch arm: run ``factory(**kwargs)`` only when its arms were taken.
+
+    Otherwise every output is an empty value (the arm's "did not run" marker, which a ``join``
+    and later gated stages read). In a loop iteration that did not run (``loop_active`` is 0)
+    the inner runner decides (it passes its previous value through).
+    """
+    inner = _resolve_factory(factory)(**dict(kwargs))
+    empty = {o: np.zeros((0,), np.int64) for o in outputs}
+
+    def run(values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        looping = loop_active is not None and not _active(values, loop_active)
+        if looping or _arm_taken(values, gates):
+            return dict(inner(values))
+        return dict(empty)
+
+    return run
+
+
+def aliased(factory: str, kwargs: Mapping[str, Any], value: str, names: Sequence[str]) -> Runner:
+    """Run ``factory(**kwargs)`` and also return its ``value`` under ``names`` (agent outputs)."""
+    inner = _resolve_factory(factory)(**dict(kwargs))
+
+    def run(values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = dict(inner(values))
+        out.update({n: out[value] for n in names})
+        return out
+
+    return run
+
+
+def branch(
+    input: str,
+    output: str,
+    arm_output: str,
+    arms: Sequence[Sequence[Any]],
+    default_index: int,
+    active: str | None = None,
+    prev: str | None = None,
+    prev_arm: str | None = None,
+) -> Runner:
+    """Evaluate the arms' conditions in order on the tested value; pass the input through.
+
+    Args:
+        input / output: the value tested and passed on (the branch's own value).
+        arm_output: int64 ``[1]``: the index of the arm taken (``arms`` order, default last).
+        arms: ``[[arm index, condition JSON], ...]`` in test order.
+        default_index: the arm taken when no condition holds.
+        (a condition's ``node`` names another value to test instead of ``input``)
+    """
+    from terrazzo.frontend.agent_flow import evaluate
+
+    tests = [(int(i), dict(c)) for i, c in arms]
+
+    def run(values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if not _active(values, active):
+            return {output: np.asarray(values[str(prev)]), arm_output: values[str(prev_arm)]}
+        v = values[input]
+        pick = int(default_index)
+        for idx, cond in tests:
+            subject = (
+                values[str(cond["node"])] if cond.get("node") and cond["node"] in values else v
+            )
+            if evaluate(cond, subject):
+                pick = idx
+                break
+        return {output: np.asarray(v), arm_output: np.array([pick], np.int64)}
+
+    return run
+
+
+def join(
+    inputs: Sequence[Sequence[Any]],
+    output: str,
+    mode: str = "first",
+    active: str | None = None,
+    prev: str | None = None,
+) -> Runner:
+    """Fan-in. ``first``: the first input whose arms were taken; ``all``: every produced input merged.
+
+    Args:
+        inputs: ``[[value name, [[arm value, arm index], ...]], ...]`` — each input with the
+            gates that distinguish it (empty: always produced).
+    """
+    from terrazzo.frontend.agent_flow import is_text
+
+    def run(values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if not _active(values, active):
+            return {output: np.asarray(values[str(prev)])}
+        ran = [np.asarray(values[str(v)]) for v, g in inputs if _arm_taken(values, g)]
+        if mode == "first":
+            got = next((a for a in ran if a.size), ran[0] if ran else np.zeros((0,), np.int64))
+            return {output: got}
+        ran = [a for a in ran if a.size]
+        if not ran:
+            return {output: np.zeros((0,), np.int64)}
+        if any(is_text(a) for a in ran):
+            from terrazzo.frontend.agent_flow import text_value, to_text
+
+            return {output: text_value([to_text(a) for a in ran])}
+        return {output: np.concatenate([a.reshape(-1) for a in ran])}
+
+    return run
+
+
+def _as_value(result: Any, dtype: str | None) -> np.ndarray:
+    """A tool's Python result as a value: text for ``dtype: string`` (str, bytes or a list of them)."""
+    from terrazzo.frontend.agent_flow import text_value
+
+    if dtype == "string":
+        if isinstance(result, bytes):
+            result = result.decode("utf-8", "replace")
+        if isinstance(result, str):
+            return text_value(result)
+        if isinstance(result, np.ndarray) and result.dtype.kind in "OSU":
+            return result.astype(object)
+        return text_value([str(x) for x in result])
+    y = np.asarray(result)
+    return y.astype(dtype) if dtype else y
+
+
+def map_call(
+    function: str,
+    input: str,
+    output: str,
+    max_parallel: int = 8,
+    dtype: str | None = None,
+    active: str | None = None,
+    prev: str | None = None,
+) -> Runner:
+    """Fan-out/fan-in: call ``function`` on every element of the input list concurrently; collect in order.
+
+    A call that raises becomes the text ``"error: <type>: <message>"`` for text outputs (errors
+    are values the program can branch on); for tensor outputs the stage fails.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from terrazzo.frontend.agent import resolve_callable
+
+    fn = resolve_callable(function)
+    pool = ThreadPoolExecutor(max_workers=int(max_parallel), thread_name_prefix="tz-map")
+
+    def call(x: Any) -> Any:
+        item = x.decode("utf-8", "replace") if isinstance(x, bytes) else x
+        try:
+            return fn(item)
+        except Exception as e:
+            if dtype != "string":
+                raise
+            return f"error: {type(e).__name__}: {e}"
+
+    def run(values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if not _active(values, active):
+            return {output: np.asarray(values[str(prev)])}
+        items = list(np.asarray(values[input]).reshape(-1))
+        results = list(pool.map(call, items))
+        if dtype == "string":
+            return {output: _as_value([str(r) for r in results], dtype)}
+        return {output: np.asarray(results).astype(dtype) if dtype else np.asarray(results)}
 
     return run

@@ -1,0 +1,77 @@
+"""The voice agent as a program: two independent branches and a streamed LLM → TTS edge, run in process.
+
+Checks the streamed stage (decode with the TTS voicing each 16-token chunk as it completes)
+answers what the unstreamed order would: every chunk of the speech equals the TTS model run on
+that chunk of the answer; concurrent+pipelined and sequential runs agree; plan and compile
+place the program the same way.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+SPEC = ROOT / "examples" / "agents" / "voice_program.yaml"
+FLEET = {"devices": {"cpu": {"count": 8}, "h100": {"count": 2}}, "pricing": {"mode": "cloud"}}
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    from terrazzo.pipeline import compile_agent
+    from terrazzo.placement import Fleet
+
+    out = tmp_path_factory.mktemp("voice") / "voice.tzb"
+    return compile_agent(SPEC, Fleet.model_validate(FLEET), "5s", out, device_builds=False)
+
+
+def test_streamed_speech_is_the_tts_of_each_answer_chunk(compiled):
+    from terrazzo.bundle import open_bundle
+    from terrazzo.frontend.agent_flow import to_text
+    from terrazzo.runtime.agent_plan import LocalAgent, agent_serving_plan, runner_kind
+    from terrazzo.runtime.agent_runners import fit_tokens
+
+    plan = agent_serving_plan(compiled.path)
+    kinds = [runner_kind(st) for st in plan.stages]
+    assert "llm_decode_stream" in kinds and "llm_decode" not in kinds
+    audio = np.random.default_rng(0).standard_normal((1, 1600)).astype(np.float32)
+    seq = LocalAgent(plan)({"audio": audio})
+    con_agent = LocalAgent(plan, concurrent=True)
+    try:
+        con = con_agent({"audio": audio})
+    finally:
+        con_agent.close()
+    np.testing.assert_array_equal(seq["planner"], con["planner"])
+    np.testing.assert_allclose(seq["speech"], con["speech"], rtol=1e-6, atol=1e-6)
+    assert to_text(seq["screen"]) == to_text(con["screen"])
+    assert to_text(con["screen"]).startswith("card[account ")
+    with open_bundle(compiled.path) as b:
+        tts_entry = b.agent.node("tts")
+        tts = b.load_stage(tts_entry.stage)
+    tokens = con["planner"]
+    assert tokens.shape == (64,) and con["speech"].shape == (1, 1600 * 4)
+    for c in range(4):
+        want = tts({"tokens": fit_tokens(tokens[16 * c : 16 * (c + 1)], (1, 16))})
+        got = con["speech"][:, 1600 * c : 1600 * (c + 1)]
+        np.testing.assert_allclose(got, next(iter(want.values())), rtol=1e-5, atol=1e-6)
+
+
+def test_plan_and_compile_place_the_program_the_same_way(compiled, tmp_path, capsys):
+    import json
+
+    import yaml
+
+    from terrazzo.cli import main
+
+    (tmp_path / "fleet.yaml").write_text(yaml.safe_dump(FLEET))
+    argv = ["plan", str(SPEC), "--fleet", str(tmp_path / "fleet.yaml"), "--sla", "5s", "--json"]
+    assert main(argv) == 0
+    planned = json.loads(capsys.readouterr().out)
+    assignment = {op: st["device"] for st in planned["stages"] for op in st["ops"]}
+    assert assignment == dict(compiled.plan.assignment)
+    assert assignment["crm"] == "cpu"  # tools on CPUs in both
+    assert assignment["planner.prefill"] != assignment["planner.decode"]  # the P::D split in both
