@@ -235,6 +235,102 @@ def _build_torch_modules(cfg: TinyLlamaConfig) -> tuple[Any, Any]:
     return Prefill().eval(), Decode().eval()
 
 
+def _decode_batch_module(core: Any, cfg: TinyLlamaConfig, kv: KVLayout) -> Any:
+    """One decode step for ``B`` sequences over a paged KV pool (see :class:`KVLayout`).
+
+    ``tokens [B]``, ``pos [B]`` (each sequence's position = its cached tokens), ``k_pool``,
+    ``v_pool [n_blocks, L, kv, block, hd]`` and ``block_table [B, max_len/block]`` (the pool
+    blocks holding each sequence's cache, in order) → ``logits [B, vocab]`` and the step's new
+    K/V rows ``[B, L, kv, hd]``, which the engine writes into the pool (nothing else moves).
+    Each sequence attends to its cached keys below ``pos`` and to itself.
+    """
+    import torch
+    from torch import nn
+
+    hd, nh, nkv = cfg.head_dim, cfg.n_heads, cfg.n_kv_heads
+    group = nh // nkv
+    s = cfg.max_len
+
+    class DecodeBatch(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.core = core
+
+        def forward(self, tokens, pos, k_pool, v_pool, block_table):  # type: ignore[no-untyped-def]
+            c = self.core
+            b = tokens.shape[0]
+            mb = block_table.shape[1]
+
+            def gather(pool: torch.Tensor) -> torch.Tensor:
+                g = pool[block_table]  # [B, MB, L, kv, BS, hd]
+                g = g.permute(0, 2, 3, 1, 4, 5).reshape(b, cfg.n_layers, nkv, mb * kv.block, hd)
+                return g.to(torch.float32)
+
+            kall, vall = gather(k_pool), gather(v_pool)
+            keys = torch.arange(s, dtype=torch.int64)
+            mask = keys[None, :] < pos[:, None]  # [B, S]: cached rows only
+            neg = torch.finfo(torch.float32).min
+            cos, sin = c.cos[pos][:, None, :], c.sin[pos][:, None, :]  # [B, 1, hd/2]
+            h = c.embed(tokens)  # [B, d]
+            new_k, new_v = [], []
+            for li, layer in enumerate(cast("Iterable[Any]", c.layers)):
+                x = layer.attn_norm(h)
+                q = layer.q(x).reshape(b, nh, hd)
+                k = layer.k(x).reshape(b, nkv, hd)
+                v = layer.v(x).reshape(b, nkv, hd)
+                q, k = c.rope(q, cos, sin), c.rope(k, cos, sin)
+                new_k.append(k)
+                new_v.append(v)
+                kr = kall[:, li].repeat_interleave(group, dim=1)  # [B, nh, S, hd]
+                vr = vall[:, li].repeat_interleave(group, dim=1)
+                kself = k.repeat_interleave(group, dim=1)  # [B, nh, hd]
+                vself = v.repeat_interleave(group, dim=1)
+                sc = torch.matmul(q[:, :, None, :], kr.transpose(2, 3))[:, :, 0, :]  # [B, nh, S]
+                sc = torch.where(mask[:, None, :], sc, torch.full_like(sc, neg))
+                ss = (q * kself).sum(-1, keepdim=True)  # [B, nh, 1]
+                p = torch.softmax(torch.cat([sc, ss], dim=-1) / math.sqrt(hd), dim=-1)
+                att = torch.matmul(p[:, :, None, :s], vr)[:, :, 0, :] + p[:, :, s:] * vself
+                h = h + layer.o(att.reshape(b, nh * hd))
+                x = layer.mlp_norm(h)
+                h = h + layer.down(torch.nn.functional.silu(layer.gate(x)) * layer.up(x))
+            logits = c.lm_head(c.norm(h))
+            return logits, torch.stack(new_k, 1), torch.stack(new_v, 1)
+
+    return DecodeBatch().eval()
+
+
+@dataclass(frozen=True, slots=True)
+class KVLayout:
+    """The paged KV pool the batched decode phases read: ``n_blocks`` blocks of ``block``
+    tokens each (block 0 is the engine's scratch block for padded batch slots), stored as
+    ``dtype`` (``float16`` halves the pool; compute stays fp32)."""
+
+    block: int = 16
+    n_blocks: int = 64
+    dtype: str = "float32"
+
+    def pool_shape(self, cfg: TinyLlamaConfig) -> tuple[int, int, int, int, int]:
+        return (self.n_blocks, cfg.n_layers, cfg.n_kv_heads, self.block, cfg.head_dim)
+
+    def blocks_per_seq(self, cfg: TinyLlamaConfig) -> int:
+        return -(-cfg.max_len // self.block)
+
+
+def decode_batch_inputs(cfg: TinyLlamaConfig, kv: KVLayout, batch: int) -> dict[str, np.ndarray]:
+    """Example inputs of the batched decode phase for ``batch`` sequences."""
+    pool = np.zeros(kv.pool_shape(cfg), kv.dtype)
+    return {
+        "tokens": np.ones((batch,), np.int64),
+        "pos": np.full((batch,), 1, np.int64),
+        "k_pool": pool,
+        "v_pool": pool.copy(),
+        "block_table": np.zeros((batch, kv.blocks_per_seq(cfg)), np.int64),
+    }
+
+
+DECODE_BATCH_OUTPUTS = ("logits", "k_new", "v_new")
+
+
 def _rope_inv_freq(cfg: TinyLlamaConfig) -> Any:
     """Rotary inverse frequencies as transformers computes them (default, linear, llama3)."""
     import torch
@@ -356,15 +452,28 @@ PHASE_OUTPUTS = {
 }
 
 
-def export_relax(cfg: TinyLlamaConfig) -> dict[str, Any]:
-    """torch.export each phase and import it into a Relax IRModule (weights as constants)."""
+def export_relax(
+    cfg: TinyLlamaConfig, decode_batches: tuple[int, ...] = (), kv: KVLayout | None = None
+) -> dict[str, Any]:
+    """torch.export each phase and import it into a Relax IRModule (weights as constants).
+
+    With ``decode_batches``, also the batched paged decode phase at each batch size
+    (``decode_b{B}``, see :func:`_decode_batch_module`), all sharing one set of weights.
+    """
     import torch
     from tvm.relax.frontend.torch import from_exported_program
 
     prefill, decode = _build_torch_modules(cfg)
-    ex = example_inputs(cfg)
+    ex: dict[str, dict[str, np.ndarray]] = dict(example_inputs(cfg))
+    todo: list[tuple[str, Any]] = [("prefill", prefill), ("decode", decode)]
+    if decode_batches:
+        kv = kv or KVLayout()
+        batch_mod = _decode_batch_module(prefill.core, cfg, kv)
+        for b in decode_batches:
+            ex[f"decode_b{b}"] = decode_batch_inputs(cfg, kv, b)
+            todo.append((f"decode_b{b}", batch_mod))
     mods = {}
-    for name, module in (("prefill", prefill), ("decode", decode)):
+    for name, module in todo:
         args = tuple(torch.from_numpy(a) for a in ex[name].values())
         with torch.no_grad():
             ep = torch.export.export(module, args)
@@ -448,3 +557,21 @@ def torch_reference(cfg: TinyLlamaConfig) -> dict[str, Any]:
         "prefill": wrap("prefill", prefill, tuple(ex["prefill"])),
         "decode": wrap("decode", decode, tuple(ex["decode"])),
     }
+
+
+def torch_batch_reference(
+    cfg: TinyLlamaConfig, kv: KVLayout, batches: tuple[int, ...]
+) -> dict[int, Any]:
+    """The batched paged decode phase in torch eager, per batch size (engine tests)."""
+    import torch
+
+    prefill, _ = _build_torch_modules(cfg)
+    module = _decode_batch_module(prefill.core, cfg, kv)
+    order = tuple(decode_batch_inputs(cfg, kv, 1))
+
+    def call(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with torch.no_grad():
+            out = module(*(torch.from_numpy(np.asarray(inputs[n])) for n in order))
+        return dict(zip(DECODE_BATCH_OUTPUTS, (o.numpy() for o in out), strict=True))
+
+    return dict.fromkeys(batches, call)

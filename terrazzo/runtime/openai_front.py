@@ -65,10 +65,40 @@ class RemotePhase:
         self.channel.close()
 
 
+class RoundRobin:
+    """Prefill over several prefill workers: each call goes to the next one."""
+
+    def __init__(self, phases: list[Any]) -> None:
+        self.phases = phases
+        self._i = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, values: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+        with self._lock:
+            p = self.phases[self._i % len(self.phases)]
+            self._i += 1
+        return p(values)  # type: ignore[no-any-return]
+
+
+class _NoLock:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *_: Any) -> None:
+        return None
+
+
 class LLMService:
     """The two phase workers of an LLM bundle plus the text generator over them."""
 
-    def __init__(self, bundle_path: str, trust: Any = None, allow_unsigned: bool = False) -> None:
+    def __init__(
+        self,
+        bundle_path: str,
+        trust: Any = None,
+        allow_unsigned: bool = False,
+        prefill_workers: int = 1,
+        batching: bool = True,
+    ) -> None:
         from pathlib import Path
 
         from terrazzo.bundle import open_bundle
@@ -84,19 +114,30 @@ class LLMService:
             self.name = str(b.name)
         self.token = secrets.token_hex(16)
         self.launcher = LocalLauncher(WorkerOptions(self.token, 512 << 20, fork_server=False))
+        self.batching = bool(batching and (llm["stages"].get("decode_batch") or {}))
         jobs = []
-        for phase in ("prefill", "decode"):
+        phases = ["prefill"] * max(1, int(prefill_workers)) + ["decode"]
+        path = str(Path(bundle_path).resolve())
+        for phase in phases:
             st = infos[int(llm["stages"][phase])]
-            ins = tuple(t.name for t in st.inputs)
+            ins, outs = tuple(t.name for t in st.inputs), tuple(t.name for t in st.outputs)
             factory = "terrazzo.runtime.runners:bundle_stage"
-            if phase == "decode":  # the KV cache is handed over once and stays there
+            kwargs: dict[str, Any] = {
+                "path": path,
+                "index": int(st.index),
+                "trust_key": worker_trust,
+            }
+            if phase == "decode" and self.batching:  # continuous batching (llm_batch)
+                from terrazzo.runtime.llm_batch import RUNNER_INPUTS, RUNNER_OUTPUTS
+
+                factory, ins, outs = ("terrazzo.runtime.llm_batch:batch_decode_runner",
+                                      RUNNER_INPUTS, RUNNER_OUTPUTS)  # fmt: skip
+                kwargs.pop("index")
+            elif phase == "decode":  # the KV cache is handed over once and stays there
                 factory, ins = "terrazzo.runtime.llm_text:decode_session", (*ins, "session")
             spec = StageSpec(
-                index=int(st.index), device=str(st.device),
-                inputs=ins, outputs=tuple(t.name for t in st.outputs),
-                runner=RunnerSpec(factory, {
-                    "path": str(Path(bundle_path).resolve()), "index": int(st.index),
-                    "trust_key": worker_trust}),
+                index=int(st.index), device=str(st.device), inputs=ins, outputs=outs,
+                runner=RunnerSpec(factory, kwargs),
             )  # fmt: skip
             jobs.append((spec, 0))
         self.workers = self.launcher.start_many(jobs)
@@ -104,8 +145,17 @@ class LLMService:
             RemotePhase(w.address, s.index, s.inputs, self.token)
             for w, (s, _) in zip(self.workers, jobs, strict=True)
         ]
-        self.generator = TextGenerator(llm, self.phases[0], SessionDecode(self.phases[1]))
-        self.lock = threading.Lock()  # one request at a time (no batching yet)
+        prefill = RoundRobin(self.phases[:-1])
+        if self.batching:
+            from terrazzo.runtime.llm_batch import RemoteBatchDecode
+
+            self.batch: Any = RemoteBatchDecode(self.phases[-1])
+            self.generator = TextGenerator(llm, prefill, self.phases[-1], batch=self.batch)
+            self.lock: Any = _NoLock()  # requests run concurrently; the engine batches them
+        else:
+            self.batch = None
+            self.generator = TextGenerator(llm, prefill, SessionDecode(self.phases[-1]))
+            self.lock = threading.Lock()  # one request at a time
 
     def close(self) -> None:
         for p in self.phases:

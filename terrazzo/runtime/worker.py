@@ -37,6 +37,7 @@ from typing import Any
 import grpc
 import numpy as np
 
+from terrazzo.errors import ServingError
 from terrazzo.runtime.batcher import (
     BatchRejectedError,
     DynamicBatcher,
@@ -120,6 +121,20 @@ class _WorkerServicer(pb_grpc.GRPCInferenceServiceServicer):
         if self.delay_s > 0:  # the test knob: a fixed cost per execution, as a device has
             time.sleep(self.delay_s)
         return self.runner(values)
+
+    def _infer_concurrent(self, request, context, values):
+        t0 = time.perf_counter()
+        try:
+            result = self.runner({n: values[n] for n in self.inputs})
+        except ServingError as e:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{self.model_name}: {e}")
+        except Exception as e:
+            self.stats.failed()
+            context.abort(
+                grpc.StatusCode.INTERNAL, f"{self.model_name} failed: {type(e).__name__}: {e}"
+            )
+        compute_s = time.perf_counter() - t0
+        return self._response(request, context, result, compute_s, 0.0)
 
     def Stats(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         self._check_token(context)
@@ -211,6 +226,8 @@ class _WorkerServicer(pb_grpc.GRPCInferenceServiceServicer):
             )
         if self.batcher is not None:
             return self._infer_batched(request, context, values)
+        if getattr(self.runner, "concurrent", False):  # it synchronises itself (llm_batch)
+            return self._infer_concurrent(request, context, values)
         with self._count_lock:
             if self._waiting >= self.max_queue:
                 context.abort(
@@ -273,6 +290,8 @@ class WorkerServer:
             os.environ["TMPDIR"] = str(tmpdir)
         self.servicer = _WorkerServicer(config)
         threads = int(config.get("threads", 16))
+        if getattr(self.servicer.runner, "concurrent", False):  # each polling stream holds one
+            threads = max(threads, 80)
         if self.servicer.batcher is not None:  # a request waiting for its batch holds a thread
             threads = max(threads, int(config.get("max_queue", 64)) + 4)
         self._server = grpc.server(
