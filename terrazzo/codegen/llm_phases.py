@@ -281,15 +281,13 @@ def _decode_batch_module(core: Any, cfg: TinyLlamaConfig, kv: KVLayout) -> Any:
                 q, k = c.rope(q, cos, sin), c.rope(k, cos, sin)
                 new_k.append(k)
                 new_v.append(v)
-                kr = kall[:, li].repeat_interleave(group, dim=1)  # [B, nh, S, hd]
-                vr = vall[:, li].repeat_interleave(group, dim=1)
-                kself = k.repeat_interleave(group, dim=1)  # [B, nh, hd]
-                vself = v.repeat_interleave(group, dim=1)
-                sc = torch.matmul(q[:, :, None, :], kr.transpose(2, 3))[:, :, 0, :]  # [B, nh, S]
-                sc = torch.where(mask[:, None, :], sc, torch.full_like(sc, neg))
-                ss = (q * kself).sum(-1, keepdim=True)  # [B, nh, 1]
+                # grouped-query attention without copying K/V per head: [B, kv, group, ...]
+                qg = q.reshape(b, nkv, group, hd)
+                sc = torch.matmul(qg, kall[:, li].transpose(2, 3))  # [B, kv, group, S]
+                sc = torch.where(mask[:, None, None, :], sc, torch.full_like(sc, neg))
+                ss = (qg * k[:, :, None, :]).sum(-1, keepdim=True)  # [B, kv, group, 1]
                 p = torch.softmax(torch.cat([sc, ss], dim=-1) / math.sqrt(hd), dim=-1)
-                att = torch.matmul(p[:, :, None, :s], vr)[:, :, 0, :] + p[:, :, s:] * vself
+                att = torch.matmul(p[..., :s], vall[:, li]) + p[..., s:] * v[:, :, None, :]
                 h = h + layer.o(att.reshape(b, nh * hd))
                 x = layer.mlp_norm(h)
                 h = h + layer.down(torch.nn.functional.silu(layer.gate(x)) * layer.up(x))

@@ -42,13 +42,22 @@ RUNNER_INPUTS = ("op", "session", "k_cache", "v_cache", "length", "logits", "res
 RUNNER_OUTPUTS = ("tokens", "done", "info")
 
 
+def _aligned_zeros(shape: tuple[int, ...], dtype: str) -> np.ndarray:
+    """Zeros on a 64-byte boundary (what a compiled stage can take without a copy)."""
+    dt = np.dtype(dtype)
+    n = int(np.prod(shape)) * dt.itemsize
+    raw = np.zeros(n + 64, np.uint8)
+    off = (-raw.ctypes.data) % 64
+    return raw[off : off + n].view(dt).reshape(shape)
+
+
 class KVBlockPool:
     """K and V pools of ``n_blocks`` blocks; block 0 is never handed out (batch padding)."""
 
     def __init__(self, shape: Sequence[int], dtype: str = "float32") -> None:
         self.shape = tuple(int(x) for x in shape)  # [n_blocks, L, kv, block, hd]
-        self.k = np.zeros(self.shape, dtype)
-        self.v = np.zeros(self.shape, dtype)
+        self.k = _aligned_zeros(self.shape, dtype)
+        self.v = _aligned_zeros(self.shape, dtype)
         self.block = self.shape[3]
         self._free = list(range(self.shape[0] - 1, 0, -1))
 
@@ -158,6 +167,11 @@ class PagedEngine:
         self.phases = dict(sorted(phases.items()))
         self.buckets = tuple(self.phases)
         self.pool = pool
+        for ph in self.phases.values():  # compiled stages read the pool in place, no copy
+            share = getattr(ph, "share_input", None)
+            if share is not None:
+                share("k_pool", pool.k)
+                share("v_pool", pool.v)
         self.max_len = int(max_len)
         self.eos = {int(x) for x in eos}
         self.per_seq = -(-self.max_len // pool.block)

@@ -216,6 +216,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         path = self.path.rstrip("/")
+        if path.startswith("/v2/models/"):
+            self._generate(path)
+            return
         if path not in ("/v1/completions", "/v1/chat/completions"):
             self._error(404, f"no route {self.path}")
             return
@@ -257,6 +260,56 @@ class _Handler(BaseHTTPRequestHandler):
                     self._whole(chat, meta, ids, params)
             except Exception as e:  # a worker failure: report it, keep serving
                 self._error(500, f"{type(e).__name__}: {e}")
+
+    def _generate(self, path: str) -> None:
+        """KServe v2 generate (Triton's LLM backends): ``/v2/models/<m>/generate`` and
+        ``generate_stream`` (SSE, one event per token); ``text_input``, ``max_tokens``,
+        ``temperature``, ``top_p``, ``top_k``, ``random_seed``, ``stop`` top-level or under
+        ``parameters`` → ``text_output``."""
+        parts = path.split("/")  # ['', 'v2', 'models', m, ('versions', v,) op]
+        op = parts[-1]
+        model = parts[3] if len(parts) > 4 else ""
+        if op not in ("generate", "generate_stream") or model != self.service.name:
+            self._json(404, {"error": f"no model {model!r} or route {self.path} "
+                                      f"(serving {self.service.name!r})"})  # fmt: skip
+            return
+        try:
+            n = int(self.headers.get("Content-Length") or 0)
+            body = json.loads(self.rfile.read(n) or b"{}")
+            if not isinstance(body, dict):
+                raise ValueError("the body must be a JSON object")
+            merged = {**(body.get("parameters") or {}), **body}
+            if "random_seed" in merged:
+                merged["seed"] = merged["random_seed"]
+            if "stop_words" in merged and "stop" not in merged:
+                merged["stop"] = merged["stop_words"]
+            text = merged.get("text_input")
+            if not isinstance(text, str):
+                raise ServingError("'text_input' must be a string")
+            gen = self.service.generator
+            ids = gen.encode(text)
+            params = _params(merged, 16)
+            gen._check(ids)
+        except (ValueError, ServingError) as e:
+            self._json(400, {"error": str(e)})
+            return
+        head = {"model_name": self.service.name, "model_version": "1"}
+        with self.service.lock:
+            if op == "generate":
+                _, out, reason = gen.generate(ids, params)
+                self._json(200, {**head, "text_output": out, "finish_reason": reason})
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Cache-Control", "no-cache")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.close_connection = True
+            for _, delta in gen.stream_text(ids, params):
+                if delta:
+                    event = json.dumps({**head, "text_output": delta})
+                    self.wfile.write(f"data: {event}\n\n".encode())
+                    self.wfile.flush()
 
     def _whole(self, chat: bool, meta: dict[str, Any], ids: list[int], p: SamplingParams) -> None:
         toks, text, reason = self.service.generator.generate(ids, p)
