@@ -37,7 +37,8 @@ from terrazzo.errors import ServingError
 
 Phase = Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]]
 
-OP_JOIN, OP_POLL, OP_CANCEL, OP_STATS = 0, 1, 2, 3
+OP_JOIN, OP_POLL, OP_CANCEL, OP_STATS, OP_POLL_ALL = 0, 1, 2, 3, 4
+CLIENT_SHIFT = 24  # a session id is (client id << 24) | the client's counter
 RUNNER_INPUTS = ("op", "session", "k_cache", "v_cache", "length", "logits", "rest", "params")
 RUNNER_OUTPUTS = ("tokens", "done", "info")
 
@@ -237,6 +238,25 @@ class PagedEngine:
                     return [], False
                 self._cv.wait(left)
 
+    def poll_all(self, client: int, timeout: float = 30.0) -> dict[int, tuple[list[int], bool]]:
+        """:meth:`poll` for every session of ``client`` with news, in one call (waits for
+        one): one round trip per step for a whole front, however many streams it has."""
+        end = time.monotonic() + timeout
+        with self._cv:
+            while True:
+                got: dict[int, tuple[list[int], bool]] = {}
+                for sid, seq in list(self._seqs.items()):
+                    if sid >> CLIENT_SHIFT == client and (seq.out or seq.done):
+                        got[sid], seq.out = (seq.out, seq.done), []
+                        if seq.done:
+                            del self._seqs[sid]
+                if got:
+                    return got
+                left = end - time.monotonic()
+                if left <= 0:
+                    return {}
+                self._cv.wait(left)
+
     def cancel(self, sid: int) -> None:
         """End ``sid`` now (e.g. a stop string matched); its blocks are freed at the next step."""
         with self._cv:
@@ -413,6 +433,11 @@ def batch_decode_runner(path: str, trust_key: Any = None) -> Callable[..., dict[
     llm = (bundle.plan_json or {})["llm"]
     engine = engine_from_llm(llm, bundle.load_stage)
     engine.start()
+    return engine_ops(engine)
+
+
+def engine_ops(engine: PagedEngine) -> Callable[..., dict[str, np.ndarray]]:
+    """The op protocol of :func:`batch_decode_runner` over a running ``engine``."""
     none = np.zeros((0,), np.int64)
 
     def run(values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -427,6 +452,8 @@ def batch_decode_runner(path: str, trust_key: Any = None) -> Callable[..., dict[
         elif op == OP_POLL:
             got, done = engine.poll(sid)
             toks = np.asarray(got, np.int64)
+        elif op == OP_POLL_ALL:  # session = the client id
+            info = json.dumps({str(k): v for k, v in engine.poll_all(sid).items()}).encode()
         elif op == OP_CANCEL:
             engine.cancel(sid)
         elif op == OP_STATS:
@@ -443,25 +470,38 @@ def batch_decode_runner(path: str, trust_key: Any = None) -> Callable[..., dict[
 
 class RemoteBatchDecode:
     """Client of a :func:`batch_decode_runner` worker (or of the runner itself, in process):
-    join a prefilled sequence, then poll its tokens."""
+    join a prefilled sequence, then read its tokens. One poller thread per client fetches the
+    news of all its sessions in one call per step (``OP_POLL_ALL``) and hands them to each
+    session's queue, so the round trips do not grow with the number of streams."""
 
     def __init__(self, call: Phase) -> None:
+        import os
+        import queue
+
         self.call = call
+        self.client = int.from_bytes(os.urandom(4), "little") & 0x3FFFFFFF
         self._next = 0
         self._lock = threading.Lock()
+        self._queues: dict[int, queue.Queue[tuple[list[int], bool] | BaseException]] = {}
+        self._poller: threading.Thread | None = None
 
     def _op(self, op: int, sid: int, **extra: np.ndarray) -> Mapping[str, np.ndarray]:
         empty_f, empty_i = np.zeros((0,), np.float32), np.zeros((0,), np.int64)
-        values: dict[str, np.ndarray] = {"op": np.array([op], np.int64), "session": np.array([sid], np.int64),
+        values: dict[str, np.ndarray] = {"op": np.array([op], np.int64),
+                  "session": np.array([sid], np.int64),
                   "k_cache": empty_f, "v_cache": empty_f, "length": np.array([0], np.int64),
                   "logits": empty_f, "rest": empty_i,
                   "params": np.zeros((6,), np.float64), **extra}  # fmt: skip
         return self.call(values)
 
     def new_session(self) -> int:
+        import queue
+
         with self._lock:
             self._next += 1
-            return self._next
+            sid = (self.client << CLIENT_SHIFT) | self._next
+            self._queues[sid] = queue.Queue()
+            return sid
 
     def join(self, sid: int, k: np.ndarray, v: np.ndarray, length: int, logits: np.ndarray,
              rest: Sequence[int], params: Sampling) -> None:  # fmt: skip
@@ -469,14 +509,57 @@ class RemoteBatchDecode:
                  length=np.array([length], np.int64), logits=np.asarray(logits, np.float32),
                  rest=np.asarray(list(rest), np.int64).reshape(-1),
                  params=params.to_array())  # fmt: skip
+        with self._lock:
+            if self._poller is None or not self._poller.is_alive():
+                self._poller = threading.Thread(target=self._poll_loop, daemon=True,
+                                                name="tz-llm-poll")  # fmt: skip
+                self._poller.start()
+
+    def _poll_loop(self) -> None:
+        while True:
+            with self._lock:
+                if not self._queues:
+                    self._poller = None
+                    return
+            try:
+                out = self._op(OP_POLL_ALL, self.client)
+                news = json.loads(bytes(np.asarray(out["info"], np.uint8)).decode() or "{}")
+            except Exception as e:  # the worker failed: every waiting stream hears it
+                with self._lock:
+                    for q in self._queues.values():
+                        q.put(e)
+                    self._queues.clear()
+                    self._poller = None
+                return
+            with self._lock:
+                for k, (toks, done) in news.items():
+                    dest = self._queues.get(int(k))
+                    if dest is not None:
+                        dest.put((list(toks), bool(done)))
 
     def poll(self, sid: int) -> tuple[list[int], bool]:
-        out = self._op(OP_POLL, sid)
-        return [int(t) for t in np.asarray(out["tokens"]).reshape(-1)], bool(
-            int(np.asarray(out["done"]).reshape(-1)[0])
-        )
+        """The next tokens of ``sid`` (waits for them) and whether it has finished."""
+        with self._lock:
+            q = self._queues.get(sid)
+        if q is None:
+            raise ServingError(f"decode session {sid} is not running")
+        item = q.get(timeout=120)
+        if isinstance(item, BaseException):
+            raise ServingError(f"decode worker: {item}")
+        toks, done = item
+        while not done and not q.empty():  # several steps arrived: take them together
+            more = q.get_nowait()
+            if isinstance(more, BaseException):
+                raise ServingError(f"decode worker: {more}")
+            toks, done = toks + more[0], more[1]
+        if done:
+            with self._lock:
+                self._queues.pop(sid, None)
+        return toks, done
 
     def cancel(self, sid: int) -> None:
+        with self._lock:
+            self._queues.pop(sid, None)
         self._op(OP_CANCEL, sid)
 
     def stats(self) -> dict[str, Any]:

@@ -123,8 +123,8 @@ def test_kv_block_accounting(phases: dict) -> None:
 
 
 def test_fp16_pool_and_remote_protocol(phases: dict) -> None:
-    """The fp16 pool keeps greedy ids here; the op protocol round-trips through the runner's
-    client class (in process)."""
+    """The fp16 pool keeps greedy ids here; three streams through the runner's op protocol
+    and its client (in process), whose one poller fetches every stream's tokens at once."""
     import threading
 
     from terrazzo.runtime import llm_batch
@@ -135,20 +135,11 @@ def test_fp16_pool_and_remote_protocol(phases: dict) -> None:
     eng.start()
     try:
         calls: list[int] = []
+        ops = llm_batch.engine_ops(eng)
 
         def call(values: dict) -> dict:
-            op = int(values["op"][0])
-            calls.append(op)
-            sid = int(values["session"][0])
-            if op == llm_batch.OP_JOIN:
-                eng.join(sid, values["k_cache"], values["v_cache"], int(values["length"][0]),
-                         values["logits"], list(values["rest"]),
-                         Sampling.from_array(values["params"]))  # fmt: skip
-                return {}
-            if op == llm_batch.OP_POLL:
-                toks, done = eng.poll(sid)
-                return {"tokens": np.asarray(toks, np.int64), "done": np.array([int(done)])}
-            return {}
+            calls.append(int(values["op"][0]))
+            return ops(values)
 
         client = RemoteBatchDecode(call)
         results: dict[int, list[int]] = {}
@@ -174,5 +165,7 @@ def test_fp16_pool_and_remote_protocol(phases: dict) -> None:
             unbatched(ref, p, 8) for p in PROMPTS[:2] + PROMPTS[4:]
         )
         assert calls.count(llm_batch.OP_JOIN) == 3
+        assert llm_batch.OP_POLL not in calls  # one poll for all streams per round
+        assert 0 < calls.count(llm_batch.OP_POLL_ALL) <= 3 * 8
     finally:
         eng.stop()
