@@ -97,8 +97,27 @@ def run_streams(gen: Any, ids: list[list[int]], tokens: int, concurrent: bool) -
     tbt = np.concatenate([np.diff(s) for s in stamps if len(s) > 1])
     return {"tokens": n, "wall_s": wall, "tokens_per_s": n / wall,
             "ttft_p50_ms": 1e3 * float(np.median(ttft)),
+            "ttft_mean_ms": 1e3 * float(np.mean(ttft)), "tbt_mean_ms": 1e3 * float(np.mean(tbt)),
             "tbt_p50_ms": 1e3 * float(np.median(tbt)),
             "tbt_p99_ms": 1e3 * float(np.percentile(tbt, 99))}  # fmt: skip
+
+
+def calibrate_front(svc: Any, prompt: int) -> tuple[float, float]:
+    """This host's prefill time (the prefill worker, one call) and one decode-worker round
+    trip (a stats call), medians of 10."""
+    gen = svc.generator
+    padded = np.zeros((1, gen.prompt_len), np.int64)
+    padded[0, :prompt] = 5
+    length = np.array([prompt], np.int64)
+    pre, hop = [], []
+    for _ in range(10):
+        t0 = time.perf_counter()
+        gen.prefill({"tokens": padded, "length": length})
+        t1 = time.perf_counter()
+        svc.batch.stats()
+        pre.append(t1 - t0)
+        hop.append(time.perf_counter() - t1)
+    return float(np.median(pre)), float(np.median(hop))
 
 
 def hf_tokens_per_s(model: Any, ids: list[list[int]], tokens: int, batched: bool) -> float:
@@ -133,6 +152,7 @@ def main() -> int:
     import transformers
 
     from terrazzo.pipeline.hf_llm import compile_hf
+    from terrazzo.runtime.llm_batch import predict_serving
     from terrazzo.runtime.openai_front import LLMService
 
     streams = [int(x) for x in args.streams.split(",")]
@@ -164,9 +184,12 @@ def main() -> int:
         got = list(svc.generator.stream_ids(prompts(1, args.prompt)[0], _greedy(args.tokens)))
         same = got == greedy_ref
         run_streams(svc.generator, prompts(2, args.prompt), 4, True)  # warm
+        prefill_s, hop_s = calibrate_front(svc, args.prompt)
+        step_s = {int(k): v for k, v in svc.batch.stats()["calibrated_step_s"].items()}
         for c in streams:
             ids = prompts(c, args.prompt)
             b = run_streams(svc.generator, ids, args.tokens, True)
+            pred = predict_serving(step_s, c, prefill_s, hop_s, args.tokens)
             hf1 = hf_tokens_per_s(model, ids[: min(c, 4)], args.tokens, False)
             hfb = hf_tokens_per_s(model, ids, args.tokens, True)
             rows.append({
@@ -175,6 +198,11 @@ def main() -> int:
                 "speedup": b["tokens_per_s"] / base["tokens_per_s"],
                 "ttft_p50_ms": b["ttft_p50_ms"], "tbt_p50_ms": b["tbt_p50_ms"],
                 "tbt_p99_ms": b["tbt_p99_ms"], "hf_one_tok_s": hf1, "hf_batch_tok_s": hfb,
+                "pred_tok_s": pred["tokens_per_s"], "pred_ttft_ms": 1e3 * pred["ttft_s"],
+                "pred_tbt_ms": 1e3 * pred["tbt_s"], "tbt_mean_ms": b["tbt_mean_ms"],
+                "tbt_err": pred["tbt_s"] * 1e3 / b["tbt_mean_ms"] - 1,
+                "ttft_err": pred["ttft_s"] * 1e3 / b["ttft_mean_ms"] - 1,
+                "tok_s_err": pred["tokens_per_s"] / b["tokens_per_s"] - 1,
                 "load": float(__import__("os").getloadavg()[0]),
             })  # fmt: skip
             print(rows[-1], flush=True)
@@ -184,6 +212,9 @@ def main() -> int:
     print_table(rows, ["streams", "batched_tok_s", "one_at_a_time_tok_s", "speedup",
                        "ttft_p50_ms", "tbt_p50_ms", "tbt_p99_ms", "hf_one_tok_s",
                        "hf_batch_tok_s", "load"], title="LLM serving (tokens/s)")  # fmt: skip
+    print_table(rows, ["streams", "pred_tok_s", "batched_tok_s", "tok_s_err", "pred_tbt_ms",
+                       "tbt_mean_ms", "tbt_err", "pred_ttft_ms", "ttft_err"],
+                title="predicted (calibrated step times) vs measured")  # fmt: skip
     path = write_result(args.name, rows, {
         "model": {"hidden": args.hidden, "layers": args.layers, "vocab": args.vocab,
                   "max_len": args.max_len, "prompt_tokens": args.prompt, "tokens": args.tokens},

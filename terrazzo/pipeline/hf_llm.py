@@ -64,6 +64,19 @@ def parse_batches(spec: str | tuple[int, ...] | list[int]) -> tuple[int, ...]:
     return tuple(sorted(set(vals)))
 
 
+def compute_reason() -> str:
+    """Why the phases compute in fp32: what this CPU's flags say about fp16 arithmetic."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        flags = ""
+    if "avx512_fp16" in flags or "amx_fp16" in flags:
+        return (
+            "this CPU has fp16 arithmetic (avx512_fp16/amx_fp16), but fp16 compute is not built yet"
+        )
+    return "this CPU lacks fp16 arithmetic (no avx512_fp16/amx_fp16)"
+
+
 KV_MEM_FRACTION = 0.5  # of the decode device's memory, after the weights
 KV_BLOCK = 16
 
@@ -250,6 +263,16 @@ def compile_hf(
                 "stages": len(stages),
                 "assignment": dict(plan.assignment),
                 "notes": notes,
+                "llm": {
+                    "compute_dtype": "fp32",
+                    "compute_reason": compute_reason(),
+                    "kv_dtype": kv.dtype,
+                    "kv_blocks": kv.n_blocks - 1,
+                    "kv_block_tokens": kv.block,
+                    "decode_batches": list(batches),
+                    "max_len": max_len,
+                    "prompt_chunk": prompt_len,
+                },
             },
             host_target=host,
             sign_key=sign_key,

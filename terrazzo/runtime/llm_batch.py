@@ -185,6 +185,7 @@ class PagedEngine:
         self.steps = 0
         self.step_s: dict[int, list[float]] = {b: [] for b in self.buckets}
         self.tokens_out = 0
+        self.calibrated: dict[int, float] = {}
 
     # -- requests ------------------------------------------------------------------------
     def join(
@@ -387,6 +388,34 @@ class PagedEngine:
         if self._thread is not None:
             self._thread.join(5)
 
+    def calibrate(self, repeat: int = 5) -> dict[int, float]:
+        """Time each compiled batch size alone on this host (a full batch at half the
+        context; the median of ``repeat`` calls after a warm-up): the per-step cost that
+        :meth:`predict` builds on. Run before serving (it uses the pool's scratch block)."""
+        out: dict[int, float] = {}
+        for b, phase in self.phases.items():
+            args = {"tokens": np.ones((b,), np.int64),
+                    "pos": np.full((b,), self.max_len // 2, np.int64),
+                    "k_pool": self.pool.k, "v_pool": self.pool.v,
+                    "block_table": np.zeros((b, self.per_seq), np.int64)}  # fmt: skip
+            phase(args)
+            ts = []
+            for _ in range(repeat):
+                t0 = time.perf_counter()
+                phase(args)
+                ts.append(time.perf_counter() - t0)
+            out[b] = float(np.median(ts))
+        self.calibrated = out
+        return out
+
+    def predict(
+        self, streams: int, prefill_s: float, hop_s: float, tokens: int
+    ) -> dict[str, float]:
+        """:func:`predict_serving` from this engine's calibrated step times."""
+        return predict_serving(
+            self.calibrated or self.calibrate(), streams, prefill_s, hop_s, tokens
+        )
+
     def stats(self) -> dict[str, Any]:
         """Steps, tokens, and per-bucket step time (mean, p99) in seconds."""
         per = {}
@@ -396,7 +425,29 @@ class PagedEngine:
                 per[str(b)] = {"steps": len(xs), "mean_s": float(a.mean()),
                                "p99_s": float(np.percentile(a, 99))}  # fmt: skip
         return {"steps": self.steps, "tokens": self.tokens_out, "buckets": list(self.buckets),
-                "free_blocks": self.pool.n_free, "per_bucket": per}  # fmt: skip
+                "free_blocks": self.pool.n_free, "per_bucket": per,
+                "calibrated_step_s": {str(b): t for b, t in self.calibrated.items()}}  # fmt: skip
+
+
+def predict_serving(
+    step_s: Mapping[int, float], streams: int, prefill_s: float, hop_s: float, tokens: int
+) -> dict[str, float]:
+    """Predicted TTFT, TBT and aggregate tokens/s for ``streams`` concurrent requests of
+    ``tokens`` tokens each, from this host's step time of each compiled batch size
+    (``step_s``, :meth:`PagedEngine.calibrate`), the prefill time and one round trip to the
+    decode worker (``hop_s``).
+
+    The model: prefills run one after another, so the i-th request waits for i of them
+    (TTFT = mean over i of (i + 1)·prefill + hop); once all have joined, every step serves
+    all of them at the smallest bucket holding ``streams`` (TBT = step + hop: one poll per
+    step fetches every stream's token); the aggregate rate counts the prefill ramp.
+    """
+    sizes = sorted(int(b) for b in step_s)
+    bucket = next((b for b in sizes if b >= streams), sizes[-1])
+    step = float(step_s[bucket]) + hop_s
+    ttft = prefill_s * (streams + 1) / 2 + hop_s
+    wall = prefill_s * streams + hop_s + (tokens - 1) * step
+    return {"ttft_s": ttft, "tbt_s": step, "tokens_per_s": streams * tokens / wall}
 
 
 def engine_from_llm(llm: Mapping[str, Any], load: Callable[[int], Phase]) -> PagedEngine:
@@ -432,6 +483,7 @@ def batch_decode_runner(path: str, trust_key: Any = None) -> Callable[..., dict[
     bundle = open_bundle(path, trust_key=trust_key)
     llm = (bundle.plan_json or {})["llm"]
     engine = engine_from_llm(llm, bundle.load_stage)
+    engine.calibrate()  # this host's step time per compiled batch size (for predictions)
     engine.start()
     return engine_ops(engine)
 

@@ -64,7 +64,15 @@ def make_checkpoint(d: Path, family: str = "llama", shard: bool = False, **over)
     cls = {"llama": ("LlamaConfig", "LlamaForCausalLM"),
            "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
            "mistral": ("MistralConfig", "MistralForCausalLM"),
-           "phi3": ("Phi3Config", "Phi3ForCausalLM")}[family]  # fmt: skip
+           "phi3": ("Phi3Config", "Phi3ForCausalLM"),
+           "phi": ("PhiConfig", "PhiForCausalLM"),
+           "gpt2": ("GPT2Config", "GPT2LMHeadModel")}[family]  # fmt: skip
+    if family == "gpt2":  # GPT-2 names its sizes itself; full multi-head attention
+        kw.update(n_inner=kw.pop("intermediate_size"), activation_function="gelu_new")
+        kw.pop("num_key_value_heads")
+        kw["tie_word_embeddings"] = False  # tied random weights only repeat the last token
+    if family == "phi":
+        kw.update(num_key_value_heads=4, partial_rotary_factor=0.5)
     config = getattr(transformers, cls[0])(**kw)
     model = getattr(transformers, cls[1])(config).eval()
     d.mkdir(parents=True, exist_ok=True)
@@ -127,8 +135,8 @@ def test_no_config_json(tmp_path: Path) -> None:
 def test_unsupported_model_type(tmp_path: Path) -> None:
     d = tmp_path / "m"
     d.mkdir()
-    (d / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_embd": 64}))
-    refused(tmp_path, d, "config.json field 'model_type': 'gpt2' is not supported")
+    (d / "config.json").write_text(json.dumps({"model_type": "t5", "d_model": 64}))
+    refused(tmp_path, d, "config.json field 'model_type': 't5' is not supported")
 
 
 def test_missing_weight_tensor(tmp_path: Path) -> None:
@@ -183,6 +191,8 @@ ROPE_LLAMA3 = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 4.0, "low
 @pytest.mark.parametrize(
     "family,shard,over",
     [
+        ("gpt2", False, {}),
+        ("phi", False, {}),
         ("llama", False, {"rope_theta": 500.0}),
         ("qwen2", True, {}),
         ("llama", False, {"tie_word_embeddings": True}),
@@ -196,6 +206,8 @@ ROPE_LLAMA3 = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 4.0, "low
         ),
     ],
     ids=[
+        "gpt2-untied",
+        "phi-partial-rotary",
         "llama",
         "qwen2-sharded",
         "llama-tied",

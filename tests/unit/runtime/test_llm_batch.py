@@ -169,3 +169,18 @@ def test_fp16_pool_and_remote_protocol(phases: dict) -> None:
         assert 0 < calls.count(llm_batch.OP_POLL_ALL) <= 3 * 8
     finally:
         eng.stop()
+
+
+def test_calibrated_prediction(phases: dict) -> None:
+    """Calibration times every compiled batch size; the prediction uses the bucket the
+    streams need, one hop per step, and serial prefills for TTFT."""
+    from terrazzo.runtime.llm_batch import predict_serving
+
+    eng = engine(phases)
+    cal = eng.calibrate(repeat=2)
+    assert sorted(cal) == [1, 2, 4] and all(t > 0 for t in cal.values())
+    p = predict_serving({1: 0.001, 8: 0.002}, 5, 0.01, 0.0005, 10)
+    assert p["tbt_s"] == pytest.approx(0.0025)  # bucket 8 + hop
+    assert p["ttft_s"] == pytest.approx(0.01 * 3 + 0.0005)
+    assert p["tokens_per_s"] == pytest.approx(50 / (0.05 + 0.0005 + 9 * 0.0025))
+    assert eng.predict(4, 0.01, 0.0, 10)["tbt_s"] == pytest.approx(cal[4])
