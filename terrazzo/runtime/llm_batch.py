@@ -388,7 +388,7 @@ class PagedEngine:
         if self._thread is not None:
             self._thread.join(5)
 
-    def calibrate(self, repeat: int = 5) -> dict[int, float]:
+    def calibrate(self, repeat: int = 15) -> dict[int, float]:
         """Time each compiled batch size alone on this host (a full batch at half the
         context; the median of ``repeat`` calls after a warm-up): the per-step cost that
         :meth:`predict` builds on. Run before serving (it uses the pool's scratch block)."""
@@ -398,7 +398,8 @@ class PagedEngine:
                     "pos": np.full((b,), self.max_len // 2, np.int64),
                     "k_pool": self.pool.k, "v_pool": self.pool.v,
                     "block_table": np.zeros((b, self.per_seq), np.int64)}  # fmt: skip
-            phase(args)
+            for _ in range(3):  # warm: first calls fault pages in and fill caches
+                phase(args)
             ts = []
             for _ in range(repeat):
                 t0 = time.perf_counter()
@@ -430,23 +431,32 @@ class PagedEngine:
 
 
 def predict_serving(
-    step_s: Mapping[int, float], streams: int, prefill_s: float, hop_s: float, tokens: int
+    step_s: Mapping[int, float],
+    streams: int,
+    prefill_s: float,
+    hop_s: float,
+    tokens: int,
+    shared_cpu: bool = True,
 ) -> dict[str, float]:
     """Predicted TTFT, TBT and aggregate tokens/s for ``streams`` concurrent requests of
     ``tokens`` tokens each, from this host's step time of each compiled batch size
     (``step_s``, :meth:`PagedEngine.calibrate`), the prefill time and one round trip to the
     decode worker (``hop_s``).
 
-    The model: prefills run one after another, so the i-th request waits for i of them
-    (TTFT = mean over i of (i + 1)·prefill + hop); once all have joined, every step serves
-    all of them at the smallest bucket holding ``streams`` (TBT = step + hop: one poll per
-    step fetches every stream's token); the aggregate rate counts the prefill ramp.
+    The model: prefills run one after another, so the i-th request waits for i of them;
+    where prefill and decode share one host's CPUs (``shared_cpu``) a prefill made while
+    the decode engine is busy gets half of them (``2·prefill``). The first token then needs
+    the join and the poll round trips and, on average, half a step (TTFT = mean over i of
+    (i + 1)·prefill' + 2·hop + step/2). Once all have joined, every step serves all of them
+    at the smallest bucket holding ``streams`` (TBT = step + hop: one poll per step fetches
+    every stream's token); the aggregate rate counts the prefill ramp.
     """
     sizes = sorted(int(b) for b in step_s)
     bucket = next((b for b in sizes if b >= streams), sizes[-1])
     step = float(step_s[bucket]) + hop_s
-    ttft = prefill_s * (streams + 1) / 2 + hop_s
-    wall = prefill_s * streams + hop_s + (tokens - 1) * step
+    pre = prefill_s * (2.0 if shared_cpu and streams > 1 else 1.0)
+    ttft = pre * (streams + 1) / 2 + 2 * hop_s + step / 2
+    wall = pre * streams + 2 * hop_s + (tokens - 1) * step
     return {"ttft_s": ttft, "tbt_s": step, "tokens_per_s": streams * tokens / wall}
 
 
