@@ -373,6 +373,7 @@ class OpenAIServer:
         self.httpd = ThreadingHTTPServer((host, port), handler)
         self.httpd.daemon_threads = True
         self.port = int(self.httpd.server_address[1])
+        self.grpc: Any = None  # the KServe generate gRPC server, when started
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
     def start(self) -> int:
@@ -386,25 +387,40 @@ class OpenAIServer:
 
 
 def serve_openai(bundle: str, port: int, host: str = "127.0.0.1", trust: Any = None,
-                 allow_unsigned: bool = False) -> Iterator[OpenAIServer]:  # fmt: skip
-    """Start workers and the front; yields the running server, stops both when resumed."""
+                 allow_unsigned: bool = False,
+                 grpc_port: int | None = None) -> Iterator[OpenAIServer]:  # fmt: skip
+    """Start workers and the front; yields the running server, stops both when resumed.
+    With ``grpc_port``, the KServe generate gRPC server (``llm_grpc``) runs too, as
+    ``server.grpc``."""
     server = OpenAIServer(LLMService(bundle, trust, allow_unsigned), host, port)
+    server.grpc = None
+    if grpc_port is not None:
+        from terrazzo.runtime.llm_grpc import GenerateGRPCServer
+
+        server.grpc = GenerateGRPCServer(server.service, host, grpc_port)
+        server.grpc.start()
     server.start()
     try:
         yield server
     finally:
+        if server.grpc is not None:
+            server.grpc.stop()
         server.stop()
 
 
-def run_until_signal(bundle: str, port: int, host: str, trust: Any, allow_unsigned: bool) -> int:
-    """``terrazzo serve BUNDLE --openai-port N``: serve until SIGINT/SIGTERM."""
+def run_until_signal(bundle: str, port: int, host: str, trust: Any, allow_unsigned: bool,
+                     grpc_port: int | None = None) -> int:  # fmt: skip
+    """``terrazzo serve BUNDLE --openai-port N [--generate-grpc-port M]``: serve until
+    SIGINT/SIGTERM."""
     import signal
     import sys
 
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
-    for server in serve_openai(bundle, port, host, trust, allow_unsigned):
+    for server in serve_openai(bundle, port, host, trust, allow_unsigned, grpc_port):
+        if server.grpc is not None:
+            print(f"KServe generate gRPC (decoupled stream): {host}:{server.grpc.port}", flush=True)
         print(f"OpenAI-compatible endpoint: http://{host}:{server.port}/v1 (model "
               f"{server.service.name!r}; prefill and decode in two workers)", flush=True)  # fmt: skip
         sys.stdout.flush()

@@ -247,7 +247,7 @@ def served(tmp_path_factory: pytest.TempPathFactory):
     tmp = tmp_path_factory.mktemp("served")
     model = make_checkpoint(tmp / "qwen", "qwen2")
     bundle = compile_dir(tmp / "qwen", tmp / "q.tzb", "--decode-batches", "1,4")
-    for server in serve_openai(str(bundle), 0):
+    for server in serve_openai(str(bundle), 0, grpc_port=0):
         yield server, model, tmp / "qwen"
 
 
@@ -504,3 +504,46 @@ def test_kserve_generate_and_concurrent_streams_equal_transformers(served) -> No
     assert [got.get(i) for i in range(len(prompts))] == want
     stats = server.service.batch.stats()
     assert stats["steps"] > steps0 and stats["free_blocks"] > 0
+
+
+@pytest.mark.slow
+def test_kserve_generate_grpc_decoupled_stream(served) -> None:
+    """tritonclient.grpc's decoupled stream: one response per token, then the empty final
+    response; the text equals transformers' greedy. A too-long prompt is INVALID_ARGUMENT."""
+    import queue
+
+    import numpy as np
+    import tritonclient.grpc as tg
+    from tokenizers import Tokenizer
+
+    server, model, d = served
+    tok = Tokenizer.from_file(str(d / "tokenizer.json"))
+    prompt = "the quick brown fox"
+    want = tok.decode(hf_greedy(model, tok.encode(prompt).ids, 8), skip_special_tokens=True)
+    c = tg.InferenceServerClient(f"127.0.0.1:{server.grpc.port}")
+    text = tg.InferInput("text_input", [1], "BYTES")
+    text.set_data_from_numpy(np.array([prompt.encode()], dtype=object))
+    mt = tg.InferInput("max_tokens", [1], "INT32")
+    mt.set_data_from_numpy(np.array([8], np.int32))
+    name = server.service.name
+    assert c.infer(name, [text, mt]).as_numpy("text_output")[0].decode() == want
+    got: queue.Queue = queue.Queue()
+    c.start_stream(callback=lambda result, error: got.put((result, error)))
+    try:
+        c.async_stream_infer(name, [text, mt], enable_empty_final_response=True)
+        parts = []
+        while True:
+            res, err = got.get(timeout=120)
+            assert err is None, err
+            resp = res.get_response()
+            if resp.outputs:
+                parts.append(res.as_numpy("text_output")[0].decode())
+            if resp.parameters["triton_final_response"].bool_param:
+                break
+        assert "".join(parts) == want and len(parts) >= 2
+    finally:
+        c.stop_stream()
+    long = tg.InferInput("text_input", [1], "BYTES")
+    long.set_data_from_numpy(np.array([b"hello world " * 60], dtype=object))
+    with pytest.raises(tg.InferenceServerException, match="INVALID_ARGUMENT|context"):
+        c.infer(name, [long, mt])
