@@ -157,6 +157,31 @@ class LLMService:
             self.generator = TextGenerator(llm, prefill, SessionDecode(self.phases[-1]))
             self.lock = threading.Lock()  # one request at a time
 
+    def metrics_text(self) -> str:
+        """Prometheus text: the decode engine's measured step time per batch size next to the
+        step time predicted for it (``PagedEngine.calibrate`` at start-up on this host, the
+        step term of ``llm_batch.predict_serving``'s TBT), and steps/tokens counters."""
+        if self.batch is None:
+            return "# no continuous-batching engine (bundle without --decode-batches)\n"
+        st = self.batch.stats()
+        lines = [
+            "# TYPE terrazzo_llm_decode_steps_total counter",
+            f"terrazzo_llm_decode_steps_total {st['steps']}",
+            "# TYPE terrazzo_llm_tokens_total counter",
+            f"terrazzo_llm_tokens_total {st['tokens']}",
+            "# TYPE terrazzo_llm_kv_free_blocks gauge",
+            f"terrazzo_llm_kv_free_blocks {st['free_blocks']}",
+            "# TYPE terrazzo_llm_tbt_seconds gauge",
+        ]
+        for b, t in sorted(st.get("calibrated_step_s", {}).items(), key=lambda x: int(x[0])):
+            lines.append(f'terrazzo_llm_tbt_seconds{{batch="{b}",kind="predicted"}} {t}')
+        for b, row in sorted(st.get("per_bucket", {}).items(), key=lambda x: int(x[0])):
+            lines.append(f'terrazzo_llm_tbt_seconds{{batch="{b}",kind="measured"}} {row["mean_s"]}')
+            lines.append(
+                f'terrazzo_llm_tbt_seconds{{batch="{b}",kind="measured_p99"}} {row["p99_s"]}'
+            )
+        return "\n".join(lines) + "\n"
+
     def close(self) -> None:
         for p in self.phases:
             p.close()
@@ -208,6 +233,14 @@ class _Handler(BaseHTTPRequestHandler):
                                       "code": None}})  # fmt: skip
 
     def do_GET(self) -> None:
+        if self.path.rstrip("/") == "/metrics":
+            data = self.service.metrics_text().encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return
         if self.path.rstrip("/") == "/v1/models":
             self._json(200, {"object": "list", "data": [
                 {"id": self.service.name, "object": "model", "created": 0, "owned_by": "terrazzo"}]})  # fmt: skip

@@ -504,6 +504,10 @@ def test_kserve_generate_and_concurrent_streams_equal_transformers(served) -> No
     assert [got.get(i) for i in range(len(prompts))] == want
     stats = server.service.batch.stats()
     assert stats["steps"] > steps0 and stats["free_blocks"] > 0
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=30) as r:
+        metrics = r.read().decode()
+    assert 'terrazzo_llm_tbt_seconds{batch="4",kind="predicted"}' in metrics
+    assert 'kind="measured"}' in metrics and "terrazzo_llm_tokens_total" in metrics
 
 
 @pytest.mark.slow
