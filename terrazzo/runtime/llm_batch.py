@@ -37,7 +37,7 @@ from terrazzo.errors import ServingError
 
 Phase = Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]]
 
-OP_JOIN, OP_POLL, OP_CANCEL, OP_STATS, OP_POLL_ALL = 0, 1, 2, 3, 4
+OP_JOIN, OP_POLL, OP_CANCEL, OP_STATS, OP_POLL_ALL, OP_CALIBRATE = 0, 1, 2, 3, 4, 5
 CLIENT_SHIFT = 24  # a session id is (client id << 24) | the client's counter
 RUNNER_INPUTS = ("op", "session", "k_cache", "v_cache", "length", "logits", "rest", "params")
 RUNNER_OUTPUTS = ("tokens", "done", "info")
@@ -436,7 +436,7 @@ def predict_serving(
     prefill_s: float,
     hop_s: float,
     tokens: int,
-    shared_cpu: bool = True,
+    shared_cpu: bool = False,
 ) -> dict[str, float]:
     """Predicted TTFT, TBT and aggregate tokens/s for ``streams`` concurrent requests of
     ``tokens`` tokens each, from this host's step time of each compiled batch size
@@ -444,8 +444,8 @@ def predict_serving(
     decode worker (``hop_s``).
 
     The model: prefills run one after another, so the i-th request waits for i of them;
-    where prefill and decode share one host's CPUs (``shared_cpu``) a prefill made while
-    the decode engine is busy gets half of them (``2·prefill``). The first token then needs
+    with ``shared_cpu`` a prefill made while the decode engine is busy is taken to get half
+    the CPUs (``2·prefill``; it fitted runs on a loaded host, not quiet ones). The first token then needs
     the join and the poll round trips and, on average, half a step (TTFT = mean over i of
     (i + 1)·prefill' + 2·hop + step/2). Once all have joined, every step serves all of them
     at the smallest bucket holding ``streams`` (TBT = step + hop: one poll per step fetches
@@ -493,8 +493,7 @@ def batch_decode_runner(path: str, trust_key: Any = None) -> Callable[..., dict[
     bundle = open_bundle(path, trust_key=trust_key)
     llm = (bundle.plan_json or {})["llm"]
     engine = engine_from_llm(llm, bundle.load_stage)
-    engine.calibrate()  # this host's step time per compiled batch size (for predictions)
-    engine.start()
+    engine.start()  # calibrated by OP_CALIBRATE once every worker is up (a quiet moment)
     return engine_ops(engine)
 
 
@@ -518,6 +517,10 @@ def engine_ops(engine: PagedEngine) -> Callable[..., dict[str, np.ndarray]]:
             info = json.dumps({str(k): v for k, v in engine.poll_all(sid).items()}).encode()
         elif op == OP_CANCEL:
             engine.cancel(sid)
+        elif op == OP_CALIBRATE:
+            if engine.active():
+                raise ServingError("calibrate only while no sequence runs")
+            info = json.dumps(engine.calibrate()).encode()
         elif op == OP_STATS:
             info = json.dumps(engine.stats()).encode()
         else:
@@ -623,6 +626,11 @@ class RemoteBatchDecode:
         with self._lock:
             self._queues.pop(sid, None)
         self._op(OP_CANCEL, sid)
+
+    def calibrate(self) -> dict[str, float]:
+        """Time each compiled batch size on the decode worker now (nothing may be running)."""
+        out = self._op(OP_CALIBRATE, 0)
+        return dict(json.loads(bytes(np.asarray(out["info"], np.uint8)).decode() or "{}"))
 
     def stats(self) -> dict[str, Any]:
         out = self._op(OP_STATS, 0)

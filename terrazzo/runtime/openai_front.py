@@ -150,6 +150,7 @@ class LLMService:
             from terrazzo.runtime.llm_batch import RemoteBatchDecode
 
             self.batch: Any = RemoteBatchDecode(self.phases[-1])
+            self.batch.calibrate()  # every worker is up: time the compiled batch sizes now
             self.generator = TextGenerator(llm, prefill, self.phases[-1], batch=self.batch)
             self.lock: Any = _NoLock()  # requests run concurrently; the engine batches them
         else:

@@ -179,11 +179,11 @@ def test_calibrated_prediction(phases: dict) -> None:
     eng = engine(phases)
     cal = eng.calibrate(repeat=2)
     assert sorted(cal) == [1, 2, 4] and all(t > 0 for t in cal.values())
-    p = predict_serving({1: 0.001, 8: 0.002}, 5, 0.01, 0.0005, 10)
+    p = predict_serving({1: 0.001, 8: 0.002}, 5, 0.01, 0.0005, 10, shared_cpu=True)
     assert p["tbt_s"] == pytest.approx(0.0025)  # bucket 8 + hop
     # prefills share the CPU with a busy decode: 2 x 0.01 each, 3 in line on average
     assert p["ttft_s"] == pytest.approx(0.02 * 3 + 2 * 0.0005 + 0.0025 / 2)
     assert p["tokens_per_s"] == pytest.approx(50 / (0.1 + 0.001 + 9 * 0.0025))
-    alone = predict_serving({1: 0.001, 8: 0.002}, 5, 0.01, 0.0005, 10, shared_cpu=False)
+    alone = predict_serving({1: 0.001, 8: 0.002}, 5, 0.01, 0.0005, 10)
     assert alone["ttft_s"] == pytest.approx(0.01 * 3 + 2 * 0.0005 + 0.0025 / 2)
     assert eng.predict(4, 0.01, 0.0, 10)["tbt_s"] == pytest.approx(cal[4])
