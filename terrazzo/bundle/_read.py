@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -46,6 +46,9 @@ from terrazzo.bundle._write import (
 )
 from terrazzo.errors import BundleError
 from terrazzo.ir import TensorSpec
+
+if TYPE_CHECKING:
+    from terrazzo.bundle._runner import StageRunner
 
 _NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*(/[A-Za-z0-9_][A-Za-z0-9._-]*)*")
 
@@ -665,7 +668,7 @@ class Bundle:
         return self.root / member
 
     # -- execution ---------------------------------------------------------------------------
-    def load_stage(self, index: int, device: str = "auto") -> Any:
+    def load_stage(self, index: int, device: str = "auto") -> StageRunner:
         """Load stage ``index`` as a StageRunner.
 
         Args:
@@ -681,7 +684,7 @@ class Bundle:
             raise BundleError(f"stage {index} does not exist (bundle has {len(stages)})")
         return StageRunner.from_bundle(self, StageInfo.from_json(stages[index]), device)
 
-    def load_stages(self, device: str = "auto") -> list[Any]:
+    def load_stages(self, device: str = "auto") -> list[StageRunner]:
         """Every stage as a StageRunner, in index order (see ``load_stage``)."""
         return [self.load_stage(i, device) for i in range(len(self.manifest["stages"]))]
 

@@ -11,12 +11,15 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from terrazzo.errors import BundleError
 from terrazzo.ir import TensorSpec, symbol_conflicts
+
+if TYPE_CHECKING:
+    from terrazzo.bundle._read import Bundle, StageInfo
 
 log = logging.getLogger("terrazzo.bundle")
 
@@ -198,7 +201,7 @@ class StageRunner:
         self._call_lock = threading.Lock()  # one VM: calls from several threads take turns
 
     @staticmethod
-    def from_bundle(bundle: Any, info: Any, device: str = "auto") -> StageRunner:
+    def from_bundle(bundle: Bundle, info: StageInfo, device: str = "auto") -> StageRunner:
         """Load a stage of an opened Bundle (see ``Bundle.load_stage``)."""
         from safetensors.numpy import load_file
 

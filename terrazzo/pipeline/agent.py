@@ -30,14 +30,20 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from terrazzo.errors import CodegenError, PlacementError
 from terrazzo.frontend.agent_schema import AgentPlanSection, LoopEntry, WorkerRow
 from terrazzo.frontend.kinds import find_kind, node_kind, register_hooks
-from terrazzo.pipeline.load import as_fleet, as_sla
+from terrazzo.pipeline.load import FleetLike, SLALike, as_fleet, as_sla
+from terrazzo.placement import SLA, Fleet, Plan
+
+if TYPE_CHECKING:
+    from terrazzo.costmodel import Catalog
+    from terrazzo.ir import Graph
+    from terrazzo.pipeline.model import ProgressFn
 
 TEST_SIZE_PRESETS = ("tiny-llama",)
 
@@ -47,7 +53,7 @@ class AgentCompileResult:
     """What ``compile_agent`` produced: the bundle, the plan and the per-node placement."""
 
     path: Path
-    plan: Any
+    plan: Plan
     devices: dict[str, str]
     notes: tuple[str, ...]
     build_s: float
@@ -59,7 +65,7 @@ def _has_llm_phases(op: Any) -> bool:
     return kind is not None and kind.phases == ("prefill", "decode") and op.kind == kind.op_kind
 
 
-def _costed_graph(graph: Any, cost_preset: str | None) -> tuple[Any, list[str]]:
+def _costed_graph(graph: Graph, cost_preset: str | None) -> tuple[Graph, list[str]]:
     """The graph the planner sees: test-size LLMs replaced by ``cost_preset``'s architecture."""
     from terrazzo.frontend.agent_spec import LLM_PRESETS
     from terrazzo.ir import make_attrs
@@ -96,16 +102,16 @@ def _costed_graph(graph: Any, cost_preset: str | None) -> tuple[Any, list[str]]:
 
 
 def place_agent(
-    graph: Any,
-    fleet: Any,
-    sla: Any,
+    graph: Graph,
+    fleet: Fleet,
+    sla: SLA,
     rps: float = 1.0,
     solver: str = "milp",
     *,
     cost_preset: str | None = "auto",
     pd_split: bool = True,
-    catalog: Any = None,
-) -> tuple[Any, list[str]]:
+    catalog: Catalog | None = None,
+) -> tuple[Plan, list[str]]:
     """Place an agent graph with ``terrazzo.report.plan_agent``; keep prefill and decode apart with ``pd_split``.
 
     Returns:
@@ -271,8 +277,8 @@ def build_task_stage(
     index: int,
     task: str,
     exported: tuple[Any, list[Any], list[Any]],
-    plan: Any,
-    catalog: Any,
+    plan: Plan,
+    catalog: Catalog,
     device_builds: bool,
     tmpdir: Path,
     say: Callable[[str, dict[str, Any]], Any],
@@ -381,8 +387,8 @@ register_hooks("memory.store", build=_build_memory)
 
 def compile_agent(
     spec_path: str | Path,
-    fleet: Any,
-    sla: Any,
+    fleet: FleetLike,
+    sla: SLALike,
     out_path: str | Path,
     *,
     rps: float = 1.0,
@@ -393,7 +399,7 @@ def compile_agent(
     device_builds: bool = True,
     profile: str | None = None,
     sign_key: str | Path | bool | None = True,
-    progress: Any = None,
+    progress: ProgressFn | None = None,
 ) -> AgentCompileResult:
     """Compile an agent spec (YAML) into a servable ``.tzb`` bundle.
 
@@ -560,7 +566,7 @@ def _worker_table(
     return rows
 
 
-def _plan_text(graph: Any, plan: Any) -> str:
+def _plan_text(graph: Graph, plan: Plan) -> str:
     """tz-dialect text of the decomposed, placed agent graph."""
     from terrazzo.frontend import decompose
     from terrazzo.ir.dialect import print_graph

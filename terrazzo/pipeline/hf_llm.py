@@ -21,16 +21,20 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from terrazzo.pipeline.load import as_fleet, as_sla
+from terrazzo.pipeline.load import FleetLike, SLALike, as_fleet, as_sla
+from terrazzo.placement import SLA, Plan
+
+if TYPE_CHECKING:
+    from terrazzo.pipeline.model import ProgressFn
 
 
-def llm_sla(sla: Any, new_tokens: int) -> Any:
+def llm_sla(sla: SLALike, new_tokens: int) -> SLA:
     """An SLA from ``"ttft=500ms,tbt=50ms[,latency=2s]"`` (end-to-end defaults to
     ttft + new_tokens·tbt) or anything ``as_sla`` takes."""
     from terrazzo.errors import TerrazzoError
-    from terrazzo.placement import SLA, parse_duration_s
+    from terrazzo.placement import parse_duration_s
 
     if not (isinstance(sla, str) and "=" in sla):
         return as_sla(sla)
@@ -106,7 +110,7 @@ def kv_layout(cfg: Any, plan: Any, catalog: Any, batches: tuple[int, ...], kv_dt
 @dataclass(frozen=True, slots=True)
 class LLMCompileResult:
     path: Path
-    plan: Any
+    plan: Plan
     devices: dict[str, str]
     notes: tuple[str, ...]
     build_s: float
@@ -115,8 +119,8 @@ class LLMCompileResult:
 
 def compile_hf(
     model_dir: str | Path,
-    fleet: Any,
-    sla: Any,
+    fleet: FleetLike,
+    sla: SLALike,
     out_path: str | Path,
     *,
     rps: float = 1.0,
@@ -126,7 +130,7 @@ def compile_hf(
     device_builds: bool = True,
     profile: str | None = None,
     sign_key: str | Path | bool | None = True,
-    progress: Any = None,
+    progress: ProgressFn | None = None,
     decode_batches: str | tuple[int, ...] = (1, 8, 16, 32),
     kv_dtype: str = "fp32",
 ) -> LLMCompileResult:

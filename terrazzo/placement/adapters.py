@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 import numpy as np
@@ -20,6 +20,9 @@ from terrazzo.errors import CostModelError, PlacementError
 from terrazzo.ir import Graph, Op, TensorType
 from terrazzo.placement.fleet import SLA, Fleet
 from terrazzo.placement.problem import Problem
+
+if TYPE_CHECKING:
+    from terrazzo.costmodel import Catalog, CostModel
 
 
 def make_problem(
@@ -314,8 +317,8 @@ def problem_from_graph(
     *,
     rps: float = 1.0,
     target_utilisation: float = 0.8,
-    catalog: Any = None,
-    cost_model: Any = None,
+    catalog: Catalog | None = None,
+    cost_model: CostModel | None = None,
 ) -> Problem:
     """A Problem for a model or agent graph, costed by ``terrazzo.costmodel``.
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -31,6 +31,9 @@ from terrazzo.placement.milp import lp_lower_bound, solve_milp
 from terrazzo.placement.plan import Plan, Stage, build_plan, relative_gap
 from terrazzo.placement.problem import LATENCY_RTOL, Problem
 
+if TYPE_CHECKING:
+    from terrazzo.costmodel import Catalog, CostModel
+
 SOLVERS = ("milp", "heuristic", "heft", "homogeneous", "greedy", "melange")
 
 
@@ -43,8 +46,8 @@ def plan(
     *,
     time_limit_s: float = 10.0,
     target_utilisation: float = 0.8,
-    catalog: Any = None,
-    cost_model: Any = None,
+    catalog: Catalog | None = None,
+    cost_model: CostModel | None = None,
 ) -> Plan:
     """Place a graph on a fleet at the lowest USD/hour that meets the SLA at ``rps``.
 
@@ -82,8 +85,8 @@ def to_problem(
     rps: float,
     *,
     target_utilisation: float = 0.8,
-    catalog: Any = None,
-    cost_model: Any = None,
+    catalog: Catalog | None = None,
+    cost_model: CostModel | None = None,
 ) -> Problem:
     """Build the Problem for any accepted input (see ``plan``)."""
     if isinstance(graph_or_tasks, Problem):

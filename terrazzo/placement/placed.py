@@ -11,7 +11,7 @@ of its own), renumbered in a topological order of the stage graph. Every refusal
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING
 
 import networkx as nx
 import numpy as np
@@ -21,6 +21,9 @@ from terrazzo.ir import Graph
 from terrazzo.placement.fleet import SLA, Fleet
 from terrazzo.placement.mlir import ModelSource
 from terrazzo.placement.plan import Plan, build_plan
+
+if TYPE_CHECKING:
+    from terrazzo.costmodel import Catalog
 
 PLACED_SOLVER = "placed-ir"
 
@@ -144,7 +147,7 @@ def plan_from_placed(
     sla: SLA,
     rps: float = 1.0,
     *,
-    catalog: Any = None,
+    catalog: Catalog | None = None,
     target_utilisation: float = 0.8,
 ) -> Plan:
     """The Plan a placed graph states: its devices, its cut, costed by the cost model.
