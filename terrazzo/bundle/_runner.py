@@ -259,6 +259,24 @@ class StageRunner:
         runner._bundle = bundle  # keep the extracted files alive as long as the runner
         return runner
 
+    def share_input(self, name: str, array: np.ndarray) -> bool:
+        """Use ``array`` itself as input ``name``'s buffer, so passing it costs no copy (the
+        LLM decode engine's KV pool, shared by every batch size's stage). False, and nothing
+        changed, where the stage copies its inputs anyway (a device or dynamic shapes) or
+        ``array`` is not a C-contiguous, 64-byte aligned array of the input's shape and type."""
+        import tvm_ffi
+
+        if not self._zero_copy or name not in self._in_names:
+            return False
+        i = self._in_names.index(name)
+        ok = (array.shape == self._in_shapes[i] and array.dtype == self._in_dtypes[i]
+              and array.flags.c_contiguous and array.ctypes.data % 64 == 0)  # fmt: skip
+        if not ok:
+            return False
+        self._staging[i] = array
+        self._staging_args[i] = tvm_ffi.from_dlpack(array)
+        return True
+
     def _checked(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         """The inputs in call order, checked against the signature (symbolic dimensions
         against their declared range, and equal symbols equal across inputs)."""
@@ -322,7 +340,8 @@ class StageRunner:
         arrays = self._checked(inputs)
         with self._call_lock:
             for buf, a in zip(self._staging, arrays, strict=True):
-                np.copyto(buf, a)
+                if buf is not a:  # a shared input (share_input) is already in place
+                    np.copyto(buf, a)
             result = self._fn(*self._staging_args, *self._weights)
             if hasattr(result, "numpy"):
                 flat: Any = (result,)

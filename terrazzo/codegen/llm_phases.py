@@ -60,6 +60,15 @@ class TinyLlamaConfig:
     rope_high_freq_factor: float = 4.0
     rope_original_max: int = 8192
     checkpoint: str = ""  # a Hugging Face directory whose weights replace the random ones
+    # GPT-2 / Phi-1/2 (LayerNorm, GELU MLP with biases, learned or partial rotary positions)
+    family: str = "llama"  # llama | gpt2 | phi: how checkpoint tensors map onto the module
+    norm: str = "rms"  # rms | layer
+    mlp: str = "swiglu"  # swiglu | gelu (gelu_new: the tanh approximation)
+    o_bias: bool = False  # biases on the attention output and MLP projections
+    lm_head_bias: bool = False
+    parallel: bool = False  # Phi: h + attn(ln(h)) + mlp(ln(h))
+    positions: str = "rope"  # rope | learned (GPT-2's wpe)
+    rotary_dim: int = 0  # 0: the whole head; Phi rotates the first rotary_dim dims only
 
     @staticmethod
     def from_arch(arch: LLMConfig, prompt_len: int = 32, max_len: int = 64) -> TinyLlamaConfig:
@@ -122,18 +131,34 @@ def _build_torch_modules(cfg: TinyLlamaConfig) -> tuple[Any, Any]:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + cfg.rms_eps) * self.weight
 
+    def norm(d: int) -> nn.Module:
+        return RMSNorm(d) if cfg.norm == "rms" else nn.LayerNorm(d, eps=cfg.rms_eps)
+
     class Layer(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.attn_norm = RMSNorm(cfg.d_model)
+            self.attn_norm = norm(cfg.d_model)
             self.q = nn.Linear(cfg.d_model, nh * hd, bias=cfg.qkv_bias)
             self.k = nn.Linear(cfg.d_model, nkv * hd, bias=cfg.qkv_bias)
             self.v = nn.Linear(cfg.d_model, nkv * hd, bias=cfg.qkv_bias)
-            self.o = nn.Linear(nh * hd, cfg.d_model, bias=False)
-            self.mlp_norm = RMSNorm(cfg.d_model)
-            self.gate = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
+            self.o = nn.Linear(nh * hd, cfg.d_model, bias=cfg.o_bias)
+            self.mlp_norm = norm(cfg.d_model)
+            self.gate = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.o_bias)
             self.up = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
-            self.down = nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
+            self.down = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.o_bias)
+
+        def mlp(self, x: torch.Tensor) -> torch.Tensor:
+            if cfg.mlp == "gelu":  # fc1 = gate, fc2 = down
+                return self.down(torch.nn.functional.gelu(self.gate(x), approximate="tanh"))
+            return self.down(torch.nn.functional.silu(self.gate(x)) * self.up(x))
+
+        def finish(self, h: torch.Tensor, x: torch.Tensor, att: torch.Tensor) -> torch.Tensor:
+            """The residual after attention (``att``, before ``o``) of the normed ``x``."""
+            a = self.o(att)
+            if cfg.parallel:
+                return h + a + self.mlp(x)
+            h = h + a
+            return h + self.mlp(self.mlp_norm(h))
 
     class Core(nn.Module):
         cos: torch.Tensor  # registered buffers, [max_len, hd/2]
@@ -143,18 +168,29 @@ def _build_torch_modules(cfg: TinyLlamaConfig) -> tuple[Any, Any]:
             super().__init__()
             self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
             self.layers = nn.ModuleList([Layer() for _ in range(cfg.n_layers)])
-            self.norm = RMSNorm(cfg.d_model)
-            self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+            self.norm = norm(cfg.d_model)
+            self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=cfg.lm_head_bias)
+            if cfg.positions == "learned":
+                self.wpe = nn.Embedding(cfg.max_len, cfg.d_model)
             inv = _rope_inv_freq(cfg)
             ang = torch.arange(cfg.max_len, dtype=torch.float32)[:, None] * inv[None, :]
             self.register_buffer("cos", torch.cos(ang), persistent=False)
             self.register_buffer("sin", torch.sin(ang), persistent=False)
 
+        def embed_at(self, tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+            h = self.embed(tokens)
+            return h + self.wpe(pos) if cfg.positions == "learned" else h
+
         @staticmethod
         def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-            # x: [heads, T, hd]; rotate pairs (even, odd) as in Llama's rotate_half layout
-            x1, x2 = x[..., : hd // 2], x[..., hd // 2 :]
-            return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+            # x: [heads, T, hd]; rotate pairs (even, odd) as in Llama's rotate_half layout,
+            # on the first rotary_dim dims (Phi) or none (learned positions)
+            if cfg.positions == "learned":
+                return x
+            rot = cfg.rotary_dim or hd
+            x1, x2, rest = x[..., : rot // 2], x[..., rot // 2 : rot], x[..., rot:]
+            parts = [x1 * cos - x2 * sin, x1 * sin + x2 * cos]
+            return torch.cat(parts + ([rest] if rot < hd else []), dim=-1)
 
         def step(
             self,
@@ -186,9 +222,7 @@ def _build_torch_modules(cfg: TinyLlamaConfig) -> tuple[Any, Any]:
                 scores = torch.matmul(q, kr.transpose(1, 2)) / math.sqrt(hd)  # [nh, T, S]
                 scores = torch.where(key_mask[None], scores, torch.full_like(scores, neg))
                 att = torch.matmul(torch.softmax(scores, dim=-1), vr)  # [nh, T, hd]
-                h = h + layer.o(att.transpose(0, 1).reshape(t, nh * hd))
-                x = layer.mlp_norm(h)
-                h = h + layer.down(torch.nn.functional.silu(layer.gate(x)) * layer.up(x))
+                h = layer.finish(h, x, att.transpose(0, 1).reshape(t, nh * hd))
             return self.norm(h), torch.stack(new_k), torch.stack(new_v)
 
     core = Core().eval()
@@ -211,7 +245,7 @@ def _build_torch_modules(cfg: TinyLlamaConfig) -> tuple[Any, Any]:
             key_mask = (keys[None, :] <= pos[:, None]) & (keys[None, :] < length)
             write = ((keys[None, :] == pos[:, None]) & valid_q[:, None]).to(torch.float32)
             zeros = torch.zeros((cfg.n_layers, nkv, s, hd), dtype=torch.float32)
-            h = self.core.embed(tokens[0])
+            h = self.core.embed_at(tokens[0], pos)
             h, k, v = self.core.step(h, pos, zeros, zeros, key_mask, write)
             last = (pos == (length - 1)).to(torch.float32)  # [P] one-hot of the last real token
             logits = self.core.lm_head(torch.matmul(last[None], h))  # [1, vocab]
@@ -228,18 +262,110 @@ def _build_torch_modules(cfg: TinyLlamaConfig) -> tuple[Any, Any]:
             keys = torch.arange(s, dtype=torch.int64)
             key_mask = (keys <= pos)[None, :]
             write = (keys == pos).to(torch.float32)[None, :]
-            h = self.core.embed(token[0])
+            h = self.core.embed_at(token[0], pos)
             h, k, v = self.core.step(h, pos, k_cache, v_cache, key_mask, write)
             return self.core.lm_head(h), k, v
 
     return Prefill().eval(), Decode().eval()
 
 
+def _decode_batch_module(core: Any, cfg: TinyLlamaConfig, kv: KVLayout) -> Any:
+    """One decode step for ``B`` sequences over a paged KV pool (see :class:`KVLayout`).
+
+    ``tokens [B]``, ``pos [B]`` (each sequence's position = its cached tokens), ``k_pool``,
+    ``v_pool [n_blocks, L, kv, block, hd]`` and ``block_table [B, max_len/block]`` (the pool
+    blocks holding each sequence's cache, in order) → ``logits [B, vocab]`` and the step's new
+    K/V rows ``[B, L, kv, hd]``, which the engine writes into the pool (nothing else moves).
+    Each sequence attends to its cached keys below ``pos`` and to itself.
+    """
+    import torch
+    from torch import nn
+
+    hd, nh, nkv = cfg.head_dim, cfg.n_heads, cfg.n_kv_heads
+    group = nh // nkv
+    s = cfg.max_len
+
+    class DecodeBatch(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.core = core
+
+        def forward(self, tokens, pos, k_pool, v_pool, block_table):  # type: ignore[no-untyped-def]
+            c = self.core
+            b = tokens.shape[0]
+            mb = block_table.shape[1]
+
+            def gather(pool: torch.Tensor) -> torch.Tensor:
+                g = pool[block_table]  # [B, MB, L, kv, BS, hd]
+                g = g.permute(0, 2, 3, 1, 4, 5).reshape(b, cfg.n_layers, nkv, mb * kv.block, hd)
+                return g.to(torch.float32)
+
+            kall, vall = gather(k_pool), gather(v_pool)
+            keys = torch.arange(s, dtype=torch.int64)
+            mask = keys[None, :] < pos[:, None]  # [B, S]: cached rows only
+            neg = torch.finfo(torch.float32).min
+            cos, sin = c.cos[pos][:, None, :], c.sin[pos][:, None, :]  # [B, 1, hd/2]
+            h = c.embed_at(tokens, pos)  # [B, d]
+            new_k, new_v = [], []
+            for li, layer in enumerate(cast("Iterable[Any]", c.layers)):
+                x = layer.attn_norm(h)
+                q = layer.q(x).reshape(b, nh, hd)
+                k = layer.k(x).reshape(b, nkv, hd)
+                v = layer.v(x).reshape(b, nkv, hd)
+                q, k = c.rope(q, cos, sin), c.rope(k, cos, sin)
+                new_k.append(k)
+                new_v.append(v)
+                # grouped-query attention without copying K/V per head: [B, kv, group, ...]
+                qg = q.reshape(b, nkv, group, hd)
+                sc = torch.matmul(qg, kall[:, li].transpose(2, 3))  # [B, kv, group, S]
+                sc = torch.where(mask[:, None, None, :], sc, torch.full_like(sc, neg))
+                ss = (qg * k[:, :, None, :]).sum(-1, keepdim=True)  # [B, kv, group, 1]
+                p = torch.softmax(torch.cat([sc, ss], dim=-1) / math.sqrt(hd), dim=-1)
+                att = torch.matmul(p[..., :s], vall[:, li]) + p[..., s:] * v[:, :, None, :]
+                h = layer.finish(h, x, att.reshape(b, nh * hd))
+            logits = c.lm_head(c.norm(h))
+            return logits, torch.stack(new_k, 1), torch.stack(new_v, 1)
+
+    return DecodeBatch().eval()
+
+
+@dataclass(frozen=True, slots=True)
+class KVLayout:
+    """The paged KV pool the batched decode phases read: ``n_blocks`` blocks of ``block``
+    tokens each (block 0 is the engine's scratch block for padded batch slots), stored as
+    ``dtype`` (``float16`` halves the pool; compute stays fp32)."""
+
+    block: int = 16
+    n_blocks: int = 64
+    dtype: str = "float32"
+
+    def pool_shape(self, cfg: TinyLlamaConfig) -> tuple[int, int, int, int, int]:
+        return (self.n_blocks, cfg.n_layers, cfg.n_kv_heads, self.block, cfg.head_dim)
+
+    def blocks_per_seq(self, cfg: TinyLlamaConfig) -> int:
+        return -(-cfg.max_len // self.block)
+
+
+def decode_batch_inputs(cfg: TinyLlamaConfig, kv: KVLayout, batch: int) -> dict[str, np.ndarray]:
+    """Example inputs of the batched decode phase for ``batch`` sequences."""
+    pool = np.zeros(kv.pool_shape(cfg), kv.dtype)
+    return {
+        "tokens": np.ones((batch,), np.int64),
+        "pos": np.full((batch,), 1, np.int64),
+        "k_pool": pool,
+        "v_pool": pool.copy(),
+        "block_table": np.zeros((batch, kv.blocks_per_seq(cfg)), np.int64),
+    }
+
+
+DECODE_BATCH_OUTPUTS = ("logits", "k_new", "v_new")
+
+
 def _rope_inv_freq(cfg: TinyLlamaConfig) -> Any:
     """Rotary inverse frequencies as transformers computes them (default, linear, llama3)."""
     import torch
 
-    hd = cfg.head_dim
+    hd = cfg.rotary_dim or cfg.head_dim
     inv = 1.0 / (cfg.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float32) / hd))
     if cfg.rope_type == "linear":
         return inv / cfg.rope_factor
@@ -261,6 +387,60 @@ def _rope_inv_freq(cfg: TinyLlamaConfig) -> Any:
     return inv
 
 
+def _checkpoint_targets(core: Any, cfg: TinyLlamaConfig) -> dict[str, tuple[list[Any], bool]]:
+    """Checkpoint tensor name → (module parameters it fills, split in order along rows;
+    whether it is stored transposed, as GPT-2's Conv1D is)."""
+    t: dict[str, tuple[list[Any], bool]] = {}
+    if cfg.family == "gpt2":
+        t["transformer.wte.weight"] = ([core.embed.weight], False)
+        t["transformer.wpe.weight"] = ([core.wpe.weight], False)
+        t["transformer.ln_f.weight"] = ([core.norm.weight], False)
+        t["transformer.ln_f.bias"] = ([core.norm.bias], False)
+        t["lm_head.weight"] = ([core.lm_head.weight], False)  # untied checkpoints only
+        for i, ly in enumerate(core.layers):
+            p = f"transformer.h.{i}."
+            for n, m in (("ln_1", ly.attn_norm), ("ln_2", ly.mlp_norm)):
+                t[p + n + ".weight"], t[p + n + ".bias"] = ([m.weight], False), ([m.bias], False)
+            t[p + "attn.c_attn.weight"] = ([ly.q.weight, ly.k.weight, ly.v.weight], True)
+            t[p + "attn.c_attn.bias"] = ([ly.q.bias, ly.k.bias, ly.v.bias], False)
+            for n, m in (("attn.c_proj", ly.o), ("mlp.c_fc", ly.gate), ("mlp.c_proj", ly.down)):
+                t[p + n + ".weight"], t[p + n + ".bias"] = ([m.weight], True), ([m.bias], False)
+        return t
+    if cfg.family == "phi":
+        t["model.embed_tokens.weight"] = ([core.embed.weight], False)
+        t["model.final_layernorm.weight"] = ([core.norm.weight], False)
+        t["model.final_layernorm.bias"] = ([core.norm.bias], False)
+        t["lm_head.weight"], t["lm_head.bias"] = (
+            ([core.lm_head.weight], False),
+            ([core.lm_head.bias], False),
+        )
+        for i, ly in enumerate(core.layers):
+            p = f"model.layers.{i}."
+            pairs = (("input_layernorm", ly.attn_norm), ("self_attn.q_proj", ly.q),
+                     ("self_attn.k_proj", ly.k), ("self_attn.v_proj", ly.v),
+                     ("self_attn.dense", ly.o), ("mlp.fc1", ly.gate), ("mlp.fc2", ly.down))  # fmt: skip
+            for n, m in pairs:
+                t[p + n + ".weight"], t[p + n + ".bias"] = ([m.weight], False), ([m.bias], False)
+        return t
+    t["model.embed_tokens.weight"] = ([core.embed.weight], False)
+    t["model.norm.weight"] = ([core.norm.weight], False)
+    t["lm_head.weight"] = ([core.lm_head.weight], False)
+    for i, ly in enumerate(core.layers):
+        p = f"model.layers.{i}."
+        t[p + "input_layernorm.weight"] = ([ly.attn_norm.weight], False)
+        t[p + "post_attention_layernorm.weight"] = ([ly.mlp_norm.weight], False)
+        for x, mod in (("q", ly.q), ("k", ly.k), ("v", ly.v), ("o", ly.o)):
+            t[p + f"self_attn.{x}_proj.weight"] = ([mod.weight], False)
+            if cfg.qkv_bias and x != "o":
+                t[p + f"self_attn.{x}_proj.bias"] = ([mod.bias], False)
+        for x, mod in (("gate", ly.gate), ("up", ly.up), ("down", ly.down)):
+            t[p + f"mlp.{x}_proj.weight"] = ([mod.weight], False)
+        # fused (Phi-3): rows split in order q|k|v and gate|up
+        t[p + "self_attn.qkv_proj.weight"] = ([ly.q.weight, ly.k.weight, ly.v.weight], False)
+        t[p + "mlp.gate_up_proj.weight"] = ([ly.gate.weight, ly.up.weight], False)
+    return t
+
+
 def _load_checkpoint(core: Any, cfg: TinyLlamaConfig) -> None:
     """Copy a Hugging Face checkpoint's tensors into ``core``, streamed one tensor at a time."""
     import torch
@@ -268,47 +448,27 @@ def _load_checkpoint(core: Any, cfg: TinyLlamaConfig) -> None:
     from terrazzo.errors import CodegenError
     from terrazzo.frontend.hf import expected_weights, iter_tensors
 
-    settings = {"n_layers": cfg.n_layers, "qkv_bias": cfg.qkv_bias,
+    settings = {"n_layers": cfg.n_layers, "qkv_bias": cfg.qkv_bias, "family": cfg.family,
                 "tie_embeddings": cfg.tie_embeddings, "fused_proj": cfg.fused_proj}  # fmt: skip
-    fused: dict[str, list[Any]] = {}
-    targets: dict[str, Any] = {
-        "model.embed_tokens.weight": core.embed.weight,
-        "model.norm.weight": core.norm.weight,
-        "lm_head.weight": core.lm_head.weight,
-    }
-    for i, layer in enumerate(core.layers):
-        p = f"model.layers.{i}."
-        targets[p + "input_layernorm.weight"] = layer.attn_norm.weight
-        targets[p + "post_attention_layernorm.weight"] = layer.mlp_norm.weight
-        for x, mod in (("q", layer.q), ("k", layer.k), ("v", layer.v), ("o", layer.o)):
-            targets[p + f"self_attn.{x}_proj.weight"] = mod.weight
-            if cfg.qkv_bias and x != "o":
-                targets[p + f"self_attn.{x}_proj.bias"] = mod.bias
-        for x, mod in (("gate", layer.gate), ("up", layer.up), ("down", layer.down)):
-            targets[p + f"mlp.{x}_proj.weight"] = mod.weight
-        # fused (Phi-3): rows split in order q|k|v and gate|up
-        targets[p + "self_attn.qkv_proj.weight"] = torch.cat(
-            [layer.q.weight, layer.k.weight, layer.v.weight]
-        )
-        targets[p + "mlp.gate_up_proj.weight"] = torch.cat([layer.gate.weight, layer.up.weight])
-        fused[p + "self_attn.qkv_proj.weight"] = [layer.q.weight, layer.k.weight, layer.v.weight]
-        fused[p + "mlp.gate_up_proj.weight"] = [layer.gate.weight, layer.up.weight]
-    names = expected_weights(settings)
+    targets = _checkpoint_targets(core, cfg)
     with torch.no_grad():
-        for name, t in iter_tensors(cfg.checkpoint, names):
-            dst = targets[name]
-            if tuple(t.shape) != tuple(dst.shape):
+        for name, t in iter_tensors(cfg.checkpoint, expected_weights(settings)):
+            parts, transposed = targets[name]
+            t = t.to(torch.float32)
+            if transposed:
+                t = t.t()
+            if name.endswith("wpe.weight"):  # learned positions: the compiled context's rows
+                t = t[: parts[0].shape[0]]
+            want = [sum(int(p.shape[0]) for p in parts), *parts[0].shape[1:]]
+            if list(t.shape) != want:
                 raise CodegenError(
                     f"{cfg.checkpoint}: weight tensor {name!r} has shape {list(t.shape)}; "
-                    f"config.json implies {list(dst.shape)}"
+                    f"config.json implies {want}"
                 )
-            if name in fused:
-                rows = 0
-                for part in fused[name]:
-                    part.copy_(t[rows : rows + part.shape[0]].to(torch.float32))
-                    rows += part.shape[0]
-                continue
-            dst.copy_(t.to(torch.float32))
+            rows = 0
+            for part in parts:
+                part.copy_(t[rows : rows + part.shape[0]])
+                rows += part.shape[0]
         if cfg.tie_embeddings:
             core.lm_head.weight.copy_(core.embed.weight)
 
@@ -356,15 +516,28 @@ PHASE_OUTPUTS = {
 }
 
 
-def export_relax(cfg: TinyLlamaConfig) -> dict[str, Any]:
-    """torch.export each phase and import it into a Relax IRModule (weights as constants)."""
+def export_relax(
+    cfg: TinyLlamaConfig, decode_batches: tuple[int, ...] = (), kv: KVLayout | None = None
+) -> dict[str, Any]:
+    """torch.export each phase and import it into a Relax IRModule (weights as constants).
+
+    With ``decode_batches``, also the batched paged decode phase at each batch size
+    (``decode_b{B}``, see :func:`_decode_batch_module`), all sharing one set of weights.
+    """
     import torch
     from tvm.relax.frontend.torch import from_exported_program
 
     prefill, decode = _build_torch_modules(cfg)
-    ex = example_inputs(cfg)
+    ex: dict[str, dict[str, np.ndarray]] = dict(example_inputs(cfg))
+    todo: list[tuple[str, Any]] = [("prefill", prefill), ("decode", decode)]
+    if decode_batches:
+        kv = kv or KVLayout()
+        batch_mod = _decode_batch_module(prefill.core, cfg, kv)
+        for b in decode_batches:
+            ex[f"decode_b{b}"] = decode_batch_inputs(cfg, kv, b)
+            todo.append((f"decode_b{b}", batch_mod))
     mods = {}
-    for name, module in (("prefill", prefill), ("decode", decode)):
+    for name, module in todo:
         args = tuple(torch.from_numpy(a) for a in ex[name].values())
         with torch.no_grad():
             ep = torch.export.export(module, args)
@@ -448,3 +621,21 @@ def torch_reference(cfg: TinyLlamaConfig) -> dict[str, Any]:
         "prefill": wrap("prefill", prefill, tuple(ex["prefill"])),
         "decode": wrap("decode", decode, tuple(ex["decode"])),
     }
+
+
+def torch_batch_reference(
+    cfg: TinyLlamaConfig, kv: KVLayout, batches: tuple[int, ...]
+) -> dict[int, Any]:
+    """The batched paged decode phase in torch eager, per batch size (engine tests)."""
+    import torch
+
+    prefill, _ = _build_torch_modules(cfg)
+    module = _decode_batch_module(prefill.core, cfg, kv)
+    order = tuple(decode_batch_inputs(cfg, kv, 1))
+
+    def call(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with torch.no_grad():
+            out = module(*(torch.from_numpy(np.asarray(inputs[n])) for n in order))
+        return dict(zip(DECODE_BATCH_OUTPUTS, (o.numpy() for o in out), strict=True))
+
+    return dict.fromkeys(batches, call)

@@ -71,6 +71,14 @@ def register(subparsers: Any) -> None:
         "--prompt-len", type=int, default=32,
         help="static prefill chunk; longer prompts finish through decode steps (default 32)",
     )  # fmt: skip
+    llm.add_argument(
+        "--decode-batches", default="1,8,16,32", metavar="B,B,...",
+        help="batch sizes the continuous-batching decode is compiled at ('' for none)",
+    )  # fmt: skip
+    llm.add_argument(
+        "--kv-dtype", choices=("fp32", "fp16"), default="fp32",
+        help="the paged KV pool's storage type (compute stays fp32 on CPUs)",
+    )  # fmt: skip
     from terrazzo.commands._common import add_shape_args
 
     add_shape_args(p)
@@ -251,6 +259,7 @@ def _compile_hf(args: argparse.Namespace) -> int:
         args.model, args.fleet, args.sla, args.output, rps=1.0 if args.rps is None else args.rps,
         solver=args.solver, max_len=args.max_len, prompt_len=args.prompt_len,
         profile=args.profile, sign_key=args.sign, progress=progress,
+        decode_batches=args.decode_batches, kv_dtype=args.kv_dtype,
     )  # fmt: skip
     summary = {
         "bundle": str(res.path),

@@ -127,6 +127,14 @@ def run(args: argparse.Namespace) -> int:
         dyn = describe_dynamic(plan)
         if dyn:
             c.print(dyn)
+        llm = plan.get("llm")
+        if llm:  # an LLM bundle from a Hugging Face directory
+            kvd = "fp16" if llm.get("kv_dtype") == "float16" else "fp32"
+            c.print(escape(
+                f"llm: compute {llm.get('compute_dtype')} ({llm.get('compute_reason')}); KV pool "
+                f"{kvd}, {llm.get('kv_blocks')} blocks x {llm.get('kv_block_tokens')} tokens; "
+                f"decode batches {','.join(str(b) for b in llm.get('decode_batches') or []) or 'none'}"
+            ))  # fmt: skip
     t = Table()
     for col in ("stage", "device", "target", "ops", "replicas", "artifacts", "weights", "fallback"):
         t.add_column(col)

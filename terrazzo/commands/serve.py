@@ -190,6 +190,11 @@ def register(subparsers: Any) -> None:
         "--openai-port", type=int, default=None, metavar="N",
         help="LLM bundles: serve /v1/completions and /v1/chat/completions on this HTTP port",
     )  # fmt: skip
+    p.add_argument(
+        "--generate-grpc-port", type=int, default=None, metavar="M",
+        help="with --openai-port: KServe v2 generate over gRPC (decoupled stream, one response "
+        "per token) on this port",
+    )  # fmt: skip
     # --- end hfllm
     p.set_defaults(func=run)
 
@@ -222,8 +227,9 @@ def run(args: argparse.Namespace) -> int:
         from terrazzo.runtime.openai_front import run_until_signal
 
         return run_until_signal(
-            args.bundle, args.openai_port, args.host, args.trust, args.allow_unsigned
-        )
+            args.bundle, args.openai_port, args.host, args.trust, args.allow_unsigned,
+            getattr(args, "generate_grpc_port", None),
+        )  # fmt: skip
     from terrazzo.runtime import TLSOptions, serve
 
     handler = logging.StreamHandler(sys.stderr)

@@ -11,7 +11,9 @@ headers; the weights are streamed tensor by tensor by the builder
 Supported families: Llama, Qwen2 (q/k/v biases), Mistral (a sliding window is accepted only
 when the compiled context fits inside it, where it changes nothing) and Phi-3 (fused
 ``qkv_proj``/``gate_up_proj``, split on load; full rotary only). GPT-2 and Phi-1/2 (LayerNorm,
-GELU, learned or partial positions) are refused by ``model_type``. Every problem is one
+GELU, learned or partial positions) map onto the same module: LayerNorm with biases, a
+GELU (tanh) MLP, GPT-2's learned positions and Conv1D (transposed) weights, Phi's partial
+rotary embedding and parallel attention/MLP residual. Every problem is one
 :class:`~terrazzo.errors.FrontendError` line naming the file and field.
 """
 
@@ -25,7 +27,8 @@ from typing import Any
 
 from terrazzo.errors import FrontendError
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "phi3", "qwen2")
+SUPPORTED_MODEL_TYPES = ("gpt2", "llama", "mistral", "phi", "phi3", "qwen2")
+_GELU = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 _ROPE_TYPES = ("default", "linear", "llama3")
 
 
@@ -67,7 +70,9 @@ def is_hf_dir(path: str | Path) -> bool:
     return Path(path).is_dir()
 
 
-def _rope_settings(cfg: Mapping[str, Any], cfg_path: Path) -> dict[str, Any]:
+def _rope_settings(
+    cfg: Mapping[str, Any], cfg_path: Path, partial_ok: bool = False
+) -> dict[str, Any]:
     """rope theta and scaling from ``rope_parameters`` (transformers 5) or ``rope_theta``/``rope_scaling``."""
     params = dict(cfg.get("rope_parameters") or {})
     scaling = dict(cfg.get("rope_scaling") or {})
@@ -81,7 +86,7 @@ def _rope_settings(cfg: Mapping[str, Any], cfg_path: Path) -> dict[str, Any]:
             f"(supported: {', '.join(_ROPE_TYPES)})"
         )
     partial = float(src.get("partial_rotary_factor", cfg.get("partial_rotary_factor", 1.0)))
-    if partial != 1.0:
+    if partial != 1.0 and not partial_ok:
         raise FrontendError(
             f"{cfg_path} field 'partial_rotary_factor': {partial} is not supported (1.0 only)"
         )
@@ -126,6 +131,25 @@ def _weight_index(d: Path) -> dict[str, str]:
 
 def expected_weights(settings: Mapping[str, Any]) -> list[str]:
     """The checkpoint tensor names a Llama-family decoder with ``settings`` reads."""
+    fam = settings.get("family", "llama")
+    if fam == "gpt2":
+        names = [
+            f"transformer.{n}" for n in ("wte.weight", "wpe.weight", "ln_f.weight", "ln_f.bias")
+        ]
+        for i in range(int(settings["n_layers"])):
+            p = f"transformer.h.{i}."
+            for m in ("ln_1", "ln_2", "attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"):
+                names += [p + m + ".weight", p + m + ".bias"]
+        return names + ([] if settings.get("tie_embeddings") else ["lm_head.weight"])
+    if fam == "phi":
+        names = ["model.embed_tokens.weight", "model.final_layernorm.weight",
+                 "model.final_layernorm.bias", "lm_head.weight", "lm_head.bias"]  # fmt: skip
+        for i in range(int(settings["n_layers"])):
+            p = f"model.layers.{i}."
+            for m in ("input_layernorm", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                      "self_attn.dense", "mlp.fc1", "mlp.fc2"):  # fmt: skip
+                names += [p + m + ".weight", p + m + ".bias"]
+        return names
     names = ["model.embed_tokens.weight", "model.norm.weight"]
     for i in range(int(settings["n_layers"])):
         p = f"model.layers.{i}."
@@ -165,14 +189,27 @@ def read_hf_dir(path: str | Path, max_len: int | None = None) -> HFCheckpoint:
             f"{cfg_path} field 'model_type': {mt!r} is not supported "
             f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
         )
+    if mt == "gpt2":  # GPT-2's own field names, as the checks below read them
+        n_embd = cfg.get("n_embd")
+        cfg = {**cfg, "hidden_size": n_embd, "num_hidden_layers": cfg.get("n_layer"),
+               "num_attention_heads": cfg.get("n_head"),
+               "intermediate_size": cfg.get("n_inner") or (4 * n_embd if isinstance(n_embd, int) else None),
+               "max_position_embeddings": cfg.get("n_positions", 1024),
+               "hidden_act": cfg.get("activation_function", "gelu_new"),
+               "tie_word_embeddings": cfg.get("tie_word_embeddings", True)}  # fmt: skip
     need = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
             "vocab_size")  # fmt: skip
     for k in need:
         if not isinstance(cfg.get(k), int) or cfg[k] <= 0:
             raise FrontendError(f"{cfg_path} field {k!r}: missing or not a positive integer")
     act = cfg.get("hidden_act", "silu")
-    if act != "silu":
-        raise FrontendError(f"{cfg_path} field 'hidden_act': {act!r} is not supported (silu)")
+    gelu = mt in ("gpt2", "phi")
+    if (act not in _GELU) if gelu else (act != "silu"):
+        field = "activation_function" if mt == "gpt2" else "hidden_act"
+        ok = ", ".join(_GELU) if gelu else "silu"
+        raise FrontendError(f"{cfg_path} field '{field}': {act!r} is not supported ({ok})")
+    if mt == "phi" and cfg.get("qk_layernorm"):
+        raise FrontendError(f"{cfg_path} field 'qk_layernorm': not supported")
     heads = int(cfg["num_attention_heads"])
     kv = int(cfg.get("num_key_value_heads") or heads)
     if heads % kv:
@@ -209,8 +246,16 @@ def read_hf_dir(path: str | Path, max_len: int | None = None) -> HFCheckpoint:
         "qkv_bias": bias,
         "tie_embeddings": bool(cfg.get("tie_word_embeddings", False)),
         "fused_proj": mt == "phi3",
-        **_rope_settings(cfg, cfg_path),
+        **_rope_settings(cfg, cfg_path, partial_ok=mt == "phi"),
     }
+    if gelu:
+        settings.update(family=mt, norm="layer", mlp="gelu", o_bias=True, qkv_bias=True,
+                        rms_eps=float(cfg.get("layer_norm_eps", cfg.get("layer_norm_epsilon", 1e-5))))  # fmt: skip
+    if mt == "gpt2":
+        settings.update(positions="learned", rope_type="default")
+    if mt == "phi":
+        settings.update(parallel=True, lm_head_bias=True,
+                        rotary_dim=int(float(cfg.get("partial_rotary_factor", 0.5)) * head_dim))  # fmt: skip
     weights = _weight_index(d)
     missing = [n for n in expected_weights(settings) if n not in weights]
     if missing:

@@ -52,6 +52,61 @@ def llm_sla(sla: SLALike, new_tokens: int) -> SLA:
     return SLA(latency_s=lat, ttft_s=parts.get("ttft"), tbt_s=parts.get("tbt"))
 
 
+def parse_batches(spec: str | tuple[int, ...] | list[int]) -> tuple[int, ...]:
+    """``"1,8,16,32"`` → ``(1, 8, 16, 32)`` (sorted, unique; ``""`` → none)."""
+    from terrazzo.errors import FrontendError
+
+    if isinstance(spec, str):
+        try:
+            vals = [int(x) for x in spec.split(",") if x.strip()]
+        except ValueError:
+            raise FrontendError(f"--decode-batches {spec!r}: comma-separated integers") from None
+    else:
+        vals = [int(x) for x in spec]
+    if any(v < 1 or v > 256 for v in vals):
+        raise FrontendError(f"--decode-batches {spec!r}: each batch size must be in 1..256")
+    return tuple(sorted(set(vals)))
+
+
+def compute_reason() -> str:
+    """Why the phases compute in fp32: what this CPU's flags say about fp16 arithmetic."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        flags = ""
+    if "avx512_fp16" in flags or "amx_fp16" in flags:
+        return (
+            "this CPU has fp16 arithmetic (avx512_fp16/amx_fp16), but fp16 compute is not built yet"
+        )
+    return "this CPU lacks fp16 arithmetic (no avx512_fp16/amx_fp16)"
+
+
+KV_MEM_FRACTION = 0.5  # of the decode device's memory, after the weights
+KV_BLOCK = 16
+
+
+def kv_layout(cfg: Any, plan: Any, catalog: Any, batches: tuple[int, ...], kv_dtype: str) -> Any:
+    """The paged KV pool for the batched decode: as many blocks as half the decode device's
+    memory left after the weights holds, capped at a full context for each sequence of
+    the largest batch (more cannot be used at once), plus the scratch block."""
+    from terrazzo.codegen.llm_phases import KVLayout
+
+    dtype = "float16" if kv_dtype == "fp16" else "float32"
+    block = min(KV_BLOCK, cfg.max_len)
+    per_seq = -(-cfg.max_len // block)
+    elt = 2 if dtype == "float16" else 4
+    block_bytes = 2 * cfg.n_layers * cfg.n_kv_heads * block * cfg.head_dim * elt
+    try:
+        mem = int(catalog[plan.assignment["llm.decode"]].mem_bytes)
+    except (KeyError, AttributeError, TypeError):
+        mem = 8 << 30
+    weights = 4 * (cfg.vocab_size * cfg.d_model * 2 + cfg.n_layers * (
+        4 * cfg.d_model * cfg.d_model + 3 * cfg.d_model * cfg.d_ff))  # fmt: skip
+    by_mem = max(per_seq, int(KV_MEM_FRACTION * max(0, mem - weights)) // block_bytes)
+    want = per_seq * max(batches or (1,))
+    return KVLayout(block=block, n_blocks=1 + min(by_mem, want), dtype=dtype)
+
+
 @dataclass(frozen=True, slots=True)
 class LLMCompileResult:
     path: Path
@@ -76,6 +131,8 @@ def compile_hf(
     profile: str | None = None,
     sign_key: str | Path | bool | None = True,
     progress: ProgressFn | None = None,
+    decode_batches: str | tuple[int, ...] = (1, 8, 16, 32),
+    kv_dtype: str = "fp32",
 ) -> LLMCompileResult:
     """Compile a Hugging Face checkpoint directory into an LLM bundle (see the module doc).
 
@@ -91,8 +148,10 @@ def compile_hf(
     from terrazzo.bundle import TensorSpec, write_bundle
     from terrazzo.codegen import host_target
     from terrazzo.codegen.llm_phases import (
+        DECODE_BATCH_OUTPUTS,
         PHASE_OUTPUTS,
         TinyLlamaConfig,
+        decode_batch_inputs,
         example_inputs,
         export_relax,
     )
@@ -107,6 +166,9 @@ def compile_hf(
     say = progress or (lambda *_: None)
     if not 0 < prompt_len <= max_len:
         raise FrontendError(f"--prompt-len {prompt_len} must be in 1..--max-len ({max_len})")
+    batches = parse_batches(decode_batches)
+    if kv_dtype not in ("fp32", "fp16"):
+        raise FrontendError(f"--kv-dtype {kv_dtype!r}: fp32 or fp16")
     ck = read_hf_dir(model_dir, max_len=max_len)
     cfg = TinyLlamaConfig(
         **ck.build_settings, max_len=max_len, prompt_len=prompt_len, checkpoint=str(ck.path)
@@ -139,15 +201,27 @@ def compile_hf(
     )
     say("placed", {"assignment": dict(plan.assignment), "latency_s": plan.latency_s})
     ex = example_inputs(cfg)
-    shapes = {"logits": (1, cfg.vocab_size), "k_cache": cfg.cache_shape, "v_cache": cfg.cache_shape}
+    kv = kv_layout(cfg, plan, catalog, batches, kv_dtype)
+    shapes: dict[str, Any] = {
+        "logits": (1, cfg.vocab_size), "k_cache": cfg.cache_shape, "v_cache": cfg.cache_shape}  # fmt: skip
+    phases = ["prefill", "decode"]
+    row = (cfg.n_layers, cfg.n_kv_heads, cfg.head_dim)
+    for b in batches:
+        phases.append(f"decode_b{b}")
+        ex[f"decode_b{b}"] = decode_batch_inputs(cfg, kv, b)
     stages: list[Any] = []
     host = dict(host_target())
     with tempfile.TemporaryDirectory(prefix="tz-llm-") as tmp:
-        mods = export_relax(cfg)  # the weights stream in here, once for both phases
-        for index, phase in enumerate(("prefill", "decode")):
-            task = f"llm.{phase}"
+        mods = export_relax(cfg, batches, kv)  # the weights stream in here, once for all phases
+        for index, phase in enumerate(phases):
+            task = "llm.prefill" if phase == "prefill" else "llm.decode"
             ins = [TensorSpec(n, str(a.dtype), tuple(a.shape)) for n, a in ex[phase].items()]
-            outs = [TensorSpec(n, "float32", tuple(shapes[n])) for n in PHASE_OUTPUTS[phase]]
+            if phase.startswith("decode_b"):
+                b = int(phase[len("decode_b") :])
+                bs = {"logits": (b, cfg.vocab_size), "k_new": (b, *row), "v_new": (b, *row)}
+                outs = [TensorSpec(n, "float32", bs[n]) for n in DECODE_BATCH_OUTPUTS]
+            else:
+                outs = [TensorSpec(n, "float32", tuple(shapes[n])) for n in PHASE_OUTPUTS[phase]]
             exported = (mods[phase], ins, outs)
             stages.append(
                 build_task_stage(
@@ -157,7 +231,12 @@ def compile_hf(
         llm = {
             "model_type": ck.model_type,
             "config": {k: getattr(cfg, k) for k in cfg.__slots__},
-            "stages": {"prefill": 0, "decode": 1},
+            "stages": {
+                "prefill": 0,
+                "decode": 1,
+                "decode_batch": {str(b): 2 + i for i, b in enumerate(batches)},
+            },
+            "kv": {"block": kv.block, "n_blocks": kv.n_blocks, "dtype": kv.dtype},
             "tokenizer_json": ck.tokenizer_json,
             "tokenizer_config": ck.tokenizer_config,
             "generation_config": ck.generation_config,
@@ -188,6 +267,16 @@ def compile_hf(
                 "stages": len(stages),
                 "assignment": dict(plan.assignment),
                 "notes": notes,
+                "llm": {
+                    "compute_dtype": "fp32",
+                    "compute_reason": compute_reason(),
+                    "kv_dtype": kv.dtype,
+                    "kv_blocks": kv.n_blocks - 1,
+                    "kv_block_tokens": kv.block,
+                    "decode_batches": list(batches),
+                    "max_len": max_len,
+                    "prompt_chunk": prompt_len,
+                },
             },
             host_target=host,
             sign_key=sign_key,

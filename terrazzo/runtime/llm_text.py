@@ -73,7 +73,9 @@ class TextGenerator:
             remote workers when served).
     """
 
-    def __init__(self, llm: Mapping[str, Any], prefill: Phase, decode: Phase) -> None:
+    def __init__(
+        self, llm: Mapping[str, Any], prefill: Phase, decode: Phase, batch: Any = None
+    ) -> None:
         from tokenizers import Tokenizer
 
         self.llm = dict(llm)
@@ -85,6 +87,9 @@ class TextGenerator:
         self.tokenizer_config: dict[str, Any] = dict(llm.get("tokenizer_config") or {})
         self.eos = {int(x) for x in llm.get("eos_token_ids") or ()}
         self.prefill, self.decode = prefill, decode
+        # continuous batching: a terrazzo.runtime.llm_batch.RemoteBatchDecode (decode joins the
+        # engine's running batch instead of stepping alone)
+        self.batch = batch
 
     # -- text ------------------------------------------------------------------------------
     def encode(self, prompt: str) -> list[int]:
@@ -133,6 +138,9 @@ class TextGenerator:
         padded[0, : len(first)] = first
         st = self.prefill({"tokens": padded, "length": np.array([len(first)], np.int64)})
         logits, k, v = st["logits"], st["k_cache"], st["v_cache"]
+        if self.batch is not None:
+            yield from self._stream_batched(ids, st, params)
+            return
         for pos in range(len(first), n):  # the rest of a long prompt: one decode step each
             st = self._step(int(ids[pos]), pos, k, v)
             logits, k, v = st["logits"], st["k_cache"], st["v_cache"]
@@ -145,6 +153,27 @@ class TextGenerator:
                 return
             st = self._step(tok, n + i, k, v)
             logits, k, v = st["logits"], st["k_cache"], st["v_cache"]
+
+    def _stream_batched(
+        self, ids: Sequence[int], st: Mapping[str, np.ndarray], params: SamplingParams
+    ) -> Iterator[int]:
+        """The decode half through the continuous-batching engine: join, then poll."""
+        from terrazzo.runtime.llm_batch import Sampling
+
+        first = min(len(ids), self.prompt_len)
+        sp = Sampling(params.max_tokens, params.temperature, params.top_p, params.top_k,
+                      params.seed, params.ignore_eos)  # fmt: skip
+        sid = self.batch.new_session()
+        self.batch.join(sid, st["k_cache"], st["v_cache"], first, np.asarray(st["logits"])[0],
+                        ids[first:], sp)  # fmt: skip
+        done = False
+        try:
+            while not done:
+                toks, done = self.batch.poll(sid)
+                yield from toks
+        finally:
+            if not done:  # the consumer stopped early (a stop string): leave the batch now
+                self.batch.cancel(sid)
 
     @staticmethod
     def _choose(logits: np.ndarray, p: SamplingParams, rng: np.random.Generator) -> int:

@@ -65,10 +65,40 @@ class RemotePhase:
         self.channel.close()
 
 
+class RoundRobin:
+    """Prefill over several prefill workers: each call goes to the next one."""
+
+    def __init__(self, phases: list[Any]) -> None:
+        self.phases = phases
+        self._i = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, values: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+        with self._lock:
+            p = self.phases[self._i % len(self.phases)]
+            self._i += 1
+        return p(values)  # type: ignore[no-any-return]
+
+
+class _NoLock:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *_: Any) -> None:
+        return None
+
+
 class LLMService:
     """The two phase workers of an LLM bundle plus the text generator over them."""
 
-    def __init__(self, bundle_path: str, trust: Any = None, allow_unsigned: bool = False) -> None:
+    def __init__(
+        self,
+        bundle_path: str,
+        trust: Any = None,
+        allow_unsigned: bool = False,
+        prefill_workers: int = 1,
+        batching: bool = True,
+    ) -> None:
         from pathlib import Path
 
         from terrazzo.bundle import open_bundle
@@ -84,19 +114,30 @@ class LLMService:
             self.name = str(b.name)
         self.token = secrets.token_hex(16)
         self.launcher = LocalLauncher(WorkerOptions(self.token, 512 << 20, fork_server=False))
+        self.batching = bool(batching and (llm["stages"].get("decode_batch") or {}))
         jobs = []
-        for phase in ("prefill", "decode"):
+        phases = ["prefill"] * max(1, int(prefill_workers)) + ["decode"]
+        path = str(Path(bundle_path).resolve())
+        for phase in phases:
             st = infos[int(llm["stages"][phase])]
-            ins = tuple(t.name for t in st.inputs)
+            ins, outs = tuple(t.name for t in st.inputs), tuple(t.name for t in st.outputs)
             factory = "terrazzo.runtime.runners:bundle_stage"
-            if phase == "decode":  # the KV cache is handed over once and stays there
+            kwargs: dict[str, Any] = {
+                "path": path,
+                "index": int(st.index),
+                "trust_key": worker_trust,
+            }
+            if phase == "decode" and self.batching:  # continuous batching (llm_batch)
+                from terrazzo.runtime.llm_batch import RUNNER_INPUTS, RUNNER_OUTPUTS
+
+                factory, ins, outs = ("terrazzo.runtime.llm_batch:batch_decode_runner",
+                                      RUNNER_INPUTS, RUNNER_OUTPUTS)  # fmt: skip
+                kwargs.pop("index")
+            elif phase == "decode":  # the KV cache is handed over once and stays there
                 factory, ins = "terrazzo.runtime.llm_text:decode_session", (*ins, "session")
             spec = StageSpec(
-                index=int(st.index), device=str(st.device),
-                inputs=ins, outputs=tuple(t.name for t in st.outputs),
-                runner=RunnerSpec(factory, {
-                    "path": str(Path(bundle_path).resolve()), "index": int(st.index),
-                    "trust_key": worker_trust}),
+                index=int(st.index), device=str(st.device), inputs=ins, outputs=outs,
+                runner=RunnerSpec(factory, kwargs),
             )  # fmt: skip
             jobs.append((spec, 0))
         self.workers = self.launcher.start_many(jobs)
@@ -104,8 +145,43 @@ class LLMService:
             RemotePhase(w.address, s.index, s.inputs, self.token)
             for w, (s, _) in zip(self.workers, jobs, strict=True)
         ]
-        self.generator = TextGenerator(llm, self.phases[0], SessionDecode(self.phases[1]))
-        self.lock = threading.Lock()  # one request at a time (no batching yet)
+        prefill = RoundRobin(self.phases[:-1])
+        if self.batching:
+            from terrazzo.runtime.llm_batch import RemoteBatchDecode
+
+            self.batch: Any = RemoteBatchDecode(self.phases[-1])
+            self.batch.calibrate()  # every worker is up: time the compiled batch sizes now
+            self.generator = TextGenerator(llm, prefill, self.phases[-1], batch=self.batch)
+            self.lock: Any = _NoLock()  # requests run concurrently; the engine batches them
+        else:
+            self.batch = None
+            self.generator = TextGenerator(llm, prefill, SessionDecode(self.phases[-1]))
+            self.lock = threading.Lock()  # one request at a time
+
+    def metrics_text(self) -> str:
+        """Prometheus text: the decode engine's measured step time per batch size next to the
+        step time predicted for it (``PagedEngine.calibrate`` at start-up on this host, the
+        step term of ``llm_batch.predict_serving``'s TBT), and steps/tokens counters."""
+        if self.batch is None:
+            return "# no continuous-batching engine (bundle without --decode-batches)\n"
+        st = self.batch.stats()
+        lines = [
+            "# TYPE terrazzo_llm_decode_steps_total counter",
+            f"terrazzo_llm_decode_steps_total {st['steps']}",
+            "# TYPE terrazzo_llm_tokens_total counter",
+            f"terrazzo_llm_tokens_total {st['tokens']}",
+            "# TYPE terrazzo_llm_kv_free_blocks gauge",
+            f"terrazzo_llm_kv_free_blocks {st['free_blocks']}",
+            "# TYPE terrazzo_llm_tbt_seconds gauge",
+        ]
+        for b, t in sorted(st.get("calibrated_step_s", {}).items(), key=lambda x: int(x[0])):
+            lines.append(f'terrazzo_llm_tbt_seconds{{batch="{b}",kind="predicted"}} {t}')
+        for b, row in sorted(st.get("per_bucket", {}).items(), key=lambda x: int(x[0])):
+            lines.append(f'terrazzo_llm_tbt_seconds{{batch="{b}",kind="measured"}} {row["mean_s"]}')
+            lines.append(
+                f'terrazzo_llm_tbt_seconds{{batch="{b}",kind="measured_p99"}} {row["p99_s"]}'
+            )
+        return "\n".join(lines) + "\n"
 
     def close(self) -> None:
         for p in self.phases:
@@ -158,6 +234,14 @@ class _Handler(BaseHTTPRequestHandler):
                                       "code": None}})  # fmt: skip
 
     def do_GET(self) -> None:
+        if self.path.rstrip("/") == "/metrics":
+            data = self.service.metrics_text().encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return
         if self.path.rstrip("/") == "/v1/models":
             self._json(200, {"object": "list", "data": [
                 {"id": self.service.name, "object": "model", "created": 0, "owned_by": "terrazzo"}]})  # fmt: skip
@@ -166,6 +250,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         path = self.path.rstrip("/")
+        if path.startswith("/v2/models/"):
+            self._generate(path)
+            return
         if path not in ("/v1/completions", "/v1/chat/completions"):
             self._error(404, f"no route {self.path}")
             return
@@ -207,6 +294,56 @@ class _Handler(BaseHTTPRequestHandler):
                     self._whole(chat, meta, ids, params)
             except Exception as e:  # a worker failure: report it, keep serving
                 self._error(500, f"{type(e).__name__}: {e}")
+
+    def _generate(self, path: str) -> None:
+        """KServe v2 generate (Triton's LLM backends): ``/v2/models/<m>/generate`` and
+        ``generate_stream`` (SSE, one event per token); ``text_input``, ``max_tokens``,
+        ``temperature``, ``top_p``, ``top_k``, ``random_seed``, ``stop`` top-level or under
+        ``parameters`` → ``text_output``."""
+        parts = path.split("/")  # ['', 'v2', 'models', m, ('versions', v,) op]
+        op = parts[-1]
+        model = parts[3] if len(parts) > 4 else ""
+        if op not in ("generate", "generate_stream") or model != self.service.name:
+            self._json(404, {"error": f"no model {model!r} or route {self.path} "
+                                      f"(serving {self.service.name!r})"})  # fmt: skip
+            return
+        try:
+            n = int(self.headers.get("Content-Length") or 0)
+            body = json.loads(self.rfile.read(n) or b"{}")
+            if not isinstance(body, dict):
+                raise ValueError("the body must be a JSON object")
+            merged = {**(body.get("parameters") or {}), **body}
+            if "random_seed" in merged:
+                merged["seed"] = merged["random_seed"]
+            if "stop_words" in merged and "stop" not in merged:
+                merged["stop"] = merged["stop_words"]
+            text = merged.get("text_input")
+            if not isinstance(text, str):
+                raise ServingError("'text_input' must be a string")
+            gen = self.service.generator
+            ids = gen.encode(text)
+            params = _params(merged, 16)
+            gen._check(ids)
+        except (ValueError, ServingError) as e:
+            self._json(400, {"error": str(e)})
+            return
+        head = {"model_name": self.service.name, "model_version": "1"}
+        with self.service.lock:
+            if op == "generate":
+                _, out, reason = gen.generate(ids, params)
+                self._json(200, {**head, "text_output": out, "finish_reason": reason})
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Cache-Control", "no-cache")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.close_connection = True
+            for _, delta in gen.stream_text(ids, params):
+                if delta:
+                    event = json.dumps({**head, "text_output": delta})
+                    self.wfile.write(f"data: {event}\n\n".encode())
+                    self.wfile.flush()
 
     def _whole(self, chat: bool, meta: dict[str, Any], ids: list[int], p: SamplingParams) -> None:
         toks, text, reason = self.service.generator.generate(ids, p)
@@ -270,6 +407,7 @@ class OpenAIServer:
         self.httpd = ThreadingHTTPServer((host, port), handler)
         self.httpd.daemon_threads = True
         self.port = int(self.httpd.server_address[1])
+        self.grpc: Any = None  # the KServe generate gRPC server, when started
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
     def start(self) -> int:
@@ -283,25 +421,40 @@ class OpenAIServer:
 
 
 def serve_openai(bundle: str, port: int, host: str = "127.0.0.1", trust: Any = None,
-                 allow_unsigned: bool = False) -> Iterator[OpenAIServer]:  # fmt: skip
-    """Start workers and the front; yields the running server, stops both when resumed."""
+                 allow_unsigned: bool = False,
+                 grpc_port: int | None = None) -> Iterator[OpenAIServer]:  # fmt: skip
+    """Start workers and the front; yields the running server, stops both when resumed.
+    With ``grpc_port``, the KServe generate gRPC server (``llm_grpc``) runs too, as
+    ``server.grpc``."""
     server = OpenAIServer(LLMService(bundle, trust, allow_unsigned), host, port)
+    server.grpc = None
+    if grpc_port is not None:
+        from terrazzo.runtime.llm_grpc import GenerateGRPCServer
+
+        server.grpc = GenerateGRPCServer(server.service, host, grpc_port)
+        server.grpc.start()
     server.start()
     try:
         yield server
     finally:
+        if server.grpc is not None:
+            server.grpc.stop()
         server.stop()
 
 
-def run_until_signal(bundle: str, port: int, host: str, trust: Any, allow_unsigned: bool) -> int:
-    """``terrazzo serve BUNDLE --openai-port N``: serve until SIGINT/SIGTERM."""
+def run_until_signal(bundle: str, port: int, host: str, trust: Any, allow_unsigned: bool,
+                     grpc_port: int | None = None) -> int:  # fmt: skip
+    """``terrazzo serve BUNDLE --openai-port N [--generate-grpc-port M]``: serve until
+    SIGINT/SIGTERM."""
     import signal
     import sys
 
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
-    for server in serve_openai(bundle, port, host, trust, allow_unsigned):
+    for server in serve_openai(bundle, port, host, trust, allow_unsigned, grpc_port):
+        if server.grpc is not None:
+            print(f"KServe generate gRPC (decoupled stream): {host}:{server.grpc.port}", flush=True)
         print(f"OpenAI-compatible endpoint: http://{host}:{server.port}/v1 (model "
               f"{server.service.name!r}; prefill and decode in two workers)", flush=True)  # fmt: skip
         sys.stdout.flush()

@@ -39,6 +39,7 @@ from typing import Any
 import grpc
 import numpy as np
 
+from terrazzo.errors import ServingError
 from terrazzo.runtime.batcher import (
     BatchRejectedError,
     DynamicBatcher,
@@ -130,6 +131,20 @@ class _WorkerServicer(pb_grpc.GRPCInferenceServiceServicer):
         if self.delay_s > 0:  # the test knob: a fixed cost per execution, as a device has
             time.sleep(self.delay_s)
         return self.runner(values)
+
+    def _infer_concurrent(self, context, values) -> tuple[dict[str, np.ndarray], float, float, int]:
+        """A runner that synchronises itself (``llm_batch``): called at once, no device lock."""
+        t0 = time.perf_counter()
+        try:
+            result = self.runner({n: values[n] for n in self.inputs})
+        except ServingError as e:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{self.model_name}: {e}")
+        except Exception as e:
+            self.stats.failed()
+            context.abort(
+                grpc.StatusCode.INTERNAL, f"{self.model_name} failed: {type(e).__name__}: {e}"
+            )
+        return result, time.perf_counter() - t0, 0.0, 0
 
     def Stats(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         self._check_token(context)
@@ -259,6 +274,8 @@ class _WorkerServicer(pb_grpc.GRPCInferenceServiceServicer):
         of the execution, 0 when unbatched)."""
         if self.batcher is not None:
             return self._infer_batched(context, values, priority, timeout_us)
+        if getattr(self.runner, "concurrent", False):  # it synchronises itself (llm_batch)
+            return self._infer_concurrent(context, values)
         with self._count_lock:
             if self._waiting >= self.max_queue:
                 context.abort(
@@ -325,6 +342,8 @@ class WorkerServer:
         # keep threads for the whole queue plus a few, or an overloaded worker cannot answer
         # its health probes and is condemned (found by the adapt scenario's load steps)
         threads = max(threads, int(config.get("max_queue", 64)) + 4)
+        if getattr(self.servicer.runner, "concurrent", False):  # each polling stream holds one
+            threads = max(threads, 80)
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tz-worker"),
             options=grpc_options(max_bytes),

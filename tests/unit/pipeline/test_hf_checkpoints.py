@@ -64,7 +64,15 @@ def make_checkpoint(d: Path, family: str = "llama", shard: bool = False, **over)
     cls = {"llama": ("LlamaConfig", "LlamaForCausalLM"),
            "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
            "mistral": ("MistralConfig", "MistralForCausalLM"),
-           "phi3": ("Phi3Config", "Phi3ForCausalLM")}[family]  # fmt: skip
+           "phi3": ("Phi3Config", "Phi3ForCausalLM"),
+           "phi": ("PhiConfig", "PhiForCausalLM"),
+           "gpt2": ("GPT2Config", "GPT2LMHeadModel")}[family]  # fmt: skip
+    if family == "gpt2":  # GPT-2 names its sizes itself; full multi-head attention
+        kw.update(n_inner=kw.pop("intermediate_size"), activation_function="gelu_new")
+        kw.pop("num_key_value_heads")
+        kw["tie_word_embeddings"] = False  # tied random weights only repeat the last token
+    if family == "phi":
+        kw.update(num_key_value_heads=4, partial_rotary_factor=0.5)
     config = getattr(transformers, cls[0])(**kw)
     model = getattr(transformers, cls[1])(config).eval()
     d.mkdir(parents=True, exist_ok=True)
@@ -93,6 +101,8 @@ def cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
 def compile_dir(model_dir: Path, out: Path, *extra: str) -> Path:
     fleet = out.parent / "fleet.yaml"
     fleet.write_text(FLEET)
+    if "--decode-batches" not in extra:  # the batched decode stages cost build time: opt in
+        extra = (*extra, "--decode-batches", "")
     p = cli("compile", str(model_dir), "--fleet", str(fleet), "--sla", "ttft=500ms,tbt=50ms",
             "-o", str(out), "--max-len", "64", "--prompt-len", "8", *extra)  # fmt: skip
     assert p.returncode == 0, p.stderr[-3000:]
@@ -125,8 +135,8 @@ def test_no_config_json(tmp_path: Path) -> None:
 def test_unsupported_model_type(tmp_path: Path) -> None:
     d = tmp_path / "m"
     d.mkdir()
-    (d / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_embd": 64}))
-    refused(tmp_path, d, "config.json field 'model_type': 'gpt2' is not supported")
+    (d / "config.json").write_text(json.dumps({"model_type": "t5", "d_model": 64}))
+    refused(tmp_path, d, "config.json field 'model_type': 't5' is not supported")
 
 
 def test_missing_weight_tensor(tmp_path: Path) -> None:
@@ -181,6 +191,8 @@ ROPE_LLAMA3 = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 4.0, "low
 @pytest.mark.parametrize(
     "family,shard,over",
     [
+        ("gpt2", False, {}),
+        ("phi", False, {}),
         ("llama", False, {"rope_theta": 500.0}),
         ("qwen2", True, {}),
         ("llama", False, {"tie_word_embeddings": True}),
@@ -194,6 +206,8 @@ ROPE_LLAMA3 = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 4.0, "low
         ),
     ],
     ids=[
+        "gpt2-untied",
+        "phi-partial-rotary",
         "llama",
         "qwen2-sharded",
         "llama-tied",
@@ -232,8 +246,8 @@ def served(tmp_path_factory: pytest.TempPathFactory):
 
     tmp = tmp_path_factory.mktemp("served")
     model = make_checkpoint(tmp / "qwen", "qwen2")
-    bundle = compile_dir(tmp / "qwen", tmp / "q.tzb")
-    for server in serve_openai(str(bundle), 0):
+    bundle = compile_dir(tmp / "qwen", tmp / "q.tzb", "--decode-batches", "1,4")
+    for server in serve_openai(str(bundle), 0, grpc_port=0):
         yield server, model, tmp / "qwen"
 
 
@@ -435,3 +449,105 @@ def test_session_decode_hands_the_kv_over_once() -> None:
     for k in (kv, empty, empty, kv, empty):  # two requests
         dec({"token": tok, "pos": pos, "k_cache": k, "v_cache": k})
     assert sent == [(1, kv.size), (1, 0), (1, 0), (2, kv.size), (2, 0)]
+
+
+@pytest.mark.slow
+def test_kserve_generate_and_concurrent_streams_equal_transformers(served) -> None:
+    """KServe v2 generate (Triton LLM convention) and concurrent OpenAI streams go through
+    the decode worker's continuous-batching engine; each text equals transformers' greedy."""
+    import threading
+    import urllib.error
+    import urllib.request
+
+    from tokenizers import Tokenizer
+
+    server, model, d = served
+    tok = Tokenizer.from_file(str(d / "tokenizer.json"))
+    prompts = ["hello world, hello", "the quick brown fox", "prefill and decode", "a compiler"]
+    want = [tok.decode(hf_greedy(model, tok.encode(p).ids, 8), skip_special_tokens=True)
+            for p in prompts]  # fmt: skip
+    base = f"http://127.0.0.1:{server.port}/v2/models/{server.service.name}"
+
+    def post(url: str, body: dict) -> tuple[int, bytes]:
+        req = urllib.request.Request(url, json.dumps(body).encode(),
+                                     {"Content-Type": "application/json"})  # fmt: skip
+        try:
+            with urllib.request.urlopen(req, timeout=120) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+
+    st, body = post(base + "/generate", {"text_input": prompts[0], "max_tokens": 8})
+    assert st == 200 and json.loads(body)["text_output"] == want[0]
+    st, body = post(base + "/generate_stream", {"text_input": prompts[1],
+                                                "parameters": {"max_tokens": 8}})  # fmt: skip
+    events = [json.loads(x[5:]) for x in body.decode().split("\n\n") if x.startswith("data:")]
+    assert st == 200 and len(events) >= 2
+    assert "".join(e["text_output"] for e in events) == want[1]
+    st, body = post(base + "/generate", {"text_input": "hello world " * 60, "max_tokens": 4})
+    assert st == 400 and b"context" in body
+    st, _ = post(f"http://127.0.0.1:{server.port}/v2/models/nope/generate", {"text_input": "x"})
+    assert st == 404
+    got: dict[int, str] = {}
+
+    def stream(i: int) -> None:
+        chunks = _client(server).completions.create(model="m", prompt=prompts[i], max_tokens=8,
+                                                    stream=True)  # fmt: skip
+        got[i] = "".join(c.choices[0].text for c in chunks)
+
+    steps0 = server.service.batch.stats()["steps"]
+    threads = [threading.Thread(target=stream, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert [got.get(i) for i in range(len(prompts))] == want
+    stats = server.service.batch.stats()
+    assert stats["steps"] > steps0 and stats["free_blocks"] > 0
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=30) as r:
+        metrics = r.read().decode()
+    assert 'terrazzo_llm_tbt_seconds{batch="4",kind="predicted"}' in metrics
+    assert 'kind="measured"}' in metrics and "terrazzo_llm_tokens_total" in metrics
+
+
+@pytest.mark.slow
+def test_kserve_generate_grpc_decoupled_stream(served) -> None:
+    """tritonclient.grpc's decoupled stream: one response per token, then the empty final
+    response; the text equals transformers' greedy. A too-long prompt is INVALID_ARGUMENT."""
+    import queue
+
+    import numpy as np
+    import tritonclient.grpc as tg
+    from tokenizers import Tokenizer
+
+    server, model, d = served
+    tok = Tokenizer.from_file(str(d / "tokenizer.json"))
+    prompt = "the quick brown fox"
+    want = tok.decode(hf_greedy(model, tok.encode(prompt).ids, 8), skip_special_tokens=True)
+    c = tg.InferenceServerClient(f"127.0.0.1:{server.grpc.port}")
+    text = tg.InferInput("text_input", [1], "BYTES")
+    text.set_data_from_numpy(np.array([prompt.encode()], dtype=object))
+    mt = tg.InferInput("max_tokens", [1], "INT32")
+    mt.set_data_from_numpy(np.array([8], np.int32))
+    name = server.service.name
+    assert c.infer(name, [text, mt]).as_numpy("text_output")[0].decode() == want
+    got: queue.Queue = queue.Queue()
+    c.start_stream(callback=lambda result, error: got.put((result, error)))
+    try:
+        c.async_stream_infer(name, [text, mt], enable_empty_final_response=True)
+        parts = []
+        while True:
+            res, err = got.get(timeout=120)
+            assert err is None, err
+            resp = res.get_response()
+            if resp.outputs:
+                parts.append(res.as_numpy("text_output")[0].decode())
+            if resp.parameters["triton_final_response"].bool_param:
+                break
+        assert "".join(parts) == want and len(parts) >= 2
+    finally:
+        c.stop_stream()
+    long = tg.InferInput("text_input", [1], "BYTES")
+    long.set_data_from_numpy(np.array([b"hello world " * 60], dtype=object))
+    with pytest.raises(tg.InferenceServerException, match="INVALID_ARGUMENT|context"):
+        c.infer(name, [long, mt])
