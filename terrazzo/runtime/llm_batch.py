@@ -29,7 +29,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -114,7 +114,18 @@ class Sampling:
                         None if a[4] < 0 else int(a[4]), bool(a[5]))  # fmt: skip
 
 
-def choose(logits: np.ndarray, p: Sampling, rng: np.random.Generator) -> int:
+class SamplingLike(Protocol):
+    """The sampling knobs ``choose`` reads (``Sampling`` here, ``llm_text.SamplingParams``)."""
+
+    @property
+    def temperature(self) -> float: ...
+    @property
+    def top_p(self) -> float: ...
+    @property
+    def top_k(self) -> int: ...
+
+
+def choose(logits: np.ndarray, p: SamplingLike, rng: np.random.Generator) -> int:
     """The next token: argmax when ``temperature == 0``, else top-k / top-p sampling."""
     if p.temperature <= 0:
         return int(np.argmax(logits))

@@ -177,22 +177,9 @@ class TextGenerator:
 
     @staticmethod
     def _choose(logits: np.ndarray, p: SamplingParams, rng: np.random.Generator) -> int:
-        if p.temperature <= 0:
-            return int(np.argmax(logits))
-        z = logits.astype(np.float64) / p.temperature
-        if p.top_k > 0 and p.top_k < z.shape[0]:
-            kth = np.partition(z, -p.top_k)[-p.top_k]
-            z = np.where(z < kth, -np.inf, z)
-        probs = np.exp(z - np.max(z))
-        probs /= probs.sum()
-        if p.top_p < 1.0:
-            order = np.argsort(-probs)
-            cum = np.cumsum(probs[order])
-            keep = order[: int(np.searchsorted(cum, p.top_p) + 1)]
-            mask = np.zeros_like(probs)
-            mask[keep] = probs[keep]
-            probs = mask / mask.sum()
-        return int(rng.choice(probs.shape[0], p=probs))
+        from terrazzo.runtime.llm_batch import choose  # one sampler for both decode paths
+
+        return choose(logits, p, rng)
 
     def stream_text(self, ids: Sequence[int], params: SamplingParams) -> Iterator[tuple[int, str]]:
         """Yield ``(token id, text delta)``; stop strings end the stream (their text is cut).
