@@ -61,10 +61,31 @@ def cpu_fingerprint() -> str:
     return f"{model or 'unknown'}|{digest}"
 
 
+def cpu_threads() -> int:
+    """The number of threads TVM's CPU thread pool uses in this process.
+
+    ``TVM_NUM_THREADS`` (then ``OMP_NUM_THREADS``) when set, as TVM reads them; otherwise TVM's
+    own default, which on x86 is *half* the logical CPUs (it assumes hyper-threading: on a
+    2-vCPU machine without SMT that is 1 thread). Set ``TVM_NUM_THREADS`` to the serving thread
+    count before ``terrazzo tune`` and keep it for ``compile`` and ``run``.
+    """
+    for var in ("TVM_NUM_THREADS", "OMP_NUM_THREADS"):
+        value = os.environ.get(var, "").strip()
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    import tvm
+
+    num_threads = tvm.get_global_func("runtime.NumThreads", True)
+    return max(1, int(num_threads())) if num_threads is not None else 1
+
+
 def target_key(target: Any) -> str:
     """Canonical text naming a target for the database (kind + CPU/GPU identity).
 
-    CPU (``llvm``) keys also carry :func:`cpu_fingerprint` of the machine that measured.
+    CPU (``llvm``) keys also carry :func:`cpu_fingerprint` of the machine that measured and
+    :func:`cpu_threads`, the thread count it measured with: a schedule tuned single-threaded
+    is serial (a parallel loop only costs there) and cannot use a second core, so a build for
+    another thread count finds no records and retunes.
     """
     import tvm
 
@@ -84,6 +105,7 @@ def target_key(target: Any) -> str:
             )
     if parts["kind"] in ("llvm", "c"):
         parts["host_cpu"] = cpu_fingerprint()
+        parts["threads"] = str(cpu_threads())
     return json.dumps(parts, sort_keys=True, separators=(",", ":"))
 
 

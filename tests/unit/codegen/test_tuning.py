@@ -473,6 +473,25 @@ def test_cpu_records_are_keyed_by_the_measuring_cpu() -> None:
     assert db.lookup("h", other) is not None
 
 
+def test_cpu_records_are_keyed_by_the_thread_count(monkeypatch) -> None:
+    """A schedule tuned at one thread is serial; a build for two threads must not reuse it.
+    The key follows TVM_NUM_THREADS (TVM's own knob), so tune and run agree on it."""
+    import json
+
+    from terrazzo.codegen.tuning.database import cpu_threads
+
+    monkeypatch.setenv("TVM_NUM_THREADS", "1")
+    one = target_key(TARGET)
+    assert cpu_threads() == 1 and json.loads(one)["threads"] == "1"
+    db = TuningDatabase()
+    db.add(TuningRecord("h", one, '{"steps":[]}', 1e-3))
+    monkeypatch.setenv("TVM_NUM_THREADS", "2")
+    assert json.loads(target_key(TARGET))["threads"] == "2"
+    assert db.lookup("h", TARGET) is None
+    monkeypatch.setenv("TVM_NUM_THREADS", "1")
+    assert db.lookup("h", TARGET) is not None
+
+
 def test_tuned_record_is_retimed_interleaved_and_carries_the_load(tmp_path) -> None:
     kernel = analyse("mm", W.matmul(64, 64, 64))
     db = TuningDatabase(tmp_path / "records.jsonl")
