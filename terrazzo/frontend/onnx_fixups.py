@@ -74,16 +74,25 @@ _CONSTANT_FORMS = {
 def normalise_constants(model: Any) -> int:
     """Rewrite ``Constant`` nodes given as ``value_float(s)``/``value_int(s)`` to a ``value`` tensor.
 
-    TVM 0.27's importer only reads the ``value`` attribute ("no value in Constant").
+    TVM 0.27's importer only reads the ``value`` attribute ("no value in Constant"); the
+    bodies of ``If``/``Loop``/``Scan`` are rewritten too.
 
     Returns:
         The number of nodes rewritten.
     """
+    return _normalise_constants_in(model.graph)
+
+
+def _normalise_constants_in(graph: Any) -> int:
     import numpy as np
     from onnx import helper, numpy_helper
 
     count = 0
-    for i, n in enumerate(list(model.graph.node)):
+    for n in graph.node:
+        for a in n.attribute:
+            for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                count += _normalise_constants_in(sub)
+    for i, n in enumerate(list(graph.node)):
         if n.op_type != "Constant" or n.domain not in ("", "ai.onnx") or len(n.attribute) != 1:
             continue
         attr = n.attribute[0]
@@ -96,8 +105,8 @@ def normalise_constants(model: Any) -> int:
         node = helper.make_node(
             "Constant", [], list(n.output), name=n.name, value=numpy_helper.from_array(arr)
         )
-        model.graph.node.remove(n)
-        model.graph.node.insert(i, node)
+        graph.node.remove(n)
+        graph.node.insert(i, node)
         count += 1
     return count
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
-from terrazzo.errors import FrontendError
+from terrazzo.errors import FrontendError, UnsupportedOpError
 from terrazzo.frontend.onnx_checks import check_supported_ops, load_model_safely
 from terrazzo.frontend.onnx_fixups import (
     cast_shape_values,
@@ -23,6 +23,9 @@ from terrazzo.frontend.relax_graph import to_graph, to_graph_symbolic, uniquify_
 from terrazzo.frontend.signature import keep_signature_names
 from terrazzo.frontend.symbolic import resolve_shape_symbols
 from terrazzo.ir import Graph
+
+if TYPE_CHECKING:
+    from terrazzo.frontend.onnx_guards import GuardedGraph
 
 
 def sanitize_name(name: str) -> str:
@@ -197,8 +200,31 @@ def _specialisation_hint(shape_keys: dict[str, list[str]]) -> str:
     which = ", ".join(f"{n!r} ({'/'.join(ops)})" for n, ops in shape_keys.items())
     return (
         f"; input(s) {which} give shapes/axes/sizes at run time: compile a specialisation "
-        "on their value with constant_inputs={name: value}"
+        "on their value with constant_inputs={name: value}, or import with "
+        "from_onnx(guards=True) to keep them as inputs (build_cpu then builds one per value)"
     )
+
+
+@overload
+def from_onnx(
+    path: str | os.PathLike[str],
+    shapes: Any = None,
+    plan_shapes: Any = None,
+    constant_inputs: Any = None,
+    *,
+    guards: Literal[False] = False,
+) -> Graph: ...
+
+
+@overload
+def from_onnx(
+    path: str | os.PathLike[str],
+    shapes: Any = None,
+    plan_shapes: Any = None,
+    constant_inputs: Any = None,
+    *,
+    guards: bool,
+) -> Graph | GuardedGraph: ...
 
 
 def from_onnx(
@@ -206,7 +232,9 @@ def from_onnx(
     shapes: Any = None,
     plan_shapes: Any = None,
     constant_inputs: Any = None,
-) -> Graph:
+    *,
+    guards: bool = False,
+) -> Graph | GuardedGraph:
     """Import an ONNX model as an ir.Graph (with its Relax module in ``relax_mod``).
 
     Args:
@@ -218,14 +246,41 @@ def from_onnx(
         constant_inputs: input name → the value it always has: the input becomes a constant
             (a specialisation: an input that gives a shape, axes or sizes must be one, as
             Terrazzo compiles static shapes).
+        guards: when the import fails because inputs give shapes, axes, sizes, pads or
+            scales at run time, return a ``GuardedGraph`` that keeps them as inputs and is
+            specialised on their values at each call (``build_cpu`` caches a build per value;
+            see ``onnx_guards``) instead of raising.
 
     Returns:
-        A verified model graph.
+        A verified model graph; with ``guards``, a ``GuardedGraph`` where one is needed.
 
     Raises:
         FrontendError: missing/corrupt/unsafe file, bad shape declarations, converter failure.
         UnsupportedOpError: operators TVM's ONNX importer does not have (all listed).
     """
+    p = Path(path)
+    model = load_model_safely(p)
+    if not guards:
+        return _import(p, model, shapes, plan_shapes, constant_inputs)
+    from terrazzo.frontend.onnx_guards import guarded_graph
+
+    try:
+        return _import(p, model, shapes, plan_shapes, constant_inputs)
+    except FrontendError as e:
+        fresh = load_model_safely(p)  # _import changed ``model`` in place
+        found = guarded_graph(p, fresh, shapes, plan_shapes, str(e), constant_inputs)
+        if found is None:
+            raise
+        if isinstance(e, UnsupportedOpError):
+            # Only ops that fold away once the guards are constants (a window's size, ...).
+            readers = {op for g in found.guards for op in g.readers}
+            if not set(e.counts) <= readers:
+                raise
+        return found
+
+
+def _import(p: Path, model: Any, shapes: Any, plan_shapes: Any, constant_inputs: Any) -> Graph:
+    """``from_onnx`` without guards, on the loaded ``model`` (changed in place)."""
     from tvm import relax
     from tvm.relax.frontend.onnx import from_onnx as tvm_from_onnx
 
@@ -233,8 +288,6 @@ def from_onnx(
     # serving workers (agent runners) where onnx is deliberately unimportable
     from terrazzo.frontend.onnx_ops import current_op, install, reset_current_op
 
-    p = Path(path)
-    model = load_model_safely(p)
     if constant_inputs:
         _freeze_inputs(model, constant_inputs, p.name)
     install()

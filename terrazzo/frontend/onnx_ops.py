@@ -372,41 +372,56 @@ class IsInf(_onnx_converter_base()):  # type: ignore[misc]
         return op.logical_and(inf, sign)
 
 
-def _refuse_attr(base_op: str, attr_name: str, bad: Callable[[Any], bool], why: str) -> Any:
-    """A converter that refuses ``attr_name`` when ``bad(value)`` and else is TVM's own."""
-    from tvm.relax.frontend.onnx import onnx_frontend
-
-    tvm_cls = getattr(onnx_frontend, base_op)
-
-    class Checked(tvm_cls):  # type: ignore[misc,valid-type]
-        @classmethod
-        def get_converter(cls, opset: int) -> Any:
-            impl = tvm_cls.get_converter(opset)
-
-            def convert(bb: Any, inputs: Any, attr: dict[str, Any], params: Any) -> Any:
-                from terrazzo.errors import FrontendError
-
-                if attr_name in attr and bad(attr[attr_name]):
-                    raise FrontendError(f"ONNX {base_op}: attribute {attr_name!r} {why}")
-                return impl(bb, inputs, attr, params)
-
-            return convert
-
-    Checked.__name__ = base_op
-    return Checked
-
-
 def _register_refusals() -> None:
     """TVM converters that give a silent wrong answer for one attribute: refuse it instead."""
-    if "BatchNormalization" in CONVERTERS:
+    if "ConvTranspose" in CONVERTERS:
         return
-    CONVERTERS["BatchNormalization"] = _refuse_attr(
-        "BatchNormalization",
-        "training_mode",
-        lambda v: int(v) != 0,
-        "= 1 (batch statistics) is not supported; export the model in eval mode",
-    )
     CONVERTERS["ConvTranspose"] = ConvTranspose
+
+
+@register("BatchNormalization")
+class BatchNormalization(_onnx_converter_base()):  # type: ignore[misc]
+    """TVM's BatchNormalization (inference: the given mean and variance); with
+    ``training_mode`` 1 (opsets 14, 15) the batch statistics as the spec's reference does:
+    mean and population variance over every axis but 1 normalise the input, and the running
+    statistics come out as ``mean * momentum + batch_mean * (1 - momentum)`` (likewise the
+    variance)."""
+
+    @classmethod
+    def get_converter(cls, opset: int) -> Any:
+        from tvm.relax.frontend.onnx import onnx_frontend
+
+        impl = onnx_frontend.BatchNormalization.get_converter(opset)
+
+        def convert(bb: Any, inputs: Any, attr: dict[str, Any], params: Any) -> Any:
+            if not int(attr.get("training_mode", 0)):
+                return impl(bb, inputs, attr, params)
+            return cls._training(bb, inputs, attr)
+
+        return convert
+
+    @classmethod
+    def _training(cls, bb: Any, inputs: Any, attr: dict[str, Any]) -> Any:
+        from tvm import relax
+
+        op = relax.op
+        x, scale, bias, mean, var = inputs[:5]
+        rank = int(x.ty.ndim)
+        dtype = str(x.ty.dtype)
+        axes = [a for a in range(rank) if a != 1]
+        chan = [-1] + [1] * (rank - 2)
+        bmean = bb.emit(op.mean(x, axis=axes))
+        centred = bb.emit(op.subtract(x, op.reshape(bmean, chan)))
+        bvar = bb.emit(op.mean(op.multiply(centred, centred), axis=axes))
+        eps = relax.const(float(attr.get("epsilon", 1e-5)), dtype)
+        norm = op.divide(centred, op.sqrt(op.add(op.reshape(bvar, chan), eps)))
+        y = bb.emit(op.add(op.multiply(op.reshape(scale, chan), norm), op.reshape(bias, chan)))
+        m = float(attr.get("momentum", 0.9))
+        mom, rest = relax.const(m, dtype), relax.const(1.0 - m, dtype)
+        run_mean = bb.emit(op.add(op.multiply(mean, mom), op.multiply(bmean, rest)))
+        run_var = bb.emit(op.add(op.multiply(var, mom), op.multiply(bvar, rest)))
+        n = int(attr.get("tvm_custom", {}).get("num_outputs", 3))
+        return relax.Tuple([y, run_mean, run_var][:n]) if n > 1 else y
 
 
 def _tvm_conv_transpose() -> Any:
@@ -801,3 +816,486 @@ def _fp32_inside(base: str, n_float_inputs: int) -> Any:
 
 CONVERTERS["MatMul"] = _fp32_inside("MatMul", 2)
 CONVERTERS["Softmax"] = _fp32_inside("Softmax", 1)
+
+
+@register("Pad")
+class Pad(_Wrapped):
+    """TVM's Pad; a ``constant_value`` given at run time (a graph input, not a constant) is
+    handled too: TVM's converter reads it as a constant only. The input is padded with 0, a
+    ones tensor likewise marks the original elements, and ``where`` puts the run-time value
+    in the padding (exact for every value, NaN and infinities included)."""
+
+    _base = "Pad"
+
+    @classmethod
+    def get_converter(cls, opset: int) -> Any:
+        impl = _tvm_converter("Pad").get_converter(opset)
+
+        def convert(bb: Any, inputs: Any, attr: dict[str, Any], params: Any) -> Any:
+            from tvm import relax
+
+            cval = inputs[2] if len(inputs) > 2 else None
+            if opset < 11 or cval is None or _const_array(cval) is not None:
+                return impl(bb, inputs, attr, params)
+            rest = list(inputs)
+            rest[2] = None
+            mode = attr.get("mode", b"constant")
+            mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+            padded = bb.emit(impl(bb, rest, attr, params))
+            if mode != "constant":  # the value is only read in constant mode
+                return padded
+            x = inputs[0]
+            op = relax.op
+            ones = bb.emit(op.ones_like(x, "int8"))
+            rest[0] = ones
+            mask = bb.emit(impl(bb, rest, attr, params))
+            value = bb.emit(op.astype(op.reshape(cval, []), x.ty.dtype))
+            return op.where(op.not_equal(mask, relax.const(0, "int8")), padded, value)
+
+        return convert
+
+
+@register("RMSNormalization")
+class RMSNormalization(_Wrapped):
+    """TVM's RMSNormalization; normalising over every axis (``axis`` 0 or ``-rank``) is
+    written out (mean of squares, rsqrt, scale), as TVM's ``rms_norm`` fails to build when
+    nothing is left of the input's shape. Computed in fp32 when ``stash_type`` is 1, as the
+    spec and onnxruntime do."""
+
+    _base = "RMSNormalization"
+
+    @classmethod
+    def get_converter(cls, opset: int) -> Any:
+        impl = _tvm_converter("RMSNormalization").get_converter(opset)
+
+        def convert(bb: Any, inputs: Any, attr: dict[str, Any], params: Any) -> Any:
+            from tvm import relax
+
+            x, scale = inputs[0], inputs[1]
+            rank = int(x.ty.ndim)
+            axis = int(attr.get("axis", -1))
+            if rank <= 0 or (axis + rank if axis < 0 else axis) != 0:
+                return impl(bb, inputs, attr, params)
+            op = relax.op
+            dtype = x.ty.dtype
+            work = "float32" if int(attr.get("stash_type", 1)) == 1 else dtype
+            eps = float(attr.get("epsilon", 1e-5))
+            xf = bb.emit(op.astype(x, work)) if work != dtype else x
+            ms = bb.emit(op.mean(op.multiply(xf, xf), axis=list(range(rank)), keepdims=True))
+            inv = bb.emit(op.rsqrt(op.add(ms, relax.const(eps, work))))
+            sf = op.astype(scale, work) if work != dtype else scale
+            y = bb.emit(op.multiply(op.multiply(xf, inv), sf))
+            return op.astype(y, dtype) if work != dtype else y
+
+        return convert
+
+
+@register("CenterCropPad")
+class CenterCropPad(_onnx_converter_base()):  # type: ignore[misc]
+    """ONNX CenterCropPad (opset 18): per axis, a centred crop (start ``(d - s) // 2``) or a
+    centred zero pad (``(s - d) // 2`` before, the rest after), as the spec's reference. The
+    target shape must be a constant: as a graph input it is a guard (``onnx_guards``)."""
+
+    @classmethod
+    def _impl_v18(cls, bb: Any, inputs: Any, attr: dict[str, Any], params: Any) -> Any:
+        from tvm import relax, topi
+
+        from terrazzo.errors import FrontendError
+
+        x = inputs[0]
+        target = _const_array(inputs[1])
+        if target is None:
+            raise FrontendError(
+                "ONNX CenterCropPad: the target shape must be a constant (its value decides "
+                "the output shape)"
+            )
+        dims = _static(x, "CenterCropPad")
+        rank = len(dims)
+        axes = [int(a) + rank if int(a) < 0 else int(a) for a in attr.get("axes", range(rank))]
+        sizes = [int(s) for s in target.reshape(-1)]
+        if len(sizes) != len(axes) or any(not 0 <= a < rank for a in axes):
+            raise FrontendError(
+                f"ONNX CenterCropPad: shape {sizes} does not match axes {axes} of a rank-{rank} input"
+            )
+        begin, end = [0] * rank, list(dims)
+        before, after = [0] * rank, [0] * rank
+        for a, s in zip(axes, sizes, strict=True):
+            d = dims[a]
+            if s < d:
+                begin[a] = (d - s) // 2
+                end[a] = begin[a] + s
+            elif s > d:
+                before[a] = (s - d) // 2
+                after[a] = s - d - before[a]
+        y = x
+        if begin != [0] * rank or end != list(dims):
+            y = bb.emit(relax.op.strided_slice(y, list(range(rank)), begin, end))
+        if any(before) or any(after):
+            y = bb.emit_te(topi.nn.pad, y, before, after, 0.0)
+        return y
+
+
+@register("Upsample")
+class Upsample(_onnx_converter_base()):  # type: ignore[misc]
+    """ONNX Upsample (opsets 7-9, deprecated in 10): the scales as an attribute (7) or an
+    input (9; a constant, or a guard input). Output size ``d * scale``; ``nearest`` takes the
+    source index ``floor(i / scale)`` (TVM's own converter rounds it, wrong for a scale of 3)
+    and ``linear`` interpolates, both with asymmetric coordinates, as onnxruntime. 4-D NCHW
+    inputs with whole scales, unit on batch and channel, only; others are refused."""
+
+    @classmethod
+    def _impl_v7(cls, bb: Any, inputs: Any, attr: dict[str, Any], params: Any) -> Any:
+        return cls._lower(inputs[0], attr.get("scales"), attr)
+
+    @classmethod
+    def _impl_v9(cls, bb: Any, inputs: Any, attr: dict[str, Any], params: Any) -> Any:
+        scales = _const_array(inputs[1]) if len(inputs) > 1 else None
+        return cls._lower(inputs[0], None if scales is None else scales.tolist(), attr)
+
+    @staticmethod
+    def _lower(x: Any, scales: Any, attr: dict[str, Any]) -> Any:
+        import math
+
+        from tvm import relax
+
+        from terrazzo.errors import FrontendError
+
+        if scales is None:
+            raise FrontendError("ONNX Upsample: the scales must be a constant")
+        scales = [float(s) for s in scales]
+        dims = _static(x, "Upsample")
+        mode = attr.get("mode", b"nearest")
+        mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+        whole = all(s == math.floor(s) and s >= 1 for s in scales)
+        if (
+            len(dims) != 4
+            or scales[:2] != [1.0, 1.0]
+            or mode not in ("nearest", "linear")
+            or not whole
+        ):
+            # TVM's resize maps output i to i * in/out; that is i / scale only when the output
+            # size is exactly d * scale, i.e. for whole scales
+            raise FrontendError(
+                f"ONNX Upsample: mode {mode!r} with scales {scales} on a rank-{len(dims)} "
+                "input is not supported (4-D NCHW, whole scales, unit on batch/channel, "
+                "nearest or linear)"
+            )
+        size = [int(d * s) for d, s in zip(dims[2:], scales[2:], strict=True)]
+        return relax.op.image.resize2d(
+            x,
+            size=relax.ShapeExpr(size),
+            layout="NCHW",
+            method="nearest_neighbor" if mode == "nearest" else "linear",
+            coordinate_transformation_mode="asymmetric",
+            rounding_method="floor" if mode == "nearest" else "round",
+        )
+
+
+@register("RotaryEmbedding")
+class RotaryEmbedding(_onnx_converter_base()):  # type: ignore[misc]
+    """ONNX RotaryEmbedding (opset 23), as the spec's reference: 4-D ``[B, H, S, D]`` or 3-D
+    ``[B, S, H*D]`` input (``num_heads``), caches gathered by ``position_ids`` when given,
+    ``rotary_embedding_dim`` (0: the whole head) and ``interleaved`` pairs."""
+
+    @classmethod
+    def _impl_v23(cls, bb: Any, inputs: Any, attr: dict[str, Any], params: Any) -> Any:
+        from tvm import relax
+
+        from terrazzo.errors import FrontendError
+
+        op = relax.op
+        x, cos, sin = inputs[0], inputs[1], inputs[2]
+        pos = inputs[3] if len(inputs) > 3 else None
+        dims = _static(x, "RotaryEmbedding")
+        if len(dims) == 4:
+            b, _, s, d = dims
+            xs = bb.emit(op.permute_dims(x, [0, 2, 1, 3]))  # [B, S, H, D]
+        elif len(dims) == 3:
+            heads = int(attr.get("num_heads", 0))
+            if heads <= 0 or dims[2] % heads:
+                raise FrontendError("ONNX RotaryEmbedding: a 3-D input needs num_heads")
+            b, s, d = dims[0], dims[1], dims[2] // heads
+            xs = bb.emit(op.reshape(x, [b, s, heads, d]))
+        else:
+            raise FrontendError(f"ONNX RotaryEmbedding: rank-{len(dims)} input")
+        rot = int(attr.get("rotary_embedding_dim", 0)) or d
+        half = rot // 2
+        if pos is not None:
+            cos = bb.emit(op.take(cos, pos, axis=0))
+            sin = bb.emit(op.take(sin, pos, axis=0))
+        cos = bb.emit(op.expand_dims(cos, 2))  # [B, S, 1, rot/2]
+        sin = bb.emit(op.expand_dims(sin, 2))
+        xr = bb.emit(op.strided_slice(xs, [3], [0], [rot])) if rot < d else xs
+        if int(attr.get("interleaved", 0)):
+            x1 = bb.emit(op.strided_slice(xr, [3], [0], [rot], [2]))
+            x2 = bb.emit(op.strided_slice(xr, [3], [1], [rot], [2]))
+        else:
+            x1 = bb.emit(op.strided_slice(xr, [3], [0], [half]))
+            x2 = bb.emit(op.strided_slice(xr, [3], [half], [rot]))
+        real = bb.emit(op.subtract(op.multiply(cos, x1), op.multiply(sin, x2)))
+        imag = bb.emit(op.add(op.multiply(sin, x1), op.multiply(cos, x2)))
+        if int(attr.get("interleaved", 0)):
+            pairs = bb.emit(op.stack([real, imag], axis=4))
+            rotated = bb.emit(op.reshape(pairs, [b, s, -1, rot]))
+        else:
+            rotated = bb.emit(op.concat([real, imag], axis=3))
+        if rot < d:
+            rest = bb.emit(op.strided_slice(xs, [3], [rot], [d]))
+            rotated = bb.emit(op.concat([rotated, rest], axis=3))
+        if len(dims) == 3:
+            return op.reshape(rotated, dims)
+        return op.permute_dims(rotated, [0, 2, 1, 3])
+
+
+@register("TensorScatter")
+class TensorScatter(_onnx_converter_base()):  # type: ignore[misc]
+    """ONNX TensorScatter (opset 24): ``update`` written into ``past_cache`` along ``axis``
+    from ``write_indices[b]`` (0 when absent) for each batch row; ``circular`` wraps around
+    the cache length. Each cache position reads the update element that lands on it (a
+    gather, then ``where``), so no scatter is needed."""
+
+    @classmethod
+    def _impl_v24(cls, bb: Any, inputs: Any, attr: dict[str, Any], params: Any) -> Any:
+        import numpy as np
+        from tvm import relax
+
+        from terrazzo.errors import FrontendError
+
+        op = relax.op
+        past, update = inputs[0], inputs[1]
+        write = inputs[2] if len(inputs) > 2 else None
+        dims, udims = _static(past, "TensorScatter"), _static(update, "TensorScatter")
+        rank = len(dims)
+        axis = int(attr.get("axis", -2))
+        axis = axis + rank if axis < 0 else axis
+        mode = attr.get("mode", b"linear")
+        mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+        if not 1 <= axis < rank or mode not in ("linear", "circular"):
+            raise FrontendError(f"ONNX TensorScatter: axis {axis} / mode {mode!r} not supported")
+        m, s, b = dims[axis], udims[axis], dims[0]
+        i64 = "int64"
+        if write is None:
+            start = relax.const(np.zeros((b, 1), np.int64))
+        else:
+            start = bb.emit(op.reshape(op.astype(write, i64), [b, 1]))
+        idx = bb.emit(op.subtract(op.reshape(op.arange(0, m, 1, i64), [1, m]), start))  # [B, M]
+        if mode == "circular":
+            idx = bb.emit(op.floor_mod(idx, relax.const(m, i64)))
+        valid = bb.emit(
+            op.logical_and(
+                op.greater_equal(idx, relax.const(0, i64)), op.less(idx, relax.const(s, i64))
+            )
+        )
+        safe = bb.emit(op.where(valid, idx, relax.const(0, i64)))
+        lead = [b] + [1] * (axis - 1) + [m] + [1] * (rank - axis - 1)
+        full = list(dims)  # the update's shape too, but for the axis (the spec)
+        if [u for k, u in enumerate(udims) if k != axis] != [
+            d for k, d in enumerate(dims) if k != axis
+        ] or s > m:
+            raise FrontendError(f"ONNX TensorScatter: update {udims} does not fit cache {dims}")
+        index = bb.emit(op.broadcast_to(op.reshape(safe, lead), full))
+        taken = bb.emit(op.gather_elements(update, index, axis))
+        mask = bb.emit(op.broadcast_to(op.reshape(valid, lead), full))
+        return op.where(mask, taken, past)
+
+
+@register("MaxPool")
+class MaxPool(_Wrapped):
+    """TVM's MaxPool; with the second output (``Indices``, opset 8+), which TVM's converter
+    does not give, 2-D pooling is written out: one strided slice per kernel offset, the
+    maximum over the valid ones, and the first offset holding it (onnxruntime's scan order)
+    mapped to the flat index into the input (``storage_order`` 0: row-major, 1: column-major
+    within each image). ``auto_pad`` other than NOTSET and ``ceil_mode`` are refused there."""
+
+    _base = "MaxPool"
+
+    @classmethod
+    def get_converter(cls, opset: int) -> Any:
+        impl = _tvm_converter("MaxPool").get_converter(opset)
+
+        def convert(bb: Any, inputs: Any, attr: dict[str, Any], params: Any) -> Any:
+            if int(attr.get("tvm_custom", {}).get("num_outputs", 1)) < 2:
+                return impl(bb, inputs, attr, params)
+            return cls._with_indices(bb, inputs[0], attr)
+
+        return convert
+
+    @classmethod
+    def _with_indices(cls, bb: Any, x: Any, attr: dict[str, Any]) -> Any:
+        import numpy as np
+        from tvm import relax, topi
+
+        from terrazzo.errors import FrontendError
+
+        op = relax.op
+        dims = _static(x, "MaxPool")
+        auto_pad = attr.get("auto_pad", b"NOTSET")
+        auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad)
+        dtype = str(x.ty.dtype)
+        if len(dims) != 4 or auto_pad != "NOTSET" or int(attr.get("ceil_mode", 0)):
+            raise FrontendError(
+                "ONNX MaxPool with Indices: 2-D pooling without auto_pad/ceil_mode only"
+            )
+        if not dtype.startswith("float"):
+            raise FrontendError(f"ONNX MaxPool with Indices: {dtype} input is not supported")
+        n, c, h, w = dims
+        kh, kw = (int(k) for k in attr["kernel_shape"])
+        sh, sw = (int(s) for s in attr.get("strides", (1, 1)))
+        dh, dw = (int(d) for d in attr.get("dilations", (1, 1)))
+        pt, pl, pb, pr = (int(p) for p in attr.get("pads", (0, 0, 0, 0)))
+        oh = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
+        ow = (w + pl + pr - dw * (kw - 1) - 1) // sw + 1
+        col = int(attr.get("storage_order", 0)) == 1
+        xp = x
+        if pt or pl or pb or pr:
+            xp = bb.emit_te(topi.nn.pad, x, [0, 0, pt, pl], [0, 0, pb, pr], 0.0)
+        slices, valid, offset = [], [], []
+        hh = np.arange(oh)[:, None] * sh - pt
+        ww = np.arange(ow)[None, :] * sw - pl
+        for i in range(kh):
+            for j in range(kw):
+                b0, b1 = i * dh, j * dw
+                slices.append(
+                    op.strided_slice(
+                        xp, [2, 3], [b0, b1], [b0 + (oh - 1) * sh + 1, b1 + (ow - 1) * sw + 1],
+                        [sh, sw],
+                    )
+                )  # fmt: skip
+                hk, wk = hh + i * dh, ww + j * dw
+                valid.append((hk >= 0) & (hk < h) & (wk >= 0) & (wk < w))
+                offset.append(wk * h + hk if col else hk * w + wk)
+        stacked = bb.emit(op.stack(slices, axis=4))  # [N, C, OH, OW, K]
+        ok = relax.const(np.stack(np.broadcast_arrays(*valid), axis=-1)[None, None])
+        ninf = relax.const(float("-inf"), dtype)
+        y = bb.emit(op.max(op.where(ok, stacked, ninf), axis=4))
+        hit = op.logical_and(op.equal(stacked, op.expand_dims(y, 4)), ok)
+        first = bb.emit(op.argmax(op.astype(hit, "int32"), axis=4, keepdims=True))
+        table = np.stack(np.broadcast_arrays(*offset), axis=-1).astype(np.int64)
+        table = np.broadcast_to(table[None, None], (n, c, oh, ow, kh * kw))
+        picked = bb.emit(
+            op.gather_elements(relax.const(np.ascontiguousarray(table)), first, axis=4)
+        )
+        base = (np.arange(n * c, dtype=np.int64) * h * w).reshape(n, c, 1, 1)
+        idx = op.add(op.squeeze(picked, [4]), relax.const(base))
+        return relax.Tuple([y, bb.emit(idx)])
+
+
+@register("Col2Im")
+class Col2Im(_onnx_converter_base()):  # type: ignore[misc]
+    """ONNX Col2Im (opset 18), any number of spatial dimensions: each kernel offset's column
+    ``[N, C, *blocks]`` is spread to its image positions (``dilate`` by the strides, then
+    padded to its offset), the offsets are summed, and the padding is cropped. The image and
+    block shapes must be constants (as graph inputs they are guards, ``onnx_guards``)."""
+
+    @classmethod
+    def _impl_v18(cls, bb: Any, inputs: Any, attr: dict[str, Any], params: Any) -> Any:
+        import itertools
+        import math
+
+        from tvm import relax, topi
+
+        from terrazzo.errors import FrontendError
+
+        op = relax.op
+        x = inputs[0]
+        image, block = _const_array(inputs[1]), _const_array(inputs[2])
+        if image is None or block is None:
+            raise FrontendError("ONNX Col2Im: image_shape and block_shape must be constants")
+        image = [int(v) for v in image.reshape(-1)]
+        block = [int(v) for v in block.reshape(-1)]
+        r = len(image)
+        n, ck, length = _static(x, "Col2Im")
+        k = math.prod(block)
+        dil = [int(v) for v in attr.get("dilations", [1] * r)]
+        strides = [int(v) for v in attr.get("strides", [1] * r)]
+        pads = [int(v) for v in attr.get("pads", [0] * (2 * r))]
+        begin, end = pads[:r], pads[r:]
+        blocks = [
+            (image[a] + begin[a] + end[a] - dil[a] * (block[a] - 1) - 1) // strides[a] + 1
+            for a in range(r)
+        ]
+        if ck % k or math.prod(blocks) != length or min(blocks) < 1:
+            raise FrontendError(
+                f"ONNX Col2Im: input [{n}, {ck}, {length}] does not fit image {image}, "
+                f"block {block}"
+            )
+        c = ck // k
+        cols = bb.emit(op.reshape(x, [n, c, k, *blocks]))
+        padded = [image[a] + begin[a] + end[a] for a in range(r)]
+        total: Any = None
+        for idx, offs in enumerate(itertools.product(*(range(b) for b in block))):
+            col = bb.emit(op.squeeze(op.strided_slice(cols, [2], [idx], [idx + 1]), [2]))
+            if any(s > 1 for s in strides):
+                col = bb.emit_te(topi.nn.dilate, col, [1, 1, *strides])
+            at = [offs[a] * dil[a] for a in range(r)]
+            span = [(blocks[a] - 1) * strides[a] + 1 for a in range(r)]
+            after = [padded[a] - at[a] - span[a] for a in range(r)]
+            col = bb.emit_te(topi.nn.pad, col, [0, 0, *at], [0, 0, *after], 0.0)
+            total = col if total is None else bb.emit(op.add(total, col))
+        return op.strided_slice(
+            total, list(range(2, 2 + r)), begin, [begin[a] + image[a] for a in range(r)]
+        )
+
+
+@register("BitCast")
+class BitCast(_onnx_converter_base()):  # type: ignore[misc]
+    """ONNX BitCast (opset 26): the same bits read as another type of the same width
+    (``topi.reinterpret``); other widths are refused."""
+
+    @classmethod
+    def _impl_v26(cls, bb: Any, inputs: Any, attr: dict[str, Any], params: Any) -> Any:
+        import numpy as np
+        import onnx
+        from tvm import topi
+
+        from terrazzo.errors import FrontendError
+
+        x = inputs[0]
+        src = np.dtype(str(x.ty.dtype))
+        dst = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(int(attr["to"])))
+        if src.itemsize != dst.itemsize or dst.kind not in "iufb" or src.kind not in "iufb":
+            raise FrontendError(f"ONNX BitCast: {src} to {dst} is not supported (same width only)")
+        if src == dst:
+            return x
+        return bb.emit_te(topi.reinterpret, x, str(dst))
+
+
+@register("Det")
+class Det(_onnx_converter_base()):  # type: ignore[misc]
+    """ONNX Det (opset 11) of ``[..., n, n]`` for n up to 4, by the Leibniz sum over the n!
+    permutations (exact arithmetic order aside; larger matrices are refused)."""
+
+    @classmethod
+    def _impl_v11(cls, bb: Any, inputs: Any, attr: dict[str, Any], params: Any) -> Any:
+        import itertools
+
+        from tvm import relax
+
+        from terrazzo.errors import FrontendError
+
+        op = relax.op
+        x = inputs[0]
+        dims = _static(x, "Det")
+        if len(dims) < 2 or dims[-1] != dims[-2] or not 1 <= dims[-1] <= 4:
+            raise FrontendError(f"ONNX Det: shape {dims} (square matrices up to 4x4 only)")
+        n, r = dims[-1], len(dims)
+        entry = {
+            (i, j): bb.emit(
+                op.reshape(op.strided_slice(x, [r - 2, r - 1], [i, j], [i + 1, j + 1]), dims[:-2])
+            )
+            for i in range(n)
+            for j in range(n)
+        }
+        total: Any = None
+        for perm in itertools.permutations(range(n)):
+            inversions = sum(perm[a] > perm[b] for a in range(n) for b in range(a + 1, n))
+            term: Any = entry[0, perm[0]]
+            for i in range(1, n):
+                term = bb.emit(op.multiply(term, entry[i, perm[i]]))
+            if total is None:
+                total = term if inversions % 2 == 0 else bb.emit(op.negative(term))
+            elif inversions % 2:
+                total = bb.emit(op.subtract(total, term))
+            else:
+                total = bb.emit(op.add(total, term))
+        return total

@@ -6,6 +6,7 @@ stages against it).
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -14,15 +15,25 @@ import numpy as np
 from terrazzo.errors import CodegenError, FrontendError
 from terrazzo.frontend.fixups import prepare_for_build
 from terrazzo.frontend.ieee import NanPropagatingMinMax
+from terrazzo.frontend.onnx_guards import (
+    GUARD_CACHE_SIZE,
+    GuardedGraph,
+    describe_values,
+    guard_key,
+)
 from terrazzo.frontend.onnx_import import sanitize_name
 from terrazzo.ir import Graph
 
 
-def build_cpu(graph: Graph) -> Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]:
+def build_cpu(
+    graph: Graph | GuardedGraph,
+) -> Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]:
     """Compile ``graph.relax_mod`` for the local CPU (``llvm``) after ``prepare_for_build``.
 
     Args:
-        graph: a model graph from ``from_onnx``/``from_torch``.
+        graph: a model graph from ``from_onnx``/``from_torch``; or a ``GuardedGraph``
+            (``from_onnx(guards=True)``): then each call builds, or reuses, the
+            specialisation on the guard inputs' values (see :class:`GuardedRunner`).
 
     Returns:
         A function from ``{input name: array}`` to ``{output name: array}``.
@@ -33,6 +44,8 @@ def build_cpu(graph: Graph) -> Callable[[Mapping[str, np.ndarray]], dict[str, np
     import tvm
     from tvm import relax
 
+    if isinstance(graph, GuardedGraph):
+        return GuardedRunner(graph)
     if graph.relax_mod is None:
         raise FrontendError(f"graph {graph.name!r} has no Relax module (not from a frontend)")
     try:
@@ -73,6 +86,56 @@ def build_cpu(graph: Graph) -> Callable[[Mapping[str, np.ndarray]], dict[str, np
         return dict(zip(graph.outputs, leaves, strict=True))
 
     return run
+
+
+class GuardedRunner:
+    """Runs a GuardedGraph: per call, the build specialised on the guard inputs' values.
+
+    Builds are kept in an LRU cache of ``cache_size`` keyed by the exact values
+    (``onnx_guards.guard_key``: dtype, shape and bytes), so a build is only reused for the
+    very value it was made for. ``builds`` lists the values built so far, oldest first;
+    ``last_key`` is the key of the build the last call ran.
+    """
+
+    def __init__(self, graph: GuardedGraph, cache_size: int = GUARD_CACHE_SIZE) -> None:
+        self.graph = graph
+        self.cache_size = max(1, int(cache_size))
+        self._cache: OrderedDict[Any, tuple[Graph, Callable[..., dict[str, np.ndarray]]]] = (
+            OrderedDict()
+        )
+        self.built = 0
+        self.last_key: Any = None
+
+    @property
+    def builds(self) -> list[str]:
+        return [", ".join(f"{n}={_shown(b, d, s)}" for n, d, s, b in k) for k in self._cache]
+
+    def __call__(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        values = self.graph.guard_values(inputs)
+        key = guard_key(values)
+        entry = self._cache.get(key)
+        if entry is None:
+            spec = self.graph.specialise(values)
+            try:
+                fn = build_cpu(spec)
+            except CodegenError as e:
+                raise CodegenError(f"specialisation on {describe_values(values)}: {e}") from None
+            entry = (spec, fn)
+            self._cache[key] = entry
+            self.built += 1
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(key)
+        self.last_key = key
+        spec, fn = entry
+        guards = set(self.graph.guard_names) | {sanitize_name(n) for n in self.graph.guard_names}
+        rest = {k: v for k, v in inputs.items() if k not in guards}
+        return fn(rest)
+
+
+def _shown(raw: bytes, dtype: str, shape: tuple[int, ...]) -> str:
+    return str(np.frombuffer(raw, dtype=np.dtype(dtype)).reshape(shape).tolist())
 
 
 def _input_checks(graph: Graph) -> dict[str, Callable[[tuple[int, ...]], None]]:

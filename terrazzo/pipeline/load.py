@@ -38,8 +38,16 @@ def load_model(
     ``shapes`` declares input sizes and ranges (a range keeps a dimension symbolic);
     ``plan_shapes`` the shape the graph's costs assume (default: the ranges' upper bounds).
     """
+    from terrazzo.frontend import GuardedGraph
     from terrazzo.ir import Graph
 
+    if isinstance(model, GuardedGraph):
+        names = ", ".join(repr(n) for n in model.guard_names)
+        raise CodegenError(
+            f"{model.path.name}: input(s) {names} decide output shapes by their value (guards); "
+            "a bundle holds one static build: import with "
+            "from_onnx(path, constant_inputs={name: value}) and compile that graph"
+        )
     if isinstance(model, Graph):
         if model.relax_mod is None:
             raise CodegenError(

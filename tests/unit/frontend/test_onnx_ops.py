@@ -114,14 +114,18 @@ def _single_node_model(path: Path, node, ins, outs, opset: int) -> None:  # type
     onnx.save(model, str(path))
 
 
-def _compare_all(path: Path, feeds: dict[str, np.ndarray]) -> None:
-    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)
+def _compare_all(path: Path, *feed_sets: dict[str, np.ndarray]) -> None:
+    """One build, checked against onnxruntime on each set of inputs."""
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     graph = from_onnx(path)
-    got = build_cpu(graph)({g: feeds[n] for g, n in zip(graph.inputs, feeds, strict=True)})
-    assert len(got) == len(want)
-    for g, w in zip(got.values(), want, strict=True):
-        assert g.shape == w.shape
-        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5, equal_nan=True)
+    run = build_cpu(graph)
+    for feeds in feed_sets:
+        want = sess.run(None, feeds)
+        got = run({g: feeds[n] for g, n in zip(graph.inputs, feeds, strict=True)})
+        assert len(got) == len(want)
+        for g, w in zip(got.values(), want, strict=True):
+            assert g.shape == w.shape
+            np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5, equal_nan=True)
 
 
 @pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
@@ -301,17 +305,22 @@ def test_isinf_detect_sign(tmp_path: Path, neg: int, pos: int) -> None:
     _compare_all(p, {"x": np.array([-np.inf, np.inf, np.nan, 0.0, -1.0], np.float32)})
 
 
-def test_batchnorm_training_mode_is_refused(tmp_path: Path) -> None:
+def test_batchnorm_training_mode_matches_onnxruntime(tmp_path: Path) -> None:
+    # was refused; now the batch statistics and the running mean/variance outputs
     p = tmp_path / "bn.onnx"
-    node = helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y"], training_mode=1)
+    node = helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"],
+                            ["y", "rm", "rv"], training_mode=1, momentum=0.7)  # fmt: skip
     ins = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4])] + [
         helper.make_tensor_value_info(n, TensorProto.FLOAT, [3]) for n in "sbmv"
     ]
-    _single_node_model(
-        p, node, ins, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], 15
-    )
-    with pytest.raises(FrontendError, match="BatchNormalization: attribute 'training_mode'"):
-        from_onnx(p)
+    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("y", "rm", "rv")]
+    _single_node_model(p, node, ins, outs, 15)
+    rng = np.random.default_rng(0)
+    feeds = {"x": rng.standard_normal((2, 3, 4)).astype(np.float32) * 3 + 1}
+    for n in "sbm":
+        feeds[n] = rng.standard_normal(3).astype(np.float32)
+    feeds["v"] = rng.uniform(0.5, 2, 3).astype(np.float32)
+    _compare_all(p, feeds)
 
 
 def test_convtranspose_output_shape_wrong_is_refused(tmp_path: Path) -> None:
@@ -328,3 +337,154 @@ def test_convtranspose_output_shape_wrong_is_refused(tmp_path: Path) -> None:
     )
     with pytest.raises(FrontendError, match="ConvTranspose: attribute 'output_shape'"):
         from_onnx(p)
+
+
+def test_pad_with_run_time_constant_value_matches_onnxruntime(tmp_path: Path) -> None:
+    # TVM's converter read constant_value as a constant only ('Var' object has no attribute)
+    p = tmp_path / "pad.onnx"
+    node = helper.make_node("Pad", ["x", "pads", "c"], ["y"], mode="constant")
+    pads = onnx.numpy_helper.from_array(np.array([0, 1, 2, 0], np.int64), "pads")
+    ins = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3]),
+           helper.make_tensor_value_info("c", TensorProto.FLOAT, [])]  # fmt: skip
+    g = helper.make_graph([node], "g", ins, [helper.make_tensor_value_info("y", 1, None)], [pads])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+    m.ir_version = 10
+    onnx.save(m, str(p))
+    x = np.array([[1, 2, 3], [4, np.nan, -np.inf]], np.float32)
+    _compare_all(p, *({"x": x, "c": np.asarray(c, np.float32)} for c in (2.5, np.nan, -np.inf)))
+
+
+def test_rms_normalization_over_every_axis_matches_onnxruntime(tmp_path: Path) -> None:
+    # axis 0 failed to build in TVM ("Tensor dimension mismatch in read ndim = 1")
+    p = tmp_path / "rms.onnx"
+    node = helper.make_node("RMSNormalization", ["x", "s"], ["y"], axis=0, epsilon=1e-3)
+    ins = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3]),
+           helper.make_tensor_value_info("s", TensorProto.FLOAT, [2, 3])]  # fmt: skip
+    _single_node_model(p, node, ins, [helper.make_tensor_value_info("y", 1, None)], 23)
+    rng = np.random.default_rng(1)
+    _compare_all(p, {"x": rng.standard_normal((2, 3)).astype("f4"),
+                     "s": rng.standard_normal((2, 3)).astype("f4")})  # fmt: skip
+
+
+def test_center_crop_pad_and_upsample_match_onnxruntime(tmp_path: Path) -> None:
+    shape = onnx.numpy_helper.from_array(np.array([3, 7], np.int64), "shape")
+    node = helper.make_node("CenterCropPad", ["x", "shape"], ["y"], axes=[1, 2])
+    ins = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 6, 4])]
+    g = helper.make_graph([node], "g", ins, [helper.make_tensor_value_info("y", 1, None)], [shape])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+    m.ir_version = 10
+    onnx.save(m, str(tmp_path / "ccp.onnx"))
+    x = np.arange(48, dtype=np.float32).reshape(2, 6, 4)
+    _compare_all(tmp_path / "ccp.onnx", {"x": x})  # axis 1 cropped 6 → 3, axis 2 padded 4 → 7
+    # Upsample-9 with a scale of 3: nearest is floor(i / 3) (TVM's own rounded it)
+    scales = onnx.numpy_helper.from_array(np.array([1, 1, 2, 3], np.float32), "scales")
+    node = helper.make_node("Upsample", ["x", "scales"], ["y"], mode="nearest")
+    ins = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 2, 2])]
+    g = helper.make_graph([node], "g", ins, [helper.make_tensor_value_info("y", 1, None)], [scales])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 9)])
+    m.ir_version = 4
+    onnx.save(m, str(tmp_path / "up.onnx"))
+    _compare_all(tmp_path / "up.onnx", {"x": np.arange(8, dtype=np.float32).reshape(1, 2, 2, 2)})
+
+
+def test_constant_value_ints_inside_if_branches_import(tmp_path: Path) -> None:
+    # 'no value in Constant': value_floats inside a subgraph was not rewritten
+    def branch(name: str, vals: list[float]) -> object:
+        c = helper.make_node("Constant", [], ["o"], value_floats=vals)
+        return helper.make_graph([c], name, [], [helper.make_tensor_value_info("o", 1, [2])])
+
+    node = helper.make_node("If", ["c"], ["t"], then_branch=branch("a", [1.0, 2.0]),
+                            else_branch=branch("b", [3.0, 4.0]))  # fmt: skip
+    add = helper.make_node("Add", ["t", "x"], ["y"])
+    ins = [helper.make_tensor_value_info("c", TensorProto.BOOL, []),
+           helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])]  # fmt: skip
+    g = helper.make_graph([node, add], "g", ins, [helper.make_tensor_value_info("y", 1, None)])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+    m.ir_version = 10
+    onnx.save(m, str(tmp_path / "if.onnx"))
+    x = np.ones(2, np.float32)
+    _compare_all(
+        tmp_path / "if.onnx", {"c": np.array(True), "x": x}, {"c": np.array(False), "x": x}
+    )
+
+
+def test_rotary_embedding_and_tensor_scatter_match_onnxruntime(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    # RotaryEmbedding, 3-D input with num_heads, position ids, interleaved, partial rotation
+    node = helper.make_node("RotaryEmbedding", ["x", "cos", "sin", "pos"], ["y"],
+                            interleaved=1, num_heads=2, rotary_embedding_dim=4)  # fmt: skip
+    ins = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 12]),
+           helper.make_tensor_value_info("cos", TensorProto.FLOAT, [5, 2]),
+           helper.make_tensor_value_info("sin", TensorProto.FLOAT, [5, 2]),
+           helper.make_tensor_value_info("pos", TensorProto.INT64, [2, 3])]  # fmt: skip
+    _single_node_model(tmp_path / "rope.onnx", node, ins,
+                       [helper.make_tensor_value_info("y", 1, None)], 23)  # fmt: skip
+    _compare_all(tmp_path / "rope.onnx", {
+        "x": rng.standard_normal((2, 3, 12)).astype("f4"),
+        "cos": rng.standard_normal((5, 2)).astype("f4"),
+        "sin": rng.standard_normal((5, 2)).astype("f4"),
+        "pos": np.array([[0, 1, 2], [4, 3, 0]], np.int64)})  # fmt: skip
+    # TensorScatter, circular: writes that run past the end wrap to the front
+    node = helper.make_node("TensorScatter", ["past", "upd", "w"], ["y"], mode="circular")
+    ins = [helper.make_tensor_value_info("past", TensorProto.FLOAT, [2, 5, 3]),
+           helper.make_tensor_value_info("upd", TensorProto.FLOAT, [2, 2, 3]),
+           helper.make_tensor_value_info("w", TensorProto.INT64, [2])]  # fmt: skip
+    _single_node_model(tmp_path / "ts.onnx", node, ins,
+                       [helper.make_tensor_value_info("y", 1, None)], 24)  # fmt: skip
+    past = np.zeros((2, 5, 3), np.float32)
+    upd = np.arange(1, 13, dtype=np.float32).reshape(2, 2, 3)
+    _compare_all(tmp_path / "ts.onnx", {"past": past, "upd": upd, "w": np.array([4, 1])},
+                 {"past": past + 1, "upd": upd, "w": np.array([0, 3])})  # fmt: skip
+
+
+def test_maxpool_indices_output_matches_onnxruntime(tmp_path: Path) -> None:
+    # TVM's converter gave one output ("Missing outputs ... Expected 2 but Got 1")
+    a = helper.make_node("MaxPool", ["x"], ["y1", "i1"], kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    b = helper.make_node("MaxPool", ["x"], ["y2", "i2"], kernel_shape=[2, 2], strides=[2, 2],
+                         storage_order=1)  # fmt: skip
+    outs = [helper.make_tensor_value_info(n, 1 if n[0] == "y" else 7, None)
+            for n in ("y1", "i1", "y2", "i2")]  # fmt: skip
+    g = helper.make_graph([a, b], "g", [helper.make_tensor_value_info("x", 1, [2, 2, 5, 5])], outs)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 12)])
+    m.ir_version = 10
+    onnx.save(m, str(tmp_path / "mp.onnx"))
+    x = np.random.default_rng(3).standard_normal((2, 2, 5, 5)).astype("f4")
+    x[0, 0, 0, :] = -np.inf  # windows that hold -inf and padding
+    x[1, 1, 2, 2] = x[1, 1, 2, 3]  # a tie: the first in scan order wins
+    _compare_all(tmp_path / "mp.onnx", {"x": x})
+
+
+def test_col2im_with_strides_pads_and_dilations_matches_onnxruntime(tmp_path: Path) -> None:
+    image = onnx.numpy_helper.from_array(np.array([6, 5], np.int64), "image")
+    block = onnx.numpy_helper.from_array(np.array([2, 3], np.int64), "block")
+    node = helper.make_node("Col2Im", ["x", "image", "block"], ["y"], strides=[2, 1],
+                            pads=[1, 0, 0, 1], dilations=[1, 2])  # fmt: skip
+    # blocks: (6 + 1 - 1 - 1) // 2 + 1 = 3 by (5 + 1 - 4 - 1) // 1 + 1 = 2
+    ins = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 2 * 6, 6])]
+    g = helper.make_graph([node], "g", ins, [helper.make_tensor_value_info("y", 1, None)],
+                          [image, block])  # fmt: skip
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+    m.ir_version = 10
+    onnx.save(m, str(tmp_path / "c2i.onnx"))
+    x = np.random.default_rng(4).standard_normal((2, 12, 6)).astype("f4")
+    _compare_all(tmp_path / "c2i.onnx", {"x": x})
+
+
+def test_bitcast_matches_onnxruntime(tmp_path: Path) -> None:
+    node = helper.make_node("BitCast", ["x"], ["y"], to=TensorProto.INT32)
+    ins = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])]
+    outs = [helper.make_tensor_value_info("y", TensorProto.INT32, None)]
+    _single_node_model(tmp_path / "bc.onnx", node, ins, outs, 26)
+    x = np.array([1.0, -2.5, np.nan, -np.inf], "f4")
+    got = build_cpu(from_onnx(tmp_path / "bc.onnx"))({"x": x})["y"]
+    want = ort.InferenceSession(str(tmp_path / "bc.onnx")).run(None, {"x": x})[0]
+    assert got.dtype == np.int32 and np.array_equal(got, want)  # exact: the same bits
+
+
+def test_det_matches_onnxruntime(tmp_path: Path) -> None:
+    node = helper.make_node("Det", ["x"], ["y"])
+    ins = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 3])]
+    _single_node_model(tmp_path / "det.onnx", node, ins,
+                       [helper.make_tensor_value_info("y", 1, None)], 22)  # fmt: skip
+    x = np.random.default_rng(5).standard_normal((2, 3, 3)).astype("f4")
+    _compare_all(tmp_path / "det.onnx", {"x": x})
