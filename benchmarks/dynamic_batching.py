@@ -2,7 +2,10 @@
 
 A small BERT encoder (``transformers.BertModel``, random weights, a tiny config) is exported to
 ONNX with a dynamic batch dimension, compiled once (batch 1..64, every op on the CPU class, one
-stage) and served twice behind the gateway: without batching (one request = one execution)
+stage, with static builds at the ``--buckets`` batch sizes beside the symbolic build: CPU
+schedules apply to static kernels only, and the symbolic build alone runs TVM's plain loop nests,
+~20x slower here; ``--buckets none`` serves the symbolic build) and served twice behind the
+gateway: without batching (one request = one execution)
 and with the stage worker's dynamic batcher (``--max-batch-size 32``, ``--max-queue-delay-us
 0``: whatever queued while the stage was busy runs as the next batch). A load process of
 closed-loop ``tritonclient.grpc`` clients (one per concurrency slot, batch-1 requests) measures
@@ -14,7 +17,14 @@ branches without outputs); only stage 0 is served, so the rows measure the encod
 
 ``cpu-in-gw`` rows run the encoder stage inside the gateway process (``stage_in_gateway``): no
 worker hop, so what remains per request is the client hop, the gateway's Python and the
-kernels. ``exec_ms_batch{1,8,32}`` (in-process execution) show what a batch costs per row.
+kernels. ``exec_ms_batch{N}`` (in-process execution of the served build) show what a batch
+costs per row; ``exec_ms_symbolic_batch{N}`` the symbolic build of the same bundle.
+
+``cpu_ms_per_request`` splits where the CPU time of a row went: the gateway process (this one:
+gRPC server, gateway Python, the hop's client side), the stage worker process (the hop's
+server side, batcher, kernels; ``kernel_ms_per_request`` is the worker's execution time alone)
+and the load process (the ``tritonclient`` clients). On a 2-core host these compete for the
+same cores: their sum per request bounds throughput.
 
 ``simulated`` rows serve the same bundle with a fixed 20 ms added to every *execution* (the
 runner's ``execute_delay_s``, Triton's ``execute_delay_ms``): a device whose cost per execution
@@ -46,6 +56,7 @@ from benchmarks._common import print_table, write_result  # noqa: E402
 
 SEQ = 16
 MAX_BATCH = 64
+BUCKETS = "1,2,4,8,16,32"  # the batcher merges at most 32 rows (--max-batch-size 32)
 SLA_S = 0.5
 CONFIG = {
     "vocab_size": 1000,
@@ -57,8 +68,9 @@ CONFIG = {
 }
 
 
-def build_bundle(d: Path) -> Path:
-    """Export the encoder to ONNX (dynamic batch) and compile it as one CPU stage."""
+def build_bundle(d: Path, buckets: str | None = BUCKETS) -> Path:
+    """Export the encoder to ONNX (dynamic batch) and compile it as one CPU stage (with static
+    builds at ``buckets``; None: the symbolic build only)."""
     import torch
     import transformers
 
@@ -92,7 +104,7 @@ def build_bundle(d: Path) -> Path:
     prob = to_problem(from_onnx(onnx_path, shapes=shapes), fleet, sla, 1.0)
     plan = build_plan(prob, np.zeros(len(prob.tasks), dtype=int), "all-cpu", 0.0)
     res = compile_model(onnx_path, fleet, sla, out_path=d / "bert.tzb", plan=plan,
-                        shapes=shapes, include_reference=False)  # fmt: skip
+                        shapes=shapes, include_reference=False, batch_buckets=buckets)  # fmt: skip
     return Path(res.path)
 
 
@@ -108,6 +120,7 @@ def load(port: int, concurrency: int, duration_s: float) -> dict[str, Any]:
     """Closed-loop clients (run in their own process): latencies of completed requests."""
     import tritonclient.grpc as tc
 
+    cpu0 = time.process_time()
     stop_at = time.perf_counter() + duration_s
     lat: list[float] = []
     errors = [0]
@@ -145,7 +158,8 @@ def load(port: int, concurrency: int, duration_s: float) -> dict[str, Any]:
     for t in threads:
         t.join()
     wall = time.perf_counter() - t_begin
-    return {"latencies_s": lat, "errors": errors[0], "wall_s": wall}
+    cpu = time.process_time() - cpu0  # the clients' CPU (warm-up and connects included)
+    return {"latencies_s": lat, "errors": errors[0], "wall_s": wall, "cpu_s": cpu}
 
 
 def _run_load(port: int, concurrency: int, duration_s: float) -> dict[str, Any]:
@@ -160,6 +174,18 @@ def _run_load(port: int, concurrency: int, duration_s: float) -> dict[str, Any]:
     if out.returncode != 0:
         raise RuntimeError(out.stderr.strip().splitlines()[-1])
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _proc_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (``/proc/<pid>/stat``)."""
+    import os
+
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _worker_pids(server: Any) -> list[int]:
+    return [int(w["handle"].pid) for w in server.workers() if hasattr(w["handle"], "pid")]
 
 
 def _stage0(server: Any) -> dict[str, Any]:
@@ -203,17 +229,31 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--duration-s", type=float, default=6.0, help="seconds per measured row")
     ap.add_argument("--quick", action="store_true", help="2 s per row, concurrency 1 and 32")
+    ap.add_argument(
+        "--buckets",
+        default=BUCKETS,
+        help=f"static batch builds (default {BUCKETS}; 'none': symbolic only)",
+    )
+    ap.add_argument(
+        "--devices",
+        default="cpu,cpu-in-gw,simulated",
+        help="rows to run (cpu, cpu-in-gw, simulated)",
+    )
     args = ap.parse_args()
+    buckets = None if args.buckets == "none" else args.buckets
+    import os
+
     duration = 2.0 if args.quick else args.duration_s
     concurrencies = (1, 32) if args.quick else (1, 8, 32)
 
     from terrazzo.runtime import BatchingOptions, ServingPlan, serve
 
     rows: list[dict[str, Any]] = []
-    extra: dict[str, Any] = {"model": CONFIG, "seq": SEQ, "sla_s": SLA_S, "duration_s": duration}
+    extra: dict[str, Any] = {"model": CONFIG, "seq": SEQ, "sla_s": SLA_S, "duration_s": duration,
+                             "buckets": buckets, "load_avg_start": list(os.getloadavg())}  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        bundle = build_bundle(Path(tmp))
+        bundle = build_bundle(Path(tmp), buckets)
         extra["compile_s"] = time.perf_counter() - t0
         base = replace(ServingPlan.from_bundle(bundle, allow_unsigned=True), model_name="bert")
         # The planner emits the encoder as stage 0 plus empty stages for dead shape branches
@@ -227,13 +267,26 @@ def main() -> None:
 
         with open_bundle(bundle, allow_unsigned=True) as b:  # in-process execution cost
             runners = b.load_stages()
-            for rows_n in (1, 8, 32):
+            extra["bucket_sizes"] = list(runners[0].bucket_sizes)
+
+            def exec_ms(rows_n: int, reps: int) -> float:
                 f = {k: np.repeat(v, rows_n, axis=0) for k, v in _feeds(0).items()}
                 b.run(f, runners)
                 t1 = time.perf_counter()
-                for _ in range(5):
+                for _ in range(reps):
                     b.run(f, runners)
-                extra[f"exec_ms_batch{rows_n}"] = (time.perf_counter() - t1) / 5 * 1e3
+                return (time.perf_counter() - t1) / reps * 1e3
+
+            for rows_n in (1, 3, 8, 17, 32):
+                extra[f"exec_ms_batch{rows_n}"] = exec_ms(rows_n, 20)
+            buckets_of = [(r, r._buckets) for r in runners]
+            for r, _ in buckets_of:
+                r.attach_buckets([])  # the symbolic build of the same stage
+            for rows_n in (1, 8, 32):
+                extra[f"exec_ms_symbolic_batch{rows_n}"] = exec_ms(rows_n, 3)
+            for r, bk in buckets_of:
+                r.attach_buckets(bk)
+            print(json.dumps({k: v for k, v in extra.items() if k.startswith("exec")}), flush=True)
         simulated = replace(
             base,
             stages=tuple(
@@ -241,7 +294,10 @@ def main() -> None:
             ),
         )
         batching = BatchingOptions(max_batch_size=32, max_queue_delay_us=0)
+        wanted = args.devices.split(",")
         for device, plan in (("cpu", base), ("cpu-in-gw", base), ("simulated", simulated)):
+            if device not in wanted:
+                continue
             for mode, opts in (("unbatched", None), ("batched", batching)):
                 in_gw = device == "cpu-in-gw"  # the stage in the gateway process: no hop
                 with serve(
@@ -249,9 +305,12 @@ def main() -> None:
                 ) as server:
                     if device == "cpu" and mode == "batched":
                         extra["max_abs_diff_batched_vs_unbatched"] = _check_outputs(server, bundle)
+                    pids = _worker_pids(server)
                     for conc in concurrencies:
                         s0 = _stage0(server)
+                        gw0, w0 = time.process_time(), sum(_proc_cpu_s(p) for p in pids)
                         res = _run_load(server.port, conc, duration)
+                        gw1, w1 = time.process_time(), sum(_proc_cpu_s(p) for p in pids)
                         s1 = _stage0(server)
                         lat = np.asarray(res["latencies_s"])
                         reqs = s1["request_count"] - s0["request_count"]
@@ -269,6 +328,18 @@ def main() -> None:
                                 "p99_ms": p99 * 1e3,
                                 "p99_within_sla": bool(p99 <= SLA_S),
                                 "rows_per_execution": reqs / execs if execs else None,
+                                "executions": int(execs),
+                                "inferences": int(s1["inference_count"] - s0["inference_count"]),
+                                "cpu_ms_per_request": {
+                                    "gateway": (gw1 - gw0) / max(1, reqs) * 1e3,
+                                    "worker": (w1 - w0) / max(1, reqs) * 1e3,
+                                    "client": res["cpu_s"] / max(1, reqs) * 1e3,
+                                },
+                                "kernel_ms_per_request": (
+                                    s1["compute_infer_s"] - s0["compute_infer_s"]
+                                )
+                                / max(1, reqs)
+                                * 1e3,
                             }
                         )
                         print(json.dumps(rows[-1]), flush=True)
@@ -282,8 +353,13 @@ def main() -> None:
                 and u["concurrency"] == r["concurrency"]
             )
             r["speedup"] = r["throughput_rps"] / un["throughput_rps"]
+    for r in rows:  # flat columns for the table
+        cpu = r["cpu_ms_per_request"]
+        r["cpu_ms_gw/wk/cl"] = f"{cpu['gateway']:.2f}/{cpu['worker']:.2f}/{cpu['client']:.2f}"
+        r["kernel_ms"] = r["kernel_ms_per_request"]
     cols = ["device", "mode", "concurrency", "requests", "errors", "throughput_rps", "p50_ms",
-            "p99_ms", "p99_within_sla", "rows_per_execution", "speedup"]  # fmt: skip
+            "p99_ms", "p99_within_sla", "rows_per_execution", "speedup", "cpu_ms_gw/wk/cl",
+            "kernel_ms"]  # fmt: skip
     print_table(rows, cols, title="Dynamic batching: tiny BERT encoder, batch-1 requests")
     print(json.dumps({k: v for k, v in extra.items() if k != "model"}))
     path = write_result("dynamic_batching", rows, extra)

@@ -100,6 +100,7 @@ class StageInfo:
     files: Mapping[str, str] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
     predicted_latency_s: float | None = None
+    buckets: Mapping[str, Any] | None = None
 
     @staticmethod
     def from_json(d: Mapping[str, Any]) -> StageInfo:
@@ -116,7 +117,23 @@ class StageInfo:
             files=dict(d.get("files", {})),
             notes=tuple(d.get("notes", ())),
             predicted_latency_s=d.get("predicted_latency_s"),
+            buckets=_buckets_json(d.get("buckets"), int(d["index"])),
         )
+
+
+def _buckets_json(d: Any, index: int) -> dict[str, Any] | None:
+    """A stage's ``buckets`` entry, checked (symbol text, positive integer sizes)."""
+    if d is None:
+        return None
+    ok = (isinstance(d, dict) and isinstance(d.get("symbol"), str)
+          and isinstance(d.get("sizes"), list) and d["sizes"]
+          and all(isinstance(n, int) and n > 0 for n in d["sizes"]))  # fmt: skip
+    if not ok:
+        raise BundleError(
+            f"member {MANIFEST!r}: stage {index} 'buckets' must be "
+            '{"symbol": str, "sizes": [positive int, ...]}'
+        )
+    return {"symbol": d["symbol"], "sizes": sorted(d["sizes"])}
 
 
 def _check_name(name: str) -> None:

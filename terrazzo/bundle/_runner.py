@@ -3,7 +3,10 @@
 A StageRunner maps input name → array to output name → array. When the stage's planned
 device is not present here it runs the host-CPU build and says so in ``note``. Libraries that
 export a weight-preparation function (``main_transform_params``, format version 2) have it run
-once at load; the prepared weights stay on the device for every call.
+once at load; the prepared weights stay on the device for every call. A stage with static
+builds at a few batch sizes (buckets, ``codegen._buckets``) runs a batch of ``n`` rows on the
+smallest bucket ``>= n`` (on the CPU), padded with copies of its last row whose outputs are
+dropped; a batch above the largest bucket runs on the symbolic build.
 """
 
 from __future__ import annotations
@@ -167,7 +170,28 @@ class StageRunner:
             self._weights = [prep] if hasattr(prep, "numpy") else list(prep)
         else:
             self._weights = raw
+        # Static builds at a few batch sizes (``attach_buckets``): (size, runner), ascending.
+        self._buckets: list[tuple[int, StageRunner]] = []
+        #: Calls per bucket size (0: the symbolic build), for reports and tests.
+        self.bucket_calls: dict[int, int] = {}
         self._prepare_call_path()
+
+    def attach_buckets(self, buckets: list[tuple[int, StageRunner]]) -> None:
+        """Run batches of up to ``max(size)`` rows on these static builds of this stage.
+
+        Each runner is this stage built with dimension 0 of every input and output fixed to
+        ``size``. A runner whose prepared weights equal this one's (the weight preparation
+        does not depend on the batch) shares them, so buckets cost no weight memory.
+        """
+        for _, r in buckets:
+            if _same_tensors(r._weights, self._weights):
+                r._weights = self._weights
+        self._buckets = sorted(buckets, key=lambda b: b[0])
+
+    @property
+    def bucket_sizes(self) -> tuple[int, ...]:
+        """The batch sizes this stage has static builds for (empty: the symbolic build only)."""
+        return tuple(n for n, _ in self._buckets)
 
     def _prepare_call_path(self) -> None:
         """Everything a call needs, computed once: names, dtypes, shapes, staging buffers.
@@ -257,6 +281,17 @@ class StageRunner:
             note=note,
         )
         runner._bundle = bundle  # keep the extracted files alive as long as the runner
+        if ran_on == "cpu" and info.buckets and info.index >= 0:
+            sizes = [int(n) for n in info.buckets["sizes"]]
+            runner.attach_buckets([
+                (n, StageRunner(
+                    str(bundle.member_path(info.files[f"host_b{n}"])), weights, tuple(info.weights),
+                    tuple(_fix_batch(t, n) for t in info.inputs),
+                    tuple(_fix_batch(t, n) for t in info.outputs),
+                    index=info.index, device=info.device, ran_on=ran_on, note=note,
+                ))
+                for n in sizes
+            ])  # fmt: skip
         return runner
 
     def share_input(self, name: str, array: np.ndarray) -> bool:
@@ -331,17 +366,50 @@ class StageRunner:
             ) from e
 
     def _call(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if not self._zero_copy:
-            args = self._device_args(inputs)
-            with self._call_lock:
-                result = self._fn(*args, *self._weights)
-            outs = [result] if hasattr(result, "numpy") else list(result)
-            return {n: r.numpy() for n, r in zip(self._out_names, outs, strict=True)}
         arrays = self._checked(inputs)
+        if self._buckets:
+            rows = int(arrays[0].shape[0])  # dimension 0 of every input is the batch
+            for size, bucket in self._buckets:
+                if size >= rows:
+                    self.bucket_calls[size] = self.bucket_calls.get(size, 0) + 1
+                    return bucket._run_rows(arrays, rows)
+            self.bucket_calls[0] = self.bucket_calls.get(0, 0) + 1
+        if not self._zero_copy:
+            return self._run_copied(arrays)
+        return self._run_staged(arrays)
+
+    def _run_copied(self, arrays: list[np.ndarray]) -> dict[str, np.ndarray]:
+        """Run on checked arrays copied to the device (a device, or symbolic shapes)."""
+        import tvm
+
+        # np.ascontiguousarray turns a 0-d array into shape (1,): reshape it back
+        args = [
+            tvm.runtime.tensor(np.ascontiguousarray(a).reshape(a.shape), self._dev) for a in arrays
+        ]
+        with self._call_lock:
+            result = self._fn(*args, *self._weights)
+        outs = [result] if hasattr(result, "numpy") else list(result)
+        return {n: r.numpy() for n, r in zip(self._out_names, outs, strict=True)}
+
+    def _run_staged(
+        self, arrays: list[np.ndarray], rows: int | None = None
+    ) -> dict[str, np.ndarray]:
+        """Run on checked arrays copied into the staging buffers (see ``_prepare_call_path``).
+
+        With ``rows`` (a bucket: every input and output has this stage's fixed batch at
+        dimension 0), the arrays hold ``rows`` rows: the rest of each buffer is filled with
+        copies of the last row (valid data: padding never feeds an embedding a stray index),
+        and each output is cut to its first ``rows`` rows.
+        """
         with self._call_lock:
             for buf, a in zip(self._staging, arrays, strict=True):
-                if buf is not a:  # a shared input (share_input) is already in place
+                if buf is a:  # a shared input (share_input) is already in place
+                    continue
+                if rows is None or rows == buf.shape[0]:
                     np.copyto(buf, a)
+                else:
+                    buf[:rows] = a
+                    buf[rows:] = a[rows - 1 : rows]
             result = self._fn(*self._staging_args, *self._weights)
             if hasattr(result, "numpy"):
                 flat: Any = (result,)
@@ -350,10 +418,26 @@ class StageRunner:
             else:
                 flat = list(result)
             copy_out = self._copy_out or self._learn_copies(flat)
-            return {
-                name: np.from_dlpack(r).copy() if copy else np.from_dlpack(r)
-                for name, r, copy in zip(self._out_names, flat, copy_out, strict=True)
-            }
+            out = {}
+            for name, r, copy in zip(self._out_names, flat, copy_out, strict=True):
+                v = np.from_dlpack(r)
+                if rows is not None and rows != v.shape[0]:
+                    v = v[:rows]  # a C-contiguous prefix: the padded rows' results are dropped
+                out[name] = v.copy() if copy else v
+            return out
+
+    def _run_rows(self, arrays: list[np.ndarray], rows: int) -> dict[str, np.ndarray]:
+        """Run a bucket (this runner, its batch fixed) on ``rows`` <= its batch rows."""
+        if self._zero_copy:
+            return self._run_staged(arrays, rows)
+        size = int(self._in_shapes[0][0])  # other dimensions still symbolic: pad copies
+        padded = [
+            a
+            if rows == size
+            else np.concatenate([a, np.repeat(a[rows - 1 : rows], size - rows, 0)])
+            for a in arrays
+        ]
+        return {n: v[:rows] for n, v in self._run_copied(padded).items()}
 
     def _learn_copies(self, flat: Any) -> tuple[bool, ...]:
         """Which results must be copied (see ``_prepare_call_path``); all of them until known."""
@@ -379,6 +463,31 @@ class StageRunner:
         """
         timer = self._vm.time_evaluator("main", self._dev, number=number, repeat=repeat)
         return [float(r) for r in timer(*self._device_args(inputs), *self._weights).results]
+
+
+def _fix_batch(spec: TensorSpec, size: int) -> TensorSpec:
+    """``spec`` with dimension 0 (the batch symbol) fixed to ``size``; static if nothing else
+    is symbolic."""
+    shape = (size, *spec.shape[1:])
+    if not any(d < 0 for d in shape[1:]):
+        return TensorSpec(spec.name, spec.dtype, shape)
+    dims = ("", *spec.dims[1:]) if spec.dims else ()
+    bounds = ((size, size), *spec.bounds[1:]) if spec.bounds else ()
+    return TensorSpec(spec.name, spec.dtype, shape, dims, bounds)
+
+
+def _same_tensors(a: list[Any], b: list[Any]) -> bool:
+    """True when two lists of TVM tensors hold equal shapes, dtypes and bytes."""
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a, b, strict=True):
+        if x is y:
+            continue
+        if tuple(x.shape) != tuple(y.shape) or str(x.dtype) != str(y.dtype):
+            return False
+        if not np.array_equal(x.numpy(), y.numpy()):
+            return False
+    return True
 
 
 def _aligned_empty(shape: tuple[int, ...], dtype: np.dtype[Any], align: int = 64) -> np.ndarray:

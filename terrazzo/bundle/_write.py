@@ -7,6 +7,8 @@ Layout::
 
     manifest.json  manifest.sig  plan.mlir  plan.json
     stages/<i>/host.so          llvm build for the host CPU (always; runs anywhere here)
+    stages/<i>/host_b<N>.so     the host build with the batch symbol fixed to N (a bucket:
+                                ``compile(batch_buckets=...)``; the stage's ``buckets`` entry)
     stages/<i>/device.so        build for the planned device's target (when it differs)
     stages/<i>/kernels.cu       CUDA source (cuda targets)
     stages/<i>/kernels.fatbin   nvcc output (cuda targets, when nvcc could compile the arch)
@@ -65,6 +67,8 @@ class StageContent:
         notes: sentences about artifacts that could not be built.
         predicted_latency_s: the planner's latency for the stage.
         build_s: build wall time.
+        buckets: ``{"symbol": "batch", "sizes": [1, 2, 4]}`` when ``files`` holds static host
+            builds ``host_b<N>.so`` at those batch sizes (None: the symbolic build only).
     """
 
     index: int
@@ -80,6 +84,7 @@ class StageContent:
     notes: tuple[str, ...] = ()
     predicted_latency_s: float | None = None
     build_s: float = 0.0
+    buckets: Mapping[str, Any] | None = None
 
 
 _STAGE_FILES = ("host.so", "device.so", "kernels.cu", "kernels.fatbin")
@@ -173,6 +178,13 @@ def write_bundle(
                 member = f"stages/{st.index}/{fname}"
                 members[member] = Path(st.files[fname])
                 files[fname.split(".")[0] if fname != "kernels.fatbin" else "fatbin"] = member
+        sizes = [int(n) for n in (st.buckets or {}).get("sizes", ())]
+        for n in sizes:
+            if f"host_b{n}.so" not in st.files:
+                raise BundleError(f"stage {st.index} lists bucket {n} but has no host_b{n}.so")
+            member = f"stages/{st.index}/host_b{n}.so"
+            members[member] = Path(st.files[f"host_b{n}.so"])
+            files[f"host_b{n}"] = member
         wmember = f"weights/stage{st.index}.safetensors"
         members[wmember] = _safetensors_bytes(st.weights)
         files["weights"] = wmember
@@ -192,8 +204,10 @@ def write_bundle(
                 "files": files,
                 "predicted_latency_s": st.predicted_latency_s,
                 "build_s": round(st.build_s, 3),
+                **({"buckets": {"symbol": str(st.buckets["symbol"]), "sizes": sizes}}
+                   if sizes and st.buckets else {}),
             }
-        )
+        )  # fmt: skip
     reference = None
     if isinstance(reference_library, str):  # an existing member (a single-stage bundle)
         if reference_library not in members:

@@ -4,6 +4,14 @@ Codegen turns what placement decided into artifacts; it does not order the pipel
 ``terrazzo.pipeline``) and imports none of commands, report, runtime or pipeline.
 """
 
+from terrazzo.codegen._buckets import (
+    BucketSpec,
+    bind_symbol,
+    bucket_sizes,
+    leading_symbol,
+    parse_buckets,
+    plan_stage_buckets,
+)
 from terrazzo.codegen._build import (
     StageBuild,
     build_stage,
@@ -34,10 +42,13 @@ from terrazzo.codegen._targets import (
 )
 
 __all__ = [
+    "BucketSpec",
     "SplitModel",
     "StageBuild",
     "StageModule",
     "TargetChoice",
+    "bind_symbol",
+    "bucket_sizes",
     "build_stage",
     "choose_target",
     "compile_module",
@@ -47,8 +58,11 @@ __all__ = [
     "prepare_build_module",
     "describe_target",
     "host_target",
+    "leading_symbol",
     "load_tuning_db",
+    "parse_buckets",
     "plan_assignment",
+    "plan_stage_buckets",
     "relax_binding_names",
     "request_module",
     "split_relax",

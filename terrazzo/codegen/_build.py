@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from terrazzo.codegen._buckets import BucketSpec, bind_symbol
 from terrazzo.codegen._split import StageModule
 from terrazzo.codegen._targets import TargetChoice, host_target
 from terrazzo.errors import CodegenError
@@ -38,6 +39,8 @@ class StageBuild:
             ``kernels.cu``, ``kernels.fatbin``) → path on disk.
         notes: sentences about what was not built and why (e.g. no fatbin for sm_70).
         build_s: wall time of all builds of this stage, seconds.
+        buckets: the static batch sizes built beside the symbolic build (``host_b<N>.so``
+            in ``files``; ``codegen._buckets``), None when there are none.
     """
 
     index: int
@@ -45,6 +48,7 @@ class StageBuild:
     files: Mapping[str, Path] = field(hash=False)
     notes: tuple[str, ...] = ()
     build_s: float = 0.0
+    buckets: BucketSpec | None = None
 
 
 def _same_target(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
@@ -351,6 +355,7 @@ def build_stage(
     choice: TargetChoice,
     work_dir: str | os.PathLike[str],
     tuning_db: Any = None,
+    buckets: BucketSpec | None = None,
 ) -> StageBuild:
     """Build one stage for its device target and for the host CPU, exporting the files.
 
@@ -363,6 +368,9 @@ def build_stage(
         choice: the device class's target (``choose_target``).
         work_dir: directory the stage's files are written into (``stage{index}/``).
         tuning_db: optional MetaSchedule database (directory or object) applied at build time.
+        buckets: also build the host library at each of these static batch sizes
+            (``host_b<N>.so``, see ``codegen._buckets``); a size TVM cannot build is left out
+            with a note.
 
     Returns:
         StageBuild naming the files written and what could not be built.
@@ -379,6 +387,7 @@ def build_stage(
     host_ex = compile_module(stage.mod, host, tuning_db, lift_weights=True)
     files["host.so"] = out / "host.so"
     host_ex.export_library(str(files["host.so"]))
+    built = _build_buckets(stage, host, tuning_db, buckets, out, files, notes)
     if not _same_target(choice.target, host):
         try:
             dev_ex = compile_module(stage.mod, choice.target, tuning_db, lift_weights=True)
@@ -400,7 +409,36 @@ def build_stage(
                         files["kernels.fatbin"].write_bytes(fatbin)
                     else:
                         notes.append(fatbin)
-    return StageBuild(stage.index, choice, files, tuple(notes), time.perf_counter() - t0)
+    return StageBuild(stage.index, choice, files, tuple(notes), time.perf_counter() - t0, built)
+
+
+def _build_buckets(
+    stage: StageModule,
+    host: Mapping[str, Any],
+    tuning_db: Any,
+    buckets: BucketSpec | None,
+    out: Path,
+    files: dict[str, Path],
+    notes: list[str],
+) -> BucketSpec | None:
+    """Host builds of ``stage`` with its batch symbol fixed to each bucket size (static
+    kernels: default schedules and tuning records apply); the sizes built, or None."""
+    if buckets is None:
+        return None
+    done = []
+    for n in buckets.sizes:
+        try:
+            ex = compile_module(
+                bind_symbol(stage.mod, buckets.symbol, n), host, tuning_db, lift_weights=True
+            )
+        except Exception as e:  # the symbolic build still serves this size
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            notes.append(f"no static build at {buckets.symbol}={n}: {first[:200]}")
+            continue
+        files[f"host_b{n}.so"] = out / f"host_b{n}.so"
+        ex.export_library(str(files[f"host_b{n}.so"]))
+        done.append(n)
+    return BucketSpec(buckets.symbol, tuple(done)) if done else None
 
 
 #: TVM's nvcc call adds ``--use_fast_math`` unless this is set. Fast math turns ``powf`` into

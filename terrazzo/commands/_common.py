@@ -72,6 +72,11 @@ def describe_dynamic(plan_summary: Any) -> str | None:
     dims = ", ".join(f"{k} {v[0]}..{v[1]}" for k, v in plan_summary["dynamic_dims"].items())
     at = ", ".join(f"{k}={v}" for k, v in (plan_summary.get("plan_shape") or {}).items())
     build = plan_summary.get("shape_build", "symbolic")
+    if build == "bucketed":  # static builds at a few batch sizes beside the symbolic one
+        sizes = sorted(
+            {n for b in (plan_summary.get("buckets") or {}).values() for n in b["sizes"]}
+        )
+        build = f"bucketed: static builds at {','.join(map(str, sizes))} plus symbolic"
     return f"dynamic shapes: {dims} ({build} build); planned and costed at {at}"
 
 

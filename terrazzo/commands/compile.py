@@ -82,6 +82,14 @@ def register(subparsers: Any) -> None:
     from terrazzo.commands._common import add_shape_args
 
     add_shape_args(p)
+    p.add_argument(
+        "--batch-buckets", metavar="auto|B,B,...", default=None,
+        help="also build each stage whose dimension 0 is a symbolic batch at these static batch "
+        "sizes ('auto': powers of two over the --shape range). CPU schedules apply to static "
+        "kernels only, so a symbolic build can be much slower; a batch runs on the smallest "
+        "bucket that holds it, padded with copies of its last row (asserts that rows are "
+        "independent). `inspect` lists the buckets",
+    )  # fmt: skip
     p.set_defaults(func=run)
 
 
@@ -169,6 +177,7 @@ def run(args: argparse.Namespace) -> int:
                 out_path=args.output, solver=args.solver, tuning_db=args.tuning,
                 sign_key=args.sign, catalog=catalog, include_reference=not args.no_reference,
                 progress=progress, shapes=shapes or None, plan_shapes=plan_shapes or None,
+                batch_buckets=args.batch_buckets,
             )  # fmt: skip
     plan = res.plan
     from terrazzo.pipeline import graph_plan_sizes, graph_ranges
@@ -197,6 +206,7 @@ def run(args: argparse.Namespace) -> int:
                 "notes": list(b.notes),
                 "build_s": round(b.build_s, 3),
                 "ops": len(res.split.stages[b.index].ops),
+                **({"buckets": b.buckets.to_json()} if b.buckets else {}),
             }  # fmt: skip
             for b in res.builds
         ],
@@ -235,7 +245,13 @@ def run(args: argparse.Namespace) -> int:
         f"{plan.usd_per_hour:.4f} USD/h at {plan.rps:g} rps; bundle {res.bundle_bytes / 1e6:.2f} MB "
         f"(weights {res.weight_bytes / 1e6:.2f} MB); total {sum(res.phase_s.values()):.1f} s"
     )
-    line = describe_dynamic({**dyn, "shape_build": "symbolic"})
+    bucketed = {str(b.index): b.buckets.to_json() for b in res.builds if b.buckets}
+    build = (
+        {"shape_build": "bucketed", "buckets": bucketed}
+        if bucketed
+        else {"shape_build": "symbolic"}
+    )
+    line = describe_dynamic({**dyn, **build})
     if line:
         out.print(line)
     out.print(f"signed with: {summary['signed_with']}")

@@ -52,7 +52,10 @@ def describe(manifest: dict[str, Any], bundle_bytes: int) -> dict[str, Any]:
                 "inputs": s["inputs"],
                 "outputs": s["outputs"],
                 "weight_bytes": s.get("weight_bytes", 0),
-                "artifacts": sorted(k for k in s.get("files", {}) if k != "weights"),
+                "artifacts": sorted(
+                    k for k in s.get("files", {}) if k != "weights" and not k.startswith("host_b")
+                ),
+                "buckets": s.get("buckets"),
                 "predicted_latency_s": s.get("predicted_latency_s"),
             }
         )
@@ -145,4 +148,20 @@ def run(args: argparse.Namespace) -> int:
         t.add_row(str(s["index"]), s["device"], s["target_desc"], str(s["ops"]), str(s["replicas"]),
                   ", ".join(s["artifacts"]), f"{s['weight_bytes'] / 1e6:.2f} MB", fb)  # fmt: skip
     c.print(t)
+    for s in info["stages"]:
+        line = describe_buckets(s)
+        if line:
+            c.print(escape(line))
     return 0
+
+
+def describe_buckets(stage: dict[str, Any]) -> str | None:
+    """One line on a stage's static batch builds (None when it has only its symbolic build)."""
+    b = stage.get("buckets")
+    if not b:
+        return None
+    sizes = ",".join(str(n) for n in b["sizes"])
+    return (
+        f"stage {stage['index']}: bucketed: static builds at {b['symbol']}={sizes} (a batch runs "
+        f"on the smallest that holds it, padded); above {b['sizes'][-1]}: the symbolic build"
+    )

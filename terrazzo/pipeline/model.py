@@ -12,7 +12,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -85,17 +85,24 @@ def compile_model(
     include_reference: bool = True,
     progress: ProgressFn | None = None,
     plan: Plan | None = None,
+    batch_buckets: str | tuple[int, ...] | None = None,
 ) -> CompileResult:
     """Run the whole pipeline and return details (see ``compile`` for the arguments).
 
     ``plan`` skips placement and uses the given Plan (its ops must be the graph's ops).
     ``shapes`` declares input shapes (sizes or ``lo..hi`` ranges, ``terrazzo.ir.shapes``);
     ``plan_shapes`` the shape to plan for (default: each range's upper bound).
+    ``batch_buckets`` (``"auto"`` or sizes) also builds every stage whose dimension 0 is one
+    batch symbol at these static batch sizes (``codegen._buckets``): static kernels get the
+    CPU default schedules a symbolic build cannot have; a batch runs on the smallest bucket
+    that holds it, padded. Asking for buckets asserts that batch rows are independent.
     """
+    from terrazzo.codegen import parse_buckets
     from terrazzo.costmodel import load_catalog
     from terrazzo.placement import ModelSource
     from terrazzo.placement import plan as make_plan
 
+    buckets = parse_buckets(batch_buckets)  # a bad size fails before anything is built
     timer = _Phases(progress or _noop)
     with timer.phase("import"):
         graph, model_sha = load_model(model, example_inputs, shapes, plan_shapes)
@@ -112,6 +119,7 @@ def compile_model(
     return _split_build_bundle(
         graph, model_sha, plan_mlir, plan_obj, fleet_obj, sla_obj, cat, db, timer,
         out_path=out_path, sign_key=sign_key, include_reference=include_reference, io=io,
+        buckets=buckets,
     )  # fmt: skip
 
 
@@ -235,9 +243,11 @@ def _split_build_bundle(
     sign_key: str | os.PathLike[str] | bool | None,
     include_reference: bool,
     io: ReferenceIO | None = None,
+    buckets: str | tuple[int, ...] | None = None,
 ) -> CompileResult:
     """The stages after placement: split → build per target → bundle."""
     from terrazzo.bundle import StageContent, write_bundle
+    from terrazzo.codegen import BucketSpec, plan_stage_buckets
 
     emit, phase, phase_s = timer.emit, timer.phase, timer.seconds
     with phase("split"):
@@ -253,7 +263,14 @@ def _split_build_bundle(
                 pst = pstages[st.index]
                 choice = choices[pst.device]
                 emit("stage-start", {"index": st.index, "device": pst.device, "ops": len(st.ops)})
-                b = build_stage(st, choice, work, db)
+                want: BucketSpec | str | None = None
+                if buckets is not None and st.outputs:  # (a stage without outputs is dead)
+                    want = plan_stage_buckets(st, buckets, graph_ranges(graph))
+                b = build_stage(
+                    st, choice, work, db, want if isinstance(want, BucketSpec) else None
+                )
+                if isinstance(want, str):
+                    b = replace(b, notes=(*b.notes, want))
                 builds.append(b)
                 emit(
                     "stage-built",
@@ -266,6 +283,7 @@ def _split_build_bundle(
                         "seconds": b.build_s,
                         "ops": len(st.ops),
                         "files": sorted(b.files),
+                        "buckets": b.buckets.sizes if b.buckets else (),
                     },
                 )
             ref_lib: Path | str | None = None
@@ -310,6 +328,7 @@ def _split_build_bundle(
                         notes=b.notes,
                         predicted_latency_s=float(pst.latency_s),
                         build_s=b.build_s,
+                        buckets=b.buckets.to_json() if b.buckets else None,
                     )
                 )
             path = write_bundle(
@@ -323,7 +342,7 @@ def _split_build_bundle(
                 model_sha256=model_sha,
                 fleet=_fleet_json(fleet_obj),
                 sla=sla_obj.to_json(),
-                plan_summary=_plan_summary(plan_obj, graph),
+                plan_summary=_plan_summary(plan_obj, graph, builds),
                 reference_library=ref_lib,
                 reference_weights=ref_weights,
                 reference_outputs=ref_outputs,
@@ -403,7 +422,9 @@ def _fleet_json(fleet: Fleet) -> dict[str, Any]:
         return {"devices": list(getattr(fleet, "names", lambda: ())())}
 
 
-def _plan_summary(plan: Plan, graph: Graph | None = None) -> dict[str, Any]:
+def _plan_summary(
+    plan: Plan, graph: Graph | None = None, builds: tuple[StageBuild, ...] | list[StageBuild] = ()
+) -> dict[str, Any]:
     keys = ("solver", "gap", "latency_s", "throughput_rps", "usd_per_hour", "usd_per_request",
             "energy_j_per_request", "rps", "solve_time_s")  # fmt: skip
     out = {k: getattr(plan, k) for k in keys if hasattr(plan, k)}
@@ -415,6 +436,11 @@ def _plan_summary(plan: Plan, graph: Graph | None = None) -> dict[str, Any]:
         out["dynamic_dims"] = {k: list(v) for k, v in graph_ranges(graph).items()}
         out["plan_shape"] = graph_plan_sizes(graph)
         out["shape_build"] = "symbolic"
+        bucketed = {b.index: b.buckets.to_json() for b in builds if b.buckets is not None}
+        if bucketed:
+            # Static builds at a few batch sizes beside the symbolic one (codegen._buckets).
+            out["shape_build"] = "bucketed"
+            out["buckets"] = {str(i): v for i, v in bucketed.items()}
     return out
 
 
