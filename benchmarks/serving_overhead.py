@@ -13,7 +13,8 @@ time, request by request:
   worker), i.e. how a user calls ``terrazzo serve``.
 
 - ``in gw``: the same client call to a second server started with ``stage_in_gateway`` (the
-  stage runs in the gateway process: one hop); ``gw_added`` = in gw - bare - direct at p50 is
+  stage runs in the gateway process: one hop); each served model runs in a process of its own,
+  as ``terrazzo serve`` does, so the gateway never shares the client's GIL; ``gw_added`` = in gw - bare - direct at p50 is
   what the gateway adds over a bare bytes call (issue 14 target: ≤ 0.1 ms);
 - ``bare kserve``: the stock tritonclient against a minimal grpcio KServe servicer in its own
   process that echoes the input (protobuf both ways, nothing else); ``gw_added_vs_kserve`` =
@@ -101,18 +102,40 @@ srv.stop(0)
 """
 
 
-def _bare_echo(code: str = _ECHO_SERVER) -> tuple[object, int]:
-    """An echo server (``code``) in a fresh process; returns (process, port)."""
+# The served model, in a process of its own as `terrazzo serve` runs it (sharing the client's
+# process would make the gateway compete with the client for the GIL; the echo servers have
+# processes of their own too). argv[1] == "1": the stage runs in the gateway process.
+_GATEWAY_SERVER = """
+import json, sys
+from terrazzo.runtime import RunnerSpec, ServingPlan, StageSpec, TensorSpec, serve
+names = {"names": ["x"], "outputs": ["y"]}
+stage = StageSpec(0, "cpu", ("x",), ("y",), RunnerSpec("terrazzo.runtime.runners:identity", names))
+plan = ServingPlan(
+    "identity", (TensorSpec("x", "FP32", (-1,)),), (TensorSpec("y", "FP32", (-1,)),), (stage,)
+)
+with serve(plan, max_message_bytes=64 << 20, stage_in_gateway=sys.argv[1] == "1") as server:
+    workers = server.workers()
+    print(json.dumps({
+        "port": server.port,
+        "worker": workers[0]["address"] if workers else None,
+        "token": server._worker_opts.token,
+    }), flush=True)
+    sys.stdin.read()
+"""
+
+
+def _bare_echo(code: str = _ECHO_SERVER, *args: str) -> tuple[object, str]:
+    """A server (``code``) in a fresh process; returns (process, the first line it prints)."""
     import subprocess
 
     proc = subprocess.Popen(
-        [sys.executable, "-c", code],
+        [sys.executable, "-c", code, *args],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
     assert proc.stdout is not None
-    return proc, int(proc.stdout.readline())
+    return proc, proc.stdout.readline()
 
 
 def _interleaved(fns: dict[str, object], n: int, warmup: int = 3) -> dict[str, list[float]]:
@@ -133,47 +156,38 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="a quarter of the requests per size")
     args = ap.parse_args()
 
+    import json
+
     import grpc
     import tritonclient.grpc as tc
 
-    from terrazzo.runtime import RunnerSpec, ServingPlan, StageSpec, TensorSpec, serve
     from terrazzo.runtime.protos import grpc_service_pb2 as pb
     from terrazzo.runtime.protos import grpc_service_pb2_grpc as pb_grpc
     from terrazzo.runtime.runners import identity
     from terrazzo.runtime.wire import STAGE_METHOD, decode_arrays, encode_arrays
     from terrazzo.runtime.worker import TOKEN_HEADER, grpc_options
 
-    factory = "terrazzo.runtime.runners:identity"
-    plan = ServingPlan(
-        "identity",
-        (TensorSpec("x", "FP32", (-1,)),),
-        (TensorSpec("y", "FP32", (-1,)),),
-        (
-            StageSpec(
-                0, "cpu", ("x",), ("y",), RunnerSpec(factory, {"names": ["x"], "outputs": ["y"]})
-            ),
-        ),
-    )
     direct_runner = identity(["x"], ["y"])
     echo_proc, echo_port = _bare_echo()
-    echo_channel = grpc.insecure_channel(f"127.0.0.1:{echo_port}", options=grpc_options(64 << 20))
+    echo_channel = grpc.insecure_channel(
+        f"127.0.0.1:{int(echo_port)}", options=grpc_options(64 << 20)
+    )
     bare_echo = echo_channel.unary_unary("/bare.Echo/Echo", _registered_method=True)
     kserve_proc, kserve_port = _bare_echo(_KSERVE_ECHO_SERVER)
-    kserve_client = tc.InferenceServerClient(f"127.0.0.1:{kserve_port}")
+    kserve_client = tc.InferenceServerClient(f"127.0.0.1:{int(kserve_port)}")
     rows = []
     t_start = time.perf_counter()
-    with (
-        serve(plan, max_message_bytes=64 << 20) as server,
-        serve(plan, max_message_bytes=64 << 20, stage_in_gateway=True) as in_gw,
-    ):
+    gw_proc, gw_line = _bare_echo(_GATEWAY_SERVER, "0")
+    in_gw_proc, in_gw_line = _bare_echo(_GATEWAY_SERVER, "1")
+    server, in_gw = json.loads(gw_line), json.loads(in_gw_line)
+    try:
         ready_s = time.perf_counter() - t_start
-        client = tc.InferenceServerClient(f"127.0.0.1:{server.port}")
-        client_gw = tc.InferenceServerClient(f"127.0.0.1:{in_gw.port}")
-        worker = server.workers()[0]
-        channel = grpc.insecure_channel(str(worker["address"]), options=grpc_options(64 << 20))
+        client = tc.InferenceServerClient(f"127.0.0.1:{server['port']}")
+        client_gw = tc.InferenceServerClient(f"127.0.0.1:{in_gw['port']}")
+        channel = grpc.insecure_channel(str(server["worker"]), options=grpc_options(64 << 20))
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         stage_call = channel.unary_unary(STAGE_METHOD, _registered_method=True)
-        md = ((TOKEN_HEADER, server._worker_opts.token),)  # noqa: SLF001  the benchmark is a trusted caller
+        md = ((TOKEN_HEADER, server["token"]),)  # the benchmark is a trusted caller
         for label, nbytes, n in SIZES:
             n = max(5, n // 4) if args.quick else n
             x = np.random.default_rng(0).standard_normal(nbytes // 4).astype(np.float32)
@@ -242,6 +256,9 @@ def main() -> None:
         channel.close()
         client.close()
         client_gw.close()
+    finally:  # a served model stops when its stdin closes
+        for proc in (gw_proc, in_gw_proc):
+            proc.communicate("")  # type: ignore[attr-defined]
     echo_channel.close()
     echo_proc.communicate("")
     kserve_client.close()

@@ -49,7 +49,7 @@ from typing import Any
 import grpc
 
 from terrazzo import __version__
-from terrazzo.runtime import wire
+from terrazzo.runtime import kserve_wire, wire
 from terrazzo.runtime.batch_config import forwarded_parameters
 from terrazzo.runtime.metrics import RuntimeMetrics, log_request
 from terrazzo.runtime.plan import ServingPlan
@@ -588,6 +588,15 @@ class Gateway(ProtocolMixin, pb_grpc.GRPCInferenceServiceServicer):
         except InferError as e:
             context.abort(e.code, str(e))
 
+    def model_infer_raw(self, request, context) -> bytes:
+        """``ModelInfer`` answered as its serialised bytes, each raw output copied once into them
+        (the gRPC endpoint's handler: ``terrazzo.runtime.kserve_wire``)."""
+        try:
+            return self._infer(request, context, lean=True)
+        except InferError as e:
+            context.abort(e.code, str(e))
+            raise  # abort raises; never reached
+
     def ModelStreamInfer(self, request_iterator, context) -> Iterator[pb.ModelStreamInferResponse]:  # type: ignore[name-defined]
         for request in request_iterator:
             try:
@@ -595,7 +604,7 @@ class Gateway(ProtocolMixin, pb_grpc.GRPCInferenceServiceServicer):
             except InferError as e:
                 yield pb.ModelStreamInferResponse(error_message=f"{e.code.name}: {e}")  # type: ignore[attr-defined]
 
-    def _infer(self, request, context) -> pb.ModelInferResponse:  # type: ignore[name-defined]
+    def _infer(self, request, context, lean: bool = False) -> Any:
         t0 = time.perf_counter()
         request_id = request.id or f"{_ID_PREFIX}-{next(_IDS)}"  # uuid4 costs ~20 us
         model = request.model_name
@@ -640,7 +649,7 @@ class Gateway(ProtocolMixin, pb_grpc.GRPCInferenceServiceServicer):
         self._child(self.metrics.queue_depth, model=model).inc()
         phases: dict[str, float] = {"queue": time.perf_counter() - t0}
         try:
-            response = self._run(request, context, request_id, workers, phases)
+            response = self._run(request, context, request_id, workers, phases, lean)
             return response
         except InferError as e:
             status = e.code.name
@@ -734,8 +743,15 @@ class Gateway(ProtocolMixin, pb_grpc.GRPCInferenceServiceServicer):
         return out
 
     def _run(
-        self, request, context, request_id: str, workers: list[str], phases: dict[str, float]
-    ) -> pb.ModelInferResponse:  # type: ignore[name-defined]
+        self,
+        request,
+        context,
+        request_id: str,
+        workers: list[str],
+        phases: dict[str, float],
+        lean: bool = False,
+    ) -> Any:
+        """The ModelInferResponse, or with ``lean`` its serialised bytes (kserve_wire)."""
         deadline = self._deadline(request, context)
         t_in = time.perf_counter()
         request = self._from_shm(request)
@@ -761,12 +777,13 @@ class Gateway(ProtocolMixin, pb_grpc.GRPCInferenceServiceServicer):
         to_shm = {
             o.name: o.parameters for o in request.outputs if "shared_memory_region" in o.parameters
         }
+        raws: list[Any] = []  # views into the worker reply (or the stage's arrays)
         for name in wanted:
             t = env[name]
             out = resp.outputs.add(name=name, datatype=t.datatype, shape=t.shape)
             params = to_shm.get(name)
             if params is None:
-                resp.raw_output_contents.append(bytes(t.raw))  # a view into the worker reply
+                raws.append(t.raw)
                 continue
             region = str(shm_param(params, "shared_memory_region"))
             size = shm_param(params, "shared_memory_byte_size")
@@ -782,7 +799,12 @@ class Gateway(ProtocolMixin, pb_grpc.GRPCInferenceServiceServicer):
             out.parameters["shared_memory_byte_size"].int64_param = len(t.raw)
             if offset:
                 out.parameters["shared_memory_offset"].int64_param = offset
-            resp.raw_output_contents.append(b"")
+            raws.append(b"")
+        if lean:  # one copy of each output, into the reply's bytes
+            data = kserve_wire.encode_response(resp, raws)
+            phases["compute_output"] = time.perf_counter() - t_out
+            return data
+        resp.raw_output_contents.extend([bytes(r) for r in raws])
         phases["compute_output"] = time.perf_counter() - t_out
         return resp
 

@@ -25,7 +25,8 @@ from terrazzo.errors import ServingError
 from terrazzo.runtime.gateway import Gateway, InferError
 from terrazzo.runtime.launcher import WorkerOptions, worker_config
 from terrazzo.runtime.plan import ServingPlan
-from terrazzo.runtime.tensors import WireTensor, from_numpy, to_numpy
+from terrazzo.runtime.tensors import WireTensor, to_numpy
+from terrazzo.runtime.wire import tensor_view
 
 __all__ = ["InProcessGateway", "check_in_gateway"]
 
@@ -107,7 +108,7 @@ class InProcessGateway(Gateway):
                 raise InferError(
                     grpc.StatusCode.INTERNAL, f"stage {self.stage.index} did not produce {name!r}"
                 )
-            env[name] = from_numpy(result[name])
+            env[name] = tensor_view(result[name])  # copied once, into the reply (kserve_wire)
         self._latency.observe(time.perf_counter() - t0)
         self._busy.inc(max(0.0, compute_s))
         if self.cost is not None:

@@ -47,6 +47,7 @@ from terrazzo.runtime.gateway import (
     TokenAuthInterceptor,
 )
 from terrazzo.runtime.internal_tls import GATEWAY_NAME, make_identity
+from terrazzo.runtime.kserve_wire import model_infer_handler
 from terrazzo.runtime.launcher import Launcher, LocalLauncher, WorkerExitedError, WorkerOptions
 from terrazzo.runtime.metrics import RuntimeMetrics, WorkerStatsCollector
 from terrazzo.runtime.plan import ServingPlan
@@ -510,6 +511,11 @@ def start_grpc(servicer: Any, health: Any, opts: ServeOptions) -> tuple[grpc.Ser
         maximum_concurrent_rpcs=opts.max_rpcs,
     )
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
+    # ModelInfer again, replacing the generated handler: raw tensor contents stay views of the
+    # received message and the reply is written without protobuf copies (runtime.kserve_wire)
+    server.add_registered_method_handlers(
+        "inference.GRPCInferenceService", {"ModelInfer": model_infer_handler(servicer)}
+    )
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     address = f"{opts.host}:{opts.port}"
     try:

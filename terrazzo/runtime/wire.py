@@ -43,6 +43,7 @@ __all__ = [
     "decode_arrays",
     "encode",
     "encode_arrays",
+    "tensor_view",
 ]
 
 MAGIC = b"TZW1"
@@ -56,13 +57,17 @@ class WireError(TensorError):
 
 
 Buffer = bytes | bytearray | memoryview
+# one encoder and decoder for every message (``json.dumps`` with separators builds an encoder
+# per call); the header is built here from plain values, so no cycle check is needed
+_dumps = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
+_loads = json.JSONDecoder().decode
 
 
 def encode(header: Mapping[str, Any], tensors: Mapping[str, WireTensor]) -> bytes:
     """One message: ``header`` (JSON-able) plus ``tensors`` (name -> WireTensor) in order."""
     meta = dict(header)
     meta["t"] = [[n, t.datatype, list(t.shape), len(t.raw)] for n, t in tensors.items()]
-    head = json.dumps(meta, separators=(",", ":")).encode()
+    head = _dumps(meta).encode()
     return b"".join([_PREFIX.pack(MAGIC, len(head)), head, *(t.raw for t in tensors.values())])
 
 
@@ -74,6 +79,17 @@ def _datatype(dtype: np.dtype) -> str:
     if v2 is None:
         v2 = _V2_OF_DTYPE[dtype] = from_numpy(np.empty(0, dtype)).datatype
     return v2
+
+
+def tensor_view(array: np.ndarray) -> WireTensor:
+    """``tensors.from_numpy`` without the copy: a numeric little-endian C-contiguous array's
+    ``raw`` is a view of its memory (so the array must not be written while the view is used);
+    other arrays (BYTES, big-endian, strided) are encoded by ``from_numpy``."""
+    arr = array if isinstance(array, np.ndarray) else np.asarray(array)
+    if arr.dtype.kind in "OSU" or arr.dtype.byteorder == ">" or not arr.flags.c_contiguous:
+        return from_numpy(arr)
+    shape = tuple(int(d) for d in arr.shape)
+    return WireTensor(_datatype(arr.dtype), shape, arr.reshape(-1).view(np.uint8).data)  # type: ignore[arg-type]
 
 
 def encode_arrays(header: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> bytes:
@@ -93,7 +109,7 @@ def encode_arrays(header: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -
         specs.append([name, _datatype(arr.dtype), list(arr.shape), arr.nbytes])
         parts.append(arr.data.cast("B") if arr.size else b"")
     meta["t"] = specs
-    head = json.dumps(meta, separators=(",", ":")).encode()
+    head = _dumps(meta).encode()
     parts[0], parts[1] = _PREFIX.pack(MAGIC, len(head)), head
     return b"".join(parts)
 
@@ -114,9 +130,9 @@ def decode(data: Buffer) -> tuple[dict[str, Any], dict[str, WireTensor]]:
     if start > len(view):
         raise WireError(f"stage message header of {hlen} bytes overruns the message")
     try:
-        header = json.loads(bytes(view[_PREFIX.size : start]))
+        header = _loads(str(view[_PREFIX.size : start], "utf-8"))
         specs = header.pop("t")
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise WireError(f"stage message header is not valid: {e}") from None
     out: dict[str, WireTensor] = {}
     pos = start

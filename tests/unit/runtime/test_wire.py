@@ -13,8 +13,15 @@ from terrazzo.errors import ServingError
 from terrazzo.ir import TensorSpec
 from terrazzo.runtime import BatchingOptions, RunnerSpec, ServingPlan, StageSpec
 from terrazzo.runtime.batch_config import batched_model_config, batching_from_config
-from terrazzo.runtime.tensors import WireTensor
-from terrazzo.runtime.wire import WireError, decode, decode_arrays, encode, encode_arrays
+from terrazzo.runtime.tensors import WireTensor, from_numpy
+from terrazzo.runtime.wire import (
+    WireError,
+    decode,
+    decode_arrays,
+    encode,
+    encode_arrays,
+    tensor_view,
+)
 
 
 def test_arrays_round_trip_with_header_and_zero_copy_views() -> None:
@@ -43,6 +50,26 @@ def test_wire_tensors_pass_through_as_views() -> None:
     assert isinstance(got["a"].raw, memoryview) and bytes(got["a"].raw) == raw
     again = encode({}, got)  # a stage's outputs feed the next stage without conversion
     assert again == msg
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.arange(6, dtype=np.float16).reshape(2, 3),
+        np.array(2.5, np.float32),  # rank 0
+        np.zeros((0, 4), np.int64),
+        np.array([True, False, True]),
+        np.arange(6, dtype=np.int32).reshape(2, 3).T,  # strided: encoded by a copy
+        np.arange(3, dtype=">i4"),  # big-endian: encoded by a copy
+        np.array([b"a", b"bc"], dtype=object),
+    ],
+)
+def test_tensor_view_encodes_as_from_numpy_without_copying(array: np.ndarray) -> None:
+    got, want = tensor_view(array), from_numpy(array)
+    assert (got.datatype, got.shape, bytes(got.raw)) == (want.datatype, want.shape, want.raw)
+    viewable = array.flags.c_contiguous and array.dtype.kind not in "OSU" and array.size > 0
+    if viewable and array.dtype.byteorder != ">":
+        assert np.shares_memory(np.frombuffer(got.raw, np.uint8), array)
 
 
 @pytest.mark.parametrize(
