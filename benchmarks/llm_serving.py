@@ -11,7 +11,10 @@ OpenAI front does minus HTTP. Reported per ``c``:
   stream's tokens as the client sees them);
 - one at a time: the same service without the batching engine, the ``c`` requests in turn;
 - transformers: ``generate`` (greedy, same prompt lengths) one request at a time and as one
-  batch of ``c`` (eager torch, same threads).
+  batch of ``c`` (eager torch, same threads);
+- predicted vs measured mean TTFT, mean TBT and tokens/s: ``llm_predict.predict_serving`` from
+  ``LLMService.calibrate_serving()`` (synthetic sequences through the same workers, run just
+  before each ``c``). Each batched figure is the median of ``--rounds`` rounds.
 
 Usage: ``python benchmarks/llm_serving.py [--streams 1,8,16,32] [--tokens 48]``.
 """
@@ -188,6 +191,7 @@ def main() -> int:
                 "pred_tok_s": pred["tokens_per_s"], "pred_ttft_ms": 1e3 * pred["ttft_s"],
                 "pred_tbt_ms": 1e3 * pred["tbt_s"], "tbt_mean_ms": b["tbt_mean_ms"],
                 "tbt_err": pred["tbt_s"] * 1e3 / b["tbt_mean_ms"] - 1,
+                "tbt_p50_err": pred["tbt_s"] * 1e3 / b["tbt_p50_ms"] - 1, "ttft_mean_ms": b["ttft_mean_ms"],
                 "ttft_err": pred["ttft_s"] * 1e3 / b["ttft_mean_ms"] - 1,
                 "tok_s_err": pred["tokens_per_s"] / b["tokens_per_s"] - 1,
                 "load": float(__import__("os").getloadavg()[0]),
@@ -200,7 +204,8 @@ def main() -> int:
                        "ttft_p50_ms", "tbt_p50_ms", "tbt_p99_ms", "hf_one_tok_s",
                        "hf_batch_tok_s", "load"], title="LLM serving (tokens/s)")  # fmt: skip
     print_table(rows, ["streams", "pred_tok_s", "batched_tok_s", "tok_s_err", "pred_tbt_ms",
-                       "tbt_mean_ms", "tbt_err", "pred_ttft_ms", "ttft_err"],
+                       "tbt_mean_ms", "tbt_err", "tbt_p50_err", "pred_ttft_ms", "ttft_mean_ms",
+                       "ttft_err", "load"],
                 title="predicted (serving calibration on this host) vs measured")  # fmt: skip
     path = write_result(args.name, rows, {
         "model": {"hidden": args.hidden, "layers": args.layers, "vocab": args.vocab,
