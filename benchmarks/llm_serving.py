@@ -11,7 +11,10 @@ OpenAI front does minus HTTP. Reported per ``c``:
   stream's tokens as the client sees them);
 - one at a time: the same service without the batching engine, the ``c`` requests in turn;
 - transformers: ``generate`` (greedy, same prompt lengths) one request at a time and as one
-  batch of ``c`` (eager torch, same threads).
+  batch of ``c`` (eager torch, same threads);
+- predicted vs measured mean TTFT, mean TBT and tokens/s: ``llm_predict.predict_serving`` from
+  ``LLMService.calibrate_serving()`` (synthetic sequences through the same workers, run just
+  before each ``c``). Each batched figure is the median of ``--rounds`` rounds.
 
 Usage: ``python benchmarks/llm_serving.py [--streams 1,8,16,32] [--tokens 48]``.
 """
@@ -102,24 +105,6 @@ def run_streams(gen: Any, ids: list[list[int]], tokens: int, concurrent: bool) -
             "tbt_p99_ms": 1e3 * float(np.percentile(tbt, 99))}  # fmt: skip
 
 
-def calibrate_front(svc: Any, prompt: int) -> tuple[float, float]:
-    """This host's prefill time (the prefill worker, one call) and one decode-worker round
-    trip (a stats call), medians of 10."""
-    gen = svc.generator
-    padded = np.zeros((1, gen.prompt_len), np.int64)
-    padded[0, :prompt] = 5
-    length = np.array([prompt], np.int64)
-    pre, hop = [], []
-    for _ in range(10):
-        t0 = time.perf_counter()
-        gen.prefill({"tokens": padded, "length": length})
-        t1 = time.perf_counter()
-        svc.batch.stats()
-        pre.append(t1 - t0)
-        hop.append(time.perf_counter() - t1)
-    return float(np.median(pre)), float(np.median(hop))
-
-
 def hf_tokens_per_s(model: Any, ids: list[list[int]], tokens: int, batched: bool) -> float:
     import torch
 
@@ -146,13 +131,15 @@ def main() -> int:
     ap.add_argument("--max-len", type=int, default=96)
     ap.add_argument("--bundle", default=None, help="reuse a compiled bundle (with --model-dir)")
     ap.add_argument("--model-dir", default=None)
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="rounds per concurrency; the median of each figure is reported")  # fmt: skip
     ap.add_argument("--name", default="llm_serving")
     args = ap.parse_args()
     import torch
     import transformers
 
     from terrazzo.pipeline.hf_llm import compile_hf
-    from terrazzo.runtime.llm_batch import predict_serving
+    from terrazzo.runtime.llm_predict import predict_serving
     from terrazzo.runtime.openai_front import LLMService
 
     streams = [int(x) for x in args.streams.split(",")]
@@ -184,12 +171,15 @@ def main() -> int:
         got = list(svc.generator.stream_ids(prompts(1, args.prompt)[0], _greedy(args.tokens)))
         same = got == greedy_ref
         run_streams(svc.generator, prompts(2, args.prompt), 4, True)  # warm
-        prefill_s, hop_s = calibrate_front(svc, args.prompt)
-        step_s = {int(k): v for k, v in svc.batch.stats()["calibrated_step_s"].items()}
+        cals = []
         for c in streams:
             ids = prompts(c, args.prompt)
-            b = run_streams(svc.generator, ids, args.tokens, True)
-            pred = predict_serving(step_s, c, prefill_s, hop_s, args.tokens)
+            # measured on this host just before (the load other jobs put on it drifts)
+            cal = svc.calibrate_serving()
+            cals.append(cal.to_json())
+            runs = [run_streams(svc.generator, ids, args.tokens, True) for _ in range(args.rounds)]
+            b = {k: float(np.median([r[k] for r in runs])) for k in runs[0]}
+            pred = predict_serving(cal, c, args.tokens)
             hf1 = hf_tokens_per_s(model, ids[: min(c, 4)], args.tokens, False)
             hfb = hf_tokens_per_s(model, ids, args.tokens, True)
             rows.append({
@@ -201,6 +191,7 @@ def main() -> int:
                 "pred_tok_s": pred["tokens_per_s"], "pred_ttft_ms": 1e3 * pred["ttft_s"],
                 "pred_tbt_ms": 1e3 * pred["tbt_s"], "tbt_mean_ms": b["tbt_mean_ms"],
                 "tbt_err": pred["tbt_s"] * 1e3 / b["tbt_mean_ms"] - 1,
+                "tbt_p50_err": pred["tbt_s"] * 1e3 / b["tbt_p50_ms"] - 1, "ttft_mean_ms": b["ttft_mean_ms"],
                 "ttft_err": pred["ttft_s"] * 1e3 / b["ttft_mean_ms"] - 1,
                 "tok_s_err": pred["tokens_per_s"] / b["tokens_per_s"] - 1,
                 "load": float(__import__("os").getloadavg()[0]),
@@ -213,13 +204,14 @@ def main() -> int:
                        "ttft_p50_ms", "tbt_p50_ms", "tbt_p99_ms", "hf_one_tok_s",
                        "hf_batch_tok_s", "load"], title="LLM serving (tokens/s)")  # fmt: skip
     print_table(rows, ["streams", "pred_tok_s", "batched_tok_s", "tok_s_err", "pred_tbt_ms",
-                       "tbt_mean_ms", "tbt_err", "pred_ttft_ms", "ttft_err"],
-                title="predicted (calibrated step times) vs measured")  # fmt: skip
+                       "tbt_mean_ms", "tbt_err", "tbt_p50_err", "pred_ttft_ms", "ttft_mean_ms",
+                       "ttft_err", "load"],
+                title="predicted (serving calibration on this host) vs measured")  # fmt: skip
     path = write_result(args.name, rows, {
         "model": {"hidden": args.hidden, "layers": args.layers, "vocab": args.vocab,
                   "max_len": args.max_len, "prompt_tokens": args.prompt, "tokens": args.tokens},
         "one_at_a_time": base, "batched_greedy_equals_unbatched": same,
-        "engine_stats": stats, "torch_threads": threads,
+        "engine_stats": stats, "torch_threads": threads, "calibrations": cals,
     })  # fmt: skip
     print(f"greedy batched == unbatched: {same}; wrote {path}")
     return 0

@@ -195,6 +195,11 @@ def register(subparsers: Any) -> None:
         help="with --openai-port: KServe v2 generate over gRPC (decoupled stream, one response "
         "per token) on this port",
     )  # fmt: skip
+    p.add_argument(
+        "--prefill-workers", type=int, default=1, metavar="N",
+        help="with --openai-port: N prefill worker processes (round robin) feeding the one "
+        "continuous-batching decode worker (default 1)",
+    )  # fmt: skip
     # --- end hfllm
     p.set_defaults(func=run)
 
@@ -223,12 +228,17 @@ def _describe(server: Any) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    n_prefill = getattr(args, "prefill_workers", 1)  # hfllm: checked before anything starts
+    if n_prefill < 1 or (n_prefill != 1 and getattr(args, "openai_port", None) is None):
+        raise ServingError(f"--prefill-workers {n_prefill}: needs N >= 1 and --openai-port (LLM "
+                           "bundles)")  # fmt: skip
     if getattr(args, "openai_port", None) is not None:  # hfllm: LLM bundles over OpenAI HTTP
         from terrazzo.runtime.openai_front import run_until_signal
 
         return run_until_signal(
             args.bundle, args.openai_port, args.host, args.trust, args.allow_unsigned,
             getattr(args, "generate_grpc_port", None),
+            prefill_workers=getattr(args, "prefill_workers", 1),
         )  # fmt: skip
     from terrazzo.runtime import TLSOptions, serve
 

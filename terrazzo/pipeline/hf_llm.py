@@ -68,17 +68,30 @@ def parse_batches(spec: str | tuple[int, ...] | list[int]) -> tuple[int, ...]:
     return tuple(sorted(set(vals)))
 
 
-def compute_reason() -> str:
-    """Why the phases compute in fp32: what this CPU's flags say about fp16 arithmetic."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        flags = ""
-    if "avx512_fp16" in flags or "amx_fp16" in flags:
-        return (
-            "this CPU has fp16 arithmetic (avx512_fp16/amx_fp16), but fp16 compute is not built yet"
-        )
-    return "this CPU lacks fp16 arithmetic (no avx512_fp16/amx_fp16)"
+def compute_reason(flags: set[str] | None = None) -> str:
+    """Why the phases compute in fp32: what this CPU's flags (``/proc/cpuinfo``, or ``flags``)
+    say about fp16 and bf16 arithmetic. Stated in the bundle and printed by ``inspect``."""
+    if flags is None:
+        flags = set()
+        try:
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+        except OSError:
+            pass
+    fp16 = [f for f in ("avx512_fp16", "amx_fp16") if f in flags]
+    bf16 = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
+    out = (
+        f"this CPU has fp16 arithmetic ({'/'.join(fp16)}), but fp16 compute is not built yet"
+        if fp16
+        else "this CPU lacks fp16 arithmetic (no avx512_fp16/amx_fp16)"
+    )
+    if bf16:  # avx512_bf16 is dot products into fp32 accumulators, not a bf16 datapath
+        out += f"; it has bf16 dot products ({'/'.join(bf16)}), bf16 compute is not built yet"
+    else:
+        out += "; no bf16 (avx512_bf16/amx_bf16) either"
+    return out
 
 
 KV_MEM_FRACTION = 0.5  # of the decode device's memory, after the weights

@@ -401,8 +401,8 @@ class PagedEngine:
 
     def calibrate(self, repeat: int = 15) -> dict[int, float]:
         """Time each compiled batch size alone on this host (a full batch at half the
-        context; the median of ``repeat`` calls after a warm-up): the per-step cost that
-        :meth:`predict` builds on. Run before serving (it uses the pool's scratch block)."""
+        context; the median of ``repeat`` calls after a warm-up): the phase term of
+        ``llm_predict``'s step period. Run before serving (it uses the pool's scratch block)."""
         out: dict[int, float] = {}
         for b, phase in self.phases.items():
             args = {"tokens": np.ones((b,), np.int64),
@@ -420,14 +420,6 @@ class PagedEngine:
         self.calibrated = out
         return out
 
-    def predict(
-        self, streams: int, prefill_s: float, hop_s: float, tokens: int
-    ) -> dict[str, float]:
-        """:func:`predict_serving` from this engine's calibrated step times."""
-        return predict_serving(
-            self.calibrated or self.calibrate(), streams, prefill_s, hop_s, tokens
-        )
-
     def stats(self) -> dict[str, Any]:
         """Steps, tokens, and per-bucket step time (mean, p99) in seconds."""
         per = {}
@@ -439,36 +431,6 @@ class PagedEngine:
         return {"steps": self.steps, "tokens": self.tokens_out, "buckets": list(self.buckets),
                 "free_blocks": self.pool.n_free, "per_bucket": per,
                 "calibrated_step_s": {str(b): t for b, t in self.calibrated.items()}}  # fmt: skip
-
-
-def predict_serving(
-    step_s: Mapping[int, float],
-    streams: int,
-    prefill_s: float,
-    hop_s: float,
-    tokens: int,
-    shared_cpu: bool = False,
-) -> dict[str, float]:
-    """Predicted TTFT, TBT and aggregate tokens/s for ``streams`` concurrent requests of
-    ``tokens`` tokens each, from this host's step time of each compiled batch size
-    (``step_s``, :meth:`PagedEngine.calibrate`), the prefill time and one round trip to the
-    decode worker (``hop_s``).
-
-    The model: prefills run one after another, so the i-th request waits for i of them;
-    with ``shared_cpu`` a prefill made while the decode engine is busy is taken to get half
-    the CPUs (``2·prefill``; it fitted runs on a loaded host, not quiet ones). The first token then needs
-    the join and the poll round trips and, on average, half a step (TTFT = mean over i of
-    (i + 1)·prefill' + 2·hop + step/2). Once all have joined, every step serves all of them
-    at the smallest bucket holding ``streams`` (TBT = step + hop: one poll per step fetches
-    every stream's token); the aggregate rate counts the prefill ramp.
-    """
-    sizes = sorted(int(b) for b in step_s)
-    bucket = next((b for b in sizes if b >= streams), sizes[-1])
-    step = float(step_s[bucket]) + hop_s
-    pre = prefill_s * (2.0 if shared_cpu and streams > 1 else 1.0)
-    ttft = pre * (streams + 1) / 2 + 2 * hop_s + step / 2
-    wall = pre * streams + 2 * hop_s + (tokens - 1) * step
-    return {"ttft_s": ttft, "tbt_s": step, "tokens_per_s": streams * tokens / wall}
 
 
 def engine_from_llm(llm: Mapping[str, Any], load: Callable[[int], Phase]) -> PagedEngine:
@@ -637,6 +599,10 @@ class RemoteBatchDecode:
         with self._lock:
             self._queues.pop(sid, None)
         self._op(OP_CANCEL, sid)
+
+    def ping(self) -> None:
+        """One round trip to the decode worker that does nothing (a cancel of no session)."""
+        self._op(OP_CANCEL, 0)
 
     def calibrate(self) -> dict[str, float]:
         """Time each compiled batch size on the decode worker now (nothing may be running)."""

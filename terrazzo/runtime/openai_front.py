@@ -1,14 +1,15 @@
 """An OpenAI-compatible HTTP endpoint for LLM bundles: ``/v1/completions``,
 ``/v1/chat/completions`` (both with server-sent-event streaming) and ``/v1/models``.
 
-``terrazzo serve BUNDLE --openai-port N`` on a bundle from ``terrazzo compile MODEL_DIR``
-starts the prefill stage and the decode stage as two separate worker processes (the normal
-``terrazzo.runtime.worker`` over loopback gRPC, runner ``runners:bundle_stage``), and this
-front tokenises, calls the prefill worker, hands the prefill's KV cache to the decode worker
-once (with the first decode step; the decode worker's ``llm_text.decode_session`` runner keeps
-it per request), then sends only the token and position per step, and detokenises
-(``terrazzo.runtime.llm_text.TextGenerator``). Requests are served one at a time (no batching
-yet).
+``terrazzo serve BUNDLE --openai-port N [--prefill-workers K]`` on a bundle from ``terrazzo
+compile MODEL_DIR`` starts K prefill workers (default 1) and one decode worker as separate
+processes (the normal ``terrazzo.runtime.worker`` over loopback gRPC), and this front
+tokenises, calls a prefill worker (round robin), hands the prefill's KV cache to the decode
+worker once, reads the generated tokens back and detokenises
+(``terrazzo.runtime.llm_text.TextGenerator``). With batched decode stages (``--decode-batches``)
+the decode worker runs the continuous-batching engine (``llm_batch``), so sequences from every
+prefill worker step together; without them requests run one at a time and the decode worker
+keeps each request's cache (``llm_text.decode_session``).
 
 Bad requests (prompt longer than the context, unknown fields' bad values) answer HTTP 400 with
 the OpenAI error body, which the ``openai`` client raises as ``BadRequestError``.
@@ -66,18 +67,21 @@ class RemotePhase:
 
 
 class RoundRobin:
-    """Prefill over several prefill workers: each call goes to the next one."""
+    """Prefill over several prefill workers: each call goes to the next one (``calls`` counts
+    the calls each worker took)."""
 
     def __init__(self, phases: list[Any]) -> None:
         self.phases = phases
+        self.calls = [0] * len(phases)
         self._i = 0
         self._lock = threading.Lock()
 
     def __call__(self, values: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
         with self._lock:
-            p = self.phases[self._i % len(self.phases)]
+            i = self._i % len(self.phases)
             self._i += 1
-        return p(values)  # type: ignore[no-any-return]
+            self.calls[i] += 1
+        return self.phases[i](values)  # type: ignore[no-any-return]
 
 
 class _NoLock:
@@ -115,8 +119,12 @@ class LLMService:
         self.token = secrets.token_hex(16)
         self.launcher = LocalLauncher(WorkerOptions(self.token, 512 << 20, fork_server=False))
         self.batching = bool(batching and (llm["stages"].get("decode_batch") or {}))
+        if not isinstance(prefill_workers, int) or prefill_workers < 1:
+            raise ServingError(f"--prefill-workers must be at least 1, got {prefill_workers!r}")
+        self.prefill_workers = prefill_workers
+        self.calibration: Any = None  # llm_predict.ServingCalibration, once measured
         jobs = []
-        phases = ["prefill"] * max(1, int(prefill_workers)) + ["decode"]
+        phases = ["prefill"] * prefill_workers + ["decode"]
         path = str(Path(bundle_path).resolve())
         for phase in phases:
             st = infos[int(llm["stages"][phase])]
@@ -145,7 +153,7 @@ class LLMService:
             RemotePhase(w.address, s.index, s.inputs, self.token)
             for w, (s, _) in zip(self.workers, jobs, strict=True)
         ]
-        prefill = RoundRobin(self.phases[:-1])
+        prefill = self.prefill = RoundRobin(self.phases[:-1])
         if self.batching:
             from terrazzo.runtime.llm_batch import RemoteBatchDecode
 
@@ -158,10 +166,20 @@ class LLMService:
             self.generator = TextGenerator(llm, prefill, SessionDecode(self.phases[-1]))
             self.lock = threading.Lock()  # one request at a time
 
+    def calibrate_serving(self) -> Any:
+        """Measure the serving costs the TTFT/TBT prediction needs on this host now
+        (``llm_predict.calibrate_serving``; nothing else may be running); kept for /metrics."""
+        from terrazzo.runtime.llm_predict import calibrate_serving
+
+        if self.batch is None:
+            raise ServingError("no continuous-batching engine (bundle without --decode-batches)")
+        self.calibration = calibrate_serving(self.prefill, self.batch, self.generator.prompt_len)
+        return self.calibration
+
     def metrics_text(self) -> str:
         """Prometheus text: the decode engine's measured step time per batch size next to the
-        step time predicted for it (``PagedEngine.calibrate`` at start-up on this host, the
-        step term of ``llm_batch.predict_serving``'s TBT), and steps/tokens counters."""
+        step time predicted for it (the compiled phase timed at start-up on this host, plus the
+        per-step serving overhead once :meth:`calibrate_serving` has run), and counters."""
         if self.batch is None:
             return "# no continuous-batching engine (bundle without --decode-batches)\n"
         st = self.batch.stats()
@@ -172,9 +190,15 @@ class LLMService:
             f"terrazzo_llm_tokens_total {st['tokens']}",
             "# TYPE terrazzo_llm_kv_free_blocks gauge",
             f"terrazzo_llm_kv_free_blocks {st['free_blocks']}",
+            "# TYPE terrazzo_llm_prefill_requests_total counter",
+            *(f'terrazzo_llm_prefill_requests_total{{worker="{i}"}} {n}'
+              for i, n in enumerate(self.prefill.calls)),
             "# TYPE terrazzo_llm_tbt_seconds gauge",
-        ]
+        ]  # fmt: skip
+        cal = getattr(self, "calibration", None)
+        over = cal.overhead_s() if cal is not None else {}
         for b, t in sorted(st.get("calibrated_step_s", {}).items(), key=lambda x: int(x[0])):
+            t = float(t) + over.get(int(b), 0.0)
             lines.append(f'terrazzo_llm_tbt_seconds{{batch="{b}",kind="predicted"}} {t}')
         for b, row in sorted(st.get("per_bucket", {}).items(), key=lambda x: int(x[0])):
             lines.append(f'terrazzo_llm_tbt_seconds{{batch="{b}",kind="measured"}} {row["mean_s"]}')
@@ -421,12 +445,13 @@ class OpenAIServer:
 
 
 def serve_openai(bundle: str, port: int, host: str = "127.0.0.1", trust: Any = None,
-                 allow_unsigned: bool = False,
-                 grpc_port: int | None = None) -> Iterator[OpenAIServer]:  # fmt: skip
+                 allow_unsigned: bool = False, grpc_port: int | None = None,
+                 prefill_workers: int = 1) -> Iterator[OpenAIServer]:  # fmt: skip
     """Start workers and the front; yields the running server, stops both when resumed.
     With ``grpc_port``, the KServe generate gRPC server (``llm_grpc``) runs too, as
-    ``server.grpc``."""
-    server = OpenAIServer(LLMService(bundle, trust, allow_unsigned), host, port)
+    ``server.grpc``; ``prefill_workers`` prefill processes feed the one decode worker."""
+    service = LLMService(bundle, trust, allow_unsigned, prefill_workers=prefill_workers)
+    server = OpenAIServer(service, host, port)
     server.grpc = None
     if grpc_port is not None:
         from terrazzo.runtime.llm_grpc import GenerateGRPCServer
@@ -443,20 +468,23 @@ def serve_openai(bundle: str, port: int, host: str = "127.0.0.1", trust: Any = N
 
 
 def run_until_signal(bundle: str, port: int, host: str, trust: Any, allow_unsigned: bool,
-                     grpc_port: int | None = None) -> int:  # fmt: skip
-    """``terrazzo serve BUNDLE --openai-port N [--generate-grpc-port M]``: serve until
-    SIGINT/SIGTERM."""
+                     grpc_port: int | None = None, prefill_workers: int = 1) -> int:  # fmt: skip
+    """``terrazzo serve BUNDLE --openai-port N [--generate-grpc-port M] [--prefill-workers
+    K]``: serve until SIGINT/SIGTERM."""
     import signal
     import sys
 
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
-    for server in serve_openai(bundle, port, host, trust, allow_unsigned, grpc_port):
+    for server in serve_openai(bundle, port, host, trust, allow_unsigned, grpc_port,
+                               prefill_workers):  # fmt: skip
         if server.grpc is not None:
             print(f"KServe generate gRPC (decoupled stream): {host}:{server.grpc.port}", flush=True)
-        print(f"OpenAI-compatible endpoint: http://{host}:{server.port}/v1 (model "
-              f"{server.service.name!r}; prefill and decode in two workers)", flush=True)  # fmt: skip
+        svc = server.service
+        decode = "one continuous-batching decode worker" if svc.batching else "one decode worker"
+        print(f"OpenAI-compatible endpoint: http://{host}:{server.port}/v1 (model {svc.name!r}; "
+              f"{svc.prefill_workers} prefill worker(s) feeding {decode})", flush=True)  # fmt: skip
         sys.stdout.flush()
         done.wait()
     return 0

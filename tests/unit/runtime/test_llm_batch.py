@@ -17,6 +17,7 @@ from terrazzo.codegen.llm_phases import (
     torch_batch_reference,
     torch_reference,
 )
+from terrazzo.errors import ServingError
 from terrazzo.runtime.llm_batch import KVBlockPool, PagedEngine, RemoteBatchDecode, Sampling
 
 CFG = TinyLlamaConfig(max_len=32, prompt_len=8, vocab_size=64, d_model=32, d_ff=64)
@@ -171,19 +172,49 @@ def test_fp16_pool_and_remote_protocol(phases: dict) -> None:
         eng.stop()
 
 
-def test_calibrated_prediction(phases: dict) -> None:
-    """Calibration times every compiled batch size; the prediction uses the bucket the
-    streams need, one hop per step, and serial prefills for TTFT."""
-    from terrazzo.runtime.llm_batch import predict_serving
+def test_serving_calibration_and_prediction(phases: dict) -> None:
+    """``llm_predict.calibrate_serving`` measures every term through a running engine, its
+    op protocol and client (in process); the prediction composes them: one stream at the
+    measured period of batch 1, TTFT = prefill + hand-over + first token."""
+    from terrazzo.runtime import llm_batch
+    from terrazzo.runtime.llm_predict import calibrate_serving, predict_serving
 
     eng = engine(phases)
-    cal = eng.calibrate(repeat=2)
-    assert sorted(cal) == [1, 2, 4] and all(t > 0 for t in cal.values())
-    p = predict_serving({1: 0.001, 8: 0.002}, 5, 0.01, 0.0005, 10, shared_cpu=True)
-    assert p["tbt_s"] == pytest.approx(0.0025)  # bucket 8 + hop
-    # prefills share the CPU with a busy decode: 2 x 0.01 each, 3 in line on average
-    assert p["ttft_s"] == pytest.approx(0.02 * 3 + 2 * 0.0005 + 0.0025 / 2)
-    assert p["tokens_per_s"] == pytest.approx(50 / (0.1 + 0.001 + 9 * 0.0025))
-    alone = predict_serving({1: 0.001, 8: 0.002}, 5, 0.01, 0.0005, 10)
-    assert alone["ttft_s"] == pytest.approx(0.01 * 3 + 2 * 0.0005 + 0.0025 / 2)
-    assert eng.predict(4, 0.01, 0.0, 10)["tbt_s"] == pytest.approx(cal[4])
+    eng.start()
+    try:
+        client = RemoteBatchDecode(llm_batch.engine_ops(eng))
+        cal = calibrate_serving(phases["ref"]["prefill"], client, CFG.prompt_len, tokens=12)
+    finally:
+        eng.stop()
+    assert sorted(cal.phase_s) == sorted(cal.period_s) == [1, 2, 4]
+    assert all(t > 0 for t in (*cal.phase_s.values(), *cal.period_s.values(),
+                               *cal.prefill_busy_s.values(), cal.prefill_s, cal.handover_s,
+                               cal.first_token_s, cal.hop_s))  # fmt: skip
+    assert eng.active() == 0 and eng.pool.n_free == eng.pool.capacity  # nothing left behind
+    one = predict_serving(cal, 1, 10)
+    assert one["tbt_s"] == pytest.approx(cal.period_s[1])
+    assert one["ttft_s"] == pytest.approx(cal.prefill_s + cal.handover_s + cal.first_token_s)
+    assert set(cal.to_json()["period_s"]) == {"1", "2", "4"}
+
+
+def test_prediction_composes_measured_terms() -> None:
+    """Three streams in batch 4: the period is batch 4's phase plus the overhead measured
+    around 3 sequences; prefills queue (the first alone, the others beside a busy decode)."""
+    from terrazzo.runtime.llm_predict import ServingCalibration, predict_serving
+
+    cal = ServingCalibration(
+        phase_s={1: 0.001, 2: 0.0015, 4: 0.002}, period_s={1: 0.002, 2: 0.0025, 4: 0.0034},
+        period_busy_s={1: 0.002, 2: 0.0025, 4: 0.0034}, prefill_s=0.01,
+        prefill_busy_s={1: 0.02, 2: 0.02, 4: 0.02}, handover_s=0.001, first_token_s=0.0005,
+        handover_busy_s={2: 0.002, 4: 0.002}, first_token_busy_s={2: 0.003, 4: 0.003},
+        hop_s=0.0005,
+    )  # fmt: skip
+    p = predict_serving(cal, 3, 10)
+    over = (0.001 + 0.0014) / 2  # batch 2's and batch 4's overhead, halfway
+    assert p["period_s"] == pytest.approx(0.002 + over)
+    ttft = [0.01 + 0.0015, 0.03 + 0.005, 0.05 + 0.005]
+    assert p["ttft_s"] == pytest.approx(sum(ttft) / 3)
+    assert p["tbt_s"] == pytest.approx(0.002 + over)  # no slower steps while prefilling
+    assert p["tokens_per_s"] == pytest.approx(30 / (ttft[2] + 9 * (0.002 + over)))
+    with pytest.raises(ServingError, match="positive"):
+        predict_serving(cal, 0, 10)
