@@ -130,25 +130,33 @@ def place_agent(
     if not pd_split:
         return plan, notes
     tasks = list(problem.tasks)
+    devices = list(problem.devices)
+    # Splits already chosen stay pinned while a later LLM node's split is searched: each search
+    # re-solves the whole problem, and from the unpinned problem it would undo the earlier split
+    # (the table then showed ``t4::t4`` while the note said ``cpu::t4``).
+    pinned = np.array(problem.latency_s, dtype=float, copy=True)
     for op in graph.ops:
         if not _has_llm_phases(op):
             continue
         pre, dec = f"{op.name}.prefill", f"{op.name}.decode"
+        pi, di = tasks.index(pre), tasks.index(dec)
         if plan.assignment[pre] != plan.assignment[dec]:
+            pinned[pi, [j for j, d in enumerate(devices) if d != plan.assignment[pre]]] = math.inf
+            pinned[di, [j for j, d in enumerate(devices) if d != plan.assignment[dec]]] = math.inf
             continue
-        best, pi, di = None, tasks.index(pre), tasks.index(dec)
-        for c in range(len(problem.devices)):  # prefill pinned to c, decode barred from c
-            if not math.isfinite(problem.latency_s[pi, c]):
+        best, best_lat = None, pinned
+        for c in range(len(devices)):  # prefill pinned to c, decode barred from c
+            if not math.isfinite(pinned[pi, c]):
                 continue
-            lat = np.array(problem.latency_s, dtype=float, copy=True)
-            lat[pi, [j for j in range(len(problem.devices)) if j != c]] = math.inf
+            lat = pinned.copy()
+            lat[pi, [j for j in range(len(devices)) if j != c]] = math.inf
             lat[di, c] = math.inf
             try:
                 cand = solve(replace(problem, latency_s=lat, _cache={}), solver)
             except PlacementError:
                 continue
             if best is None or cand.usd_per_hour < best.usd_per_hour:
-                best = cand
+                best, best_lat = cand, lat
         if best is None:
             notes.append(
                 f"{op.name}: prefill and decode share {plan.assignment[pre]}; no P::D split "
@@ -160,8 +168,10 @@ def place_agent(
             f"{best.assignment[pre]}::{best.assignment[dec]} at {best.usd_per_hour:.3f} USD/h vs "
             f"{plan.usd_per_hour:.3f} USD/h co-located on {plan.assignment[pre]}"
         )
-        split = best
-        plan = split
+        plan = best
+        pinned = best_lat
+        d = devices.index(plan.assignment[dec])
+        pinned[di, [j for j in range(len(devices)) if j != d]] = math.inf
     return plan, notes
 
 
