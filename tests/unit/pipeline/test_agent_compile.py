@@ -344,3 +344,17 @@ def test_cli_compiles_agent_spec_with_device_builds(tmp_path):
     assert len(reasons) == 3  # one per unrolled iteration
     if not _cuda_present():
         assert all(r and "host-CPU build serves" in r for r in reasons)
+
+
+def test_batch_sizes_flag_parses_and_refuses_in_one_line():
+    from terrazzo.commands._agent import batch_sizes_arg
+    from terrazzo.errors import FrontendError
+
+    assert batch_sizes_arg("8,1, 2,2") == (1, 2, 8)
+    assert batch_sizes_arg("") == ()
+    with pytest.raises(
+        FrontendError, match="--batch-sizes '0,4': each batch size must be in 1..256"
+    ):
+        batch_sizes_arg("0,4")
+    with pytest.raises(FrontendError, match="comma-separated integers"):
+        batch_sizes_arg("two")
