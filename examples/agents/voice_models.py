@@ -15,7 +15,7 @@ class SpeechToText(nn.Module):
         self.head = nn.Linear(64, 256)
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
-        frames = audio.reshape(1, 16, 100)
+        frames = audio.reshape(audio.shape[0], 16, 100)  # a batch of clips is a batch of rows
         return self.head(torch.relu(self.frame(frames)))
 
 
@@ -54,7 +54,7 @@ class ChunkedTextToSpeech(nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         h = torch.relu(self.hidden(self.embed(tokens)))
         h = torch.relu(self.vocoder(h))
-        return torch.tanh(self.out(h)).reshape(1, 1600)
+        return torch.tanh(self.out(h)).reshape(tokens.shape[0], 1600)
 
 
 def chunked_text_to_speech() -> nn.Module:

@@ -11,6 +11,23 @@ def is_agent_spec(path: str) -> bool:
     return str(path).lower().endswith((".yaml", ".yml"))
 
 
+def batch_sizes_arg(text: str) -> tuple[int, ...]:
+    """``--batch-sizes 1,2,4,8`` → ``(1, 2, 4, 8)``; ``""`` → no batched builds.
+
+    Raises:
+        FrontendError: not comma-separated integers in 1..256.
+    """
+    from terrazzo.errors import FrontendError
+
+    try:
+        sizes = tuple(sorted({int(x) for x in text.split(",") if x.strip()}))
+    except ValueError:
+        raise FrontendError(f"--batch-sizes {text!r}: comma-separated integers") from None
+    if any(b < 1 or b > 256 for b in sizes):
+        raise FrontendError(f"--batch-sizes {text!r}: each batch size must be in 1..256")
+    return sizes
+
+
 def run_compile(args: argparse.Namespace) -> int:
     """Compile an agent spec with ``terrazzo.pipeline.compile_agent`` and print a summary."""
     from rich.console import Console
@@ -30,6 +47,7 @@ def run_compile(args: argparse.Namespace) -> int:
     res = compile_agent(
         args.model, args.fleet, args.sla, args.output, rps=args.rps, solver=args.solver,
         profile=args.profile, sign_key=args.sign, progress=None if args.json else progress,
+        batch_sizes=batch_sizes_arg(getattr(args, "batch_sizes", "") or ""),
     )  # fmt: skip
     from terrazzo.bundle import open_bundle
 

@@ -79,6 +79,12 @@ def register(subparsers: Any) -> None:
         "--kv-dtype", choices=("fp32", "fp16"), default="fp32",
         help="the paged KV pool's storage type (compute stays fp32 on CPUs)",
     )  # fmt: skip
+    agent = p.add_argument_group("agent specs (YAML)")
+    agent.add_argument(
+        "--batch-sizes", default="", metavar="B,B,...",
+        help="serve concurrent conversations batched: build each LLM's batched decode and each "
+        "batchable model node at these sizes (default: batch 1 only)",
+    )  # fmt: skip
     from terrazzo.commands._common import add_shape_args
 
     add_shape_args(p)

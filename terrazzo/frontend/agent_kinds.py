@@ -46,6 +46,7 @@ class InputEntry(AgentNodeEntry):
 class ModelEntry(AgentNodeEntry):
     device: str
     stage: int
+    batch_stages: dict[str, int] = {}  # batch size → bundle stage of the copy built for it
 
 
 class PhaseEntry(BaseModel):
@@ -69,6 +70,8 @@ class LLMEntry(AgentNodeEntry):
     max_new_tokens: int
     search_below: int = 128
     kv_cache_bytes: int = 0
+    decode_batch: dict[str, int] = {}  # batch size → bundle stage of the batched paged decode
+    kv: dict[str, Any] = {}  # the paged KV pool of those stages (block, n_blocks, dtype)
 
     def device_label(self) -> str:
         return f"{self.prefill.device}::{self.decode.device}"

@@ -130,25 +130,33 @@ def place_agent(
     if not pd_split:
         return plan, notes
     tasks = list(problem.tasks)
+    devices = list(problem.devices)
+    # Splits already chosen stay pinned while a later LLM node's split is searched: each search
+    # re-solves the whole problem, and from the unpinned problem it would undo the earlier split
+    # (the table then showed ``t4::t4`` while the note said ``cpu::t4``).
+    pinned = np.array(problem.latency_s, dtype=float, copy=True)
     for op in graph.ops:
         if not _has_llm_phases(op):
             continue
         pre, dec = f"{op.name}.prefill", f"{op.name}.decode"
+        pi, di = tasks.index(pre), tasks.index(dec)
         if plan.assignment[pre] != plan.assignment[dec]:
+            pinned[pi, [j for j, d in enumerate(devices) if d != plan.assignment[pre]]] = math.inf
+            pinned[di, [j for j, d in enumerate(devices) if d != plan.assignment[dec]]] = math.inf
             continue
-        best, pi, di = None, tasks.index(pre), tasks.index(dec)
-        for c in range(len(problem.devices)):  # prefill pinned to c, decode barred from c
-            if not math.isfinite(problem.latency_s[pi, c]):
+        best, best_lat = None, pinned
+        for c in range(len(devices)):  # prefill pinned to c, decode barred from c
+            if not math.isfinite(pinned[pi, c]):
                 continue
-            lat = np.array(problem.latency_s, dtype=float, copy=True)
-            lat[pi, [j for j in range(len(problem.devices)) if j != c]] = math.inf
+            lat = pinned.copy()
+            lat[pi, [j for j in range(len(devices)) if j != c]] = math.inf
             lat[di, c] = math.inf
             try:
                 cand = solve(replace(problem, latency_s=lat, _cache={}), solver)
             except PlacementError:
                 continue
             if best is None or cand.usd_per_hour < best.usd_per_hour:
-                best = cand
+                best, best_lat = cand, lat
         if best is None:
             notes.append(
                 f"{op.name}: prefill and decode share {plan.assignment[pre]}; no P::D split "
@@ -160,8 +168,10 @@ def place_agent(
             f"{best.assignment[pre]}::{best.assignment[dec]} at {best.usd_per_hour:.3f} USD/h vs "
             f"{plan.usd_per_hour:.3f} USD/h co-located on {plan.assignment[pre]}"
         )
-        split = best
-        plan = split
+        plan = best
+        pinned = best_lat
+        d = devices.index(plan.assignment[dec])
+        pinned[di, [j for j in range(len(devices)) if j != d]] = math.inf
     return plan, notes
 
 
@@ -200,16 +210,26 @@ def _check_runnable(op: Any) -> None:
         )
 
 
-def _export_torch_model(op: Any) -> tuple[Any, list[Any], list[Any]]:
-    """torch.export a model node with its example inputs and import it into Relax (weights as constants)."""
+def _export_torch_model(
+    op: Any, batch: int = 0, module: Any = None
+) -> tuple[Any, list[Any], list[Any]]:
+    """torch.export a model node with its example inputs and import it into Relax (weights as constants).
+
+    ``batch > 0``: the same model with dimension 0 of every example input set to ``batch``
+    (a copy the runtime runs for ``batch`` requests merged across conversations); pass the
+    ``module`` the batch-1 build exported so that the copies hold the same weights.
+    """
     import torch
     from tvm.relax.frontend.torch import from_exported_program
 
     from terrazzo.bundle import TensorSpec
     from terrazzo.frontend.agent import resolve_callable
 
-    module = resolve_callable(str(op.attr("source")))().eval()
+    if module is None:
+        module = resolve_callable(str(op.attr("source")))().eval()
     ex = op.attr("example_inputs") or ()
+    if batch:
+        ex = tuple((name, (batch, *tuple(shape)[1:]), dtype) for name, shape, dtype in ex)
     args = tuple(torch.zeros(tuple(shape), dtype=getattr(torch, dtype)) for _, shape, dtype in ex)
     with torch.no_grad():
         ep = torch.export.export(module, args)
@@ -237,19 +257,36 @@ def _export_onnx_model(op: Any) -> tuple[Any, list[Any], list[Any]]:
     return graph.relax_mod, ins, outs
 
 
-def _export_llm(op: Any) -> dict[str, tuple[Any, list[Any], list[Any]]]:
-    """The prefill and decode Relax modules of an ``llm.call`` op with their signatures."""
+def _export_llm(
+    op: Any, decode_batches: tuple[int, ...] = (), kv: Any = None
+) -> dict[str, tuple[Any, list[Any], list[Any]]]:
+    """The prefill and decode Relax modules of an ``llm.call`` op with their signatures, and
+    with ``decode_batches`` the batched paged decode phase at each size (``decode_b{B}``)."""
     from terrazzo.bundle import TensorSpec
-    from terrazzo.codegen.llm_phases import PHASE_OUTPUTS, example_inputs, export_relax
+    from terrazzo.codegen.llm_phases import (
+        DECODE_BATCH_OUTPUTS,
+        PHASE_OUTPUTS,
+        decode_batch_inputs,
+        example_inputs,
+        export_relax,
+    )
 
     cfg = llm_config_of(op)
     ex = example_inputs(cfg)
+    row = (cfg.n_layers, cfg.n_kv_heads, cfg.head_dim)
+    for b in decode_batches:
+        ex[f"decode_b{b}"] = decode_batch_inputs(cfg, kv, b)
     out = {}
-    for phase, mod in export_relax(cfg).items():
+    for phase, mod in export_relax(cfg, decode_batches, kv).items():
         ins = [TensorSpec(n, str(a.dtype), tuple(a.shape)) for n, a in ex[phase].items()]
-        vocab, cache = (1, cfg.vocab_size), tuple(cfg.cache_shape)
-        shapes = {"logits": vocab, "k_cache": cache, "v_cache": cache}
-        outs = [TensorSpec(n, "float32", shapes[n]) for n in PHASE_OUTPUTS[phase]]
+        if phase.startswith("decode_b"):
+            b = int(phase[len("decode_b") :])
+            bs = {"logits": (b, cfg.vocab_size), "k_new": (b, *row), "v_new": (b, *row)}
+            outs = [TensorSpec(n, "float32", bs[n]) for n in DECODE_BATCH_OUTPUTS]
+        else:
+            vocab, cache = (1, cfg.vocab_size), tuple(cfg.cache_shape)
+            shapes = {"logits": vocab, "k_cache": cache, "v_cache": cache}
+            outs = [TensorSpec(n, "float32", shapes[n]) for n in PHASE_OUTPUTS[phase]]
         out[phase] = (mod, ins, outs)
     return out
 
@@ -329,6 +366,7 @@ class BuildContext:
     assignment: dict[str, str]
     add_stage: Callable[[str, tuple[Any, list[Any], list[Any]]], int]
     search_below: int
+    batch_sizes: tuple[int, ...] = ()
 
 
 def _build_input(op: Any, cx: BuildContext) -> dict[str, Any]:
@@ -342,16 +380,49 @@ def _build_model(op: Any, cx: BuildContext) -> dict[str, Any]:
         raise CodegenError(
             f"model node {op.name!r}: the agent compiler builds torch and ONNX model nodes, not {fmt!r}"
         )
-    exported = _export_onnx_model(op) if fmt == "onnx" else _export_torch_model(op)
-    return {"device": cx.assignment[op.name], "stage": cx.add_stage(op.name, exported)}
+    module = None
+    if fmt == "torch":
+        from terrazzo.frontend.agent import resolve_callable
+
+        module = resolve_callable(str(op.attr("source")))().eval()
+    exported = _export_onnx_model(op) if fmt == "onnx" else _export_torch_model(op, 0, module)
+    entry: dict[str, Any] = {"device": cx.assignment[op.name],
+                             "stage": cx.add_stage(op.name, exported)}  # fmt: skip
+    sizes = [b for b in cx.batch_sizes if b > 1]
+    if module is not None and sizes and _batches_on_dim0(exported):
+        batched: dict[str, int] = {}
+        for b in sizes:
+            try:
+                copy = _export_torch_model(op, b, module)
+            except Exception:  # the module fixes its batch (a reshape to 1, ...): not batched
+                break
+            if not all(t.shape[0] == b for t in (*copy[1], *copy[2])):
+                break
+            batched[str(b)] = cx.add_stage(op.name, copy)
+        if batched:
+            entry["batch_stages"] = batched
+    return entry
+
+
+def _batches_on_dim0(exported: tuple[Any, list[Any], list[Any]]) -> bool:
+    """Every input and output of a model node has dimension 0 of size 1 (a batch of one)."""
+    _, ins, outs = exported
+    return all(len(t.shape) >= 1 and t.shape[0] == 1 for t in (*ins, *outs))
 
 
 def _build_llm(op: Any, cx: BuildContext) -> dict[str, Any]:
+    from terrazzo.codegen.llm_phases import KVLayout
+
     _check_runnable(op)
-    phases = _export_llm(op)
     cfg = llm_config_of(op)
+    # continuous batching (runtime.llm_batch) for LLMs outside loops: a paged KV pool holding a
+    # full context for every sequence of the largest batch, plus the scratch block
+    batches = cx.batch_sizes if not op.attr_dict.get("loop") else ()
+    block = min(16, cfg.max_len)
+    kv = KVLayout(block=block, n_blocks=1 + -(-cfg.max_len // block) * max(batches or (1,)))
+    phases = _export_llm(op, batches, kv if batches else None)
     pre, dec = f"{op.name}.prefill", f"{op.name}.decode"
-    return {
+    entry = {
         "prefill": {"device": cx.assignment[pre], "stage": cx.add_stage(pre, phases["prefill"])},
         "decode": {"device": cx.assignment[dec], "stage": cx.add_stage(dec, phases["decode"])},
         "config": {k: getattr(cfg, k) for k in cfg.__slots__},
@@ -359,6 +430,10 @@ def _build_llm(op: Any, cx: BuildContext) -> dict[str, Any]:
         "search_below": cx.search_below,
         "kv_cache_bytes": int(cfg.kv_cache_bytes()),
     }
+    if batches:
+        entry["decode_batch"] = {str(b): cx.add_stage(dec, phases[f"decode_b{b}"]) for b in batches}
+        entry["kv"] = {"block": kv.block, "n_blocks": kv.n_blocks, "dtype": kv.dtype}
+    return entry
 
 
 def _build_tool(op: Any, cx: BuildContext) -> dict[str, Any]:
@@ -447,6 +522,7 @@ def compile_agent(
     profile: str | None = None,
     sign_key: str | Path | bool | None = True,
     progress: ProgressFn | None = None,
+    batch_sizes: tuple[int, ...] = (),
 ) -> AgentCompileResult:
     """Compile an agent spec (YAML) into a servable ``.tzb`` bundle.
 
@@ -468,6 +544,12 @@ def compile_agent(
         sign_key: Ed25519 private key (PEM) to sign the bundle; ``True`` (default): the local
             key (created on first use, trusted on this machine); ``None``: unsigned.
         progress: optional ``callable(event: str, detail: dict)``.
+        batch_sizes: batch sizes to serve concurrent conversations at (e.g. ``(1, 2, 4, 8)``):
+            each LLM outside a loop also gets its batched paged decode phase at every size
+            (its decode then runs in one continuous-batching engine shared by every
+            conversation, ``runtime.llm_batch``) and each torch model node whose dimension 0
+            is a batch of one gets a copy at every size above 1 (requests of concurrent
+            conversations merge, ``runtime.batcher``). Empty: batch-1 builds only.
 
     Returns:
         AgentCompileResult.
@@ -511,7 +593,10 @@ def compile_agent(
             )
             return index
 
-        cx = BuildContext(graph, dict(plan.assignment), add_stage, int(search_below))
+        sizes = tuple(sorted({int(b) for b in batch_sizes}))
+        if any(b < 1 or b > 256 for b in sizes):
+            raise CodegenError(f"batch_sizes {list(batch_sizes)}: each must be in 1..256")
+        cx = BuildContext(graph, dict(plan.assignment), add_stage, int(search_below), sizes)
         nodes = []
         for op in graph.ops:
             kind = node_kind(op.kind)

@@ -375,6 +375,10 @@ class AgentPlanBuilder:
         if loop is not None and i > 0:
             gate = {"active": roles["active"], "prev": self.val(name, i - 1)}
             dec_in += [gate["active"], gate["prev"]]
+        batched: dict[str, Any] = {}
+        if loop is None and n.decode_batch:  # continuous batching across conversations
+            batched = {"batched": {"stages": dict(n.decode_batch), "kv": dict(n.kv),
+                                   "config": cfg.model_dump()}}  # fmt: skip
         if name in self.streams and loop is None:  # decode → model, pipelined chunk by chunk
             tts: Any = self.nodes[self.streams[name]]
             info = self.infos[tts.stage]
@@ -395,6 +399,8 @@ class AgentPlanBuilder:
                     "model_shape": list(info.inputs[0].shape),
                     "model_outputs": tts_outs,
                     "trust_key": self.trust,
+                    **batched,
+                    **({"model_batch_stages": dict(tts.batch_stages)} if tts.batch_stages else {}),
                 },
                 dec.stage,
             )
@@ -415,6 +421,7 @@ class AgentPlanBuilder:
                 "max_new_tokens": int(n.max_new_tokens),
                 "trust_key": self.trust,
                 **gate,
+                **batched,
             },
             dec.stage,
         )
@@ -466,8 +473,10 @@ def _run_model(b: AgentPlanBuilder, n: Any, st: NodeStep) -> None:
     info = b.infos[n.stage]
     feeds = dict(zip([s.name for s in info.inputs], st.preds, strict=True))
     outs = b.alias(n.name, st.out)
-    kwargs = {"path": b.path, "index": n.stage, "feeds": feeds, "output": outs,
-              "trust_key": b.trust}  # fmt: skip
+    kwargs: dict[str, Any] = {"path": b.path, "index": n.stage, "feeds": feeds, "output": outs,
+                              "trust_key": b.trust}  # fmt: skip
+    if n.batch_stages:  # merged across concurrent conversations (agent_runners.BatchedStage)
+        kwargs["batch_stages"] = dict(n.batch_stages)
     b.add(n.device, st.preds, outs, "model_stage", kwargs, n.stage)
 
 
@@ -629,9 +638,13 @@ class LocalAgent:
         return env
 
     def close(self) -> None:
-        """Stop the thread pool (concurrent mode)."""
+        """Stop the thread pool (concurrent mode) and the runners' batching engines."""
         if self._pool is not None:
             self._pool.shutdown(wait=False)
+        for runner in self.runners:
+            engine = getattr(runner, "engine", None)
+            if engine is not None:
+                engine.stop()
 
 
 def run_agent_bundle(

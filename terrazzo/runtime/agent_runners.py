@@ -16,6 +16,7 @@ float logits over the vocabulary become their argmax bytes, integers become toke
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -78,6 +79,95 @@ def _open_stage(path: str, index: int, trust_key: Any = None) -> Any:
     if isinstance(trust_key, Mapping) and "hex" in trust_key:
         trust_key = bytes.fromhex(trust_key["hex"])
     return open_bundle(path, trust_key=trust_key).load_stage(int(index))
+
+
+# -- serving concurrent conversations together ------------------------------------------------
+class BatchedStage:
+    """A model node served at several compiled batch sizes: calls from concurrent conversations
+    merge in a ``DynamicBatcher`` (one execution at a time; whatever queued while the stage was
+    busy runs together, no added wait), padded to the smallest compiled size that holds them.
+
+    Args:
+        stages: batch size → the stage compiled for it (``1`` is the node's own stage).
+        name: for messages.
+    """
+
+    def __init__(self, stages: Mapping[int, Any], name: str = "model") -> None:
+        from terrazzo.runtime.batcher import BatchDimension, BatchingOptions, DynamicBatcher
+
+        self.stages = dict(sorted(stages.items()))
+        self.sizes = tuple(self.stages)
+        one = self.stages[self.sizes[0]]
+        self.inputs = tuple(s.name for s in one.inputs)
+        self.outputs = tuple(s.name for s in one.outputs)
+        self.specs = {s.name: s for s in one.inputs}
+        top = self.sizes[-1]
+        self.batcher = DynamicBatcher(self._run_rows, self.inputs, self.outputs,
+                                      BatchingOptions(max_batch_size=top),
+                                      BatchDimension("batch", 1, top), name)  # fmt: skip
+        self.executions: dict[int, int] = {b: 0 for b in self.sizes}
+
+    def _run_rows(self, values: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows = int(np.asarray(values[self.inputs[0]]).shape[0])
+        b = next((s for s in self.sizes if s >= rows), self.sizes[-1])
+        args = {}
+        for name in self.inputs:
+            a = np.asarray(values[name])
+            if a.shape[0] < b:  # pad with zero rows (valid tokens, silent audio): sliced away
+                a = np.concatenate([a, np.zeros((b - a.shape[0], *a.shape[1:]), a.dtype)])
+            args[name] = a
+        self.executions[b] += 1
+        out = self.stages[b](args)
+        return {n: np.asarray(out[n])[:rows] for n in self.outputs}
+
+    def __call__(self, values: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.batcher.submit({n: values[n] for n in self.inputs}).outputs
+
+    def close(self) -> None:
+        self.batcher.close()
+
+
+def _batched_stage(
+    path: str, index: int, batch_stages: Mapping[str, int] | None, trust_key: Any, name: str
+) -> Any:
+    """The node's stage, or a :class:`BatchedStage` over it and its batch copies."""
+    one = _open_stage(path, index, trust_key)
+    if not batch_stages:
+        return one
+    stages = {1: one}
+    stages.update({int(b): _open_stage(path, i, trust_key) for b, i in batch_stages.items()})
+    return BatchedStage(stages, name)
+
+
+def _decode_engine(path: str, batched: Mapping[str, Any], trust_key: Any) -> Any:
+    """A continuous-batching engine (``runtime.llm_batch``) over the LLM node's batched paged
+    decode phases, stepping in its own thread: every conversation's decode joins it."""
+    from terrazzo.runtime.llm_batch import engine_from_llm
+
+    llm = {"config": dict(batched["config"]), "kv": dict(batched["kv"]),
+           "stages": {"decode_batch": dict(batched["stages"])}, "eos_token_ids": []}  # fmt: skip
+    engine = engine_from_llm(llm, lambda i: _open_stage(path, i, trust_key))
+    engine.start()
+    return engine
+
+
+def _engine_tokens(
+    engine: Any, state: Mapping[str, np.ndarray], n: int, max_new_tokens: int
+) -> Any:
+    """Join a prefilled sequence to ``engine`` and yield its greedy tokens as they come."""
+    from terrazzo.runtime.llm_batch import Sampling
+
+    sid = next(_SESSIONS)
+    logits = np.asarray(state["logits"]).reshape(-1)
+    engine.join(sid, state["k_cache"], state["v_cache"], n, logits, [],
+                Sampling(max_tokens=int(max_new_tokens), ignore_eos=True))  # fmt: skip
+    done = False
+    while not done:
+        toks, done = engine.poll(sid)
+        yield from toks
+
+
+_SESSIONS = itertools.count(1)  # engine session ids of this process (next() is atomic)
 
 
 # -- LLM phases ----------------------------------------------------------------------------
@@ -170,6 +260,8 @@ def llm_decode(
     active: str | None = None,
     prev: str | None = None,
     trust_key: Any = None,
+    batched: Mapping[str, Any] | None = None,
+    batching: bool = True,
 ) -> Runner:
     """Decode worker: take the prefill's logits and KV cache (they arrived over gRPC) and decode greedily.
 
@@ -178,18 +270,28 @@ def llm_decode(
         output: name of the answer (int64 ``[max_new_tokens]`` token ids).
         max_new_tokens: tokens generated (the first from the prefill logits).
         active / prev: the loop flag and the previous iteration's answer (pass-through).
+        batched: the node's batched paged decode (``{"stages", "kv", "config"}``, compiled with
+            ``batch_sizes``): with ``batching`` every call joins one continuous-batching engine,
+            so concurrent conversations share decode steps; otherwise each decodes alone.
     """
     from terrazzo.codegen.llm_phases import decode_loop
 
-    phase = _open_stage(path, index, trust_key)
+    engine = _decode_engine(path, batched, trust_key) if batched and batching else None
+    phase: Any = _open_stage(path, index, trust_key) if engine is None else None
 
     def run(values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if not _active(values, active):
             return {output: np.asarray(values[str(prev)])}
         state = {k: values[inputs[k]] for k in ("logits", "k_cache", "v_cache")}
         n = int(np.asarray(values[inputs["length"]]).reshape(-1)[0])
+        if engine is not None:
+            toks = list(_engine_tokens(engine, state, n, int(max_new_tokens)))
+            return {output: np.array(toks, np.int64)}
         return {output: decode_loop(phase, state, n, int(max_new_tokens))}
 
+    if engine is not None:
+        run.concurrent = True  # type: ignore[attr-defined]  # a worker calls it at once
+        run.engine = engine  # type: ignore[attr-defined]
     return run
 
 
@@ -205,6 +307,9 @@ def llm_decode_stream(
     model_outputs: Sequence[str],
     overlap: bool = True,
     trust_key: Any = None,
+    batched: Mapping[str, Any] | None = None,
+    model_batch_stages: Mapping[str, int] | None = None,
+    batching: bool = True,
 ) -> Runner:
     """Decode and a streamed token model (TTS) in one stage: each chunk of the answer is voiced while the next is decoded.
 
@@ -213,23 +318,51 @@ def llm_decode_stream(
     its kernels, so decode steps and model chunks run at the same time); without it every chunk
     is voiced after decoding ends — the same work in sequence, for comparison. The model's
     value is the chunks' outputs concatenated along the last axis.
+
+    With ``batching`` and the batched builds (``batched``: the LLM's batched paged decode,
+    ``model_batch_stages``: the model's batch copies; see ``llm_decode``) concurrent
+    conversations share decode steps in one continuous-batching engine and their chunks merge
+    into batched model executions; the tokens still stream chunk by chunk.
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    phase = _open_stage(path, index, trust_key)
-    model = _open_stage(path, model_index, trust_key)
+    engine = _decode_engine(path, batched, trust_key) if batched and batching else None
+    phase: Any = _open_stage(path, index, trust_key) if engine is None else None
+    model = _batched_stage(path, model_index, model_batch_stages if batching else None,
+                           trust_key, "streamed model")  # fmt: skip
     shape = tuple(int(d) for d in model_shape)
     chunk = int(np.prod(shape))
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tz-stream")
-    dtype = next(iter(model.inputs)).dtype if hasattr(model, "inputs") else "int64"
+    pool = ThreadPoolExecutor(
+        max_workers=1 if engine is None else 16, thread_name_prefix="tz-stream"
+    )
+    specs = model.specs if isinstance(model, BatchedStage) else {s.name: s for s in model.inputs}
+    dtype = specs[model_input].dtype if model_input in specs else "int64"
 
     def voice(tokens: list[int]) -> np.ndarray:
         x = fit_tokens(np.array(tokens, np.int64), shape).astype(dtype)
         return np.asarray(next(iter(model({model_input: x}).values())))
 
+    def run_engine(state: Mapping[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
+        tokens: list[int] = []
+        parts: list[Any] = []
+        for tok in _engine_tokens(engine, state, n, int(max_new_tokens)):
+            tokens.append(tok)
+            if overlap and len(tokens) % chunk == 0:  # a full chunk: voice it now
+                parts.append(pool.submit(voice, tokens[-chunk:]))
+        done = len(parts) * chunk
+        parts += [
+            pool.submit(voice, tokens[j : j + chunk]) for j in range(done, len(tokens), chunk)
+        ]
+        audio = np.concatenate([f.result() for f in parts], axis=-1)
+        out = {output: np.array(tokens, np.int64)}
+        out.update({name: audio for name in model_outputs})
+        return out
+
     def run(values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         state = {k: values[inputs[k]] for k in ("logits", "k_cache", "v_cache")}
         n = int(np.asarray(values[inputs["length"]]).reshape(-1)[0])
+        if engine is not None:
+            return run_engine(state, n)
         tokens = [int(np.argmax(state["logits"][0]))]
         k, v = state["k_cache"], state["v_cache"]
         parts: list[Any] = []
@@ -254,6 +387,10 @@ def llm_decode_stream(
         out.update({name: audio for name in model_outputs})
         return out
 
+    if engine is not None or isinstance(model, BatchedStage):
+        run.concurrent = True  # type: ignore[attr-defined]  # a worker calls it at once
+        run.engine = engine  # type: ignore[attr-defined]
+        run.model = model  # type: ignore[attr-defined]
     return run
 
 
@@ -362,15 +499,20 @@ def model_stage(
     output: str | Sequence[str],
     vocab: int = 256,
     trust_key: Any = None,
+    batch_stages: Mapping[str, int] | None = None,
+    batching: bool = True,
 ) -> Runner:
     """A compiled model node (bundle stage) with glue: integer inputs are fitted to the stage's token shape.
 
     Args:
         feeds: stage input name → value name.
         output: the value name(s) of the stage's single output (aliases get the same array).
+        batch_stages: batch size → the node's copy compiled for it (``batch_sizes``): with
+            ``batching``, calls of concurrent conversations merge (:class:`BatchedStage`).
     """
-    stage = _open_stage(path, index, trust_key)
-    specs = {s.name: s for s in stage.inputs}
+    stage = _batched_stage(path, index, batch_stages if batching else None, trust_key,
+                           f"model stage {index}")  # fmt: skip
+    specs = stage.specs if isinstance(stage, BatchedStage) else {s.name: s for s in stage.inputs}
     names = [output] if isinstance(output, str) else list(output)
 
     def run(values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -383,6 +525,8 @@ def model_stage(
         y = next(iter(stage(args).values()))
         return {name: y for name in names}
 
+    if isinstance(stage, BatchedStage):
+        run.concurrent = True  # type: ignore[attr-defined]  # a worker calls it at once
     return run
 
 

@@ -46,6 +46,47 @@ def test_pd_split_puts_prefill_and_decode_on_different_classes(voice_graph):
     assert split.latency_s <= 2.0
 
 
+TWO_LLMS = """
+name: two_llms
+nodes:
+  - {name: prompt, type: input, shape: [1, 16], dtype: int64}
+  - {name: draft, type: llm, preset: tiny-llama, dtype: fp16, max_new_tokens: 16, input_tokens: 32, output_tokens: 16}
+  - {name: answer, type: llm, preset: tiny-llama, dtype: fp16, max_new_tokens: 16, input_tokens: 32, output_tokens: 16}
+  - {name: text, type: output}
+edges: [prompt -> draft, draft -> answer, answer -> text]
+"""
+
+
+def test_forced_splits_of_several_llms_agree_with_the_table(tmp_path):
+    """Each LLM's split note names the pair the compile table shows (the plan's assignment):
+    a later node's split search must not undo an earlier node's split (it did: the table said
+    ``draft a100-80g::a100-80g`` while the note said ``cpu::a100-80g``)."""
+    import re
+
+    from terrazzo.frontend.agent import load_agent
+    from terrazzo.frontend.agent_kinds import LLMEntry, PhaseEntry
+    from terrazzo.pipeline.agent import place_agent
+    from terrazzo.placement import SLA, Fleet
+
+    spec = tmp_path / "two_llms.yaml"
+    spec.write_text(TWO_LLMS)
+    fleet = Fleet.model_validate(FLEET)
+    plan, notes = place_agent(load_agent(spec), fleet, SLA(latency_s=5.0))
+    forced = {}
+    for n in notes:
+        m = re.match(r"(\w+): P::D split forced .*: (\S+)::(\S+) at", n)
+        if m:
+            forced[m.group(1)] = f"{m.group(2)}::{m.group(3)}"
+    assert set(forced) == {"draft", "answer"}, notes
+    for name, pair in forced.items():
+        a = plan.assignment
+        entry = LLMEntry(name=name, kind="llm.call", prefill=PhaseEntry(device=a[f"{name}.prefill"], stage=0),
+                         decode=PhaseEntry(device=a[f"{name}.decode"], stage=1),
+                         config={"prompt_len": 32, "vocab_size": 256}, max_new_tokens=16)  # fmt: skip
+        assert entry.device_label() == pair, (name, notes)
+        assert a[f"{name}.prefill"] != a[f"{name}.decode"]
+
+
 def test_cost_preset_replaces_test_size_llm_only(voice_graph):
     from terrazzo.pipeline.agent import _costed_graph
 
@@ -303,3 +344,17 @@ def test_cli_compiles_agent_spec_with_device_builds(tmp_path):
     assert len(reasons) == 3  # one per unrolled iteration
     if not _cuda_present():
         assert all(r and "host-CPU build serves" in r for r in reasons)
+
+
+def test_batch_sizes_flag_parses_and_refuses_in_one_line():
+    from terrazzo.commands._agent import batch_sizes_arg
+    from terrazzo.errors import FrontendError
+
+    assert batch_sizes_arg("8,1, 2,2") == (1, 2, 8)
+    assert batch_sizes_arg("") == ()
+    with pytest.raises(
+        FrontendError, match="--batch-sizes '0,4': each batch size must be in 1..256"
+    ):
+        batch_sizes_arg("0,4")
+    with pytest.raises(FrontendError, match="comma-separated integers"):
+        batch_sizes_arg("two")
