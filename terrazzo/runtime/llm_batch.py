@@ -638,6 +638,11 @@ class RemoteBatchDecode:
             self._queues.pop(sid, None)
         self._op(OP_CANCEL, sid)
 
+    def in_flight(self) -> int:
+        """Sequences of this client still being decoded (joined, not finished or cancelled)."""
+        with self._lock:
+            return len(self._queues)
+
     def calibrate(self) -> dict[str, float]:
         """Time each compiled batch size on the decode worker now (nothing may be running)."""
         out = self._op(OP_CALIBRATE, 0)
