@@ -65,9 +65,9 @@ def _param_specs(mod: Any) -> list[tuple[str, list[int], str]]:
     """(name, shape, dtype) of ``main``'s parameters; a symbolic dimension becomes 1."""
     out = []
     for p in mod["main"].params:
-        si = p.struct_info
-        dims = [int(d.value) if hasattr(d, "value") else 1 for d in si.shape.values]
-        out.append((p.name_hint, dims, str(si.dtype)))
+        ty = p.ty  # this TVM's Var: .name and .ty (a relax.TensorType with a shape)
+        dims = [int(d.value) if hasattr(d, "value") else 1 for d in ty.shape.values]
+        out.append((str(p.name), dims, str(ty.dtype)))
     return out
 
 
