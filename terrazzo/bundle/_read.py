@@ -685,7 +685,9 @@ class Bundle:
         return self.root / member
 
     # -- execution ---------------------------------------------------------------------------
-    def load_stage(self, index: int, device: str = "auto") -> StageRunner:
+    def load_stage(
+        self, index: int, device: str = "auto", library: str | None = None
+    ) -> StageRunner:
         """Load stage ``index`` as a StageRunner.
 
         Args:
@@ -693,13 +695,16 @@ class Bundle:
             device: ``"auto"`` (the planned device when present here, else the host CPU build),
                 ``"cpu"`` (always the host build) or ``"device"`` (the device build; raises
                 if it cannot run here).
+            library: run this CPU build of the stage instead (with the bundle's weights):
+                ``member:NAME`` names a bundle member, anything else a file, e.g. one built
+                from the stage's ``ir.json`` for another target or re-tuned while serving.
         """
         from terrazzo.bundle._runner import StageRunner
 
         stages = self.manifest["stages"]
         if not 0 <= index < len(stages):
             raise BundleError(f"stage {index} does not exist (bundle has {len(stages)})")
-        return StageRunner.from_bundle(self, StageInfo.from_json(stages[index]), device)
+        return StageRunner.from_bundle(self, StageInfo.from_json(stages[index]), device, library)
 
     def load_stages(self, device: str = "auto") -> list[StageRunner]:
         """Every stage as a StageRunner, in index order (see ``load_stage``)."""

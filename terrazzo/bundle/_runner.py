@@ -225,7 +225,9 @@ class StageRunner:
         self._call_lock = threading.Lock()  # one VM: calls from several threads take turns
 
     @staticmethod
-    def from_bundle(bundle: Bundle, info: StageInfo, device: str = "auto") -> StageRunner:
+    def from_bundle(
+        bundle: Bundle, info: StageInfo, device: str = "auto", library: str | None = None
+    ) -> StageRunner:
         """Load a stage of an opened Bundle (see ``Bundle.load_stage``)."""
         from safetensors.numpy import load_file
 
@@ -269,8 +271,16 @@ class StageRunner:
                     "not used here, running the host-CPU build"
                 )
                 (log.warning if device == "auto" else log.info)(note)
+        lib_path = str(bundle.member_path(lib))
+        if library is not None:  # another CPU build of this stage (see Bundle.load_stage)
+            lib_path = (
+                str(bundle.member_path(library.removeprefix("member:")))
+                if library.startswith("member:")
+                else library
+            )
+            ran_on, note = "cpu", None
         runner = StageRunner(
-            str(bundle.member_path(lib)),
+            lib_path,
             weights,
             tuple(info.weights),
             tuple(info.inputs),

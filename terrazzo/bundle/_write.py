@@ -12,6 +12,8 @@ Layout::
     stages/<i>/device.so        build for the planned device's target (when it differs)
     stages/<i>/kernels.cu       CUDA source (cuda targets)
     stages/<i>/kernels.fatbin   nvcc output (cuda targets, when nvcc could compile the arch)
+    stages/<i>/ir.json          the stage's Relax module (TVM JSON): rebuilt for another target
+                                when an adaptive re-plan needs one (``serve --adapt``)
     weights/stage<i>.safetensors  the weights stage <i> reads (never pickle)
     reference/host.so           whole model in one function, for ``terrazzo verify``; it also
                                 returns every value the stages pass between them
@@ -87,7 +89,7 @@ class StageContent:
     buckets: Mapping[str, Any] | None = None
 
 
-_STAGE_FILES = ("host.so", "device.so", "kernels.cu", "kernels.fatbin")
+_STAGE_FILES = ("host.so", "device.so", "kernels.cu", "kernels.fatbin", "ir.json")
 
 
 def _versions() -> dict[str, str]:

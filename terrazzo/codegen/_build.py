@@ -383,6 +383,12 @@ def build_stage(
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {}
     notes: list[str] = []
+    import tvm
+
+    # the stage's Relax module as it was split (weights are parameters, so it is small): a
+    # server builds it again for a target the bundle has no build for (adaptive re-placement)
+    files["ir.json"] = out / "ir.json"
+    files["ir.json"].write_text(tvm.ir.save_json(stage.mod))
     host = host_target()
     host_ex = compile_module(stage.mod, host, tuning_db, lift_weights=True)
     files["host.so"] = out / "host.so"

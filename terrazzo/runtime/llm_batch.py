@@ -604,6 +604,11 @@ class RemoteBatchDecode:
         """One round trip to the decode worker that does nothing (a cancel of no session)."""
         self._op(OP_CANCEL, 0)
 
+    def in_flight(self) -> int:
+        """Sequences of this client still being decoded (joined, not finished or cancelled)."""
+        with self._lock:
+            return len(self._queues)
+
     def calibrate(self) -> dict[str, float]:
         """Time each compiled batch size on the decode worker now (nothing may be running)."""
         out = self._op(OP_CALIBRATE, 0)

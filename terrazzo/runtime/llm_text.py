@@ -124,25 +124,29 @@ class TextGenerator:
         if bad:
             raise ServingError(f"token id {bad[0]} is outside the vocabulary (0..{self.vocab - 1})")
 
-    def _step(self, token: int, pos: int, k: np.ndarray, v: np.ndarray) -> Mapping[str, np.ndarray]:
-        return self.decode({"token": np.array([[token]], np.int64),
+    def _step(self, token: int, pos: int, k: np.ndarray, v: np.ndarray,
+              decode: Phase | None = None) -> Mapping[str, np.ndarray]:  # fmt: skip
+        return (decode or self.decode)({"token": np.array([[token]], np.int64),
                             "pos": np.array([pos], np.int64), "k_cache": k, "v_cache": v})  # fmt: skip
 
     def stream_ids(self, ids: Sequence[int], params: SamplingParams) -> Iterator[int]:
         """Yield generated token ids one at a time (stops at EOS — which is yielded —, at
         ``max_tokens`` or at the context's end)."""
         self._check(ids)
+        # a sequence keeps the decode phase it started on to its end: a hot swap
+        # (runtime.adapt.llm_swap) moves only sequences that start after it
+        decode, batch = self.decode, self.batch
         n = len(ids)
         first = list(ids[: self.prompt_len])
         padded = np.zeros((1, self.prompt_len), np.int64)
         padded[0, : len(first)] = first
         st = self.prefill({"tokens": padded, "length": np.array([len(first)], np.int64)})
         logits, k, v = st["logits"], st["k_cache"], st["v_cache"]
-        if self.batch is not None:
-            yield from self._stream_batched(ids, st, params)
+        if batch is not None:
+            yield from self._stream_batched(ids, st, params, batch)
             return
         for pos in range(len(first), n):  # the rest of a long prompt: one decode step each
-            st = self._step(int(ids[pos]), pos, k, v)
+            st = self._step(int(ids[pos]), pos, k, v, decode)
             logits, k, v = st["logits"], st["k_cache"], st["v_cache"]
         rng = np.random.default_rng(params.seed)
         budget = min(int(params.max_tokens), self.max_len - n)
@@ -151,29 +155,32 @@ class TextGenerator:
             yield tok
             if (tok in self.eos and not params.ignore_eos) or i == budget - 1:
                 return
-            st = self._step(tok, n + i, k, v)
+            st = self._step(tok, n + i, k, v, decode)
             logits, k, v = st["logits"], st["k_cache"], st["v_cache"]
 
     def _stream_batched(
-        self, ids: Sequence[int], st: Mapping[str, np.ndarray], params: SamplingParams
-    ) -> Iterator[int]:
+        self, ids: Sequence[int], st: Mapping[str, np.ndarray], params: SamplingParams,
+        batch: Any = None,
+    ) -> Iterator[int]:  # fmt: skip
         """The decode half through the continuous-batching engine: join, then poll."""
         from terrazzo.runtime.llm_batch import Sampling
+
+        batch = batch if batch is not None else self.batch
 
         first = min(len(ids), self.prompt_len)
         sp = Sampling(params.max_tokens, params.temperature, params.top_p, params.top_k,
                       params.seed, params.ignore_eos)  # fmt: skip
-        sid = self.batch.new_session()
-        self.batch.join(sid, st["k_cache"], st["v_cache"], first, np.asarray(st["logits"])[0],
+        sid = batch.new_session()
+        batch.join(sid, st["k_cache"], st["v_cache"], first, np.asarray(st["logits"])[0],
                         ids[first:], sp)  # fmt: skip
         done = False
         try:
             while not done:
-                toks, done = self.batch.poll(sid)
+                toks, done = batch.poll(sid)
                 yield from toks
         finally:
             if not done:  # the consumer stopped early (a stop string): leave the batch now
-                self.batch.cancel(sid)
+                batch.cancel(sid)
 
     @staticmethod
     def _choose(logits: np.ndarray, p: SamplingParams, rng: np.random.Generator) -> int:

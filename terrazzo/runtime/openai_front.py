@@ -148,6 +148,7 @@ class LLMService:
                 runner=RunnerSpec(factory, kwargs),
             )  # fmt: skip
             jobs.append((spec, 0))
+        self.jobs = jobs  # --- adapt: runtime.adapt.llm_swap starts a decode worker like these
         self.workers = self.launcher.start_many(jobs)
         self.phases = [
             RemotePhase(w.address, s.index, s.inputs, self.token)

@@ -68,13 +68,16 @@ def build_runner(factory: str, kwargs: Mapping[str, Any]) -> Runner:
     return runner
 
 
-def bundle_stage(path: str, index: int, trust_key: Any = None) -> Runner:
-    """Open (and verify) a .tzb bundle and load stage ``index`` for this process's device."""
+def bundle_stage(
+    path: str, index: int, trust_key: Any = None, library: str | None = None
+) -> Runner:
+    """Open (and verify) a .tzb bundle and load stage ``index`` for this process's device
+    (``library``: another CPU build of the stage, see ``Bundle.load_stage``)."""
     from terrazzo.bundle import open_bundle
 
     if isinstance(trust_key, Mapping) and "hex" in trust_key:
         trust_key = bytes.fromhex(trust_key["hex"])
-    return open_bundle(path, trust_key=trust_key).load_stage(int(index))
+    return open_bundle(path, trust_key=trust_key).load_stage(int(index), library=library)
 
 
 class RelaxLibraryRunner:

@@ -118,6 +118,10 @@ class Controller:
         self._avoid: dict[tuple[object, ...], float] = {}
         self.avoid_s = 30.0
 
+    def avoid(self, plan: AdaptPlan) -> None:
+        """Do not choose ``plan`` for ``avoid_s`` (it could not be deployed)."""
+        self._avoid[_key(plan)] = time.time() + self.avoid_s
+
     @property
     def latency_budget_s(self) -> float:
         """Predicted p99 (service + queueing + hops) a plan may reach: 80% of the SLA, the rest is
@@ -231,7 +235,16 @@ class Controller:
         breach = snap.requests >= p.min_samples and snap.p99_s > p.sla_p99_s
         if breach:
             self._avoid[_key(deployed)] = now + self.avoid_s
-        cand = self._candidate(deployed, table, rps, down)
+        cand = None
+        leave = used & slow if p.mode == "full" else set()
+        if leave:
+            # a class judged slow is left, not scaled: the window still mixes samples from
+            # before the slowdown, so its calibrated time trails the truth and a plan with more
+            # replicas of it looks feasible when it is not (the scenario's slowed phase took
+            # three changes to settle that way)
+            cand = self._candidate(deployed, table, rps, down | leave)
+        if cand is None:
+            cand = self._candidate(deployed, table, rps, down)
         if cand is None:
             return None
         while self._changes and self._changes[0] < now - 3600:

@@ -25,6 +25,37 @@ class DeviceClassPolicy(BaseModel):
 
     usd_per_hour: float = Field(gt=0, description="price of one device (one replica) per hour")
     count: int | None = Field(default=None, ge=0, description="devices available (None: any)")
+    target: dict[str, Any] | None = Field(
+        default=None,
+        description="TVM target (dict form, e.g. {kind: llvm, mcpu: haswell}) a stage placed "
+        "on this class is built for; None: the bundle's host build. A target the bundle has no "
+        "build for is compiled from the bundle's stage IR when a plan first needs it",
+    )
+
+
+class RetunePolicy(BaseModel):
+    """Background re-tuning of the hottest served kernels (``retune:`` in the policy)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    every_s: float = Field(default=300.0, gt=0, description="seconds between re-tune attempts")
+    budget_trials: int = Field(default=8, ge=1, description="candidates tried per kernel")
+    max_kernels: int = Field(default=2, ge=1, description="hottest kernels tuned per attempt")
+    min_gain: float = Field(
+        default=0.02,
+        ge=-0.5,
+        description="the new build must be this fraction faster to be kept (a negative value "
+        "keeps a verified build even when slower: for tests of the swap path)",
+    )
+    database: str | None = Field(
+        default=None,
+        description="tuning database (JSONL) the kept records go to; default tuning.jsonl in "
+        "work_dir, seeded with the bundle's records",
+    )
+    work_dir: str | None = Field(
+        default=None, description="where re-tuned and rebuilt libraries go (default: a temp dir)"
+    )
+    timeout_s: float = Field(default=600.0, gt=0, description="limit of one attempt")
 
 
 class AdaptPolicy(BaseModel):
@@ -70,7 +101,16 @@ class AdaptPolicy(BaseModel):
     solver: str = Field(default="milp")
     decision_log: str | None = Field(default=None, description="JSONL path of the decisions")
     fleet: dict[str, DeviceClassPolicy] = Field(min_length=1)
-    retune: bool = Field(default=False, description="re-tune hot kernels in the background")
+    retune: RetunePolicy | None = Field(
+        default=None, description="re-tune hot kernels in the background (true: defaults)"
+    )
+
+    @field_validator("retune", mode="before")
+    @classmethod
+    def _retune_flag(cls, v: Any) -> Any:
+        if v is True:
+            return {}
+        return None if v is False else v
 
     @field_validator("sla_p99_s", "interval_s", "window_s")
     @classmethod

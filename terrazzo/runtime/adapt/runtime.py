@@ -14,6 +14,8 @@ bounded by the workers of the stages that change, for the length of one drain.
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -283,11 +285,13 @@ class AdaptRuntime:
         for pool, st in zip(server.pools, plan.stages, strict=True):
             self.hooks.tasks_of[id(pool)] = st.tasks
         self.controller = Controller(policy, profile, model.tasks)
-        # task -> runner that replaced its build while serving (swap_runner): re-plans use it
-        self._runner_overrides: dict[str, Any] = {}
+        # (task, class) -> runner that replaced its build while serving (swap_runner): re-plans
+        # onto that class use it
+        self._runner_overrides: dict[tuple[str, str], Any] = {}
         base_runner = model.task_runner
         model = replace(
-            model, task_runner=lambda t, d: self._runner_overrides.get(t) or base_runner(t, d)
+            model,
+            task_runner=lambda t, d: self._runner_overrides.get((t, d)) or base_runner(t, d),
         )
         self.model = model
         self.swapper = Swapper(server, self.hooks, model)
@@ -301,20 +305,42 @@ class AdaptRuntime:
         self.errors: list[str] = []
         self.retunes: list[dict[str, object]] = []  # RetuneResult.to_json of each re-tune
         self.sources: dict[str, dict[str, Any]] = {}  # task -> what its build came from
+        self.builds: Any = None  # builds.StageBuilds of a served bundle (attach sets it)
+        self._retune_thread: threading.Thread | None = None
+        rp = policy.retune
+        # re-tuned and rebuilt libraries: created when the first one is written
+        self.work_dir = Path(
+            rp.work_dir
+            if rp is not None and rp.work_dir
+            else Path(tempfile.gettempdir()) / f"tz-adapt-{os.getpid()}-{id(self):x}"
+        )
+        self.tuning_db = str(
+            rp.database if rp is not None and rp.database else self.work_dir / "tuning.jsonl"
+        )
         server.gateway.adapt = self.hooks  # --- adapt: the gateway's hook point
 
     # -- live inputs -----------------------------------------------------------------------
-    def swap_runner(self, index: int, runner: Any, why: str = "retune") -> dict[str, object]:
+    def swap_runner(
+        self,
+        index: int,
+        runner: Any,
+        why: str = "retune",
+        expect_tasks: tuple[str, ...] | None = None,
+        extra: dict[str, object] | None = None,
+    ) -> dict[str, object] | None:
         """Serve stage ``index`` with ``runner`` from now on (e.g. a re-tuned build), logged.
 
-        Later re-plans build that stage's tasks with the new runner too.
+        Later re-plans build that stage's tasks with the new runner too. With
+        ``expect_tasks``, nothing is swapped (None) when a re-plan since regrouped that stage.
         """
         with self._lock:
             stage = self.server.pools[index]
             tasks = self.hooks.tasks_of.get(id(stage), (f"stage{index}",))
+            if expect_tasks is not None and tasks != expect_tasks:
+                return None
             timings = self.swapper.replace_runner(index, runner, self.server.opts.default_timeout_s)
             if len(tasks) == 1:
-                self._runner_overrides[tasks[0]] = runner
+                self._runner_overrides[(tasks[0], stage.stage.device)] = runner
             entry: dict[str, object] = {
                 "time": time.time(),
                 "reason": why,
@@ -325,17 +351,22 @@ class AdaptRuntime:
                 "predicted_latency_s": round(self.plan.latency_s, 6),
                 "swap_s": timings["swap_s"],
                 "runner": runner.to_json() if hasattr(runner, "to_json") else str(runner),
+                **(extra or {}),
             }
             self.log.write(entry)
+            if self.on_decision is not None:
+                self.on_decision(entry)
             return entry
 
     def retune_hottest(self, db_path: str, out_dir: str, **kw: Any) -> dict[str, object] | None:
         """Re-tune the stage with the most measured compute time, and swap it in when kept.
 
-        Only single-task ``relax_library`` stages whose source was registered
-        (``sources[task]``: ``ir`` the IRModule as TVM JSON in a file, ``inputs`` as
-        (name, shape, dtype), optional ``target``) can be re-tuned. Returns the log entry of
-        the swap, or None when nothing was kept.
+        Single-task stages whose source is known can be re-tuned: a served bundle's stages
+        (their IR is read from the bundle, ``builds``) and ``relax_library`` stages registered
+        in ``sources[task]`` (``ir`` the IRModule as TVM JSON in a file, ``inputs`` as
+        (name, shape, dtype), optional ``target``). Every attempt is recorded in ``retunes``;
+        one that keeps the current build is logged with reason ``retune-kept``. Returns the
+        log entry of the swap, or None when nothing was swapped.
         """
         from terrazzo.runtime.adapt.retune import retune_stage
         from terrazzo.runtime.plan import RunnerSpec
@@ -344,30 +375,80 @@ class AdaptRuntime:
         busy: dict[tuple[str, ...], float] = {}
         for (tasks, _dev), w in snap.stages.items():
             busy[tasks] = busy.get(tasks, 0.0) + w.compute_mean_s * w.samples
+        pools = list(self.server.pools)
         order = sorted(
-            range(len(self.server.pools)),
-            key=lambda i: -busy.get(self.hooks.tasks_of.get(id(self.server.pools[i]), ()), 0.0),
+            range(len(pools)),
+            key=lambda i: -busy.get(self.hooks.tasks_of.get(id(pools[i]), ()), 0.0),
         )
         for i in order:
-            spec = self.server.pools[i].stage.runner
-            tasks = self.hooks.tasks_of.get(id(self.server.pools[i]), ())
+            stage = pools[i].stage
+            spec = stage.runner
+            tasks = self.hooks.tasks_of.get(id(pools[i]), ())
             src = self.sources.get(tasks[0]) if len(tasks) == 1 else None
-            if not spec.factory.endswith(":relax_library") or src is None:
+            if src is None:
                 continue
-            import tvm
-
-            mod = tvm.ir.load_json(Path(str(src["ir"])).read_text())
-            out = Path(out_dir) / f"stage{i}_retuned_{int(time.time())}.so"
-            target = src.get("target", {"kind": "llvm"})
-            res = retune_stage(mod, target, db_path, out, src["inputs"], **kw)
-            kw_ = dict(spec.kwargs)
-            self.retunes.append(res.to_json())
+            if "bundle_stage" in src:  # a bundle stage: IR from the bundle, lifted weights
+                if self.builds is None or not spec.factory.endswith(":bundle_stage"):
+                    continue
+                bi = int(src["bundle_stage"])
+                ir = self.builds.ir_json(bi)
+                target = self.builds.target_of(stage.device)
+                extra_kw: dict[str, Any] = {"lift_weights": True, "n_inputs": int(src["n_inputs"])}
+                lib_key = "library"
+            elif spec.factory.endswith(":relax_library"):
+                ir = Path(str(src["ir"])).read_text()
+                target = dict(src.get("target", {"kind": "llvm"}))
+                extra_kw = {}
+                lib_key = "path"
+            else:
+                continue
+            Path(out_dir).mkdir(parents=True, exist_ok=True)
+            out = Path(out_dir) / f"stage{i}_retuned_{time.time_ns()}.so"
+            res = retune_stage(ir, target, db_path, out, src.get("inputs"), **extra_kw, **kw)
+            got = res.to_json()
+            got["stage"] = i
+            got["tasks"] = list(tasks)
+            self.retunes.append(got)
             if res.library is None:
+                entry: dict[str, object] = {
+                    "time": time.time(),
+                    "reason": "retune-kept",
+                    "detail": f"stage {i} ({'+'.join(tasks)}): {res.detail}",
+                    "old": self.plan.to_json(),
+                    "new": self.plan.to_json(),
+                    "predicted_usd_per_hour": round(self.plan.usd_per_hour, 6),
+                    "predicted_latency_s": round(self.plan.latency_s, 6),
+                    "swap_s": None,
+                    "retune": got,
+                }
+                self.log.write(entry)
                 return None
-            return self.swap_runner(
-                i, RunnerSpec(spec.factory, {**kw_, "path": res.library}, spec.execute_delay_s)
+            new = RunnerSpec(
+                spec.factory, {**spec.kwargs, lib_key: res.library}, spec.execute_delay_s
             )
+            done = self.swap_runner(
+                i, new, "retune", expect_tasks=tasks,
+                extra={"retune": got, "detail_retune": res.detail},
+            )  # fmt: skip
+            if done is not None and self.builds is not None and "bundle_stage" in src:
+                self.builds.record(int(src["bundle_stage"]), target, res.library, "retune")
+            return done
         return None
+
+    def _retune_loop(self) -> None:
+        rp = self.policy.retune
+        assert rp is not None
+        Path(self.work_dir).mkdir(parents=True, exist_ok=True)
+        while not self._stop.wait(rp.every_s):
+            try:
+                self.retune_hottest(
+                    self.tuning_db, str(self.work_dir), trials=rp.budget_trials,
+                    max_kernels=rp.max_kernels, min_speedup=1.0 + rp.min_gain,
+                    timeout_s=rp.timeout_s,
+                )  # fmt: skip
+            except Exception as e:  # the server keeps serving the builds it has
+                log.exception("adapt re-tune failed")
+                self.errors.append(f"retune: {type(e).__name__}: {e}")
 
     def set_prices(self, prices: dict[str, float]) -> None:
         """A price change (USD/hour per device of a class)."""
@@ -389,12 +470,19 @@ class AdaptRuntime:
     def start(self) -> AdaptRuntime:
         self._thread = threading.Thread(target=self._loop, name="tz-adapt", daemon=True)
         self._thread.start()
+        if self.policy.retune is not None:  # re-tune on a timer, beside the controller
+            self._retune_thread = threading.Thread(
+                target=self._retune_loop, name="tz-adapt-retune", daemon=True
+            )
+            self._retune_thread.start()
         return self
 
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
+        if self._retune_thread is not None:  # an attempt under way ends within its timeout
+            self._retune_thread.join(timeout=30)
         self.swapper.join()
         self.server.gateway.adapt = None
 
@@ -415,9 +503,17 @@ class AdaptRuntime:
                 return None
             t_decided = time.monotonic()
             workers_before = self.swapper.workers()
-            timings = self.swapper.apply(
-                self.plan, decision.new, self.server.opts.default_timeout_s
-            )
+            built_before = len(self.builds.events) if self.builds is not None else 0
+            try:
+                timings = self.swapper.apply(
+                    self.plan, decision.new, self.server.opts.default_timeout_s
+                )
+            except Exception:
+                # a build the plan needs could not be made (no IR, a build error): keep serving
+                # the plan there is and do not choose that plan again for a while
+                self.controller.avoid(decision.new)
+                raise
+            built = self.builds.events[built_before:] if self.builds is not None else []
             decision = replace(
                 decision,
                 swap_s=timings["swap_s"],
@@ -426,6 +522,7 @@ class AdaptRuntime:
                     "timings": timings,
                     "workers_before": workers_before,
                     "workers_after": self.swapper.workers(),
+                    **({"built": [e for e in built if e.get("from") == "ir"]} if built else {}),
                 },
             )
             self.plan = decision.new

@@ -189,6 +189,24 @@ def test_gone_class_moves_the_plan_with_reason_device():
     assert "gpu-l" not in {s.device for s in d.new.stages}
 
 
+def test_slow_class_is_left_not_scaled():
+    ctl = _controller()
+    plan = ctl.initial(12.0)
+    (st,) = plan.stages
+    true_s = sum(TRUE_LATENCY_S[t][st.device] for t in st.tasks)
+    assert (
+        ctl.decide(
+            _snap(12.0, stages={(st.tasks, st.device): _window(st.tasks, st.device, true_s)}), plan
+        )
+        is None
+    )
+    # the first window after a 5x slowdown still mixes in older samples: it reads 2.4x
+    slowed = {(st.tasks, st.device): _window(st.tasks, st.device, 2.4 * true_s, n=4)}
+    d = ctl.decide(_snap(12.0, stages=slowed), plan)
+    assert d is not None and d.reason == "device" and "slow" in d.detail
+    assert st.device not in {s.device for s in d.new.stages}  # left, not given more replicas
+
+
 def test_p99_breach_avoids_the_plan_that_broke_it():
     ctl = _controller()
     plan = ctl.initial(12.0)
