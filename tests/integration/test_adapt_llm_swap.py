@@ -4,6 +4,9 @@ transformers; the next one runs on the new worker; the old worker is stopped aft
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 
 from tests.unit.pipeline.test_hf_checkpoints import compile_dir, hf_greedy, make_checkpoint
@@ -32,11 +35,15 @@ def test_decode_swap_drains_in_flight_sequence_with_same_greedy_text(tmp_path):
         gen = svc.generator
         old_worker, old_batch = svc.workers[-1], svc.batch
         swap = DecodeSwap(svc).start()  # the new decode worker is up before the flip
-        stream = gen.stream_ids(ids, params)
-        got = [next(stream)]  # the sequence has joined the old worker's engine
+        got: list[int] = []
+        consumer = threading.Thread(target=lambda: got.extend(gen.stream_ids(ids, params)))
+        consumer.start()
+        deadline = time.monotonic() + 60
+        while old_batch.in_flight() == 0 and time.monotonic() < deadline:
+            time.sleep(0.0005)  # flip as soon as the sequence has joined the old engine
         swap.flip()
         assert svc.batch is not old_batch  # new sequences go to the new worker now
-        got += list(stream)  # ... this one finishes on the old one, with its KV cache
+        consumer.join(120)  # ... the joined one finishes on the old one, with its KV cache
         swap.drain(timeout_s=60)
         assert swap.in_flight_at_flip >= 1
         assert got == want
