@@ -342,13 +342,8 @@ def llm_decode_stream(
         x = fit_tokens(np.array(tokens, np.int64), shape).astype(dtype)
         return np.asarray(next(iter(model({model_input: x}).values())))
 
-    def run_engine(state: Mapping[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
-        tokens: list[int] = []
-        parts: list[Any] = []
-        for tok in _engine_tokens(engine, state, n, int(max_new_tokens)):
-            tokens.append(tok)
-            if overlap and len(tokens) % chunk == 0:  # a full chunk: voice it now
-                parts.append(pool.submit(voice, tokens[-chunk:]))
+    def finish(tokens: list[int], parts: list[Any]) -> dict[str, np.ndarray]:
+        """Voice the chunks not voiced while decoding, then join the audio in order."""
         done = len(parts) * chunk
         parts += [
             pool.submit(voice, tokens[j : j + chunk]) for j in range(done, len(tokens), chunk)
@@ -357,6 +352,15 @@ def llm_decode_stream(
         out = {output: np.array(tokens, np.int64)}
         out.update({name: audio for name in model_outputs})
         return out
+
+    def run_engine(state: Mapping[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
+        tokens: list[int] = []
+        parts: list[Any] = []
+        for tok in _engine_tokens(engine, state, n, int(max_new_tokens)):
+            tokens.append(tok)
+            if overlap and len(tokens) % chunk == 0:  # a full chunk: voice it now
+                parts.append(pool.submit(voice, tokens[-chunk:]))
+        return finish(tokens, parts)
 
     def run(values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         state = {k: values[inputs[k]] for k in ("logits", "k_cache", "v_cache")}
@@ -373,19 +377,7 @@ def llm_decode_stream(
                           "pos": np.array([n + i], np.int64), "k_cache": k, "v_cache": v})  # fmt: skip
             k, v = step["k_cache"], step["v_cache"]
             tokens.append(int(np.argmax(step["logits"][0])))
-        done = len(parts) * chunk
-        if not overlap:
-            parts = [
-                pool.submit(voice, tokens[j : j + chunk]) for j in range(0, len(tokens), chunk)
-            ]
-        else:
-            parts += [
-                pool.submit(voice, tokens[j : j + chunk]) for j in range(done, len(tokens), chunk)
-            ]
-        audio = np.concatenate([f.result() for f in parts], axis=-1)
-        out = {output: np.array(tokens, np.int64)}
-        out.update({name: audio for name in model_outputs})
-        return out
+        return finish(tokens, parts)  # without overlap no chunk was voiced yet
 
     if engine is not None or isinstance(model, BatchedStage):
         run.concurrent = True  # type: ignore[attr-defined]  # a worker calls it at once
