@@ -1,8 +1,8 @@
 """The CPU's measured fp32 FMA peak: the yardstick kernel figures are reported against.
 
 ``fma_peak_gflops(threads)`` builds (with TVM, for the host target actually present) a kernel
-that keeps ``accs`` independent vector accumulators in registers and runs ``acc = acc·x + x`` on
-each, one chain per thread; the widest vector the target has (16 lanes with AVX-512, 8 with
+that keeps ``accs`` independent vector accumulators in registers and runs ``acc = acc·a + b`` on
+each (``a``, ``b`` immediates), one chain per thread; the widest vector the target has (16 lanes with AVX-512, 8 with
 AVX2) and enough chains to hide the FMA latency. It reports the best of a few (lanes,
 accumulators) shapes, medians of 7 runs each. On a loaded machine the figure drops with the
 share of the cores this process gets, as a kernel's does: measure it in the same run.
@@ -30,7 +30,10 @@ def _kernel(lanes: int, accs: int, iters: int, threads: int) -> Any:
             for _i in T.serial(iters):
                 for r in T.unroll(accs):
                     for lane in T.vectorized(lanes):
-                        acc[r, lane] = acc[r, lane] * x[lane] + x[lane]
+                        # Immediates, not loads of ``x``: TVM places ``acc`` in a heap workspace,
+                        # and a load in the loop that may alias it makes LLVM store every
+                        # accumulator back each iteration (store-bound: half the FMA peak).
+                        acc[r, lane] = acc[r, lane] * T.float32(0.999) + T.float32(0.001)
             for r in T.unroll(accs):
                 for lane in T.vectorized(lanes):
                     out[t, r, lane] = acc[r, lane]
