@@ -13,6 +13,12 @@ measured trials), run once and kept:
 ``OMP_NUM_THREADS=2 .venv/bin/python benchmarks/tuning_kernels.py --trials 64 --ms-trials 1000
 --kernels mm512,conv_nhwc,softmax --name tuning_kernels_ms_long``.
 
+Both searches' best schedules are then re-timed head to head, interleaved over 7 rounds
+(``h2h_*`` columns): the figures the ≥ 98% target is judged on, since each search's own best
+was timed at a different moment of a long, possibly loaded run. A finished long run's result
+can be re-used instead of searching again: ``--ms-workdirs mm512=/tmp/tz-ms-…,…`` (the
+MetaSchedule database directories a run prints and records as ``ms_work_dir``).
+
 Run: ``OMP_NUM_THREADS=2 .venv/bin/python benchmarks/tuning_kernels.py [--trials N (24)]
 [--ms-trials N (16)] [--kernels mm256,mm512,conv_nhwc,softmax] [--no-ms] [--name RESULT]``.
 """
@@ -45,6 +51,27 @@ def measure_peak_gflops() -> float:
     return 2 * 2048**3 / sorted(ts)[len(ts) // 2] / 1e9
 
 
+def _ms_trials(work_dir: str) -> int:
+    """Measured records in a MetaSchedule database directory."""
+    n = 0
+    for p in Path(work_dir).glob("*tuning_record*.json"):
+        n += sum(1 for line in p.read_text().splitlines() if line.strip())
+    return n
+
+
+def _head_to_head(ev: object, offline_ex: object, ms_ex: object, rounds: int = 7) -> dict:
+    """Both searches' best kernels timed alternately; medians (ms) and offline's relative speed."""
+    import statistics
+
+    t_off: list[float] = []
+    t_ms: list[float] = []
+    for _ in range(rounds):
+        t_off.append(ev.time_executable(offline_ex))  # type: ignore[attr-defined]
+        t_ms.append(ev.time_executable(ms_ex))  # type: ignore[attr-defined]
+    off, msm = statistics.median(t_off), statistics.median(t_ms)
+    return {"h2h_offline_ms": off * 1e3, "h2h_ms_ms": msm * 1e3, "h2h_offline_over_ms": msm / off}
+
+
 def main() -> None:
     import tvm
 
@@ -55,10 +82,12 @@ def main() -> None:
         OfflineProposer,
         TuneOptions,
         analyse,
+        apply_program,
         tune_kernel,
     )
     from terrazzo.codegen.tuning import workloads as W
-    from terrazzo.codegen.tuning.metaschedule import tune_kernel_metaschedule
+    from terrazzo.codegen.tuning.measure import build
+    from terrazzo.codegen.tuning.metaschedule import metaschedule_best, tune_kernel_metaschedule
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--trials", type=int, default=24)
@@ -70,6 +99,11 @@ def main() -> None:
         help="keep rows of kernels not run now from the previous result file",
     )
     ap.add_argument("--no-ms", action="store_true")
+    ap.add_argument(
+        "--ms-workdirs",
+        default="",
+        help="kernel=DIR,...: take MetaSchedule's result from a finished run's database",
+    )
     ap.add_argument("--name", default="tuning_kernels", help="result file name (results/NAME.json)")
     args = ap.parse_args()
     kernels = {
@@ -90,6 +124,7 @@ def main() -> None:
     fma = fma_peak_gflops(threads)
     print(f"measured FMA peak ({threads} threads): {fma}", flush=True)
     mopts = MeasureOptions(cache_flush_bytes=8 << 20, min_repeats=5)
+    workdirs = dict(kv.split("=", 1) for kv in args.ms_workdirs.split(",") if kv)
     rows = []
     for name in args.kernels.split(","):
         k = analyse(name, kernels[name]())
@@ -102,8 +137,12 @@ def main() -> None:
             evaluator=ev,
         )
         ms = None
-        if not args.no_ms:
+        ms_func = None
+        if name in workdirs:
+            ms_func = metaschedule_best(k, target, workdirs[name])
+        elif not args.no_ms:
             ms = tune_kernel_metaschedule(k, target, args.ms_trials, evaluator=ev)
+            ms_func = metaschedule_best(k, target, ms.work_dir)
         row = {
             "kernel": name,
             "gflop": k.flops / 1e9,
@@ -138,6 +177,19 @@ def main() -> None:
                     or f">{len(res.trials)}",
                 }
             )
+        if ms is not None:
+            row["ms_work_dir"] = ms.work_dir
+        elif name in workdirs:
+            row["ms_work_dir"] = workdirs[name]
+            row["ms_trials"] = _ms_trials(workdirs[name])
+        if ms_func is not None and res.best_program is not None:
+            row.update(
+                _head_to_head(
+                    ev,
+                    build(apply_program(k.func, res.best_program), target),
+                    build(ms_func, target),
+                )
+            )
         rows.append(row)
         print(row, flush=True)
     cols = [
@@ -153,6 +205,9 @@ def main() -> None:
         "offline_trials_to_90pct_ms",
         "offline_over_ms_speed",
         "offline_trials_to_98pct_ms",
+        "h2h_offline_ms",
+        "h2h_ms_ms",
+        "h2h_offline_over_ms",
         "ms_wall_s",
         "offline_wall_s",
     ]

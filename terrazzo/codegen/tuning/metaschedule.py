@@ -87,11 +87,8 @@ def tune_kernel_metaschedule(
     wd = work_dir or tempfile.mkdtemp(prefix="tz-ms-")
     t0 = time.perf_counter()
     func = kernel.func.with_attr("tirx.noalias", True)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
-    if "num-cores" not in target.attrs:  # MetaSchedule refuses targets without it
-        import tvm
-
-        target = tvm.target.Target({**_target_dict(target), "num-cores": cores})
+    cores = _cores()
+    target = _ms_target(target)
     db = ms.tune_tir(
         mod=func,
         target=target,
@@ -119,8 +116,41 @@ def tune_kernel_metaschedule(
     )
 
 
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+
+
+def _ms_target(target: Any) -> Any:
+    """``target`` with ``num-cores`` set (MetaSchedule refuses targets without it)."""
+    if "num-cores" in target.attrs:
+        return target
+    import tvm
+
+    return tvm.target.Target({**_target_dict(target), "num-cores": _cores()})
+
+
+def metaschedule_best(kernel: Kernel, target: Any, work_dir: str) -> Any | None:
+    """The best schedule a finished MetaSchedule run left in ``work_dir``, as a PrimFunc.
+
+    Lets a benchmark re-time a long run's result beside another searcher's without tuning
+    again (the 1,000-trial run is made once and kept). None when the database has no
+    record for this kernel.
+    """
+    from tvm.s_tir import meta_schedule as ms
+
+    db = ms.database.JSONDatabase(work_dir=work_dir)
+    func = kernel.func.with_attr("tirx.noalias", True)
+    sch = ms.tir_integration.compile_tir(db, func, _ms_target(target))
+    return None if sch is None else sch.mod["main"]
+
+
 def _target_dict(target: Any) -> dict[str, Any]:
     return {"kind": str(target.kind.name), **{str(k): v for k, v in target.attrs.items()}}
 
 
-__all__ = ["MetaScheduleResult", "default_cost_model", "tune_kernel_metaschedule"]
+__all__ = [
+    "MetaScheduleResult",
+    "default_cost_model",
+    "metaschedule_best",
+    "tune_kernel_metaschedule",
+]
