@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import print_table, write_result  # noqa: E402
+from _common import git_commit, print_table, write_result  # noqa: E402
 
 RTOL, ATOL = 1e-3, 1e-5
 _ORT_MAX_IR_VERSION = 10
@@ -387,6 +387,15 @@ def main() -> int:
     if args.limit:
         tests = tests[: args.limit]
 
+    # A full run takes over half an hour: record what it started from (the code the workers
+    # import, which PYTHONPATH may point at a frozen copy while the work tree moves on).
+    import terrazzo
+
+    started = {
+        "commit_at_start": git_commit(),
+        "terrazzo_imported_from": str(Path(terrazzo.__file__).resolve().parent),
+        "load_avg_at_start": list(os.getloadavg()),
+    }
     runner = _Runner()
     rows: list[dict[str, Any]] = []
     if args.rerun_failed:
@@ -489,6 +498,7 @@ def main() -> int:
         "ops_all_passing": ops_full,
         "wall_s": round(time.perf_counter() - t0, 1),
         "carried_rows": sum(bool(r.get("carried")) for r in rows),
+        **started,
         "rtol": RTOL,
         "atol": ATOL,
         "source": str(root),
