@@ -240,3 +240,73 @@ def test_price_change_moves_the_plan():
     d = ctl.decide(_snap(12.0), plan)
     assert d is not None and d.reason == "price"
     assert {s.device for s in d.new.stages}.isdisjoint({s.device for s in plan.stages})
+
+
+# -- issue 19 scenario misses: avoid by rate, candidates past an avoided answer, at-risk -------
+def _plan_on(device: str, replicas: int = 1) -> AdaptPlan:
+    usd = replicas * PRICES[device]
+    return AdaptPlan((StagePlan(TASKS, device, replicas),), usd, 0.1, 12.0)
+
+
+def test_a_plan_that_broke_at_3x_is_avoided_at_3x_only():
+    ctl = _controller()
+    plan = _plan_on("gpu-l")
+    d = ctl.decide(_snap(36.0, p99=0.9), plan)
+    assert d is not None and d.reason == "sla"
+    assert ctl.avoided(plan, 36.0)
+    assert not ctl.avoided(plan, 12.0)  # a while later at 1x it is the cheapest plan again
+    ctl.avoid(plan)  # a plan that could not be deployed: avoided at any rate
+    assert ctl.avoided(plan, 1.0)
+
+
+def test_slow_class_is_left_even_when_the_solvers_answer_is_avoided():
+    # the scenario's slowed phase: gpu-s slows while the best plan off gpu-s (all on gpu-l) is
+    # still avoided from an earlier breach; the next best plan off gpu-s must be taken, not
+    # more replicas of the slow class
+    ctl = _controller()
+    plan = _plan_on("gpu-s", 2)
+    true_s = sum(TRUE_LATENCY_S[t]["gpu-s"] for t in TASKS)
+    ok = {(TASKS, "gpu-s"): _window(TASKS, "gpu-s", true_s)}
+    assert ctl.decide(_snap(12.0, stages=ok), plan) is None
+    best_off = solve_assignment(
+        TASKS, TRUE_LATENCY_S, 12.0, PRICES, {d: None for d in PRICES} | {"gpu-s": 0}, 0.6, 0.32,
+        0.001,
+    )  # fmt: skip
+    assert best_off is not None
+    ctl.avoid(best_off)
+    slowed = {(TASKS, "gpu-s"): _window(TASKS, "gpu-s", 2.4 * true_s, n=4)}
+    d = ctl.decide(_snap(12.0, stages=slowed), plan)
+    assert d is not None and d.reason == "device"
+    assert "gpu-s" not in {s.device for s in d.new.stages}
+    assert d.new.describe() != best_off.describe()
+
+
+def test_solver_answer_rejected_gives_the_cheapest_acceptable_neighbour():
+    avail = {d: None for d in PRICES}
+    best = solve_assignment(TASKS, TRUE_LATENCY_S, 12.0, PRICES, avail, 0.6, 0.32, 0.0)
+    assert best is not None
+    nxt = solve_assignment(
+        TASKS, TRUE_LATENCY_S, 12.0, PRICES, avail, 0.6, 0.32, 0.0,
+        reject=lambda p: p.describe() == best.describe(),
+    )  # fmt: skip
+    assert nxt is not None and nxt.describe() != best.describe()
+    assert nxt.usd_per_hour >= best.usd_per_hour
+
+
+def test_recalibrated_plan_over_budget_moves_up_before_the_sla_breaks():
+    # the scenario's load 1x: the optimistic prior put 12 rps on one gpu-m; measured, gpu-m
+    # takes 55 ms, so one replica is 66% busy: under max_utilisation, yet over the latency
+    # budget. The measured p99 (over the budget, not yet over the SLA) confirms it
+    prior = {t: {d: v * (0.7 if d != "cpu" else 1.0) for d, v in row.items()}
+             for t, row in TRUE_LATENCY_S.items()}  # fmt: skip
+    ctl = Controller(_policy(), Profile(prior, confidence_samples=3), TASKS)
+    plan = _plan_on("gpu-m")
+    true_s = sum(TRUE_LATENCY_S[t]["gpu-m"] for t in TASKS)
+    measured = {(TASKS, "gpu-m"): _window(TASKS, "gpu-m", true_s, n=40)}
+    assert ctl.decide(_snap(12.0, p99=0.2, stages=measured), plan) is None  # p99 well inside
+    d = ctl.decide(_snap(12.0, p99=0.35, stages=measured), plan)
+    assert d is not None and d.reason == "sla" and "predicted p99" in d.detail
+    assert d.new.usd_per_hour > plan.usd_per_hour
+    # and a low reading of the rate does not flap it back to the plan it left
+    back = ctl.decide(_snap(10.0, p99=0.1, stages=measured), d.new)
+    assert back is None or back.new.describe() != plan.describe()
