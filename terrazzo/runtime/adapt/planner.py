@@ -327,17 +327,28 @@ def neighbours(
     hop_s: float,
     latency_budget_s: float | None,
 ) -> list[AdaptPlan]:
-    """Plans one step from ``plan``: one task moved to another usable class (re-sized), or one
-    more replica on one stage."""
+    """Plans one step from ``plan``: a run of consecutive tasks moved to another usable class
+    (re-sized), or one more replica on one stage.
+
+    Runs, not single tasks: a stage is a run of tasks, and moving a two-task stage one task at
+    a time passes through a three-stage plan that costs more than either end, so a one-task
+    local search stops short of it (the scenario's lost class: cpu x4 never reached
+    pre@cpu | enc+head@gpu-m, which is cheaper).
+    """
     out = []
     assignment = plan.assignment
-    for t in tasks:
-        for d in _usable(prices, available):
-            if assignment[t] != d:
+    usable = _usable(prices, available)
+    for i in range(len(tasks)):
+        for j in range(i + 1, len(tasks) + 1):
+            run = tasks[i:j]
+            for d in usable:
+                if all(assignment[t] == d for t in run):
+                    continue
+                moved = {**assignment, **dict.fromkeys(run, d)}
                 out.append(
                     size_plan(
                         tasks,
-                        {**assignment, t: d},
+                        moved,
                         latency,
                         plan.rps,
                         prices,
@@ -345,7 +356,7 @@ def neighbours(
                         hop_s,
                         plan.solver,
                         latency_budget_s,
-                    )  # fmt: skip
+                    )
                 )
     out += [with_replicas(plan, i, latency, prices, hop_s) for i in range(len(plan.stages))]
     return out

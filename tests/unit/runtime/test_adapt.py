@@ -22,7 +22,7 @@ from terrazzo.runtime.adapt import (
     size_plan,
     solve_assignment,
 )
-from terrazzo.runtime.adapt.planner import wait_p99_s
+from terrazzo.runtime.adapt.planner import improve, wait_p99_s
 from terrazzo.runtime.adapt.scenario import PRICES, TASKS, TRUE_LATENCY_S
 
 FLEET = {d: {"usd_per_hour": p} for d, p in PRICES.items()}
@@ -310,3 +310,17 @@ def test_recalibrated_plan_over_budget_moves_up_before_the_sla_breaks():
     # and a low reading of the rate does not flap it back to the plan it left
     back = ctl.decide(_snap(10.0, p99=0.1, stages=measured), d.new)
     assert back is None or back.new.describe() != plan.describe()
+
+
+def test_local_search_moves_a_whole_stage_out_of_a_local_minimum():
+    # the scenario's lost phase (gpu-l gone, gpu-s slowed 5x): from all-on-cpu, moving one task
+    # at a time to gpu-m costs more at every step; moving the enc+head run reaches the optimum
+    slow = {t: {d: v * (5.0 if d == "gpu-s" else 1.0) for d, v in row.items()}
+            for t, row in TRUE_LATENCY_S.items()}  # fmt: skip
+    avail = {d: None for d in PRICES} | {"gpu-l": 0}
+    start = size_plan(TASKS, dict.fromkeys(TASKS, "cpu"), slow, 12.0, PRICES, 0.6, 0.0, "", 0.32)
+    best = best_static(TASKS, slow, 12.0, PRICES, avail, 0.6, 0.32)
+    got = improve(start, TASKS, slow, PRICES, avail, 0.6, 0.32, 0.0)
+    assert best is not None and got is not None
+    assert got.usd_per_hour == pytest.approx(best.usd_per_hour), (got.describe(), best.describe())
+    assert got.usd_per_hour < start.usd_per_hour
