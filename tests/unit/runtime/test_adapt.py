@@ -324,3 +324,27 @@ def test_local_search_moves_a_whole_stage_out_of_a_local_minimum():
     assert best is not None and got is not None
     assert got.usd_per_hour == pytest.approx(best.usd_per_hour), (got.describe(), best.describe())
     assert got.usd_per_hour < start.usd_per_hour
+
+
+def test_profile_folds_each_call_once_so_a_class_left_early_stays_slow():
+    # the scenario: gpu-s slowed 5x and was left (on the predicted p99) after a few slow calls,
+    # before a step was seen; the window then still held many fast calls from before. Folding
+    # the whole window every tick pulled gpu-s back to nearly its old speed (it was chosen
+    # again a phase later); folding only the calls new since the last tick keeps what was seen
+    from dataclasses import replace
+
+    prof = Profile(TRUE_LATENCY_S, confidence_samples=20, step_factor=2.0)
+    group = ("pre", "enc", "head")
+    fast = sum(TRUE_LATENCY_S[t]["gpu-s"] for t in group)
+    w = _window(group, "gpu-s", fast, n=30)
+    prof.update(_snap(6.0, stages={(group, "gpu-s"): replace(w, fresh_samples=30,
+                                                              fresh_compute_mean_s=fast)}))  # fmt: skip
+    mixed = (30 * fast + 3 * 5 * fast) / 33
+    w2 = replace(w, samples=33, compute_mean_s=mixed, recent_compute_mean_s=1.9 * fast,
+                 fresh_samples=3, fresh_compute_mean_s=5 * fast)  # fmt: skip
+    prof.update(_snap(6.0, stages={(group, "gpu-s"): w2}))
+    seen = sum(prof.estimate(t, "gpu-s") for t in group)
+    assert seen >= 2.5 * fast  # half of the new calls' 5x, not the window's 1.4x
+    for _ in range(10):  # the plan left gpu-s: the same calls stay in the window, none new
+        prof.update(_snap(6.0, stages={(group, "gpu-s"): replace(w2, fresh_samples=0)}))
+    assert sum(prof.estimate(t, "gpu-s") for t in group) == pytest.approx(seen, rel=0.01)
