@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("COLUMNS", "230")  # the per-phase table is wide
 
-from benchmarks._common import print_table, write_result  # noqa: E402
+from benchmarks._common import machine_info, print_table, write_result  # noqa: E402
 from terrazzo.runtime.adapt.scenario import default_phases, run_scenario  # noqa: E402
 from terrazzo.runtime.adapt.sim import SIM_BANNER  # noqa: E402
 
@@ -83,6 +83,9 @@ def main() -> int:
                 "mean_usd_per_hour": round(usd, 4),
                 "hindsight_mean_usd_per_hour": round(best, 4),
                 "phases_within_10pct": sum((p["vs_hindsight"] or 9) <= 1.10 for p in judged),
+                "phases_within_10pct_after_reaction": sum(
+                    (p["vs_hindsight_after_reaction"] or 9) <= 1.10 for p in judged
+                ),
                 "phases_sla_99_after_reaction": sum(
                     p["sla_attainment_after_reaction"] >= 0.99 for p in judged
                 ),
@@ -116,6 +119,12 @@ def main() -> int:
             },
             "calibration": {m: r["calibration"] for m, r in results.items()},
         },
+    )
+    m = machine_info()
+    print(
+        f"machine: {m.get('cpu')} ({m.get('cpu_count')} cores); load average before "
+        f"{' '.join(f'{x:.2f}' for x in load_before)}, after "
+        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}"
     )
     print(f"wrote {path}")
     print("!! " + SIM_BANNER)

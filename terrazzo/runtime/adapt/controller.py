@@ -4,8 +4,9 @@ Each tick (``AdaptPolicy.interval_s``) the controller folds the window into the 
 re-solves placement and replica counts for the rate forecast over ``horizon_s``. It changes
 the served plan when
 
-- (a) ``sla``: the measured p99 breaks the SLA, or the deployed replicas are fewer than the
-  forecast rate needs (the SLA is about to break);
+- (a) ``sla``: the measured p99 breaks the SLA, or it is about to: the deployed replicas are
+  fewer than the forecast rate needs, or the recalibrated model predicts them over the latency
+  budget (confirmed by the rate's lower bound or by the measured p99);
 - (b) ``traffic``: the rate moved and another plan is cheaper by at least ``hysteresis``;
 - (c) ``device``: a class in the plan is slow (measured/prior >= ``slow_factor``), unhealthy,
   or gone (a preemption notice or no healthy worker);
@@ -25,7 +26,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from terrazzo.errors import ServingError
@@ -33,9 +34,11 @@ from terrazzo.runtime.adapt.observe import Snapshot
 from terrazzo.runtime.adapt.planner import (
     AdaptPlan,
     feasible,
+    predict_p99_s,
     size_plan,
     solve_assignment,
     utilisation,
+    with_replicas,
 )
 from terrazzo.runtime.adapt.policy import AdaptPolicy
 from terrazzo.runtime.adapt.recalibrate import Profile
@@ -114,13 +117,21 @@ class Controller:
         self._changes: deque[float] = deque()
         self._last_change = -math.inf
         self._last_rps: float | None = None
-        # plans left because their measured p99 broke the SLA: not chosen again until then
-        self._avoid: dict[tuple[object, ...], float] = {}
+        # plans left because they could not hold the rate (their measured p99 broke the SLA, or
+        # recalibration predicts it would): plan -> (until, rate). Not chosen again until then
+        # at that rate or above; a plan that held too little at 3x may serve 1x a while later
+        self._avoid: dict[tuple[object, ...], tuple[float, float]] = {}
         self.avoid_s = 30.0
 
-    def avoid(self, plan: AdaptPlan) -> None:
-        """Do not choose ``plan`` for ``avoid_s`` (it could not be deployed)."""
-        self._avoid[_key(plan)] = time.time() + self.avoid_s
+    def avoid(self, plan: AdaptPlan, from_rps: float = 0.0) -> None:
+        """Do not choose ``plan`` for ``avoid_s`` at ``from_rps`` or more (0: at any rate, e.g.
+        it could not be deployed)."""
+        self._avoid[_key(plan)] = (time.time() + self.avoid_s, from_rps)
+
+    def avoided(self, plan: AdaptPlan, rps: float) -> bool:
+        """True when ``plan`` is not to be chosen at ``rps`` now (see ``avoid``)."""
+        until, from_rps = self._avoid.get(_key(plan), (0.0, 0.0))
+        return until > time.time() and rps >= from_rps
 
     @property
     def latency_budget_s(self) -> float:
@@ -151,49 +162,42 @@ class Controller:
         p = self.policy
         avail = {d: (0 if d in down else c) for d, c in self.available.items()}
         hop = self.profile.hop_s()
+
+        def reject(o: AdaptPlan) -> bool:
+            return self.avoided(o, rps)
+
         options = []
         if deployed is not None:
             resized = size_plan(
                 self.tasks, deployed.assignment, table, rps, self.prices, p.target_utilisation, hop,
                 "resize", None if p.mode == "replicas" else self.latency_budget_s,
             )  # fmt: skip
-            # one more replica on the busiest stage: the step up when the sized plan is avoided
-            busiest = max(
-                range(len(resized.stages)),
-                key=lambda i: (
-                    rps
-                    * sum(table[t][resized.stages[i].device] for t in resized.stages[i].tasks)
-                    / resized.stages[i].replicas
-                ),
-            )
-            bumped_stages = tuple(
-                replace(s, replicas=s.replicas + 1) if i == busiest else s
-                for i, s in enumerate(resized.stages)
-            )
-            bumped = replace(
-                resized,
-                stages=bumped_stages,
-                usd_per_hour=sum(s.replicas * self.prices[s.device] for s in bumped_stages),
-            )
+            # one more replica on a stage: the step up when the sized plan is avoided
+            bumped = [
+                with_replicas(resized, i, table, self.prices, hop)
+                for i in range(len(resized.stages))
+            ]
             if p.mode == "replicas":
-                if self._avoid.get(_key(resized), 0.0) > time.time():
-                    return bumped
-                return resized
-            options += [resized, bumped]
+                if not reject(resized):
+                    return resized
+                busiest = max(
+                    range(len(resized.stages)),
+                    key=lambda i: (
+                        rps
+                        * sum(table[t][resized.stages[i].device] for t in resized.stages[i].tasks)
+                        / resized.stages[i].replicas
+                    ),
+                )
+                return bumped[busiest]
+            options += [resized, *bumped]
         if p.mode == "full" or full:
             solved = solve_assignment(
                 self.tasks, table, rps, self.prices, avail, p.target_utilisation,
-                self.latency_budget_s, hop, p.solver,
+                self.latency_budget_s, hop, p.solver, reject,
             )  # fmt: skip
             if solved is not None:
                 options.append(solved)
-        now = time.time()
-        ok = [
-            o
-            for o in options
-            if not feasible(o, self.latency_budget_s, avail)
-            and self._avoid.get(_key(o), 0.0) <= now
-        ]
+        ok = [o for o in options if not feasible(o, self.latency_budget_s, avail) and not reject(o)]
         if p.budget_usd_per_hour is not None:
             ok = [o for o in ok if o.usd_per_hour <= p.budget_usd_per_hour] or ok
         if not ok:
@@ -230,11 +234,31 @@ class Controller:
         slow = {d for d in used if self.profile.jumps.get(d, 0.0) >= p.slow_factor}
         down = {d for d, c in self.available.items() if c == 0} | set(unhealthy)
         now = time.time()
+        measured = snap.requests >= p.min_samples
         # a measured p99 over the SLA (requests since the last change only): this plan is not
-        # enough whatever the model says; avoid it for a while (no flapping back to it)
-        breach = snap.requests >= p.min_samples and snap.p99_s > p.sla_p99_s
-        if breach:
-            self._avoid[_key(deployed)] = now + self.avoid_s
+        # enough at this rate whatever the model says; avoid it for a while at this rate
+        # (lower bound) and above, so the controller does not flap back to it
+        breach = measured and snap.p99_s > p.sla_p99_s
+        # about to break: the recalibrated model says the deployed replicas miss the latency
+        # budget at the planned rate, and either the rate's lower bound or the measured p99
+        # agrees (the model alone at a noisy rate estimate would flap the plan). Utilisation
+        # alone (``_under_provisioned``) misses a plan that is busy below ``max_utilisation``
+        # yet too slow: one the prior chose before recalibration corrected it, or one chosen
+        # at a low reading of the rate. Full mode only: ``replicas`` stays the utilisation-sized
+        # autoscaler it stands for (Ray Serve / Dynamo style)
+        hop = self.profile.hop_s()
+        budget = self.latency_budget_s
+        predicted = predict_p99_s(deployed, table, rps, hop)
+        at_risk = (
+            p.mode == "full"
+            and predicted > budget
+            and (
+                predict_p99_s(deployed, table, lcb, hop) > budget
+                or (measured and snap.p99_s > budget)
+            )
+        )
+        if breach or at_risk:
+            self.avoid(deployed, lcb)
         cand = None
         leave = used & slow if p.mode == "full" else set()
         if leave:
@@ -270,6 +294,12 @@ class Controller:
             detail = (
                 f"{rps:.1f} rps planned (now {recent:.1f}, forecast {forecast:.1f}) would load "
                 f"a stage to {utilisation(deployed, table, rps):.0%}"
+            )
+        elif at_risk:
+            reason = "sla"
+            detail = (
+                f"predicted p99 {predicted * 1e3:.0f} ms at {rps:.1f} rps > budget "
+                f"{budget * 1e3:.0f} ms (measured p99 {snap.p99_s * 1e3:.0f} ms)"
             )
         elif breach and cand.usd_per_hour >= deployed.usd_per_hour:
             reason, detail = (

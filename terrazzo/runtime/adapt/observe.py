@@ -34,6 +34,11 @@ class StageWindow:
     queue_p99_s: float
     transfer_mean_s: float  # gateway-seen minus the worker's queue and compute: the hop
     recent_compute_mean_s: float  # the last few calls only: a step change shows here first
+    # calls since ``fresh_since`` (the previous summary the profile folded in): each call is
+    # folded into the calibration once, not once per tick while it stays in the window.
+    # None: not asked for (the whole window stands in)
+    fresh_samples: int | None = None
+    fresh_compute_mean_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,9 +135,12 @@ class Observer:
             while dq and dq[0][0] < cut:  # type: ignore[index]
                 dq.popleft()
 
-    def snapshot(self, window_s: float | None = None, since: float = -1.0) -> Snapshot:
+    def snapshot(
+        self, window_s: float | None = None, since: float = -1.0, fresh_since: float | None = None
+    ) -> Snapshot:
         """Summarise the last ``window_s`` (default the observer's window); latencies only of
-        requests that started after ``since`` (monotonic: the last plan change)."""
+        requests that started after ``since`` (monotonic: the last plan change); with
+        ``fresh_since``, each stage also counts the calls that ended after it."""
         now = time.monotonic()
         win = self.window_s if window_s is None else window_s
         cut = now - win
@@ -158,13 +166,14 @@ class Observer:
             if n2 - n1 >= 3.0 * np.sqrt(n1 + n2):
                 trend = (n2 - n1) / (span / 2) / (span / 2)
         lat = np.asarray([r[1] for r in reqs if r[2] and r[0] - r[1] >= since], dtype=float)
-        groups: dict[tuple[tuple[str, ...], str], list[tuple[float, float, float]]] = {}
-        for _, tasks, dev, took, compute, queue in stages:
-            groups.setdefault((tasks, dev), []).append((took, compute, queue))
+        groups: dict[tuple[tuple[str, ...], str], list[tuple[float, float, float, float]]] = {}
+        for t_done, tasks, dev, took, compute, queue in stages:
+            groups.setdefault((tasks, dev), []).append((took, compute, queue, t_done))
         summary = {}
         for key, rows in groups.items():
             arr = np.asarray(rows, dtype=float)
             comp = arr[:, 1]
+            fresh = comp[arr[:, 3] > fresh_since] if fresh_since is not None else comp
             hop = np.maximum(arr[:, 0] - arr[:, 1] - arr[:, 2], 0.0)
             summary[key] = StageWindow(
                 key=key,
@@ -176,6 +185,8 @@ class Observer:
                 queue_p99_s=float(np.percentile(arr[:, 2], 99)),
                 transfer_mean_s=float(hop.mean()),
                 recent_compute_mean_s=float(comp[-_RECENT:].mean()),
+                fresh_samples=None if fresh_since is None else int(fresh.size),
+                fresh_compute_mean_s=float(fresh.mean()) if fresh.size else 0.0,
             )
         return Snapshot(
             t=now,

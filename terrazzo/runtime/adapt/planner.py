@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 
 from terrazzo.errors import PlacementError
 
@@ -125,7 +125,7 @@ def size_plan(
     ]
 
     def total(reps: list[int]) -> float:
-        return sum(s + wait_p99_s(r, rps, s) + hop_s for s, r in zip(service, reps, strict=True))
+        return _p99_s(service, reps, rps, hop_s)
 
     if latency_budget_s is not None and all(math.isfinite(s) for s in service):
         for _ in range(64):
@@ -145,6 +145,44 @@ def size_plan(
     stages = tuple(StagePlan(ts, dev, r) for (ts, dev), r in zip(groups, reps, strict=True))
     usd = sum(s.replicas * prices[s.device] for s in stages)
     return AdaptPlan(stages, usd, total(reps), rps, solver)
+
+
+def _p99_s(service: Sequence[float], reps: Sequence[int], rps: float, hop_s: float) -> float:
+    return sum(s + wait_p99_s(r, rps, s) + hop_s for s, r in zip(service, reps, strict=True))
+
+
+def predict_p99_s(
+    plan: AdaptPlan, latency: Mapping[str, Mapping[str, float]], rps: float, hop_s: float = 0.0
+) -> float:
+    """Predicted p99 (service + queueing + hops) of ``plan``'s replicas as they are, at ``rps``.
+
+    ``size_plan`` gives the prediction a plan was chosen on; this one re-judges a deployed plan
+    after recalibration or a change of rate, without re-sizing it.
+    """
+    service = [sum(latency[t][s.device] for t in s.tasks) for s in plan.stages]
+    return _p99_s(service, [s.replicas for s in plan.stages], rps, hop_s)
+
+
+def with_replicas(
+    plan: AdaptPlan,
+    stage: int,
+    latency: Mapping[str, Mapping[str, float]],
+    prices: Mapping[str, float],
+    hop_s: float = 0.0,
+) -> AdaptPlan:
+    """``plan`` with one more replica on ``stage``, re-priced and re-predicted."""
+    stages = tuple(
+        replace(s, replicas=s.replicas + 1) if i == stage else s for i, s in enumerate(plan.stages)
+    )
+    bumped = replace(
+        plan, stages=stages, usd_per_hour=sum(s.replicas * prices[s.device] for s in stages)
+    )
+    return replace(bumped, latency_s=predict_p99_s(bumped, latency, plan.rps, hop_s))
+
+
+def _usable(prices: Mapping[str, float], available: Mapping[str, int | None]) -> list[str]:
+    """Classes a plan may use: priced and not out of devices."""
+    return [d for d in prices if available.get(d) is None or (available.get(d) or 0) > 0]
 
 
 def utilisation(plan: AdaptPlan, latency: Mapping[str, Mapping[str, float]], rps: float) -> float:
@@ -184,15 +222,18 @@ def solve_assignment(
     latency_budget_s: float,
     hop_s: float,
     solver: str = "milp",
+    reject: Callable[[AdaptPlan], bool] | None = None,
 ) -> AdaptPlan | None:
     """Cheapest feasible plan from the placement solver (None: nothing feasible).
 
     The solver sees the calibrated table with unavailable classes removed, each class change
-    priced at the measured hop; its per-class device count is re-sized here per stage.
+    priced at the measured hop; its per-class device count is re-sized here per stage, then
+    refined by ``improve``. A plan ``reject`` refuses (e.g. one whose p99 broke the SLA at this
+    rate) is not returned: the search goes on from it to its cheapest acceptable neighbour.
     """
     from terrazzo.placement import SLA, make_problem, solve
 
-    usable = [d for d in prices if available.get(d) is None or (available.get(d) or 0) > 0]
+    usable = _usable(prices, available)
     table = {
         t: {d: v for d, v in latency[t].items() if d in usable and math.isfinite(v)} for t in tasks
     }
@@ -208,43 +249,34 @@ def solve_assignment(
         tuple(sorted((d, prices[d], available.get(d)) for d in usable)),
         utilisation, float(f"{latency_budget_s:.3g}"), float(f"{hop_s:.2g}"), solver,
     )  # fmt: skip
-    if key in _SOLVED:
-        hit = _SOLVED[key]
-        if hit is None:
-            return None
-        return improve(
-            size_plan(
-                tasks, hit, latency, rps, prices, utilisation, hop_s, solver, latency_budget_s
-            ),
-            tasks, latency, prices, available, utilisation, latency_budget_s, hop_s,
-        )  # fmt: skip
-    if len(_SOLVED) > 4096:
-        _SOLVED.clear()
-    try:
-        problem = make_problem(
-            list(tasks),
-            usable,
-            table,
-            edges=list(itertools.pairwise(tasks)),
-            sla=SLA(max(latency_budget_s - hop_s, 1e-6)),
-            rps=max(rps, 1e-3),
-            target_utilisation=utilisation,
-            usd_per_hour={d: prices[d] for d in usable},
-            count={d: float(c) for d in usable if (c := available.get(d)) is not None},
-            transfer_s=pairs,
-            name="adapt",
-        )
-        placed = solve(problem, solver, time_limit_s=0.5)
-    except PlacementError:
-        _SOLVED[key] = None
+    if key not in _SOLVED:
+        if len(_SOLVED) > 4096:
+            _SOLVED.clear()
+        try:
+            problem = make_problem(
+                list(tasks),
+                usable,
+                table,
+                edges=list(itertools.pairwise(tasks)),
+                sla=SLA(max(latency_budget_s - hop_s, 1e-6)),
+                rps=max(rps, 1e-3),
+                target_utilisation=utilisation,
+                usd_per_hour={d: prices[d] for d in usable},
+                count={d: float(c) for d in usable if (c := available.get(d)) is not None},
+                transfer_s=pairs,
+                name="adapt",
+            )
+            _SOLVED[key] = dict(solve(problem, solver, time_limit_s=0.5).assignment)
+        except PlacementError:
+            _SOLVED[key] = None
+    assignment = _SOLVED[key]
+    if assignment is None:
         return None
-    _SOLVED[key] = dict(placed.assignment)
     return improve(
         size_plan(
-            tasks, dict(placed.assignment), latency, rps, prices, utilisation, hop_s, solver,
-            latency_budget_s,
+            tasks, assignment, latency, rps, prices, utilisation, hop_s, solver, latency_budget_s
         ),
-        tasks, latency, prices, available, utilisation, latency_budget_s, hop_s,
+        tasks, latency, prices, available, utilisation, latency_budget_s, hop_s, reject,
     )  # fmt: skip
 
 
@@ -257,32 +289,77 @@ def improve(
     utilisation: float,
     latency_budget_s: float,
     hop_s: float,
-) -> AdaptPlan:
+    reject: Callable[[AdaptPlan], bool] | None = None,
+) -> AdaptPlan | None:
     """Local search on the served cost (one replica per stage device, per-stage ceilings).
 
     The placement solver prices a class by its summed busy time; served stages round up
     one by one, so its answer can be a replica or two off. Moving one task at a time to
-    another class, while that lowers the served cost and stays feasible, closes the gap.
+    another class, or adding one replica to a stage, while that lowers the served cost and
+    stays feasible, closes the gap. When ``plan`` itself is infeasible or rejected, the search
+    starts from its cheapest acceptable neighbour instead; None when there is none.
     """
-    usable = [d for d in prices if available.get(d) is None or (available.get(d) or 0) > 0]
-    best = plan
-    better = True
-    while better:
-        better = False
-        for t in tasks:
+
+    def acceptable(p: AdaptPlan) -> bool:
+        return not feasible(p, latency_budget_s, available) and not (reject and reject(p))
+
+    best = plan if acceptable(plan) else None
+    at = plan
+    while True:
+        better = [
+            c
+            for c in neighbours(at, tasks, latency, prices, available, utilisation, hop_s,
+                                latency_budget_s)
+            if (best is None or c.usd_per_hour < best.usd_per_hour - 1e-9) and acceptable(c)
+        ]  # fmt: skip
+        if not better:
+            return best
+        best = at = min(better, key=lambda c: (c.usd_per_hour, c.latency_s))
+
+
+def neighbours(
+    plan: AdaptPlan,
+    tasks: Sequence[str],
+    latency: Mapping[str, Mapping[str, float]],
+    prices: Mapping[str, float],
+    available: Mapping[str, int | None],
+    utilisation: float,
+    hop_s: float,
+    latency_budget_s: float | None,
+) -> list[AdaptPlan]:
+    """Plans one step from ``plan``: a run of consecutive tasks moved to another usable class
+    (re-sized), or one more replica on one stage.
+
+    Runs, not single tasks: a stage is a run of tasks, and moving a two-task stage one task at
+    a time passes through a three-stage plan that costs more than either end, so a one-task
+    local search stops short of it (the scenario's lost class: cpu x4 never reached
+    pre@cpu | enc+head@gpu-m, which is cheaper).
+    """
+    out = []
+    assignment = plan.assignment
+    usable = _usable(prices, available)
+    for i in range(len(tasks)):
+        for j in range(i + 1, len(tasks) + 1):
+            run = tasks[i:j]
             for d in usable:
-                if best.assignment[t] == d:
+                if all(assignment[t] == d for t in run):
                     continue
-                assign = {**best.assignment, t: d}
-                cand = size_plan(
-                    tasks, assign, latency, plan.rps, prices, utilisation, hop_s, plan.solver,
-                    latency_budget_s,
-                )  # fmt: skip
-                if cand.usd_per_hour < best.usd_per_hour - 1e-9 and not feasible(
-                    cand, latency_budget_s, available
-                ):
-                    best, better = cand, True
-    return best
+                moved = {**assignment, **dict.fromkeys(run, d)}
+                out.append(
+                    size_plan(
+                        tasks,
+                        moved,
+                        latency,
+                        plan.rps,
+                        prices,
+                        utilisation,
+                        hop_s,
+                        plan.solver,
+                        latency_budget_s,
+                    )
+                )
+    out += [with_replicas(plan, i, latency, prices, hop_s) for i in range(len(plan.stages))]
+    return out
 
 
 def best_static(
@@ -296,7 +373,7 @@ def best_static(
     hop_s: float = 0.0,
 ) -> AdaptPlan | None:
     """Exhaustive cheapest feasible plan (small chains only): the hindsight baseline."""
-    devices = [d for d in prices if available.get(d) is None or (available.get(d) or 0) > 0]
+    devices = _usable(prices, available)
     best: AdaptPlan | None = None
     for combo in itertools.product(devices, repeat=len(tasks)):
         plan = size_plan(

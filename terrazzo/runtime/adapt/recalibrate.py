@@ -110,6 +110,13 @@ class Profile:
             for (tasks, device), w in snap.stages.items():
                 if w.samples < min_samples or any(t not in self.prior_s for t in tasks):
                     continue
+                # only calls not folded in before (a window re-folded every tick would keep
+                # pulling a class that stepped back towards its old speed until the window
+                # rolled past the step, and count each call ~window/interval times)
+                new_n = w.samples if w.fresh_samples is None else w.fresh_samples
+                new_mean = w.compute_mean_s if w.fresh_samples is None else w.fresh_compute_mean_s
+                if new_n == 0:
+                    continue
                 before = self._estimate_group(tasks, device, snap.t)
                 m = self._groups.get((tasks, device))
                 ratio = w.recent_compute_mean_s / before if before > 0 else 1.0
@@ -122,10 +129,10 @@ class Profile:
                     first = w.recent_compute_mean_s if jumped else w.compute_mean_s
                     m = self._groups[(tasks, device)] = _Measured(first, 0.0, snap.t)
                 else:
-                    m.mean_s = (1 - self.alpha) * m.mean_s + self.alpha * w.compute_mean_s
+                    m.mean_s = (1 - self.alpha) * m.mean_s + self.alpha * new_mean
                 # a step of ``step_factor`` or more is strong evidence even from a few calls:
                 # it starts at full weight, so the class is not trusted at its old speed again
-                m.n = min(max(m.n + w.samples, self.k if jumped else 0.0), 10 * self.k)
+                m.n = min(max(m.n + new_n, self.k if jumped else 0.0), 10 * self.k)
                 m.t = snap.t
                 overheads.append(w.transfer_mean_s)
                 rows.append(

@@ -302,6 +302,7 @@ class AdaptRuntime:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()  # one decision / swap at a time
         self._flipped_at = -1.0  # monotonic time traffic last moved to a new plan
+        self._folded_to = -1.0  # stage calls up to this time are in the profile
         self.errors: list[str] = []
         self.retunes: list[dict[str, object]] = []  # RetuneResult.to_json of each re-tune
         self.sources: dict[str, dict[str, Any]] = {}  # task -> what its build came from
@@ -497,7 +498,8 @@ class AdaptRuntime:
     def tick(self) -> Decision | None:
         """One control step (also callable directly, e.g. from tests)."""
         with self._lock:
-            snap = self.observer.snapshot(since=self._flipped_at)
+            snap = self.observer.snapshot(since=self._flipped_at, fresh_since=self._folded_to)
+            self._folded_to = snap.t
             decision = self.controller.decide(snap, self.plan, self.unhealthy_classes())
             if decision is None:
                 return None
