@@ -31,7 +31,14 @@ runner's ``execute_delay_s``, Triton's ``execute_delay_ms``): a device whose cos
 does not grow with the batch, as a launch-bound accelerator. They isolate what the scheduler
 can gain; the ``cpu`` rows are what this host's CPU kernels gain.
 
-Run: ``.venv/bin/python benchmarks/dynamic_batching.py [--duration-s 6] [--quick]``.
+``--tune-buckets TRIALS`` tunes every bucket's kernels before it is built (``compile
+--tune-buckets``) into ``--tuning`` (default: the per-user database; kernels with a record for
+this host and thread count are not tuned again). Without it the buckets run default schedules.
+``batch_sizes`` per row is the stage's histogram of executed batch sizes: the batcher cuts
+batches at bucket sizes (a 17-row batch would pay for the 32-row bucket).
+
+Run: ``.venv/bin/python benchmarks/dynamic_batching.py [--duration-s 6] [--quick]
+[--tune-buckets 8]``.
 """
 
 from __future__ import annotations
@@ -68,9 +75,12 @@ CONFIG = {
 }
 
 
-def build_bundle(d: Path, buckets: str | None = BUCKETS) -> Path:
+def build_bundle(
+    d: Path, buckets: str | None = BUCKETS, tune_buckets: int = 0, tuning: str | None = None
+) -> Path:
     """Export the encoder to ONNX (dynamic batch) and compile it as one CPU stage (with static
-    builds at ``buckets``; None: the symbolic build only)."""
+    builds at ``buckets``; None: the symbolic build only; ``tune_buckets`` trials per kernel
+    tune each bucket into the ``tuning`` database first)."""
     import torch
     import transformers
 
@@ -104,7 +114,8 @@ def build_bundle(d: Path, buckets: str | None = BUCKETS) -> Path:
     prob = to_problem(from_onnx(onnx_path, shapes=shapes), fleet, sla, 1.0)
     plan = build_plan(prob, np.zeros(len(prob.tasks), dtype=int), "all-cpu", 0.0)
     res = compile_model(onnx_path, fleet, sla, out_path=d / "bert.tzb", plan=plan,
-                        shapes=shapes, include_reference=False, batch_buckets=buckets)  # fmt: skip
+                        shapes=shapes, include_reference=False, batch_buckets=buckets,
+                        tune_buckets=tune_buckets if buckets else 0, tuning_db=tuning)  # fmt: skip
     return Path(res.path)
 
 
@@ -235,6 +246,11 @@ def main() -> None:
         help=f"static batch builds (default {BUCKETS}; 'none': symbolic only)",
     )
     ap.add_argument(
+        "--tune-buckets", type=int, default=0, metavar="TRIALS",
+        help="tune each bucket's kernels before building it (default 0: default schedules)",
+    )  # fmt: skip
+    ap.add_argument("--tuning", default=None, help="tuning database (records.jsonl) for that")
+    ap.add_argument(
         "--devices",
         default="cpu,cpu-in-gw,simulated",
         help="rows to run (cpu, cpu-in-gw, simulated)",
@@ -250,10 +266,11 @@ def main() -> None:
 
     rows: list[dict[str, Any]] = []
     extra: dict[str, Any] = {"model": CONFIG, "seq": SEQ, "sla_s": SLA_S, "duration_s": duration,
-                             "buckets": buckets, "load_avg_start": list(os.getloadavg())}  # fmt: skip
+                             "buckets": buckets, "tune_buckets": args.tune_buckets,
+                             "load_avg_start": list(os.getloadavg())}  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        bundle = build_bundle(Path(tmp), buckets)
+        bundle = build_bundle(Path(tmp), buckets, args.tune_buckets, args.tuning)
         extra["compile_s"] = time.perf_counter() - t0
         base = replace(ServingPlan.from_bundle(bundle, allow_unsigned=True), model_name="bert")
         # The planner emits the encoder as stage 0 plus empty stages for dead shape branches
@@ -277,8 +294,11 @@ def main() -> None:
                     b.run(f, runners)
                 return (time.perf_counter() - t1) / reps * 1e3
 
-            for rows_n in (1, 3, 8, 17, 32):
+            for rows_n in (1, 2, 3, 4, 8, 16, 17, 32):
                 extra[f"exec_ms_batch{rows_n}"] = exec_ms(rows_n, 20)
+            extra["exec_ms_per_row"] = {
+                n: extra[f"exec_ms_batch{n}"] / n for n in (1, 2, 4, 8, 16, 32)
+            }
             buckets_of = [(r, r._buckets) for r in runners]
             for r, _ in buckets_of:
                 r.attach_buckets([])  # the symbolic build of the same stage
@@ -315,6 +335,11 @@ def main() -> None:
                         lat = np.asarray(res["latencies_s"])
                         reqs = s1["request_count"] - s0["request_count"]
                         execs = s1["execution_count"] - s0["execution_count"]
+                        hist0 = {h["batch_size"]: h["count"] for h in s0["batch_stats"]}
+                        hist = {
+                            h["batch_size"]: h["count"] - hist0.get(h["batch_size"], 0)
+                            for h in s1["batch_stats"]
+                        }
                         p99 = float(np.percentile(lat, 99)) if lat.size else float("nan")
                         rows.append(
                             {
@@ -329,6 +354,7 @@ def main() -> None:
                                 "p99_within_sla": bool(p99 <= SLA_S),
                                 "rows_per_execution": reqs / execs if execs else None,
                                 "executions": int(execs),
+                                "batch_sizes": {k: v for k, v in sorted(hist.items()) if v},
                                 "inferences": int(s1["inference_count"] - s0["inference_count"]),
                                 "cpu_ms_per_request": {
                                     "gateway": (gw1 - gw0) / max(1, reqs) * 1e3,
@@ -362,6 +388,11 @@ def main() -> None:
             "kernel_ms"]  # fmt: skip
     print_table(rows, cols, title="Dynamic batching: tiny BERT encoder, batch-1 requests")
     print(json.dumps({k: v for k, v in extra.items() if k != "model"}))
+    from benchmarks._common import machine_info
+
+    info = machine_info()
+    print(f"cpu: {info['cpu']} ({info['cpu_count']} cpus); load average at start "
+          f"{extra['load_avg_start'][0]:.2f}, at end {info['load_avg'][0]:.2f}")  # fmt: skip
     path = write_result("dynamic_batching", rows, extra)
     print(f"wrote {path}")
 

@@ -11,6 +11,7 @@ from terrazzo.codegen._buckets import (
     leading_symbol,
     parse_buckets,
     plan_stage_buckets,
+    tune_bucket,
 )
 from terrazzo.codegen._build import (
     StageBuild,
@@ -68,6 +69,7 @@ __all__ = [
     "split_relax",
     "split_stages",
     "stage_targets",
+    "tune_bucket",
     "tuning_records_text",
     "uniquify_bindings",
 ]

@@ -13,6 +13,12 @@ batcher's rule: dimension 0 of every input and every output is the same plain sy
 nowhere else. Whether rows are independent (padding rows must not change the real rows'
 results) cannot be read from shapes; asking for buckets asserts it, as turning on dynamic
 batching does.
+
+Default schedules are a starting point, not a tuned result: the kernels of a 32-row bucket
+have other shapes (and workload hashes) than the 1-row bucket's, so a tuning database built at
+one batch size leaves every other bucket on its defaults. ``tune_bucket`` tunes one bucket's
+per-request kernels (those without a record for this host and thread count) into the
+database before that bucket is built (``compile --tune-buckets TRIALS``).
 """
 
 from __future__ import annotations
@@ -168,6 +174,36 @@ def bind_symbol(mod: Any, symbol: str, size: int) -> Any:
     return out
 
 
+def tune_bucket(
+    stage_mod: Any, symbol: str, size: int, target: Mapping[str, Any], db: Any, trials: int
+) -> list[Any]:
+    """Tune the per-request kernels of ``stage_mod`` at batch ``size`` for ``target`` into ``db``.
+
+    The kernels are those ``build_stage`` compiles for this bucket (weight preparation lifted
+    out, ``request_module``); kernels ``db`` already holds a record for (this host, this
+    thread count) are skipped, so a second compile with the same database tunes nothing.
+
+    Args:
+        stage_mod: the stage's Relax module with its symbolic batch.
+        symbol: the batch symbol; size: the bucket's batch size.
+        target: the host target dict (``host_target()``).
+        db: a ``TuningDatabase`` the records are added to (the caller saves it).
+        trials: schedule candidates per kernel (offline proposer).
+
+    Returns:
+        The ``KernelResult`` of every kernel tuned.
+    """
+    import tvm
+
+    from terrazzo.codegen._build import request_module
+    from terrazzo.codegen.tuning import OfflineProposer, TuneOptions, tune_module
+
+    tgt = tvm.target.Target(dict(target))
+    per_request = request_module(bind_symbol(stage_mod, symbol, size), tgt)
+    opts = TuneOptions(trials=trials, batch=min(4, trials))
+    return tune_module(per_request, tgt, OfflineProposer, opts, db=db, prepare=True)
+
+
 __all__ = [
     "AUTO",
     "BucketSpec",
@@ -176,4 +212,5 @@ __all__ = [
     "leading_symbol",
     "parse_buckets",
     "plan_stage_buckets",
+    "tune_bucket",
 ]

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from terrazzo.codegen._buckets import BucketSpec, bind_symbol
+from terrazzo.codegen._buckets import BucketSpec, bind_symbol, tune_bucket
 from terrazzo.codegen._split import StageModule
 from terrazzo.codegen._targets import TargetChoice, host_target
 from terrazzo.errors import CodegenError
@@ -356,6 +356,7 @@ def build_stage(
     work_dir: str | os.PathLike[str],
     tuning_db: Any = None,
     buckets: BucketSpec | None = None,
+    tune_buckets: int = 0,
 ) -> StageBuild:
     """Build one stage for its device target and for the host CPU, exporting the files.
 
@@ -371,6 +372,9 @@ def build_stage(
         buckets: also build the host library at each of these static batch sizes
             (``host_b<N>.so``, see ``codegen._buckets``); a size TVM cannot build is left out
             with a note.
+        tune_buckets: before building each bucket, tune its kernels that ``tuning_db`` (a
+            ``TuningDatabase``) has no record for, with this many trials per kernel
+            (``codegen._buckets.tune_bucket``); 0: default schedules and existing records only.
 
     Returns:
         StageBuild naming the files written and what could not be built.
@@ -393,7 +397,7 @@ def build_stage(
     host_ex = compile_module(stage.mod, host, tuning_db, lift_weights=True)
     files["host.so"] = out / "host.so"
     host_ex.export_library(str(files["host.so"]))
-    built = _build_buckets(stage, host, tuning_db, buckets, out, files, notes)
+    built = _build_buckets(stage, host, tuning_db, buckets, out, files, notes, tune_buckets)
     if not _same_target(choice.target, host):
         try:
             dev_ex = compile_module(stage.mod, choice.target, tuning_db, lift_weights=True)
@@ -426,13 +430,23 @@ def _build_buckets(
     out: Path,
     files: dict[str, Path],
     notes: list[str],
+    tune_trials: int = 0,
 ) -> BucketSpec | None:
     """Host builds of ``stage`` with its batch symbol fixed to each bucket size (static
-    kernels: default schedules and tuning records apply); the sizes built, or None."""
+    kernels: default schedules and tuning records apply, after tuning the bucket's kernels
+    when ``tune_trials``); the sizes built, or None."""
     if buckets is None:
         return None
     done = []
     for n in buckets.sizes:
+        if tune_trials > 0 and hasattr(tuning_db, "lookup"):
+            try:
+                tuned = tune_bucket(stage.mod, buckets.symbol, n, host, tuning_db, tune_trials)
+                kept = sum(1 for r in tuned if r.record is not None)
+                notes.append(f"{buckets.symbol}={n}: tuned {len(tuned)} kernel(s), {kept} kept")
+            except Exception as e:  # the bucket still builds with its default schedules
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                notes.append(f"tuning at {buckets.symbol}={n} failed: {first[:200]}")
         try:
             ex = compile_module(
                 bind_symbol(stage.mod, buckets.symbol, n), host, tuning_db, lift_weights=True

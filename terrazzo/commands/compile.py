@@ -96,6 +96,13 @@ def register(subparsers: Any) -> None:
         "bucket that holds it, padded with copies of its last row (asserts that rows are "
         "independent). `inspect` lists the buckets",
     )  # fmt: skip
+    p.add_argument(
+        "--tune-buckets", metavar="TRIALS", type=int, default=0,
+        help="with --batch-buckets: tune each bucket's kernels (TRIALS schedule candidates per "
+        "kernel) into the --tuning database (default: the per-user one) before building it; "
+        "kernels with a record are skipped. Records are per host and TVM_NUM_THREADS: set it "
+        "as you will serve",
+    )  # fmt: skip
     p.set_defaults(func=run)
 
 
@@ -183,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
                 out_path=args.output, solver=args.solver, tuning_db=args.tuning,
                 sign_key=args.sign, catalog=catalog, include_reference=not args.no_reference,
                 progress=progress, shapes=shapes or None, plan_shapes=plan_shapes or None,
-                batch_buckets=args.batch_buckets,
+                batch_buckets=args.batch_buckets, tune_buckets=args.tune_buckets,
             )  # fmt: skip
     plan = res.plan
     from terrazzo.pipeline import graph_plan_sizes, graph_ranges

@@ -30,6 +30,7 @@ from terrazzo.codegen import (
     stage_targets,
     tuning_records_text,
 )
+from terrazzo.errors import CodegenError
 from terrazzo.pipeline.load import (
     FleetLike,
     ModelLike,
@@ -86,6 +87,7 @@ def compile_model(
     progress: ProgressFn | None = None,
     plan: Plan | None = None,
     batch_buckets: str | tuple[int, ...] | None = None,
+    tune_buckets: int = 0,
 ) -> CompileResult:
     """Run the whole pipeline and return details (see ``compile`` for the arguments).
 
@@ -96,6 +98,9 @@ def compile_model(
     batch symbol at these static batch sizes (``codegen._buckets``): static kernels get the
     CPU default schedules a symbolic build cannot have; a batch runs on the smallest bucket
     that holds it, padded. Asking for buckets asserts that batch rows are independent.
+    ``tune_buckets`` (trials per kernel) tunes each bucket's kernels before it is built, into
+    ``tuning_db`` (a ``records.jsonl`` path or ``TuningDatabase``; default: the per-user
+    database), which is saved; kernels with a record already are not tuned again.
     """
     from terrazzo.codegen import parse_buckets
     from terrazzo.costmodel import load_catalog
@@ -108,7 +113,7 @@ def compile_model(
         graph, model_sha = load_model(model, example_inputs, shapes, plan_shapes)
         fleet_obj, sla_obj = as_fleet(fleet), as_sla(sla)
         cat = catalog if catalog is not None else load_catalog()
-        db = load_tuning_db(tuning_db)
+        db = _bucket_tuning_db(tuning_db, batch_buckets, tune_buckets)
         ref = model_reference(model)
         source = ModelSource(ref, model_sha) if ref is not None else None
     with timer.phase("reference"):
@@ -119,8 +124,30 @@ def compile_model(
     return _split_build_bundle(
         graph, model_sha, plan_mlir, plan_obj, fleet_obj, sla_obj, cat, db, timer,
         out_path=out_path, sign_key=sign_key, include_reference=include_reference, io=io,
-        buckets=buckets,
+        buckets=buckets, tune_buckets=tune_buckets,
     )  # fmt: skip
+
+
+def _bucket_tuning_db(tuning_db: Any, batch_buckets: Any, tune_buckets: int) -> Any:
+    """The build's tuning database; with ``tune_buckets`` a ``TuningDatabase`` to tune into
+    (the per-user one when none is given)."""
+    from terrazzo.codegen.tuning import TuningDatabase, default_database_path
+
+    if tune_buckets < 0:
+        raise CodegenError(f"tune_buckets must be >= 0 trials per kernel, got {tune_buckets}")
+    if tune_buckets == 0:
+        return load_tuning_db(tuning_db)
+    if batch_buckets is None:
+        raise CodegenError("tuning buckets (--tune-buckets) needs --batch-buckets")
+    db = load_tuning_db(tuning_db) if tuning_db is not None else None
+    if db is None:
+        db = TuningDatabase(default_database_path())
+    if not isinstance(db, TuningDatabase):
+        raise CodegenError(
+            "--tune-buckets tunes into a Terrazzo records.jsonl database; "
+            f"{str(tuning_db)!r} is a MetaSchedule directory"
+        )
+    return db
 
 
 def compile_placed(
@@ -244,6 +271,7 @@ def _split_build_bundle(
     include_reference: bool,
     io: ReferenceIO | None = None,
     buckets: str | tuple[int, ...] | None = None,
+    tune_buckets: int = 0,
 ) -> CompileResult:
     """The stages after placement: split → build per target → bundle."""
     from terrazzo.bundle import StageContent, write_bundle
@@ -267,8 +295,15 @@ def _split_build_bundle(
                 if buckets is not None and st.outputs:  # (a stage without outputs is dead)
                     want = plan_stage_buckets(st, buckets, graph_ranges(graph))
                 b = build_stage(
-                    st, choice, work, db, want if isinstance(want, BucketSpec) else None
+                    st,
+                    choice,
+                    work,
+                    db,
+                    want if isinstance(want, BucketSpec) else None,
+                    tune_buckets=tune_buckets,
                 )
+                if tune_buckets and getattr(db, "path", None) is not None:
+                    db.save()  # what was tuned is kept even if a later stage fails
                 if isinstance(want, str):
                     b = replace(b, notes=(*b.notes, want))
                 builds.append(b)

@@ -18,6 +18,16 @@ execution), ``preferred_batch_sizes`` (execute as soon as one of them can be for
 whatever is queued as soon as the stage is free), ``priority_levels`` (1 is highest; 0 in a
 request means ``default_priority_level``) and a queue policy (``default_queue_timeout_us``,
 ``timeout_action`` REJECT or DELAY).
+
+A stage built at a few static batch sizes (bucketed builds, ``codegen._buckets``) runs a batch
+of ``n`` rows on the smallest bucket ``>= n``, padded: a 17-row batch on the 32-row build costs
+what 32 rows cost. Given the stage's ``bucket_sizes``, the batcher never forms a batch above
+the largest bucket (that would run the much slower symbolic build) and cuts each batch where
+its estimated seconds per real row are lowest: a prefix whose rows fill a bucket exactly beats
+a padded one unless the padding is cheap. The estimate per bucket is the fastest execution
+seen on it (contention only inflates a time); a bucket not yet run is assumed to cost its rows
+at the best per-row rate seen (optimistic, so larger buckets get tried). Rows cut off stay at
+the head of the queue and lead the next batch.
 """
 
 from __future__ import annotations
@@ -293,6 +303,9 @@ class DynamicBatcher:
             request runs alone, in priority and arrival order).
         dim: the stage's proven batch dimension (``batch_dimension``); None: never merge.
         name: the stage's name for messages.
+        bucket_sizes: the static batch sizes the stage is built at (``StageRunner.bucket_sizes``;
+            empty: any size costs what its rows cost). Batches are cut to fit them (see the
+            module docstring).
     """
 
     def __init__(
@@ -303,6 +316,7 @@ class DynamicBatcher:
         opts: BatchingOptions,
         dim: BatchDimension | None,
         name: str = "stage",
+        bucket_sizes: Sequence[int] = (),
     ):
         self.run = run
         self.inputs = tuple(inputs)
@@ -311,6 +325,11 @@ class DynamicBatcher:
         self.dim = dim if opts.enabled else None
         self.name = name
         self.limit = min(opts.max_batch_size, dim.max_size) if self.dim is not None and dim else 1
+        self.buckets = tuple(sorted({int(n) for n in bucket_sizes if int(n) >= 1}))
+        if self.dim is not None and len(self.buckets) > 0 and self.buckets[-1] >= 2:
+            # above the largest bucket the symbolic build runs (tens of times slower per row)
+            self.limit = min(self.limit, self.buckets[-1])
+        self._bucket_s: dict[int, float] = {}  # bucket size -> fastest execution seen, s
         self._cv = threading.Condition()
         self._queue: list[_Pending] = []
         self._seq = 0
@@ -493,7 +512,7 @@ class DynamicBatcher:
                 batch.append(p)
                 rows += p.rows
         if rows >= self.limit or self._closed:
-            return batch
+            return self._cut(batch)
         preferred = self.opts.preferred_batch_sizes
         if preferred:  # the largest preferred size a prefix of the batch reaches exactly
             total, best = 0, 0
@@ -504,8 +523,46 @@ class DynamicBatcher:
             if best:
                 return batch[:best]
         if now >= head.enqueued_s + self.opts.max_queue_delay_us / 1e6:
-            return batch
+            return self._cut(batch)
         return None
+
+    def _bucket_of(self, rows: int) -> int | None:
+        """The bucket a batch of ``rows`` rows runs on (None: above the largest)."""
+        for size in self.buckets:
+            if size >= rows:
+                return size
+        return None
+
+    def _estimate_s(self, bucket: int) -> float:
+        """Seconds one execution on ``bucket`` takes: the fastest seen, else its rows at the
+        best per-row rate seen (1 s per row before anything ran: only ratios matter)."""
+        seen = self._bucket_s.get(bucket)
+        if seen is not None:
+            return seen
+        per_row = min((t / b for b, t in self._bucket_s.items()), default=1.0)
+        return bucket * per_row
+
+    def _cut(self, batch: list[_Pending]) -> list[_Pending]:
+        """The prefix of ``batch`` with the lowest estimated seconds per real row on its
+        bucket (ties: the longer); the whole batch when the stage has no buckets."""
+        if not self.buckets or len(batch) < 2:
+            return batch
+        best, best_s, rows = len(batch), float("inf"), 0
+        for i, p in enumerate(batch, 1):
+            rows += p.rows
+            bucket = self._bucket_of(rows)
+            if bucket is None:
+                break
+            per_row_s = self._estimate_s(bucket) / rows
+            if per_row_s <= best_s * (1 + 1e-9):
+                best, best_s = i, per_row_s
+        return batch[:best]
+
+    def _note_bucket_s(self, rows: int, compute_s: float) -> None:
+        bucket = self._bucket_of(rows) if self.buckets else None
+        if bucket is not None:
+            seen = self._bucket_s.get(bucket)
+            self._bucket_s[bucket] = compute_s if seen is None else min(seen, compute_s)
 
     def _execute(self, batch: list[_Pending]) -> None:
         t_start = time.monotonic()
@@ -529,6 +586,7 @@ class DynamicBatcher:
                 p.done.set()
             return
         executed = rows if rows > 0 else 1
+        self._note_bucket_s(executed, compute_s)
         for p in batch:
             p.queue_s = t_start - p.enqueued_s
         self.stats.record([(p.rows, p.queue_s) for p in batch], executed, compute_s)

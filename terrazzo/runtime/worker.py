@@ -122,8 +122,15 @@ class _WorkerServicer(pb_grpc.GRPCInferenceServiceServicer):
             if isinstance(dim, str):
                 log.warning("%s: dynamic batching stays off: %s", self.model_name, dim)
             else:
+                buckets = tuple(getattr(self.runner, "bucket_sizes", ()) or ())  # cut at them
                 self.batcher = DynamicBatcher(
-                    self._run_batch, self.inputs, self.outputs, batching, dim, self.model_name
+                    self._run_batch,
+                    self.inputs,
+                    self.outputs,
+                    batching,
+                    dim,
+                    self.model_name,
+                    buckets,
                 )
                 self.stats = self.batcher.stats
 

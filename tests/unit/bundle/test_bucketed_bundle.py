@@ -97,3 +97,47 @@ def test_inspect_reports_buckets(bucketed: tuple[Path, Path]) -> None:
     assert r.returncode == 0, r.stderr
     assert "bucketed: static builds at 1,4,8 plus symbolic" in r.stdout
     assert "stage 0: bucketed: static builds at batch=1,4,8" in r.stdout
+
+
+def test_tune_buckets_tunes_each_bucket_once_into_the_database(tmp_path: Path) -> None:
+    # compile --tune-buckets: each bucket's kernels are tuned into the database before it is
+    # built; a second compile with the same database skips the kernels that got a record
+    from terrazzo.codegen.tuning import TuningDatabase
+    from terrazzo.frontend import from_onnx
+    from terrazzo.pipeline import compile_model
+    from terrazzo.placement import SLA, Fleet, build_plan, to_problem
+    from tests.unit.frontend.test_dynamic_shapes import _tiny
+
+    path = _tiny(tmp_path / "tiny.onnx")
+    fleet = Fleet.from_dict({"devices": {"cpu": {"count": 1}}})
+    sla, shapes = SLA(latency_s=1.0), {"x": "1..16x16"}
+    prob = to_problem(from_onnx(path, shapes=shapes), fleet, sla, 1.0)
+    plan = build_plan(prob, np.zeros(len(prob.tasks), dtype=int), "all-cpu", 0.0)
+    db_path = tmp_path / "records.jsonl"
+
+    def build(name: str) -> tuple[dict[int, tuple[int, int]], Path]:
+        res = compile_model(path, fleet, sla, out_path=tmp_path / name, plan=plan, shapes=shapes,
+                            include_reference=False, batch_buckets="8", tune_buckets=2,
+                            tuning_db=str(db_path) if db_path.exists() else TuningDatabase(db_path))  # fmt: skip
+        (b,) = res.builds
+        tuned = {}
+        for note in b.notes:  # "batch=8: tuned 3 kernel(s), 1 kept"
+            if ": tuned " in note:
+                size = int(note.split(":")[0].split("=")[1])
+                words = note.split()
+                tuned[size] = (int(words[2]), int(words[4]))
+        return tuned, Path(res.path)
+
+    first, bundle = build("a.tzb")
+    assert set(first) == {8} and first[8][0] >= 1, first
+    kept = sum(k for _, k in first.values())
+    assert len(TuningDatabase(db_path)) == kept  # saved as it went
+    second, _ = build("b.tzb")
+    assert {s: n for s, (n, _) in second.items()} == {s: n - k for s, (n, k) in first.items()}
+    sess = ort.InferenceSession(str(path))
+    x = np.random.default_rng(1).standard_normal((5, 16)).astype(np.float32)
+    from terrazzo.bundle import open_bundle
+
+    with open_bundle(bundle) as b:
+        (got,) = b.run({"x": x}).values()
+    np.testing.assert_allclose(got, sess.run(None, {"x": x})[0], rtol=1e-5, atol=1e-6)

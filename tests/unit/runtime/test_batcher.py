@@ -364,3 +364,53 @@ def test_worker_without_a_provable_batch_dimension_serves_unbatched_and_says_why
         assert server.servicer.stats.snapshot()["batching"] is False
     finally:
         server.stop(0)
+
+
+def _queued_behind_first(b: DynamicBatcher, model: _Model, gate: threading.Event, n: int) -> list:
+    """Occupy the stage with one request, queue ``n`` one-row requests behind it, release."""
+    inputs = [_x(1, seed) for seed in range(n)]
+    with ThreadPoolExecutor(n + 1) as ex:
+        first = ex.submit(b.submit, {"x": _x(1, 99)})
+        assert model.started.wait(5)
+        futs = [ex.submit(b.submit, {"x": x}) for x in inputs]
+        deadline = time.monotonic() + 5
+        while len(b._queue) < n:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        gate.set()
+        first.result(5)
+        results = [f.result(10) for f in futs]
+    reference = _Model()
+    for x, got in zip(inputs, results, strict=True):
+        np.testing.assert_allclose(got.outputs["y"], reference({"x": x})["y"], rtol=0, atol=1e-6)
+    return results
+
+
+def test_batches_are_cut_at_bucket_sizes() -> None:
+    # 17 rows queued on a stage built at 1..32: 16 rows fill a bucket, 17 would pay for 32
+    gate = threading.Event()
+    model = _Model(gate)
+    buckets = (1, 2, 4, 8, 16, 32)
+    b = DynamicBatcher(model, ("x",), ("y", "pooled"), BatchingOptions(max_batch_size=64), DIM,
+                       "stage0", bucket_sizes=buckets)  # fmt: skip
+    try:
+        assert b.limit == 32  # never above the largest bucket (the symbolic build)
+        _queued_behind_first(b, model, gate, 17)
+    finally:
+        b.close()
+    assert model.calls == [1, 16, 1]
+    assert b.stats.snapshot()["inference_count"] == 18
+
+
+def test_a_padded_batch_runs_whole_when_its_bucket_costs_little_more() -> None:
+    # a launch-bound stage: 32 rows cost hardly more than 16, so 17 rows run as one padded batch
+    gate = threading.Event()
+    model = _Model(gate, delay_s=0.03)  # every execution costs 30 ms, whatever its rows
+    b = DynamicBatcher(model, ("x",), ("y", "pooled"), BatchingOptions(max_batch_size=32), DIM,
+                       "stage0", bucket_sizes=(1, 16, 32))  # fmt: skip
+    b._bucket_s.update({16: 0.031, 32: 0.032})  # as measured on such a device
+    try:
+        _queued_behind_first(b, model, gate, 17)
+    finally:
+        b.close()
+    assert model.calls == [1, 17]
