@@ -161,3 +161,63 @@ def test_wrong_inputs_are_refused_with_one_line(model):
             b.run({"x": np.ones((4, 16))})
         with pytest.raises(BundleError, match=r"must have shape \[4, 16\], got \[2, 16\]"):
             b.run({"x": np.ones((2, 16), "float32")})
+
+
+@pytest.fixture(scope="module")
+def edge_model(tmp_path_factory):
+    """A rank-0 input, a rank-0 output, an empty output and an elementwise output."""
+    d = tmp_path_factory.mktemp("runpath_edges")
+    nodes = [
+        helper.make_node("Mul", ["x", "s"], ["y"]),
+        helper.make_node("ReduceSum", ["y"], ["total"], keepdims=0),
+        helper.make_node("Slice", ["x", "start", "end"], ["none"]),
+    ]
+    g = helper.make_graph(
+        nodes, "edges",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 16]),
+         helper.make_tensor_value_info("s", TensorProto.FLOAT, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 16]),
+         helper.make_tensor_value_info("total", TensorProto.FLOAT, []),
+         helper.make_tensor_value_info("none", TensorProto.FLOAT, [0, 16])],
+        [numpy_helper.from_array(np.array([0], "int64"), "start"),
+         numpy_helper.from_array(np.array([0], "int64"), "end")],
+    )  # fmt: skip
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 9
+    path = d / "edges.onnx"
+    onnx.save(m, str(path))
+    from terrazzo.pipeline import compile_model
+    from terrazzo.placement import SLA, Fleet
+
+    res = compile_model(path, Fleet.from_dict({"devices": {"cpu": {"count": 1}}}),
+                        SLA(latency_s=0.05), out_path=d / "edges.tzb")  # fmt: skip
+    return path, res.path
+
+
+def test_rank0_empty_and_nan_results_on_every_call(edge_model):
+    """The first calls (learning which results to copy) and the later, shorter path agree with
+    onnxruntime: names and order kept, a rank-0 input and result, an empty result, NaN kept."""
+    from terrazzo.bundle import open_bundle
+
+    path, bundle = edge_model
+    sess = ort.InferenceSession(str(path))
+    names = [o.name for o in sess.get_outputs()]
+    rng = np.random.default_rng(4)
+    with open_bundle(bundle) as b:
+        for i in range(6):
+            x = rng.standard_normal((4, 16)).astype("float32")
+            if i % 2:
+                x[1, 3] = np.nan
+            s = np.array(1.5 + i, "float32")  # rank 0
+            got = b.run({"x": x, "s": s})
+            want = sess.run(None, {"x": x, "s": s})
+            assert list(got) == names
+            for name, w in zip(names, want, strict=True):
+                g = got[name]
+                assert g.shape == w.shape and g.dtype == w.dtype, name
+                np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5, equal_nan=True)
+            assert np.isnan(got["total"]) == bool(i % 2)
+            assert np.isnan(got["y"][1, 3]) == bool(i % 2)
+            assert got["none"].shape == (0, 16)
+        # from the third call on, run took the short path (the one stage's try_fast)
+        assert b._fast is not None and b.runners()[0].try_fast({"x": x, "s": s}) is not None
