@@ -57,8 +57,9 @@ class ServingCalibration:
     prefill_s: float  # its parts: one prefill call reaching an idle server,
     handover_s: float  # one join (the prefill's KV cache handed over),
     first_token_s: float  # join returned → first token at the front
-    burst_first_s: float  # the first TTFT of a burst of requests arriving at an idle server
-    burst_interval_s: dict[float, float]  # one more request of a burst: added TTFT
+    burst_first_s: float  # a burst at an idle server: its first prefill's return
+    burst_interval_s: dict[float, float]  # one more request of a burst: its prefill's wait
+    burst_deliver_s: dict[float, float]  # a burst's prefill returned → its first token
     hop_s: float  # one no-op round trip to the decode worker
     burst: int = 4  # requests per calibration burst
 
@@ -104,9 +105,12 @@ def predict_serving(cal: ServingCalibration, streams: int, tokens: int) -> dict[
     together at an idle server, each generating ``tokens`` tokens, from a
     :class:`ServingCalibration`.
 
-    - TTFT: one stream alone takes ``ttft_s``. In a burst the first request takes
-      ``burst_first_s`` and request ``i`` comes ``burst_interval_s`` after request ``i − 1``,
-      read at the ``i`` sequences then running (the requests before it).
+    - TTFT: one stream alone takes ``ttft_s``. In a burst the prefill worker returns the
+      first prefill after ``burst_first_s`` and prefill ``i`` ``burst_interval_s`` after
+      prefill ``i − 1``, read at the ``i`` sequences then running (the requests before it);
+      the hand-over, admission at a step's end and the poll add ``burst_deliver_s`` (read at
+      ``i`` too). The prefills' returns are the queue; first tokens land on step boundaries,
+      which is why the two are measured apart.
     - Decode is stepped in order: each step's period is :func:`step_period_s` at the number of
       sequences running (joined at their TTFT, not yet finished), the busy period while later
       requests of the burst are still being prefilled; every running sequence gets one token
@@ -118,9 +122,10 @@ def predict_serving(cal: ServingCalibration, streams: int, tokens: int) -> dict[
     if streams == 1:
         ttfts = [cal.ttft_s]
     else:
-        ttfts = [cal.burst_first_s]
+        done = [cal.burst_first_s]
         for i in range(1, streams):
-            ttfts.append(ttfts[-1] + _interp(cal.burst_interval_s, i))
+            done.append(done[-1] + _interp(cal.burst_interval_s, i))
+        ttfts = [t + _interp(cal.burst_deliver_s, i) for i, t in enumerate(done)]
     last_join = ttfts[-1]
     left = [tokens - 1] * streams
     ends = list(ttfts)
@@ -157,7 +162,7 @@ def calibrate_serving(
     Nothing else may be running.
 
     ``rounds`` interleaved rounds each time three single requests and the steady period at
-    every compiled batch size (``tokens`` steps each); the first ``(rounds + 1) // 2``
+    every compiled batch size (to the context's end); the first ``(rounds + 1) // 2``
     rounds also send a burst of ``burst`` requests beside ``b`` decoding sequences for
     ``b`` in 0, every compiled size that leaves room for the burst, and the largest minus
     the burst. Medians over rounds are kept."""
@@ -181,6 +186,9 @@ def calibrate_serving(
     ladder = sorted({0, *(b for b in sizes if b + burst <= sizes[-1]),
                      max(0, sizes[-1] - burst)})  # fmt: skip
     params = Sampling(max_tokens=tokens, ignore_eos=True)
+    # background streams decode to the context's end (the engine caps the budget there), so
+    # that the first ones joined are still running when the last join and the burst are done
+    long = Sampling(max_tokens=1 << 20, ignore_eos=True)
 
     def request(out: list[float], t_start: float) -> None:
         """One request as the front sends it: prefill, hand-over, poll to the end. ``out``
@@ -218,7 +226,7 @@ def calibrate_serving(
 
         threads = [threading.Thread(target=consume, args=(i,), daemon=True) for i in range(b)]
         for i, sid in enumerate(sids):
-            batch.join(sid, k, v, m, logits, [], params)
+            batch.join(sid, k, v, m, logits, [], long)
             threads[i].start()
         t_burst = time.perf_counter() - t_ref
         recs: list[list[float]] = [[] for _ in range(n_burst)]
@@ -233,31 +241,39 @@ def calibrate_serving(
     period: dict[int, list[float]] = {b: [] for b in sizes}
     firsts: list[float] = []
     gaps: dict[int, list[float]] = {b: [] for b in ladder}
+    deliver: dict[int, list[float]] = {b: [] for b in ladder}
     busy: dict[int, list[float]] = {b: [] for b in ladder}
     for r in range(rounds):
         singles += [single() for _ in range(3)]
         for b in sizes:
             stamps, _, t_end = run(b, 0)
-            period[b].append(_window_period(stamps, t_end, min(s[-1] for s in stamps if s)))
+            try:  # from the last join to the first stream's end
+                period[b].append(_window_period(stamps, t_end, min(s[-1] for s in stamps if s)))
+            except ServingError:  # the joins outlasted a stream (a stalled host): next round
+                pass
         if r >= max(1, (rounds + 1) // 2):
             continue
         for b in ladder:
             stamps, recs, t_burst = run(b, burst)
             first = sorted(rec[2] for rec in recs)
+            pre = sorted(rec[0] for rec in recs)
             if b == 0:
-                firsts.append(first[0] - t_burst)
-            gaps[b].append((first[-1] - first[0]) / (len(first) - 1))
+                firsts.append(pre[0] - t_burst)
+            gaps[b].append((pre[-1] - pre[0]) / (len(pre) - 1))
+            deliver[b].append(float(np.mean([rec[2] - rec[0] for rec in recs])))
             try:  # every stream's steps while the burst's requests were still arriving
                 busy[b].append(_window_period(stamps + [rec[2:] for rec in recs],
                                               t_burst, first[-1]))  # fmt: skip
             except ServingError:  # too short a burst to hold two steps: no slowdown seen
                 pass
+    if missing := [b for b in sizes if not period[b]]:
+        raise ServingError(f"serving calibration: no steady window at batch sizes {missing}")
     med = np.median
     # the burst's requests already running, on average, between two first tokens (and over
     # the whole burst): half of them
     mid = burst / 2
     return ServingCalibration(
-        phase_s=dict(phase), period_s={b: float(med(x)) for b, x in period.items()},
+        phase_s=dict(phase), period_s={b: float(med(x)) for b, x in period.items() if x},
         period_busy_s={b + mid: float(med(x)) for b, x in busy.items() if x},
         ttft_s=float(med([s[0] for s in singles])),
         prefill_s=float(med([s[1] for s in singles])),
@@ -265,6 +281,7 @@ def calibrate_serving(
         first_token_s=float(med([s[3] for s in singles])),
         burst_first_s=float(med(firsts)),
         burst_interval_s={b + mid: float(med(x)) for b, x in gaps.items()},
+        burst_deliver_s={b + mid: float(med(x)) for b, x in deliver.items()},
         hop_s=float(med(hops)), burst=burst,
     )  # fmt: skip
 

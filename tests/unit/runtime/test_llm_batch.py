@@ -191,9 +191,11 @@ def test_serving_calibration_and_prediction(phases: dict) -> None:
     finally:
         eng.stop()
     assert sorted(cal.phase_s) == sorted(cal.period_s) == [1, 2, 4]
-    assert cal.burst == 4 and sorted(cal.burst_interval_s) == [2.0]  # a burst of 4 at idle
+    assert cal.burst == 4  # one burst of 4 at an idle server: the pool holds 4 sequences
+    assert sorted(cal.burst_interval_s) == sorted(cal.burst_deliver_s) == [2.0]
     assert all(t > 0 for t in (*cal.phase_s.values(), *cal.period_s.values(),
-                               *cal.burst_interval_s.values(), cal.burst_first_s, cal.ttft_s,
+                               *cal.burst_interval_s.values(), *cal.burst_deliver_s.values(),
+                               cal.burst_first_s, cal.ttft_s,
                                cal.prefill_s, cal.handover_s, cal.first_token_s, cal.hop_s))  # fmt: skip
     assert cal.prefill_s < cal.ttft_s
     assert eng.active() == 0 and eng.pool.n_free == eng.pool.capacity  # nothing left behind
@@ -204,8 +206,8 @@ def test_serving_calibration_and_prediction(phases: dict) -> None:
 
 
 def test_prediction_composes_measured_terms() -> None:
-    """Three streams arriving together: TTFT queues (the burst's first, then one interval per
-    request, read at the number already running); decode is stepped at the period of the
+    """Three streams arriving together: TTFT queues (the burst's first prefill, then one
+    interval per request, read at the number already running, plus the delivery); decode is stepped at the period of the
     sequences running then (phase of the bucket + overhead interpolated in the count)."""
     from terrazzo.runtime.llm_predict import ServingCalibration, predict_serving
 
@@ -213,8 +215,9 @@ def test_prediction_composes_measured_terms() -> None:
         return ServingCalibration(
             phase_s={1: 0.001, 2: 0.0015, 4: 0.002}, period_s={1: 0.002, 2: 0.0025, 4: 0.0034},
             period_busy_s={}, ttft_s=0.012, prefill_s=0.01, handover_s=0.001,
-            first_token_s=0.001, burst_first_s=0.015,
-            burst_interval_s={2.0: interval_s, 10.0: 3 * interval_s}, hop_s=0.0005,
+            first_token_s=0.001, burst_first_s=0.012,
+            burst_interval_s={2.0: interval_s, 10.0: 3 * interval_s},
+            burst_deliver_s={2.0: 0.003}, hop_s=0.0005,
         )  # fmt: skip
 
     # far apart: each stream decodes alone at batch 1's period
