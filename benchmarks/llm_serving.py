@@ -13,8 +13,9 @@ OpenAI front does minus HTTP. Reported per ``c``:
 - transformers: ``generate`` (greedy, same prompt lengths) one request at a time and as one
   batch of ``c`` (eager torch, same threads);
 - predicted vs measured mean TTFT, mean TBT and tokens/s: ``llm_predict.predict_serving`` from
-  ``LLMService.calibrate_serving()`` (synthetic sequences through the same workers, run just
-  before each ``c``). Each batched figure is the median of ``--rounds`` rounds.
+  ``LLMService.calibrate_serving()`` (synthetic requests through the same workers, run just
+  before each ``c``; the ``c`` streams here start together, the burst the prediction models).
+  Each batched figure is the median of ``--rounds`` rounds.
 
 Usage: ``python benchmarks/llm_serving.py [--streams 1,8,16,32] [--tokens 48]``.
 """
@@ -35,7 +36,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._common import print_table, write_result  # noqa: E402
+from benchmarks._common import machine_info, print_table, write_result  # noqa: E402
 
 FLEET = "devices:\n  cpu: {count: 4}\npricing: {mode: cloud}\n"
 WORDS = "the quick brown fox jumps over the lazy dog a compiler turns models into fast code".split()
@@ -213,6 +214,9 @@ def main() -> int:
         "one_at_a_time": base, "batched_greedy_equals_unbatched": same,
         "engine_stats": stats, "torch_threads": threads, "calibrations": cals,
     })  # fmt: skip
+    mach = machine_info()
+    print(f"cpu: {mach['cpu']} ({mach['cpu_count']} cores); load average now "
+          f"{' / '.join(f'{x:.2f}' for x in mach['load_avg'])} (1 / 5 / 15 min)")  # fmt: skip
     print(f"greedy batched == unbatched: {same}; wrote {path}")
     return 0
 

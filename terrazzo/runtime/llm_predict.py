@@ -14,15 +14,21 @@ what serving adds to every step, measured here rather than assumed:
   small model), polls run back to back and take a core for the whole step: the step then
   stretches by far more than the poll's CPU time. Both regimes are what the calibration sees.
 
-:func:`calibrate_serving` runs, for each compiled batch size ``B``, ``B`` synthetic sequences
-(a real prefill's KV cache handed over ``B`` times) through the real decode worker, poller and
-stream threads, and records the steady step period ``period_s[B]`` (so per-step overhead =
-period − phase, and its growth between batch sizes is the per-token cost); the hand-over (one
-join with a prefill-sized KV cache); one no-op round trip; the prefill alone; and the prefill
-while the decode worker steps a batch of ``B`` (``prefill_busy_s[B]``, a burst of prefills arriving
-together: on a shared host prefills and decode steps compete for the same cores) together with the step period meanwhile
-(``period_busy_s[B]``). :func:`predict_serving` composes those into the figures for ``n``
-concurrent streams. Nothing in it is fitted to a benchmark's output.
+Requests that arrive together (a burst) wait for each other: the prefill worker runs one
+prefill at a time, and each prefill competes for the cores with the hand-overs of the ones
+before it and with the decode worker stepping them (and their polls). So the calibration also
+sends bursts of real requests (prefill, hand-over, poll: what ``TextGenerator`` does per
+request) and measures how far apart their first tokens land, beside ``b`` sequences already
+decoding for a ladder of ``b``: the time one more request of a burst adds to TTFT at each
+number of running sequences.
+
+:func:`calibrate_serving` measures, in interleaved rounds (so that a moment of load from other
+jobs on a shared host moves one sample, not the figure; medians are kept): single requests at
+an idle server end to end; the steady step period ``period_s[B]`` with ``B`` sequences for each
+compiled batch size (per-step overhead = period − phase; its growth between batch sizes is the
+per-token cost); and the bursts (first token of a burst, interval between first tokens, step
+period meanwhile). :func:`predict_serving` composes those for ``n`` concurrent streams arriving
+together. Nothing in it is fitted to a benchmark's output.
 """
 
 from __future__ import annotations
@@ -40,18 +46,22 @@ from terrazzo.errors import ServingError
 
 @dataclass(frozen=True, slots=True)
 class ServingCalibration:
-    """Costs measured on this host (seconds), keyed by compiled decode batch size."""
+    """Costs measured on this host (seconds). ``phase_s`` and ``period_s`` are keyed by
+    compiled decode batch size, the burst tables by the mean number of sequences running while
+    the burst was measured."""
 
     phase_s: dict[int, float]  # the compiled decode phase alone (PagedEngine.calibrate)
-    period_s: dict[int, float]  # a served step at B sequences: phase + every per-step overhead
-    period_busy_s: dict[int, float]  # the same while the prefill worker runs a prefill
-    prefill_s: float  # one prefill call reaching an idle server
-    prefill_busy_s: dict[int, float]  # one prefill call while B sequences decode
-    handover_s: float  # one join (the prefill's KV cache handed over), idle decode worker
-    first_token_s: float  # join returned → first token at the front, idle decode worker
-    handover_busy_s: dict[int, float]  # one join while the engine steps up to B sequences
-    first_token_busy_s: dict[int, float]  # join → first token then (admission at a step end)
+    period_s: dict[int, float]  # a served step at B sequences: phase + overheads
+    period_busy_s: dict[float, float]  # the step period while a burst is prefilled
+    ttft_s: float  # one request at an idle server: prefill + hand-over + first token
+    prefill_s: float  # its parts: one prefill call reaching an idle server,
+    handover_s: float  # one join (the prefill's KV cache handed over),
+    first_token_s: float  # join returned → first token at the front
+    burst_first_s: float  # a burst at an idle server: its first prefill's return
+    burst_interval_s: dict[float, float]  # one more request of a burst: its prefill's wait
+    burst_deliver_s: dict[float, float]  # a burst's prefill returned → its first token
     hop_s: float  # one no-op round trip to the decode worker
+    burst: int = 4  # requests per calibration burst
 
     def overhead_s(self) -> dict[int, float]:
         """Per-step serving overhead at each batch size (period − phase)."""
@@ -62,8 +72,8 @@ class ServingCalibration:
                 for k, v in asdict(self).items()}  # fmt: skip
 
 
-def _interp(table: Mapping[int, float], n: int) -> float:
-    """``table`` (batch size → value) at ``n``: linear between the batch sizes around it."""
+def _interp(table: Mapping[Any, float], n: float) -> float:
+    """``table`` (batch size → value) at ``n``: linear between the keys around it."""
     xs = sorted(table)
     if n <= xs[0]:
         return float(table[xs[0]])
@@ -77,47 +87,65 @@ def _interp(table: Mapping[int, float], n: int) -> float:
     return float(table[lo] * (1 - w) + table[hi] * w)
 
 
+def step_period_s(cal: ServingCalibration, running: int, busy: bool = False) -> float:
+    """The served step period with ``running`` sequences: the phase of the smallest compiled
+    batch size holding them plus the per-step overhead measured at the batch sizes around
+    ``running`` (the overhead has a per-step and a per-token part); while a burst is being
+    prefilled, the period measured then at that many sequences, if longer."""
+    sizes = sorted(cal.phase_s)
+    bucket = next((b for b in sizes if b >= running), sizes[-1])
+    period = cal.phase_s[bucket] + _interp(cal.overhead_s(), min(running, bucket))
+    if busy and cal.period_busy_s:
+        period = max(period, _interp(cal.period_busy_s, running))
+    return float(period)
+
+
 def predict_serving(cal: ServingCalibration, streams: int, tokens: int) -> dict[str, float]:
     """Predicted mean TTFT, mean TBT and aggregate tokens/s for ``streams`` requests arriving
-    together, each generating ``tokens`` tokens, from a :class:`ServingCalibration`.
+    together at an idle server, each generating ``tokens`` tokens, from a
+    :class:`ServingCalibration`.
 
-    - Step period at ``n`` running sequences: the phase of the smallest compiled batch size
-      holding them plus the per-step overhead measured at the batch sizes around ``n``
-      (interpolated in ``n``: the overhead has a per-step and a per-token part).
-    - Prefills queue on the prefill worker: the first runs alone (``prefill_s``), the others
-      while the decode worker already steps the earlier requests (``prefill_busy_s``). Request
-      ``i`` is prefilled at ``t_i = prefill_s + i·prefill_busy``, then handed over, admitted
-      at the next step boundary and its first token comes back on the poll: TTFT_i = t_i +
-      handover + first token, each measured for an idle server (``i = 0``) and for one that
-      is already stepping a batch (``i > 0``).
-    - TBT of request ``i``: its steps before the last prefill ends run at ``period_busy``,
-      the rest at ``period``; the mean over requests is reported. The wall time ends with the
-      last request's last token.
+    - TTFT: one stream alone takes ``ttft_s``. In a burst the prefill worker returns the
+      first prefill after ``burst_first_s`` and prefill ``i`` ``burst_interval_s`` after
+      prefill ``i − 1``, read at the ``i`` sequences then running (the requests before it);
+      the hand-over, admission at a step's end and the poll add ``burst_deliver_s`` (read at
+      ``i`` too). The prefills' returns are the queue; first tokens land on step boundaries,
+      which is why the two are measured apart.
+    - Decode is stepped in order: each step's period is :func:`step_period_s` at the number of
+      sequences running (joined at their TTFT, not yet finished), the busy period while later
+      requests of the burst are still being prefilled; every running sequence gets one token
+      per step. TBT of a stream = (its last token − its first) / (tokens − 1); the mean over
+      streams is reported, and tokens/s = all tokens / the last stream's end.
     """
     if streams < 1 or tokens < 1:
         raise ServingError(f"streams and tokens must be positive, got {streams}, {tokens}")
-    sizes = sorted(cal.phase_s)
-    bucket = next((b for b in sizes if b >= streams), sizes[-1])
-    n = min(streams, bucket)
-    over = _interp(cal.overhead_s(), n)
-    period = cal.phase_s[bucket] + over
-    busy_ratio = _interp(cal.period_busy_s, n) / _interp(cal.period_s, n)
-    period_busy = period * max(1.0, busy_ratio)
-    pre_busy = _interp(cal.prefill_busy_s, n) if streams > 1 else cal.prefill_s
-    ramp_end = cal.prefill_s + (streams - 1) * pre_busy
-    ttfts, tbts, ends = [], [], []
-    hand_busy = _interp(cal.handover_busy_s, n) + _interp(cal.first_token_busy_s, n)
-    for i in range(streams):
-        t = cal.prefill_s + i * pre_busy
-        ttft = t + (cal.handover_s + cal.first_token_s if i == 0 else hand_busy)
-        steps = tokens - 1
-        ramp_steps = min(steps, max(0.0, (ramp_end - ttft) / period_busy))
-        dur = ramp_steps * period_busy + (steps - ramp_steps) * period
-        ttfts.append(ttft)
-        tbts.append(dur / steps if steps else period)
-        ends.append(ttft + dur)
+    if streams == 1:
+        ttfts = [cal.ttft_s]
+    else:
+        done = [cal.burst_first_s]
+        for i in range(1, streams):
+            done.append(done[-1] + _interp(cal.burst_interval_s, i))
+        ttfts = [t + _interp(cal.burst_deliver_s, i) for i, t in enumerate(done)]
+    last_join = ttfts[-1]
+    left = [tokens - 1] * streams
+    ends = list(ttfts)
+    t, joined = ttfts[0], 1
+    while any(left):
+        while joined < streams and ttfts[joined] <= t:
+            joined += 1
+        running = [i for i in range(joined) if left[i]]
+        if not running:  # everyone joined so far is done: the next one joins later
+            t = ttfts[joined]
+            continue
+        t += step_period_s(cal, len(running), busy=t < last_join)
+        for i in running:
+            left[i] -= 1
+            ends[i] = t
+    tbts = [(e - f) / (tokens - 1) if tokens > 1 else step_period_s(cal, streams)
+            for e, f in zip(ends, ttfts, strict=True)]  # fmt: skip
     return {"ttft_s": float(np.mean(ttfts)), "tbt_s": float(np.mean(tbts)),
-            "tokens_per_s": streams * tokens / max(ends), "period_s": period}  # fmt: skip
+            "tokens_per_s": streams * tokens / max(ends),
+            "period_s": step_period_s(cal, streams)}  # fmt: skip
 
 
 def calibrate_serving(
@@ -126,10 +154,18 @@ def calibrate_serving(
     prompt_len: int,
     tokens: int = 48,
     prompt: int = 12,
+    rounds: int = 5,
+    burst: int = 4,
 ) -> ServingCalibration:
     """Measure a :class:`ServingCalibration` through a running service: ``prefill`` (the
     prefill worker(s)), ``batch`` (a ``llm_batch.RemoteBatchDecode`` on the decode worker).
-    Nothing else may be running. Takes about ``tokens`` steps per compiled batch size."""
+    Nothing else may be running.
+
+    ``rounds`` interleaved rounds each time three single requests and the steady period at
+    every compiled batch size (to the context's end); the first ``(rounds + 1) // 2``
+    rounds also send a burst of ``burst`` requests beside ``b`` decoding sequences for
+    ``b`` in 0, every compiled size that leaves room for the burst, and the largest minus
+    the burst. Medians over rounds are kept."""
     from terrazzo.runtime.llm_batch import Sampling
 
     m = max(1, min(prompt, prompt_len))
@@ -139,90 +175,114 @@ def calibrate_serving(
     st = prefill(args)
     k, v = np.asarray(st["k_cache"]), np.asarray(st["v_cache"])
     logits = np.asarray(st["logits"]).reshape(-1)
-    pre, hand, first = [], [], []
-    for _ in range(7):  # one request reaching an idle server: prefill, hand-over, first token
-        time.sleep(0.02)
-        t0 = time.perf_counter()
-        prefill(args)
-        t1 = time.perf_counter()
-        sid = batch.new_session()
-        batch.join(sid, k, v, m, logits, [], Sampling(max_tokens=2, ignore_eos=True))
-        t2 = time.perf_counter()
-        _, done = batch.poll(sid)
-        first.append(time.perf_counter() - t2)
-        while not done:
-            _, done = batch.poll(sid)
-        pre.append(t1 - t0)
-        hand.append(t2 - t1)
     hops = []
     for _ in range(15):
         t0 = time.perf_counter()
         batch.ping()
         hops.append(time.perf_counter() - t0)
     phase = {int(b): float(t) for b, t in batch.calibrate().items()}
+    sizes = sorted(phase)
+    burst = max(2, min(burst, sizes[-1]))
+    ladder = sorted({0, *(b for b in sizes if b + burst <= sizes[-1]),
+                     max(0, sizes[-1] - burst)})  # fmt: skip
     params = Sampling(max_tokens=tokens, ignore_eos=True)
+    # background streams decode to the context's end (the engine caps the budget there), so
+    # that the first ones joined are still running when the last join and the burst are done
+    long = Sampling(max_tokens=1 << 20, ignore_eos=True)
 
-    def run(b: int, burst: int) -> tuple[list[list[float]], list[float], list[float], float, float]:
-        """``b`` synthetic streams (joined one after another, a consumer thread each), then
-        ``burst`` prefills arriving together; the token stamps, join ends, join times and
-        the window in which the burst ran."""
+    def request(out: list[float], t_start: float) -> None:
+        """One request as the front sends it: prefill, hand-over, poll to the end. ``out``
+        gets the prefill's end, the join's end and every token's stamp (from ``t_start``)."""
+        s = prefill(args)
+        out.append(time.perf_counter() - t_start)
+        sid = batch.new_session()
+        batch.join(sid, s["k_cache"], s["v_cache"], m, np.asarray(s["logits"]).reshape(-1),
+                   [], params)  # fmt: skip
+        out.append(time.perf_counter() - t_start)
+        done = False
+        while not done:
+            got, done = batch.poll(sid)
+            out.extend([time.perf_counter() - t_start] * len(got))
+
+    def single() -> tuple[float, float, float, float]:
+        out: list[float] = []
+        t0 = time.perf_counter()
+        request(out, t0)
+        return out[2], out[0], out[1] - out[0], out[2] - out[1]
+
+    def run(b: int, n_burst: int) -> tuple[list[list[float]], list[list[float]], float]:
+        """``b`` synthetic streams joined one after another (a consumer thread each), then
+        ``n_burst`` requests arriving together: the background streams' token stamps, each
+        burst request's record (see ``request``) and the burst's start, all on one clock."""
         stamps: list[list[float]] = [[] for _ in range(b)]
-        joined, took = [0.0] * b, [0.0] * b
         sids = [batch.new_session() for _ in range(b)]
+        t_ref = time.perf_counter()
 
         def consume(i: int) -> None:
             done = False
             while not done:
                 got, done = batch.poll(sids[i])
-                stamps[i].extend([time.perf_counter()] * len(got))
+                stamps[i].extend([time.perf_counter() - t_ref] * len(got))
 
         threads = [threading.Thread(target=consume, args=(i,), daemon=True) for i in range(b)]
         for i, sid in enumerate(sids):
-            t0 = time.perf_counter()
-            batch.join(sid, k, v, m, logits, [], params)
-            joined[i] = time.perf_counter()
-            took[i] = joined[i] - t0
+            batch.join(sid, k, v, m, logits, [], long)
             threads[i].start()
-        t_all = time.perf_counter()
-        pre_threads = [threading.Thread(target=prefill, args=(args,), daemon=True)
-                       for _ in range(burst)]  # fmt: skip
-        for t in pre_threads:
+        t_burst = time.perf_counter() - t_ref
+        recs: list[list[float]] = [[] for _ in range(n_burst)]
+        reqs = [threading.Thread(target=request, args=(r, t_ref), daemon=True) for r in recs]
+        for t in reqs:
             t.start()
-        for t in pre_threads:
+        for t in (*reqs, *threads):
             t.join(120)
-        t_quiet = time.perf_counter()
-        for t in threads:
-            t.join(120)
-        return stamps, joined, took, t_all, t_quiet
+        return stamps, recs, t_burst
 
-    period, period_busy, pre_busy, joins, firsts = {}, {}, {}, {}, {}
-    for b in sorted(phase):
-        # the steady period: the median of three runs with nothing else going on
-        reps = []
-        for _ in range(3):
-            stamps, _, _, t_all, _ = run(b, 0)
-            reps.append(_window_period(stamps, t_all, min(s[-1] for s in stamps if s)))
-        period[b] = float(np.median(reps))
-        # a burst of prefills arriving together while b sequences decode (as a burst of
-        # requests does): time per prefill = the burst's length over its size
-        burst = max(4, min(b, 8))
-        stamps, joined, took, t_all, t_quiet = run(b, burst)
-        pre_busy[b] = (t_quiet - t_all) / burst
-        try:
-            period_busy[b] = _window_period(stamps, t_all, t_quiet)
-        except ServingError:  # the burst ended before two steps landed in it: no slowdown seen
-            period_busy[b] = period[b]
-        if b > 1:  # joins while the engine steps the ones before
-            joins[b] = float(np.median(took[1:]))
-            firsts[b] = float(np.median([s[0] - j for s, j in zip(stamps[1:], joined[1:],
-                                                                   strict=True)]))  # fmt: skip
+    singles: list[tuple[float, float, float, float]] = []
+    period: dict[int, list[float]] = {b: [] for b in sizes}
+    firsts: list[float] = []
+    gaps: dict[int, list[float]] = {b: [] for b in ladder}
+    deliver: dict[int, list[float]] = {b: [] for b in ladder}
+    busy: dict[int, list[float]] = {b: [] for b in ladder}
+    for r in range(rounds):
+        singles += [single() for _ in range(3)]
+        for b in sizes:
+            stamps, _, t_end = run(b, 0)
+            try:  # from the last join to the first stream's end
+                period[b].append(_window_period(stamps, t_end, min(s[-1] for s in stamps if s)))
+            except ServingError:  # the joins outlasted a stream (a stalled host): next round
+                pass
+        if r >= max(1, (rounds + 1) // 2):
+            continue
+        for b in ladder:
+            stamps, recs, t_burst = run(b, burst)
+            first = sorted(rec[2] for rec in recs)
+            pre = sorted(rec[0] for rec in recs)
+            if b == 0:
+                firsts.append(pre[0] - t_burst)
+            gaps[b].append((pre[-1] - pre[0]) / (len(pre) - 1))
+            deliver[b].append(float(np.mean([rec[2] - rec[0] for rec in recs])))
+            try:  # every stream's steps while the burst's requests were still arriving
+                busy[b].append(_window_period(stamps + [rec[2:] for rec in recs],
+                                              t_burst, first[-1]))  # fmt: skip
+            except ServingError:  # too short a burst to hold two steps: no slowdown seen
+                pass
+    if missing := [b for b in sizes if not period[b]]:
+        raise ServingError(f"serving calibration: no steady window at batch sizes {missing}")
+    med = np.median
+    # the burst's requests already running, on average, between two first tokens (and over
+    # the whole burst): half of them
+    mid = burst / 2
     return ServingCalibration(
-        phase_s=phase, period_s=period, period_busy_s=period_busy,
-        prefill_s=float(np.median(pre)), prefill_busy_s=pre_busy,
-        handover_s=float(np.median(hand)), first_token_s=float(np.median(first)),
-        handover_busy_s=joins or {1: float(np.median(hand))},
-        first_token_busy_s=firsts or {1: float(np.median(first))},
-        hop_s=float(np.median(hops)),
+        phase_s=dict(phase), period_s={b: float(med(x)) for b, x in period.items() if x},
+        period_busy_s={b + mid: float(med(x)) for b, x in busy.items() if x},
+        ttft_s=float(med([s[0] for s in singles])),
+        prefill_s=float(med([s[1] for s in singles])),
+        handover_s=float(med([s[2] for s in singles])),
+        first_token_s=float(med([s[3] for s in singles])),
+        burst_first_s=float(med(firsts)),
+        burst_interval_s={b + mid: float(med(x)) for b, x in gaps.items()},
+        burst_deliver_s={b + mid: float(med(x)) for b, x in deliver.items()},
+        hop_s=float(med(hops)), burst=burst,
     )  # fmt: skip
 
 

@@ -8,6 +8,8 @@ one-sequence decode loop, which is checked against transformers there.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -174,8 +176,9 @@ def test_fp16_pool_and_remote_protocol(phases: dict) -> None:
 
 def test_serving_calibration_and_prediction(phases: dict) -> None:
     """``llm_predict.calibrate_serving`` measures every term through a running engine, its
-    op protocol and client (in process); the prediction composes them: one stream at the
-    measured period of batch 1, TTFT = prefill + hand-over + first token."""
+    op protocol and client (in process), bursts of real requests included; the prediction
+    composes them: one stream at the measured period of batch 1 and the measured TTFT of a
+    request reaching an idle server."""
     from terrazzo.runtime import llm_batch
     from terrazzo.runtime.llm_predict import calibrate_serving, predict_serving
 
@@ -183,38 +186,57 @@ def test_serving_calibration_and_prediction(phases: dict) -> None:
     eng.start()
     try:
         client = RemoteBatchDecode(llm_batch.engine_ops(eng))
-        cal = calibrate_serving(phases["ref"]["prefill"], client, CFG.prompt_len, tokens=12)
+        cal = calibrate_serving(phases["ref"]["prefill"], client, CFG.prompt_len, tokens=12,
+                                rounds=2)  # fmt: skip
     finally:
         eng.stop()
     assert sorted(cal.phase_s) == sorted(cal.period_s) == [1, 2, 4]
+    assert cal.burst == 4  # one burst of 4 at an idle server: the pool holds 4 sequences
+    assert sorted(cal.burst_interval_s) == sorted(cal.burst_deliver_s) == [2.0]
     assert all(t > 0 for t in (*cal.phase_s.values(), *cal.period_s.values(),
-                               *cal.prefill_busy_s.values(), cal.prefill_s, cal.handover_s,
-                               cal.first_token_s, cal.hop_s))  # fmt: skip
+                               *cal.burst_interval_s.values(), *cal.burst_deliver_s.values(),
+                               cal.burst_first_s, cal.ttft_s,
+                               cal.prefill_s, cal.handover_s, cal.first_token_s, cal.hop_s))  # fmt: skip
+    assert cal.prefill_s < cal.ttft_s
     assert eng.active() == 0 and eng.pool.n_free == eng.pool.capacity  # nothing left behind
     one = predict_serving(cal, 1, 10)
     assert one["tbt_s"] == pytest.approx(cal.period_s[1])
-    assert one["ttft_s"] == pytest.approx(cal.prefill_s + cal.handover_s + cal.first_token_s)
+    assert one["ttft_s"] == pytest.approx(cal.ttft_s)
     assert set(cal.to_json()["period_s"]) == {"1", "2", "4"}
 
 
 def test_prediction_composes_measured_terms() -> None:
-    """Three streams in batch 4: the period is batch 4's phase plus the overhead measured
-    around 3 sequences; prefills queue (the first alone, the others beside a busy decode)."""
+    """Three streams arriving together: TTFT queues (the burst's first prefill, then one
+    interval per request, read at the number already running, plus the delivery); decode is stepped at the period of the
+    sequences running then (phase of the bucket + overhead interpolated in the count)."""
     from terrazzo.runtime.llm_predict import ServingCalibration, predict_serving
 
-    cal = ServingCalibration(
-        phase_s={1: 0.001, 2: 0.0015, 4: 0.002}, period_s={1: 0.002, 2: 0.0025, 4: 0.0034},
-        period_busy_s={1: 0.002, 2: 0.0025, 4: 0.0034}, prefill_s=0.01,
-        prefill_busy_s={1: 0.02, 2: 0.02, 4: 0.02}, handover_s=0.001, first_token_s=0.0005,
-        handover_busy_s={2: 0.002, 4: 0.002}, first_token_busy_s={2: 0.003, 4: 0.003},
-        hop_s=0.0005,
-    )  # fmt: skip
-    p = predict_serving(cal, 3, 10)
-    over = (0.001 + 0.0014) / 2  # batch 2's and batch 4's overhead, halfway
-    assert p["period_s"] == pytest.approx(0.002 + over)
-    ttft = [0.01 + 0.0015, 0.03 + 0.005, 0.05 + 0.005]
+    def cal(interval_s: float) -> ServingCalibration:
+        return ServingCalibration(
+            phase_s={1: 0.001, 2: 0.0015, 4: 0.002}, period_s={1: 0.002, 2: 0.0025, 4: 0.0034},
+            period_busy_s={}, ttft_s=0.012, prefill_s=0.01, handover_s=0.001,
+            first_token_s=0.001, burst_first_s=0.012,
+            burst_interval_s={2.0: interval_s, 10.0: 3 * interval_s},
+            burst_deliver_s={2.0: 0.003}, hop_s=0.0005,
+        )  # fmt: skip
+
+    # far apart: each stream decodes alone at batch 1's period
+    p = predict_serving(cal(0.02), 3, 5)
+    ttft = [0.015, 0.035, 0.055]
     assert p["ttft_s"] == pytest.approx(sum(ttft) / 3)
-    assert p["tbt_s"] == pytest.approx(0.002 + over)  # no slower steps while prefilling
-    assert p["tokens_per_s"] == pytest.approx(30 / (ttft[2] + 9 * (0.002 + over)))
+    assert p["tbt_s"] == pytest.approx(0.002)
+    assert p["tokens_per_s"] == pytest.approx(15 / (ttft[2] + 4 * 0.002))
+    # at once: three running in bucket 4, the overhead halfway between batch 2's and 4's
+    p = predict_serving(cal(0.0), 3, 10)
+    period = 0.002 + (0.001 + 0.0014) / 2
+    assert p["period_s"] == pytest.approx(period)
+    assert p["ttft_s"] == pytest.approx(0.015)
+    assert p["tbt_s"] == pytest.approx(period)
+    assert p["tokens_per_s"] == pytest.approx(30 / (0.015 + 9 * period))
+    # a busy period while the burst still arrives lengthens the steps before the last join
+    base = cal(0.004)
+    busy = dataclasses.replace(base, period_busy_s={2.0: 0.01})
+    assert predict_serving(busy, 3, 10)["tbt_s"] > predict_serving(base, 3, 10)["tbt_s"]
+    assert predict_serving(busy, 3, 10)["ttft_s"] == predict_serving(base, 3, 10)["ttft_s"]
     with pytest.raises(ServingError, match="positive"):
-        predict_serving(cal, 0, 10)
+        predict_serving(cal(0.0), 0, 10)
