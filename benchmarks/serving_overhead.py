@@ -154,7 +154,14 @@ def _interleaved(fns: dict[str, object], n: int, warmup: int = 3) -> dict[str, l
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="a quarter of the requests per size")
+    ap.add_argument(
+        "--sizes",
+        default=",".join(s[0].replace(" ", "") for s in SIZES),
+        help="tensor sizes to time, e.g. 4KiB (default: all)",
+    )
+    ap.add_argument("--scale", type=float, default=1.0, help="requests per size times this")
     args = ap.parse_args()
+    sizes = [s for s in SIZES if s[0].replace(" ", "") in args.sizes.split(",")]
 
     import json
 
@@ -188,8 +195,8 @@ def main() -> None:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         stage_call = channel.unary_unary(STAGE_METHOD, _registered_method=True)
         md = ((TOKEN_HEADER, server["token"]),)  # the benchmark is a trusted caller
-        for label, nbytes, n in SIZES:
-            n = max(5, n // 4) if args.quick else n
+        for label, nbytes, n in sizes:
+            n = max(5, int(n * args.scale) // (4 if args.quick else 1))
             x = np.random.default_rng(0).standard_normal(nbytes // 4).astype(np.float32)
 
             def call_direct(x=x):
@@ -288,7 +295,8 @@ def main() -> None:
     print(
         f"server ready in {ready_s:.1f} s; per_hop_p50_GBps counts the tensor both ways (request + answer)"
     )
-    path = write_result("serving_overhead", rows, {"ready_s": ready_s, "quick": args.quick})
+    extra = {"ready_s": ready_s, "quick": args.quick, "scale": args.scale}
+    path = write_result("serving_overhead", rows, extra)
     print(f"wrote {path}")
 
 

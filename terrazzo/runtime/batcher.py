@@ -254,6 +254,21 @@ class StageStats:
                 self._inference_count += max(1, req_rows)
                 self._queue_s += queue_s
 
+    def record_one(self, queue_s: float, compute_s: float) -> None:
+        """``record([(1, queue_s)], 1, compute_s)`` for one unbatched request, without the
+        lists (the worker's per-request path)."""
+        with self._lock:
+            self._execution_count += 1
+            h = self._batch_hist.get(1)
+            if h is None:
+                h = self._batch_hist[1] = [0, 0.0]
+            h[0] += 1
+            h[1] += compute_s
+            self._compute_s += compute_s
+            self._requests += 1
+            self._inference_count += 1
+            self._queue_s += queue_s
+
     def failed(self, n: int = 1) -> None:
         with self._lock:
             self._failures += n

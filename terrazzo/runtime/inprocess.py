@@ -20,12 +20,14 @@ import time
 from typing import Any
 
 import grpc
+import numpy as np
 
 from terrazzo.errors import ServingError
+from terrazzo.ir import V2_TO_DTYPE
 from terrazzo.runtime.gateway import Gateway, InferError
 from terrazzo.runtime.launcher import WorkerOptions, worker_config
 from terrazzo.runtime.plan import ServingPlan
-from terrazzo.runtime.tensors import WireTensor, to_numpy
+from terrazzo.runtime.tensors import WireTensor, numpy_dtype, to_numpy
 from terrazzo.runtime.wire import tensor_view
 
 __all__ = ["InProcessGateway", "check_in_gateway"]
@@ -43,6 +45,18 @@ def check_in_gateway(plan: ServingPlan) -> None:
             f"--stage-in-gateway runs one copy of the stage; {plan.model_name!r} asks for "
             f"{plan.stages[0].replicas} replicas"
         )
+
+
+def _array(name: str, tensor: WireTensor) -> np.ndarray:
+    """``to_numpy`` with the numeric case first (a zero-copy view)."""
+    dtype = _NUMERIC.get(tensor.datatype)
+    if dtype is None:
+        return to_numpy(name, tensor)
+    arr = np.frombuffer(tensor.raw, dtype=dtype)
+    return arr if len(tensor.shape) == 1 else arr.reshape(tensor.shape)
+
+
+_NUMERIC = {k: numpy_dtype(k) for k in V2_TO_DTYPE if k != "BYTES"}
 
 
 class _StageContext:
@@ -97,21 +111,25 @@ class InProcessGateway(Gateway):
         fwd: dict[str, int] | None = None,
     ) -> None:
         workers.append(self._name)
-        fwd = fwd or {}
         t0 = time.perf_counter()
-        values = {n: to_numpy(n, env[n]) for n in self.stage.inputs}
+        values = {n: _array(n, env[n]) for n in self.stage.inputs}
         result, compute_s, _, _ = self.servicer._compute(  # noqa: SLF001  the worker's own path
-            _StageContext(context), values, fwd.get("priority", 0), fwd.get("timeout")
+            _StageContext(context),
+            values,
+            fwd.get("priority", 0) if fwd else 0,
+            fwd.get("timeout") if fwd else None,
         )
         for name in self.stage.outputs:
-            if name not in result:
+            out = result.get(name)
+            if out is None:
                 raise InferError(
                     grpc.StatusCode.INTERNAL, f"stage {self.stage.index} did not produce {name!r}"
                 )
-            env[name] = tensor_view(result[name])  # copied once, into the reply (kserve_wire)
+            env[name] = tensor_view(out)  # copied once, into the reply (kserve_wire)
         self._latency.observe(time.perf_counter() - t0)
-        self._busy.inc(max(0.0, compute_s))
-        if self.cost is not None:
-            self.cost.charge(self.stage.index, compute_s)
+        if compute_s > 0:
+            self._busy.inc(compute_s)
+            if self.cost is not None:
+                self.cost.charge(self.stage.index, compute_s)
         if time.monotonic() > deadline:
             raise InferError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded in stage 0")

@@ -72,27 +72,62 @@ def test_tensor_view_encodes_as_from_numpy_without_copying(array: np.ndarray) ->
         assert np.shares_memory(np.frombuffer(got.raw, np.uint8), array)
 
 
+def _prefix(count: int = 0, present: int = 0, id_len: int = 0, extra: int = 0, table: int = 0):
+    """The fixed fields of a version-2 stage message (see terrazzo.runtime.wire)."""
+    return struct.pack(
+        "<4sHHIIIqqqdd", b"TZW\x02", count, present, id_len, extra, table, 0, 0, 0, 0, 0
+    )
+
+
+def _entry(name: str, datatype: str, shape: tuple[int, ...], nbytes: int) -> bytes:
+    n, d = name.encode(), datatype.encode()
+    return struct.pack(f"<HBBQ{len(shape)}q", len(n), len(d), len(shape), nbytes, *shape) + n + d
+
+
+def test_header_keys_travel_as_binary_fields_and_others_as_json() -> None:
+    header = {"id": "r-é", "priority": 3, "timeout": 250, "compute_s": 1.5e-6, "queue_s": 0.0}
+    got, _ = decode(encode(header, {}))
+    assert got == header and isinstance(got["compute_s"], float)
+    reply = {"compute_s": 2, "batch_size": 4, "note": [1, "a"], "priority": "high"}
+    got, _ = decode(encode(reply, {}))
+    assert got == {**reply, "compute_s": 2.0}  # the unusual ones went as JSON, unchanged
+    plain = encode({"id": "x", "priority": 1}, {})
+    assert b"{" not in plain  # no JSON when only the known keys are sent
+    assert decode(encode({}, {}))[0] == {}
+
+
 @pytest.mark.parametrize(
     ("msg", "needle"),
     [
-        (b"XXXX\x00\x00\x00\x00", "not b'TZW1'"),
+        (b"XXXX" + bytes(60), "not a Terrazzo stage call"),
         (b"TZ", "shorter than its prefix"),
-        (struct.pack("<4sI", b"TZW1", 99) + b"{}", "overruns the message"),
-        (struct.pack("<4sI", b"TZW1", 2) + b"{}", "not valid"),
-        (
-            struct.pack("<4sI", b"TZW1", 25) + b'{"t":[["x","FP32",[2],8]]}'[:25] + b"1234",
-            "not valid",
-        ),
+        (b"TZW\x02" + bytes(8), "shorter than its prefix"),
+        (_prefix(id_len=99), "overruns the message"),
+        (_prefix(extra=2) + b"{x", "not valid"),
+        (_prefix(count=1, table=5) + _entry("x", "FP32", (2,), 8)[:5], "table is not valid"),
+        (_prefix(count=1, table=20) + _entry("x", "FP32", (2,), 8)[:20], "table is not valid"),
     ],
 )
 def test_malformed_messages_fail_in_one_line(msg: bytes, needle: str) -> None:
-    with pytest.raises(WireError, match=needle.replace("(", r"\(")):
+    with pytest.raises(WireError, match=needle.replace("(", r"\(")) as e:
         decode(msg)
+    assert "\n" not in str(e.value)
+
+
+def test_another_wire_version_fails_in_one_line_naming_both_versions() -> None:
+    head = json.dumps({"t": [["x", "FP32", [2], 8]]}).encode()
+    v1 = struct.pack("<4sI", b"TZW1", len(head)) + head + bytes(8)  # what version 1 sent
+    for msg, version in ((v1, 1), (b"TZW\x03" + bytes(80), 3)):
+        with pytest.raises(WireError) as e:
+            decode_arrays(msg)
+        text = str(e.value)
+        assert f"wire version {version}, this side reads version 2" in text
+        assert "different Terrazzo releases" in text and "\n" not in text
 
 
 def test_byte_counts_are_checked() -> None:
-    head = json.dumps({"t": [["x", "FP32", [3], 8]]}).encode()
-    msg = struct.pack("<4sI", b"TZW1", len(head)) + head + b"\0" * 8
+    table = _entry("x", "FP32", (3,), 8)
+    msg = _prefix(count=1, table=len(table)) + table + b"\0" * 8
     with pytest.raises(Exception, match="expected 12 bytes"):
         decode_arrays(msg)
     with pytest.raises(WireError, match="trailing"):
