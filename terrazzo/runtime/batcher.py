@@ -22,12 +22,12 @@ request means ``default_priority_level``) and a queue policy (``default_queue_ti
 A stage built at a few static batch sizes (bucketed builds, ``codegen._buckets``) runs a batch
 of ``n`` rows on the smallest bucket ``>= n``, padded: a 17-row batch on the 32-row build costs
 what 32 rows cost. Given the stage's ``bucket_sizes``, the batcher never forms a batch above
-the largest bucket (that would run the much slower symbolic build) and cuts each batch where
-its estimated seconds per real row are lowest: a prefix whose rows fill a bucket exactly beats
-a padded one unless the padding is cheap. The estimate per bucket is the fastest execution
-seen on it (contention only inflates a time); a bucket not yet run is assumed to cost its rows
-at the best per-row rate seen (optimistic, so larger buckets get tried). Rows cut off stay at
-the head of the queue and lead the next batch.
+the largest bucket (that would run the much slower symbolic build) and cuts each batch at the
+prefix with the fewest padded rows per real row, the longest among equals: a prefix that fills
+a bucket exactly wins, so 17 queued rows run as 16 now and 1 at the head of the next batch.
+Buckets are CPU builds, whose time grows with the rows they compute, padding included. (Costs
+measured while serving are not used: on a shared host they vary with load more than between
+buckets, and a bucket timed once under load would never be chosen again.)
 """
 
 from __future__ import annotations
@@ -344,7 +344,6 @@ class DynamicBatcher:
         if self.dim is not None and len(self.buckets) > 0 and self.buckets[-1] >= 2:
             # above the largest bucket the symbolic build runs (tens of times slower per row)
             self.limit = min(self.limit, self.buckets[-1])
-        self._bucket_s: dict[int, float] = {}  # bucket size -> fastest execution seen, s
         self._cv = threading.Condition()
         self._queue: list[_Pending] = []
         self._seq = 0
@@ -548,36 +547,20 @@ class DynamicBatcher:
                 return size
         return None
 
-    def _estimate_s(self, bucket: int) -> float:
-        """Seconds one execution on ``bucket`` takes: the fastest seen, else its rows at the
-        best per-row rate seen (1 s per row before anything ran: only ratios matter)."""
-        seen = self._bucket_s.get(bucket)
-        if seen is not None:
-            return seen
-        per_row = min((t / b for b, t in self._bucket_s.items()), default=1.0)
-        return bucket * per_row
-
     def _cut(self, batch: list[_Pending]) -> list[_Pending]:
-        """The prefix of ``batch`` with the lowest estimated seconds per real row on its
-        bucket (ties: the longer); the whole batch when the stage has no buckets."""
+        """The prefix of ``batch`` with the fewest padded rows per real row on its bucket
+        (ties: the longer); the whole batch when the stage has no buckets."""
         if not self.buckets or len(batch) < 2:
             return batch
-        best, best_s, rows = len(batch), float("inf"), 0
+        best, best_ratio, rows = len(batch), float("inf"), 0
         for i, p in enumerate(batch, 1):
             rows += p.rows
             bucket = self._bucket_of(rows)
             if bucket is None:
                 break
-            per_row_s = self._estimate_s(bucket) / rows
-            if per_row_s <= best_s * (1 + 1e-9):
-                best, best_s = i, per_row_s
+            if bucket / rows <= best_ratio:
+                best, best_ratio = i, bucket / rows
         return batch[:best]
-
-    def _note_bucket_s(self, rows: int, compute_s: float) -> None:
-        bucket = self._bucket_of(rows) if self.buckets else None
-        if bucket is not None:
-            seen = self._bucket_s.get(bucket)
-            self._bucket_s[bucket] = compute_s if seen is None else min(seen, compute_s)
 
     def _execute(self, batch: list[_Pending]) -> None:
         t_start = time.monotonic()
@@ -601,7 +584,6 @@ class DynamicBatcher:
                 p.done.set()
             return
         executed = rows if rows > 0 else 1
-        self._note_bucket_s(executed, compute_s)
         for p in batch:
             p.queue_s = t_start - p.enqueued_s
         self.stats.record([(p.rows, p.queue_s) for p in batch], executed, compute_s)

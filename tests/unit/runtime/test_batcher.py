@@ -402,15 +402,32 @@ def test_batches_are_cut_at_bucket_sizes() -> None:
     assert b.stats.snapshot()["inference_count"] == 18
 
 
-def test_a_padded_batch_runs_whole_when_its_bucket_costs_little_more() -> None:
-    # a launch-bound stage: 32 rows cost hardly more than 16, so 17 rows run as one padded batch
+def test_without_an_exact_fit_the_cut_pads_least() -> None:
+    # rows 3, 2, 2 (and 2 more) on buckets 1, 4, 8: 3 pads 1 of 4, 3+2 pads 3 of 8, 3+2+2 pads
+    # 1 of 8 (the least per real row): 7 rows run together, the last 2 next
     gate = threading.Event()
-    model = _Model(gate, delay_s=0.03)  # every execution costs 30 ms, whatever its rows
+    model = _Model(gate)
     b = DynamicBatcher(model, ("x",), ("y", "pooled"), BatchingOptions(max_batch_size=32), DIM,
-                       "stage0", bucket_sizes=(1, 16, 32))  # fmt: skip
-    b._bucket_s.update({16: 0.031, 32: 0.032})  # as measured on such a device
+                       "stage0", bucket_sizes=(1, 4, 8))  # fmt: skip
+    inputs = [_x(n, seed) for seed, n in enumerate([3, 2, 2, 2])]
     try:
-        _queued_behind_first(b, model, gate, 17)
+        assert b.limit == 8
+        with ThreadPoolExecutor(len(inputs) + 1) as ex:
+            first = ex.submit(b.submit, {"x": _x(1, 99)})
+            assert model.started.wait(5)
+            futs = []
+            for x in inputs:  # queued in this order
+                futs.append(ex.submit(b.submit, {"x": x}))
+                deadline = time.monotonic() + 5
+                while len(b._queue) < len(futs):
+                    assert time.monotonic() < deadline
+                    time.sleep(0.005)
+            gate.set()
+            first.result(5)
+            results = [f.result(10) for f in futs]
     finally:
         b.close()
-    assert model.calls == [1, 17]
+    assert model.calls == [1, 7, 2]
+    reference = _Model()
+    for x, got in zip(inputs, results, strict=True):
+        np.testing.assert_allclose(got.outputs["y"], reference({"x": x})["y"], rtol=0, atol=1e-6)
