@@ -205,3 +205,36 @@ def test_cuda_build_keeps_reduction_combiners_and_guards_elementwise_max() -> No
     assert src is not None and "red_buf0" in src  # a cross-thread reduction was lowered
     relu = src[src.index("condval = max(") - 400 : src.index("condval = max(")]
     assert "!=" in relu  # isnan(x) is printed as x != x
+
+
+def test_cpu_guard_is_vectorized_and_exact_for_each_nan_position() -> None:
+    """The CPU form keeps a vectorized ``max(x, 0)`` / ``min(x, y)`` loop vectorized (no
+    ``isnan`` against a constant) and still returns NaN whichever operand holds it."""
+    import tvm
+    from tvm import te
+
+    from terrazzo.frontend import nan_propagating_function
+
+    a = te.placeholder((64,), "float32", name="a")
+    b = te.placeholder((64,), "float32", name="b")
+    relu = te.compute((64,), lambda i: te.max(a[i], tvm.tirx.const(0.0, "float32")), name="r")
+    lo = te.compute((64,), lambda i: te.min(a[i], b[i]), name="m")
+    func = te.create_prim_func([a, b, relu, lo])
+    sch = tvm.s_tir.Schedule(func)
+    for block in ("r", "m"):
+        (i,) = sch.get_loops(sch.get_sblock(block))
+        _, inner = sch.split(i, [None, 16])
+        sch.vectorize(inner)
+    guarded = nan_propagating_function(sch.mod["main"])
+    assert str(guarded.script()).count("isnan") == 1  # min(a, b) checks b; relu checks nothing
+    lib = tvm.compile(tvm.IRModule({"main": guarded}), target="llvm")
+    assert "<16 x float>" in lib.mod.inspect_source("ll")  # still vector code
+    x = np.random.default_rng(1).standard_normal(64).astype(np.float32)
+    y = np.random.default_rng(2).standard_normal(64).astype(np.float32)
+    x[[3, 40]] = np.nan
+    y[[5, 40]] = np.nan
+    dev = tvm.cpu()
+    outs = [tvm.runtime.tensor(np.zeros(64, np.float32), dev) for _ in range(2)]
+    lib["main"](tvm.runtime.tensor(x, dev), tvm.runtime.tensor(y, dev), *outs)
+    np.testing.assert_array_equal(outs[0].numpy(), np.maximum(x, 0))
+    np.testing.assert_array_equal(outs[1].numpy(), np.minimum(x, y))
