@@ -161,11 +161,10 @@ def calibrate_serving(
     prefill worker(s)), ``batch`` (a ``llm_batch.RemoteBatchDecode`` on the decode worker).
     Nothing else may be running.
 
-    ``rounds`` interleaved rounds each time three single requests and the steady period at
-    every compiled batch size (to the context's end); the first ``(rounds + 1) // 2``
-    rounds also send a burst of ``burst`` requests beside ``b`` decoding sequences for
-    ``b`` in 0, every compiled size that leaves room for the burst, and the largest minus
-    the burst. Medians over rounds are kept."""
+    ``rounds`` interleaved rounds each time three single requests, the steady period at
+    every compiled batch size (to the context's end) and a burst of ``burst`` requests
+    beside ``b`` decoding sequences for ``b`` in 0, every compiled size that leaves room for
+    the burst, and the largest minus the burst. Medians over rounds are kept."""
     from terrazzo.runtime.llm_batch import Sampling
 
     m = max(1, min(prompt, prompt_len))
@@ -243,7 +242,7 @@ def calibrate_serving(
     gaps: dict[int, list[float]] = {b: [] for b in ladder}
     deliver: dict[int, list[float]] = {b: [] for b in ladder}
     busy: dict[int, list[float]] = {b: [] for b in ladder}
-    for r in range(rounds):
+    for _ in range(rounds):
         singles += [single() for _ in range(3)]
         for b in sizes:
             stamps, _, t_end = run(b, 0)
@@ -251,8 +250,6 @@ def calibrate_serving(
                 period[b].append(_window_period(stamps, t_end, min(s[-1] for s in stamps if s)))
             except ServingError:  # the joins outlasted a stream (a stalled host): next round
                 pass
-        if r >= max(1, (rounds + 1) // 2):
-            continue
         for b in ladder:
             stamps, recs, t_burst = run(b, burst)
             first = sorted(rec[2] for rec in recs)
