@@ -454,6 +454,9 @@ class Gateway(ProtocolMixin, pb_grpc.GRPCInferenceServiceServicer):
         self._idle = threading.Condition(self._inflight_lock)
         self._worker_md = ((TOKEN_HEADER, opts.worker_token),) if opts.worker_token else ()
         self._children: dict[tuple[Any, ...], Any] = {}  # labelled metric children (_child)
+        # queue depth is the in-flight count, read at scrape time (issue 14: no gauge update
+        # per request)
+        metrics.queue_depth.labels(model=plan.model_name).set_function(self.inflight)
         self.cost: Any = None  # runtime.cost.CostAccount: charges stage device-seconds
         self.batching: Any = None  # ServeOptions.batching, reported by ModelConfig
         self.batching_active: dict[int, bool] | None = None  # stage -> its worker batches
@@ -646,7 +649,6 @@ class Gateway(ProtocolMixin, pb_grpc.GRPCInferenceServiceServicer):
         if refusal:
             self._count(model, "RESOURCE_EXHAUSTED", t0, request_id, workers)
             raise InferError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"model {model!r}: {refusal}")
-        self._child(self.metrics.queue_depth, model=model).inc()
         phases: dict[str, float] = {"queue": time.perf_counter() - t0}
         try:
             response = self._run(request, context, request_id, workers, phases, lean)
@@ -658,7 +660,6 @@ class Gateway(ProtocolMixin, pb_grpc.GRPCInferenceServiceServicer):
             status = "INTERNAL"
             raise InferError(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}") from e
         finally:
-            self._child(self.metrics.queue_depth, model=model).dec()
             with self._idle:
                 self._inflight -= 1
                 self._inflight_bytes -= size
