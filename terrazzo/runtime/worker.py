@@ -202,7 +202,7 @@ class _WorkerServicer(pb_grpc.GRPCInferenceServiceServicer):
     def _check_token(self, context: grpc.ServicerContext) -> None:
         if not self.token:
             return
-        got = next((v for k, v in context.invocation_metadata() if k == TOKEN_HEADER), "")
+        got = dict(context.invocation_metadata()).get(TOKEN_HEADER, "")
         if not hmac.compare_digest(str(got).encode(), self.token.encode()):
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "worker token missing or wrong")
 
