@@ -252,6 +252,28 @@ def _median_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def _paired_speedups(raw: list[dict[str, Any]], rows: list[dict[str, Any]]) -> None:
+    """Each batched row's ``speedup``: the median over rounds of batched / unbatched throughput
+    of the same round (served back to back, so at about the same load); ``rounds_speedup``
+    lists them. Comparing each mode's median round instead pairs rounds run at other loads."""
+    for r in rows:
+        if r["mode"] != "batched":
+            continue
+        ratios = []
+        for b in raw:
+            if (b["mode"], b["device"], b["concurrency"]) != ("batched", r["device"],
+                                                              r["concurrency"]):  # fmt: skip
+                continue
+            un = next(
+                u for u in raw
+                if (u["mode"], u["device"], u["concurrency"], u.get("round", 0))
+                == ("unbatched", b["device"], b["concurrency"], b.get("round", 0))
+            )  # fmt: skip
+            ratios.append(b["throughput_rps"] / un["throughput_rps"])
+        r["speedup"] = float(np.median(ratios))
+        r["rounds_speedup"] = [round(x, 2) for x in ratios]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--duration-s", type=float, default=6.0, help="seconds per measured row")
@@ -369,6 +391,7 @@ def main() -> None:
                                 {
                                     "device": device,
                                     "mode": mode,
+                                    "round": rnd,
                                     "concurrency": conc,
                                     "requests": int(lat.size),
                                     "errors": res["errors"],
@@ -399,23 +422,14 @@ def main() -> None:
                             print(json.dumps(rows[-1]), flush=True)
     raw, rows = rows, _median_rows(rows)
     extra["rounds"] = raw
-    for r in rows:
-        if r["mode"] == "batched":
-            un = next(
-                u
-                for u in rows
-                if u["mode"] == "unbatched"
-                and u["device"] == r["device"]
-                and u["concurrency"] == r["concurrency"]
-            )
-            r["speedup"] = r["throughput_rps"] / un["throughput_rps"]
+    _paired_speedups(raw, rows)
     for r in rows:  # flat columns for the table
         cpu = r["cpu_ms_per_request"]
         r["cpu_ms_gw/wk/cl"] = f"{cpu['gateway']:.2f}/{cpu['worker']:.2f}/{cpu['client']:.2f}"
         r["kernel_ms"] = r["kernel_ms_per_request"]
     cols = ["device", "mode", "concurrency", "requests", "errors", "throughput_rps", "p50_ms",
             "p99_ms", "p99_within_sla", "rows_per_execution", "speedup", "cpu_ms_gw/wk/cl",
-            "kernel_ms", "rounds_rps"]  # fmt: skip
+            "kernel_ms", "rounds_rps", "rounds_speedup"]  # fmt: skip
     print_table(rows, cols, title="Dynamic batching: tiny BERT encoder, batch-1 requests")
     print(json.dumps({k: v for k, v in extra.items() if k != "model"}))
     from benchmarks._common import machine_info
