@@ -303,11 +303,26 @@ def _compare(got_list: list[Any], outs: list[Any]) -> dict[str, Any]:
         else:
             ok = np.array_equal(g.astype(e.dtype), e)
         if not ok:
-            return {
-                "stage": "wrong",
-                "error": f"output {i} differs beyond rtol={RTOL}, atol={ATOL}",
-            }
+            res = {"stage": "wrong", "error": f"output {i} differs beyond rtol={RTOL}, atol={ATOL}"}
+            if e.dtype == np.float16 and g.size:
+                # rtol 1e-3 is just under two fp16 ulps (2**-9 relative): say how far it is
+                res["fp16_ulps"] = _max_ulps(g.astype(np.float16), e)
+                res["error"] += f" (at most {res['fp16_ulps']} fp16 ulps from the expected)"
+            return res
     return {"stage": "pass", "error": ""}
+
+
+def _max_ulps(got: Any, want: Any) -> int:
+    """Largest distance in units in the last place between two fp16 arrays (NaNs equal)."""
+    import numpy as np
+
+    def ordered(a: Any) -> Any:
+        bits = a.view(np.int16).astype(np.int32)
+        return np.where(bits < 0, -32768 - bits, bits)
+
+    both_nan = np.isnan(got) & np.isnan(want)
+    d = np.abs(ordered(got) - ordered(want))
+    return int(np.max(np.where(both_nan, 0, d)))
 
 
 def _worker(conn: Any) -> None:

@@ -45,6 +45,7 @@ def install() -> None:
     """Add the converters to TVM's ONNX converter table and the node hook (idempotent)."""
     from tvm.relax.frontend.onnx import onnx_frontend
 
+    import terrazzo.frontend.onnx_dynamic  # noqa: F401 - registers its converters
     from terrazzo.frontend.onnx_quant import register as register_quant
     from terrazzo.frontend.onnx_rnn import register as register_rnn
 

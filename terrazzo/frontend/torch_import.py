@@ -39,6 +39,132 @@ def _select_int(node: Any, importer: Any) -> Any:
     )
 
 
+#: torch ops TVM 0.27's translator emits with ``out_dtype="float32"`` and then combines with
+#: an operand of the input's dtype (the bias): fp16 models fail at import with "Binary
+#: operators must have the same datatype" (see ``_fp32_inside``).
+_FP32_OUT_OPS = (
+    "conv1d.default", "conv2d.default", "conv3d.default", "convolution.default",
+    "conv_transpose1d.default", "conv_transpose2d.input", "linear.default", "addmm.default",
+    "baddbmm.default", "matmul.default", "mm.default", "bmm.default",
+)  # fmt: skip
+
+
+def _original_converter(importer: Any, op: str) -> Any:
+    """TVM's own converter for ``op`` (the custom map has replaced it in ``convert_map``)."""
+    table = importer.__dict__.get("_terrazzo_original_map")
+    if table is None:
+        table = importer.create_convert_map()
+        importer.__dict__["_terrazzo_original_map"] = table
+    return table[op]
+
+
+def _fp32_inside(op: str) -> Any:
+    """TVM's converter for ``op`` run on fp32 copies of its fp16 operands, the result rounded
+    to fp16 once: what torch's CPU kernels do (fp32 accumulation), and the dtypes then agree
+    (TVM's translator accumulates in fp32 but adds the fp16 bias to the fp32 result). Ops
+    without fp16 operands go to TVM's converter unchanged."""
+
+    def convert(node: Any, importer: Any) -> Any:
+        from tvm import relax
+
+        orig = _original_converter(importer, op)
+        swapped: dict[Any, Any] = {}
+        for arg in node.all_input_nodes:
+            value = importer.env.get(arg)
+            if str(getattr(getattr(value, "ty", None), "dtype", "")) == "float16":
+                swapped[arg] = value
+                importer.env[arg] = importer.block_builder.emit(relax.op.astype(value, "float32"))
+        if not swapped:
+            return orig(node)
+        try:
+            out = orig(node)
+        finally:
+            importer.env.update(swapped)
+        if str(getattr(out.ty, "dtype", "")) != "float32":
+            return out
+        return importer.block_builder.emit(relax.op.astype(out, "float16"))
+
+    return convert
+
+
+def _torch_shape(node: Any, importer: Any) -> list[Any] | None:
+    """The output shape torch.export recorded for ``node`` in Relax terms (ints and the input
+    symbols), or None where a size is an expression of symbols (left to Relax)."""
+    import torch
+
+    val = node.meta.get("val")
+    if not isinstance(val, torch.Tensor):
+        return None
+    syms = importer.__dict__.get("_terrazzo_symbols")
+    if syms is None:
+        syms = {}
+        for value in importer.env.values():
+            for d in (
+                getattr(getattr(getattr(value, "ty", None), "shape", None), "values", None) or []
+            ):
+                if type(d).__name__ == "Var" and hasattr(d, "name"):
+                    syms.setdefault(str(d.name), d)
+        importer.__dict__["_terrazzo_symbols"] = syms
+    out: list[Any] = []
+    for d in val.shape:
+        if isinstance(d, int):
+            out.append(d)
+            continue
+        expr = d.node.expr
+        if not expr.is_Symbol or str(expr) not in syms:
+            return None
+        out.append(syms[str(expr)])
+    return out
+
+
+def _same_shape(a: Any, b: Any) -> bool:
+    """Relax shape values equal dimension by dimension (ints, or the same symbol)."""
+
+    def key(d: Any) -> str:
+        return str(int(d.value)) if hasattr(d, "value") else str(d)
+
+    return len(a) == len(b) and all(key(x) == key(y) for x, y in zip(a, b, strict=True))
+
+
+def _slice_tensor(node: Any, importer: Any) -> Any:
+    """``aten.slice.Tensor`` with the output shape torch proved.
+
+    TVM's translator slices ``buffer[:, :seq]`` (BERT's position ids) to length
+    ``min(seq, 64)``; torch knows ``seq <= 8`` from the declared range and records ``seq``. The
+    Relax shape ``min(seq, 64)`` does not broadcast against ``seq``, so the embeddings' sum lost
+    its shape and the build failed (``CodeGenVM cannot emit ... R.add``). Where torch's shape
+    says the slice stays in bounds, it is emitted with ``assume_inbound`` (length ``end -
+    start``), and kept only when Relax then infers torch's shape; otherwise TVM's slice stands.
+    """
+    import tvm
+    from torch import fx
+    from tvm import relax
+
+    out = _original_converter(importer, "slice.Tensor")(node)
+    want = _torch_shape(node, importer)
+    have = getattr(getattr(getattr(out, "ty", None), "shape", None), "values", None)
+    if want is None or have is None or len(want) != len(have):
+        return out
+    if _same_shape(have, want):
+        return out
+    args = list(node.args) + [None] * (5 - len(node.args))
+    x = importer.env[args[0]]
+    dim = int(args[1] or 0)
+    start, stop, step = (importer.env[a] if isinstance(a, fx.Node) else a for a in args[2:5])
+    start = 0 if start is None else start
+    step = 1 if step is None else step
+    ok = isinstance(start, int) and isinstance(step, int) and step > 0
+    if not ok or not (isinstance(stop, int) or tvm.ir.is_prim_expr(stop)):
+        return out
+    dim = dim % len(want)
+    inbound = importer.block_builder.normalize(
+        relax.op.strided_slice(x, [dim], [start], [stop], [step], assume_inbound=True)
+    )
+    if _same_shape(inbound.ty.shape.values, want):
+        return inbound
+    return out
+
+
 def _arg_names(module: Any, n: int) -> list[str]:
     try:
         params = list(inspect.signature(module.forward).parameters)
@@ -158,7 +284,11 @@ def from_torch(
             ep,
             keep_params_as_input=False,
             unwrap_unit_return_tuple=True,
-            custom_convert_map={"select.int": _select_int},
+            custom_convert_map={
+                "select.int": _select_int,
+                "slice.Tensor": _slice_tensor,
+                **{op: _fp32_inside(op) for op in _FP32_OUT_OPS},
+            },
         )
         mod = relax.transform.DecomposeOpsForInference()(mod)
         mod = relax.transform.Normalize()(mod)
