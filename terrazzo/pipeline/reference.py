@@ -55,9 +55,32 @@ def onnxruntime_outputs(path: Path, inputs: dict[str, np.ndarray]) -> dict[str, 
     opts = ort.SessionOptions()
     # Optimisations fuse ops into kernels with other rounding; the reference stays literal.
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.log_severity_level = 4  # a failed run is reported by the caller, in one line
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     names = [o.name for o in sess.get_outputs()]
     return dict(zip(names, sess.run(names, inputs), strict=True))
+
+
+def _reference_refused(
+    path: Path, graph: Any, inputs: dict[str, np.ndarray], err: Exception
+) -> str:
+    """One line for a reference run onnxruntime refused: the shapes tried and what to do.
+
+    Symbolic sizes are planned (and referenced) at their range's upper bound; a model that
+    accepts less (a position table of 64 under a default ``seq`` range of 1..512) fails here.
+    """
+    msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    msg = msg.split("Status Message: ")[-1]
+    shapes = ", ".join(f"{n} {'x'.join(map(str, a.shape)) or 'scalar'}" for n, a in inputs.items())
+    ranges = str(dict(getattr(graph, "attrs", {}) or {}).get("dynamic_dims", "")).strip()
+    head = f"{path.name}: onnxruntime could not run the reference inputs at {shapes}: {msg}"
+    if not ranges:
+        return head
+    return (
+        f"{head}; symbolic sizes ({ranges}) are planned at their upper bound: if the model "
+        "accepts less, declare its sizes with --shape NAME=DIMS (e.g. input_ids=1..8x1..64) "
+        "or plan at a smaller size with --plan-shape"
+    )
 
 
 def reference_io(model: Any, graph: Any, example_inputs: Any = None) -> ReferenceIO | None:
@@ -83,7 +106,10 @@ def reference_io(model: Any, graph: Any, example_inputs: Any = None) -> Referenc
         import onnxruntime as ort
 
         inputs = random_inputs(specs, REFERENCE_SEED)
-        outputs = onnxruntime_outputs(path, inputs)
+        try:
+            outputs = onnxruntime_outputs(path, inputs)
+        except Exception as e:  # onnxruntime refused the planning shapes (or the model)
+            raise TerrazzoError(_reference_refused(path, graph, inputs, e)) from None
         source = f"onnxruntime {ort.__version__}"
     elif hasattr(model, "forward") and example_inputs is not None:
         import torch
