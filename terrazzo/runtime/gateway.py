@@ -51,7 +51,7 @@ import grpc
 from terrazzo import __version__
 from terrazzo.runtime import kserve_wire, wire
 from terrazzo.runtime.batch_config import forwarded_parameters
-from terrazzo.runtime.metrics import RuntimeMetrics, log_request
+from terrazzo.runtime.metrics import RuntimeMetrics, access_log_enabled, log_request
 from terrazzo.runtime.plan import ServingPlan
 from terrazzo.runtime.pool import Replica, ReplicaPool
 from terrazzo.runtime.protos import grpc_service_pb2 as pb
@@ -711,13 +711,14 @@ class Gateway(ProtocolMixin, pb_grpc.GRPCInferenceServiceServicer):
         self._tally_request(model, status, latency_s)
         if self.adapt is not None:  # --- adapt
             self.adapt.request_done(status, latency_s)
-        log_request(
-            id=request_id,
-            model=model,
-            status=status,
-            latency_s=round(latency_s, 6),
-            workers=workers,
-        )
+        if access_log_enabled():  # issue 14: no arguments built while the access log is off
+            log_request(
+                id=request_id,
+                model=model,
+                status=status,
+                latency_s=round(latency_s, 6),
+                workers=workers,
+            )
 
     # --- issue 14: request metrics through RuntimeMetrics.tally, folded at scrape time
     def _tally_request(self, model: str, status: str, latency_s: float) -> None:

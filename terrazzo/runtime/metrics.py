@@ -310,6 +310,11 @@ class WorkerStatsCollector(Collector):
         yield hist
 
 
+def access_log_enabled() -> bool:
+    """True when ``log_request`` would write (callers skip building its arguments otherwise)."""
+    return ACCESS_LOG.isEnabledFor(logging.INFO)
+
+
 def log_request(**fields: Any) -> None:
     """Write one structured access-log line (JSON) at INFO level (nothing is formatted when the
     access log is off: that JSON is a third of the gateway's own per-request time)."""
