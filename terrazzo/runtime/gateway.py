@@ -51,7 +51,7 @@ import grpc
 from terrazzo import __version__
 from terrazzo.runtime import kserve_wire, wire
 from terrazzo.runtime.batch_config import forwarded_parameters
-from terrazzo.runtime.metrics import RuntimeMetrics, log_request
+from terrazzo.runtime.metrics import RuntimeMetrics, access_log_enabled, log_request
 from terrazzo.runtime.plan import ServingPlan
 from terrazzo.runtime.pool import Replica, ReplicaPool
 from terrazzo.runtime.protos import grpc_service_pb2 as pb
@@ -236,41 +236,68 @@ class ServerSettings:
 
 
 class ModelStats:
-    """Triton's per-model statistics (durations in ns)."""
+    """Triton's per-model statistics (durations in ns).
+
+    Issue 14: each thread adds to a list of its own (no lock, no dict per request); ``fill``
+    sums the threads' lists when the statistics are asked for.
+    """
 
     _KINDS = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output")
+    # a thread's list: [count, ns] per kind, then inference_count, execution_count, last ms
+    _AT = {k: 2 * i for i, k in enumerate(_KINDS)}
+    _INFER, _EXEC, _LAST = 2 * len(_KINDS), 2 * len(_KINDS) + 1, 2 * len(_KINDS) + 2
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.inference_count = 0
-        self.execution_count = 0
-        self.last_inference_ms = 0
-        self.count = dict.fromkeys(self._KINDS, 0)
-        self.ns = dict.fromkeys(self._KINDS, 0)
+        self.lock = threading.Lock()  # guards the list of threads' lists only
+        self._local = threading.local()
+        self._threads: list[list[int]] = []
+
+    def _mine(self) -> list[int]:
+        try:
+            return self._local.acc  # type: ignore[no-any-return]
+        except AttributeError:
+            acc = [0] * (self._LAST + 1)
+            self._local.acc = acc
+            with self.lock:
+                self._threads.append(acc)
+            return acc
 
     def record(self, ok: bool, total_s: float, phases: dict[str, float]) -> None:
+        a = self._mine()
+        a[self._LAST] = int(time.time() * 1000)
+        i = 0 if ok else 2  # success, fail
+        a[i] += 1
+        a[i + 1] += int(total_s * 1e9)
+        if not ok:
+            return
+        a[self._INFER] += 1
+        a[self._EXEC] += 1
+        at = self._AT
+        for k, v in phases.items():
+            i = at[k]
+            a[i] += 1
+            a[i + 1] += int(v * 1e9)
+
+    def totals(self) -> list[int]:
+        """The threads' lists summed (last inference: the latest)."""
         with self.lock:
-            self.last_inference_ms = int(time.time() * 1000)
-            kind = "success" if ok else "fail"
-            self.count[kind] += 1
-            self.ns[kind] += int(total_s * 1e9)
-            if not ok:
-                return
-            self.inference_count += 1
-            self.execution_count += 1
-            for k, v in phases.items():
-                self.count[k] += 1
-                self.ns[k] += int(v * 1e9)
+            rows = [list(a) for a in self._threads]
+        out = [0] * (self._LAST + 1)
+        for a in rows:
+            for i in range(self._LAST):
+                out[i] += a[i]
+            out[self._LAST] = max(out[self._LAST], a[self._LAST])
+        return out
 
     def fill(self, out) -> None:
-        with self.lock:
-            out.inference_count = self.inference_count
-            out.execution_count = self.execution_count
-            out.last_inference = self.last_inference_ms
-            for k in self._KINDS:
-                d = getattr(out.inference_stats, k)
-                d.count = self.count[k]
-                d.ns = self.ns[k]
+        t = self.totals()
+        out.inference_count = t[self._INFER]
+        out.execution_count = t[self._EXEC]
+        out.last_inference = t[self._LAST]
+        for k in self._KINDS:
+            d = getattr(out.inference_stats, k)
+            d.count = t[self._AT[k]]
+            d.ns = t[self._AT[k] + 1]
 
 
 _TYPE_OF = {"BYTES": "TYPE_STRING"}
@@ -454,6 +481,7 @@ class Gateway(ProtocolMixin, pb_grpc.GRPCInferenceServiceServicer):
         self._idle = threading.Condition(self._inflight_lock)
         self._worker_md = ((TOKEN_HEADER, opts.worker_token),) if opts.worker_token else ()
         self._children: dict[tuple[Any, ...], Any] = {}  # labelled metric children (_child)
+        self._request_kids: dict[tuple[str, str], tuple[Any, Any]] = {}  # _tally_request
         # queue depth is the in-flight count, read at scrape time (issue 14: no gauge update
         # per request)
         metrics.queue_depth.labels(model=plan.model_name).set_function(self.inflight)
@@ -680,18 +708,36 @@ class Gateway(ProtocolMixin, pb_grpc.GRPCInferenceServiceServicer):
         self, model: str, status: str, t0: float, request_id: str, workers: list[str]
     ) -> None:
         latency_s = time.perf_counter() - t0
-        self._child(self.metrics.requests, model=model, status=status).inc()
-        if status == "OK":
-            self._child(self.metrics.request_latency, model=model).observe(latency_s)
+        self._tally_request(model, status, latency_s)
         if self.adapt is not None:  # --- adapt
             self.adapt.request_done(status, latency_s)
-        log_request(
-            id=request_id,
-            model=model,
-            status=status,
-            latency_s=round(latency_s, 6),
-            workers=workers,
-        )
+        if access_log_enabled():  # issue 14: no arguments built while the access log is off
+            log_request(
+                id=request_id,
+                model=model,
+                status=status,
+                latency_s=round(latency_s, 6),
+                workers=workers,
+            )
+
+    # --- issue 14: request metrics through RuntimeMetrics.tally, folded at scrape time
+    def _tally_request(self, model: str, status: str, latency_s: float) -> None:
+        """Count a request (and its latency when OK); failures go to the counter directly."""
+        kids = self._request_kids.get((model, status))
+        if kids is None:
+            ok = status == "OK"
+            kids = self._request_kids[(model, status)] = (
+                self._child(self.metrics.requests, model=model, status=status),
+                self._child(self.metrics.request_latency, model=model) if ok else None,
+            )
+        if kids[1] is None:
+            kids[0].inc()
+            return
+        tally = self.metrics.tally
+        tally.inc(kids[0])
+        tally.observe(kids[1], latency_s)
+
+    # --- end issue 14
 
     def _deadline(self, request, context) -> float:
         budget_s = self.opts.default_timeout_s

@@ -95,6 +95,7 @@ class InProcessGateway(Gateway):
             model=plan.model_name, stage=str(self.stage.index), device=self.stage.device
         )
         self._busy = metrics.device_busy.labels(device=self.stage.device)
+        self._tally = metrics.tally  # issue 14: folded into _latency and _busy at scrape time
 
     def close(self) -> None:
         """Stop the stage's batcher, if any."""
@@ -126,9 +127,9 @@ class InProcessGateway(Gateway):
                     grpc.StatusCode.INTERNAL, f"stage {self.stage.index} did not produce {name!r}"
                 )
             env[name] = tensor_view(out)  # copied once, into the reply (kserve_wire)
-        self._latency.observe(time.perf_counter() - t0)
+        self._tally.observe(self._latency, time.perf_counter() - t0)
         if compute_s > 0:
-            self._busy.inc(compute_s)
+            self._tally.inc(self._busy, compute_s)
             if self.cost is not None:
                 self.cost.charge(self.stage.index, compute_s)
         if time.monotonic() > deadline:
