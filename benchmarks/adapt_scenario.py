@@ -100,8 +100,7 @@ def main() -> int:
         )
     print_table(
         summary,
-        list(summary[0])
-        + (["cheaper_than_replicas_only"] if "full" in by and "replicas" in by else []),
+        list(dict.fromkeys(k for row in summary for k in row)),  # full's extra column once
         title="summary (judged phases)",
     )
     path = write_result(

@@ -312,8 +312,14 @@ class Controller:
             saving = 1 - cand.usd_per_hour / now_usd if now_usd else 0.0
             if saving < p.hysteresis or now - self._last_change < p.cooldown_s:
                 return None
-            if utilisation(cand, table, ucb) > p.max_utilisation:
-                return None  # the saving holds only if the rate is not at its noisy high end
+            if (
+                utilisation(cand, table, ucb) > p.max_utilisation
+                or predict_p99_s(cand, table, ucb, hop) > p.sla_p99_s
+            ):
+                # the saving holds only if the rate is not at its noisy high end: a low reading
+                # (a short level after a stall of the serving process looks like a drop) must not
+                # buy a plan that the next reading finds at risk
+                return None
             moved = self._last_rps is not None and abs(rps - self._last_rps) > 0.1 * max(
                 self._last_rps, 1e-9
             )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -331,8 +332,6 @@ def test_profile_folds_each_call_once_so_a_class_left_early_stays_slow():
     # before a step was seen; the window then still held many fast calls from before. Folding
     # the whole window every tick pulled gpu-s back to nearly its old speed (it was chosen
     # again a phase later); folding only the calls new since the last tick keeps what was seen
-    from dataclasses import replace
-
     prof = Profile(TRUE_LATENCY_S, confidence_samples=20, step_factor=2.0)
     group = ("pre", "enc", "head")
     fast = sum(TRUE_LATENCY_S[t]["gpu-s"] for t in group)
@@ -348,3 +347,16 @@ def test_profile_folds_each_call_once_so_a_class_left_early_stays_slow():
     for _ in range(10):  # the plan left gpu-s: the same calls stay in the window, none new
         prof.update(_snap(6.0, stages={(group, "gpu-s"): replace(w2, fresh_samples=0)}))
     assert sum(prof.estimate(t, "gpu-s") for t in group) == pytest.approx(seen, rel=0.01)
+
+
+def test_scale_down_on_a_low_short_reading_needs_the_sla_at_the_upper_bound():
+    # the scenario's lost phase: one short low reading (8 rps over 1 s, truly 12) made one
+    # gpu-m (0.8 USD/h) look enough, and the next readings found it at risk
+    ctl = _controller(headroom=1.0)
+    plan = AdaptPlan(
+        (StagePlan(("pre",), "cpu", 1), StagePlan(("enc", "head"), "gpu-m", 1)), 1.1, 0.2, 12.0
+    )
+    low = replace(_snap(8.0), rate_span_s=1.0)
+    d = ctl.decide(low, plan)
+    assert d is None or "gpu-m" not in d.new.describe() or d.new.usd_per_hour >= 1.1
+    assert ctl.decide(_snap(4.0), plan) is not None  # a real drop (5 s at the level) still does
