@@ -11,7 +11,7 @@ OpenAI front does minus HTTP. Reported per ``c``:
   stream's tokens as the client sees them);
 - one at a time: the same service without the batching engine, the ``c`` requests in turn;
 - transformers: ``generate`` (greedy, same prompt lengths) one request at a time and as one
-  batch of ``c`` (eager torch, same threads);
+  batch of ``c`` (eager torch, same threads), in a fresh process of its own;
 - predicted vs measured mean TTFT, mean TBT and tokens/s: ``llm_predict.predict_serving`` from
   ``LLMService.calibrate_serving()`` (synthetic requests through the same workers, run just
   before each ``c``; the ``c`` streams here start together, the burst the prediction models).
@@ -121,6 +121,29 @@ def hf_tokens_per_s(model: Any, ids: list[list[int]], tokens: int, batched: bool
     return len(ids) * tokens / (time.perf_counter() - t0)
 
 
+def hf_fresh(model_dir: Path, ids: list[list[int]], tokens: int) -> tuple[float, float]:
+    """``transformers`` tokens/s one request at a time (the first ≤ 4 prompts) and as one batch,
+    timed in a fresh process: in this one the service's client threads (a poller blocked in a
+    gRPC call) slowed eager torch up to 9× at 2 threads, a baseline no user would see."""
+    import subprocess
+
+    code = (
+        "import json, sys, transformers\n"
+        f"sys.path.insert(0, {str(ROOT)!r})\n"
+        "from benchmarks.llm_serving import hf_tokens_per_s\n"
+        "a = json.loads(sys.argv[1])\n"
+        "m = transformers.LlamaForCausalLM.from_pretrained(a['dir']).eval()\n"
+        "ids = a['ids']\n"
+        "print(json.dumps([hf_tokens_per_s(m, ids[: min(len(ids), 4)], a['tokens'], False),\n"
+        "                  hf_tokens_per_s(m, ids, a['tokens'], True)]))\n"
+    )
+    arg = json.dumps({"dir": str(model_dir), "ids": ids, "tokens": tokens})
+    out = subprocess.run([sys.executable, "-c", code, arg], capture_output=True, text=True,
+                         check=True)  # fmt: skip
+    one, batch = json.loads(out.stdout.strip().splitlines()[-1])
+    return float(one), float(batch)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--streams", default="1,8,16,32")
@@ -137,7 +160,6 @@ def main() -> int:
     ap.add_argument("--name", default="llm_serving")
     args = ap.parse_args()
     import torch
-    import transformers
 
     from terrazzo.pipeline.hf_llm import compile_hf
     from terrazzo.runtime.llm_predict import predict_serving
@@ -147,10 +169,9 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="tz-llmbench-"))
     if args.bundle and args.model_dir:
         bundle, mdir = Path(args.bundle), Path(args.model_dir)
-        model = transformers.LlamaForCausalLM.from_pretrained(mdir).eval()
     else:
         mdir = tmp / "model"
-        model = make_checkpoint(mdir, args.hidden, args.layers, args.vocab)
+        make_checkpoint(mdir, args.hidden, args.layers, args.vocab)
         (tmp / "fleet.yaml").write_text(FLEET)
         t0 = time.perf_counter()
         res = compile_hf(mdir, tmp / "fleet.yaml", "ttft=500ms,tbt=50ms", tmp / "m.tzb",
@@ -181,8 +202,7 @@ def main() -> int:
             runs = [run_streams(svc.generator, ids, args.tokens, True) for _ in range(args.rounds)]
             b = {k: float(np.median([r[k] for r in runs])) for k in runs[0]}
             pred = predict_serving(cal, c, args.tokens)
-            hf1 = hf_tokens_per_s(model, ids[: min(c, 4)], args.tokens, False)
-            hfb = hf_tokens_per_s(model, ids, args.tokens, True)
+            hf1, hfb = hf_fresh(mdir, ids, args.tokens)
             rows.append({
                 "streams": c, "batched_tok_s": b["tokens_per_s"],
                 "one_at_a_time_tok_s": base["tokens_per_s"],
