@@ -312,18 +312,23 @@ class _WorkerServicer(pb_grpc.GRPCInferenceServiceServicer):
                             grpc.StatusCode.CANCELLED, "caller went away during execution"
                         )
                     time.sleep(min(_POLL_S, max(0.0, end - time.perf_counter())))
-            try:
-                result = self.runner({n: values[n] for n in self.inputs})
-            except Exception as e:  # a runner failure is reported, never crashes the worker
-                self.stats.failed()
-                context.abort(
-                    grpc.StatusCode.INTERNAL, f"{self.model_name} failed: {type(e).__name__}: {e}"
-                )
+            result = self._call_runner(context, values)
             compute_s = time.perf_counter() - t0
         finally:
             self._lock.release()
         self.stats.record([(1, queue_s)], 1, compute_s)
         return result, compute_s, queue_s, 0
+
+    def _call_runner(self, context, values) -> dict[str, np.ndarray]:
+        """The runner on ``values``; a failure is reported (INTERNAL), never crashes the worker."""
+        try:
+            return self.runner({n: values[n] for n in self.inputs})
+        except Exception as e:
+            self.stats.failed()
+            context.abort(
+                grpc.StatusCode.INTERNAL, f"{self.model_name} failed: {type(e).__name__}: {e}"
+            )
+            raise  # abort raises; this line is for type checkers
 
     def _run_uncontended(self, context, values) -> tuple[dict[str, np.ndarray], float, float, int]:
         """``_compute`` when the device lock was free (held on entry, released here): nothing
@@ -331,12 +336,7 @@ class _WorkerServicer(pb_grpc.GRPCInferenceServiceServicer):
         the lock and stats path was a fifth of the worker's time per 4 KiB call)."""
         t0 = time.perf_counter()
         try:
-            result = self.runner({n: values[n] for n in self.inputs})
-        except Exception as e:  # a runner failure is reported, never crashes the worker
-            self.stats.failed()
-            context.abort(
-                grpc.StatusCode.INTERNAL, f"{self.model_name} failed: {type(e).__name__}: {e}"
-            )
+            result = self._call_runner(context, values)
         finally:
             self._lock.release()
         compute_s = time.perf_counter() - t0
