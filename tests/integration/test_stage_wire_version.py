@@ -51,3 +51,31 @@ def test_another_wire_version_is_refused_in_one_line(stage_call) -> None:
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     text = e.value.details()
     assert "wire version 1, this side reads version 2" in text and "\n" not in text
+
+
+def failing(names: list[str]):
+    """A runner factory whose runner always raises (a stage whose kernel fails)."""
+
+    def run(values):
+        raise ValueError(f"bad values for {sorted(values)}")
+
+    return run
+
+
+def test_a_failing_runner_answers_internal_in_one_line_and_the_worker_keeps_serving() -> None:
+    runner = RunnerSpec(f"{__name__}:failing", {"names": ["x"]})
+    stage = {"index": 0, "inputs": ["x"], "outputs": ["y"], "runner": runner.to_json()}
+    server = WorkerServer({"stage": stage, "token": TOKEN, "max_message_bytes": 1 << 20})
+    port = server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = channel.unary_unary(STAGE_METHOD, _registered_method=True)
+            msg = encode_arrays({"id": "r1"}, {"x": np.zeros(2, np.float32)})
+            for _ in range(2):  # the second call finds the worker alive and answers the same
+                with pytest.raises(grpc.RpcError) as e:
+                    call(msg, timeout=10, metadata=((TOKEN_HEADER, TOKEN),))
+                assert e.value.code() == grpc.StatusCode.INTERNAL
+                assert "failed: ValueError: bad values for ['x']" in e.value.details()
+                assert "\n" not in e.value.details()
+    finally:
+        server.stop(0)
